@@ -1,0 +1,2 @@
+//! The `ldr` binary.
+fn main() {}

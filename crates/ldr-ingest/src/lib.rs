@@ -1,0 +1,1 @@
+//! ldr-ingest: placeholder while the workspace is laid out.

@@ -1,0 +1,1 @@
+//! ldr-jobs: placeholder while the workspace is laid out.

@@ -1,0 +1,1 @@
+//! ldr-kv: placeholder while the workspace is laid out.

@@ -1,0 +1,4 @@
+//! Generated gRPC/protobuf code.
+pub mod pb {
+    tonic::include_proto!("ldr.v1");
+}

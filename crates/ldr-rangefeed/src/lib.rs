@@ -1,0 +1,135 @@
+//! Rangefeeds: per-span streams of committed versions (with the previous value) and resolved
+//! timestamps, fed by the storage engine's commit hook.
+//!
+//! A [`RangefeedManager`] per node is the engine's [`ldr_storage::CommitObserver`]. A consumer
+//! [`RangefeedManager::register`]s spans and a start point:
+//! - [`StartFrom::InitialScan`]: every live row as of `at`, each with its real MVCC timestamp,
+//!   then live events;
+//! - [`StartFrom::CatchUp`]: every version above each span's resolved timestamp (a history scan,
+//!   which fails below the GC threshold), then live events;
+//! - [`StartFrom::Now`]: live events only.
+//!
+//! The hand-over from scan to live loses nothing (events may repeat: delivery is at least
+//! once). Per key, events arrive in timestamp order. A [`RangefeedEvent::Checkpoint`] for a span
+//! at `T` promises every version at or below `T` in that span was already delivered; its
+//! timestamps never move backwards. Writers never block on a consumer: a registration whose
+//! buffer is full is failed with [`RangefeedError::Overflow`], and the consumer re-registers
+//! from its checkpoint.
+
+// Placeholder: the implementation is being written against this surface.
+#![allow(unused_variables, dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldr_storage::{Engine, ValueHeader};
+use ldr_types::{ResolvedSpan, Span, Timestamp};
+
+/// Errors delivered to a registration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangefeedError {
+    #[error("rangefeed consumer fell behind: buffer of {limit_bytes} bytes overflowed")]
+    Overflow { limit_bytes: usize },
+    #[error("catch-up scan failed: {0}")]
+    ScanFailed(String),
+    #[error("rangefeed manager shut down")]
+    Shutdown,
+}
+
+/// Where a registration starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartFrom {
+    InitialScan { at: Timestamp },
+    CatchUp { from: Vec<ResolvedSpan> },
+    Now,
+}
+
+/// Which events a registration receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Filter {
+    /// Only versions with `origin_id == 0` (LDR loop prevention).
+    pub only_local_origin: bool,
+    /// Drop versions with `omit_in_rangefeeds` (e.g. TTL deletes).
+    pub drop_omitted: bool,
+}
+
+/// A registration request.
+#[derive(Debug, Clone)]
+pub struct RegisterRequest {
+    pub spans: Vec<Span>,
+    pub start: StartFrom,
+    pub filter: Filter,
+    /// Whether value events carry the previous value.
+    pub with_diff: bool,
+    /// Bytes of buffered live events before the registration overflows.
+    pub buffer_bytes_max: usize,
+}
+
+/// One committed version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueEvent {
+    pub key: Vec<u8>,
+    pub ts: Timestamp,
+    pub header: ValueHeader,
+    /// `None` for a delete.
+    pub value: Option<Vec<u8>>,
+    /// With diff: the value before this version (`None` if absent or deleted).
+    pub prev_value: Option<Vec<u8>>,
+}
+
+/// What a registration delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangefeedEvent {
+    Value(ValueEvent),
+    /// Every version at or below `resolved` in `spans` has been delivered.
+    Checkpoint { spans: Vec<Span>, resolved: Timestamp },
+    /// The initial or catch-up scan finished (live events follow).
+    ScanDone,
+}
+
+/// A live registration; dropping it unregisters.
+pub struct Registration {
+    _private: (),
+}
+
+impl Registration {
+    /// The next event; `Err` ends the registration (overflow, scan failure, shutdown).
+    pub async fn next(&mut self) -> Result<RangefeedEvent, RangefeedError> {
+        unimplemented!()
+    }
+}
+
+/// Options of the manager.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// How often resolved timestamps are published.
+    pub resolve_interval: Duration,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ManagerOptions { resolve_interval: Duration::from_millis(50) }
+    }
+}
+
+/// All registrations of one node.
+pub struct RangefeedManager {
+    _private: (),
+}
+
+impl RangefeedManager {
+    /// Creates the manager, installs it as `engine`'s commit observer and starts its resolver
+    /// task on the current tokio runtime.
+    pub fn start(engine: Arc<Engine>, options: ManagerOptions) -> Arc<RangefeedManager> {
+        unimplemented!()
+    }
+
+    pub fn register(&self, request: RegisterRequest) -> Result<Registration, RangefeedError> {
+        unimplemented!()
+    }
+
+    /// Number of live registrations (for metrics and tests).
+    pub fn registration_count(&self) -> usize {
+        unimplemented!()
+    }
+}

@@ -1,0 +1,1 @@
+//! ldr-server: placeholder while the workspace is laid out.

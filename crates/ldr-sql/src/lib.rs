@@ -1,0 +1,1 @@
+//! ldr-sql: placeholder while the workspace is laid out.

@@ -1,0 +1,296 @@
+//! MVCC on RocksDB: versions with origin headers, LWW conditional writes, tombstones, GC under
+//! protected timestamps, scans, atomic write batches and the commit hook rangefeeds listen to.
+//!
+//! This file is the crate's contract with the layers above (`ldr-rangefeed`, `ldr-kv`); the
+//! implementation lives in the private modules. Only this crate names `rocksdb`.
+//!
+//! Jargon: a *version* is one `(key, timestamp) -> value` entry; a *tombstone* is a version with
+//! no value; the *header* of a version carries `origin_id` (0 = local foreground write),
+//! `origin_ts` (the source MVCC timestamp of a replicated write) and `omit_in_rangefeeds`. The
+//! *logical timestamp* of a version is its `origin_ts` when set, else its MVCC timestamp.
+//!
+//! Invariants:
+//! - every version's value is checksummed on write and verified on read; a mismatch is
+//!   [`StorageError::Corruption`] naming the key, never data;
+//! - the engine assigns commit timestamps from its [`ldr_types::Clock`], strictly above every
+//!   existing version of the keys written and above [`Engine::closed_timestamp`];
+//! - [`CommitObserver::on_commit`] is called for every committed batch, in commit order per key,
+//!   before the latches of its keys are released, and before the closed timestamp can pass it.
+
+// Placeholder: the implementation is being written against this surface.
+#![allow(unused_variables, dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldr_types::{Clock, OriginId, Span, Timestamp};
+
+/// Errors from the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocksdb(String),
+    #[error("corruption at key {key}: {detail}")]
+    Corruption { key: String, detail: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("history scan from {requested} is below the GC threshold {threshold}")]
+    BelowGcThreshold { requested: Timestamp, threshold: Timestamp },
+    #[error("write at {ts} is at or below the closed timestamp {closed}")]
+    BelowClosedTimestamp { ts: Timestamp, closed: Timestamp },
+}
+
+impl StorageError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::BelowClosedTimestamp { .. })
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Per-version metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct ValueHeader {
+    /// 0 = local foreground write; non-zero = written by replication from that origin.
+    pub origin_id: OriginId,
+    /// The source MVCC timestamp of a replicated write; `Timestamp::ZERO` when local.
+    pub origin_ts: Timestamp,
+    /// Rangefeeds with filtering on drop this version (e.g. TTL deletes).
+    pub omit_in_rangefeeds: bool,
+}
+
+/// One stored version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// The MVCC (commit) timestamp.
+    pub ts: Timestamp,
+    pub header: ValueHeader,
+    /// `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+impl Version {
+    /// `origin_ts` if set, else the MVCC timestamp.
+    pub fn logical_ts(&self) -> Timestamp {
+        if self.header.origin_ts.is_zero() { self.ts } else { self.header.origin_ts }
+    }
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+}
+
+/// A version with its key, as returned by scans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVersion {
+    pub key: Vec<u8>,
+    pub version: Version,
+}
+
+/// A version from a history scan, with the version before it (if any, and not GC'd).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub key: Vec<u8>,
+    pub version: Version,
+    /// The value of the next older version (`None` if absent or a tombstone).
+    pub prev_value: Option<Vec<u8>>,
+}
+
+/// What must hold for a row write to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Always write.
+    None,
+    /// The key's latest live value must equal this (`None`: no live value, i.e. absent or a
+    /// tombstone). A mismatch is [`RowOutcome::ConditionFailed`].
+    Expect(Option<Vec<u8>>),
+    /// Last-write-wins by logical timestamp, using the row's header `origin_id`/`origin_ts` as
+    /// the incoming write's identity:
+    /// - incoming logical ts older than the existing version's → [`RowOutcome::LwwLost`];
+    /// - equal → tie-break: the larger origin id wins, where an existing version with
+    ///   `origin_id == 0` counts as `local_origin_id`; equal ids → the smaller value bytes win
+    ///   (a tombstone is smaller than any value); fully equal → lost (nothing to do);
+    /// - newer, but `expected_prev` is `Some(p)` and the live value differs from `p` →
+    ///   [`RowOutcome::LwwUnexpected`] with the actual version;
+    /// - otherwise write. Tombstones take part: a delete is remembered with its origin ts.
+    Lww { expected_prev: Option<Option<Vec<u8>>>, local_origin_id: OriginId },
+}
+
+/// One row write: a primary key whose condition decides, plus dependent keys (secondary index
+/// entries) written in the same batch, at the same timestamp with the same header, if and only
+/// if the primary is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowWrite {
+    pub key: Vec<u8>,
+    /// `None` writes a tombstone.
+    pub value: Option<Vec<u8>>,
+    pub condition: Condition,
+    pub header: ValueHeader,
+    /// `(key, value)`; a `None` value writes a tombstone.
+    pub dependents: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// What happened to one [`RowWrite`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    /// Written. `prev` is the version it replaced (tombstones included), if any.
+    Written { prev: Option<Version> },
+    /// [`Condition::Expect`] did not hold; `actual` is the latest version (if any).
+    ConditionFailed { actual: Option<Version> },
+    /// The incoming write lost LWW against `existing` (the logical ts it lost to).
+    LwwLost { existing: Timestamp },
+    /// Newer than the existing version, but the existing value was not the expected one.
+    LwwUnexpected { actual: Option<Version> },
+    /// Not attempted: an atomic batch in which another row's condition failed.
+    NotAttempted,
+}
+
+/// The result of [`Engine::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyResult {
+    /// The commit timestamp of the written rows (meaningful if any row was written).
+    pub ts: Timestamp,
+    pub outcomes: Vec<RowOutcome>,
+}
+
+/// One committed version, as seen by the commit observer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitEvent {
+    pub key: Vec<u8>,
+    pub version: Version,
+    /// The value the key had before this write (`None` if absent or a tombstone).
+    pub prev_value: Option<Vec<u8>>,
+}
+
+/// Told about every committed batch (the rangefeed hook). Must not block: it runs on the
+/// write path while the batch's latches are held.
+pub trait CommitObserver: Send + Sync {
+    fn on_commit(&self, events: &[CommitEvent]);
+}
+
+/// Engine tuning.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub block_cache_bytes: usize,
+    pub bloom_filter_bits: f64,
+    pub write_buffer_bytes: usize,
+    /// fsync the WAL on every write (off: the WAL is written, not synced, as CockroachDB's
+    /// default without `--store` sync; SIGKILL of the process still loses nothing acknowledged).
+    pub sync_wal: bool,
+    /// How far behind now the closed timestamp trails (`kv.closed_timestamp.target_duration`).
+    pub closed_timestamp_target: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            block_cache_bytes: 256 << 20,
+            bloom_filter_bits: 10.0,
+            write_buffer_bytes: 64 << 20,
+            sync_wal: false,
+            closed_timestamp_target: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Statistics of one GC pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub versions_removed: u64,
+    pub keys_visited: u64,
+}
+
+/// The MVCC engine over one RocksDB store.
+pub struct Engine {
+    _private: (),
+}
+
+impl Engine {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, clock: Arc<Clock>, options: EngineOptions) -> Result<Arc<Engine>> {
+        unimplemented!("storage engine under construction")
+    }
+
+    pub fn clock(&self) -> &Arc<Clock> {
+        unimplemented!()
+    }
+
+    /// Registers the commit observer (one; a later call replaces it).
+    pub fn set_observer(&self, observer: Arc<dyn CommitObserver>) {
+        unimplemented!()
+    }
+
+    // ---- node-local, non-MVCC state (node identity, GC threshold, ...) ----
+
+    pub fn get_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        unimplemented!()
+    }
+
+    /// Durable (synced) write of node-local state.
+    pub fn put_local(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        unimplemented!()
+    }
+
+    // ---- MVCC reads ----
+
+    /// The newest version of `key` at or below `read_ts` (tombstones included).
+    pub fn get(&self, key: &[u8], read_ts: Timestamp) -> Result<Option<Version>> {
+        unimplemented!()
+    }
+
+    /// The newest live version at or below `read_ts` of every key in `span`, in key order,
+    /// at most `limit` keys (0 = no limit). Tombstoned keys are skipped.
+    pub fn scan(&self, span: &Span, read_ts: Timestamp, limit: usize) -> Result<Vec<KeyVersion>> {
+        unimplemented!()
+    }
+
+    /// Calls `f` for every version in `span` with `after < ts <= up_to`, in key order and,
+    /// per key, oldest first, each with the value before it. Stops early when `f` returns
+    /// `false`. Fails with [`StorageError::BelowGcThreshold`] if `after` is below the GC
+    /// threshold (history there may be gone).
+    pub fn scan_history(
+        &self,
+        span: &Span,
+        after: Timestamp,
+        up_to: Timestamp,
+        f: &mut dyn FnMut(HistoryEntry) -> bool,
+    ) -> Result<()> {
+        unimplemented!()
+    }
+
+    // ---- writes ----
+
+    /// Applies `rows` in one RocksDB write batch at one commit timestamp, holding per-key
+    /// latches for all their keys. With `atomic`, nothing is written if any row's condition
+    /// fails (the others report [`RowOutcome::NotAttempted`]). `ts`: `None` takes the commit
+    /// timestamp from the clock; `Some(t)` writes at exactly `t` (tests and internal use; must
+    /// be above the closed timestamp and above existing versions).
+    pub fn apply(&self, rows: &[RowWrite], atomic: bool, ts: Option<Timestamp>) -> Result<ApplyResult> {
+        unimplemented!()
+    }
+
+    /// Everything at or below this timestamp is committed and has been given to the
+    /// observer; no later write will be at or below it. Never moves backwards.
+    pub fn closed_timestamp(&self) -> Timestamp {
+        unimplemented!()
+    }
+
+    pub fn set_closed_timestamp_target(&self, target: Duration) {
+        unimplemented!()
+    }
+
+    // ---- GC ----
+
+    /// Removes, in `span`, versions shadowed by a newer version at or below `threshold`, and
+    /// tombstones at or below `threshold` with nothing older left. The caller computes
+    /// `threshold = min(now - gc.ttlseconds, oldest protected timestamp)`. Raises the GC
+    /// threshold (persisted).
+    pub fn gc(&self, span: &Span, threshold: Timestamp) -> Result<GcStats> {
+        unimplemented!()
+    }
+
+    pub fn gc_threshold(&self) -> Timestamp {
+        unimplemented!()
+    }
+}

@@ -1,0 +1,1 @@
+//! ldr-stream: placeholder while the workspace is laid out.

@@ -1,0 +1,1 @@
+//! ldr-sim: placeholder.

@@ -1,1 +1,6 @@
-//! ldr-server: placeholder while the workspace is laid out.
+//! One ldr node: the shared SQL/gRPC listener, the HTTP endpoints, and the wiring of the
+//! cluster layer, SQL, jobs, the replication producer and the ingestion jobs.
+
+pub mod listener;
+
+pub use listener::{PgHandler, Protocol, accept_loop, classify, sniff};

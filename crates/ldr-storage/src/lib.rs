@@ -16,15 +16,44 @@
 //!   existing version of the keys written and above [`Engine::closed_timestamp`];
 //! - [`CommitObserver::on_commit`] is called for every committed batch, in commit order per key,
 //!   before the latches of its keys are released, and before the closed timestamp can pass it.
+//!
+//! Durability: writes go through the RocksDB WAL. With `EngineOptions::sync_wal = false` (the
+//! default) an acknowledged write survives a killed process but not an OS crash.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use ldr_storage::{Condition, Engine, EngineOptions, RowOutcome, RowWrite, ValueHeader};
+//! use ldr_types::{Clock, Timestamp};
+//! let dir = tempfile::tempdir().unwrap();
+//! let engine = Engine::open(dir.path(), Arc::new(Clock::default()), EngineOptions::default()).unwrap();
+//! let row = RowWrite {
+//!     key: b"k".to_vec(),
+//!     value: Some(b"v".to_vec()),
+//!     condition: Condition::Expect(None), // insert: no live value expected
+//!     header: ValueHeader::default(),
+//!     dependents: vec![],
+//! };
+//! let res = engine.apply(&[row.clone()], true, None).unwrap();
+//! assert_eq!(res.outcomes, vec![RowOutcome::Written { prev: None }]);
+//! assert_eq!(engine.get(b"k", Timestamp::MAX).unwrap().unwrap().value, Some(b"v".to_vec()));
+//! let again = engine.apply(&[row], true, None).unwrap();
+//! assert!(matches!(again.outcomes[0], RowOutcome::ConditionFailed { .. }));
+//! ```
 
-// Placeholder: the implementation is being written against this surface.
-#![allow(unused_variables, dead_code)]
+mod closed_ts;
+mod decide;
+mod encoding;
+mod engine;
+mod latch;
 
-use std::path::Path;
-use std::sync::Arc;
+#[cfg(test)]
+mod engine_tests;
+
 use std::time::Duration;
 
-use ldr_types::{Clock, OriginId, Span, Timestamp};
+use ldr_types::{OriginId, Timestamp};
+
+pub use engine::{Engine, EngineSnapshot};
 
 /// Errors from the storage engine.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +65,10 @@ pub enum StorageError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("history scan from {requested} is below the GC threshold {threshold}")]
-    BelowGcThreshold { requested: Timestamp, threshold: Timestamp },
+    BelowGcThreshold {
+        requested: Timestamp,
+        threshold: Timestamp,
+    },
     #[error("write at {ts} is at or below the closed timestamp {closed}")]
     BelowClosedTimestamp { ts: Timestamp, closed: Timestamp },
 }
@@ -74,7 +106,11 @@ pub struct Version {
 impl Version {
     /// `origin_ts` if set, else the MVCC timestamp.
     pub fn logical_ts(&self) -> Timestamp {
-        if self.header.origin_ts.is_zero() { self.ts } else { self.header.origin_ts }
+        if self.header.origin_ts.is_zero() {
+            self.ts
+        } else {
+            self.header.origin_ts
+        }
     }
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
@@ -114,7 +150,10 @@ pub enum Condition {
     /// - newer, but `expected_prev` is `Some(p)` and the live value differs from `p` →
     ///   [`RowOutcome::LwwUnexpected`] with the actual version;
     /// - otherwise write. Tombstones take part: a delete is remembered with its origin ts.
-    Lww { expected_prev: Option<Option<Vec<u8>>>, local_origin_id: OriginId },
+    Lww {
+        expected_prev: Option<Option<Vec<u8>>>,
+        local_origin_id: OriginId,
+    },
 }
 
 /// One row write: a primary key whose condition decides, plus dependent keys (secondary index
@@ -199,98 +238,4 @@ impl Default for EngineOptions {
 pub struct GcStats {
     pub versions_removed: u64,
     pub keys_visited: u64,
-}
-
-/// The MVCC engine over one RocksDB store.
-pub struct Engine {
-    _private: (),
-}
-
-impl Engine {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path, clock: Arc<Clock>, options: EngineOptions) -> Result<Arc<Engine>> {
-        unimplemented!("storage engine under construction")
-    }
-
-    pub fn clock(&self) -> &Arc<Clock> {
-        unimplemented!()
-    }
-
-    /// Registers the commit observer (one; a later call replaces it).
-    pub fn set_observer(&self, observer: Arc<dyn CommitObserver>) {
-        unimplemented!()
-    }
-
-    // ---- node-local, non-MVCC state (node identity, GC threshold, ...) ----
-
-    pub fn get_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        unimplemented!()
-    }
-
-    /// Durable (synced) write of node-local state.
-    pub fn put_local(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        unimplemented!()
-    }
-
-    // ---- MVCC reads ----
-
-    /// The newest version of `key` at or below `read_ts` (tombstones included).
-    pub fn get(&self, key: &[u8], read_ts: Timestamp) -> Result<Option<Version>> {
-        unimplemented!()
-    }
-
-    /// The newest live version at or below `read_ts` of every key in `span`, in key order,
-    /// at most `limit` keys (0 = no limit). Tombstoned keys are skipped.
-    pub fn scan(&self, span: &Span, read_ts: Timestamp, limit: usize) -> Result<Vec<KeyVersion>> {
-        unimplemented!()
-    }
-
-    /// Calls `f` for every version in `span` with `after < ts <= up_to`, in key order and,
-    /// per key, oldest first, each with the value before it. Stops early when `f` returns
-    /// `false`. Fails with [`StorageError::BelowGcThreshold`] if `after` is below the GC
-    /// threshold (history there may be gone).
-    pub fn scan_history(
-        &self,
-        span: &Span,
-        after: Timestamp,
-        up_to: Timestamp,
-        f: &mut dyn FnMut(HistoryEntry) -> bool,
-    ) -> Result<()> {
-        unimplemented!()
-    }
-
-    // ---- writes ----
-
-    /// Applies `rows` in one RocksDB write batch at one commit timestamp, holding per-key
-    /// latches for all their keys. With `atomic`, nothing is written if any row's condition
-    /// fails (the others report [`RowOutcome::NotAttempted`]). `ts`: `None` takes the commit
-    /// timestamp from the clock; `Some(t)` writes at exactly `t` (tests and internal use; must
-    /// be above the closed timestamp and above existing versions).
-    pub fn apply(&self, rows: &[RowWrite], atomic: bool, ts: Option<Timestamp>) -> Result<ApplyResult> {
-        unimplemented!()
-    }
-
-    /// Everything at or below this timestamp is committed and has been given to the
-    /// observer; no later write will be at or below it. Never moves backwards.
-    pub fn closed_timestamp(&self) -> Timestamp {
-        unimplemented!()
-    }
-
-    pub fn set_closed_timestamp_target(&self, target: Duration) {
-        unimplemented!()
-    }
-
-    // ---- GC ----
-
-    /// Removes, in `span`, versions shadowed by a newer version at or below `threshold`, and
-    /// tombstones at or below `threshold` with nothing older left. The caller computes
-    /// `threshold = min(now - gc.ttlseconds, oldest protected timestamp)`. Raises the GC
-    /// threshold (persisted).
-    pub fn gc(&self, span: &Span, threshold: Timestamp) -> Result<GcStats> {
-        unimplemented!()
-    }
-
-    pub fn gc_threshold(&self) -> Timestamp {
-        unimplemented!()
-    }
 }

@@ -1,0 +1,256 @@
+//! The destination's side of the stream protocol: parses a source connection URI and calls a
+//! source node's `ReplicationStream` service with the URI's credentials.
+
+use std::time::Duration;
+
+use ldr_proto::pb;
+use ldr_proto::pb::replication_stream_client::ReplicationStreamClient;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Result, StreamError};
+
+/// The default port of a `postgresql://` URI without one (CockroachDB's).
+pub const DEFAULT_PORT: u16 = 26257;
+
+/// A source cluster connection URI: `postgresql://user[:password]@host[:port][/db][?options]`.
+/// TLS options (`sslmode`, `sslrootcert`, `sslinline`, …) and `options=-ccluster=…` are
+/// accepted and ignored: ldr runs without TLS.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SourceUri {
+    pub user: String,
+    pub password: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Debug for SourceUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.redacted())
+    }
+}
+
+impl SourceUri {
+    pub fn parse(uri: &str) -> Result<SourceUri> {
+        let bad = |why: &str| StreamError::InvalidArgument(format!("invalid source URI: {why}"));
+        let parsed = url::Url::parse(uri).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(parsed.scheme(), "postgresql" | "postgres") {
+            return Err(bad(&format!(
+                "scheme must be postgresql://, got {}://",
+                parsed.scheme()
+            )));
+        }
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("missing host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let user = percent_decode(parsed.username());
+        if user.is_empty() {
+            return Err(bad("missing user"));
+        }
+        let password = parsed.password().map(percent_decode).unwrap_or_default();
+        Ok(SourceUri {
+            user,
+            password,
+            host,
+            port: parsed.port().unwrap_or(DEFAULT_PORT),
+        })
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The URI with its password replaced, for job descriptions and logs.
+    pub fn redacted(&self) -> String {
+        let password = if self.password.is_empty() {
+            String::new()
+        } else {
+            ":redacted".to_string()
+        };
+        format!("postgresql://{}{}@{}", self.user, password, self.address())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A connection to one source node.
+#[derive(Clone)]
+pub struct StreamClient {
+    inner: ReplicationStreamClient<Channel>,
+    user: String,
+    password: String,
+    address: String,
+}
+
+/// How long connecting to a source node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a unary call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl StreamClient {
+    /// Connects to `address` (`host:port`, a source node's sql address) as the URI's user.
+    pub async fn connect(address: &str, user: &str, password: &str) -> Result<StreamClient> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| {
+                StreamError::InvalidArgument(format!("invalid source address {address:?}: {e}"))
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect().await.map_err(|e| {
+            StreamError::Unavailable(format!("cannot connect to source node {address}: {e}"))
+        })?;
+        let inner = ReplicationStreamClient::new(channel).max_decoding_message_size(256 << 20);
+        Ok(StreamClient {
+            inner,
+            user: user.to_string(),
+            password: password.to_string(),
+            address: address.to_string(),
+        })
+    }
+
+    /// Connects to the node a URI names.
+    pub async fn connect_uri(uri: &SourceUri) -> Result<StreamClient> {
+        StreamClient::connect(&uri.address(), &uri.user, &uri.password).await
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn request<T>(&self, message: T, timeout: Option<Duration>) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(t) = timeout {
+            request.set_timeout(t);
+        }
+        let md = request.metadata_mut();
+        if let Ok(v) = MetadataValue::try_from(self.user.as_str()) {
+            md.insert(ldr_proto::metadata::USER, v);
+        }
+        if let Ok(v) = MetadataValue::try_from(self.password.as_str()) {
+            md.insert(ldr_proto::metadata::PASSWORD, v);
+        }
+        request
+    }
+
+    pub async fn start_stream(
+        &mut self,
+        request: pb::StartStreamRequest,
+    ) -> Result<pb::StartStreamResponse> {
+        let request = self.request(request, Some(CALL_TIMEOUT));
+        Ok(self.inner.start_stream(request).await?.into_inner())
+    }
+
+    pub async fn plan_stream(&mut self, stream_id: i64) -> Result<pb::PlanStreamResponse> {
+        let request = self.request(pb::PlanStreamRequest { stream_id }, Some(CALL_TIMEOUT));
+        Ok(self.inner.plan_stream(request).await?.into_inner())
+    }
+
+    pub async fn heartbeat(
+        &mut self,
+        request: pb::HeartbeatRequest,
+    ) -> Result<pb::HeartbeatResponse> {
+        let request = self.request(request, Some(CALL_TIMEOUT));
+        Ok(self.inner.heartbeat(request).await?.into_inner())
+    }
+
+    pub async fn complete_stream(
+        &mut self,
+        stream_id: i64,
+        successful_ingestion: bool,
+    ) -> Result<()> {
+        let request = self.request(
+            pb::CompleteStreamRequest {
+                stream_id,
+                successful_ingestion,
+            },
+            Some(CALL_TIMEOUT),
+        );
+        self.inner.complete_stream(request).await?;
+        Ok(())
+    }
+
+    /// Opens a partition stream (no overall timeout: it runs until cancelled).
+    pub async fn stream_partition(
+        &mut self,
+        request: pb::StreamPartitionRequest,
+    ) -> Result<tonic::Streaming<pb::StreamEvent>> {
+        let request = self.request(request, None);
+        Ok(self.inner.stream_partition(request).await?.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tutorial_uris() {
+        let u = SourceUri::parse("postgresql://ldr_user:s3cr%40t@127.0.0.1:26257?sslmode=disable")
+            .expect("valid");
+        assert_eq!(
+            (
+                u.user.as_str(),
+                u.password.as_str(),
+                u.host.as_str(),
+                u.port
+            ),
+            ("ldr_user", "s3cr@t", "127.0.0.1", 26257)
+        );
+        assert_eq!(
+            u.redacted(),
+            "postgresql://ldr_user:redacted@127.0.0.1:26257"
+        );
+        let u = SourceUri::parse(
+            "postgresql://u:p@10.0.0.1:26257?options=-ccluster%3Dsystem&sslinline=true&sslmode=verify-full&sslrootcert=-----BEGIN+CERTIFICATE-----abc",
+        )
+        .expect("TLS options are accepted");
+        assert_eq!(u.address(), "10.0.0.1:26257");
+        let u = SourceUri::parse("postgres://root@localhost/defaultdb").expect("valid");
+        assert_eq!((u.port, u.password.as_str()), (DEFAULT_PORT, ""));
+    }
+
+    #[test]
+    fn rejects_bad_uris() {
+        for bad in [
+            "mysql://u@h:1",
+            "postgresql://h:1",
+            "not a uri",
+            "postgresql://u@:1",
+        ] {
+            let e = SourceUri::parse(bad).expect_err(bad);
+            assert!(
+                e.to_string().starts_with("invalid source URI"),
+                "{bad}: {e}"
+            );
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! One partition stream: a rangefeed over the spans this node owns, turned into byte-bounded
+//! event batches and checkpoints.
+//!
+//! Loop prevention: only versions written locally (`origin_id == 0`) are emitted, so rows that
+//! replication wrote here never travel back. Data always precedes the checkpoint that covers
+//! it: a checkpoint flushes the pending batch first. A batch is flushed when it reaches
+//! `batch_bytes_max`, or as soon as the consumer is waiting (the outgoing channel is empty), so
+//! a light load sees low latency and a heavy one large batches. Checkpoints are sent when the
+//! frontier advanced and the last one is older than `min_checkpoint_frequency`, or at the
+//! latest after twice that.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ldr_kv::KvClient;
+use ldr_proto::pb;
+use ldr_rangefeed::{Filter, RangefeedEvent, RangefeedManager, RegisterRequest, StartFrom};
+use ldr_types::{ResolvedSpan, Span, SpanFrontier, Timestamp};
+use tokio::sync::mpsc;
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use crate::error::{Result, StreamError};
+
+/// Bytes of live events a registration may buffer before it overflows.
+const RANGEFEED_BUFFER_BYTES: usize = 64 << 20;
+
+/// What to stream, decoded from the request.
+#[derive(Debug, Clone)]
+pub struct PartitionOptions {
+    pub stream_id: i64,
+    pub spans: Vec<Span>,
+    pub start: StartFrom,
+    pub with_filtering: bool,
+    pub batch_bytes_max: usize,
+    pub min_checkpoint_frequency: Duration,
+}
+
+impl PartitionOptions {
+    pub fn from_request(
+        request: &pb::StreamPartitionRequest,
+        kv: &KvClient,
+    ) -> Result<PartitionOptions> {
+        let spans: Vec<Span> = request.spans.iter().cloned().map(Span::from).collect();
+        if spans.is_empty() || spans.iter().any(Span::is_empty) {
+            return Err(StreamError::InvalidArgument(
+                "partition request needs non-empty spans".to_string(),
+            ));
+        }
+        let start = match request.initial_scan_ts {
+            Some(ts) => StartFrom::InitialScan { at: ts.into() },
+            None => {
+                let mut frontier = SpanFrontier::new(spans.clone(), Timestamp::ZERO);
+                for r in &request.progress {
+                    let r = ResolvedSpan::from(r.clone());
+                    frontier.forward(&r.span, r.ts);
+                }
+                StartFrom::CatchUp {
+                    from: frontier.entries(),
+                }
+            }
+        };
+        let setting_batch = kv.settings().bytes("logical_replication.stream_batch_size") as usize;
+        let batch_bytes_max = match request.batch_bytes_max {
+            0 => setting_batch,
+            n => n as usize,
+        }
+        .clamp(1, 256 << 20);
+        Ok(PartitionOptions {
+            stream_id: request.stream_id,
+            spans,
+            start,
+            with_filtering: request.with_filtering,
+            batch_bytes_max,
+            min_checkpoint_frequency: kv
+                .settings()
+                .duration("physical_replication.producer.min_checkpoint_frequency")
+                .max(Duration::from_millis(10)),
+        })
+    }
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Accumulates events and checkpoints into the outgoing stream.
+struct Emitter {
+    tx: mpsc::Sender<std::result::Result<pb::StreamEvent, Status>>,
+    seq: u64,
+    batch: Vec<pb::KvEvent>,
+    batch_bytes: usize,
+}
+
+impl Emitter {
+    fn consumer_waiting(&self) -> bool {
+        self.tx.capacity() == self.tx.max_capacity()
+    }
+
+    async fn send(&mut self, event: pb::stream_event::Event) -> bool {
+        self.seq += 1;
+        let message = pb::StreamEvent {
+            stream_seq: self.seq,
+            emit_unix_nanos: unix_nanos(),
+            event: Some(event),
+        };
+        self.tx.send(Ok(message)).await.is_ok()
+    }
+
+    async fn flush(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let kvs = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        self.send(pb::stream_event::Event::Batch(pb::EventBatch { kvs }))
+            .await
+    }
+}
+
+/// Runs one partition until the consumer goes away or the rangefeed fails (the error is
+/// sent to the consumer, which re-subscribes from its checkpoint).
+pub async fn run_partition(
+    kv: KvClient,
+    rangefeeds: Arc<RangefeedManager>,
+    options: PartitionOptions,
+    tx: mpsc::Sender<std::result::Result<pb::StreamEvent, Status>>,
+) {
+    let stream_id = options.stream_id;
+    let mut emitter = Emitter {
+        tx,
+        seq: 0,
+        batch: Vec::new(),
+        batch_bytes: 0,
+    };
+    if let Err(e) = check_ownership(&kv, &options.spans).await {
+        let _ = emitter.tx.send(Err(e.into())).await;
+        return;
+    }
+    let initial = match &options.start {
+        StartFrom::CatchUp { from } => from.clone(),
+        _ => Vec::new(),
+    };
+    let mut frontier = SpanFrontier::new(options.spans.clone(), Timestamp::ZERO);
+    for r in &initial {
+        frontier.forward(&r.span, r.ts);
+    }
+    let total_ranges = options.spans.len() as u32;
+    let mut registration = match rangefeeds.register(RegisterRequest {
+        spans: options.spans.clone(),
+        start: options.start.clone(),
+        filter: Filter {
+            only_local_origin: true,
+            drop_omitted: options.with_filtering,
+        },
+        with_diff: true,
+        buffer_bytes_max: RANGEFEED_BUFFER_BYTES,
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = emitter
+                .tx
+                .send(Err(Status::unavailable(format!(
+                    "cannot start rangefeed: {e}"
+                ))))
+                .await;
+            return;
+        }
+    };
+    info!(stream_id, spans = options.spans.len(), start = ?options.start, "partition stream started");
+
+    let mut scanning = !matches!(options.start, StartFrom::Now);
+    let mut last_checkpoint: Option<(Instant, Timestamp)> = None;
+    loop {
+        let event = tokio::select! {
+            event = registration.next() => event,
+            _ = emitter.tx.closed() => {
+                debug!(stream_id, "consumer went away");
+                return;
+            }
+        };
+        match event {
+            Ok(RangefeedEvent::Value(v)) => {
+                let bytes = v.key.len()
+                    + v.value.as_ref().map_or(0, Vec::len)
+                    + v.prev_value.as_ref().map_or(0, Vec::len)
+                    + 32;
+                emitter.batch.push(pb::KvEvent {
+                    key: v.key,
+                    ts: Some(v.ts.into()),
+                    value: v.value,
+                    prev_value: v.prev_value,
+                });
+                emitter.batch_bytes += bytes;
+                if (emitter.batch_bytes >= options.batch_bytes_max || emitter.consumer_waiting())
+                    && !emitter.flush().await
+                {
+                    return;
+                }
+            }
+            Ok(RangefeedEvent::ScanDone) => {
+                scanning = false;
+                if !emitter.flush().await {
+                    return;
+                }
+            }
+            Ok(RangefeedEvent::Checkpoint { spans, resolved }) => {
+                let mut advanced = false;
+                for span in &spans {
+                    advanced |= frontier.forward(span, resolved);
+                }
+                let now = Instant::now();
+                let due = match last_checkpoint {
+                    None => true,
+                    Some((at, ts)) => {
+                        let elapsed = now.duration_since(at);
+                        (frontier.frontier() > ts || advanced)
+                            && elapsed >= options.min_checkpoint_frequency
+                            || elapsed >= options.min_checkpoint_frequency * 2
+                    }
+                };
+                if due {
+                    // Data first: the checkpoint promises everything at or below it was sent.
+                    if !emitter.flush().await {
+                        return;
+                    }
+                    let checkpoint = pb::Checkpoint {
+                        resolved_spans: frontier
+                            .entries()
+                            .into_iter()
+                            .map(pb::ResolvedSpan::from)
+                            .collect(),
+                        range_stats: Some(pb::RangeStats {
+                            scanning_ranges: if scanning { total_ranges } else { 0 },
+                            catchup_ranges: 0,
+                            total_ranges,
+                        }),
+                    };
+                    if !emitter
+                        .send(pb::stream_event::Event::Checkpoint(checkpoint))
+                        .await
+                    {
+                        return;
+                    }
+                    last_checkpoint = Some((now, frontier.frontier()));
+                } else if emitter.consumer_waiting() && !emitter.flush().await {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(stream_id, error = %e, "partition rangefeed ended; the consumer will resume from its checkpoint");
+                let _ = emitter.flush().await;
+                let _ = emitter
+                    .tx
+                    .send(Err(Status::unavailable(format!("rangefeed ended: {e}"))))
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// Every span must belong to a range this node owns (otherwise the consumer must replan).
+async fn check_ownership(kv: &KvClient, spans: &[Span]) -> Result<()> {
+    for span in spans {
+        let range = kv.range_for_key(&span.start).await?;
+        if range.node_id != kv.node_id() || !range.span.contains(span) {
+            return Err(StreamError::FailedPrecondition(format!(
+                "span {span} is not served by node {} (range {} is on node {}); replan the stream",
+                kv.node_id(),
+                range.range_id,
+                range.node_id
+            )));
+        }
+    }
+    Ok(())
+}

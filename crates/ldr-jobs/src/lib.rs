@@ -9,13 +9,14 @@
 //! This file is the crate's contract with `ldr-sql` (`SHOW JOBS`, `PAUSE/RESUME/CANCEL JOB`),
 //! `ldr-stream`, `ldr-ingest` and `ldr-server`.
 
-// Placeholder: the implementation is being written against this surface.
-#![allow(unused_variables, dead_code)]
+mod registry;
+mod state;
 
 use std::sync::Arc;
 
 use ldr_kv::KvClient;
 use ldr_types::{JobId, NodeId, Timestamp};
+pub use registry::{JOBS_SUBSPACE, Registry, RegistryOptions};
 use serde::{Deserialize, Serialize};
 
 /// Errors of the registry.
@@ -23,13 +24,19 @@ use serde::{Deserialize, Serialize};
 pub enum JobError {
     #[error("job with ID {0} does not exist")]
     NotFound(JobId),
-    /// e.g. "job 12 is already paused" / "cannot resume job 12: it is canceled".
+    /// CockroachDB's texts, e.g. "job with state succeeded cannot be requested to be paused".
     #[error("{0}")]
     InvalidTransition(String),
     #[error(transparent)]
     Kv(#[from] ldr_kv::KvError),
     #[error("job record is corrupt: {0}")]
     Corrupt(String),
+    /// A compare-and-put loop kept losing to concurrent writers.
+    #[error("job {0}: too many concurrent updates to the job record")]
+    Contention(JobId),
+    /// A resumer's progress update after another node took the job over: stop running it.
+    #[error("job {0}: this node no longer holds the job's claim")]
+    ClaimLost(JobId),
 }
 
 pub type Result<T, E = JobError> = std::result::Result<T, E>;
@@ -82,7 +89,10 @@ impl JobStatus {
         }
     }
     pub fn is_terminal(&self) -> bool {
-        matches!(self, JobStatus::Canceled | JobStatus::Failed | JobStatus::Succeeded)
+        matches!(
+            self,
+            JobStatus::Canceled | JobStatus::Failed | JobStatus::Succeeded
+        )
     }
 }
 
@@ -129,68 +139,20 @@ pub struct JobContext {
 }
 
 /// Runs jobs of one type.
+///
+/// When `ctx.stop` fires the resumer returns promptly with any outcome: the registry then
+/// decides from the record (`pause-requested` → `paused`, `cancel-requested` → `reverting` and
+/// `on_fail_or_cancel`); a job still `running` (shutdown, lost claim) stays as it is for its
+/// next claimant, and only a `Succeeded` outcome is recorded. Resumers must be idempotent: a
+/// job is re-run from its persisted progress after a node loss.
 #[async_trait::async_trait]
 pub trait Resumer: Send + Sync {
     /// Runs (or resumes) the job until it finishes or `ctx.stop` fires.
     async fn resume(&self, ctx: JobContext, record: JobRecord) -> ResumeOutcome;
     /// Cleanup after a cancel or a failure (release protected timestamps, schema locks, …).
-    async fn on_fail_or_cancel(&self, ctx: JobContext, record: JobRecord) -> std::result::Result<(), String>;
-}
-
-/// The registry of one node.
-pub struct Registry {
-    _private: (),
-}
-
-impl Registry {
-    /// Starts the claim/adopt loop on the current runtime.
-    pub fn start(kv: KvClient) -> Arc<Registry> {
-        unimplemented!()
-    }
-
-    pub fn register_resumer(&self, job_type: JobType, resumer: Arc<dyn Resumer>) {
-        unimplemented!()
-    }
-
-    /// Persists a new running job and returns its id (CockroachDB-style `unique_id`).
-    pub async fn create(
+    async fn on_fail_or_cancel(
         &self,
-        job_type: JobType,
-        description: String,
-        user_name: String,
-        payload: serde_json::Value,
-        progress: serde_json::Value,
-    ) -> Result<JobId> {
-        unimplemented!()
-    }
-
-    pub async fn get(&self, id: JobId) -> Result<JobRecord> {
-        unimplemented!()
-    }
-
-    /// All jobs, newest first.
-    pub async fn list(&self) -> Result<Vec<JobRecord>> {
-        unimplemented!()
-    }
-
-    pub async fn pause(&self, id: JobId, reason: Option<String>) -> Result<()> {
-        unimplemented!()
-    }
-
-    pub async fn resume(&self, id: JobId) -> Result<()> {
-        unimplemented!()
-    }
-
-    pub async fn cancel(&self, id: JobId) -> Result<()> {
-        unimplemented!()
-    }
-
-    /// Read-modify-write of a job's progress, fraction and running status.
-    pub async fn update_progress(
-        &self,
-        id: JobId,
-        f: &(dyn Fn(&mut JobRecord) + Send + Sync),
-    ) -> Result<JobRecord> {
-        unimplemented!()
-    }
+        ctx: JobContext,
+        record: JobRecord,
+    ) -> std::result::Result<(), String>;
 }

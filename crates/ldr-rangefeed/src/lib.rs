@@ -16,14 +16,16 @@
 //! buffer is full is failed with [`RangefeedError::Overflow`], and the consumer re-registers
 //! from its checkpoint.
 
-// Placeholder: the implementation is being written against this surface.
-#![allow(unused_variables, dead_code)]
+mod manager;
+mod registration;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use ldr_storage::{Engine, ValueHeader};
+use ldr_storage::ValueHeader;
 use ldr_types::{ResolvedSpan, Span, Timestamp};
+
+pub use manager::RangefeedManager;
+pub use registration::Registration;
 
 /// Errors delivered to a registration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,21 +84,12 @@ pub struct ValueEvent {
 pub enum RangefeedEvent {
     Value(ValueEvent),
     /// Every version at or below `resolved` in `spans` has been delivered.
-    Checkpoint { spans: Vec<Span>, resolved: Timestamp },
+    Checkpoint {
+        spans: Vec<Span>,
+        resolved: Timestamp,
+    },
     /// The initial or catch-up scan finished (live events follow).
     ScanDone,
-}
-
-/// A live registration; dropping it unregisters.
-pub struct Registration {
-    _private: (),
-}
-
-impl Registration {
-    /// The next event; `Err` ends the registration (overflow, scan failure, shutdown).
-    pub async fn next(&mut self) -> Result<RangefeedEvent, RangefeedError> {
-        unimplemented!()
-    }
 }
 
 /// Options of the manager.
@@ -108,28 +101,8 @@ pub struct ManagerOptions {
 
 impl Default for ManagerOptions {
     fn default() -> Self {
-        ManagerOptions { resolve_interval: Duration::from_millis(50) }
-    }
-}
-
-/// All registrations of one node.
-pub struct RangefeedManager {
-    _private: (),
-}
-
-impl RangefeedManager {
-    /// Creates the manager, installs it as `engine`'s commit observer and starts its resolver
-    /// task on the current tokio runtime.
-    pub fn start(engine: Arc<Engine>, options: ManagerOptions) -> Arc<RangefeedManager> {
-        unimplemented!()
-    }
-
-    pub fn register(&self, request: RegisterRequest) -> Result<Registration, RangefeedError> {
-        unimplemented!()
-    }
-
-    /// Number of live registrations (for metrics and tests).
-    pub fn registration_count(&self) -> usize {
-        unimplemented!()
+        ManagerOptions {
+            resolve_interval: Duration::from_millis(50),
+        }
     }
 }

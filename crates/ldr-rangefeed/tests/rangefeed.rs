@@ -71,7 +71,8 @@ async fn next(reg: &mut Registration) -> Result<RangefeedEvent, RangefeedError> 
 }
 
 /// (key, ts) -> (value, prev_value) of every version in `span` above `after`, from storage.
-type Versions = BTreeMap<(Vec<u8>, Timestamp), (Option<Vec<u8>>, Option<Vec<u8>>)>;
+type VersionId = (Vec<u8>, Timestamp);
+type Versions = BTreeMap<VersionId, (Option<Vec<u8>>, Option<Vec<u8>>)>;
 
 fn history(engine: &Engine, span: &Span, after: Timestamp) -> Versions {
     let mut out = BTreeMap::new();
@@ -87,10 +88,10 @@ fn history(engine: &Engine, span: &Span, after: Timestamp) -> Versions {
 /// Everything a consumer saw, with the checks that must hold at every event.
 #[derive(Default)]
 struct Seen {
-    delivered: BTreeMap<(Vec<u8>, Timestamp), (Option<Vec<u8>>, Option<Vec<u8>>)>,
+    delivered: Versions,
     last_ts_per_key: BTreeMap<Vec<u8>, Timestamp>,
     /// (checkpoint ts, versions delivered before it)
-    checkpoints: Vec<(Timestamp, BTreeSet<(Vec<u8>, Timestamp)>)>,
+    checkpoints: Vec<(Timestamp, BTreeSet<VersionId>)>,
     duplicates: usize,
     scan_done: bool,
     last_resolved: Timestamp,

@@ -30,9 +30,17 @@ pub fn classify(prefix: &[u8]) -> Option<Protocol> {
         return None;
     }
     if prefix.len() >= PREFACE.len() {
-        return Some(if &prefix[..4] == PREFACE { Protocol::Grpc } else { Protocol::Postgres });
+        return Some(if &prefix[..4] == PREFACE {
+            Protocol::Grpc
+        } else {
+            Protocol::Postgres
+        });
     }
-    if PREFACE.starts_with(prefix) { None } else { Some(Protocol::Postgres) }
+    if PREFACE.starts_with(prefix) {
+        None
+    } else {
+        Some(Protocol::Postgres)
+    }
 }
 
 /// Waits for enough bytes to classify `stream`, without consuming them.
@@ -44,14 +52,21 @@ pub async fn sniff(stream: &TcpStream) -> io::Result<Protocol> {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client sent nothing"))??;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before first bytes"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before first bytes",
+            ));
         }
         if let Some(p) = classify(&buf[..n]) {
             return Ok(p);
         }
         // Fewer than four bytes of a possible preface: wait for more.
         stream.readable().await?;
-        tokio::time::sleep_until(std::cmp::min(deadline, tokio::time::Instant::now() + Duration::from_millis(2))).await;
+        tokio::time::sleep_until(std::cmp::min(
+            deadline,
+            tokio::time::Instant::now() + Duration::from_millis(2),
+        ))
+        .await;
     }
 }
 
@@ -60,7 +75,11 @@ pub type PgHandler = Arc<dyn Fn(TcpStream, SocketAddr) -> BoxFuture<'static, ()>
 
 /// Accepts connections forever: gRPC ones go to `grpc_tx` (feeding tonic's incoming stream),
 /// PostgreSQL ones to `pg`, each on its own task.
-pub async fn accept_loop(listener: TcpListener, grpc_tx: mpsc::Sender<io::Result<TcpStream>>, pg: PgHandler) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    grpc_tx: mpsc::Sender<io::Result<TcpStream>>,
+    pg: PgHandler,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -81,7 +100,9 @@ pub async fn accept_loop(listener: TcpListener, grpc_tx: mpsc::Sender<io::Result
                     }
                 }
                 Ok(Protocol::Postgres) => pg(stream, peer).await,
-                Err(e) => debug!(%peer, error = %e, "dropping connection before protocol detection"),
+                Err(e) => {
+                    debug!(%peer, error = %e, "dropping connection before protocol detection")
+                }
             }
         });
     }
@@ -105,7 +126,9 @@ mod tests {
 
     #[tokio::test]
     async fn routes_connections_by_first_bytes() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("bound address");
         let (grpc_tx, mut grpc_rx) = mpsc::channel(4);
         let (pg_tx, mut pg_rx) = mpsc::channel::<SocketAddr>(4);
@@ -121,14 +144,22 @@ mod tests {
         let mut c1 = TcpStream::connect(addr).await.expect("connect");
         c1.write_all(b"PR").await.expect("write");
         tokio::task::yield_now().await;
-        c1.write_all(b"I * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("write");
-        let got = tokio::time::timeout(Duration::from_secs(10), grpc_rx.recv()).await.expect("routed in time");
+        c1.write_all(b"I * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("write");
+        let got = tokio::time::timeout(Duration::from_secs(10), grpc_rx.recv())
+            .await
+            .expect("routed in time");
         assert!(got.expect("channel open").is_ok());
 
         // A PostgreSQL client starts with an SSLRequest.
         let mut c2 = TcpStream::connect(addr).await.expect("connect");
-        c2.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.expect("write");
-        let peer = tokio::time::timeout(Duration::from_secs(10), pg_rx.recv()).await.expect("routed in time");
+        c2.write_all(&[0, 0, 0, 8, 4, 210, 22, 47])
+            .await
+            .expect("write");
+        let peer = tokio::time::timeout(Duration::from_secs(10), pg_rx.recv())
+            .await
+            .expect("routed in time");
         assert!(peer.is_some());
     }
 }

@@ -1,1 +1,11 @@
-//! ldr-sql: placeholder while the workspace is laid out.
+//! ldr-sql: the SQL layer of a node.
+pub mod datum;
+pub mod encoding;
+pub mod error;
+pub mod interval;
+pub mod types;
+
+pub use datum::Datum;
+pub use error::{PgError, Result, SqlError, sqlstate};
+pub use interval::Interval;
+pub use types::SqlType;

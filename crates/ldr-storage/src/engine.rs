@@ -553,6 +553,20 @@ impl Engine {
         *self.gc_threshold.lock()
     }
 
+    // ---- maintenance ----
+
+    /// Flushes the memtable to an SST file (tests, benchmarks, orderly shutdown; the WAL
+    /// already makes writes durable).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(rocks)
+    }
+
+    /// Compacts the whole store (reclaims GC'd versions' space; tests and maintenance).
+    pub fn compact(&self) -> Result<()> {
+        self.db.compact_range::<&[u8], &[u8]>(None, None);
+        Ok(())
+    }
+
     /// Test hook: the raw RocksDB handle (for corrupting stored bytes in tests).
     #[cfg(test)]
     pub(crate) fn raw_db(&self) -> &DB {

@@ -306,7 +306,9 @@ fn concurrent_lww_writers_converge_to_the_maximum() {
                         n => Some(vec![n as u8]),
                     };
                     let row = lww(key, origin_id, origin_ts, value.as_deref(), None);
-                    let r = engine.apply(std::slice::from_ref(&row), false, None).expect("apply");
+                    let r = engine
+                        .apply(std::slice::from_ref(&row), false, None)
+                        .expect("apply");
                     applied.push((row, r.outcomes[0].clone()));
                 }
                 applied

@@ -1,0 +1,1 @@
+//! Checkers: what must hold after (or during) a run.

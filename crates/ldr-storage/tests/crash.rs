@@ -137,10 +137,10 @@ fn acknowledged_writes_survive_sigkill() {
             .spawn()
             .expect("spawn child");
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
+        let lines = BufReader::new(stdout).lines();
         let mut round_acks = 0;
         let mut killed = false;
-        while let Some(line) = lines.next() {
+        for line in lines {
             let line = line.expect("read child output");
             let Some(rest) = line.strip_prefix("ack ") else {
                 continue;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
-use crate::error::{Result, SimError};
+use crate::error::{Result, SimError, describe_sql_error};
 use crate::http::{HttpResponse, http_get};
 use crate::metrics::Metrics;
 use crate::ports::{free_loopback_addr, mentions_address_in_use};
@@ -506,7 +506,7 @@ impl Cluster {
         client
             .simple_query("SELECT 1")
             .await
-            .map_err(|e| format!("SELECT 1: {e}"))?;
+            .map_err(|e| format!("SELECT 1: {}", describe_sql_error(&e)))?;
         Ok(())
     }
 

@@ -15,10 +15,12 @@ pub enum SimError {
         #[source]
         source: std::io::Error,
     },
-    /// A SQL statement or connection failed.
-    #[error("{context}: {source}")]
+    /// A SQL statement or connection failed. `detail` is the server's message and SQLSTATE
+    /// (tokio-postgres's own `Display` says only "db error").
+    #[error("{context}: {detail}")]
     Sql {
         context: String,
+        detail: String,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -62,6 +64,7 @@ impl SimError {
     pub(crate) fn sql(context: impl Into<String>, source: tokio_postgres::Error) -> SimError {
         SimError::Sql {
             context: context.into(),
+            detail: describe_sql_error(&source),
             source,
         }
     }
@@ -73,6 +76,30 @@ impl SimError {
             _ => None,
         }
     }
+}
+
+/// A tokio-postgres error with everything useful in it: the server's severity, message,
+/// SQLSTATE and detail, or the underlying I/O cause.
+pub fn describe_sql_error(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!("; detail: {detail}"));
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        text.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    text
 }
 
 /// Result alias for this crate.

@@ -41,7 +41,7 @@ pub mod sql;
 pub mod workload;
 
 pub use cluster::{Cluster, ClusterSpec, NodeInfo, find_ldr_binary, sql_url};
-pub use error::{Result, SimError};
+pub use error::{Result, SimError, describe_sql_error};
 pub use http::{HttpResponse, http_get};
 pub use ports::free_loopback_addr;
 pub use proxy::{CHUNK_BYTES, CHUNKS_IN_FLIGHT, Fault, FaultProxy, ProxyStats};

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::cluster::tail_lines;
-use crate::error::{Result, SimError};
+use crate::error::{Result, SimError, describe_sql_error};
 use crate::ports::{free_loopback_addr, mentions_address_in_use};
 use crate::process::{self, ManagedProcess, SIGINT, SIGQUIT, SpawnOptions};
 use crate::sql::{self, CONNECT_TIMEOUT, wait_until};
@@ -204,7 +204,7 @@ impl PgInstance {
             let last = match sql::connect(&url, Duration::from_secs(5)).await {
                 Ok(client) => match client.simple_query("SELECT 1").await {
                     Ok(_) => return Ok(()),
-                    Err(e) => e.to_string(),
+                    Err(e) => describe_sql_error(&e),
                 },
                 Err(e) => e.to_string(),
             };
@@ -459,7 +459,7 @@ pub async fn wait_subscription_ready(
             let rows = subscriber
                 .query(query, &[&name])
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| describe_sql_error(&e))?;
             let states: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
             if states.len() >= tables && states.iter().all(|(_, s)| s == "r") {
                 Ok(())
@@ -487,7 +487,7 @@ pub async fn wait_row_count(
             let row = client
                 .query_one(&query, &[])
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| describe_sql_error(&e))?;
             let count: i64 = row.get(0);
             if count == expected {
                 Ok(())

@@ -1,0 +1,788 @@
+//! [`KvClient`]: the cluster as seen from one node. Each operation finds the owning range(s)
+//! of its keys, then calls the owner in-process (when it is this node) or over gRPC, and
+//! merges the answers. System keyspace, settings, protected timestamps, membership and the
+//! catalog generation are built on the same primitives.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::{BoxFuture, join_all};
+use ldr_proto::pb;
+use ldr_storage::{ApplyResult, Condition, KeyVersion, RowOutcome, RowWrite, ValueHeader, Version};
+use ldr_types::{Clock, NodeId, OriginId, Span, TableId, Timestamp, keys};
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::liveness::{self, LivenessRecord};
+use crate::node::{NOTIFY_TIMEOUT, NodeInner};
+use crate::routing::{self, KeyRoute, SpanTarget};
+use crate::settings::{self, Settings};
+use crate::system::{self, SYSTEM_NODE_ID};
+use crate::wire;
+use crate::{KvError, NodeDescriptor, NodeStatus, PtsRecord, RangeDescriptor, Result};
+
+/// Compare-and-swap rounds of a protected timestamp update before giving up.
+const PTS_UPDATE_ATTEMPTS_MAX: usize = 100;
+
+/// The cluster as seen from one node (cheap to clone).
+#[derive(Clone)]
+pub struct KvClient {
+    inner: Arc<NodeInner>,
+}
+
+impl KvClient {
+    pub(crate) fn from_inner(inner: Arc<NodeInner>) -> KvClient {
+        KvClient { inner }
+    }
+
+    /// This node's id (0 before the node belongs to a cluster).
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id()
+    }
+
+    /// The cluster's UUID, as text ("" before the node belongs to a cluster).
+    pub fn cluster_id(&self) -> String {
+        self.inner
+            .identity()
+            .map(|i| i.cluster_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// This cluster's identity in LWW tie-breaks and in the origin ids stamped by the
+    /// clusters it replicates into: a stable non-zero hash of the cluster id (0 before the
+    /// node belongs to a cluster).
+    pub fn origin_id(&self) -> OriginId {
+        self.inner.identity().map(|i| i.origin_id).unwrap_or(0)
+    }
+
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.inner.clock
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// This node's descriptor (addresses; node id 0 before it has one).
+    pub fn local_node(&self) -> NodeDescriptor {
+        self.inner.self_descriptor()
+    }
+
+    // ---- data ----
+
+    /// The newest version at or below `read_ts` (default: the owner's now), tombstones
+    /// included.
+    pub async fn get(&self, key: &[u8], read_ts: Option<Timestamp>) -> Result<Option<Version>> {
+        self.inner.require_identity()?;
+        let range = self.range_for_key(key).await?;
+        match self.get_in_range(&range, key, read_ts).await {
+            Err(KvError::RangeNotFound { .. }) if range.table_id.is_some() => {
+                let fresh = self.refreshed_range(&range).await?;
+                self.get_in_range(&fresh, key, read_ts).await
+            }
+            other => other,
+        }
+    }
+
+    /// Live rows in `span` (may cross ranges) at `read_ts` (default: each owner's now), key
+    /// order, at most `limit` rows (0 = no limit).
+    pub async fn scan(
+        &self,
+        span: &Span,
+        read_ts: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<KeyVersion>> {
+        self.inner.require_identity()?;
+        let pieces = match routing::span_target(span) {
+            SpanTarget::Empty => return Ok(Vec::new()),
+            SpanTarget::System => vec![(system::system_range_descriptor(), span.clone())],
+            SpanTarget::Table(table_id) => {
+                routing::split_span(span, &self.table_ranges_cached(table_id).await?)
+            }
+            SpanTarget::Many => routing::split_span(span, &self.all_ranges().await?),
+        };
+        let scans = pieces.iter().map(|(range, piece)| async move {
+            match self.scan_in_range(range, piece, read_ts, limit).await {
+                Err(KvError::RangeNotFound { .. }) if range.table_id.is_some() => {
+                    let fresh = self.refreshed_range(range).await?;
+                    self.scan_in_range(&fresh, piece, read_ts, limit).await
+                }
+                other => other,
+            }
+        });
+        let parts = join_all(scans)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(routing::merge_scans(parts, limit))
+    }
+
+    /// Routes each row (with its dependents, which must live in the same range) to its range
+    /// owner; rows of one range go in one request, ranges are written concurrently. `atomic`
+    /// applies per range. Outcomes come back in input order with the commit timestamp of the
+    /// row's range batch. If any range fails, the error is returned (other ranges may have
+    /// been written).
+    pub async fn write(
+        &self,
+        rows: Vec<RowWrite>,
+        atomic: bool,
+    ) -> Result<Vec<(Timestamp, RowOutcome)>> {
+        self.inner.require_identity()?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tables: HashMap<TableId, Arc<[RangeDescriptor]>> = HashMap::new();
+        for row in &rows {
+            if let KeyRoute::Table { table_id, .. } = routing::route_key(&row.key)?
+                && let std::collections::hash_map::Entry::Vacant(e) = tables.entry(table_id)
+            {
+                e.insert(self.table_ranges_cached(table_id).await?);
+            }
+        }
+        let groups = routing::group_rows(&rows, |key| locate(&tables, key))?;
+        let count = rows.len();
+        let mut slots: Vec<Option<RowWrite>> = rows.into_iter().map(Some).collect();
+        let sends = groups.into_iter().map(|(range, indexes)| {
+            let batch: Vec<RowWrite> = indexes
+                .iter()
+                .map(|i| slots[*i].take().expect("each row belongs to one group"))
+                .collect();
+            async move { (self.write_to_range(&range, batch, atomic).await, indexes) }
+        });
+        let results = join_all(sends.collect::<Vec<_>>()).await;
+        let mut outcomes: Vec<Option<(Timestamp, RowOutcome)>> = vec![None; count];
+        for (result, indexes) in results {
+            let applied = result?;
+            if applied.outcomes.len() != indexes.len() {
+                return Err(KvError::Internal(format!(
+                    "range answered {} outcomes for {} rows",
+                    applied.outcomes.len(),
+                    indexes.len()
+                )));
+            }
+            for (i, outcome) in indexes.into_iter().zip(applied.outcomes) {
+                outcomes[i] = Some((applied.ts, outcome));
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every row got an outcome"))
+            .collect())
+    }
+
+    // ---- ranges ----
+
+    pub async fn range_for_key(&self, key: &[u8]) -> Result<RangeDescriptor> {
+        match routing::route_key(key)? {
+            KeyRoute::System => Ok(system::system_range_descriptor()),
+            KeyRoute::Table { table_id, .. } => locate(
+                &HashMap::from([(table_id, self.table_ranges_cached(table_id).await?)]),
+                key,
+            ),
+        }
+    }
+
+    pub async fn table_ranges(&self, table_id: TableId) -> Result<Vec<RangeDescriptor>> {
+        Ok(self.table_ranges_cached(table_id).await?.to_vec())
+    }
+
+    /// Creates `shard_count` ranges (default: 3 per live node) spread round-robin over live
+    /// nodes. Creating the ranges of a table that already has them returns the existing ones.
+    pub async fn create_table_ranges(
+        &self,
+        table_id: TableId,
+        shard_count: Option<u16>,
+    ) -> Result<Vec<RangeDescriptor>> {
+        let me = self.inner.require_identity()?.node_id;
+        match self.load_table_ranges(table_id).await {
+            Ok(existing) => return Ok(existing.to_vec()),
+            Err(KvError::NoRanges { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let mut live: Vec<NodeId> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|s| s.is_live)
+            .map(|s| s.node.node_id)
+            .collect();
+        if !live.contains(&me) {
+            live.push(me);
+        }
+        let count = shard_count.unwrap_or_else(|| routing::default_shard_count(live.len()));
+        if count == 0 {
+            return Err(KvError::Internal("a table needs at least one shard".into()));
+        }
+        let last = self
+            .sys_increment(system::COUNTER_RANGE_ID, i64::from(count))
+            .await?;
+        let first = u64::try_from(last - i64::from(count) + 1)
+            .map_err(|_| KvError::Internal(format!("range id counter is corrupt ({last})")))?;
+        let ranges = routing::assign_shards(table_id, count, &live, first);
+        let rows: Vec<RowWrite> = ranges
+            .iter()
+            .map(|r| RowWrite {
+                condition: Condition::Expect(None),
+                ..system::put_row(
+                    system::RANGES,
+                    &system::range_key(table_id, r.shard),
+                    system::encode_json(r),
+                )
+            })
+            .collect();
+        let applied = self
+            .write_to_range(&system::system_range_descriptor(), rows, true)
+            .await?;
+        if applied
+            .outcomes
+            .iter()
+            .any(|o| !matches!(o, RowOutcome::Written { .. }))
+        {
+            // Another node created them concurrently: theirs stand.
+            debug!(table_id, "table ranges were created concurrently");
+            return Ok(self.load_table_ranges(table_id).await?.to_vec());
+        }
+        self.inner.ranges.write().insert(table_id, ranges.clone());
+        Ok(ranges)
+    }
+
+    /// Deletes every key of the table and its range descriptors. Needs every owner up (a
+    /// retryable error otherwise; run it again). Dropping a table without ranges is a no-op.
+    pub async fn drop_table_ranges(&self, table_id: TableId) -> Result<()> {
+        self.inner.require_identity()?;
+        let ranges = match self.load_table_ranges(table_id).await {
+            Ok(r) => r,
+            Err(KvError::NoRanges { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let clears = ranges.iter().map(|r| self.clear_range(r));
+        for result in join_all(clears).await {
+            result?;
+        }
+        let rows: Vec<RowWrite> = ranges
+            .iter()
+            .map(|r| RowWrite {
+                value: None,
+                ..system::put_row(
+                    system::RANGES,
+                    &system::range_key(table_id, r.shard),
+                    Vec::new(),
+                )
+            })
+            .collect();
+        self.write_to_range(&system::system_range_descriptor(), rows, true)
+            .await?;
+        self.inner.ranges.write().remove(table_id);
+        Ok(())
+    }
+
+    // ---- membership ----
+
+    /// Every node that ever joined, with its liveness as seen by this node's clock.
+    pub async fn nodes(&self) -> Result<Vec<NodeStatus>> {
+        let descriptors = self
+            .sys_scan(system::NODES)
+            .await?
+            .into_iter()
+            .map(|(_, v)| system::decode_json::<NodeDescriptor>("node descriptor", &v))
+            .collect::<Result<Vec<_>>>()?;
+        let records = self
+            .sys_scan(system::LIVENESS)
+            .await?
+            .into_iter()
+            .map(|(_, v)| system::decode_json::<LivenessRecord>("liveness", &v))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(liveness::statuses(
+            descriptors,
+            &records,
+            self.inner.clock.now(),
+        ))
+    }
+
+    pub async fn is_node_live(&self, node_id: NodeId) -> Result<bool> {
+        match self
+            .sys_get(system::LIVENESS, &system::node_key(node_id))
+            .await?
+        {
+            Some(v) => Ok(system::decode_json::<LivenessRecord>("liveness", &v)?
+                .is_live_at(self.inner.clock.now())),
+            None => Ok(false),
+        }
+    }
+
+    // ---- system keyspace (JSON or raw bytes under `0x01 <subspace> 0x00 <key>`) ----
+
+    pub async fn sys_get(&self, subspace: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let version = self.get(&keys::system_key(subspace, key), None).await?;
+        Ok(version.and_then(|v| v.value))
+    }
+
+    pub async fn sys_put(&self, subspace: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.sys_write_one(system::put_row(subspace, key, value.to_vec()))
+            .await
+            .map(|_| ())
+    }
+
+    /// Compare-and-put: writes iff the current value equals `expected` (`None`: absent).
+    /// `value: None` deletes. Returns the actual value on mismatch.
+    pub async fn sys_cput(
+        &self,
+        subspace: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+        expected: Option<&[u8]>,
+    ) -> Result<Result<(), Option<Vec<u8>>>> {
+        let row = RowWrite {
+            key: keys::system_key(subspace, key),
+            value: value.map(<[u8]>::to_vec),
+            condition: Condition::Expect(expected.map(<[u8]>::to_vec)),
+            header: ValueHeader::default(),
+            dependents: Vec::new(),
+        };
+        match self.sys_write_one(row).await? {
+            RowOutcome::Written { .. } => Ok(Ok(())),
+            RowOutcome::ConditionFailed { actual } => Ok(Err(actual.and_then(|v| v.value))),
+            other => Err(KvError::Internal(format!(
+                "unexpected outcome of a conditional put: {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn sys_delete(&self, subspace: &str, key: &[u8]) -> Result<()> {
+        let row = RowWrite {
+            value: None,
+            ..system::put_row(subspace, key, Vec::new())
+        };
+        self.sys_write_one(row).await.map(|_| ())
+    }
+
+    /// Every `(key, value)` of a subspace, in key order (keys without the subspace prefix).
+    pub async fn sys_scan(&self, subspace: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.sys_scan_prefix(subspace, b"").await
+    }
+
+    /// Every `(key, value)` of a subspace whose key starts with `prefix`, in key order (keys
+    /// without the subspace prefix).
+    pub async fn sys_scan_prefix(
+        &self,
+        subspace: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let strip = keys::system_key(subspace, b"").len();
+        let span = Span::prefix(&keys::system_key(subspace, prefix));
+        let rows = self.scan(&span, None, 0).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|kv| kv.version.value.map(|v| (kv.key[strip..].to_vec(), v)))
+            .collect())
+    }
+
+    /// Atomically increments a counter and returns the new value (id allocation). A missing
+    /// counter counts as 0.
+    pub async fn sys_increment(&self, counter: &str, by: i64) -> Result<i64> {
+        let identity = self.inner.require_identity()?;
+        if identity.node_id == SYSTEM_NODE_ID {
+            return self.inner.serve_increment(counter.to_string(), by).await;
+        }
+        let cluster_id = identity.cluster_id.clone();
+        let address = self.inner.address_of(SYSTEM_NODE_ID).await?;
+        let request = pb::KvIncrementRequest {
+            counter: counter.to_string(),
+            by,
+        };
+        let response = self
+            .inner
+            .transport
+            .call(
+                SYSTEM_NODE_ID,
+                &address,
+                Some(&cluster_id),
+                None,
+                request,
+                |mut c, r| async move { c.increment(r).await },
+            )
+            .await?;
+        Ok(response.value)
+    }
+
+    // ---- settings ----
+
+    /// Validates, persists, and broadcasts a cluster setting (`SET CLUSTER SETTING`).
+    pub async fn set_setting(&self, name: &str, value: &str) -> Result<()> {
+        let def = settings::lookup(name)?;
+        let parsed = def.parse(value)?;
+        if parsed == def.default_value() {
+            self.sys_delete(system::SETTINGS, name.as_bytes()).await?;
+        } else {
+            self.sys_put(
+                system::SETTINGS,
+                name.as_bytes(),
+                parsed.to_string().as_bytes(),
+            )
+            .await?;
+        }
+        if self.inner.settings.set_cached(def, parsed) {
+            self.inner.apply_settings(&[def.name]);
+        }
+        self.notify_peers(pb::KvNotifyRequest {
+            catalog_generation: 0,
+            settings_changed: true,
+        });
+        Ok(())
+    }
+
+    pub async fn reset_setting(&self, name: &str) -> Result<()> {
+        let def = settings::lookup(name)?;
+        self.sys_delete(system::SETTINGS, name.as_bytes()).await?;
+        if self.inner.settings.set_cached(def, def.default_value()) {
+            self.inner.apply_settings(&[def.name]);
+        }
+        self.notify_peers(pb::KvNotifyRequest {
+            catalog_generation: 0,
+            settings_changed: true,
+        });
+        Ok(())
+    }
+
+    // ---- protected timestamps ----
+
+    /// Creates (or replaces) a protected timestamp record.
+    pub async fn protect(&self, record: PtsRecord) -> Result<()> {
+        self.sys_put(
+            system::PTS,
+            record.id.as_bytes(),
+            &system::encode_json(&record),
+        )
+        .await
+    }
+
+    /// Moves a record forward (never backwards).
+    pub async fn update_protection(&self, id: &str, ts: Timestamp) -> Result<()> {
+        for _ in 0..PTS_UPDATE_ATTEMPTS_MAX {
+            let Some(current) = self.sys_get(system::PTS, id.as_bytes()).await? else {
+                return Err(KvError::PtsNotFound(id.to_string()));
+            };
+            let mut record: PtsRecord = system::decode_json("protected timestamp", &current)?;
+            if ts <= record.ts {
+                return Ok(());
+            }
+            record.ts = ts;
+            let next = system::encode_json(&record);
+            if self
+                .sys_cput(system::PTS, id.as_bytes(), Some(&next), Some(&current))
+                .await?
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        Err(KvError::Internal(format!(
+            "protected timestamp record {id:?} stayed contended"
+        )))
+    }
+
+    /// Removes a record (no-op if it does not exist).
+    pub async fn release_protection(&self, id: &str) -> Result<()> {
+        self.sys_delete(system::PTS, id.as_bytes()).await
+    }
+
+    pub async fn protections(&self) -> Result<Vec<PtsRecord>> {
+        self.sys_scan(system::PTS)
+            .await?
+            .into_iter()
+            .map(|(_, v)| system::decode_json("protected timestamp", &v))
+            .collect()
+    }
+
+    // ---- catalog change notification ----
+
+    /// Tells every live node that descriptors changed (they drop cached descriptors); returns
+    /// the new catalog generation.
+    pub async fn bump_catalog_generation(&self) -> Result<u64> {
+        let generation = self
+            .sys_increment(system::COUNTER_CATALOG_GENERATION, 1)
+            .await?;
+        let generation = u64::try_from(generation).map_err(|_| {
+            KvError::Internal(format!("catalog generation is negative ({generation})"))
+        })?;
+        self.inner.observe_catalog_generation(generation);
+        self.notify_peers(pb::KvNotifyRequest {
+            catalog_generation: generation,
+            settings_changed: false,
+        });
+        Ok(generation)
+    }
+
+    /// The latest catalog generation this node has seen.
+    pub fn catalog_generation(&self) -> u64 {
+        self.inner.catalog_generation()
+    }
+
+    /// Follows the catalog generation this node has seen (changes on bumps anywhere).
+    pub fn watch_catalog_generation(&self) -> watch::Receiver<u64> {
+        self.inner.subscribe_catalog_generation()
+    }
+
+    // ---- internals ----
+
+    /// The table's ranges, from this node's cache or the system keyspace.
+    async fn table_ranges_cached(&self, table_id: TableId) -> Result<Arc<[RangeDescriptor]>> {
+        if let Some(r) = self.inner.ranges.read().get(table_id) {
+            return Ok(r);
+        }
+        self.load_table_ranges(table_id).await
+    }
+
+    /// Reads the table's ranges from the system keyspace and caches them.
+    /// (Boxed: owners call it while serving, so the call graph is recursive.)
+    pub(crate) fn load_table_ranges(
+        &self,
+        table_id: TableId,
+    ) -> BoxFuture<'_, Result<Arc<[RangeDescriptor]>>> {
+        Box::pin(async move {
+            let ranges = self
+                .sys_scan_prefix(system::RANGES, &system::table_ranges_prefix(table_id))
+                .await?
+                .into_iter()
+                .map(|(_, v)| system::decode_json::<RangeDescriptor>("range descriptor", &v))
+                .collect::<Result<Vec<_>>>()?;
+            let ranges = self.inner.ranges.write().insert(table_id, ranges);
+            if ranges.is_empty() {
+                return Err(KvError::NoRanges { table_id });
+            }
+            Ok(ranges)
+        })
+    }
+
+    /// Every range descriptor in the cluster (the system range included).
+    /// (Boxed: it scans, and scans call it.)
+    fn all_ranges(&self) -> BoxFuture<'_, Result<Vec<RangeDescriptor>>> {
+        Box::pin(async move {
+            self.sys_scan(system::RANGES)
+                .await?
+                .into_iter()
+                .map(|(_, v)| system::decode_json::<RangeDescriptor>("range descriptor", &v))
+                .collect()
+        })
+    }
+
+    /// After an owner said it does not have `range`: the range's current descriptor.
+    async fn refreshed_range(&self, range: &RangeDescriptor) -> Result<RangeDescriptor> {
+        let table_id = range.table_id.expect("only table ranges are refreshed");
+        self.inner.ranges.write().remove(table_id);
+        let ranges = self.load_table_ranges(table_id).await?;
+        match routing::find_shard(&ranges, range.shard) {
+            Some(fresh) if fresh != range => Ok(fresh.clone()),
+            _ => Err(KvError::RangeNotFound {
+                range_id: range.range_id,
+            }),
+        }
+    }
+
+    /// Calls the owner of `range` over gRPC.
+    async fn call_owner<Req, Resp, F, Fut>(
+        &self,
+        node_id: NodeId,
+        request: Req,
+        f: F,
+    ) -> Result<Resp>
+    where
+        F: FnOnce(crate::transport::PbClient, tonic::Request<Req>) -> Fut,
+        Fut:
+            std::future::Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let cluster_id = self.inner.require_identity()?.cluster_id.clone();
+        let address = self.inner.address_of(node_id).await?;
+        self.inner
+            .transport
+            .call(node_id, &address, Some(&cluster_id), None, request, f)
+            .await
+    }
+
+    async fn get_in_range(
+        &self,
+        range: &RangeDescriptor,
+        key: &[u8],
+        read_ts: Option<Timestamp>,
+    ) -> Result<Option<Version>> {
+        if range.node_id == self.node_id() {
+            return self
+                .inner
+                .serve_get(range.range_id, key.to_vec(), read_ts)
+                .await;
+        }
+        let request = pb::KvGetRequest {
+            range_id: range.range_id,
+            key: key.to_vec(),
+            read_ts: read_ts.map(Into::into),
+        };
+        let response = self
+            .call_owner(
+                range.node_id,
+                request,
+                |mut c, r| async move { c.get(r).await },
+            )
+            .await?;
+        Ok(response.version.map(wire::version_from_pb))
+    }
+
+    async fn scan_in_range(
+        &self,
+        range: &RangeDescriptor,
+        span: &Span,
+        read_ts: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<KeyVersion>> {
+        if range.node_id == self.node_id() {
+            return self
+                .inner
+                .serve_scan(range.range_id, span.clone(), read_ts, limit)
+                .await;
+        }
+        let request = pb::KvScanRequest {
+            range_id: range.range_id,
+            span: Some(span.into()),
+            read_ts: read_ts.map(Into::into),
+            limit: limit as u64,
+        };
+        let response = self
+            .call_owner(
+                range.node_id,
+                request,
+                |mut c, r| async move { c.scan(r).await },
+            )
+            .await?;
+        response
+            .rows
+            .into_iter()
+            .map(wire::key_version_from_pb)
+            .collect()
+    }
+
+    /// Writes one range's rows, following a stale cached descriptor once.
+    async fn write_to_range(
+        &self,
+        range: &RangeDescriptor,
+        rows: Vec<RowWrite>,
+        atomic: bool,
+    ) -> Result<ApplyResult> {
+        if range.table_id.is_none() {
+            return self.send_write(range, rows, atomic).await;
+        }
+        match self.send_write(range, rows.clone(), atomic).await {
+            Err(KvError::RangeNotFound { .. }) => {
+                let fresh = self.refreshed_range(range).await?;
+                self.send_write(&fresh, rows, atomic).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_write(
+        &self,
+        range: &RangeDescriptor,
+        rows: Vec<RowWrite>,
+        atomic: bool,
+    ) -> Result<ApplyResult> {
+        if range.node_id == self.node_id() {
+            return self.inner.serve_write(range.range_id, rows, atomic).await;
+        }
+        let request = pb::KvWriteRequest {
+            range_id: range.range_id,
+            rows: rows.into_iter().map(wire::row_to_pb).collect(),
+            atomic,
+        };
+        let response = self
+            .call_owner(range.node_id, request, |mut c, r| async move {
+                c.write(r).await
+            })
+            .await?;
+        Ok(ApplyResult {
+            ts: ldr_proto::ts_or_zero(response.ts),
+            outcomes: response
+                .outcomes
+                .into_iter()
+                .map(wire::outcome_from_pb)
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    async fn sys_write_one(&self, row: RowWrite) -> Result<RowOutcome> {
+        self.inner.require_identity()?;
+        let applied = self
+            .write_to_range(&system::system_range_descriptor(), vec![row], true)
+            .await?;
+        applied
+            .outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| KvError::Internal("a write returned no outcome".into()))
+    }
+
+    async fn clear_range(&self, range: &RangeDescriptor) -> Result<u64> {
+        if range.node_id == self.node_id() {
+            return self
+                .inner
+                .serve_clear_range(range.range_id, range.span.clone())
+                .await;
+        }
+        let request = pb::KvClearRangeRequest {
+            range_id: range.range_id,
+            span: Some((&range.span).into()),
+        };
+        let response = self
+            .call_owner(range.node_id, request, |mut c, r| async move {
+                c.clear_range(r).await
+            })
+            .await?;
+        Ok(response.keys_cleared)
+    }
+
+    /// Tells every other live node about a change, in the background (they also poll).
+    fn notify_peers(&self, request: pb::KvNotifyRequest) {
+        let client = self.clone();
+        self.inner.spawn(async move {
+            let Ok(nodes) = client.nodes().await else { return };
+            let Ok(identity) = client.inner.require_identity().cloned() else { return };
+            let calls = nodes.into_iter().filter(|n| n.is_live && n.node.node_id != identity.node_id).map(|n| {
+                let client = &client;
+                let cluster_id = identity.cluster_id.clone();
+                async move {
+                    let r = client
+                        .inner
+                        .transport
+                        .call(n.node.node_id, &n.node.address, Some(&cluster_id), Some(NOTIFY_TIMEOUT), request, |mut c, r| async move {
+                            c.notify(r).await
+                        })
+                        .await;
+                    if let Err(e) = r {
+                        debug!(node_id = n.node.node_id, error = %e, "change notification not delivered");
+                    }
+                }
+            });
+            join_all(calls).await;
+        });
+    }
+}
+
+/// The range of `key` among cached tables.
+fn locate(
+    tables: &HashMap<TableId, Arc<[RangeDescriptor]>>,
+    key: &[u8],
+) -> Result<RangeDescriptor> {
+    match routing::route_key(key)? {
+        KeyRoute::System => Ok(system::system_range_descriptor()),
+        KeyRoute::Table { table_id, shard } => {
+            let ranges = tables
+                .get(&table_id)
+                .ok_or(KvError::NoRanges { table_id })?;
+            routing::find_shard(ranges, shard).cloned().ok_or_else(|| {
+                KvError::Internal(format!(
+                    "key {} is in shard {shard}, but table {table_id} has {} shards",
+                    keys::pretty_key(key),
+                    ranges.len()
+                ))
+            })
+        }
+    }
+}

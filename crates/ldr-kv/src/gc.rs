@@ -1,0 +1,58 @@
+//! The GC threshold decision: versions may be collected up to `now - gc.ttlseconds`, but never
+//! above the oldest protected timestamp (a reader at a protected timestamp still needs the
+//! version visible there, and a catch-up scan from it needs the previous values). The GC loop
+//! that applies it lives in `node.rs`.
+
+use std::time::Duration;
+
+use ldr_types::Timestamp;
+
+/// How often each node collects its own ranges.
+pub(crate) const GC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The threshold passed to `Engine::gc`.
+pub(crate) fn gc_threshold(now: Timestamp, ttl_seconds: i64, protected: &[Timestamp]) -> Timestamp {
+    let ttl_nanos = u64::try_from(ttl_seconds)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000);
+    let by_ttl = Timestamp::new(now.wall_time_ns.saturating_sub(ttl_nanos), 0);
+    protected.iter().copied().fold(by_ttl, std::cmp::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn ttl_bounds_the_threshold() {
+        let now = Timestamp::new(1000 * SEC, 7);
+        assert_eq!(gc_threshold(now, 100, &[]), Timestamp::new(900 * SEC, 0));
+        assert_eq!(gc_threshold(now, 0, &[]), Timestamp::new(1000 * SEC, 0));
+        assert_eq!(
+            gc_threshold(now, 5000, &[]),
+            Timestamp::ZERO,
+            "saturates at zero"
+        );
+        assert_eq!(
+            gc_threshold(now, -5, &[]),
+            Timestamp::new(1000 * SEC, 0),
+            "negative ttl counts as zero"
+        );
+    }
+
+    #[test]
+    fn the_oldest_protection_holds_the_threshold_back() {
+        let now = Timestamp::new(1000 * SEC, 0);
+        let p1 = Timestamp::new(950 * SEC, 3);
+        let p2 = Timestamp::new(800 * SEC, 1);
+        assert_eq!(
+            gc_threshold(now, 100, &[p1]),
+            Timestamp::new(900 * SEC, 0),
+            "a newer protection does not matter"
+        );
+        assert_eq!(gc_threshold(now, 100, &[p1, p2]), p2);
+        assert_eq!(gc_threshold(now, 0, &[p1]), p1);
+    }
+}

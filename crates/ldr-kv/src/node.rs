@@ -1,0 +1,758 @@
+//! One node's cluster machinery: opening the store, identity (bootstrap as node 1, or join
+//! through `--join` addresses), and the background loops that run once the node belongs to a
+//! cluster (re-registration, liveness heartbeats, settings refresh, catalog generation polling,
+//! GC of the node's own ranges).
+//!
+//! [`NodeInner`] is shared by the node handle, every [`KvClient`], the gRPC service (weakly)
+//! and the background tasks; stopping the node aborts the tasks, and dropping every handle
+//! closes the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ldr_proto::pb;
+use ldr_rangefeed::{ManagerOptions, RangefeedManager};
+use ldr_storage::{Engine, EngineOptions, GcStats};
+use ldr_types::{Clock, NodeId, OriginId, keys};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::client::KvClient;
+use crate::gc::{GC_INTERVAL, gc_threshold};
+use crate::liveness::{HEARTBEAT_INTERVAL, LivenessRecord};
+use crate::routing::RangeCache;
+use crate::service::{KvGrpcServer, KvService};
+use crate::settings::{self, Settings};
+use crate::system::{self, PersistedIdentity, SYSTEM_NODE_ID};
+use crate::transport::Transport;
+use crate::wire;
+use crate::{KvError, NodeConfig, NodeDescriptor, RangeDescriptor, Result};
+
+/// How often a node re-reads the catalog generation.
+const CATALOG_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a node re-reads the cluster settings (besides change notifications).
+const SETTINGS_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Joining: first and largest pause between rounds over the `--join` addresses.
+const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long a best-effort notification may take.
+pub(crate) const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Node descriptors are re-read every this many heartbeats (address changes of peers).
+const ADDRESS_REFRESH_HEARTBEATS: u64 = 10;
+
+const CLOSED_TS_SETTING: &str = "kv.closed_timestamp.target_duration";
+
+/// A node's identity in its cluster.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub(crate) cluster_id: String,
+    pub(crate) node_id: NodeId,
+    pub(crate) origin_id: OriginId,
+}
+
+#[derive(Default)]
+struct Tasks {
+    stopped: bool,
+    handles: Vec<JoinHandle<()>>,
+}
+
+/// Everything one node shares between its handle, clients, service and loops.
+pub(crate) struct NodeInner {
+    pub(crate) config: NodeConfig,
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) rangefeeds: Arc<RangefeedManager>,
+    pub(crate) settings: Settings,
+    identity: OnceLock<Identity>,
+    initialized: watch::Sender<bool>,
+    /// This node's descriptor (node id 0 until it has one).
+    self_desc: RwLock<NodeDescriptor>,
+    /// Where each known node listens (node 1 always, once initialized).
+    addresses: RwLock<HashMap<NodeId, String>>,
+    pub(crate) ranges: RwLock<RangeCache>,
+    pub(crate) transport: Transport,
+    catalog_generation: watch::Sender<u64>,
+    settings_changed: Notify,
+    init_lock: tokio::sync::Mutex<()>,
+    /// Serialises counter increments on node 1 (they still use compare-and-swap).
+    pub(crate) increment_lock: tokio::sync::Mutex<()>,
+    tasks: Mutex<Tasks>,
+    stopped: AtomicBool,
+}
+
+impl NodeInner {
+    pub(crate) fn identity(&self) -> Option<&Identity> {
+        self.identity.get()
+    }
+
+    pub(crate) fn require_identity(&self) -> Result<&Identity> {
+        self.identity.get().ok_or(KvError::NotInitialized)
+    }
+
+    /// This node's id (0 before it has one).
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.identity.get().map(|i| i.node_id).unwrap_or(0)
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn self_descriptor(&self) -> NodeDescriptor {
+        self.self_desc.read().clone()
+    }
+
+    pub(crate) fn client(self: &Arc<Self>) -> KvClient {
+        KvClient::from_inner(self.clone())
+    }
+
+    /// Runs `fut` until the node stops.
+    pub(crate) fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock();
+        if tasks.stopped {
+            return;
+        }
+        tasks.handles.retain(|h| !h.is_finished());
+        tasks.handles.push(tokio::spawn(fut));
+    }
+
+    /// Runs `f` on the engine off the async threads.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine) -> ldr_storage::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || f(&engine))
+            .await
+            .map_err(|e| KvError::Internal(format!("storage task failed: {e}")))?
+            .map_err(KvError::from)
+    }
+
+    // ---- addresses ----
+
+    /// Where `node_id` listens; unknown nodes are looked up in the system keyspace.
+    pub(crate) async fn address_of(self: &Arc<Self>, node_id: NodeId) -> Result<String> {
+        if node_id == self.node_id() && node_id != 0 {
+            return Ok(self.self_desc.read().address.clone());
+        }
+        if let Some(a) = self.addresses.read().get(&node_id) {
+            return Ok(a.clone());
+        }
+        if node_id == SYSTEM_NODE_ID {
+            return Err(KvError::NotInitialized);
+        }
+        self.refresh_addresses().await?;
+        self.addresses
+            .read()
+            .get(&node_id)
+            .cloned()
+            .ok_or_else(|| KvError::NodeUnavailable {
+                node_id,
+                address: String::new(),
+                detail: "no address is known for this node".to_string(),
+            })
+    }
+
+    /// Re-reads every node descriptor.
+    /// (Boxed: RPCs look up addresses, so the call graph is recursive.)
+    fn refresh_addresses(self: &Arc<Self>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let me = self.node_id();
+            let rows = self.client().sys_scan(system::NODES).await?;
+            let mut addresses = self.addresses.write();
+            for (_, value) in rows {
+                let desc: NodeDescriptor = system::decode_json("node descriptor", &value)?;
+                if desc.node_id != me {
+                    addresses.insert(desc.node_id, desc.address);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// A peer announced (possibly new) addresses.
+    pub(crate) fn learn_address(&self, node: &NodeDescriptor) -> Result<()> {
+        if node.node_id == 0 || node.node_id == self.node_id() {
+            return Ok(());
+        }
+        let previous = self
+            .addresses
+            .write()
+            .insert(node.node_id, node.address.clone());
+        if node.node_id == SYSTEM_NODE_ID
+            && previous.as_deref() != Some(node.address.as_str())
+            && let Some(id) = self.identity()
+        {
+            info!(address = %node.address, "node 1 moved; remembering its new address");
+            self.persist_identity(&PersistedIdentity {
+                cluster_id: id.cluster_id.clone(),
+                node_id: id.node_id,
+                node1_address: node.address.clone(),
+            })?;
+        }
+        Ok(())
+    }
+
+    // ---- identity ----
+
+    fn persist_identity(&self, identity: &PersistedIdentity) -> Result<()> {
+        self.engine
+            .put_local(system::IDENTITY_LOCAL_KEY, &system::encode_json(identity))?;
+        Ok(())
+    }
+
+    /// Takes `identity` as this node's (persisted first); false if it already had one.
+    fn adopt_identity(
+        self: &Arc<Self>,
+        identity: PersistedIdentity,
+        persist: bool,
+    ) -> Result<bool> {
+        if self.identity.get().is_some() {
+            return Ok(false);
+        }
+        if persist {
+            self.persist_identity(&identity)?;
+        }
+        let origin_id = system::origin_id_for(&identity.cluster_id);
+        self.self_desc.write().node_id = identity.node_id;
+        if identity.node_id != SYSTEM_NODE_ID {
+            self.addresses
+                .write()
+                .insert(SYSTEM_NODE_ID, identity.node1_address.clone());
+        }
+        let adopted = self
+            .identity
+            .set(Identity {
+                cluster_id: identity.cluster_id.clone(),
+                node_id: identity.node_id,
+                origin_id,
+            })
+            .is_ok();
+        debug_assert!(
+            adopted,
+            "identity is only set under the init lock or at start"
+        );
+        info!(node_id = identity.node_id, cluster_id = %identity.cluster_id, "node has its identity");
+        self.initialized.send_replace(true);
+        self.start_cluster_loops();
+        Ok(true)
+    }
+
+    /// Makes this node node 1 of a new cluster; returns the cluster id.
+    pub(crate) async fn bootstrap(self: &Arc<Self>) -> Result<String> {
+        let _guard = self.init_lock.lock().await;
+        if self.identity.get().is_some() {
+            return Err(KvError::AlreadyInitialized);
+        }
+        let cluster_id = uuid::Uuid::new_v4().to_string();
+        let mut node1 = self.self_descriptor();
+        node1.node_id = SYSTEM_NODE_ID;
+        node1.started_at = self.clock.now();
+        let rows = system::bootstrap_rows(&node1);
+        self.blocking(move |e| e.apply(&rows, true, None)).await?;
+        let identity = PersistedIdentity {
+            cluster_id: cluster_id.clone(),
+            node_id: SYSTEM_NODE_ID,
+            node1_address: node1.address.clone(),
+        };
+        self.adopt_identity(identity, true)?;
+        info!(%cluster_id, "bootstrapped a new cluster");
+        Ok(cluster_id)
+    }
+
+    /// Asks `--join` addresses for a node id until one answers (or the node gets an identity
+    /// another way).
+    async fn join_loop(self: Arc<Self>) {
+        let own = self.self_desc.read().address.clone();
+        let peers: Vec<String> = self
+            .config
+            .join
+            .iter()
+            .map(|a| system::dialable_address(a))
+            .filter(|a| *a != own)
+            .collect();
+        if peers.is_empty() {
+            info!("no other --join address: waiting for `ldr init`");
+            return;
+        }
+        let mut backoff = JOIN_BACKOFF_MIN;
+        let mut round: u64 = 0;
+        while self.identity.get().is_none() {
+            for address in &peers {
+                match self.try_join(address).await {
+                    Ok(()) => return,
+                    Err(e) if round.is_multiple_of(20) => {
+                        info!(%address, error = %e, "waiting to join the cluster")
+                    }
+                    Err(e) => debug!(%address, error = %e, "join attempt failed"),
+                }
+                if self.identity.get().is_some() {
+                    return;
+                }
+            }
+            round += 1;
+            tokio::time::sleep(backoff).await;
+            backoff = std::cmp::min(backoff * 2, JOIN_BACKOFF_MAX);
+        }
+    }
+
+    async fn try_join(self: &Arc<Self>, address: &str) -> Result<()> {
+        let request = pb::KvJoinRequest {
+            node: Some(wire::node_to_pb(&self.self_descriptor())),
+            cluster_name: self.config.cluster_name.clone().unwrap_or_default(),
+        };
+        let response = self
+            .transport
+            .call(0, address, None, None, request, |mut c, r| async move {
+                c.join(r).await
+            })
+            .await?;
+        let node1_address = response.node1.map(|n| n.address).unwrap_or_default();
+        if response.node_id == 0 || response.cluster_id.is_empty() || node1_address.is_empty() {
+            return Err(KvError::Rpc(format!(
+                "malformed join answer from {address}"
+            )));
+        }
+        let _guard = self.init_lock.lock().await;
+        let identity = PersistedIdentity {
+            cluster_id: response.cluster_id,
+            node_id: response.node_id,
+            node1_address,
+        };
+        if !self.adopt_identity(identity, true)? {
+            warn!(%address, node_id = response.node_id, "got a node id after already having one; ignoring it");
+        }
+        Ok(())
+    }
+
+    /// Answers a joiner: allocates its node id on node 1 and records its descriptor.
+    pub(crate) async fn serve_join(
+        self: &Arc<Self>,
+        joiner: NodeDescriptor,
+        cluster_name: &str,
+    ) -> Result<(String, NodeId, String)> {
+        let identity = self.require_identity()?.clone();
+        let ours = self.config.cluster_name.as_deref().unwrap_or("");
+        if !ours.is_empty() && !cluster_name.is_empty() && ours != cluster_name {
+            return Err(KvError::Internal(format!(
+                "cluster name {cluster_name:?} does not match this cluster's name {ours:?}"
+            )));
+        }
+        let client = self.client();
+        let node_id = client.sys_increment(system::COUNTER_NODE_ID, 1).await?;
+        let node_id = NodeId::try_from(node_id)
+            .map_err(|_| KvError::Internal(format!("node id {node_id} out of range")))?;
+        let desc = NodeDescriptor { node_id, ..joiner };
+        client
+            .sys_put(
+                system::NODES,
+                &system::node_key(node_id),
+                &system::encode_json(&desc),
+            )
+            .await?;
+        self.addresses.write().insert(node_id, desc.address.clone());
+        let node1_address = self.address_of(SYSTEM_NODE_ID).await?;
+        info!(node_id, address = %desc.address, "node joined the cluster");
+        Ok((identity.cluster_id, node_id, node1_address))
+    }
+
+    // ---- background loops ----
+
+    fn start_cluster_loops(self: &Arc<Self>) {
+        self.spawn(self.clone().liveness_loop());
+        self.spawn(self.clone().settings_loop());
+        self.spawn(self.clone().catalog_loop());
+        self.spawn(self.clone().gc_loop());
+    }
+
+    /// Registers this node's current descriptor and tells the other nodes about it.
+    async fn register(self: &Arc<Self>) -> Result<()> {
+        let desc = self.self_descriptor();
+        let client = self.client();
+        client
+            .sys_put(
+                system::NODES,
+                &system::node_key(desc.node_id),
+                &system::encode_json(&desc),
+            )
+            .await?;
+        let others: Vec<NodeDescriptor> = client
+            .sys_scan(system::NODES)
+            .await?
+            .into_iter()
+            .filter_map(|(_, v)| system::decode_json::<NodeDescriptor>("node descriptor", &v).ok())
+            .filter(|n| n.node_id != desc.node_id)
+            .collect();
+        for n in &others {
+            self.addresses.write().insert(n.node_id, n.address.clone());
+        }
+        let cluster_id = self.require_identity()?.cluster_id.clone();
+        let announcements = others.into_iter().map(|n| {
+            let request = pb::KvAnnounceRequest { node: Some(wire::node_to_pb(&desc)) };
+            let cluster_id = cluster_id.clone();
+            async move {
+                let r = self
+                    .transport
+                    .call(n.node_id, &n.address, Some(&cluster_id), Some(NOTIFY_TIMEOUT), request, |mut c, r| async move {
+                        c.announce(r).await
+                    })
+                    .await;
+                if let Err(e) = r {
+                    debug!(node_id = n.node_id, error = %e, "could not announce this node's addresses");
+                }
+            }
+        });
+        futures::future::join_all(announcements).await;
+        info!(node_id = desc.node_id, address = %desc.address, "node registered");
+        Ok(())
+    }
+
+    async fn liveness_loop(self: Arc<Self>) {
+        let client = self.client();
+        let mut registered = false;
+        let mut failing = false;
+        let mut beat: u64 = 0;
+        loop {
+            let result = async {
+                if !registered {
+                    self.register().await?;
+                    registered = true;
+                }
+                let me = self.node_id();
+                let record = LivenessRecord::renewed(me, self.clock.now());
+                client
+                    .sys_put(
+                        system::LIVENESS,
+                        &system::node_key(me),
+                        &system::encode_json(&record),
+                    )
+                    .await?;
+                if beat.is_multiple_of(ADDRESS_REFRESH_HEARTBEATS) {
+                    self.refresh_addresses().await?;
+                }
+                Ok::<(), KvError>(())
+            }
+            .await;
+            match result {
+                Ok(()) if failing => {
+                    info!("liveness heartbeats succeed again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    warn!(error = %e, "liveness heartbeat failed");
+                    failing = true;
+                }
+                Err(e) => debug!(error = %e, "liveness heartbeat failed"),
+            }
+            beat += 1;
+            tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        }
+    }
+
+    /// Re-reads the persisted settings into the cache and applies changed ones.
+    pub(crate) async fn refresh_settings(self: &Arc<Self>) -> Result<()> {
+        let rows = self.client().sys_scan(system::SETTINGS).await?;
+        let persisted: BTreeMap<String, String> = rows
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        let changed = self.settings.replace_from_persisted(&persisted);
+        self.apply_settings(&changed);
+        Ok(())
+    }
+
+    /// Side effects of changed settings on this node.
+    pub(crate) fn apply_settings(&self, changed: &[&str]) {
+        for name in changed {
+            debug!(setting = name, "cluster setting changed");
+            if *name == CLOSED_TS_SETTING {
+                let target = self.settings.duration(CLOSED_TS_SETTING);
+                info!(
+                    target_ms = target.as_millis() as u64,
+                    "applying closed timestamp target"
+                );
+                self.engine.set_closed_timestamp_target(target);
+            }
+        }
+    }
+
+    async fn settings_loop(self: Arc<Self>) {
+        let mut failing = false;
+        loop {
+            match self.refresh_settings().await {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    warn!(error = %e, "could not refresh cluster settings");
+                    failing = true;
+                }
+                Err(e) => debug!(error = %e, "could not refresh cluster settings"),
+            }
+            let _ =
+                tokio::time::timeout(SETTINGS_REFRESH_INTERVAL, self.settings_changed.notified())
+                    .await;
+        }
+    }
+
+    /// A peer told us settings changed.
+    pub(crate) fn settings_changed(&self) {
+        self.settings_changed.notify_one();
+    }
+
+    pub(crate) fn catalog_generation(&self) -> u64 {
+        *self.catalog_generation.borrow()
+    }
+
+    pub(crate) fn subscribe_catalog_generation(&self) -> watch::Receiver<u64> {
+        self.catalog_generation.subscribe()
+    }
+
+    /// Records a catalog generation seen anywhere; a newer one drops cached range descriptors
+    /// (tables may have been dropped).
+    pub(crate) fn observe_catalog_generation(&self, generation: u64) {
+        let advanced = self.catalog_generation.send_if_modified(|g| {
+            if generation > *g {
+                *g = generation;
+                true
+            } else {
+                false
+            }
+        });
+        if advanced {
+            *self.ranges.write() = RangeCache::default();
+        }
+    }
+
+    async fn catalog_loop(self: Arc<Self>) {
+        let client = self.client();
+        loop {
+            match client
+                .sys_get(
+                    system::COUNTERS,
+                    system::COUNTER_CATALOG_GENERATION.as_bytes(),
+                )
+                .await
+            {
+                Ok(Some(v)) => match system::decode_counter(system::COUNTER_CATALOG_GENERATION, &v)
+                {
+                    Ok(g) => self.observe_catalog_generation(u64::try_from(g).unwrap_or(0)),
+                    Err(e) => warn!(error = %e, "bad catalog generation"),
+                },
+                Ok(None) => {}
+                Err(e) => debug!(error = %e, "could not read the catalog generation"),
+            }
+            tokio::time::sleep(CATALOG_POLL_INTERVAL).await;
+        }
+    }
+
+    /// Collects this node's ranges up to `min(now - gc.ttlseconds, oldest protected ts)`.
+    pub(crate) async fn run_gc(self: &Arc<Self>) -> Result<GcStats> {
+        let me = self.require_identity()?.node_id;
+        let client = self.client();
+        let protected: Vec<_> = client
+            .protections()
+            .await?
+            .into_iter()
+            .map(|p| p.ts)
+            .collect();
+        let threshold = gc_threshold(
+            self.clock.now(),
+            self.settings.int("gc.ttlseconds"),
+            &protected,
+        );
+        let mut spans = Vec::new();
+        if me == SYSTEM_NODE_ID {
+            spans.push(keys::system_span());
+        }
+        for (_, value) in client.sys_scan(system::RANGES).await? {
+            let range: RangeDescriptor = system::decode_json("range descriptor", &value)?;
+            if range.node_id == me && range.table_id.is_some() {
+                spans.push(range.span);
+            }
+        }
+        let mut total = GcStats::default();
+        for span in spans {
+            let stats = self.blocking(move |e| e.gc(&span, threshold)).await?;
+            total.versions_removed += stats.versions_removed;
+            total.keys_visited += stats.keys_visited;
+        }
+        debug!(%threshold, removed = total.versions_removed, "gc pass done");
+        Ok(total)
+    }
+
+    async fn gc_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(GC_INTERVAL).await;
+            if let Err(e) = self.run_gc().await {
+                debug!(error = %e, "gc pass skipped");
+            }
+        }
+    }
+}
+
+/// One node's cluster machinery.
+pub struct KvNode {
+    inner: Arc<NodeInner>,
+}
+
+impl KvNode {
+    /// Opens the store and starts the node's background work (liveness heartbeats, settings
+    /// refresh, GC, joining). Serving RPCs is the server's job: see [`KvNode::grpc_service`].
+    ///
+    /// A store that already belongs to a cluster resumes with its identity and data; a new
+    /// one waits for [`KvNode::bootstrap`] (`ldr init`) or joins through `config.join`.
+    pub async fn start(config: NodeConfig) -> Result<Arc<KvNode>> {
+        let clock = Arc::new(Clock::new(config.max_clock_offset));
+        let closed_ts_target = settings::lookup(CLOSED_TS_SETTING)?.default_value();
+        let options = EngineOptions {
+            closed_timestamp_target: match closed_ts_target {
+                crate::SettingValue::Duration(d) => d,
+                _ => Duration::from_millis(200),
+            },
+            ..EngineOptions::default()
+        };
+        let dir = config.store_dir.clone();
+        let engine_clock = clock.clone();
+        let engine = tokio::task::spawn_blocking(move || Engine::open(&dir, engine_clock, options))
+            .await
+            .map_err(|e| KvError::Internal(format!("opening the store failed: {e}")))??;
+        let rangefeeds = RangefeedManager::start(engine.clone(), ManagerOptions::default());
+        let persisted = match engine.get_local(system::IDENTITY_LOCAL_KEY)? {
+            Some(bytes) => Some(system::decode_json::<PersistedIdentity>(
+                "node identity",
+                &bytes,
+            )?),
+            None => None,
+        };
+        let address = system::dialable_address(
+            config
+                .advertise_addr
+                .as_deref()
+                .unwrap_or(&config.listen_addr),
+        );
+        let sql_address = config
+            .advertise_sql_addr
+            .as_deref()
+            .map(system::dialable_address)
+            .unwrap_or_else(|| address.clone());
+        let self_desc = NodeDescriptor {
+            node_id: 0,
+            address,
+            sql_address,
+            http_address: system::dialable_address(&config.http_addr),
+            started_at: clock.now(),
+        };
+        let inner = Arc::new(NodeInner {
+            config,
+            clock: clock.clone(),
+            transport: Transport::new(clock.clone()),
+            engine,
+            rangefeeds,
+            settings: Settings::default(),
+            identity: OnceLock::new(),
+            initialized: watch::Sender::new(false),
+            self_desc: RwLock::new(self_desc),
+            addresses: RwLock::new(HashMap::new()),
+            ranges: RwLock::new(RangeCache::default()),
+            catalog_generation: watch::Sender::new(0),
+            settings_changed: Notify::new(),
+            init_lock: tokio::sync::Mutex::new(()),
+            increment_lock: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(Tasks::default()),
+            stopped: AtomicBool::new(false),
+        });
+        match persisted {
+            Some(identity) => {
+                info!(
+                    node_id = identity.node_id,
+                    "resuming with the identity in the store"
+                );
+                inner.adopt_identity(identity, false)?;
+            }
+            None => inner.spawn(inner.clone().join_loop()),
+        }
+        Ok(Arc::new(KvNode { inner }))
+    }
+
+    /// A client routed through this node.
+    pub fn client(&self) -> KvClient {
+        self.inner.client()
+    }
+
+    /// Bootstraps a new cluster with this node as node 1 (`ldr init`).
+    pub async fn bootstrap(&self) -> Result<()> {
+        self.inner.bootstrap().await.map(|_| ())
+    }
+
+    /// Resolves once the node has an id in an initialized cluster.
+    pub async fn wait_initialized(&self) -> Result<()> {
+        let mut rx = self.inner.initialized.subscribe();
+        rx.wait_for(|initialized| *initialized)
+            .await
+            .map_err(|_| KvError::Internal("node shut down".into()))?;
+        Ok(())
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.inner.engine
+    }
+
+    pub fn rangefeeds(&self) -> &Arc<RangefeedManager> {
+        &self.inner.rangefeeds
+    }
+
+    /// The internal KV gRPC service, for the server to mount on its listener:
+    /// `tonic::transport::Server::builder().add_service(node.grpc_service())`.
+    pub fn grpc_service(&self) -> KvGrpcServer {
+        KvService::server(Arc::downgrade(&self.inner))
+    }
+
+    /// This node's descriptor (node id 0 before it has one).
+    pub fn descriptor(&self) -> NodeDescriptor {
+        self.inner.self_descriptor()
+    }
+
+    /// Runs one GC pass over this node's ranges now (tests; the node also does it every few
+    /// seconds).
+    pub async fn run_gc(&self) -> Result<GcStats> {
+        self.inner.run_gc().await
+    }
+
+    /// Stops the background work and refuses further RPCs. The store closes when the last
+    /// handle (node, clients) is dropped.
+    pub async fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::Relaxed);
+        let handles = {
+            let mut tasks = self.inner.tasks.lock();
+            tasks.stopped = true;
+            std::mem::take(&mut tasks.handles)
+        };
+        for h in handles {
+            h.abort();
+            let _ = h.await;
+        }
+        info!(node_id = self.inner.node_id(), "node stopped");
+    }
+}
+
+impl Drop for KvNode {
+    fn drop(&mut self) {
+        self.inner.stopped.store(true, Ordering::Relaxed);
+        let mut tasks = self.inner.tasks.lock();
+        tasks.stopped = true;
+        for h in tasks.handles.drain(..) {
+            h.abort();
+        }
+    }
+}

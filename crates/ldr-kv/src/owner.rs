@@ -1,0 +1,225 @@
+//! The owner's side of the KV operations: a node serving a request for one of its ranges
+//! (from a peer over gRPC, or from its own client in-process) first checks that it still owns
+//! the range and that every key lies inside it, then runs the storage call off the async
+//! threads.
+
+use std::sync::Arc;
+
+use ldr_storage::{ApplyResult, Condition, KeyVersion, RowOutcome, RowWrite, ValueHeader, Version};
+use ldr_types::{RangeId, Span, Timestamp, keys};
+
+use crate::node::NodeInner;
+use crate::routing::{KeyRoute, route_key};
+use crate::system::{self, SYSTEM_NODE_ID, SYSTEM_RANGE_ID};
+use crate::{KvError, RangeDescriptor, Result};
+
+/// Keys tombstoned per batch when a dropped table's range is cleared.
+const CLEAR_BATCH_KEYS: usize = 1000;
+/// Compare-and-swap rounds of one counter increment before giving up.
+const INCREMENT_ATTEMPTS_MAX: usize = 1000;
+
+impl NodeInner {
+    /// The descriptor of `range_id` if this node owns it and it contains `span`.
+    pub(crate) async fn check_owner(
+        self: &Arc<Self>,
+        range_id: RangeId,
+        span: &Span,
+    ) -> Result<RangeDescriptor> {
+        let me = self.require_identity()?.node_id;
+        if range_id == SYSTEM_RANGE_ID {
+            let desc = system::system_range_descriptor();
+            if me != SYSTEM_NODE_ID {
+                return Err(KvError::RangeNotFound { range_id });
+            }
+            return contains(desc, span);
+        }
+        let table_id = match route_key(&span.start) {
+            Ok(KeyRoute::Table { table_id, .. }) => table_id,
+            _ => return Err(KvError::RangeNotFound { range_id }),
+        };
+        let lookup =
+            |ranges: &[RangeDescriptor]| ranges.iter().find(|r| r.range_id == range_id).cloned();
+        let cached = self.ranges.read().get(table_id).and_then(|r| lookup(&r));
+        let desc = match cached {
+            Some(d) => Some(d),
+            None => match self.client().load_table_ranges(table_id).await {
+                Ok(ranges) => lookup(&ranges),
+                Err(KvError::NoRanges { .. }) => None,
+                Err(e) => return Err(e),
+            },
+        };
+        match desc {
+            Some(d) if d.node_id == me => contains(d, span),
+            _ => Err(KvError::RangeNotFound { range_id }),
+        }
+    }
+
+    pub(crate) async fn serve_get(
+        self: &Arc<Self>,
+        range_id: RangeId,
+        key: Vec<u8>,
+        read_ts: Option<Timestamp>,
+    ) -> Result<Option<Version>> {
+        self.check_owner(range_id, &point_span(&key)).await?;
+        let read_ts = read_ts.unwrap_or_else(|| self.clock.now());
+        self.blocking(move |e| e.get(&key, read_ts)).await
+    }
+
+    pub(crate) async fn serve_scan(
+        self: &Arc<Self>,
+        range_id: RangeId,
+        span: Span,
+        read_ts: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<KeyVersion>> {
+        if span.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_owner(range_id, &span).await?;
+        let read_ts = read_ts.unwrap_or_else(|| self.clock.now());
+        self.blocking(move |e| e.scan(&span, read_ts, limit)).await
+    }
+
+    pub(crate) async fn serve_write(
+        self: &Arc<Self>,
+        range_id: RangeId,
+        rows: Vec<RowWrite>,
+        atomic: bool,
+    ) -> Result<ApplyResult> {
+        if rows.is_empty() {
+            return Ok(ApplyResult {
+                ts: self.clock.now(),
+                outcomes: Vec::new(),
+            });
+        }
+        let all_keys = rows
+            .iter()
+            .flat_map(|r| std::iter::once(&r.key).chain(r.dependents.iter().map(|(k, _)| k)));
+        let (min, max) = all_keys.fold((None::<&Vec<u8>>, None::<&Vec<u8>>), |(lo, hi), k| {
+            (
+                Some(lo.map_or(k, |l| l.min(k))),
+                Some(hi.map_or(k, |h| h.max(k))),
+            )
+        });
+        let (min, max) = (
+            min.expect("rows are not empty"),
+            max.expect("rows are not empty"),
+        );
+        let span = Span::new(min.clone(), keys_after(max));
+        self.check_owner(range_id, &span).await?;
+        self.blocking(move |e| e.apply(&rows, atomic, None)).await
+    }
+
+    /// Atomically adds `by` to a counter in the system range (node 1 only).
+    pub(crate) async fn serve_increment(self: &Arc<Self>, counter: String, by: i64) -> Result<i64> {
+        let key = keys::system_key(system::COUNTERS, counter.as_bytes());
+        self.check_owner(SYSTEM_RANGE_ID, &point_span(&key)).await?;
+        let _guard = self.increment_lock.lock().await;
+        let clock = self.clock.clone();
+        self.blocking(move |engine| {
+            for _ in 0..INCREMENT_ATTEMPTS_MAX {
+                let current = engine.get(&key, clock.now())?.and_then(|v| v.value);
+                let value = match &current {
+                    Some(bytes) => match system::decode_counter(&counter, bytes) {
+                        Ok(v) => v,
+                        Err(e) => return Ok(Err(e)),
+                    },
+                    None => 0,
+                };
+                let Some(next) = value.checked_add(by) else {
+                    return Ok(Err(KvError::Internal(format!(
+                        "counter {counter:?} would overflow"
+                    ))));
+                };
+                let row = RowWrite {
+                    key: key.clone(),
+                    value: Some(system::encode_counter(next)),
+                    condition: Condition::Expect(current),
+                    header: ValueHeader::default(),
+                    dependents: Vec::new(),
+                };
+                match engine
+                    .apply(std::slice::from_ref(&row), true, None)?
+                    .outcomes
+                    .first()
+                {
+                    Some(RowOutcome::Written { .. }) => return Ok(Ok(next)),
+                    Some(RowOutcome::ConditionFailed { .. }) => continue,
+                    other => {
+                        return Ok(Err(KvError::Internal(format!(
+                            "unexpected outcome of a counter write: {other:?}"
+                        ))));
+                    }
+                }
+            }
+            Ok(Err(KvError::Internal(format!(
+                "counter {counter:?} stayed contended"
+            ))))
+        })
+        .await?
+    }
+
+    /// Tombstones every live key of a dropped table's range and forgets the range. The
+    /// tombstones are omitted from filtering rangefeeds.
+    pub(crate) async fn serve_clear_range(
+        self: &Arc<Self>,
+        range_id: RangeId,
+        span: Span,
+    ) -> Result<u64> {
+        let desc = self.check_owner(range_id, &span).await?;
+        let clock = self.clock.clone();
+        let cleared = self
+            .blocking(move |engine| {
+                let mut cleared = 0u64;
+                loop {
+                    let live = engine.scan(&span, clock.now(), CLEAR_BATCH_KEYS)?;
+                    if live.is_empty() {
+                        return Ok(cleared);
+                    }
+                    let rows: Vec<RowWrite> = live
+                        .into_iter()
+                        .map(|kv| RowWrite {
+                            key: kv.key,
+                            value: None,
+                            condition: Condition::None,
+                            header: ValueHeader {
+                                omit_in_rangefeeds: true,
+                                ..ValueHeader::default()
+                            },
+                            dependents: Vec::new(),
+                        })
+                        .collect();
+                    cleared += rows.len() as u64;
+                    engine.apply(&rows, false, None)?;
+                }
+            })
+            .await?;
+        if let Some(table_id) = desc.table_id {
+            self.ranges.write().remove(table_id);
+        }
+        Ok(cleared)
+    }
+}
+
+fn contains(desc: RangeDescriptor, span: &Span) -> Result<RangeDescriptor> {
+    if desc.span.contains(span) {
+        Ok(desc)
+    } else {
+        Err(KvError::Internal(format!(
+            "keys {span} are outside range {} {}",
+            desc.range_id, desc.span
+        )))
+    }
+}
+
+/// The span holding exactly `key`.
+fn point_span(key: &[u8]) -> Span {
+    Span::new(key.to_vec(), keys_after(key))
+}
+
+/// The smallest key after `key`.
+fn keys_after(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}

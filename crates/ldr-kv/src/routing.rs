@@ -1,0 +1,397 @@
+//! Range placement and routing decisions, without I/O: which range a key belongs to, which
+//! ranges a span crosses, how a write's rows group by range, how a new table's shards are
+//! placed on live nodes, and the per-node cache of range descriptors.
+//!
+//! Ranges never move (there is no rebalancing), so a cached descriptor stays right until its
+//! table is dropped; an owner that no longer has a range answers `RangeNotFound` and the
+//! gateway drops its cached entry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ldr_storage::{KeyVersion, RowWrite};
+use ldr_types::{NodeId, RangeId, Span, TableId, keys};
+
+use crate::{KvError, RangeDescriptor, Result};
+
+/// Where a key lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyRoute {
+    System,
+    Table { table_id: TableId, shard: u16 },
+}
+
+/// The range family of `key`.
+pub(crate) fn route_key(key: &[u8]) -> Result<KeyRoute> {
+    match key.first() {
+        Some(&keys::SYSTEM_PREFIX) => Ok(KeyRoute::System),
+        Some(&keys::TABLE_PREFIX) if key.len() >= 7 => {
+            let table_id = TableId::from_be_bytes(key[1..5].try_into().expect("four bytes"));
+            let shard = u16::from_be_bytes(key[5..7].try_into().expect("two bytes"));
+            Ok(KeyRoute::Table { table_id, shard })
+        }
+        _ => Err(KvError::Internal(format!(
+            "key {} is outside the system and table keyspaces",
+            keys::pretty_key(key)
+        ))),
+    }
+}
+
+/// Which ranges a span can cross.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpanTarget {
+    Empty,
+    System,
+    Table(TableId),
+    /// Crosses tables (or the system keyspace and tables): needs every descriptor.
+    Many,
+}
+
+pub(crate) fn span_target(span: &Span) -> SpanTarget {
+    if span.is_empty() {
+        return SpanTarget::Empty;
+    }
+    if keys::system_span().contains(span) {
+        return SpanTarget::System;
+    }
+    if span.start.len() >= 5 && span.start[0] == keys::TABLE_PREFIX {
+        let table_id = TableId::from_be_bytes(span.start[1..5].try_into().expect("four bytes"));
+        if keys::table_span(table_id).contains(span) {
+            return SpanTarget::Table(table_id);
+        }
+    }
+    SpanTarget::Many
+}
+
+/// The pieces of `span` inside each of `ranges` (sorted by span start), in key order.
+pub(crate) fn split_span(span: &Span, ranges: &[RangeDescriptor]) -> Vec<(RangeDescriptor, Span)> {
+    let mut sorted: Vec<&RangeDescriptor> = ranges.iter().collect();
+    sorted.sort_by(|a, b| a.span.start.cmp(&b.span.start));
+    sorted
+        .into_iter()
+        .filter_map(|r| r.span.intersect(span).map(|piece| (r.clone(), piece)))
+        .collect()
+}
+
+/// Concatenates per-range scan results (already in range order) and applies the limit.
+pub(crate) fn merge_scans(parts: Vec<Vec<KeyVersion>>, limit: usize) -> Vec<KeyVersion> {
+    let mut out: Vec<KeyVersion> = Vec::new();
+    for part in parts {
+        debug_assert!(
+            out.last()
+                .zip(part.first())
+                .is_none_or(|(a, b)| a.key < b.key),
+            "range scans must come back in key order"
+        );
+        out.extend(part);
+        if limit > 0 && out.len() >= limit {
+            out.truncate(limit);
+            break;
+        }
+    }
+    out
+}
+
+/// Groups rows by the range of their key, in order of first appearance; each group lists row
+/// indexes in input order. A dependent key outside its row's range is refused: the row could
+/// not be written atomically.
+pub(crate) fn group_rows(
+    rows: &[RowWrite],
+    locate: impl Fn(&[u8]) -> Result<RangeDescriptor>,
+) -> Result<Vec<(RangeDescriptor, Vec<usize>)>> {
+    let mut groups: Vec<(RangeDescriptor, Vec<usize>)> = Vec::new();
+    let mut by_range: HashMap<RangeId, usize> = HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        let range = locate(&row.key)?;
+        if let Some((dep_key, _)) = row
+            .dependents
+            .iter()
+            .find(|(k, _)| !range.span.contains_key(k))
+        {
+            return Err(KvError::Internal(format!(
+                "dependent key {} of row {} is outside the row's range {} {}",
+                keys::pretty_key(dep_key),
+                keys::pretty_key(&row.key),
+                range.range_id,
+                range.span
+            )));
+        }
+        match by_range.get(&range.range_id) {
+            Some(&g) => groups[g].1.push(i),
+            None => {
+                by_range.insert(range.range_id, groups.len());
+                groups.push((range, vec![i]));
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// The default number of shards of a new table: three per live node.
+pub(crate) fn default_shard_count(live_nodes: usize) -> u16 {
+    u16::try_from(live_nodes.max(1).saturating_mul(3)).unwrap_or(u16::MAX)
+}
+
+/// Places `shard_count` shards of a table round-robin on `live_nodes` (deduplicated and
+/// sorted here), starting at an offset derived from the table id so that small tables do not
+/// all start on the same node. Range ids are `first_range_id..first_range_id + shard_count`.
+pub(crate) fn assign_shards(
+    table_id: TableId,
+    shard_count: u16,
+    live_nodes: &[NodeId],
+    first_range_id: RangeId,
+) -> Vec<RangeDescriptor> {
+    let mut nodes = live_nodes.to_vec();
+    nodes.sort_unstable();
+    nodes.dedup();
+    assert!(!nodes.is_empty(), "shards are placed on at least one node");
+    let offset = table_id as usize % nodes.len();
+    (0..shard_count)
+        .map(|shard| RangeDescriptor {
+            range_id: first_range_id + RangeId::from(shard),
+            table_id: Some(table_id),
+            shard,
+            span: keys::shard_span(table_id, shard),
+            node_id: nodes[(offset + shard as usize) % nodes.len()],
+        })
+        .collect()
+}
+
+/// The shard descriptor of a table's (shard-sorted) ranges.
+pub(crate) fn find_shard(ranges: &[RangeDescriptor], shard: u16) -> Option<&RangeDescriptor> {
+    ranges
+        .binary_search_by_key(&shard, |r| r.shard)
+        .ok()
+        .map(|i| &ranges[i])
+}
+
+/// Each node's cache of table range descriptors (the system range is a constant).
+#[derive(Debug, Default)]
+pub(crate) struct RangeCache {
+    tables: HashMap<TableId, Arc<[RangeDescriptor]>>,
+}
+
+impl RangeCache {
+    pub(crate) fn get(&self, table_id: TableId) -> Option<Arc<[RangeDescriptor]>> {
+        self.tables.get(&table_id).cloned()
+    }
+
+    /// Caches a table's descriptors (sorted by shard); an empty list is not cached.
+    pub(crate) fn insert(
+        &mut self,
+        table_id: TableId,
+        mut ranges: Vec<RangeDescriptor>,
+    ) -> Arc<[RangeDescriptor]> {
+        ranges.sort_by_key(|r| r.shard);
+        let ranges: Arc<[RangeDescriptor]> = ranges.into();
+        if !ranges.is_empty() {
+            self.tables.insert(table_id, ranges.clone());
+        }
+        ranges
+    }
+
+    pub(crate) fn remove(&mut self, table_id: TableId) {
+        self.tables.remove(&table_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ldr_storage::{Condition, ValueHeader, Version};
+    use ldr_types::Timestamp;
+
+    use super::*;
+
+    fn row_key(table_id: TableId, shard: u16, pk: &[u8]) -> Vec<u8> {
+        let mut k = keys::index_prefix(table_id, shard, 1);
+        k.extend_from_slice(pk);
+        k
+    }
+
+    fn row(key: Vec<u8>, dependents: Vec<Vec<u8>>) -> RowWrite {
+        RowWrite {
+            key,
+            value: Some(b"v".to_vec()),
+            condition: Condition::None,
+            header: ValueHeader::default(),
+            dependents: dependents
+                .into_iter()
+                .map(|k| (k, Some(Vec::new())))
+                .collect(),
+        }
+    }
+
+    fn kv(key: &[u8]) -> KeyVersion {
+        KeyVersion {
+            key: key.to_vec(),
+            version: Version {
+                ts: Timestamp::new(1, 0),
+                header: ValueHeader::default(),
+                value: Some(Vec::new()),
+            },
+        }
+    }
+
+    #[test]
+    fn keys_route_to_system_or_their_shard() {
+        assert_eq!(
+            route_key(&keys::system_key("jobs", b"1")).expect("system"),
+            KeyRoute::System
+        );
+        assert_eq!(
+            route_key(&row_key(104, 7, b"x")).expect("table"),
+            KeyRoute::Table {
+                table_id: 104,
+                shard: 7
+            }
+        );
+        assert_eq!(
+            route_key(&keys::shard_prefix(104, 7)).expect("prefix"),
+            KeyRoute::Table {
+                table_id: 104,
+                shard: 7
+            }
+        );
+        for bad in [&b""[..], b"\x00abc", b"\x02\x00\x00", b"\x03"] {
+            assert!(route_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn span_targets() {
+        assert_eq!(
+            span_target(&keys::system_subspace_span("jobs")),
+            SpanTarget::System
+        );
+        assert_eq!(span_target(&keys::table_span(9)), SpanTarget::Table(9));
+        assert_eq!(
+            span_target(&keys::index_span(9, 2, 1)),
+            SpanTarget::Table(9)
+        );
+        assert_eq!(
+            span_target(&Span::new(
+                keys::shard_prefix(9, 0),
+                keys::shard_prefix(10, 0)
+            )),
+            SpanTarget::Many
+        );
+        assert_eq!(span_target(&Span::new(vec![1], vec![3])), SpanTarget::Many);
+        assert_eq!(
+            span_target(&Span::new(b"b".to_vec(), b"a".to_vec())),
+            SpanTarget::Empty
+        );
+    }
+
+    #[test]
+    fn spans_split_over_ranges_in_key_order() {
+        let mut ranges = assign_shards(5, 4, &[1, 2], 10);
+        ranges.reverse();
+        let whole = split_span(&keys::table_span(5), &ranges);
+        assert_eq!(
+            whole.iter().map(|(r, _)| r.shard).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        assert!(whole.iter().all(|(r, piece)| r.span == *piece));
+        let one_index = split_span(&keys::index_span(5, 2, 1), &ranges);
+        assert_eq!(one_index.len(), 1);
+        assert_eq!(one_index[0].0.shard, 2);
+        assert_eq!(one_index[0].1, keys::index_span(5, 2, 1));
+        let across = Span::new(row_key(5, 1, b"m"), row_key(5, 2, b"c"));
+        let pieces = split_span(&across, &ranges);
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(
+            pieces[0].1,
+            Span::new(row_key(5, 1, b"m"), keys::shard_prefix(5, 2))
+        );
+        assert_eq!(
+            pieces[1].1,
+            Span::new(keys::shard_prefix(5, 2), row_key(5, 2, b"c"))
+        );
+    }
+
+    #[test]
+    fn merged_scans_honour_the_limit() {
+        let parts = vec![vec![kv(b"a"), kv(b"b")], vec![], vec![kv(b"c"), kv(b"d")]];
+        let keys_of = |v: Vec<KeyVersion>| v.into_iter().map(|k| k.key).collect::<Vec<_>>();
+        assert_eq!(keys_of(merge_scans(parts.clone(), 0)).len(), 4);
+        assert_eq!(
+            keys_of(merge_scans(parts.clone(), 3)),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+        assert_eq!(keys_of(merge_scans(parts, 1)), vec![b"a".to_vec()]);
+    }
+
+    #[test]
+    fn rows_group_by_range_in_input_order() {
+        let ranges = assign_shards(5, 3, &[1, 2, 3], 10);
+        let locate = |k: &[u8]| match route_key(k)? {
+            KeyRoute::Table { shard, .. } => find_shard(&ranges, shard)
+                .cloned()
+                .ok_or(KvError::NoRanges { table_id: 5 }),
+            KeyRoute::System => Err(KvError::Internal("no".into())),
+        };
+        let rows = vec![
+            row(row_key(5, 2, b"a"), vec![]),
+            row(row_key(5, 0, b"b"), vec![keys::index_prefix(5, 0, 2)]),
+            row(row_key(5, 2, b"c"), vec![]),
+            row(row_key(5, 1, b"d"), vec![]),
+        ];
+        let groups = group_rows(&rows, locate).expect("valid rows");
+        let view: Vec<(u16, Vec<usize>)> = groups
+            .iter()
+            .map(|(r, idx)| (r.shard, idx.clone()))
+            .collect();
+        assert_eq!(view, vec![(2, vec![0, 2]), (0, vec![1]), (1, vec![3])]);
+
+        let bad = vec![row(row_key(5, 0, b"b"), vec![keys::index_prefix(5, 1, 2)])];
+        let err = group_rows(&bad, locate).expect_err("dependent in another shard");
+        assert!(err.to_string().contains("outside the row's range"), "{err}");
+        assert!(
+            group_rows(&[row(row_key(6, 9, b"z"), vec![])], locate).is_err(),
+            "unknown shard"
+        );
+    }
+
+    #[test]
+    fn shards_spread_round_robin_over_live_nodes() {
+        assert_eq!(default_shard_count(3), 9);
+        assert_eq!(default_shard_count(0), 3);
+        let ranges = assign_shards(7, 9, &[3, 1, 2, 2], 100);
+        assert_eq!(ranges.len(), 9);
+        for node in 1..=3 {
+            assert_eq!(
+                ranges.iter().filter(|r| r.node_id == node).count(),
+                3,
+                "node {node}"
+            );
+        }
+        assert_eq!(
+            ranges.iter().map(|r| r.range_id).collect::<Vec<_>>(),
+            (100..109).collect::<Vec<_>>()
+        );
+        for (i, r) in ranges.iter().enumerate() {
+            assert_eq!(r.shard as usize, i);
+            assert_eq!(r.span, keys::shard_span(7, r.shard));
+            assert_eq!(r.table_id, Some(7));
+        }
+        // Consecutive tables start on different nodes.
+        let a = assign_shards(7, 1, &[1, 2, 3], 1)[0].node_id;
+        let b = assign_shards(8, 1, &[1, 2, 3], 1)[0].node_id;
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_cache_finds_shards_and_forgets_dropped_tables() {
+        let mut cache = RangeCache::default();
+        let mut ranges = assign_shards(4, 5, &[1], 2);
+        ranges.reverse();
+        let cached = cache.insert(4, ranges);
+        assert_eq!(find_shard(&cached, 3).map(|r| r.range_id), Some(5));
+        assert!(find_shard(&cached, 5).is_none());
+        assert!(cache.get(4).is_some());
+        cache.remove(4);
+        assert!(cache.get(4).is_none());
+        cache.insert(9, Vec::new());
+        assert!(cache.get(9).is_none(), "empty lists are not cached");
+    }
+}

@@ -3,6 +3,7 @@ pub mod datum;
 pub mod encoding;
 pub mod error;
 pub mod interval;
+pub mod parser;
 pub mod types;
 
 pub use datum::Datum;

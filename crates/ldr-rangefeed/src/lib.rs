@@ -15,6 +15,57 @@
 //! timestamps never move backwards. Writers never block on a consumer: a registration whose
 //! buffer is full is failed with [`RangefeedError::Overflow`], and the consumer re-registers
 //! from its checkpoint.
+//!
+//! Details of this implementation (beyond the contract):
+//! - `InitialScan { at }` delivers the live rows as of `at` (key order) and then, per span,
+//!   every version above `at` that was already committed when the scan's snapshot was taken;
+//!   `CatchUp` parts of `spans` not covered by any `from` entry are scanned from
+//!   `Timestamp::ZERO` (which fails if anything was GC'd); with `CatchUp` and empty `spans`,
+//!   the `from` spans are the registration's spans;
+//! - the scan's snapshot is taken under the engine's commit gate
+//!   ([`ldr_storage::Engine::snapshot_after`]), so in practice each version arrives once;
+//! - `ScanDone` is sent only by registrations that scan (not by `Now`);
+//! - checkpoints carry the registration's spans and the engine's closed timestamp, and are
+//!   sent only after `ScanDone`; undelivered consecutive checkpoints are merged.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use ldr_rangefeed::{Filter, ManagerOptions, RangefeedEvent, RangefeedManager, RegisterRequest, StartFrom};
+//! use ldr_storage::{Condition, Engine, EngineOptions, RowWrite, ValueHeader};
+//! use ldr_types::{Clock, Span};
+//! # let rt = tokio::runtime::Runtime::new().unwrap();
+//! # rt.block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let engine = Engine::open(dir.path(), Arc::new(Clock::default()), EngineOptions::default()).unwrap();
+//! let manager = RangefeedManager::start(engine.clone(), ManagerOptions::default());
+//! let mut reg = manager
+//!     .register(RegisterRequest {
+//!         spans: vec![Span::prefix(b"t")],
+//!         start: StartFrom::Now,
+//!         filter: Filter::default(),
+//!         with_diff: true,
+//!         buffer_bytes_max: 1 << 20,
+//!     })
+//!     .unwrap();
+//! let row = RowWrite {
+//!     key: b"t1".to_vec(),
+//!     value: Some(b"v".to_vec()),
+//!     condition: Condition::None,
+//!     header: ValueHeader::default(),
+//!     dependents: vec![],
+//! };
+//! let ts = engine.apply(&[row], false, None).unwrap().ts;
+//! loop {
+//!     match reg.next().await.unwrap() {
+//!         RangefeedEvent::Value(v) => {
+//!             assert_eq!((v.key.as_slice(), v.ts), (&b"t1"[..], ts));
+//!             break;
+//!         }
+//!         RangefeedEvent::Checkpoint { .. } | RangefeedEvent::ScanDone => {}
+//!     }
+//! }
+//! # });
+//! ```
 
 mod manager;
 mod registration;

@@ -142,9 +142,9 @@ pub struct JobContext {
 ///
 /// When `ctx.stop` fires the resumer returns promptly with any outcome: the registry then
 /// decides from the record (`pause-requested` → `paused`, `cancel-requested` → `reverting` and
-/// `on_fail_or_cancel`); a job still `running` (shutdown, lost claim) stays as it is for its
-/// next claimant, and only a `Succeeded` outcome is recorded. Resumers must be idempotent: a
-/// job is re-run from its persisted progress after a node loss.
+/// `on_fail_or_cancel`); a job still `running` or `reverting` (shutdown, lost claim) stays as
+/// it is for its next claimant and the outcome is ignored. Resumers and `on_fail_or_cancel`
+/// must be idempotent: a job is re-run from its persisted progress after a node loss.
 #[async_trait::async_trait]
 pub trait Resumer: Send + Sync {
     /// Runs (or resumes) the job until it finishes or `ctx.stop` fires.

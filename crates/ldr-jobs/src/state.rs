@@ -357,8 +357,8 @@ pub(crate) enum Next {
 
 /// A resumer returned `outcome` on `me`'s claim `epoch`; `stopped` says whether the registry
 /// had fired its stop signal. After a stop, the record decides (pause-requested → paused,
-/// cancel-requested → reverting); a still-`running` job is left to its next claimant unless
-/// the resumer actually succeeded.
+/// cancel-requested → reverting); a still-`running` job is left as it is for its next
+/// claimant, whatever the outcome (resumers commonly return `Succeeded` when stopped).
 pub(crate) fn apply_resume_outcome(
     job: &mut StoredJob,
     me: NodeId,
@@ -371,12 +371,14 @@ pub(crate) fn apply_resume_outcome(
         return (Change::Unchanged, Next::Exit);
     }
     match job.status() {
+        // Stopped by this node (shutdown, lost claim) while still running: the outcome is how
+        // the resumer reacted to the stop, not a result.
+        JobStatus::Running if stopped => (Change::Unchanged, Next::Exit),
         JobStatus::Running => match outcome {
             ResumeOutcome::Succeeded => {
                 finish(job, JobStatus::Succeeded, None, now);
                 (Change::Changed, Next::Exit)
             }
-            _ if stopped => (Change::Unchanged, Next::Exit),
             ResumeOutcome::Failed(e) => {
                 begin_revert(job, RevertReason::Failed(e.clone()));
                 (Change::Changed, Next::Revert)
@@ -422,6 +424,8 @@ pub(crate) fn apply_revert_outcome(
         return (Change::Unchanged, Next::Exit);
     }
     match job.status() {
+        // As for resumers: a stopped cleanup is re-run by the next claimant.
+        JobStatus::Reverting if stopped => (Change::Unchanged, Next::Exit),
         JobStatus::Reverting => {
             let reason = job
                 .internal
@@ -437,7 +441,6 @@ pub(crate) fn apply_revert_outcome(
                     finish(job, status, error, now);
                     (Change::Changed, Next::Exit)
                 }
-                Err(_) if stopped => (Change::Unchanged, Next::Exit),
                 Err(cleanup) => {
                     job.internal.revert_attempts += 1;
                     let attempts = job.internal.revert_attempts;
@@ -833,16 +836,16 @@ mod tests {
                         apply_resume_outcome(&mut j, ME, 1, &outcome, stopped, now);
                     let ctx = format!("{s:?} {outcome:?} stopped={stopped}");
                     match (s, &outcome) {
+                        (JobStatus::Running, _) if stopped => {
+                            assert_eq!((change, next), (Change::Unchanged, Next::Exit), "{ctx}");
+                            assert_eq!(j, before, "{ctx}: left for the next claimant");
+                        }
                         (JobStatus::Running, ResumeOutcome::Succeeded) => {
                             assert_eq!((change, next), (Change::Changed, Next::Exit), "{ctx}");
                             assert_eq!(j.record.status, JobStatus::Succeeded);
                             assert_eq!(j.record.finished, Some(now));
                             assert_eq!(j.record.fraction_completed, 1.0);
                             assert_eq!(j.record.coordinator_id, None);
-                        }
-                        (JobStatus::Running, _) if stopped => {
-                            assert_eq!((change, next), (Change::Unchanged, Next::Exit), "{ctx}");
-                            assert_eq!(j, before, "{ctx}: left for the next claimant");
                         }
                         (JobStatus::Running, ResumeOutcome::Failed(_)) => {
                             assert_eq!((change, next), (Change::Changed, Next::Revert), "{ctx}");
@@ -930,17 +933,14 @@ mod tests {
                             RevertReason::Failed(_) => JobStatus::Failed,
                         };
                         match (s, &result) {
+                            (JobStatus::Reverting, _) if stopped => {
+                                assert_eq!((change, next), (Change::Unchanged, Next::Exit));
+                                assert_eq!(j, before, "{ctx}");
+                            }
                             (JobStatus::Reverting, Ok(())) => {
                                 assert_eq!((change, next), (Change::Changed, Next::Exit), "{ctx}");
                                 assert_eq!(j.record.status, terminal);
                                 assert_eq!(j.record.finished, Some(now));
-                            }
-                            (JobStatus::Reverting, Err(_)) if stopped => {
-                                assert_eq!(
-                                    (change, next),
-                                    (Change::Unchanged, Next::Exit),
-                                    "{ctx}"
-                                );
                             }
                             (JobStatus::Reverting, Err(_)) => {
                                 assert_eq!(

@@ -536,8 +536,15 @@ async fn catch_up_below_the_gc_threshold_fails_and_idle_spans_resolve() {
             None,
         )
         .expect("apply");
+    // GC is capped at the closed timestamp (20ms behind now): wait until it passes the writes.
     let threshold = engine.clock().now();
+    let deadline = Instant::now() + DEADLINE;
+    while engine.closed_timestamp() < threshold {
+        assert!(Instant::now() < deadline, "closed timestamp stuck");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     engine.gc(&span, threshold).expect("gc");
+    assert_eq!(engine.gc_threshold(), threshold);
 
     let mut reg = manager
         .register(request(

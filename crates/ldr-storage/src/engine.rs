@@ -290,7 +290,8 @@ impl Engine {
     /// would have been written report [`RowOutcome::NotAttempted`]). `ts`: `None` takes the
     /// commit timestamp from the clock; `Some(t)` writes at exactly `t` (tests and internal
     /// use; must be above the closed timestamp, above existing versions of the written keys
-    /// and above the GC threshold). A key may appear only once among all rows' keys.
+    /// and above the GC threshold, and at most the clock's maximum offset ahead of the
+    /// physical clock). A key may appear only once among all rows' keys.
     pub fn apply(
         &self,
         rows: &[RowWrite],
@@ -321,6 +322,15 @@ impl Engine {
         // Latches first, then the in-flight registration: its guard drops (deregisters)
         // before the latches are released.
         let _latches = self.latches.acquire(all_keys.iter().copied());
+        if let Some(t) = ts {
+            let max_offset_ns = self.clock.max_offset().as_nanos() as u64;
+            let limit = self.clock.physical_now_ns().saturating_add(max_offset_ns);
+            if max_offset_ns > 0 && t.wall_time_ns > limit {
+                return Err(StorageError::InvalidArgument(format!(
+                    "write at {t} is more than the maximum clock offset ahead of the local clock"
+                )));
+            }
+        }
         let in_flight = self.tracker.register(&self.clock, ts).map_err(|closed| {
             StorageError::BelowClosedTimestamp {
                 ts: ts.unwrap_or(Timestamp::ZERO),
@@ -489,7 +499,11 @@ impl Engine {
     /// `threshold = min(now - gc.ttlseconds, oldest protected timestamp)`. Raises the GC
     /// threshold (persisted) before deleting anything, so a reader that sees a deletion also
     /// sees the raised threshold.
+    ///
+    /// `threshold` is capped at the closed timestamp: a commit in flight (or any later one)
+    /// lands above it, so reads at or above the threshold never change afterwards.
     pub fn gc(&self, span: &Span, threshold: Timestamp) -> Result<GcStats> {
+        let threshold = threshold.min(self.closed_timestamp());
         let _gc = self.gc_lock.lock();
         let current = self.gc_threshold();
         if threshold > current {

@@ -9,8 +9,13 @@ use ldr_storage::{Condition, Engine, EngineOptions, RowWrite, StorageError, Valu
 use ldr_types::{Clock, Span, Timestamp};
 use rand::{Rng, SeedableRng};
 
+/// The closed timestamp follows now closely: GC is capped at it.
 fn open(dir: &std::path::Path) -> Arc<Engine> {
-    Engine::open(dir, Arc::new(Clock::default()), EngineOptions::default()).expect("open engine")
+    let options = EngineOptions {
+        closed_timestamp_target: std::time::Duration::ZERO,
+        ..EngineOptions::default()
+    };
+    Engine::open(dir, Arc::new(Clock::default()), options).expect("open engine")
 }
 
 fn put(key: &[u8], value: Option<&[u8]>) -> RowWrite {
@@ -156,6 +161,53 @@ fn gc_keeps_everything_a_protected_timestamp_covers() {
         .expect("apply")
         .ts;
     assert!(ts > protected);
+}
+
+#[test]
+fn gc_is_capped_at_the_closed_timestamp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(
+        dir.path(),
+        Arc::new(Clock::default()),
+        EngineOptions::default(),
+    )
+    .expect("open engine");
+    engine
+        .apply(&[put(b"a", Some(b"1"))], false, None)
+        .expect("apply");
+    let t2 = engine
+        .apply(&[put(b"a", Some(b"2"))], false, None)
+        .expect("apply")
+        .ts;
+    // A threshold in the future is capped at the closed timestamp (200ms behind now): the
+    // recent versions stay, and a write right after still lands above the threshold.
+    engine.gc(&Span::prefix(b"a"), Timestamp::MAX).expect("gc");
+    assert!(engine.gc_threshold() < t2);
+    assert!(engine.gc_threshold() <= engine.closed_timestamp());
+    let mut n = 0;
+    engine
+        .scan_history(
+            &Span::prefix(b"a"),
+            engine.gc_threshold(),
+            Timestamp::MAX,
+            &mut |_| {
+                n += 1;
+                true
+            },
+        )
+        .expect("history");
+    assert_eq!(n, 2);
+    let t3 = engine
+        .apply(&[put(b"a", Some(b"3"))], false, None)
+        .expect("apply")
+        .ts;
+    assert!(t3 > t2 && t3 > engine.gc_threshold());
+    // Explicit timestamps far in the future are refused (they would drag the clock along).
+    let far = engine.clock().now().add_nanos(3_600_000_000_000);
+    let err = engine
+        .apply(&[put(b"a", Some(b"4"))], false, Some(far))
+        .expect_err("far future");
+    assert!(matches!(err, StorageError::InvalidArgument(_)), "{err}");
 }
 
 #[test]

@@ -232,7 +232,8 @@ impl std::fmt::Debug for Registration {
 
 impl Registration {
     /// The next event; `Err` ends the registration (overflow, scan failure, shutdown). After
-    /// an error every later call returns the same error.
+    /// an error every later call returns the same error. Cancel-safe: an event is taken off a
+    /// queue only in the poll that returns it, so `next()` can sit in a `tokio::select!`.
     pub async fn next(&mut self) -> Result<RangefeedEvent, RangefeedError> {
         loop {
             if let Some(err) = self.shared.failure() {

@@ -665,3 +665,71 @@ async fn initial_scan_under_concurrent_writers_hands_over_without_gaps() {
     );
     assert_eq!(seen.duplicates, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_is_cancel_safe_inside_select() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let manager = start(&engine);
+    let span = Span::prefix(b"c");
+    for i in 0..1500u32 {
+        engine
+            .apply(
+                &[put(
+                    format!("c{i:05}").as_bytes(),
+                    Some(b"v"),
+                    ValueHeader::default(),
+                )],
+                false,
+                None,
+            )
+            .expect("apply");
+    }
+    let mut reg = manager
+        .register(request(
+            &span,
+            StartFrom::InitialScan {
+                at: engine.clock().now(),
+            },
+        ))
+        .expect("register");
+    let writer = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            for i in 1500..3000u32 {
+                engine
+                    .apply(
+                        &[put(
+                            format!("c{i:05}").as_bytes(),
+                            Some(b"v"),
+                            ValueHeader::default(),
+                        )],
+                        false,
+                        None,
+                    )
+                    .expect("apply");
+            }
+        })
+    };
+    let mut keys = BTreeSet::new();
+    let mut cancelled = 0u32;
+    let deadline = Instant::now() + DEADLINE;
+    while keys.len() < 3000 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 3000 keys arrived",
+            keys.len()
+        );
+        // A competing branch that often wins: next() is dropped mid-wait many times.
+        tokio::select! {
+            event = reg.next() => {
+                if let RangefeedEvent::Value(v) = event.expect("no error") {
+                    keys.insert(v.key);
+                }
+            }
+            _ = tokio::task::yield_now() => cancelled += 1,
+        }
+    }
+    writer.join().expect("writer panicked");
+    println!("next() cancelled {cancelled} times");
+}

@@ -183,3 +183,60 @@ fn explicit_timestamps_respect_closed_and_existing_versions() {
     }
     assert!(last < engine.clock().now());
 }
+
+#[test]
+fn snapshot_after_splits_commits_exactly_at_the_observer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let rec = Arc::new(Recorder::default());
+    engine.set_observer(rec.clone());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3u8)
+        .map(|t| {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) && i < 20_000 {
+                    let key = [b'w', t, (i % 16) as u8];
+                    engine
+                        .apply(&[put(&key, Some(&i.to_be_bytes()))], false, None)
+                        .expect("apply");
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // Let the writers get going (bounded wait on a condition).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rec.calls.load(Ordering::SeqCst) < 500 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writers made no progress"
+        );
+        std::thread::yield_now();
+    }
+    for _ in 0..5 {
+        let (snapshot, observed) = engine.snapshot_after(|| rec.events.lock().len());
+        // Let more commits happen after the snapshot.
+        let target = rec.calls.load(Ordering::SeqCst) + 200;
+        while rec.calls.load(Ordering::SeqCst) < target && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let events = rec.events.lock().clone();
+        for (i, e) in events.iter().enumerate() {
+            let found = snapshot.get(&e.key, e.version.ts).expect("snapshot get");
+            let present = found.as_ref().is_some_and(|v| v.ts == e.version.ts);
+            assert_eq!(
+                present,
+                i < observed,
+                "event {i} of {} (observed before the snapshot: {observed})",
+                events.len()
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("writer panicked");
+    }
+}

@@ -1,0 +1,845 @@
+//! Multi-node tests of the cluster layer: three `KvNode`s in one process, each with its own
+//! store and gRPC server on a 127.0.0.1 ephemeral port, bootstrapped through the `Kv.Bootstrap`
+//! RPC (`ldr init`) and joined through `--join` addresses.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldr_kv::{
+    Condition, KvClient, KvError, KvNode, NodeConfig, PtsRecord, RangeDescriptor, RowOutcome,
+    RowWrite, ValueHeader,
+};
+use ldr_types::{NodeId, TableId, keys};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Generous: the suite runs on a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `f` until it returns `Some`, failing the test after [`DEADLINE`].
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One node and the gRPC server in front of it.
+struct TestNode {
+    node: Arc<KvNode>,
+    address: String,
+    dir: PathBuf,
+    join: Vec<String>,
+    server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+impl TestNode {
+    async fn start(dir: PathBuf, listener: TcpListener, join: Vec<String>) -> TestNode {
+        let address = listener.local_addr().expect("bound").to_string();
+        let config = NodeConfig {
+            store_dir: dir.clone(),
+            listen_addr: address.clone(),
+            advertise_addr: None,
+            advertise_sql_addr: None,
+            http_addr: "127.0.0.1:0".to_string(),
+            join: join.clone(),
+            cluster_name: None,
+            max_clock_offset: Duration::from_millis(500),
+        };
+        // A previous incarnation may still be releasing the store lock: retry for a while.
+        let node = eventually("the store to open", || {
+            let config = config.clone();
+            async move {
+                match KvNode::start(config).await {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        eprintln!("start failed (retrying): {e}");
+                        None
+                    }
+                }
+            }
+        })
+        .await;
+        let service = node.grpc_service();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                eprintln!("test server failed: {e}");
+            }
+        });
+        TestNode {
+            node,
+            address,
+            dir,
+            join,
+            server: Some((stop_tx, handle)),
+        }
+    }
+
+    fn client(&self) -> KvClient {
+        self.node.client()
+    }
+
+    fn node_id(&self) -> NodeId {
+        self.client().node_id()
+    }
+
+    /// Stops the node and its server, closing the store.
+    async fn stop(&mut self) {
+        self.node.stop().await;
+        if let Some((tx, handle)) = self.server.take() {
+            let _ = tx.send(());
+            let _ = tokio::time::timeout(DEADLINE, handle).await;
+        }
+    }
+
+    /// Starts a new incarnation on the same store and address.
+    async fn restart(mut self) -> TestNode {
+        self.stop().await;
+        let TestNode {
+            node,
+            address,
+            dir,
+            join,
+            ..
+        } = self;
+        drop(node);
+        let listener = eventually("the port to be free again", || {
+            let address = address.clone();
+            async move { TcpListener::bind(&address).await.ok() }
+        })
+        .await;
+        TestNode::start(dir, listener, join).await
+    }
+}
+
+struct TestCluster {
+    /// `nodes[i]` is node `i + 1`.
+    nodes: Vec<TestNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes that all list each other in `--join`, bootstraps the first through
+    /// the `Kv.Bootstrap` RPC (as `ldr init` does), and waits until every node is live.
+    async fn start(n: usize) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        }
+        let addresses: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("bound").to_string())
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let store = dir.path().join(format!("n{i}"));
+            nodes.push(TestNode::start(store, listener, addresses.clone()).await);
+        }
+        // Nodes started before `ldr init` wait (and keep retrying their joins).
+        assert!(matches!(
+            nodes[0].client().sys_get("x", b"y").await,
+            Err(KvError::NotInitialized)
+        ));
+        let cluster_id = ldr_kv::bootstrap_remote(&addresses[0])
+            .await
+            .expect("bootstrap over rpc");
+        for node in &nodes {
+            tokio::time::timeout(DEADLINE, node.node.wait_initialized())
+                .await
+                .expect("every node joins in time")
+                .expect("initialized");
+            assert_eq!(node.client().cluster_id(), cluster_id);
+        }
+        nodes.sort_by_key(|n| n.node_id());
+        let ids: Vec<NodeId> = nodes.iter().map(|n| n.node_id()).collect();
+        assert_eq!(
+            ids,
+            (1..=n as NodeId).collect::<Vec<_>>(),
+            "node ids are dense from 1"
+        );
+        let cluster = TestCluster { nodes, _dir: dir };
+        cluster.wait_all_live().await;
+        cluster
+    }
+
+    fn client(&self, node_id: NodeId) -> KvClient {
+        self.nodes[node_id as usize - 1].client()
+    }
+
+    async fn wait_all_live(&self) {
+        let client = self.client(1);
+        let n = self.nodes.len();
+        eventually("every node to be live", || {
+            let client = client.clone();
+            async move {
+                let nodes = client.nodes().await.ok()?;
+                (nodes.iter().filter(|s| s.is_live).count() == n).then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// The primary index key of `pk` in a table with `shard_count` shards.
+fn row_key(table_id: TableId, shard_count: u16, pk: &[u8]) -> Vec<u8> {
+    let mut key = keys::index_prefix(table_id, keys::shard_for(pk, shard_count), 1);
+    key.extend_from_slice(pk);
+    key
+}
+
+fn insert(key: Vec<u8>, value: &[u8]) -> RowWrite {
+    RowWrite {
+        key,
+        value: Some(value.to_vec()),
+        condition: Condition::Expect(None),
+        header: ValueHeader::default(),
+        dependents: Vec::new(),
+    }
+}
+
+fn put(key: Vec<u8>, value: &[u8]) -> RowWrite {
+    RowWrite {
+        condition: Condition::None,
+        ..insert(key, value)
+    }
+}
+
+fn owner_of(ranges: &[RangeDescriptor], key: &[u8]) -> NodeId {
+    ranges
+        .iter()
+        .find(|r| r.span.contains_key(key))
+        .expect("a range holds every key")
+        .node_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_through_one_node_are_read_through_another() {
+    let cluster = TestCluster::start(3).await;
+    let (n1, n3) = (cluster.client(1), cluster.client(3));
+
+    // A new table gets three shards per live node, spread over every node.
+    let table: TableId = 104;
+    let ranges = n1
+        .create_table_ranges(table, None)
+        .await
+        .expect("create ranges");
+    assert_eq!(ranges.len(), 9);
+    for node in 1..=3 {
+        assert_eq!(
+            ranges.iter().filter(|r| r.node_id == node).count(),
+            3,
+            "node {node} owns three shards"
+        );
+    }
+    assert_eq!(
+        n3.table_ranges(table).await.expect("visible from node 3"),
+        ranges
+    );
+    assert_eq!(
+        n1.create_table_ranges(table, None)
+            .await
+            .expect("idempotent"),
+        ranges
+    );
+
+    // 3,000 rows written through node 1 land in their shards' owners.
+    let shard_count = ranges.len() as u16;
+    let rows: Vec<RowWrite> = (0..3000u32)
+        .map(|i| {
+            insert(
+                row_key(table, shard_count, &i.to_be_bytes()),
+                format!("v{i}").as_bytes(),
+            )
+        })
+        .collect();
+    let outcomes = n1
+        .write(rows.clone(), false)
+        .await
+        .expect("write 3000 rows");
+    assert_eq!(outcomes.len(), 3000);
+    assert!(
+        outcomes
+            .iter()
+            .all(|(ts, o)| matches!(o, RowOutcome::Written { prev: None }) && !ts.is_zero())
+    );
+
+    // Node 3 reads them all back, in key order, across the nine ranges.
+    let all = n3
+        .scan(&keys::table_span(table), None, 0)
+        .await
+        .expect("scan from node 3");
+    assert_eq!(all.len(), 3000);
+    assert!(
+        all.windows(2).all(|w| w[0].key < w[1].key),
+        "scan merges ranges in key order"
+    );
+    let limited = n3
+        .scan(&keys::table_span(table), None, 10)
+        .await
+        .expect("limited scan");
+    assert_eq!(
+        limited.iter().map(|kv| &kv.key).collect::<Vec<_>>(),
+        all[..10].iter().map(|kv| &kv.key).collect::<Vec<_>>()
+    );
+    for i in [0u32, 1234, 2999] {
+        let key = row_key(table, shard_count, &i.to_be_bytes());
+        let v = n3.get(&key, None).await.expect("get").expect("present");
+        assert_eq!(v.value.as_deref(), Some(format!("v{i}").as_bytes()));
+        assert_eq!(
+            n3.range_for_key(&key).await.expect("routed").node_id,
+            owner_of(&ranges, &key)
+        );
+    }
+
+    // Outcomes come back in input order, whatever the grouping by range.
+    let mixed: Vec<RowWrite> = (2990..3010u32)
+        .map(|i| insert(row_key(table, shard_count, &i.to_be_bytes()), b"again"))
+        .collect();
+    let outcomes = n3.write(mixed, false).await.expect("mixed write");
+    for (i, (_, o)) in (2990..3010u32).zip(&outcomes) {
+        if i < 3000 {
+            assert!(
+                matches!(o, RowOutcome::ConditionFailed { actual: Some(_) }),
+                "row {i} exists: {o:?}"
+            );
+        } else {
+            assert!(
+                matches!(o, RowOutcome::Written { .. }),
+                "row {i} is new: {o:?}"
+            );
+        }
+    }
+
+    // A read at an old timestamp sees the old state; commit timestamps order the writes.
+    let before = outcomes[0].0;
+    let k = row_key(table, shard_count, &3005u32.to_be_bytes());
+    assert_eq!(
+        n1.get(&k, Some(before.prev())).await.expect("old read"),
+        None
+    );
+
+    // A dependent outside its row's range is refused before anything is written.
+    let mut bad = put(row_key(table, shard_count, b"dep"), b"x");
+    let other_shard = (keys::shard_for(b"dep", shard_count) + 1) % shard_count;
+    bad.dependents
+        .push((keys::index_prefix(table, other_shard, 2), Some(Vec::new())));
+    assert!(n1.write(vec![bad], true).await.is_err());
+
+    // Dropping the table deletes its rows and ranges, also for nodes with cached ranges.
+    n1.drop_table_ranges(table).await.expect("drop");
+    assert!(matches!(
+        n1.table_ranges(table).await,
+        Err(KvError::NoRanges { .. })
+    ));
+    let err = n3
+        .scan(&keys::table_span(table), None, 0)
+        .await
+        .expect_err("dropped table");
+    assert!(
+        matches!(
+            err,
+            KvError::NoRanges { .. } | KvError::RangeNotFound { .. }
+        ),
+        "{err}"
+    );
+    let err = n3.get(&k, None).await.expect_err("dropped table");
+    assert!(
+        matches!(
+            err,
+            KvError::NoRanges { .. } | KvError::RangeNotFound { .. }
+        ),
+        "{err}"
+    );
+    n1.drop_table_ranges(table)
+        .await
+        .expect("dropping twice is a no-op");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_is_unavailable_until_it_restarts_with_its_identity_and_data() {
+    let mut cluster = TestCluster::start(3).await;
+    let n1 = cluster.client(1);
+    let table: TableId = 200;
+    let ranges = n1.create_table_ranges(table, None).await.expect("ranges");
+    let shard_count = ranges.len() as u16;
+    let rows: Vec<RowWrite> = (0..300u32)
+        .map(|i| {
+            put(
+                row_key(table, shard_count, &i.to_be_bytes()),
+                format!("v{i}").as_bytes(),
+            )
+        })
+        .collect();
+    n1.write(rows, true).await.expect("write");
+    let on_node3 = (0..300u32)
+        .map(|i| row_key(table, shard_count, &i.to_be_bytes()))
+        .find(|k| owner_of(&ranges, k) == 3)
+        .expect("node 3 owns some rows");
+    let cluster_id = n1.cluster_id();
+
+    // Node 3 stops: its ranges fail with a retryable NodeUnavailable; others still serve.
+    let mut node3 = cluster.nodes.pop().expect("three nodes");
+    node3.stop().await;
+    let err = n1.get(&on_node3, None).await.expect_err("node 3 is down");
+    assert!(
+        matches!(err, KvError::NodeUnavailable { node_id: 3, .. }),
+        "{err}"
+    );
+    assert!(err.is_retryable());
+    let err = n1
+        .scan(&keys::table_span(table), None, 0)
+        .await
+        .expect_err("a range is down");
+    assert!(err.is_retryable(), "{err}");
+    let err = n1
+        .write(vec![put(on_node3.clone(), b"while down")], true)
+        .await
+        .expect_err("write while down");
+    assert!(matches!(err, KvError::NodeUnavailable { .. }), "{err}");
+    let on_node1 = (0..300u32)
+        .map(|i| row_key(table, shard_count, &i.to_be_bytes()))
+        .find(|k| owner_of(&ranges, k) == 1)
+        .expect("node 1 owns some rows");
+    assert!(
+        n1.get(&on_node1, None)
+            .await
+            .expect("node 1 still serves")
+            .is_some()
+    );
+    eventually("node 3 to be seen dead", || {
+        let n1 = n1.clone();
+        async move { (!n1.is_node_live(3).await.ok()?).then_some(()) }
+    })
+    .await;
+
+    // Node 3 comes back on its store: same identity, same data, and its ranges serve again.
+    let node3 = node3.restart().await;
+    tokio::time::timeout(DEADLINE, node3.node.wait_initialized())
+        .await
+        .expect("in time")
+        .expect("resumes");
+    assert_eq!(node3.node_id(), 3);
+    assert_eq!(node3.client().cluster_id(), cluster_id);
+    let v = node3
+        .client()
+        .get(&on_node3, None)
+        .await
+        .expect("local read")
+        .expect("data persisted");
+    assert!(v.value.expect("live").starts_with(b"v"));
+    let back = eventually("node 3's ranges to serve again", || {
+        let n1 = n1.clone();
+        let key = on_node3.clone();
+        async move { n1.get(&key, None).await.ok().flatten() }
+    })
+    .await;
+    assert!(back.value.expect("live").starts_with(b"v"));
+    let all = n1
+        .scan(&keys::table_span(table), None, 0)
+        .await
+        .expect("full scan after restart");
+    assert_eq!(all.len(), 300);
+    cluster.nodes.push(node3);
+    cluster.wait_all_live().await;
+
+    // Node 1 (the system range) restarts too: the system keyspace survives. (A client keeps
+    // its node's store open, so ours goes first.)
+    drop(n1);
+    let node1 = cluster.nodes.remove(0);
+    let node1 = node1.restart().await;
+    tokio::time::timeout(DEADLINE, node1.node.wait_initialized())
+        .await
+        .expect("in time")
+        .expect("resumes");
+    assert_eq!(node1.node_id(), 1);
+    assert_eq!(
+        node1
+            .client()
+            .table_ranges(table)
+            .await
+            .expect("descriptors persisted"),
+        ranges
+    );
+    cluster.nodes.insert(0, node1);
+    cluster.wait_all_live().await;
+    let n2 = cluster.client(2);
+    let all = eventually("node 2 to reach node 1 again", || {
+        let n2 = n2.clone();
+        async move { n2.scan(&keys::table_span(table), None, 0).await.ok() }
+    })
+    .await;
+    assert_eq!(all.len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_bootstrap_and_clock_envelope() {
+    let cluster = TestCluster::start(3).await;
+    let (n1, n2, n3) = (cluster.client(1), cluster.client(2), cluster.client(3));
+
+    // Every node knows every node, with the addresses it listens on.
+    let nodes = n2.nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    for (status, test_node) in nodes.iter().zip(&cluster.nodes) {
+        assert!(status.is_live);
+        assert_eq!(status.node.address, test_node.address);
+        assert!(status.liveness_expiration > n2.clock().now());
+    }
+
+    // `ldr init` again, on any node, is refused.
+    for test_node in &cluster.nodes {
+        let err = ldr_kv::bootstrap_remote(&test_node.address)
+            .await
+            .expect_err("already initialized");
+        assert!(matches!(err, KvError::AlreadyInitialized), "{err}");
+        assert_eq!(err.to_string(), "the cluster has already been initialized");
+    }
+    assert!(matches!(
+        cluster.nodes[1].node.bootstrap().await,
+        Err(KvError::AlreadyInitialized)
+    ));
+    let info = ldr_kv::remote_node_info(&cluster.nodes[2].address)
+        .await
+        .expect("node info");
+    assert!(info.initialized);
+    assert_eq!(
+        (info.node_id, info.cluster_id.as_str()),
+        (3, n1.cluster_id().as_str())
+    );
+    assert_eq!(
+        info.node1_address.as_deref(),
+        Some(cluster.nodes[0].address.as_str())
+    );
+
+    // The origin id is a stable non-zero function of the cluster id, equal on every node.
+    assert_ne!(n1.origin_id(), 0);
+    assert_eq!(n1.origin_id(), n3.origin_id());
+
+    // A KV request from another cluster is refused.
+    let mut raw =
+        ldr_proto::pb::kv_client::KvClient::connect(format!("http://{}", cluster.nodes[0].address))
+            .await
+            .expect("connect");
+    let mut request = tonic::Request::new(ldr_proto::pb::KvGetRequest {
+        range_id: 1,
+        key: keys::system_key("x", b"y"),
+        read_ts: None,
+    });
+    request.metadata_mut().insert(
+        ldr_proto::metadata::CLUSTER_ID,
+        "some-other-cluster".parse().expect("ascii"),
+    );
+    let status = raw.get(request).await.expect_err("wrong cluster");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("some-other-cluster"),
+        "{}",
+        status.message()
+    );
+
+    // A node whose clock runs ahead by more than the maximum offset is refused by its
+    // peers, with an error that says why; it recovers when its clock does.
+    ldr_kv::set_remote_clock_offset(&cluster.nodes[2].address, 2_000_000_000)
+        .await
+        .expect("skew node 3");
+    let err = n3
+        .sys_get("x", b"y")
+        .await
+        .expect_err("node 3's clock is 2s ahead");
+    assert!(matches!(err, KvError::Clock(_)), "{err}");
+    assert!(
+        err.to_string().contains("maximum clock offset of 500ms"),
+        "{err}"
+    );
+    ldr_kv::set_remote_clock_offset(&cluster.nodes[2].address, 0)
+        .await
+        .expect("unskew node 3");
+    eventually("node 3's clock to be accepted again", || {
+        let n3 = n3.clone();
+        async move { n3.sys_get("x", b"y").await.ok() }
+    })
+    .await;
+
+    // The catalog generation bumped on one node reaches the others.
+    let generation = n2.bump_catalog_generation().await.expect("bump");
+    assert!(generation >= 1);
+    assert_eq!(n2.catalog_generation(), generation);
+    for client in [&n1, &n3] {
+        eventually("the catalog generation to propagate", || async move {
+            (client.catalog_generation() >= generation).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_keyspace_counters_and_settings() {
+    let cluster = TestCluster::start(3).await;
+    let (n1, n2, n3) = (cluster.client(1), cluster.client(2), cluster.client(3));
+
+    // Plain and conditional puts, deletes and scans of a subspace, from any node.
+    n2.sys_put("test", b"a", b"1").await.expect("put");
+    n3.sys_put("test", b"b", b"2").await.expect("put");
+    assert_eq!(
+        n1.sys_get("test", b"a").await.expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        n1.sys_cput("test", b"a", Some(b"3"), Some(b"1"))
+            .await
+            .expect("cput"),
+        Ok(())
+    );
+    assert_eq!(
+        n2.sys_cput("test", b"a", Some(b"4"), Some(b"1"))
+            .await
+            .expect("cput"),
+        Err(Some(b"3".to_vec()))
+    );
+    assert_eq!(
+        n2.sys_cput("test", b"c", Some(b"5"), None)
+            .await
+            .expect("cput absent"),
+        Ok(())
+    );
+    assert_eq!(
+        n2.sys_cput("test", b"c", Some(b"6"), None)
+            .await
+            .expect("cput absent"),
+        Err(Some(b"5".to_vec()))
+    );
+    n3.sys_delete("test", b"c").await.expect("delete");
+    let scanned = n1.sys_scan("test").await.expect("scan");
+    assert_eq!(
+        scanned,
+        vec![
+            (b"a".to_vec(), b"3".to_vec()),
+            (b"b".to_vec(), b"2".to_vec())
+        ]
+    );
+
+    // Counters are atomic under concurrent increments from every node.
+    let mut tasks = Vec::new();
+    for client in [&n1, &n2, &n3] {
+        for _ in 0..3 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..20 {
+                    got.push(
+                        client
+                            .sys_increment("test_counter", 1)
+                            .await
+                            .expect("increment"),
+                    );
+                }
+                got
+            }));
+        }
+    }
+    let mut values = Vec::new();
+    for t in tasks {
+        values.extend(t.await.expect("task"));
+    }
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        (1..=180).collect::<Vec<i64>>(),
+        "every increment got a distinct value"
+    );
+    assert_eq!(
+        n2.sys_increment("test_counter", 10).await.expect("by ten"),
+        190
+    );
+
+    // A setting set on one node is validated, persisted, and seen by the others.
+    let err = n2
+        .set_setting("no.such.setting", "1")
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, KvError::UnknownSetting(_)), "{err}");
+    let err = n2
+        .set_setting("gc.ttlseconds", "soon")
+        .await
+        .expect_err("invalid");
+    assert!(matches!(err, KvError::InvalidSetting { .. }), "{err}");
+    n2.set_setting("gc.ttlseconds", "600").await.expect("set");
+    n2.set_setting("logical_replication.consumer.retry_queue_duration", "5m")
+        .await
+        .expect("set duration");
+    assert_eq!(
+        n2.settings().int("gc.ttlseconds"),
+        600,
+        "the setting node sees it at once"
+    );
+    for client in [&n1, &n3] {
+        eventually("the setting to propagate", || async move {
+            (client.settings().int("gc.ttlseconds") == 600
+                && client
+                    .settings()
+                    .duration("logical_replication.consumer.retry_queue_duration")
+                    == Duration::from_secs(300))
+            .then_some(())
+        })
+        .await;
+    }
+    let all = n3.settings().all();
+    let row = all
+        .iter()
+        .find(|r| r.0 == "logical_replication.consumer.retry_queue_duration")
+        .expect("listed");
+    assert_eq!(row.1, "5m0s");
+    n1.reset_setting("gc.ttlseconds").await.expect("reset");
+    eventually("the reset to propagate", || {
+        let n3 = n3.clone();
+        async move { (n3.settings().int("gc.ttlseconds") == 14400).then_some(()) }
+    })
+    .await;
+
+    // The closed timestamp target applies to every node's engine.
+    n1.set_setting("kv.closed_timestamp.target_duration", "50ms")
+        .await
+        .expect("set");
+    let engine = cluster.nodes[2].node.engine().clone();
+    eventually("node 3's closed timestamp to trail by about 50ms", || {
+        let engine = engine.clone();
+        let n3 = n3.clone();
+        async move {
+            let lag = n3
+                .clock()
+                .now()
+                .wall_time_ns
+                .saturating_sub(engine.closed_timestamp().wall_time_ns);
+            (n3.settings()
+                .duration("kv.closed_timestamp.target_duration")
+                == Duration::from_millis(50)
+                && lag < 150_000_000)
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_timestamps_hold_back_gc() {
+    let cluster = TestCluster::start(3).await;
+    let n1 = cluster.client(1);
+    let table: TableId = 300;
+    let ranges = n1
+        .create_table_ranges(table, Some(3))
+        .await
+        .expect("ranges");
+    let key = row_key(table, 3, b"k");
+    let owner = owner_of(&ranges, &key);
+    let owner_client = cluster.client(owner);
+    let owner_node = cluster.nodes[owner as usize - 1].node.clone();
+
+    // Two versions of one key.
+    let (ts1, _) = n1
+        .write(vec![put(key.clone(), b"v1")], true)
+        .await
+        .expect("v1")[0]
+        .clone();
+    let (ts2, _) = n1
+        .write(vec![put(key.clone(), b"v2")], true)
+        .await
+        .expect("v2")[0]
+        .clone();
+    assert!(ts2 > ts1);
+
+    // A protection at ts1 keeps v1 readable at ts1, even with a zero GC TTL and the GC
+    // threshold past v2.
+    n1.protect(PtsRecord {
+        id: "test-pts".into(),
+        ts: ts1,
+        owner: "test".into(),
+    })
+    .await
+    .expect("protect");
+    owner_client
+        .set_setting("gc.ttlseconds", "0")
+        .await
+        .expect("ttl 0");
+    let engine = owner_node.engine().clone();
+    eventually("the closed timestamp to pass v2", || {
+        let engine = engine.clone();
+        async move { (engine.closed_timestamp() > ts2).then_some(()) }
+    })
+    .await;
+    owner_node.run_gc().await.expect("gc");
+    assert_eq!(
+        owner_node.engine().gc_threshold(),
+        ts1,
+        "the protection holds the threshold at ts1"
+    );
+    let v = n1
+        .get(&key, Some(ts1))
+        .await
+        .expect("read at ts1")
+        .expect("v1 kept");
+    assert_eq!(v.value.as_deref(), Some(&b"v1"[..]));
+
+    // Protections only move forward; unknown ones cannot be updated.
+    n1.update_protection("test-pts", ts1.prev())
+        .await
+        .expect("backwards is a no-op");
+    assert_eq!(n1.protections().await.expect("list")[0].ts, ts1);
+    let err = n1
+        .update_protection("nope", ts2)
+        .await
+        .expect_err("unknown record");
+    assert!(matches!(err, KvError::PtsNotFound(_)), "{err}");
+
+    // Moving the protection past v2 lets GC remove v1; v2 stays.
+    n1.update_protection("test-pts", ts2)
+        .await
+        .expect("forward");
+    assert_eq!(n1.protections().await.expect("list")[0].ts, ts2);
+    // GC never passes the closed timestamp, so wait until it is past v2. (The node's own GC
+    // loop may get there first; either way v1 is gone afterwards.)
+    let engine = owner_node.engine().clone();
+    eventually("the closed timestamp to pass v2", || {
+        let engine = engine.clone();
+        async move { (engine.closed_timestamp() > ts2).then_some(()) }
+    })
+    .await;
+    owner_node.run_gc().await.expect("gc");
+    let old = n1.get(&key, Some(ts1)).await.expect("read at ts1");
+    assert_eq!(old, None, "v1 was collected");
+    assert_eq!(
+        n1.get(&key, None)
+            .await
+            .expect("latest")
+            .and_then(|v| v.value)
+            .as_deref(),
+        Some(&b"v2"[..])
+    );
+
+    // Releasing the protection lets GC run up to now.
+    n1.release_protection("test-pts").await.expect("release");
+    assert!(n1.protections().await.expect("list").is_empty());
+    owner_node.run_gc().await.expect("gc");
+    assert!(owner_node.engine().gc_threshold() > ts2);
+}

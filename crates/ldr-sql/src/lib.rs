@@ -1,7 +1,9 @@
 //! ldr-sql: the SQL layer of a node.
+pub mod catalog;
 pub mod datum;
 pub mod encoding;
 pub mod error;
+pub mod expr;
 pub mod interval;
 pub mod parser;
 pub mod types;

@@ -1,0 +1,4 @@
+//! The catalog: descriptors and their storage.
+pub mod descriptor;
+
+pub use descriptor::*;

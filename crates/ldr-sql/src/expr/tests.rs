@@ -1,0 +1,228 @@
+//! Binding and evaluation tests.
+
+use super::*;
+use crate::parser::parse_expr;
+
+fn scope() -> Scope {
+    let col = |name: &str, ty: SqlType| ScopeColumn {
+        table: Some("t".into()),
+        name: name.into(),
+        ty,
+        hidden: false,
+    };
+    Scope {
+        columns: vec![
+            col("id", SqlType::Int8),
+            col("s", SqlType::String),
+            col("f", SqlType::Float8),
+            col("d", SqlType::DECIMAL),
+            col("ts", SqlType::TimestampTz),
+            col("b", SqlType::Bool),
+            col("j", SqlType::Jsonb),
+            col("n", SqlType::Int4),
+        ],
+    }
+}
+
+fn row() -> Vec<Datum> {
+    vec![
+        Datum::Int(7),
+        Datum::String("Hello".into()),
+        Datum::Float(1.5),
+        Datum::Decimal(Decimal::new(250, 2)),
+        Datum::TimestampTz(1_700_000_000_000_000),
+        Datum::Null,
+        Datum::Json(serde_json::json!({"a": {"b": [1, 2]}, "s": "x"})),
+        Datum::Int(3),
+    ]
+}
+
+fn eval_with(text: &str, params: Vec<Datum>) -> Result<(Datum, SqlType)> {
+    let sc = scope();
+    let mut ptypes = Vec::new();
+    let mut b = Binder::new(&sc, &mut ptypes);
+    let (x, ty) = b.bind(&parse_expr(text)?)?;
+    let ctx = EvalCtx {
+        params,
+        now_micros: 1_700_000_000_000_000,
+        ..EvalCtx::default()
+    };
+    Ok((x.eval(&row(), &ctx)?, ty))
+}
+
+fn ev(text: &str) -> Datum {
+    eval_with(text, vec![])
+        .unwrap_or_else(|e| panic!("{text}: {} {}", e.code(), e.message()))
+        .0
+}
+
+fn text(text: &str) -> String {
+    ev(text).to_text(0).unwrap_or_else(|| "NULL".into())
+}
+
+#[test]
+fn arithmetic_and_comparisons() {
+    assert_eq!(ev("id + 1"), Datum::Int(8));
+    assert_eq!(text("id / 2"), "3.5");
+    assert_eq!(text("id * f"), "10.5");
+    assert_eq!(text("d + 1"), "3.50");
+    assert_eq!(ev("id > 5 AND f < 2"), Datum::Bool(true));
+    assert_eq!(ev("id = 7.0"), Datum::Bool(true));
+    assert_eq!(ev("b AND false"), Datum::Bool(false));
+    assert_eq!(ev("b OR true"), Datum::Bool(true));
+    assert_eq!(ev("b OR false"), Datum::Null);
+    assert_eq!(ev("NOT (id < 3)"), Datum::Bool(true));
+    assert_eq!(ev("id % 4"), Datum::Int(3));
+    assert_eq!(ev("-id"), Datum::Int(-7));
+    assert_eq!(ev("n BETWEEN 1 AND 3"), Datum::Bool(true));
+    assert_eq!(ev("id IN (1, 2, 7)"), Datum::Bool(true));
+    assert_eq!(ev("id NOT IN (1, NULL)"), Datum::Null);
+    assert_eq!(ev("b IS NULL"), Datum::Bool(true));
+    assert_eq!(ev("s IS NOT NULL"), Datum::Bool(true));
+    assert_eq!(ev("s IS DISTINCT FROM NULL"), Datum::Bool(true));
+    assert_eq!(
+        ev("CASE WHEN id > 5 THEN 'big' ELSE 'small' END"),
+        Datum::String("big".into())
+    );
+    assert_eq!(ev("CASE id WHEN 7 THEN 1 ELSE 0 END"), Datum::Int(1));
+    assert_eq!(ev("'5'::INT8 + 1"), Datum::Int(6));
+    assert_eq!(ev("1:::INT8"), Datum::Int(1));
+    assert_eq!(ev("CAST(id AS STRING)"), Datum::String("7".into()));
+    let e = eval_with("id / 0", vec![]).expect_err("div by zero");
+    assert_eq!(e.code(), "22012");
+    let e = eval_with("9223372036854775807 + id", vec![]).expect_err("overflow");
+    assert_eq!(e.code(), "22003");
+}
+
+#[test]
+fn strings_and_functions() {
+    assert_eq!(text("length(s)"), "5");
+    assert_eq!(text("lower(s) || upper(s)"), "helloHELLO");
+    assert_eq!(text("concat(s, ' ', id, NULL)"), "Hello 7");
+    assert_eq!(text("coalesce(b, true)"), "t");
+    assert_eq!(text("coalesce(NULL, 2, 3)"), "2");
+    assert_eq!(text("abs(-5)"), "5");
+    assert_eq!(text("abs(-2.5)"), "2.5");
+    assert_eq!(text("substring(s from 2 for 3)"), "ell");
+    assert_eq!(text("substr(s, 2)"), "ello");
+    assert_eq!(text("trim('  x  ')"), "x");
+    assert_eq!(text("replace(s, 'l', 'L')"), "HeLLo");
+    assert_eq!(text("round(2.345, 2)"), "2.35");
+    assert_eq!(text("greatest(1, id, 3)"), "7");
+    assert_eq!(text("md5('abc')"), "900150983cd24fb0d6963f7d28e17f72");
+    assert_eq!(ev("s LIKE 'H%o'"), Datum::Bool(true));
+    assert_eq!(ev("s LIKE 'h%'"), Datum::Bool(false));
+    assert_eq!(ev("s ILIKE 'h%'"), Datum::Bool(true));
+    assert_eq!(ev("s NOT LIKE '_ello'"), Datum::Bool(false));
+    assert_eq!(ev("'a%b' LIKE 'a\\%b'"), Datum::Bool(true));
+    assert_eq!(text("j->'a'->'b'"), "[1, 2]");
+    assert_eq!(text("j->>'s'"), "x");
+    assert_eq!(text("current_database()"), "defaultdb");
+    assert_eq!(text("current_user"), "root");
+    assert!(text("version()").contains("CockroachDB"));
+    assert_eq!(ev("gen_random_uuid() IS NOT NULL"), Datum::Bool(true));
+    assert!(matches!(ev("unique_rowid()"), Datum::Int(i) if i > 0));
+    assert!(matches!(
+        ev("cluster_logical_timestamp()"),
+        Datum::Decimal(_)
+    ));
+    let e = eval_with("nosuchfn(1)", vec![]).expect_err("unknown");
+    assert_eq!(e.code(), "42883");
+}
+
+#[test]
+fn time_arithmetic() {
+    assert_eq!(text("now()"), "2023-11-14 22:13:20+00");
+    assert_eq!(text("now() + interval '1 day'"), "2023-11-15 22:13:20+00");
+    assert_eq!(text("ts - interval '1h'"), "2023-11-14 21:13:20+00");
+    assert_eq!(text("ts - (ts - interval '2 days')"), "2 days");
+    assert_eq!(ev("ts > '2023-01-01'"), Datum::Bool(true));
+    assert_eq!(text("date '2024-01-31' + 1"), "2024-02-01");
+    assert_eq!(text("extract(year from ts)"), "2023");
+    assert_eq!(text("date_trunc('day', ts)"), "2023-11-14 00:00:00+00");
+    assert_eq!(text("interval '1 hour' * 2"), "02:00:00");
+}
+
+#[test]
+fn parameters_take_their_context_type() {
+    let sc = scope();
+    let mut ptypes = Vec::new();
+    let mut b = Binder::new(&sc, &mut ptypes);
+    b.bind(&parse_expr("id = $1 AND s = $2 AND ts > $3 AND $4 + 1 > 0").expect("parses"))
+        .expect("binds");
+    assert_eq!(
+        ptypes,
+        vec![
+            Some(SqlType::Int8),
+            Some(SqlType::String),
+            Some(SqlType::TimestampTz),
+            Some(SqlType::Int8)
+        ]
+    );
+    let (v, _) = eval_with("id = $1", vec![Datum::Int(7)]).expect("evaluates");
+    assert_eq!(v, Datum::Bool(true));
+    let e = eval_with("id = $2", vec![Datum::Int(7)]).expect_err("missing param");
+    assert_eq!(e.code(), "42P02");
+}
+
+#[test]
+fn type_errors() {
+    for (text, code) in [
+        ("s = 1", "42883"),
+        ("id = 'abc'", "22P02"),
+        ("nosuch = 1", "42703"),
+        ("x.id = 1", "42P01"),
+        ("s + 1", "42883"),
+        ("NOT s", "42804"),
+        ("count(*)", "42803"),
+    ] {
+        let e = eval_with(text, vec![]).expect_err(text);
+        assert_eq!(e.code(), code, "{text}: {}", e.message());
+    }
+}
+
+#[test]
+fn aggregates_bind_to_group_slots() {
+    let sc = scope();
+    let mut ptypes = Vec::new();
+    let mut agg = AggBinding {
+        group_exprs: vec![ScalarExpr::Column(1)],
+        aggs: vec![],
+    };
+    {
+        let mut b = Binder {
+            scope: &sc,
+            params: &mut ptypes,
+            agg: Some(&mut agg),
+        };
+        let (x, ty) = b
+            .bind(&parse_expr("s").expect("parses"))
+            .expect("group column binds");
+        assert_eq!((x, ty), (ScalarExpr::Column(0), SqlType::String));
+        let (x, ty) = b
+            .bind(&parse_expr("count(*) + sum(id)").expect("parses"))
+            .expect("aggregates bind");
+        assert_eq!(ty, SqlType::DECIMAL);
+        assert!(matches!(x, ScalarExpr::Binary(BinOp::Add, _, _)));
+        let e = b
+            .bind(&parse_expr("id").expect("parses"))
+            .expect_err("ungrouped column");
+        assert_eq!(e.code(), "42803");
+    }
+    assert_eq!(agg.aggs.len(), 2);
+    assert_eq!(agg.aggs[0].func, AggFunc::CountStar);
+    assert_eq!(agg.aggs[1].func, AggFunc::Sum);
+}
+
+#[test]
+fn like_matcher() {
+    assert!(like_match("abc", "a%", Some('\\')));
+    assert!(like_match("abc", "%c", Some('\\')));
+    assert!(like_match("abc", "%b%", Some('\\')));
+    assert!(like_match("abc", "a_c", Some('\\')));
+    assert!(!like_match("abc", "a_", Some('\\')));
+    assert!(like_match("", "%", Some('\\')));
+    assert!(like_match("a%", "a\\%", Some('\\')));
+    assert!(!like_match("ab", "a\\%", Some('\\')));
+    assert!(like_match("aXbXc", "a%b%c", Some('\\')));
+}

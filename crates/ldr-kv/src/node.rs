@@ -439,6 +439,13 @@ impl NodeInner {
                 Ok::<(), KvError>(())
             }
             .await;
+            if let Err(KvError::NodeUnavailable {
+                node_id: SYSTEM_NODE_ID,
+                ..
+            }) = &result
+            {
+                self.rediscover_node1().await;
+            }
             match result {
                 Ok(()) if failing => {
                     info!("liveness heartbeats succeed again");
@@ -456,8 +463,58 @@ impl NodeInner {
         }
     }
 
+    /// Node 1 is unreachable where we last knew it: ask the `--join` addresses where it is
+    /// now (it may have restarted on another address while this node was down and missed its
+    /// announcement).
+    async fn rediscover_node1(self: &Arc<Self>) {
+        let Some(identity) = self.identity().cloned() else {
+            return;
+        };
+        if identity.node_id == SYSTEM_NODE_ID {
+            return;
+        }
+        let current = self.addresses.read().get(&SYSTEM_NODE_ID).cloned();
+        let own = self.self_desc.read().address.clone();
+        let peers: Vec<String> = self
+            .config
+            .join
+            .iter()
+            .map(|a| system::dialable_address(a))
+            .filter(|a| *a != own)
+            .collect();
+        for address in peers {
+            let info = self
+                .transport
+                .call(
+                    0,
+                    &address,
+                    None,
+                    Some(NOTIFY_TIMEOUT),
+                    pb::KvNodeInfoRequest {},
+                    |mut c, r| async move { c.node_info(r).await },
+                )
+                .await;
+            let Ok(info) = info else { continue };
+            if !info.initialized || info.cluster_id != identity.cluster_id {
+                continue;
+            }
+            let Some(node1) = info.node1 else { continue };
+            if Some(&node1.address) != current.as_ref() {
+                let desc = NodeDescriptor {
+                    node_id: SYSTEM_NODE_ID,
+                    ..wire::node_from_pb(node1)
+                };
+                if let Err(e) = self.learn_address(&desc) {
+                    warn!(error = %e, "could not remember node 1's new address");
+                }
+                return;
+            }
+        }
+    }
+
     /// Re-reads the persisted settings into the cache and applies changed ones.
     pub(crate) async fn refresh_settings(self: &Arc<Self>) -> Result<()> {
+        let local_changes = self.settings.local_changes();
         let rows = self.client().sys_scan(system::SETTINGS).await?;
         let persisted: BTreeMap<String, String> = rows
             .into_iter()
@@ -468,8 +525,13 @@ impl NodeInner {
                 )
             })
             .collect();
-        let changed = self.settings.replace_from_persisted(&persisted);
-        self.apply_settings(&changed);
+        // Skipped when this node changed a setting meanwhile; the next refresh catches up.
+        if let Some(changed) = self
+            .settings
+            .replace_from_persisted(&persisted, local_changes)
+        {
+            self.apply_settings(&changed);
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -293,6 +294,9 @@ impl fmt::Display for SettingValue {
 pub struct Settings {
     /// Values that differ from the default, by name.
     overrides: RwLock<BTreeMap<String, SettingValue>>,
+    /// Counts this node's own changes ([`Settings::set_cached`]), so that a refresh that read
+    /// the system keyspace before such a change does not undo it.
+    local_changes: AtomicU64,
 }
 
 impl Settings {
@@ -375,12 +379,21 @@ impl Settings {
             .collect()
     }
 
+    /// The count of local changes, to pass to [`Settings::replace_from_persisted`] when
+    /// reading the persisted values starts.
+    pub(crate) fn local_changes(&self) -> u64 {
+        self.local_changes.load(Ordering::Acquire)
+    }
+
     /// Replaces every override with the persisted values (`name -> SQL text`); unknown names
-    /// and invalid values are skipped with a warning. Returns the names whose value changed.
+    /// and invalid values are skipped with a warning. Returns the names whose value changed,
+    /// or `None` (and changes nothing) if this node changed a setting since `local_changes`
+    /// was read: the persisted values may predate that change.
     pub(crate) fn replace_from_persisted(
         &self,
         persisted: &BTreeMap<String, String>,
-    ) -> Vec<&'static str> {
+        local_changes: u64,
+    ) -> Option<Vec<&'static str>> {
         let mut next = BTreeMap::new();
         for (name, text) in persisted {
             let Some(def) = find(name) else {
@@ -398,18 +411,22 @@ impl Settings {
             }
         }
         let mut overrides = self.overrides.write();
+        if self.local_changes.load(Ordering::Acquire) != local_changes {
+            return None;
+        }
         let changed = REGISTRY
             .iter()
             .filter(|def| overrides.get(def.name) != next.get(def.name))
             .map(|def| def.name)
             .collect();
         *overrides = next;
-        changed
+        Some(changed)
     }
 
     /// Sets one value in this node's cache (after it was persisted).
     pub(crate) fn set_cached(&self, def: &'static SettingDef, value: SettingValue) -> bool {
         let mut overrides = self.overrides.write();
+        self.local_changes.fetch_add(1, Ordering::AcqRel);
         let before = overrides.get(def.name).cloned();
         if value == def.default_value() {
             overrides.remove(def.name);
@@ -574,18 +591,42 @@ mod tests {
             "logical_replication.consumer.batch_size".to_string(),
             "zero".to_string(),
         );
-        assert_eq!(s.replace_from_persisted(&persisted), vec!["gc.ttlseconds"]);
+        let epoch = s.local_changes();
+        assert_eq!(
+            s.replace_from_persisted(&persisted, epoch),
+            Some(vec!["gc.ttlseconds"])
+        );
         assert_eq!(s.int("gc.ttlseconds"), 600);
         assert_eq!(s.int("logical_replication.consumer.batch_size"), 32);
-        assert!(
-            s.replace_from_persisted(&persisted).is_empty(),
+        assert_eq!(
+            s.replace_from_persisted(&persisted, epoch),
+            Some(vec![]),
             "no change the second time"
         );
         assert_eq!(
-            s.replace_from_persisted(&BTreeMap::new()),
-            vec!["gc.ttlseconds"]
+            s.replace_from_persisted(&BTreeMap::new(), epoch),
+            Some(vec!["gc.ttlseconds"])
         );
         assert_eq!(s.int("gc.ttlseconds"), 14400);
+    }
+
+    #[test]
+    fn a_refresh_older_than_a_local_change_does_not_undo_it() {
+        let s = Settings::default();
+        let epoch = s.local_changes();
+        // This node sets a value while a refresh is reading the (older) persisted values.
+        assert!(s.set_cached(
+            lookup("gc.ttlseconds").expect("known"),
+            SettingValue::Int(5)
+        ));
+        assert_eq!(s.replace_from_persisted(&BTreeMap::new(), epoch), None);
+        assert_eq!(s.int("gc.ttlseconds"), 5);
+        let mut persisted = BTreeMap::new();
+        persisted.insert("gc.ttlseconds".to_string(), "5".to_string());
+        assert_eq!(
+            s.replace_from_persisted(&persisted, s.local_changes()),
+            Some(vec![])
+        );
     }
 
     #[test]

@@ -132,6 +132,17 @@ impl TestNode {
         .await;
         TestNode::start(dir, listener, join).await
     }
+
+    /// Starts a new incarnation on the same store, listening on a new port.
+    async fn restart_elsewhere(mut self) -> TestNode {
+        self.stop().await;
+        let TestNode {
+            node, dir, join, ..
+        } = self;
+        drop(node);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        TestNode::start(dir, listener, join).await
+    }
 }
 
 struct TestCluster {
@@ -465,11 +476,14 @@ async fn a_stopped_node_is_unavailable_until_it_restarts_with_its_identity_and_d
     cluster.nodes.push(node3);
     cluster.wait_all_live().await;
 
-    // Node 1 (the system range) restarts too: the system keyspace survives. (A client keeps
-    // its node's store open, so ours goes first.)
+    // Node 1 (the system range) restarts too, on another port: the system keyspace survives
+    // and the other nodes learn its new address. (A client keeps its node's store open, so
+    // ours goes first.)
     drop(n1);
     let node1 = cluster.nodes.remove(0);
-    let node1 = node1.restart().await;
+    let old_address = node1.address.clone();
+    let node1 = node1.restart_elsewhere().await;
+    assert_ne!(node1.address, old_address);
     tokio::time::timeout(DEADLINE, node1.node.wait_initialized())
         .await
         .expect("in time")
@@ -483,8 +497,19 @@ async fn a_stopped_node_is_unavailable_until_it_restarts_with_its_identity_and_d
             .expect("descriptors persisted"),
         ranges
     );
+    let new_address = node1.address.clone();
     cluster.nodes.insert(0, node1);
     cluster.wait_all_live().await;
+    let n3 = cluster.client(3);
+    eventually("node 3 to reach node 1 at its new address", || {
+        let n3 = n3.clone();
+        let new_address = new_address.clone();
+        async move {
+            let nodes = n3.nodes().await.ok()?;
+            (nodes[0].node.address == new_address).then_some(())
+        }
+    })
+    .await;
     let n2 = cluster.client(2);
     let all = eventually("node 2 to reach node 1 again", || {
         let n2 = n2.clone();

@@ -8,9 +8,9 @@
 //! column.
 //!
 //! *Value encoding* is the row body stored under the primary key: a version byte, then
-//! `(column id, type tag, payload)` for every non-NULL column. Column ids instead of
+//! `(column id, type tag, payload)` for every column (NULL has a tag of its own). Column ids instead of
 //! positions let ADD/DROP COLUMN work without rewriting rows: unknown ids are skipped and
-//! missing ids read as NULL (or the column's backfill default).
+//! missing ids read as the column's absent value (its ADD COLUMN default, or NULL).
 
 use rust_decimal::Decimal;
 
@@ -295,6 +295,7 @@ pub fn encode_key_tuple<'a>(values: impl IntoIterator<Item = &'a Datum>) -> Vec<
 // ---- value encoding ----
 
 const VALUE_VERSION: u8 = 1;
+const TAG_NULL: u8 = 0;
 const TAG_BOOL: u8 = 1;
 const TAG_INT: u8 = 2;
 const TAG_FLOAT: u8 = 3;
@@ -350,16 +351,14 @@ fn get_len_bytes(buf: &[u8]) -> Result<(&[u8], &[u8])> {
     Ok((&r[..n], &r[n..]))
 }
 
-/// Encodes a row body from `(column id, value)` pairs; NULLs are omitted.
+/// Encodes a row body from `(column id, value)` pairs. NULLs are stored explicitly, so a
+/// NULL written after an ADD COLUMN is distinguishable from a row that predates the column.
 pub fn encode_value<'a>(columns: impl IntoIterator<Item = (u32, &'a Datum)>) -> Vec<u8> {
     let mut out = vec![VALUE_VERSION];
     for (id, d) in columns {
-        if d.is_null() {
-            continue;
-        }
         put_uvarint(&mut out, u64::from(id));
         match d {
-            Datum::Null => {}
+            Datum::Null => out.push(TAG_NULL),
             Datum::Bool(b) => {
                 out.push(TAG_BOOL);
                 out.push(u8::from(*b));
@@ -431,6 +430,7 @@ pub fn decode_value(buf: &[u8]) -> Result<Vec<(u32, Datum)>> {
         let (id, r) = get_uvarint(rest)?;
         let (&tag, r) = r.split_first().ok_or_else(|| corrupt("missing tag"))?;
         let (d, r) = match tag {
+            TAG_NULL => (Datum::Null, r),
             TAG_BOOL => {
                 let (b, r) = take::<1>(r)?;
                 (Datum::Bool(b[0] != 0), r)
@@ -589,7 +589,7 @@ mod tests {
         fn values_round_trip_exactly((_t, a, b, c) in pair()) {
             let enc = encode_value([(1, &a), (7, &b), (300, &c)]);
             let dec = decode_value(&enc).expect("decodes");
-            let want: Vec<(u32, &Datum)> = [(1, &a), (7, &b), (300, &c)].into_iter().filter(|(_, d)| !d.is_null()).collect();
+            let want: Vec<(u32, &Datum)> = vec![(1, &a), (7, &b), (300, &c)];
             prop_assert_eq!(dec.len(), want.len());
             for ((id, d), (wid, wd)) in dec.iter().zip(want) {
                 prop_assert_eq!(*id, wid);

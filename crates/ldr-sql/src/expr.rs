@@ -1388,7 +1388,9 @@ impl<'a> Binder<'a> {
                             bound.push(self.bind(x)?)
                         }
                         other => {
-                            return Err(SqlError::unsupported(format!("function argument {other}")));
+                            return Err(SqlError::unsupported(format!(
+                                "function argument {other}"
+                            )));
                         }
                     }
                 }

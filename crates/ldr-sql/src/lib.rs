@@ -6,6 +6,7 @@ pub mod error;
 pub mod expr;
 pub mod interval;
 pub mod parser;
+pub mod rowcodec;
 pub mod types;
 
 pub use datum::Datum;

@@ -1,4 +1,6 @@
-//! The catalog: descriptors and their storage.
+//! The catalog: descriptors and their storage in the system keyspace.
 pub mod descriptor;
+pub mod store;
 
 pub use descriptor::*;
+pub use store::{Catalog, ExternalConnection, UserRecord};

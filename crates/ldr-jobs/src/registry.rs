@@ -10,8 +10,10 @@
 //! A job runs on exactly one node: a node runs it only under a claim (coordinator = this node,
 //! claim epoch = the one it wrote). Another node takes the claim only when the claiming node's
 //! liveness expired; the loser notices on its next tick and stops its task, whose outcome is
-//! then ignored (its epoch is stale). A node that cannot read the job records for
-//! `self_fence_after` stops its own tasks, before other nodes can consider it dead.
+//! then ignored (its epoch is stale). To keep two runs from overlapping, a node also fences
+//! itself: it stops its tasks (and claims nothing) once its own liveness, as last read, is
+//! within `liveness_margin` of expiring — before any other node may consider it dead. A node
+//! cut off from the system range cannot refresh that reading, so it fences itself too.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -24,7 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
-use crate::state::{self, Action, Change, Next, Observation, StoredJob};
+use crate::state::{self, Action, Change, Next, Observation, StopReason, StoredJob};
 use crate::{JobContext, JobError, JobRecord, JobStatus, JobType, Result, ResumeOutcome, Resumer};
 
 /// The system-keyspace subspace holding job records.
@@ -38,9 +40,10 @@ const CPUT_ATTEMPTS_MAX: u32 = 200;
 pub struct RegistryOptions {
     /// How often the loop scans the job records (CockroachDB adopts every 30s; ours 500ms).
     pub adopt_interval: Duration,
-    /// Stop every local job when the records could not be read for this long (must be shorter
-    /// than the node liveness expiry, after which other nodes adopt the jobs).
-    pub self_fence_after: Duration,
+    /// Stop every local job when this node's liveness (as last read) expires within this
+    /// margin. It must cover the maximum clock offset (500ms) plus the time a stop takes; the
+    /// liveness TTL (4.5s, heartbeats every 1s) leaves a healthy node 3.5s or more.
+    pub liveness_margin: Duration,
     /// `on_fail_or_cancel` attempts before the job finishes anyway.
     pub revert_attempts_max: u32,
     /// Backoff between `on_fail_or_cancel` attempts (doubling up to `revert_backoff_max`).
@@ -54,7 +57,7 @@ impl Default for RegistryOptions {
     fn default() -> Self {
         RegistryOptions {
             adopt_interval: Duration::from_millis(500),
-            self_fence_after: Duration::from_secs(3),
+            liveness_margin: Duration::from_millis(1500),
             revert_attempts_max: 10,
             revert_backoff_initial: Duration::from_millis(500),
             revert_backoff_max: Duration::from_secs(30),
@@ -68,6 +71,9 @@ struct LocalJob {
     epoch: u64,
     task_seq: u64,
     stop: watch::Sender<bool>,
+    /// The task moved on to `on_fail_or_cancel`: a cancel request (from a record read
+    /// earlier) no longer concerns it.
+    reverting: bool,
 }
 
 /// The registry of one node.
@@ -80,6 +86,8 @@ pub struct Registry {
     local: Mutex<HashMap<JobId, LocalJob>>,
     task_seq: Mutex<u64>,
     wake: Notify,
+    /// This node's liveness expiration as last read (self-fencing).
+    own_expiration: Mutex<Option<Timestamp>>,
     shutdown: watch::Sender<bool>,
     loop_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -115,6 +123,7 @@ impl Registry {
             local: Mutex::new(HashMap::new()),
             task_seq: Mutex::new(0),
             wake: Notify::new(),
+            own_expiration: Mutex::new(None),
             shutdown,
             loop_task: Mutex::new(None),
         });
@@ -244,7 +253,10 @@ impl Registry {
         let me = self.me;
         let (job, ()) = self
             .update_stored(id, |job| {
+                // Another node (or a newer claim of ours) holds the job: a resumer still running
+                // here must stop. (Paused or finished jobs have no claim to lose.)
                 if let Some(epoch) = local_epoch
+                    && job.record.coordinator_id.is_some()
                     && !job.claimed_by(me, epoch)
                 {
                     return Err(JobError::ClaimLost(id));
@@ -338,26 +350,42 @@ impl Registry {
 
     async fn run_loop(self: Arc<Registry>) {
         let mut shutdown = self.shutdown.subscribe();
-        let mut last_scan_ok = Instant::now();
+        let fence = tokio::spawn(Registry::fence_loop(self.clone()));
         info!(node = self.me, "job registry started");
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            match self.tick().await {
-                Ok(()) => last_scan_ok = Instant::now(),
-                Err(e) => {
-                    warn!(node = self.me, error = %e, "job registry tick failed");
-                    if last_scan_ok.elapsed() > self.options.self_fence_after {
-                        self.stop_all_local("job records unreadable");
-                    }
-                }
+            if let Err(e) = self.tick().await {
+                warn!(node = self.me, error = %e, "job registry tick failed");
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.options.adopt_interval) => {}
                 _ = self.wake.notified() => {}
                 _ = shutdown.changed() => {}
             }
+        }
+        fence.abort();
+    }
+
+    /// Self-fencing, independent of how long a tick takes: stops every local job once this
+    /// node's liveness (as last read) is about to expire.
+    async fn fence_loop(self: Arc<Registry>) {
+        let period = (self.options.adopt_interval / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(period).await;
+            if !self.own_liveness_ok() {
+                self.stop_all_local("own liveness about to expire; fencing");
+            }
+        }
+    }
+
+    /// Whether this node's liveness, as last read, stays valid for `liveness_margin`.
+    fn own_liveness_ok(&self) -> bool {
+        let margin_ns = u64::try_from(self.options.liveness_margin.as_nanos()).unwrap_or(u64::MAX);
+        match *self.own_expiration.lock() {
+            Some(expiration) => self.kv.clock().now().add_nanos(margin_ns) < expiration,
+            None => false,
         }
     }
 
@@ -376,9 +404,30 @@ impl Registry {
 
     /// One pass over every job record.
     async fn tick(&self) -> Result<()> {
-        let rows = self.kv.sys_scan(JOBS_SUBSPACE).await?;
+        // Bounded: a KV request may hang for its full timeout (10s) when node 1 is cut off.
+        let deadline = (self.options.liveness_margin / 2).max(self.options.adopt_interval);
+        let timed_out = || {
+            JobError::Kv(ldr_kv::KvError::Rpc(format!(
+                "job registry read took longer than {deadline:?}"
+            )))
+        };
+        let statuses = tokio::time::timeout(deadline, self.kv.nodes())
+            .await
+            .map_err(|_| timed_out())??;
+        let liveness: HashMap<NodeId, bool> = statuses
+            .iter()
+            .map(|s| (s.node.node_id, s.is_live))
+            .collect();
+        let own = statuses
+            .iter()
+            .find(|s| s.node.node_id == self.me)
+            .map(|s| s.liveness_expiration);
+        *self.own_expiration.lock() = own;
+        let self_live = self.own_liveness_ok();
+        let rows = tokio::time::timeout(deadline, self.kv.sys_scan(JOBS_SUBSPACE))
+            .await
+            .map_err(|_| timed_out())??;
         let mut seen = Vec::with_capacity(rows.len());
-        let mut liveness: HashMap<NodeId, Option<bool>> = HashMap::new();
         for (_, bytes) in rows {
             let job = match decode(&bytes) {
                 Ok(job) => job,
@@ -392,20 +441,8 @@ impl Registry {
             let local_epoch = self.local.lock().get(&id).map(|l| l.epoch);
             let coordinator_live = match job.record.coordinator_id {
                 Some(c) if state::needs_coordinator_liveness(&job, self.me, local_epoch) => {
-                    match liveness.get(&c) {
-                        Some(known) => *known,
-                        None => {
-                            let live = match self.kv.is_node_live(c).await {
-                                Ok(live) => Some(live),
-                                Err(e) => {
-                                    debug!(node_id = c, error = %e, "liveness unknown");
-                                    None
-                                }
-                            };
-                            liveness.insert(c, live);
-                            live
-                        }
-                    }
+                    // A node without a liveness record is not live.
+                    Some(liveness.get(&c).copied().unwrap_or(false))
                 }
                 _ => None,
             };
@@ -414,6 +451,7 @@ impl Registry {
                 has_resumer: self.resumers.read().contains_key(&job.record.job_type),
                 local_epoch,
                 coordinator_live,
+                self_live,
             };
             let action = state::decide(&job, &obs);
             if action != Action::Nothing
@@ -439,6 +477,7 @@ impl Registry {
             Action::StopLocal(reason) => {
                 if let Some(job) = self.local.lock().get(&id)
                     && !*job.stop.borrow()
+                    && !(job.reverting && reason == StopReason::CancelRequested)
                 {
                     info!(job_id = id, ?reason, "stopping local job");
                     job.stop.send_replace(true);
@@ -448,7 +487,9 @@ impl Registry {
             Action::CompletePause => {
                 let (job, done) = self
                     .update_stored(id, |job| {
-                        if state::decide(job, &obs) != Action::CompletePause {
+                        if !same_claim(job, scanned)
+                            || state::decide(job, &obs) != Action::CompletePause
+                        {
                             return Ok((Change::Unchanged, false));
                         }
                         Ok((state::complete_pause(job), true))
@@ -467,7 +508,9 @@ impl Registry {
                 let me = self.me;
                 let (job, epoch) = self
                     .update_stored(id, |job| {
-                        if state::decide(job, &obs) != action {
+                        // The liveness in `obs` is about the coordinator we scanned: if another
+                        // node claimed the job meanwhile (a concurrent adoption), back off.
+                        if !same_claim(job, scanned) || state::decide(job, &obs) != action {
                             return Ok((Change::Unchanged, None));
                         }
                         Ok((Change::Changed, Some(state::claim(job, me, action))))
@@ -512,11 +555,12 @@ impl Registry {
                     epoch,
                     task_seq,
                     stop,
+                    reverting: revert,
                 },
             );
         }
         tokio::spawn(async move {
-            this.run_job(resumer, job.record, epoch, stop_rx, revert)
+            this.run_job(resumer, job.record, epoch, task_seq, stop_rx, revert)
                 .await;
             let mut local = this.local.lock();
             if local.get(&id).is_some_and(|l| l.task_seq == task_seq) {
@@ -534,18 +578,19 @@ impl Registry {
         resumer: Arc<dyn Resumer>,
         mut record: JobRecord,
         epoch: u64,
-        stop: watch::Receiver<bool>,
+        task_seq: u64,
+        mut stop: watch::Receiver<bool>,
         mut revert: bool,
     ) {
         let id = record.id;
         let me = self.me;
-        let ctx = JobContext {
-            job_id: id,
-            kv: self.kv.clone(),
-            registry: self.clone(),
-            stop: stop.clone(),
-        };
         loop {
+            let ctx = JobContext {
+                job_id: id,
+                kv: self.kv.clone(),
+                registry: self.clone(),
+                stop: stop.clone(),
+            };
             if !revert {
                 info!(job_id = id, epoch, "running job");
                 let outcome = {
@@ -560,6 +605,9 @@ impl Registry {
                 };
                 let stopped = *stop.borrow();
                 info!(job_id = id, ?outcome, stopped, "resumer returned");
+                // The cleanup that may follow gets its own stop signal: the one that just fired
+                // for a cancel request must not also abort the cleanup the cancel calls for.
+                stop = self.renew_stop(id, task_seq);
                 let Some((job, next)) = self
                     .write_outcome(id, |job, now| {
                         state::apply_resume_outcome(job, me, epoch, &outcome, stopped, now)
@@ -635,6 +683,22 @@ impl Registry {
         }
     }
 
+    /// A fresh stop signal for the cleanup phase of a local task (already fired when the node
+    /// is shutting down or fencing itself).
+    fn renew_stop(&self, id: JobId, task_seq: u64) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        if *self.shutdown.borrow() || !self.own_liveness_ok() {
+            tx.send_replace(true);
+        }
+        if let Some(local) = self.local.lock().get_mut(&id)
+            && local.task_seq == task_seq
+        {
+            local.stop = tx;
+            local.reverting = true;
+        }
+        rx
+    }
+
     /// Writes a task's outcome, retrying KV errors until the deadline. `None`: could not write
     /// (the job stays claimed by this node; the loop re-runs it).
     async fn write_outcome(
@@ -661,6 +725,12 @@ impl Registry {
             }
         }
     }
+}
+
+/// Whether the claim (coordinator and epoch) is still the one the loop decided on.
+fn same_claim(current: &StoredJob, scanned: &StoredJob) -> bool {
+    current.record.coordinator_id == scanned.record.coordinator_id
+        && current.internal.claim_epoch == scanned.internal.claim_epoch
 }
 
 fn panic_text(e: tokio::task::JoinError) -> String {

@@ -205,6 +205,9 @@ pub(crate) struct Observation {
     pub local_epoch: Option<u64>,
     /// Liveness of the claiming node when it is another node (`None`: unknown or not asked).
     pub coordinator_live: Option<bool>,
+    /// Whether this node's own liveness is comfortably valid. A node about to be considered
+    /// dead claims nothing: other nodes may adopt its jobs any moment.
+    pub self_live: bool,
 }
 
 /// Why a local task is told to stop.
@@ -276,7 +279,7 @@ pub(crate) fn decide(job: &StoredJob, obs: &Observation) -> Action {
     }
     match status {
         JobStatus::PauseRequested => Action::CompletePause,
-        _ if !obs.has_resumer => Action::Nothing,
+        _ if !obs.has_resumer || !obs.self_live => Action::Nothing,
         JobStatus::Running => Action::ClaimAndResume,
         JobStatus::Reverting => Action::ClaimAndRevert,
         JobStatus::CancelRequested => Action::ClaimAndBeginRevert,
@@ -698,17 +701,19 @@ mod tests {
         local_epoch: Option<u64>,
         coordinator_live: Option<bool>,
         has_resumer: bool,
+        self_live: bool,
     ) -> Observation {
         Observation {
             me: ME,
             has_resumer,
             local_epoch,
             coordinator_live,
+            self_live,
         }
     }
 
-    /// Every (status, claim, local task, liveness, resumer) combination against the rules
-    /// written out independently.
+    /// Every (status, claim, local task, liveness, resumer, own liveness) combination against
+    /// the rules written out independently.
     #[test]
     fn decide_exhaustively() {
         let coordinators = [None, Some(ME), Some(OTHER)];
@@ -720,55 +725,57 @@ mod tests {
                 for local in locals {
                     for live in lives {
                         for has_resumer in [false, true] {
-                            let mut j = job(s);
-                            j.record.coordinator_id = coordinator;
-                            j.internal.claim_epoch = 7;
-                            let action = decide(&j, &obs(local, live, has_resumer));
-                            let runnable = !s.is_terminal() && s != JobStatus::Paused;
-                            let expected = if let Some(epoch) = local {
-                                if !runnable {
-                                    Action::StopLocal(StopReason::NotRunnable)
-                                } else if coordinator != Some(ME) || epoch != 7 {
-                                    Action::StopLocal(StopReason::ClaimLost)
-                                } else if s == JobStatus::PauseRequested {
-                                    Action::StopLocal(StopReason::PauseRequested)
-                                } else if s == JobStatus::CancelRequested {
-                                    Action::StopLocal(StopReason::CancelRequested)
-                                } else {
+                            for self_live in [false, true] {
+                                let mut j = job(s);
+                                j.record.coordinator_id = coordinator;
+                                j.internal.claim_epoch = 7;
+                                let action = decide(&j, &obs(local, live, has_resumer, self_live));
+                                let runnable = !s.is_terminal() && s != JobStatus::Paused;
+                                let expected = if let Some(epoch) = local {
+                                    if !runnable {
+                                        Action::StopLocal(StopReason::NotRunnable)
+                                    } else if coordinator != Some(ME) || epoch != 7 {
+                                        Action::StopLocal(StopReason::ClaimLost)
+                                    } else if s == JobStatus::PauseRequested {
+                                        Action::StopLocal(StopReason::PauseRequested)
+                                    } else if s == JobStatus::CancelRequested {
+                                        Action::StopLocal(StopReason::CancelRequested)
+                                    } else {
+                                        Action::Nothing
+                                    }
+                                } else if !runnable
+                                    || (coordinator == Some(OTHER) && live != Some(false))
+                                {
                                     Action::Nothing
-                                }
-                            } else if !runnable
-                                || (coordinator == Some(OTHER) && live != Some(false))
-                            {
-                                Action::Nothing
-                            } else if s == JobStatus::PauseRequested {
-                                Action::CompletePause
-                            } else if !has_resumer {
-                                Action::Nothing
-                            } else {
-                                match s {
-                                    JobStatus::Running => Action::ClaimAndResume,
-                                    JobStatus::Reverting => Action::ClaimAndRevert,
-                                    JobStatus::CancelRequested => Action::ClaimAndBeginRevert,
-                                    _ => unreachable!("covered above"),
-                                }
-                            };
-                            assert_eq!(
-                                action, expected,
-                                "status {s:?} coordinator {coordinator:?} local {local:?} live {live:?} resumer {has_resumer}"
-                            );
-                            let needs = needs_coordinator_liveness(&j, ME, local);
-                            assert_eq!(
-                                needs,
-                                local.is_none() && runnable && coordinator == Some(OTHER)
-                            );
-                            checked += 1;
+                                } else if s == JobStatus::PauseRequested {
+                                    Action::CompletePause
+                                } else if !has_resumer || !self_live {
+                                    Action::Nothing
+                                } else {
+                                    match s {
+                                        JobStatus::Running => Action::ClaimAndResume,
+                                        JobStatus::Reverting => Action::ClaimAndRevert,
+                                        JobStatus::CancelRequested => Action::ClaimAndBeginRevert,
+                                        _ => unreachable!("covered above"),
+                                    }
+                                };
+                                assert_eq!(
+                                    action, expected,
+                                    "status {s:?} coordinator {coordinator:?} local {local:?} live {live:?} resumer {has_resumer} self_live {self_live}"
+                                );
+                                let needs = needs_coordinator_liveness(&j, ME, local);
+                                assert_eq!(
+                                    needs,
+                                    local.is_none() && runnable && coordinator == Some(OTHER)
+                                );
+                                checked += 1;
+                            }
                         }
                     }
                 }
             }
         }
-        assert_eq!(checked, 8 * 3 * 3 * 3 * 2);
+        assert_eq!(checked, 8 * 3 * 3 * 3 * 2 * 2);
     }
 
     #[test]

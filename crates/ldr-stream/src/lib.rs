@@ -13,6 +13,7 @@
 mod catalog;
 mod client;
 mod error;
+pub mod event_batcher;
 mod partition;
 mod producer_job;
 mod service;

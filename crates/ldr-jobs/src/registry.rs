@@ -241,8 +241,8 @@ impl Registry {
     }
 
     /// Read-modify-write of a job's progress, fraction and running status. `f` may change only
-    /// `progress`, `fraction_completed`, `running_status`, `description` and `payload`; the
-    /// lifecycle fields are restored after it runs. Called from a resumer running on this node,
+    /// `progress`, `fraction_completed` (kept within 0..=1), `running_status`, `description`
+    /// and `payload`; the lifecycle fields are restored after it runs. Called from a resumer running on this node,
     /// it fails with [`JobError::ClaimLost`] once another node has taken the job over.
     pub async fn update_progress(
         &self,
@@ -272,6 +272,12 @@ impl Registry {
                 r.finished = before.finished;
                 r.error = before.error.clone();
                 r.coordinator_id = before.coordinator_id;
+                // NaN would serialize as null and make the record unreadable.
+                r.fraction_completed = if r.fraction_completed.is_finite() {
+                    r.fraction_completed.clamp(0.0, 1.0)
+                } else {
+                    before.fraction_completed
+                };
                 let change = if *r == before {
                     Change::Unchanged
                 } else {

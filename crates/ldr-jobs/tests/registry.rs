@@ -552,6 +552,22 @@ async fn concurrent_progress_updates_lose_nothing() {
     assert_eq!(after.status, JobStatus::Paused);
     assert_eq!(after.coordinator_id, None);
     assert_eq!(after.fraction_completed, 0.75);
+    // A NaN fraction (0/0 in a resumer) is ignored rather than corrupting the record.
+    let after = cluster
+        .registry(1)
+        .update_progress(job, &|r| r.fraction_completed = f64::NAN)
+        .await
+        .expect("update");
+    assert_eq!(after.fraction_completed, 0.75);
+    assert_eq!(
+        cluster
+            .registry(1)
+            .get(job)
+            .await
+            .expect("readable")
+            .fraction_completed,
+        0.75
+    );
 }
 
 /// A job runs on node 2; node 2 dies; another node adopts the job within the deadline, and

@@ -12,6 +12,7 @@
 //! - [`check`]: convergence (fingerprints), LWW oracle, accounting (metrics), monotonic
 //!   replicated time;
 //! - [`fuzz`]: seeded scenarios (same seed, same operations and faults) and their runner;
+//! - [`ldr`]: external connections, streams, waiting for replicated time (ldr SQL);
 //! - [`pg`]: two local PostgreSQL 15 servers with a publication/subscription, the peer of the
 //!   benchmark.
 //!
@@ -32,6 +33,7 @@ mod cluster;
 mod error;
 pub mod fuzz;
 mod http;
+pub mod ldr;
 pub mod metrics;
 pub mod pg;
 mod ports;

@@ -442,6 +442,24 @@ impl PgPair {
     }
 }
 
+/// `ALTER SUBSCRIPTION name ENABLE|DISABLE` (catch-up measurements disable, load, enable;
+/// see `reference/pg-peer-notes.md` for the 5 s worker restart pitfall).
+pub async fn set_subscription_enabled(
+    subscriber: &Client,
+    name: &str,
+    enabled: bool,
+) -> Result<()> {
+    crate::workload::kv::check_identifier(name)?;
+    sql::exec(
+        subscriber,
+        &format!(
+            "ALTER SUBSCRIPTION {name} {}",
+            if enabled { "ENABLE" } else { "DISABLE" }
+        ),
+    )
+    .await
+}
+
 /// Waits until subscription `name` has `tables` tables, all in state `r` (ready).
 pub async fn wait_subscription_ready(
     subscriber: &Client,

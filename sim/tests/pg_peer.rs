@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use ldr_sim::pg::{PgConfig, PgInstance, PgPair, wait_row_count};
+use ldr_sim::check::convergence::wait_same_rows;
+use ldr_sim::pg::{PgConfig, PgInstance, PgPair, set_subscription_enabled, wait_row_count};
 use ldr_sim::sql::{DecimalText, exec};
 use ldr_sim::workload::kv::{self, KeyDistribution, KvConfig, ValueType};
 use ldr_sim::workload::{
@@ -344,6 +345,39 @@ async fn postgres_logical_replication_pair() {
         published == subscribed,
         "subscriber contents differ from the publisher's"
     );
+
+    // Why: the catch-up method of the benchmark: disable, load, enable, wait for the rows.
+    set_subscription_enabled(&subscriber, "ldr_sim_sub", false)
+        .await
+        .expect("disable");
+    let more = KvConfig {
+        keys: 100,
+        key_offset: 1000,
+        ..config.clone()
+    };
+    kv::run(
+        &more,
+        &LoadOptions::new(vec![pair.publisher.url()])
+            .max_ops(10)
+            .seed(seed),
+    )
+    .await
+    .expect("load while disabled");
+    set_subscription_enabled(&subscriber, "ldr_sim_sub", true)
+        .await
+        .expect("enable");
+    wait_row_count(&subscriber, "kv", 1100, WAIT)
+        .await
+        .expect("caught up after enable");
+    let rows = wait_same_rows(
+        &pair.publisher.url(),
+        &pair.subscriber.url(),
+        "SELECT k, v FROM kv ORDER BY k",
+        WAIT,
+    )
+    .await
+    .expect("same rows");
+    assert_eq!(rows, 1100);
 
     // Why: teardown stops both servers and removes their directories.
     let dirs = [

@@ -93,30 +93,17 @@ pub async fn start_clusters(
     tokio::try_join!(Cluster::start(a), Cluster::start(b))
 }
 
-/// Creates the table on both clusters and bidirectional LDR between them (ldr SQL: external
-/// connections through each cluster's fault proxies, one stream per direction).
-pub async fn setup_bidirectional(a: &Cluster, b: &Cluster, table: &str) -> Result<()> {
+/// Creates `table` (`k INT8 PRIMARY KEY, v STRING`) on both clusters and bidirectional LDR
+/// between them (see [`crate::ldr::setup_bidirectional`]); returns the job ids.
+pub async fn setup_bidirectional(a: &Cluster, b: &Cluster, table: &str) -> Result<(i64, i64)> {
     kv::check_identifier(table)?;
-    for cluster in [a, b] {
-        cluster
-            .exec(
-                1,
-                &format!("CREATE TABLE IF NOT EXISTS {table} (k INT8 PRIMARY KEY, v STRING)"),
-            )
-            .await?;
-    }
-    for (here, there, name) in [(a, b, "ldr_sim_b"), (b, a, "ldr_sim_a")] {
-        here.exec(
-            1,
-            &format!(
-                "CREATE EXTERNAL CONNECTION {name} AS '{}'",
-                there.external_url(1)?
-            ),
-        )
-        .await?;
-        here.exec(1, &format!("CREATE LOGICAL REPLICATION STREAM FROM TABLE {table} ON 'external://{name}' INTO TABLE {table}")).await?;
-    }
-    Ok(())
+    crate::ldr::setup_bidirectional(
+        a,
+        b,
+        table,
+        &format!("CREATE TABLE IF NOT EXISTS {table} (k INT8 PRIMARY KEY, v STRING)"),
+    )
+    .await
 }
 
 /// Executes scenarios against a pair of clusters.

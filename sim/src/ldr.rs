@@ -1,0 +1,164 @@
+//! ldr-specific SQL helpers for end-to-end tests, the demo and the fuzzer: external
+//! connections, LDR streams (both directions), the cluster's logical clock, and waiting for a
+//! job's replicated time to pass a point.
+//!
+//! Statements follow DESIGN.md §7/§8 (CockroachDB's syntax). Everything here needs the real
+//! `ldr` binary; the parsing parts are pure and unit-tested.
+
+use std::time::Duration;
+
+use ldr_types::Timestamp;
+
+use crate::check::replicated_time::{parse_jobs, parse_replicated_time};
+use crate::cluster::Cluster;
+use crate::error::{Result, SimError};
+use crate::sql::{self, TextRows, wait_until};
+use crate::workload::kv::check_identifier;
+
+/// `CREATE EXTERNAL CONNECTION name AS '<source's external URL of node 1>'` on `dest`
+/// (the URL goes through the source's fault proxies when it is proxied).
+pub async fn create_external_connection(
+    dest: &Cluster,
+    name: &str,
+    source: &Cluster,
+) -> Result<()> {
+    check_identifier(name)?;
+    dest.exec(
+        1,
+        &format!(
+            "CREATE EXTERNAL CONNECTION {name} AS '{}'",
+            source.external_url(1)?
+        ),
+    )
+    .await
+}
+
+/// `CREATE LOGICAL REPLICATION STREAM FROM TABLE(S) … ON 'external://conn' INTO TABLE(S) …
+/// [WITH options]` on `dest`; returns the job id.
+pub async fn create_stream(
+    dest: &Cluster,
+    connection: &str,
+    source_tables: &[&str],
+    dest_tables: &[&str],
+    options: Option<&str>,
+) -> Result<i64> {
+    check_identifier(connection)?;
+    for table in source_tables.iter().chain(dest_tables) {
+        check_identifier(table)?;
+    }
+    if source_tables.is_empty() || source_tables.len() != dest_tables.len() {
+        return Err(SimError::InvalidArgument(
+            "source and destination table lists must be non-empty and equally long".into(),
+        ));
+    }
+    let (from, into) = if source_tables.len() == 1 {
+        (
+            format!("TABLE {}", source_tables[0]),
+            format!("TABLE {}", dest_tables[0]),
+        )
+    } else {
+        (
+            format!("TABLES ({})", source_tables.join(", ")),
+            format!("TABLES ({})", dest_tables.join(", ")),
+        )
+    };
+    let with = options.map(|o| format!(" WITH {o}")).unwrap_or_default();
+    let statement = format!(
+        "CREATE LOGICAL REPLICATION STREAM FROM {from} ON 'external://{connection}' INTO {into}{with}"
+    );
+    parse_job_id(&dest.query_text(1, &statement).await?)
+}
+
+/// Tables on both clusters, an external connection each way, and one stream per direction.
+/// Returns the job ids `(on a, on b)`.
+pub async fn setup_bidirectional(
+    a: &Cluster,
+    b: &Cluster,
+    table: &str,
+    create_table_sql: &str,
+) -> Result<(i64, i64)> {
+    for cluster in [a, b] {
+        cluster.exec(1, create_table_sql).await?;
+    }
+    create_external_connection(a, "ldr_sim_b", b).await?;
+    create_external_connection(b, "ldr_sim_a", a).await?;
+    let job_a = create_stream(a, "ldr_sim_b", &[table], &[table], None).await?;
+    let job_b = create_stream(b, "ldr_sim_a", &[table], &[table], None).await?;
+    Ok((job_a, job_b))
+}
+
+/// The `job_id` column of a statement's result (pure).
+pub fn parse_job_id(rows: &TextRows) -> Result<i64> {
+    let column = rows.column("job_id").unwrap_or(0);
+    rows.rows
+        .first()
+        .and_then(|r| r.get(column).cloned().flatten())
+        .and_then(|text| text.trim().parse().ok())
+        .ok_or_else(|| SimError::Protocol(format!("no job_id in result {rows:?}")))
+}
+
+/// `SELECT cluster_logical_timestamp()` on `node`.
+pub async fn cluster_logical_timestamp(cluster: &Cluster, node: usize) -> Result<Timestamp> {
+    let rows = cluster
+        .query_text(node, "SELECT cluster_logical_timestamp()")
+        .await?;
+    let text = rows
+        .rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .unwrap_or_default();
+    parse_replicated_time(&text)
+        .ok_or_else(|| SimError::Protocol(format!("cluster_logical_timestamp() returned {text:?}")))
+}
+
+/// Waits until job `job_id` on `cluster` reports a replicated time at or above `at`: every
+/// source change up to `at` has then been applied or dead-lettered.
+pub async fn wait_replicated_past(
+    cluster: &Cluster,
+    job_id: i64,
+    at: Timestamp,
+    timeout: Duration,
+) -> Result<Timestamp> {
+    let url = cluster.url(1)?;
+    wait_until(
+        &format!(
+            "job {job_id} on cluster {} to replicate past {at}",
+            cluster.name()
+        ),
+        timeout,
+        Duration::from_millis(200),
+        || async {
+            let client = sql::connect(&url, sql::CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            let rows = sql::query_text(&client, "SHOW LOGICAL REPLICATION JOBS")
+                .await
+                .map_err(|e| e.to_string())?;
+            let jobs = parse_jobs(&rows).map_err(|e| e.to_string())?;
+            let job = jobs
+                .iter()
+                .find(|j| j.job_id.trim() == job_id.to_string())
+                .ok_or_else(|| format!("job {job_id} not listed"))?;
+            match job.replicated_time {
+                Some(ts) if ts >= at => Ok(ts),
+                other => Err(format!("status {}, replicated time {other:?}", job.status)),
+            }
+        },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_id_is_read_from_the_result() {
+        let rows = TextRows {
+            columns: vec!["job_id".into()],
+            rows: vec![vec![Some("1011226433398095873".into())]],
+        };
+        assert_eq!(parse_job_id(&rows).expect("job id"), 1011226433398095873);
+        assert!(parse_job_id(&TextRows::default()).is_err());
+    }
+}

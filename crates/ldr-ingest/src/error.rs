@@ -33,6 +33,20 @@ impl IngestError {
             hint: None,
         }
     }
+
+    /// A SQL-layer error: statement errors keep their SQLSTATE; anything else (KV trouble)
+    /// is retryable.
+    pub fn from_sql(e: ldr_sql::SqlError) -> IngestError {
+        match e {
+            ldr_sql::SqlError::Pg(p) => IngestError::Sql {
+                code: p.code,
+                message: p.message,
+                detail: p.detail,
+                hint: p.hint,
+            },
+            other => IngestError::Retryable(other.to_string()),
+        }
+    }
 }
 
 impl From<ldr_stream::StreamError> for IngestError {

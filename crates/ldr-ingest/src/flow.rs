@@ -178,14 +178,28 @@ impl FlowRunner {
     }
 }
 
-/// The `Ingest` gRPC service: runs processors for coordinators on other nodes.
+/// The `Ingest` gRPC service: runs processors for coordinators on other nodes. Mountable
+/// before the node is initialized ([`IngestService::deferred`]).
+#[derive(Clone)]
 pub struct IngestService {
-    runner: Arc<FlowRunner>,
+    runner: Arc<std::sync::OnceLock<Arc<FlowRunner>>>,
 }
 
 impl IngestService {
     pub fn new(runner: Arc<FlowRunner>) -> IngestService {
-        IngestService { runner }
+        let service = IngestService::deferred();
+        service.set(runner);
+        service
+    }
+
+    pub fn deferred() -> IngestService {
+        IngestService {
+            runner: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    pub fn set(&self, runner: Arc<FlowRunner>) {
+        let _ = self.runner.set(runner);
     }
 
     pub fn into_server(self) -> pb::ingest_server::IngestServer<Self> {
@@ -205,10 +219,14 @@ impl pb::ingest_server::Ingest for IngestService {
         &self,
         request: tonic::Request<pb::ProcessorSpec>,
     ) -> std::result::Result<tonic::Response<Self::RunProcessorStream>, tonic::Status> {
+        let runner = self
+            .runner
+            .get()
+            .cloned()
+            .ok_or_else(|| tonic::Status::unavailable("node is not initialized yet"))?;
         let spec = request.into_inner();
         let (out_tx, out_rx) =
             mpsc::channel::<std::result::Result<pb::ProcessorUpdate, tonic::Status>>(16);
-        let runner = self.runner.clone();
         tokio::spawn(async move {
             let (utx, mut urx) = mpsc::channel(16);
             let out = out_tx.clone();

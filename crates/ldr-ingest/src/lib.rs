@@ -7,10 +7,14 @@
 
 mod applier;
 pub mod chunker;
+mod compat;
 mod coordinator;
+mod create;
+mod dlq;
 pub mod dlq_policy;
 mod error;
 mod flow;
+mod immediate;
 mod job;
 pub mod metrics;
 mod processor;
@@ -20,8 +24,16 @@ pub mod retry;
 mod test_rng;
 
 pub use applier::{Applier, ApplyError, EventOutcome, SourceEvent};
+pub use compat::check_compatibility;
 pub use coordinator::{DestinationTables, LdrResumer, assign};
+pub use create::{
+    CreateContext, StreamOptions, create_stream, external_connection_name, parse_options,
+};
+pub use dlq::{
+    DlqRow, DlqTables, InternalSql, create_dlq_table_sql, insert_dlq_row, qualified_dlq_table,
+};
 pub use error::{IngestError, Result};
 pub use flow::{ApplierFactory, FlowRunner, FlowUpdate, IngestService};
+pub use immediate::{ImmediateApplier, ImmediateApplierFactory};
 pub use job::{Discard, LdrPayload, LdrProgress, Mode, TablePair};
 pub use processor::{Processor, collapse_versions};

@@ -129,7 +129,17 @@ impl Processor {
                     match event.event {
                         Some(pb::stream_event::Event::Batch(batch)) => {
                             purgatory.set_config(self.purgatory_config());
-                            self.handle_batch(batch.kvs, &mut purgatory).await?;
+                            let (rest, rest_bytes) = self.handle_batch(batch.kvs, &purgatory).await?;
+                            if !rest.is_empty() {
+                                // A full queue drains first (its oldest rows go to the DLQ).
+                                if purgatory.needs_drain_before_store()
+                                    && !self.drain(&mut purgatory, &mut frontier, &updates).await?
+                                {
+                                    return Ok(());
+                                }
+                                debug!(processor = spec.processor_id, rows = rest.len(), "rows wait in the retry queue");
+                                purgatory.store(rest, rest_bytes, Instant::now());
+                            }
                         }
                         Some(pb::stream_event::Event::Checkpoint(checkpoint)) => {
                             self.metrics.checkpoint_events_ingested.inc(1);
@@ -185,11 +195,12 @@ impl Processor {
             .is_ok()
     }
 
+    /// Applies a received batch; returns the rows left for the purgatory.
     async fn handle_batch(
         &self,
         kvs: Vec<pb::KvEvent>,
-        purgatory: &mut Purgatory<SourceEvent, HeldCheckpoint>,
-    ) -> Result<()> {
+        purgatory: &Purgatory<SourceEvent, HeldCheckpoint>,
+    ) -> Result<(Vec<SourceEvent>, u64)> {
         let mut events = Vec::with_capacity(kvs.len());
         for kv in kvs {
             if self.spec.discard_all_deletes && kv.value.is_none() {
@@ -204,20 +215,9 @@ impl Processor {
             });
         }
         if events.is_empty() {
-            return Ok(());
+            return Ok((Vec::new(), 0));
         }
-        let bytes: u64 = events.iter().map(SourceEvent::logical_bytes).sum();
-        let eligibility = purgatory.enabled();
-        let (rest, rest_bytes) = self.flush(events, false, eligibility, bytes).await?;
-        if !rest.is_empty() {
-            debug!(
-                processor = self.spec.processor_id,
-                rows = rest.len(),
-                "rows wait in the retry queue"
-            );
-            purgatory.store(rest, rest_bytes, Instant::now());
-        }
-        Ok(())
+        self.flush(events, false, purgatory.enabled()).await
     }
 
     /// Retries the purgatory's due levels; releases checkpoints behind emptied levels.
@@ -232,10 +232,7 @@ impl Processor {
         {
             let mut drain = purgatory.drain();
             while let Some(level) = drain.next_level(Instant::now()) {
-                let bytes: u64 = level.events.iter().map(SourceEvent::logical_bytes).sum();
-                let (rest, rest_bytes) = self
-                    .flush(level.events, true, level.eligibility, bytes)
-                    .await?;
+                let (rest, rest_bytes) = self.flush(level.events, true, level.eligibility).await?;
                 if let Some(checkpoint) = drain.level_done(rest, rest_bytes) {
                     released.push(checkpoint);
                 }
@@ -255,7 +252,6 @@ impl Processor {
         events: Vec<SourceEvent>,
         is_retry: bool,
         eligibility: RetryEligibility,
-        bytes: u64,
     ) -> Result<(Vec<SourceEvent>, u64)> {
         let flush_started = Instant::now();
         let first_ts = events.first().map(|e| e.ts).unwrap_or_default();
@@ -342,7 +338,6 @@ impl Processor {
                 }
             }
         }
-        let _ = bytes;
         let latency_ns = Timestamp::new(self.kv.clock().physical_now_ns(), 0)
             .wall_time_ns
             .saturating_sub(first_ts.wall_time_ns);

@@ -330,14 +330,37 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value> {
         .map_err(|e| StreamError::Internal(format!("cannot encode job record: {e}")))
 }
 
-/// The tonic service wrapper.
+/// The tonic service wrapper. It can be mounted before the node has joined a cluster
+/// ([`ReplicationStreamService::deferred`]); calls fail as unavailable until the producer is set.
+#[derive(Clone)]
 pub struct ReplicationStreamService {
-    producer: Arc<Producer>,
+    producer: Arc<std::sync::OnceLock<Arc<Producer>>>,
 }
 
 impl ReplicationStreamService {
     pub fn new(producer: Arc<Producer>) -> Self {
-        ReplicationStreamService { producer }
+        let cell = std::sync::OnceLock::new();
+        let _ = cell.set(producer);
+        ReplicationStreamService {
+            producer: Arc::new(cell),
+        }
+    }
+
+    /// A service whose producer is installed later with [`ReplicationStreamService::set`].
+    pub fn deferred() -> Self {
+        ReplicationStreamService {
+            producer: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    pub fn set(&self, producer: Arc<Producer>) {
+        let _ = self.producer.set(producer);
+    }
+
+    fn producer(&self) -> std::result::Result<&Arc<Producer>, Status> {
+        self.producer
+            .get()
+            .ok_or_else(|| Status::unavailable("node is not initialized yet"))
     }
 
     pub fn into_server(self) -> pb::replication_stream_server::ReplicationStreamServer<Self> {
@@ -357,7 +380,7 @@ impl pb::replication_stream_server::ReplicationStream for ReplicationStreamServi
     ) -> std::result::Result<Response<pb::StartStreamResponse>, Status> {
         let user = user_of(&request)?;
         Ok(Response::new(
-            self.producer
+            self.producer()?
                 .start_stream(&user, request.into_inner())
                 .await?,
         ))
@@ -369,7 +392,7 @@ impl pb::replication_stream_server::ReplicationStream for ReplicationStreamServi
     ) -> std::result::Result<Response<pb::PlanStreamResponse>, Status> {
         let user = user_of(&request)?;
         Ok(Response::new(
-            self.producer
+            self.producer()?
                 .plan_stream(&user, request.into_inner().stream_id)
                 .await?,
         ))
@@ -383,7 +406,7 @@ impl pb::replication_stream_server::ReplicationStream for ReplicationStreamServi
     ) -> std::result::Result<Response<Self::StreamPartitionStream>, Status> {
         let user = user_of(&request)?;
         let stream = self
-            .producer
+            .producer()?
             .stream_partition(&user, request.into_inner())
             .await?;
         Ok(Response::new(Box::pin(stream)))
@@ -395,7 +418,9 @@ impl pb::replication_stream_server::ReplicationStream for ReplicationStreamServi
     ) -> std::result::Result<Response<pb::HeartbeatResponse>, Status> {
         let user = user_of(&request)?;
         Ok(Response::new(
-            self.producer.heartbeat(&user, request.into_inner()).await?,
+            self.producer()?
+                .heartbeat(&user, request.into_inner())
+                .await?,
         ))
     }
 
@@ -404,7 +429,7 @@ impl pb::replication_stream_server::ReplicationStream for ReplicationStreamServi
         request: Request<pb::CompleteStreamRequest>,
     ) -> std::result::Result<Response<pb::CompleteStreamResponse>, Status> {
         let user = user_of(&request)?;
-        self.producer
+        self.producer()?
             .complete_stream(&user, request.into_inner())
             .await?;
         Ok(Response::new(pb::CompleteStreamResponse {}))

@@ -1,0 +1,562 @@
+//! The immediate-mode applier: writes replicated rows with the KV-level LWW conditional write.
+//!
+//! Each source primary-index KV is decoded with the source descriptor, matched to the
+//! destination's columns by name, and written as one [`RowWrite`] with `Condition::Lww`
+//! stamped with the source's origin id and the source MVCC timestamp as origin timestamp.
+//! Non-unique secondary index entries are dependents of the row (same batch, same node).
+//!
+//! - A delete without a previous row (a phantom delete) still writes a tombstone carrying its
+//!   origin timestamp, so an older insert that arrives later loses.
+//! - Tables with secondary indexes expect the row's previous value (to delete the right index
+//!   entries); when the destination holds something else and the incoming row is newer, the
+//!   write is refreshed with the actual value and retried (at most 10 times), as CockroachDB's
+//!   KV writer does. Tables without secondary indexes write without that check.
+//! - Unique secondary indexes are global entries claimed before the row is written, exactly as
+//!   the SQL write path claims them; a value held by another live row is a unique violation
+//!   (23505), which the processor retries and eventually dead-letters.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ldr_kv::{Condition, KvClient, RowOutcome, RowWrite, ValueHeader};
+use ldr_proto::pb;
+use ldr_sql::catalog::{Catalog, IndexDescriptor, TableDescriptor};
+use ldr_sql::{Datum, SqlError, rowcodec, sqlstate};
+use ldr_types::{TableId, keys};
+use prost::Message;
+
+use crate::applier::{Applier, ApplyError, EventOutcome, SourceEvent};
+use crate::dlq::{DlqRow, InternalSql, insert_dlq_row};
+use crate::dlq_policy::mutation_type;
+use crate::error::{IngestError, Result};
+use crate::flow::ApplierFactory;
+use crate::metrics::Metrics;
+
+/// CockroachDB's `maxRefreshCount`.
+const MAX_REFRESHES: usize = 10;
+/// A unique entry pointing at a row that does not hold its value is taken over only when it
+/// is older than this (a younger one may belong to a write in progress).
+const STALE_CLAIM_AGE: Duration = Duration::from_secs(5);
+
+/// One replicated table: how to read the source and write the destination.
+struct TableMapping {
+    source: TableDescriptor,
+    destination: Arc<TableDescriptor>,
+    has_secondary: bool,
+    unique_indexes: Vec<IndexDescriptor>,
+}
+
+/// Builds [`ImmediateApplier`]s for processors.
+pub struct ImmediateApplierFactory {
+    pub kv: KvClient,
+    pub catalog: Arc<Catalog>,
+    pub sql: Arc<dyn InternalSql>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl ApplierFactory for ImmediateApplierFactory {
+    async fn applier(&self, spec: &pb::ProcessorSpec) -> Result<Arc<dyn Applier>> {
+        let mut tables = HashMap::new();
+        for t in &spec.tables {
+            let source: TableDescriptor =
+                serde_json::from_slice(&t.source_descriptor).map_err(|e| {
+                    IngestError::Permanent(format!("invalid source table descriptor: {e}"))
+                })?;
+            let destination = self
+                .catalog
+                .table_by_id(t.destination_table_id)
+                .await
+                .map_err(|e| IngestError::Retryable(e.to_string()))?
+                .ok_or_else(|| {
+                    IngestError::Permanent(format!(
+                        "destination table {} no longer exists",
+                        t.destination_table_id
+                    ))
+                })?;
+            let has_secondary = destination.indexes.iter().any(|i| !i.unique);
+            let unique_indexes = destination
+                .indexes
+                .iter()
+                .filter(|i| i.unique)
+                .cloned()
+                .collect();
+            tables.insert(
+                t.source_table_id,
+                TableMapping {
+                    source,
+                    destination,
+                    has_secondary,
+                    unique_indexes,
+                },
+            );
+        }
+        Ok(Arc::new(ImmediateApplier {
+            kv: self.kv.clone(),
+            sql: self.sql.clone(),
+            metrics: self.metrics.clone(),
+            job_id: spec.job_id,
+            header: ValueHeader {
+                origin_id: spec.source_origin_id.max(1),
+                origin_ts: Default::default(),
+                omit_in_rangefeeds: false,
+            },
+            tables,
+        }))
+    }
+}
+
+/// Applies replicated rows with LWW writes.
+pub struct ImmediateApplier {
+    kv: KvClient,
+    sql: Arc<dyn InternalSql>,
+    metrics: Arc<Metrics>,
+    job_id: i64,
+    header: ValueHeader,
+    tables: HashMap<TableId, TableMapping>,
+}
+
+/// An event decoded for its destination table.
+struct Prepared<'a> {
+    table: &'a TableMapping,
+    pk: Vec<u8>,
+    new: Option<Vec<Datum>>,
+    /// The destination row the write replaces, as far as we know.
+    prev: Option<Vec<Datum>>,
+    /// The exact bytes the LWW condition expects (`None`: don't check).
+    expected: Option<Option<Vec<u8>>>,
+    header: ValueHeader,
+}
+
+fn decode_error(e: SqlError) -> ApplyError {
+    match e {
+        SqlError::Pg(p) => ApplyError::new(p.message, Some(p.code)),
+        other => ApplyError::new(other.to_string(), Some(sqlstate::DATATYPE_MISMATCH)),
+    }
+}
+
+fn kv_error(e: ldr_kv::KvError) -> ApplyError {
+    // No SQLSTATE: a KV failure (node down, network) must fail the flow, never go to the DLQ.
+    ApplyError::new(e.to_string(), None)
+}
+
+impl ImmediateApplier {
+    fn mapping(&self, key: &[u8]) -> std::result::Result<&TableMapping, ApplyError> {
+        let parts = keys::decode_table_key(key).ok_or_else(|| {
+            ApplyError::new(
+                "replicated key is not a table key",
+                Some(sqlstate::DATATYPE_MISMATCH),
+            )
+        })?;
+        self.tables.get(&parts.table_id).ok_or_else(|| {
+            ApplyError::new(
+                format!("no destination for source table {}", parts.table_id),
+                Some(sqlstate::UNDEFINED_TABLE),
+            )
+        })
+    }
+
+    /// Source row bytes → destination row.
+    fn to_destination(
+        table: &TableMapping,
+        key: &[u8],
+        value: &[u8],
+    ) -> std::result::Result<Vec<Datum>, ApplyError> {
+        let row = rowcodec::decode_row(&table.source, key, value).map_err(decode_error)?;
+        rowcodec::remap_row(
+            &table.destination,
+            &rowcodec::named_row(&table.source, &row),
+        )
+        .map_err(decode_error)
+    }
+
+    /// The destination's encoded primary key columns for a source key.
+    fn destination_pk(
+        table: &TableMapping,
+        key: &[u8],
+    ) -> std::result::Result<Vec<u8>, ApplyError> {
+        let src_pk = rowcodec::decode_pk(&table.source, key).map_err(decode_error)?;
+        let src_names: Vec<String> = table
+            .source
+            .pk_positions()
+            .iter()
+            .map(|i| table.source.columns[*i].name.clone())
+            .collect();
+        let mut dst = Vec::with_capacity(src_pk.len());
+        for i in table.destination.pk_positions() {
+            let column = &table.destination.columns[i];
+            let position = src_names.iter().position(|n| *n == column.name).ok_or_else(|| {
+                ApplyError::new(
+                    format!("destination primary key column \"{}\" is not in the source primary key", column.name),
+                    Some(sqlstate::DATATYPE_MISMATCH),
+                )
+            })?;
+            dst.push(
+                src_pk[position]
+                    .clone()
+                    .coerce_for_column(&column.ty, &column.name)
+                    .map_err(decode_error)?,
+            );
+        }
+        Ok(ldr_sql::encoding::encode_key_tuple(dst.iter()))
+    }
+
+    fn prepare<'a>(&'a self, event: &SourceEvent) -> std::result::Result<Prepared<'a>, ApplyError> {
+        let table = self.mapping(&event.key)?;
+        let new = event
+            .value
+            .as_deref()
+            .map(|v| Self::to_destination(table, &event.key, v))
+            .transpose()?;
+        let prev = event
+            .prev_value
+            .as_deref()
+            .map(|v| Self::to_destination(table, &event.key, v))
+            .transpose()?;
+        let pk = match &new {
+            Some(row) => rowcodec::pk_bytes(&table.destination, row),
+            None => Self::destination_pk(table, &event.key)?,
+        };
+        let expected = (table.has_secondary || !table.unique_indexes.is_empty()).then(|| {
+            prev.as_ref()
+                .map(|r| rowcodec::encode_row(&table.destination, r))
+        });
+        let header = ValueHeader {
+            origin_ts: event.ts,
+            ..self.header
+        };
+        Ok(Prepared {
+            table,
+            pk,
+            new,
+            prev,
+            expected,
+            header,
+        })
+    }
+
+    fn row_write(&self, p: &Prepared<'_>) -> RowWrite {
+        let d = &p.table.destination;
+        RowWrite {
+            key: rowcodec::primary_key_from_pk(d, &p.pk),
+            value: p.new.as_ref().map(|r| rowcodec::encode_row(d, r)),
+            condition: Condition::Lww {
+                expected_prev: p.expected.clone(),
+                local_origin_id: self.kv.origin_id(),
+            },
+            header: p.header,
+            dependents: if p.table.has_secondary {
+                rowcodec::secondary_dependents(d, p.new.as_deref(), p.prev.as_deref(), &p.pk)
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// The refresh after "newer but unexpected value": the actual destination row becomes
+    /// the previous row.
+    fn refresh(
+        &self,
+        p: &mut Prepared<'_>,
+        actual: Option<ldr_kv::Version>,
+    ) -> std::result::Result<(), ApplyError> {
+        let value = actual.and_then(|v| v.value);
+        p.prev = value
+            .as_deref()
+            .map(|v| rowcodec::decode_row_value(&p.table.destination, v))
+            .transpose()
+            .map_err(decode_error)?;
+        p.expected = Some(value);
+        Ok(())
+    }
+
+    /// Writes rows without unique indexes in batches, refreshing unexpected ones.
+    async fn apply_batch(
+        &self,
+        mut prepared: Vec<(usize, Prepared<'_>)>,
+        out: &mut [EventOutcome],
+    ) {
+        for _round in 0..=MAX_REFRESHES {
+            if prepared.is_empty() {
+                return;
+            }
+            let writes: Vec<RowWrite> = prepared.iter().map(|(_, p)| self.row_write(p)).collect();
+            let outcomes = match self.kv.write(writes, false).await {
+                Ok(o) => o,
+                Err(e) => {
+                    let err = kv_error(e);
+                    for (i, _) in &prepared {
+                        out[*i] = EventOutcome::Failed(err.clone());
+                    }
+                    return;
+                }
+            };
+            let mut again = Vec::new();
+            for ((i, mut p), (_, outcome)) in prepared.into_iter().zip(outcomes) {
+                out[i] = match outcome {
+                    RowOutcome::Written { .. } => EventOutcome::Applied,
+                    RowOutcome::LwwLost { .. } => EventOutcome::LwwLost,
+                    RowOutcome::LwwUnexpected { actual } => {
+                        self.metrics.kv_value_refreshes.inc(1);
+                        match self.refresh(&mut p, actual) {
+                            Ok(()) => {
+                                again.push((i, p));
+                                continue;
+                            }
+                            Err(e) => EventOutcome::Failed(e),
+                        }
+                    }
+                    RowOutcome::ConditionFailed { .. } | RowOutcome::NotAttempted => {
+                        EventOutcome::Failed(ApplyError::new(
+                            "unexpected condition failure of an LWW write",
+                            Some(sqlstate::INTERNAL_ERROR),
+                        ))
+                    }
+                };
+            }
+            prepared = again;
+        }
+        for (i, _) in prepared {
+            out[i] = EventOutcome::Failed(ApplyError::new(
+                format!("max refresh count ({MAX_REFRESHES}) reached"),
+                Some(sqlstate::SERIALIZATION_FAILURE),
+            ));
+        }
+    }
+
+    /// Claims a unique entry for `pk`; `Err` with 23505 if another live row holds the value.
+    async fn claim(
+        &self,
+        table: &TableDescriptor,
+        index: &IndexDescriptor,
+        values: &[u8],
+        pk: &[u8],
+        header: ValueHeader,
+    ) -> std::result::Result<(), ApplyError> {
+        let key = rowcodec::unique_key(table, index, values);
+        for _ in 0..MAX_REFRESHES {
+            let current = self.kv.get(&key, None).await.map_err(kv_error)?;
+            let live = current.as_ref().and_then(|v| v.value.clone());
+            if let Some(owner) = &live {
+                if owner.as_slice() == pk {
+                    return Ok(());
+                }
+                if self.holds_value(table, index, owner, values).await?
+                    || !self.is_stale(current.as_ref())
+                {
+                    return Err(ApplyError::new(
+                        format!(
+                            "duplicate key value violates unique constraint \"{}\"",
+                            index.name
+                        ),
+                        Some(sqlstate::UNIQUE_VIOLATION),
+                    ));
+                }
+            }
+            let write = RowWrite {
+                key: key.clone(),
+                value: Some(pk.to_vec()),
+                condition: Condition::Expect(live),
+                header,
+                dependents: vec![],
+            };
+            match self
+                .kv
+                .write(vec![write], true)
+                .await
+                .map_err(kv_error)?
+                .pop()
+            {
+                Some((_, RowOutcome::Written { .. })) => return Ok(()),
+                _ => continue,
+            }
+        }
+        Err(ApplyError::new(
+            format!("contention claiming unique constraint \"{}\"", index.name),
+            Some(sqlstate::SERIALIZATION_FAILURE),
+        ))
+    }
+
+    /// Releases a unique entry if it still points at `pk`.
+    async fn release(
+        &self,
+        table: &TableDescriptor,
+        index: &IndexDescriptor,
+        values: &[u8],
+        pk: &[u8],
+        header: ValueHeader,
+    ) -> std::result::Result<(), ApplyError> {
+        let write = RowWrite {
+            key: rowcodec::unique_key(table, index, values),
+            value: None,
+            condition: Condition::Expect(Some(pk.to_vec())),
+            header,
+            dependents: vec![],
+        };
+        self.kv.write(vec![write], true).await.map_err(kv_error)?;
+        Ok(())
+    }
+
+    fn is_stale(&self, entry: Option<&ldr_kv::Version>) -> bool {
+        let now = self.kv.clock().physical_now_ns();
+        entry.is_some_and(|v| {
+            now.saturating_sub(v.ts.wall_time_ns) > STALE_CLAIM_AGE.as_nanos() as u64
+        })
+    }
+
+    /// Whether the destination row `owner_pk` currently holds `values` in `index`.
+    async fn holds_value(
+        &self,
+        table: &TableDescriptor,
+        index: &IndexDescriptor,
+        owner_pk: &[u8],
+        values: &[u8],
+    ) -> std::result::Result<bool, ApplyError> {
+        let key = rowcodec::primary_key_from_pk(table, owner_pk);
+        let Some(version) = self.kv.get(&key, None).await.map_err(kv_error)? else {
+            return Ok(false);
+        };
+        let Some(value) = version.value else {
+            return Ok(false);
+        };
+        let row = rowcodec::decode_row_value(table, &value).map_err(decode_error)?;
+        Ok(rowcodec::unique_values(table, index, &row).as_deref() == Some(values))
+    }
+
+    /// Rows of tables with unique indexes: claim new values, write the row, release old ones.
+    async fn apply_with_unique(&self, mut p: Prepared<'_>) -> EventOutcome {
+        let d = p.table.destination.clone();
+        for _ in 0..=MAX_REFRESHES {
+            let mut claimed: Vec<(IndexDescriptor, Vec<u8>)> = Vec::new();
+            for index in &p.table.unique_indexes {
+                let new_vals = p
+                    .new
+                    .as_ref()
+                    .and_then(|r| rowcodec::unique_values(&d, index, r));
+                let old_vals = p
+                    .prev
+                    .as_ref()
+                    .and_then(|r| rowcodec::unique_values(&d, index, r));
+                if let Some(v) = new_vals.filter(|v| Some(v) != old_vals.as_ref()) {
+                    if let Err(e) = self.claim(&d, index, &v, &p.pk, p.header).await {
+                        for (index, v) in &claimed {
+                            let _ = self.release(&d, index, v, &p.pk, p.header).await;
+                        }
+                        return EventOutcome::Failed(e);
+                    }
+                    claimed.push((index.clone(), v));
+                }
+            }
+            let outcome = match self.kv.write(vec![self.row_write(&p)], false).await {
+                Ok(mut o) => o.pop().map(|(_, o)| o),
+                Err(e) => return EventOutcome::Failed(kv_error(e)),
+            };
+            match outcome {
+                Some(RowOutcome::Written { .. }) => {
+                    for index in &p.table.unique_indexes {
+                        let new_vals = p
+                            .new
+                            .as_ref()
+                            .and_then(|r| rowcodec::unique_values(&d, index, r));
+                        let old_vals = p
+                            .prev
+                            .as_ref()
+                            .and_then(|r| rowcodec::unique_values(&d, index, r));
+                        if let Some(v) = old_vals.filter(|v| Some(v) != new_vals.as_ref()) {
+                            if let Err(e) = self.release(&d, index, &v, &p.pk, p.header).await {
+                                return EventOutcome::Failed(e);
+                            }
+                        }
+                    }
+                    return EventOutcome::Applied;
+                }
+                Some(RowOutcome::LwwLost { .. }) => {
+                    // The row keeps its newer value; drop the claims it does not use.
+                    for (index, v) in &claimed {
+                        match self.holds_value(&d, index, &p.pk, v).await {
+                            Ok(false) => {
+                                let _ = self.release(&d, index, v, &p.pk, p.header).await;
+                            }
+                            Ok(true) => {}
+                            Err(e) => return EventOutcome::Failed(e),
+                        }
+                    }
+                    return EventOutcome::LwwLost;
+                }
+                Some(RowOutcome::LwwUnexpected { actual }) => {
+                    self.metrics.kv_value_refreshes.inc(1);
+                    for (index, v) in &claimed {
+                        let _ = self.release(&d, index, v, &p.pk, p.header).await;
+                    }
+                    if let Err(e) = self.refresh(&mut p, actual) {
+                        return EventOutcome::Failed(e);
+                    }
+                }
+                _ => {
+                    return EventOutcome::Failed(ApplyError::new(
+                        "unexpected condition failure of an LWW write",
+                        Some(sqlstate::INTERNAL_ERROR),
+                    ));
+                }
+            }
+        }
+        EventOutcome::Failed(ApplyError::new(
+            format!("max refresh count ({MAX_REFRESHES}) reached"),
+            Some(sqlstate::SERIALIZATION_FAILURE),
+        ))
+    }
+}
+
+#[async_trait]
+impl Applier for ImmediateApplier {
+    async fn apply(&self, events: &[SourceEvent]) -> Vec<EventOutcome> {
+        let mut out = vec![EventOutcome::Applied; events.len()];
+        let mut batch = Vec::new();
+        let mut with_unique = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            match self.prepare(event) {
+                Ok(p) if p.table.unique_indexes.is_empty() => batch.push((i, p)),
+                Ok(p) => with_unique.push((i, p)),
+                Err(e) => out[i] = EventOutcome::Failed(e),
+            }
+        }
+        self.apply_batch(batch, &mut out).await;
+        for (i, p) in with_unique {
+            out[i] = self.apply_with_unique(p).await;
+        }
+        out
+    }
+
+    async fn dead_letter(
+        &self,
+        event: &SourceEvent,
+        reason: &str,
+    ) -> std::result::Result<(), ApplyError> {
+        let table = self.mapping(&event.key)?;
+        let incoming_row = event
+            .value
+            .as_deref()
+            .and_then(|v| Self::to_destination(table, &event.key, v).ok())
+            .map(|row| rowcodec::row_to_json(&table.destination, &row));
+        let key_value_bytes = pb::KvEvent {
+            key: event.key.clone(),
+            ts: Some(event.ts.into()),
+            value: event.value.clone(),
+            prev_value: event.prev_value.clone(),
+        }
+        .encode_to_vec();
+        let row = DlqRow {
+            job_id: self.job_id,
+            table_id: table.destination.id,
+            reason: reason.to_string(),
+            mutation_type: mutation_type(event.is_delete()),
+            key_value_bytes,
+            incoming_row,
+        };
+        insert_dlq_row(self.sql.as_ref(), &table.destination, row)
+            .await
+            .map_err(|e| ApplyError::new(e.to_string(), None))
+    }
+}

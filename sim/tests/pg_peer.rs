@@ -201,6 +201,29 @@ async fn kv_workload_against_postgres() {
     .await
     .expect_err("unreachable");
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    // Why: server errors are counted by SQLSTATE and back off instead of busy-looping.
+    let missing = KvConfig {
+        table: "missing".into(),
+        ..KvConfig::default()
+    };
+    let failing = kv::run(
+        &missing,
+        &LoadOptions::new(vec![pg.url()])
+            .duration(Duration::from_secs(1))
+            .seed(seed),
+    )
+    .await
+    .expect("run completes");
+    assert_eq!(failing.summary.ops, 0);
+    assert!(
+        failing
+            .summary
+            .errors_by_kind
+            .get("42P01")
+            .is_some_and(|n| *n >= 1 && *n < 100),
+        "{}",
+        failing.summary
+    );
     // Why: unbounded runs are refused.
     assert!(matches!(
         kv::run(&config, &LoadOptions::new(vec![pg.url()])).await,

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
+use super::ERRORS_BEFORE_BACKOFF;
 use super::kv::check_identifier;
 use super::{
     CancellationToken, Conn, Driver, LoadOptions, WorkloadSummary, check_reachable, error_kind,
@@ -363,11 +364,11 @@ async fn worker(id: usize, seed: u64, driver: Arc<Driver>, config: Arc<BankConfi
             Err(kind) => {
                 driver.stats.record_error(&kind);
                 conn.on_error();
-                if broken_connection {
-                    failures += 1;
-                    if !driver.backoff(failures).await {
-                        break;
-                    }
+                failures += 1;
+                if (broken_connection || failures >= ERRORS_BEFORE_BACKOFF)
+                    && !driver.backoff(failures).await
+                {
+                    break;
                 }
             }
         }

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
 
+use super::ERRORS_BEFORE_BACKOFF;
 use super::{
     CancellationToken, Conn, Driver, LoadOptions, RecordOptions, WorkloadSummary, WriteRecord,
     WriteStatus, check_reachable, error_kind, is_ambiguous,
@@ -628,7 +629,9 @@ async fn worker(
                 }
                 conn.on_error();
                 failures += 1;
-                if e.code().is_none() && !driver.backoff(failures).await {
+                if (e.code().is_none() || failures >= ERRORS_BEFORE_BACKOFF)
+                    && !driver.backoff(failures).await
+                {
                     break;
                 }
             }

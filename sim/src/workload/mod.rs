@@ -150,6 +150,10 @@ pub fn seed_from_env() -> u64 {
     }
 }
 
+/// Consecutive server-side errors after which a worker backs off too (a missing table must
+/// not turn a worker into a busy loop).
+pub(crate) const ERRORS_BEFORE_BACKOFF: u32 = 3;
+
 /// Start/stop bookkeeping shared by a run's workers.
 pub(crate) struct Driver {
     pub(crate) stats: Arc<Stats>,
@@ -176,7 +180,7 @@ impl Driver {
             limiter: options.max_rate.map(|r| {
                 Mutex::new(RateLimiter::new(
                     r,
-                    (r as u32).clamp(options.concurrency as u32, 10_000),
+                    (r as u32).min(10_000).max(options.concurrency as u32),
                 ))
             }),
             stop_reason: Mutex::new(None),

@@ -40,6 +40,7 @@
 //! assert!(matches!(again.outcomes[0], RowOutcome::ConditionFailed { .. }));
 //! ```
 
+pub mod bench;
 mod closed_ts;
 mod decide;
 mod encoding;

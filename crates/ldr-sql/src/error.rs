@@ -22,6 +22,8 @@ pub mod sqlstate {
     pub const UNIQUE_VIOLATION: &str = "23505";
     pub const CHECK_VIOLATION: &str = "23514";
     pub const INVALID_TRANSACTION_STATE: &str = "25000";
+    pub const INVALID_SAVEPOINT_SPECIFICATION: &str = "3B001";
+    pub const INVALID_FOREIGN_KEY: &str = "42830";
     pub const ACTIVE_SQL_TRANSACTION: &str = "25001";
     pub const NO_ACTIVE_SQL_TRANSACTION: &str = "25P01";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
@@ -48,15 +50,19 @@ pub mod sqlstate {
     pub const INVALID_COLUMN_REFERENCE: &str = "42P10";
     pub const INVALID_TABLE_DEFINITION: &str = "42P16";
     pub const UNDEFINED_PARAMETER: &str = "42P02";
+    pub const AMBIGUOUS_PARAMETER: &str = "42P08";
     pub const INDETERMINATE_DATATYPE: &str = "42P18";
     pub const WRONG_OBJECT_TYPE: &str = "42809";
     pub const INVALID_NAME: &str = "42602";
     pub const DEPENDENT_OBJECTS_STILL_EXIST: &str = "2BP01";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
+    pub const OBJECT_IN_USE: &str = "55006";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const RANGE_UNAVAILABLE: &str = "58C00";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const CARDINALITY_VIOLATION: &str = "21000";
+    pub const INVALID_ROW_COUNT: &str = "2201W";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 }
 

@@ -3,11 +3,13 @@ pub mod catalog;
 pub mod datum;
 pub mod encoding;
 pub mod error;
+pub mod exec;
 pub mod expr;
 pub mod interval;
 pub mod parser;
 pub mod rowcodec;
 pub mod types;
+pub mod validation;
 
 pub use datum::Datum;
 pub use error::{PgError, Result, SqlError, sqlstate};

@@ -327,6 +327,7 @@ mod tests {
                     descending: false,
                 }],
                 storing: vec![],
+                write_only: false,
             },
             indexes: vec![
                 IndexDescriptor {
@@ -338,6 +339,7 @@ mod tests {
                         descending: false,
                     }],
                     storing: vec![],
+                    write_only: false,
                 },
                 IndexDescriptor {
                     id: 3,
@@ -348,6 +350,7 @@ mod tests {
                         descending: false,
                     }],
                     storing: vec![],
+                    write_only: false,
                 },
             ],
             next_index_id: 4,

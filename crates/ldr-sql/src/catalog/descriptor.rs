@@ -69,6 +69,9 @@ pub struct IndexDescriptor {
     /// `STORING (…)` columns (informational: rows are always read from the primary index).
     #[serde(default)]
     pub storing: Vec<ColumnId>,
+    /// Being built: writes maintain it, reads do not use it yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub write_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,6 +313,7 @@ mod tests {
                     descending: false,
                 }],
                 storing: vec![],
+                write_only: false,
             },
             indexes: vec![],
             next_index_id: 2,

@@ -996,7 +996,13 @@ impl<'a> P<'a> {
         }
         s.from_tables = self.table_target()?;
         self.expect("ON")?;
-        s.on = self.string()?;
+        s.on = match self.p.peek_token().token {
+            Token::Placeholder(p) => {
+                self.p.next_token();
+                p
+            }
+            _ => self.string()?,
+        };
         self.expect("INTO")?;
         if self.eat("DATABASE") {
             return Err(SqlError::unsupported(

@@ -1,0 +1,1302 @@
+//! INSERT (with ON CONFLICT), UPSERT, UPDATE, DELETE and TRUNCATE.
+//!
+//! Every statement computes row changes, checks NOT NULL, CHECK and FOREIGN KEY
+//! constraints, and either applies them through `write.rs` (autocommit: conflicting
+//! concurrent writes are re-read and retried, bounded) or buffers them in the open
+//! transaction.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ldr_types::Timestamp;
+use sqlparser::ast as sql;
+
+use super::scan::{self, StoredRow};
+use super::select;
+use super::write::{self, Applied, Change};
+use super::{ColumnInfo, QueryResult, Session, resolve};
+use crate::catalog::TableDescriptor;
+use crate::datum::Datum;
+use crate::error::{Result, SqlError, sqlstate};
+use crate::expr::{
+    Binder, EvalCtx, ScalarExpr, Scope, ScopeColumn, normalize_ident, timestamp_decimal,
+};
+use crate::parser::{self, DeleteStmt, InsertSource, InsertStmt, OnConflict, UpdateStmt};
+use crate::rowcodec;
+use crate::types::SqlType;
+
+/// Retries of a row whose conditional write lost to a concurrent writer.
+const MAX_ROW_RETRIES: usize = 50;
+
+fn retry_exhausted() -> SqlError {
+    SqlError::new(
+        sqlstate::SERIALIZATION_FAILURE,
+        "restart transaction: too many concurrent writes to the same rows",
+    )
+}
+
+// ---- RETURNING ----
+
+#[derive(Debug, Clone)]
+struct Returning {
+    columns: Vec<ColumnInfo>,
+    exprs: Vec<ScalarExpr>,
+}
+
+fn bind_returning(
+    items: &Option<Vec<sql::SelectItem>>,
+    scope: &Scope,
+    params: &mut Vec<Option<SqlType>>,
+) -> Result<Option<Returning>> {
+    let Some(items) = items else { return Ok(None) };
+    let mut r = Returning {
+        columns: vec![],
+        exprs: vec![],
+    };
+    for item in items {
+        match item {
+            sql::SelectItem::Wildcard(_) => {
+                for (i, c) in scope.columns.iter().enumerate() {
+                    if !c.hidden {
+                        r.columns.push(ColumnInfo::new(&c.name, c.ty.clone()));
+                        r.exprs.push(ScalarExpr::Column(i));
+                    }
+                }
+            }
+            sql::SelectItem::UnnamedExpr(e) | sql::SelectItem::ExprWithAlias { expr: e, .. } => {
+                let name = match item {
+                    sql::SelectItem::ExprWithAlias { alias, .. } => normalize_ident(alias),
+                    _ => match e {
+                        sql::Expr::Identifier(i) => normalize_ident(i),
+                        sql::Expr::CompoundIdentifier(p) => {
+                            p.last().map(normalize_ident).unwrap_or_default()
+                        }
+                        sql::Expr::Function(f) => crate::expr::function_name(&f.name),
+                        _ => "?column?".into(),
+                    },
+                };
+                let mut b = Binder::new(scope, params);
+                let (x, ty) = b.bind(e)?;
+                let (x, ty) = if ty == SqlType::Unknown {
+                    b.coerce_unknown(x, &SqlType::String)?
+                } else {
+                    (x, ty)
+                };
+                r.columns.push(ColumnInfo::new(&name, ty));
+                r.exprs.push(x);
+            }
+            _ => return Err(SqlError::unsupported("this RETURNING item")),
+        }
+    }
+    Ok(Some(r))
+}
+
+fn returning_row(
+    r: &Returning,
+    values: &[Datum],
+    ts: Option<Timestamp>,
+    ctx: &EvalCtx,
+) -> Result<Vec<Datum>> {
+    let mut full = values.to_vec();
+    full.push(match ts {
+        Some(t) if !t.is_zero() => Datum::Decimal(timestamp_decimal(t)),
+        _ => Datum::Null,
+    });
+    full.push(Datum::Null);
+    r.exprs.iter().map(|x| x.eval(&full, ctx)).collect()
+}
+
+fn finish(tag: &str, n: usize, returning: Option<Returning>, rows: Vec<Vec<Datum>>) -> QueryResult {
+    match returning {
+        Some(r) => QueryResult {
+            tag: tag.into(),
+            rows_affected: Some(rows.len()),
+            columns: r.columns,
+            rows,
+            returns_rows: true,
+            txn: super::TxnEffect::None,
+        },
+        None => QueryResult::count(tag, n),
+    }
+}
+
+// ---- INSERT / UPSERT ----
+
+#[derive(Debug, Clone)]
+enum Arbiter {
+    Primary,
+    Unique(crate::catalog::IndexDescriptor),
+    /// `ON CONFLICT DO NOTHING` without a target: any unique constraint.
+    Any,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    Values(Vec<Vec<Option<ScalarExpr>>>),
+    Query(Box<select::SelectPlan>),
+    DefaultValues,
+}
+
+#[derive(Debug, Clone)]
+enum Conflict {
+    Error,
+    DoNothing(Arbiter),
+    DoUpdate {
+        arbiter: Arbiter,
+        sets: Vec<(usize, ScalarExpr)>,
+        filter: Option<ScalarExpr>,
+    },
+    Upsert,
+}
+
+#[derive(Debug, Clone)]
+struct InsertPlan {
+    desc: Arc<TableDescriptor>,
+    targets: Vec<usize>,
+    source: Source,
+    defaults: Vec<Option<ScalarExpr>>,
+    conflict: Conflict,
+    returning: Option<Returning>,
+}
+
+/// Binds every column's DEFAULT expression (in an empty scope).
+pub(crate) fn bind_defaults(desc: &TableDescriptor) -> Result<Vec<Option<ScalarExpr>>> {
+    let empty = Scope::default();
+    desc.columns
+        .iter()
+        .map(|c| match &c.default_expr {
+            Some(text) => {
+                let e = parser::parse_expr(text)?;
+                let mut params = Vec::new();
+                Ok(Some(
+                    Binder::new(&empty, &mut params).bind_typed(&e, &c.ty)?.0,
+                ))
+            }
+            None => Ok(None),
+        })
+        .collect()
+}
+
+fn is_default_marker(e: &sql::Expr) -> bool {
+    matches!(e, sql::Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+}
+
+fn arbiter_for(desc: &TableDescriptor, columns: &[String]) -> Result<Arbiter> {
+    if columns.is_empty() {
+        return Ok(Arbiter::Any);
+    }
+    let mut want: Vec<u32> = Vec::new();
+    for c in columns {
+        want.push(desc.require_column(c)?.id);
+    }
+    want.sort_unstable();
+    let matches = |idx: &crate::catalog::IndexDescriptor| {
+        let mut have: Vec<u32> = idx.columns.iter().map(|c| c.column_id).collect();
+        have.sort_unstable();
+        have == want
+    };
+    if matches(&desc.primary_index) {
+        return Ok(Arbiter::Primary);
+    }
+    for idx in desc.indexes.iter().filter(|i| i.unique) {
+        if matches(idx) {
+            return Ok(Arbiter::Unique(idx.clone()));
+        }
+    }
+    Err(SqlError::new(
+        sqlstate::INVALID_COLUMN_REFERENCE,
+        "there is no unique or exclusion constraint matching the ON CONFLICT specification",
+    ))
+}
+
+async fn plan_insert(
+    s: &mut Session,
+    ins: &InsertStmt,
+    params: &mut Vec<Option<SqlType>>,
+) -> Result<InsertPlan> {
+    let desc = resolve::resolve_table(&s.server.catalog, s.database(), &ins.table).await?;
+    super::privilege::require_table(s, &desc, "INSERT").await?;
+    if ins.upsert || matches!(ins.on_conflict, Some(OnConflict::DoUpdate { .. })) {
+        super::privilege::require_table(s, &desc, "UPDATE").await?;
+    }
+    let targets: Vec<usize> = if ins.columns.is_empty() {
+        desc.visible_columns().map(|(i, _)| i).collect()
+    } else {
+        let mut seen = HashSet::new();
+        let mut v = Vec::new();
+        for c in &ins.columns {
+            let i = desc
+                .column_index(c)
+                .ok_or_else(|| SqlError::undefined_column(c))?;
+            if !seen.insert(i) {
+                return Err(SqlError::new(
+                    sqlstate::DUPLICATE_COLUMN,
+                    format!("multiple assignments to the same column \"{c}\""),
+                ));
+            }
+            v.push(i);
+        }
+        v
+    };
+    let empty = Scope::default();
+    let source = match &ins.source {
+        InsertSource::DefaultValues => Source::DefaultValues,
+        InsertSource::Values(rows) => {
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                if row.len() > targets.len() {
+                    return Err(SqlError::new(
+                        sqlstate::SYNTAX_ERROR,
+                        format!(
+                            "INSERT has more expressions than target columns, {} expressions for {} targets",
+                            row.len(),
+                            targets.len()
+                        ),
+                    ));
+                }
+                let mut bound = Vec::with_capacity(row.len());
+                for (e, &ci) in row.iter().zip(&targets) {
+                    if is_default_marker(e) {
+                        bound.push(None);
+                        continue;
+                    }
+                    let mut b = Binder::new(&empty, params);
+                    let (x, _) = b.bind_typed(e, &desc.columns[ci].ty)?;
+                    bound.push(Some(x));
+                }
+                out.push(bound);
+            }
+            Source::Values(out)
+        }
+        InsertSource::Query(q) => {
+            let plan = select::plan_query(s, q, params).await?;
+            if plan.columns.len() > targets.len() {
+                return Err(SqlError::new(
+                    sqlstate::SYNTAX_ERROR,
+                    format!(
+                        "INSERT has more expressions than target columns, {} expressions for {} targets",
+                        plan.columns.len(),
+                        targets.len()
+                    ),
+                ));
+            }
+            Source::Query(Box::new(plan))
+        }
+    };
+    let defaults = bind_defaults(&desc)?;
+    let scope = scan::table_scope(&desc, ins.alias.as_deref());
+    let conflict = if ins.upsert {
+        Conflict::Upsert
+    } else {
+        match &ins.on_conflict {
+            None => Conflict::Error,
+            Some(OnConflict::DoNothing { columns }) => {
+                Conflict::DoNothing(arbiter_for(&desc, columns)?)
+            }
+            Some(OnConflict::DoUpdate {
+                columns,
+                assignments,
+                selection,
+            }) => {
+                let arbiter = arbiter_for(&desc, columns)?;
+                let mut ex_scope = scope.clone();
+                for c in &desc.columns {
+                    ex_scope.columns.push(ScopeColumn {
+                        table: Some("excluded".into()),
+                        name: c.name.clone(),
+                        ty: c.ty.clone(),
+                        hidden: true,
+                    });
+                }
+                let mut sets = Vec::new();
+                for (col, e) in assignments {
+                    let i = desc
+                        .column_index(col)
+                        .ok_or_else(|| SqlError::undefined_column(col))?;
+                    let mut b = Binder::new(&ex_scope, params);
+                    sets.push((
+                        i,
+                        if is_default_marker(e) {
+                            defaults[i]
+                                .clone()
+                                .unwrap_or(ScalarExpr::Const(Datum::Null))
+                        } else {
+                            b.bind_typed(e, &desc.columns[i].ty)?.0
+                        },
+                    ));
+                }
+                let filter = match selection {
+                    Some(w) => Some(Binder::new(&ex_scope, params).bind(w)?.0),
+                    None => None,
+                };
+                Conflict::DoUpdate {
+                    arbiter,
+                    sets,
+                    filter,
+                }
+            }
+        }
+    };
+    let returning = bind_returning(&ins.returning, &scope, params)?;
+    Ok(InsertPlan {
+        desc,
+        targets,
+        source,
+        defaults,
+        conflict,
+        returning,
+    })
+}
+
+pub(crate) async fn describe_insert(
+    s: &mut Session,
+    ins: &InsertStmt,
+    params: &mut Vec<Option<SqlType>>,
+) -> Result<Vec<ColumnInfo>> {
+    Ok(plan_insert(s, ins, params)
+        .await?
+        .returning
+        .map(|r| r.columns)
+        .unwrap_or_default())
+}
+
+/// Builds the full rows to insert (targets filled, the rest defaults), coerced to column
+/// types. For UPSERT, also which columns were given.
+async fn source_rows(
+    s: &mut Session,
+    plan: &InsertPlan,
+    ctx: &EvalCtx,
+) -> Result<Vec<(Vec<Datum>, Vec<bool>)>> {
+    let desc = &plan.desc;
+    let given_rows: Vec<Vec<Option<Datum>>> = match &plan.source {
+        Source::DefaultValues => vec![vec![]],
+        Source::Values(rows) => rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|x| x.as_ref().map(|x| x.eval(&[], ctx)).transpose())
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?,
+        Source::Query(q) => select::run_plan(s, q, ctx)
+            .await?
+            .into_iter()
+            .map(|r| r.into_iter().map(Some).collect())
+            .collect(),
+    };
+    let mut out = Vec::with_capacity(given_rows.len());
+    for given in given_rows {
+        let mut row = vec![Datum::Null; desc.columns.len()];
+        let mut set = vec![false; desc.columns.len()];
+        for (v, &ci) in given.into_iter().zip(&plan.targets) {
+            if let Some(v) = v {
+                row[ci] = v.coerce_for_column(&desc.columns[ci].ty, &desc.columns[ci].name)?;
+                set[ci] = true;
+            }
+        }
+        for (ci, c) in desc.columns.iter().enumerate() {
+            if !set[ci] {
+                if let Some(d) = &plan.defaults[ci] {
+                    row[ci] = d.eval(&[], ctx)?.coerce_for_column(&c.ty, &c.name)?;
+                }
+            }
+        }
+        // Columns not listed keep their value on UPSERT's update path; defaults count as
+        // given only for columns that were listed.
+        let given_mask: Vec<bool> = (0..desc.columns.len())
+            .map(|ci| plan.targets.contains(&ci))
+            .collect();
+        out.push((row, given_mask));
+    }
+    Ok(out)
+}
+
+/// Finds the row a new row conflicts with through an arbiter.
+async fn find_conflict(
+    s: &mut Session,
+    desc: &Arc<TableDescriptor>,
+    arbiter: &Arbiter,
+    row: &[Datum],
+    ts: Timestamp,
+) -> Result<Option<StoredRow>> {
+    let kv = s.server.kv.clone();
+    let txn = s.txn_ref();
+    let by_pk = scan::get_row(&kv, desc, &rowcodec::primary_key(desc, row), ts, txn).await?;
+    let check_index =
+        |idx: &crate::catalog::IndexDescriptor| rowcodec::unique_values(desc, idx, row);
+    match arbiter {
+        Arbiter::Primary => Ok(by_pk),
+        Arbiter::Unique(idx) => find_by_unique(&kv, desc, idx, check_index(idx), ts, txn).await,
+        Arbiter::Any => {
+            if by_pk.is_some() {
+                return Ok(by_pk);
+            }
+            for idx in desc.indexes.iter().filter(|i| i.unique) {
+                if let Some(r) = find_by_unique(&kv, desc, idx, check_index(idx), ts, txn).await? {
+                    return Ok(Some(r));
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+async fn find_by_unique(
+    kv: &ldr_kv::KvClient,
+    desc: &Arc<TableDescriptor>,
+    idx: &crate::catalog::IndexDescriptor,
+    values: Option<Vec<u8>>,
+    ts: Timestamp,
+    txn: Option<&write::TxnBuffer>,
+) -> Result<Option<StoredRow>> {
+    let Some(values) = values else {
+        return Ok(None);
+    };
+    let rows = scan::read(
+        kv,
+        desc,
+        &scan::Access::Unique {
+            index: idx.clone(),
+            values: vec![values.clone()],
+        },
+        ts,
+        txn,
+    )
+    .await?;
+    // Buffered rows of the transaction are all returned by the overlay: check values.
+    Ok(rows
+        .into_iter()
+        .find(|r| rowcodec::unique_values(desc, idx, &r.values).as_deref() == Some(&values[..])))
+}
+
+/// Validates a new row (NOT NULL, CHECK, FK parents).
+async fn validate_new(
+    s: &mut Session,
+    desc: &TableDescriptor,
+    row: &[Datum],
+    old: Option<&[Datum]>,
+    op: &str,
+    ctx: &EvalCtx,
+    ts: Timestamp,
+) -> Result<()> {
+    write::check_row(desc, row, ctx)?;
+    if !desc.foreign_keys.is_empty() {
+        let catalog = &s.server.catalog;
+        let txn = match &s.txn {
+            super::Txn::Open(b) => Some(b),
+            _ => None,
+        };
+        write::check_fk_parents(catalog, desc, row, old, op, ts, txn).await?;
+    }
+    Ok(())
+}
+
+/// Checks a buffered (transactional) insert against existing rows and unique values.
+async fn txn_check_unique(
+    s: &mut Session,
+    desc: &Arc<TableDescriptor>,
+    row: &[Datum],
+    own_key: Option<&[u8]>,
+    ts: Timestamp,
+) -> Result<()> {
+    let kv = s.server.kv.clone();
+    let txn = s.txn_ref();
+    for idx in desc.indexes.iter().filter(|i| i.unique) {
+        if let Some(r) = find_by_unique(
+            &kv,
+            desc,
+            idx,
+            rowcodec::unique_values(desc, idx, row),
+            ts,
+            txn,
+        )
+        .await?
+        {
+            if Some(r.key.as_slice()) != own_key {
+                return Err(write::unique_violation(desc, idx, row));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn insert(
+    s: &mut Session,
+    ins: &InsertStmt,
+    params: Vec<Datum>,
+) -> Result<QueryResult> {
+    let mut types = Vec::new();
+    let plan = plan_insert(s, ins, &mut types).await?;
+    let ctx = s.eval_ctx(params);
+    let rows = source_rows(s, &plan, &ctx).await?;
+    let desc = plan.desc.clone();
+    let ts = s.server.kv.clock().now();
+    let mut out_rows: Vec<(Vec<Datum>, Option<Timestamp>)> = Vec::new();
+    match &plan.conflict {
+        Conflict::Error => {
+            let mut seen = HashSet::new();
+            let mut changes = Vec::with_capacity(rows.len());
+            for (row, _) in rows {
+                validate_new(s, &desc, &row, None, "insert", &ctx, ts).await?;
+                let key = rowcodec::primary_key(&desc, &row);
+                if !seen.insert(key.clone()) {
+                    return Err(write::pk_violation(&desc, &row));
+                }
+                changes.push(Change {
+                    table: desc.clone(),
+                    key,
+                    old: None,
+                    new: Some(row),
+                });
+            }
+            if s.in_txn() {
+                for ch in changes {
+                    let kv = s.server.kv.clone();
+                    let new = ch.new.clone().unwrap_or_default();
+                    if scan::get_row(&kv, &desc, &ch.key, ts, s.txn_ref())
+                        .await?
+                        .is_some()
+                    {
+                        return Err(write::pk_violation(&desc, &new));
+                    }
+                    txn_check_unique(s, &desc, &new, None, ts).await?;
+                    if let Some(buf) = s.txn_buffer() {
+                        buf.add(ch);
+                    }
+                    out_rows.push((new, None));
+                }
+            } else {
+                let applied = write::apply(&s.server.kv, &changes).await?;
+                for (ch, a) in changes.into_iter().zip(applied) {
+                    let new = ch.new.unwrap_or_default();
+                    match a {
+                        Applied::Written(t) => out_rows.push((new, Some(t))),
+                        Applied::Conflict(Some(v)) if v.value.is_some() => {
+                            return Err(write::pk_violation(&desc, &new));
+                        }
+                        // Not attempted (another row of its range failed) or a tombstone race.
+                        Applied::Conflict(_) => return Err(write::pk_violation(&desc, &new)),
+                    }
+                }
+            }
+        }
+        Conflict::DoNothing(arbiter) => {
+            let mut seen = HashSet::new();
+            for (row, _) in rows {
+                validate_new(s, &desc, &row, None, "insert", &ctx, ts).await?;
+                if !seen.insert(rowcodec::primary_key(&desc, &row)) {
+                    continue;
+                }
+                if find_conflict(s, &desc, arbiter, &row, ts).await?.is_some() {
+                    continue;
+                }
+                if let Some(t) =
+                    insert_one(s, &desc, &row, ts, matches!(arbiter, Arbiter::Any)).await?
+                {
+                    out_rows.push((row, t));
+                }
+            }
+        }
+        Conflict::DoUpdate {
+            arbiter,
+            sets,
+            filter,
+        } => {
+            let mut touched = HashSet::new();
+            for (row, _) in rows {
+                validate_new(s, &desc, &row, None, "insert", &ctx, ts).await?;
+                let mut done = false;
+                for _ in 0..MAX_ROW_RETRIES {
+                    let now = s.server.kv.clock().now();
+                    match find_conflict(s, &desc, arbiter, &row, now).await? {
+                        None => {
+                            if !touched.insert(rowcodec::primary_key(&desc, &row)) {
+                                return Err(affect_twice());
+                            }
+                            match insert_one(s, &desc, &row, now, false).await {
+                                Ok(Some(t)) => {
+                                    out_rows.push((row.clone(), t));
+                                    done = true;
+                                }
+                                Ok(None) => {
+                                    touched.remove(&rowcodec::primary_key(&desc, &row));
+                                    continue;
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        Some(existing) => {
+                            if !touched.insert(existing.key.clone()) {
+                                return Err(affect_twice());
+                            }
+                            let mut scope_row = existing.scope_values();
+                            scope_row.extend(row.iter().cloned());
+                            if let Some(f) = filter {
+                                if !f.eval_predicate(&scope_row, &ctx)? {
+                                    done = true;
+                                    break;
+                                }
+                            }
+                            let mut updated = existing.values.clone();
+                            for (ci, x) in sets {
+                                let c = &desc.columns[*ci];
+                                updated[*ci] = x
+                                    .eval(&scope_row, &ctx)?
+                                    .coerce_for_column(&c.ty, &c.name)?;
+                            }
+                            validate_new(
+                                s,
+                                &desc,
+                                &updated,
+                                Some(&existing.values),
+                                "update",
+                                &ctx,
+                                now,
+                            )
+                            .await?;
+                            match update_one(s, &desc, existing, updated.clone(), now).await? {
+                                Some(t) => {
+                                    out_rows.push((updated, t));
+                                    done = true;
+                                }
+                                None => {
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    if done {
+                        break;
+                    }
+                }
+                if !done {
+                    return Err(retry_exhausted());
+                }
+            }
+        }
+        Conflict::Upsert => {
+            let mut seen = HashSet::new();
+            let mut pending: Vec<(Vec<Datum>, Vec<bool>)> = Vec::with_capacity(rows.len());
+            for (row, mask) in rows {
+                if !seen.insert(rowcodec::primary_key(&desc, &row)) {
+                    return Err(affect_twice());
+                }
+                pending.push((row, mask));
+            }
+            for attempt in 0..=MAX_ROW_RETRIES {
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt == MAX_ROW_RETRIES {
+                    return Err(retry_exhausted());
+                }
+                let now = s.server.kv.clock().now();
+                let mut changes = Vec::with_capacity(pending.len());
+                for (row, mask) in &pending {
+                    let key = rowcodec::primary_key(&desc, row);
+                    let kv = s.server.kv.clone();
+                    let existing = scan::get_row(&kv, &desc, &key, now, s.txn_ref()).await?;
+                    let new = match &existing {
+                        Some(e) => e
+                            .values
+                            .iter()
+                            .zip(row)
+                            .zip(mask)
+                            .map(
+                                |((old, new), given)| {
+                                    if *given { new.clone() } else { old.clone() }
+                                },
+                            )
+                            .collect(),
+                        None => row.clone(),
+                    };
+                    validate_new(
+                        s,
+                        &desc,
+                        &new,
+                        existing.as_ref().map(|e| e.values.as_slice()),
+                        if existing.is_some() {
+                            "update"
+                        } else {
+                            "insert"
+                        },
+                        &ctx,
+                        now,
+                    )
+                    .await?;
+                    changes.push(Change {
+                        table: desc.clone(),
+                        key,
+                        old: existing,
+                        new: Some(new),
+                    });
+                }
+                if s.in_txn() {
+                    for ch in changes {
+                        let new = ch.new.clone().unwrap_or_default();
+                        txn_check_unique(s, &desc, &new, Some(&ch.key), now).await?;
+                        if let Some(buf) = s.txn_buffer() {
+                            buf.add(ch);
+                        }
+                        out_rows.push((new, None));
+                    }
+                    pending.clear();
+                    break;
+                }
+                let applied = write::apply(&s.server.kv, &changes).await?;
+                let mut retry = Vec::new();
+                for ((ch, a), p) in changes.into_iter().zip(applied).zip(pending) {
+                    match a {
+                        Applied::Written(t) => out_rows.push((ch.new.unwrap_or_default(), Some(t))),
+                        Applied::Conflict(_) => retry.push(p),
+                    }
+                }
+                pending = retry;
+            }
+        }
+    }
+    let n = out_rows.len();
+    let ret_rows = match &plan.returning {
+        Some(r) => out_rows
+            .iter()
+            .map(|(v, t)| returning_row(r, v, *t, &ctx))
+            .collect::<Result<Vec<_>>>()?,
+        None => vec![],
+    };
+    Ok(finish("INSERT", n, plan.returning, ret_rows))
+}
+
+fn affect_twice() -> SqlError {
+    SqlError::new(sqlstate::CARDINALITY_VIOLATION, "UPSERT or INSERT...ON CONFLICT command cannot affect row a second time")
+        .with_hint("Ensure that no rows proposed for insertion within the same command have duplicate constrained values.")
+}
+
+/// Inserts one row. `Ok(None)`: it conflicted (the caller re-checks). With
+/// `skip_unique_violation`, a duplicate in a unique index also returns `Ok(None)`.
+async fn insert_one(
+    s: &mut Session,
+    desc: &Arc<TableDescriptor>,
+    row: &[Datum],
+    ts: Timestamp,
+    skip_unique_violation: bool,
+) -> Result<Option<Option<Timestamp>>> {
+    let key = rowcodec::primary_key(desc, row);
+    let ch = Change {
+        table: desc.clone(),
+        key: key.clone(),
+        old: None,
+        new: Some(row.to_vec()),
+    };
+    if s.in_txn() {
+        match txn_check_unique(s, desc, row, None, ts).await {
+            Ok(()) => {}
+            Err(e) if skip_unique_violation && e.code() == sqlstate::UNIQUE_VIOLATION => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        if let Some(buf) = s.txn_buffer() {
+            buf.add(ch);
+        }
+        return Ok(Some(None));
+    }
+    match write::apply(&s.server.kv, std::slice::from_ref(&ch)).await {
+        Ok(mut a) => match a.pop() {
+            Some(Applied::Written(t)) => Ok(Some(Some(t))),
+            _ => Ok(None),
+        },
+        Err(e) if skip_unique_violation && e.code() == sqlstate::UNIQUE_VIOLATION => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces one existing row. `Ok(None)`: it changed concurrently (the caller re-reads).
+async fn update_one(
+    s: &mut Session,
+    desc: &Arc<TableDescriptor>,
+    old: StoredRow,
+    new: Vec<Datum>,
+    ts: Timestamp,
+) -> Result<Option<Option<Timestamp>>> {
+    let key = old.key.clone();
+    if s.in_txn() {
+        txn_check_unique(s, desc, &new, Some(&key), ts).await?;
+        if let Some(buf) = s.txn_buffer() {
+            buf.add(Change {
+                table: desc.clone(),
+                key,
+                old: Some(old),
+                new: Some(new),
+            });
+        }
+        return Ok(Some(None));
+    }
+    let ch = Change {
+        table: desc.clone(),
+        key,
+        old: Some(old),
+        new: Some(new),
+    };
+    match write::apply(&s.server.kv, std::slice::from_ref(&ch))
+        .await?
+        .pop()
+    {
+        Some(Applied::Written(t)) => Ok(Some(Some(t))),
+        _ => Ok(None),
+    }
+}
+
+// ---- UPDATE / DELETE ----
+
+struct Target {
+    desc: Arc<TableDescriptor>,
+    scope: Scope,
+    filter: Option<ScalarExpr>,
+}
+
+async fn plan_target(
+    s: &mut Session,
+    table: &[String],
+    alias: Option<&str>,
+    selection: &Option<sql::Expr>,
+    privilege: &str,
+    params: &mut Vec<Option<SqlType>>,
+) -> Result<Target> {
+    let desc = resolve::resolve_table(&s.server.catalog, s.database(), table).await?;
+    super::privilege::require_table(s, &desc, privilege).await?;
+    let scope = scan::table_scope(&desc, alias);
+    let filter = match selection {
+        Some(w) => {
+            let mut b = Binder::new(&scope, params);
+            let (x, ty) = b.bind(w)?;
+            if ty != SqlType::Bool && ty != SqlType::Unknown {
+                return Err(SqlError::datatype_mismatch(format!(
+                    "argument of WHERE must be type bool, not type {}",
+                    ty.family_name()
+                )));
+            }
+            Some(x)
+        }
+        None => None,
+    };
+    Ok(Target {
+        desc,
+        scope,
+        filter,
+    })
+}
+
+async fn matching_rows(
+    s: &mut Session,
+    t: &Target,
+    ctx: &EvalCtx,
+    ts: Timestamp,
+) -> Result<Vec<StoredRow>> {
+    let access = scan::plan_access(&t.desc, t.filter.as_ref(), ctx);
+    let kv = s.server.kv.clone();
+    let rows = scan::read(&kv, &t.desc, &access, ts, s.txn_ref()).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let keep = match &t.filter {
+            Some(f) => f.eval_predicate(&r.scope_values(), ctx)?,
+            None => true,
+        };
+        if keep {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+fn bind_sets(
+    t: &Target,
+    assignments: &[(String, sql::Expr)],
+    defaults: &[Option<ScalarExpr>],
+    params: &mut Vec<Option<SqlType>>,
+) -> Result<Vec<(usize, ScalarExpr)>> {
+    let mut seen = HashSet::new();
+    let mut sets = Vec::new();
+    for (col, e) in assignments {
+        let i = t
+            .desc
+            .column_index(col)
+            .ok_or_else(|| SqlError::undefined_column(col))?;
+        if !seen.insert(i) {
+            return Err(SqlError::new(
+                sqlstate::DUPLICATE_COLUMN,
+                format!("multiple assignments to the same column \"{col}\""),
+            ));
+        }
+        let x = if is_default_marker(e) {
+            defaults[i]
+                .clone()
+                .unwrap_or(ScalarExpr::Const(Datum::Null))
+        } else {
+            Binder::new(&t.scope, params)
+                .bind_typed(e, &t.desc.columns[i].ty)?
+                .0
+        };
+        sets.push((i, x));
+    }
+    Ok(sets)
+}
+
+pub(crate) async fn describe_update(
+    s: &mut Session,
+    u: &UpdateStmt,
+    params: &mut Vec<Option<SqlType>>,
+) -> Result<Vec<ColumnInfo>> {
+    let t = plan_target(
+        s,
+        &u.table,
+        u.alias.as_deref(),
+        &u.selection,
+        "UPDATE",
+        params,
+    )
+    .await?;
+    let defaults = bind_defaults(&t.desc)?;
+    bind_sets(&t, &u.assignments, &defaults, params)?;
+    Ok(bind_returning(&u.returning, &t.scope, params)?
+        .map(|r| r.columns)
+        .unwrap_or_default())
+}
+
+pub(crate) async fn describe_delete(
+    s: &mut Session,
+    d: &DeleteStmt,
+    params: &mut Vec<Option<SqlType>>,
+) -> Result<Vec<ColumnInfo>> {
+    let t = plan_target(
+        s,
+        &d.table,
+        d.alias.as_deref(),
+        &d.selection,
+        "DELETE",
+        params,
+    )
+    .await?;
+    Ok(bind_returning(&d.returning, &t.scope, params)?
+        .map(|r| r.columns)
+        .unwrap_or_default())
+}
+
+pub(crate) async fn update(
+    s: &mut Session,
+    u: &UpdateStmt,
+    params: Vec<Datum>,
+) -> Result<QueryResult> {
+    let mut types = Vec::new();
+    let t = plan_target(
+        s,
+        &u.table,
+        u.alias.as_deref(),
+        &u.selection,
+        "UPDATE",
+        &mut types,
+    )
+    .await?;
+    let defaults = bind_defaults(&t.desc)?;
+    let sets = bind_sets(&t, &u.assignments, &defaults, &mut types)?;
+    let returning = bind_returning(&u.returning, &t.scope, &mut types)?;
+    let ctx = s.eval_ctx(params);
+    let desc = t.desc.clone();
+    let pk_cols = desc.pk_positions();
+    let changes_pk = sets.iter().any(|(i, _)| pk_cols.contains(i));
+    let children = write::referencing_tables(&s.server.catalog, &desc).await?;
+    let mut ts = s.server.kv.clock().now();
+    let mut pending = matching_rows(s, &t, &ctx, ts).await?;
+    let mut out_rows: Vec<(Vec<Datum>, Option<Timestamp>)> = Vec::new();
+    for attempt in 0..=MAX_ROW_RETRIES {
+        if pending.is_empty() {
+            break;
+        }
+        if attempt == MAX_ROW_RETRIES {
+            return Err(retry_exhausted());
+        }
+        let mut changes = Vec::with_capacity(pending.len());
+        for old in std::mem::take(&mut pending) {
+            let scope_row = old.scope_values();
+            let mut new = old.values.clone();
+            for (i, x) in &sets {
+                let c = &desc.columns[*i];
+                new[*i] = x
+                    .eval(&scope_row, &ctx)?
+                    .coerce_for_column(&c.ty, &c.name)?;
+            }
+            validate_new(s, &desc, &new, Some(&old.values), "update", &ctx, ts).await?;
+            if !children.is_empty() {
+                let txn = match &s.txn {
+                    super::Txn::Open(b) => Some(b),
+                    _ => None,
+                };
+                write::check_fk_children(
+                    &s.server.catalog,
+                    &children,
+                    &desc,
+                    &old.values,
+                    Some(&new),
+                    ts,
+                    txn,
+                )
+                .await?;
+            }
+            changes.push((old, new));
+        }
+        if changes_pk {
+            // Rows whose primary key changes move: check the new key is free, delete, insert.
+            for (old, new) in changes {
+                let new_key = rowcodec::primary_key(&desc, &new);
+                if new_key == old.key {
+                    match update_one(s, &desc, old.clone(), new.clone(), ts).await? {
+                        Some(t) => out_rows.push((new, t)),
+                        None => pending.push(refresh(s, &t, &old.key, &ctx).await?.unwrap_or(old)),
+                    }
+                    continue;
+                }
+                let kv = s.server.kv.clone();
+                if scan::get_row(&kv, &desc, &new_key, ts, s.txn_ref())
+                    .await?
+                    .is_some()
+                {
+                    return Err(write::pk_violation(&desc, &new));
+                }
+                let del = Change {
+                    table: desc.clone(),
+                    key: old.key.clone(),
+                    old: Some(old.clone()),
+                    new: None,
+                };
+                let ins = Change {
+                    table: desc.clone(),
+                    key: new_key,
+                    old: None,
+                    new: Some(new.clone()),
+                };
+                if s.in_txn() {
+                    txn_check_unique(s, &desc, &new, Some(&old.key), ts).await?;
+                    if let Some(buf) = s.txn_buffer() {
+                        buf.add(del);
+                        buf.add(ins);
+                    }
+                    out_rows.push((new, None));
+                    continue;
+                }
+                match write::apply(&kv, std::slice::from_ref(&del)).await?.pop() {
+                    Some(Applied::Written(_)) => {}
+                    _ => {
+                        if let Some(r) = refresh(s, &t, &old.key, &ctx).await? {
+                            pending.push(r);
+                        }
+                        continue;
+                    }
+                }
+                match write::apply(&kv, std::slice::from_ref(&ins)).await?.pop() {
+                    Some(Applied::Written(w)) => out_rows.push((new, Some(w))),
+                    _ => return Err(write::pk_violation(&desc, &new)),
+                }
+            }
+        } else if s.in_txn() {
+            for (old, new) in changes {
+                txn_check_unique(s, &desc, &new, Some(&old.key), ts).await?;
+                let key = old.key.clone();
+                if let Some(buf) = s.txn_buffer() {
+                    buf.add(Change {
+                        table: desc.clone(),
+                        key,
+                        old: Some(old),
+                        new: Some(new.clone()),
+                    });
+                }
+                out_rows.push((new, None));
+            }
+        } else {
+            let batch: Vec<Change> = changes
+                .into_iter()
+                .map(|(old, new)| Change {
+                    table: desc.clone(),
+                    key: old.key.clone(),
+                    old: Some(old),
+                    new: Some(new),
+                })
+                .collect();
+            let applied = write::apply(&s.server.kv, &batch).await?;
+            for (ch, a) in batch.into_iter().zip(applied) {
+                match a {
+                    Applied::Written(w) => out_rows.push((ch.new.unwrap_or_default(), Some(w))),
+                    Applied::Conflict(_) => {
+                        if let Some(r) = refresh(s, &t, &ch.key, &ctx).await? {
+                            pending.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        ts = s.server.kv.clock().now();
+    }
+    let n = out_rows.len();
+    let ret_rows = match &returning {
+        Some(r) => out_rows
+            .iter()
+            .map(|(v, w)| returning_row(r, v, *w, &ctx))
+            .collect::<Result<Vec<_>>>()?,
+        None => vec![],
+    };
+    Ok(finish("UPDATE", n, returning, ret_rows))
+}
+
+/// Re-reads a row after a conflict; `None` if it is gone or no longer matches the filter.
+async fn refresh(
+    s: &mut Session,
+    t: &Target,
+    key: &[u8],
+    ctx: &EvalCtx,
+) -> Result<Option<StoredRow>> {
+    let ts = s.server.kv.clock().now();
+    let kv = s.server.kv.clone();
+    let Some(row) = scan::get_row(&kv, &t.desc, key, ts, None).await? else {
+        return Ok(None);
+    };
+    let keep = match &t.filter {
+        Some(f) => f.eval_predicate(&row.scope_values(), ctx)?,
+        None => true,
+    };
+    Ok(keep.then_some(row))
+}
+
+pub(crate) async fn delete(
+    s: &mut Session,
+    d: &DeleteStmt,
+    params: Vec<Datum>,
+) -> Result<QueryResult> {
+    let mut types = Vec::new();
+    let t = plan_target(
+        s,
+        &d.table,
+        d.alias.as_deref(),
+        &d.selection,
+        "DELETE",
+        &mut types,
+    )
+    .await?;
+    let returning = bind_returning(&d.returning, &t.scope, &mut types)?;
+    let ctx = s.eval_ctx(params);
+    let desc = t.desc.clone();
+    let children = write::referencing_tables(&s.server.catalog, &desc).await?;
+    let mut ts = s.server.kv.clock().now();
+    let mut pending = matching_rows(s, &t, &ctx, ts).await?;
+    let mut out_rows: Vec<(Vec<Datum>, Option<Timestamp>)> = Vec::new();
+    for attempt in 0..=MAX_ROW_RETRIES {
+        if pending.is_empty() {
+            break;
+        }
+        if attempt == MAX_ROW_RETRIES {
+            return Err(retry_exhausted());
+        }
+        if !children.is_empty() {
+            let txn = match &s.txn {
+                super::Txn::Open(b) => Some(b),
+                _ => None,
+            };
+            for old in &pending {
+                write::check_fk_children(
+                    &s.server.catalog,
+                    &children,
+                    &desc,
+                    &old.values,
+                    None,
+                    ts,
+                    txn,
+                )
+                .await?;
+            }
+        }
+        let batch: Vec<Change> = std::mem::take(&mut pending)
+            .into_iter()
+            .map(|old| Change {
+                table: desc.clone(),
+                key: old.key.clone(),
+                old: Some(old),
+                new: None,
+            })
+            .collect();
+        if s.in_txn() {
+            for ch in batch {
+                let values = ch
+                    .old
+                    .as_ref()
+                    .map(|o| o.values.clone())
+                    .unwrap_or_default();
+                if let Some(buf) = s.txn_buffer() {
+                    buf.add(ch);
+                }
+                out_rows.push((values, None));
+            }
+            break;
+        }
+        let applied = write::apply(&s.server.kv, &batch).await?;
+        for (ch, a) in batch.into_iter().zip(applied) {
+            match a {
+                Applied::Written(_) => {
+                    let old = ch.old.expect("deletes carry the old row");
+                    out_rows.push((old.values, Some(old.ts)));
+                }
+                Applied::Conflict(_) => {
+                    if let Some(r) = refresh(s, &t, &ch.key, &ctx).await? {
+                        pending.push(r);
+                    }
+                }
+            }
+        }
+        ts = s.server.kv.clock().now();
+    }
+    let n = out_rows.len();
+    let ret_rows = match &returning {
+        Some(r) => out_rows
+            .iter()
+            .map(|(v, w)| returning_row(r, v, *w, &ctx))
+            .collect::<Result<Vec<_>>>()?,
+        None => vec![],
+    };
+    Ok(finish("DELETE", n, returning, ret_rows))
+}
+
+pub(crate) async fn truncate(s: &mut Session, tables: &[Vec<String>]) -> Result<QueryResult> {
+    if s.in_txn() {
+        return Err(SqlError::unsupported("TRUNCATE inside a transaction"));
+    }
+    for name in tables {
+        let desc = resolve::resolve_table(&s.server.catalog, s.database(), name).await?;
+        super::privilege::require_table(s, &desc, "DROP").await?;
+        crate::validation::check_schema_change_allowed(
+            &desc,
+            &crate::validation::SchemaChange::Other,
+        )?;
+        let children = write::referencing_tables(&s.server.catalog, &desc).await?;
+        if let Some((child, _)) = children.iter().find(|(c, _)| c.id != desc.id) {
+            return Err(SqlError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "\"{}\" is referenced by foreign key from table \"{}\"",
+                    desc.name, child.name
+                ),
+            ));
+        }
+        let ts = s.server.kv.clock().now();
+        let rows = scan::read(&s.server.kv, &desc, &scan::Access::Full, ts, None).await?;
+        for chunk in rows.chunks(500) {
+            let batch: Vec<Change> = chunk
+                .iter()
+                .map(|old| Change {
+                    table: desc.clone(),
+                    key: old.key.clone(),
+                    old: Some(old.clone()),
+                    new: None,
+                })
+                .collect();
+            // Rows changed concurrently are left as they are (TRUNCATE is not atomic here).
+            write::apply(&s.server.kv, &batch).await?;
+        }
+    }
+    Ok(QueryResult::command("TRUNCATE"))
+}

@@ -1,0 +1,695 @@
+//! The executor: a [`SqlServer`] per node (catalog, KV client, job registry, replication
+//! hook) and a [`Session`] per connection that runs statements.
+//!
+//! Reads go to the KV layer at a timestamp taken when the statement starts; writes go through
+//! `write.rs` (conditional writes, unique-index claims). In an explicit transaction, writes
+//! are buffered in the session and applied at COMMIT; reads see committed data plus the
+//! transaction's own writes. Limits (documented departures from CockroachDB): a statement or
+//! a COMMIT that writes several ranges is atomic per range, not across ranges; reads inside a
+//! transaction are not a snapshot (each statement reads the latest committed data); DDL
+//! inside a transaction takes effect immediately and is not undone by ROLLBACK; a conflicting
+//! concurrent write to a row the transaction changed fails the COMMIT with 40001.
+
+mod ddl;
+mod dml;
+mod ldr;
+mod privilege;
+mod resolve;
+mod scan;
+mod select;
+pub mod session;
+mod show;
+mod write;
+
+use std::sync::Arc;
+
+use ldr_jobs::Registry;
+use ldr_kv::KvClient;
+use ldr_types::JobId;
+use parking_lot::RwLock;
+
+pub use self::ldr::{LdrStreamRequest, ReplicationStatements, ResolvedTable};
+pub use self::privilege::{SYSTEM_PRIVILEGES, TABLE_PRIVILEGES};
+pub use self::session::SessionVars;
+pub use self::write::ValidatedWrite;
+use crate::catalog::{Catalog, TableDescriptor, UserRecord};
+use crate::datum::Datum;
+use crate::error::{Result, SqlError, sqlstate};
+use crate::expr::EvalCtx;
+use crate::parser::{self, Statement};
+use crate::types::SqlType;
+
+/// A result column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub ty: SqlType,
+}
+
+impl ColumnInfo {
+    pub fn new(name: &str, ty: SqlType) -> ColumnInfo {
+        ColumnInfo {
+            name: name.to_string(),
+            ty,
+        }
+    }
+}
+
+/// What a statement did to the session's transaction (for the wire protocol's status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnEffect {
+    None,
+    Began,
+    Ended,
+}
+
+/// The session's transaction state as the wire protocol reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnStatus {
+    Idle,
+    InTransaction,
+    Failed,
+}
+
+/// The result of one statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryResult {
+    /// The command tag without the row count (`SELECT`, `INSERT`, `CREATE TABLE`, …).
+    pub tag: String,
+    /// Rows affected or returned, shown in the tag when set.
+    pub rows_affected: Option<usize>,
+    /// Result columns; empty for statements that return no rows.
+    pub columns: Vec<ColumnInfo>,
+    pub rows: Vec<Vec<Datum>>,
+    pub returns_rows: bool,
+    pub txn: TxnEffect,
+}
+
+impl QueryResult {
+    pub fn command(tag: &str) -> QueryResult {
+        QueryResult {
+            tag: tag.to_string(),
+            rows_affected: None,
+            columns: vec![],
+            rows: vec![],
+            returns_rows: false,
+            txn: TxnEffect::None,
+        }
+    }
+
+    pub fn count(tag: &str, n: usize) -> QueryResult {
+        QueryResult {
+            rows_affected: Some(n),
+            ..QueryResult::command(tag)
+        }
+    }
+
+    pub fn rows(columns: Vec<ColumnInfo>, rows: Vec<Vec<Datum>>) -> QueryResult {
+        let n = rows.len();
+        QueryResult {
+            tag: "SELECT".into(),
+            rows_affected: Some(n),
+            columns,
+            rows,
+            returns_rows: true,
+            txn: TxnEffect::None,
+        }
+    }
+
+    /// The full command tag (`INSERT 0 3`, `SELECT 2`, `CREATE TABLE`).
+    pub fn command_tag(&self) -> String {
+        match (self.tag.as_str(), self.rows_affected) {
+            ("INSERT", Some(n)) => format!("INSERT 0 {n}"),
+            (t, Some(n)) => format!("{t} {n}"),
+            (t, None) => t.to_string(),
+        }
+    }
+}
+
+/// Server options.
+#[derive(Debug, Clone)]
+pub struct SqlConfig {
+    /// `--insecure`: passwords are not checked at login.
+    pub insecure: bool,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig { insecure: true }
+    }
+}
+
+/// The SQL layer of one node.
+pub struct SqlServer {
+    pub(crate) kv: KvClient,
+    pub(crate) catalog: Catalog,
+    pub(crate) jobs: Arc<Registry>,
+    replication: RwLock<Option<Arc<dyn ReplicationStatements>>>,
+    config: SqlConfig,
+}
+
+impl SqlServer {
+    /// Builds the SQL layer over a node's KV client and job registry, and makes sure the
+    /// objects every cluster has exist (`defaultdb`, `postgres`, `system`, users `root` and
+    /// `admin`). Idempotent and safe to run on every node at start.
+    pub async fn start(
+        kv: KvClient,
+        jobs: Arc<Registry>,
+        config: SqlConfig,
+    ) -> Result<Arc<SqlServer>> {
+        let server = Arc::new(SqlServer {
+            catalog: Catalog::new(kv.clone()),
+            kv,
+            jobs,
+            replication: RwLock::new(None),
+            config,
+        });
+        server.bootstrap().await?;
+        Ok(server)
+    }
+
+    async fn bootstrap(&self) -> Result<()> {
+        for db in ["defaultdb", "postgres", "system"] {
+            if self.catalog.database(db).await?.is_none() {
+                self.catalog.create_database(db, "root").await?;
+            }
+        }
+        for name in ["root", "admin"] {
+            if self.catalog.user(name).await?.is_none() {
+                let mut u = UserRecord::new(name);
+                u.login = name == "root";
+                self.catalog.create_user(&u).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs the implementation of `CREATE LOGICAL REPLICATION STREAM`.
+    pub fn set_replication_statements(&self, r: Arc<dyn ReplicationStatements>) {
+        *self.replication.write() = Some(r);
+    }
+
+    pub(crate) fn replication(&self) -> Option<Arc<dyn ReplicationStatements>> {
+        self.replication.read().clone()
+    }
+
+    pub fn kv(&self) -> &KvClient {
+        &self.kv
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn jobs(&self) -> &Arc<Registry> {
+        &self.jobs
+    }
+
+    pub fn config(&self) -> &SqlConfig {
+        &self.config
+    }
+
+    /// Checks a login: the user must exist and may log in; outside insecure mode the password
+    /// must match. Errors are 28000/28P01 as PostgreSQL.
+    pub async fn authenticate(&self, user: &str, password: Option<&str>) -> Result<()> {
+        let fail = || {
+            SqlError::new(
+                sqlstate::INVALID_PASSWORD,
+                format!("password authentication failed for user {user}"),
+            )
+        };
+        let record = self.catalog.user(user).await?.ok_or_else(fail)?;
+        if !record.login {
+            return Err(SqlError::new(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("{user} does not have login privilege"),
+            ));
+        }
+        if self.config.insecure || user == "root" && record.password_hash.is_none() {
+            return Ok(());
+        }
+        match password {
+            Some(p) if record.check_password(p) => Ok(()),
+            _ => Err(fail()),
+        }
+    }
+
+    /// Whether a login needs a password (not in insecure mode).
+    pub fn requires_password(&self) -> bool {
+        !self.config.insecure
+    }
+
+    /// A new session for an authenticated user. An unknown database is accepted as
+    /// CockroachDB does (statements that need it fail with 3D000).
+    pub async fn session(self: &Arc<Self>, user: &str, database: &str) -> Result<Session> {
+        let record = self.catalog.user(user).await?.ok_or_else(|| {
+            SqlError::new(
+                sqlstate::INVALID_PASSWORD,
+                format!("password authentication failed for user {user}"),
+            )
+        })?;
+        let db = if database.is_empty() {
+            "defaultdb"
+        } else {
+            database
+        };
+        Ok(Session {
+            server: self.clone(),
+            user: user.to_string(),
+            vars: SessionVars::new(user, db, record.is_admin(), self.kv.node_id()),
+            txn: Txn::Idle,
+        })
+    }
+
+    /// Runs SQL as `user` in `database` (for internal callers: DLQ tables, tests). Stops at
+    /// the first error.
+    pub async fn execute_as(
+        self: &Arc<Self>,
+        user: &str,
+        database: &str,
+        sql: &str,
+    ) -> Result<Vec<QueryResult>> {
+        let mut s = self.session(user, database).await?;
+        let mut out = Vec::new();
+        for r in s.execute(sql).await {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
+    /// Resolves a table name as written (`t`, `db.t`, `db.public.t`) with `database` as the
+    /// default database.
+    pub async fn resolve_table(
+        &self,
+        database: &str,
+        name: &[String],
+    ) -> Result<Arc<TableDescriptor>> {
+        resolve::resolve_table(&self.catalog, database, name).await
+    }
+
+    /// The URI of an external connection.
+    pub async fn external_connection_uri(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.catalog.external_connection(name).await?.map(|c| c.uri))
+    }
+
+    /// Whether `user` holds a system privilege (admins hold all; `REPLICATION` implies
+    /// `REPLICATIONSOURCE` and `REPLICATIONDEST`).
+    pub async fn has_system_privilege(&self, user: &str, privilege: &str) -> Result<bool> {
+        privilege::has_system_privilege(&self.catalog, user, privilege).await
+    }
+
+    /// Whether `user` holds a privilege on a table (owner and admins hold all).
+    pub async fn has_table_privilege(
+        &self,
+        user: &str,
+        table: &TableDescriptor,
+        privilege: &str,
+    ) -> Result<bool> {
+        privilege::has_table_privilege(&self.catalog, user, table, privilege).await
+    }
+
+    /// Locks a table's schema for an LDR job (idempotent).
+    pub async fn lock_table_schema(
+        &self,
+        table_id: ldr_types::TableId,
+        job_id: JobId,
+    ) -> Result<Arc<TableDescriptor>> {
+        crate::validation::lock(&self.catalog, table_id, job_id).await
+    }
+
+    /// Releases an LDR job's schema lock on a table (idempotent; a dropped table is fine).
+    pub async fn unlock_table_schema(
+        &self,
+        table_id: ldr_types::TableId,
+        job_id: JobId,
+    ) -> Result<()> {
+        crate::validation::unlock(&self.catalog, table_id, job_id).await
+    }
+
+    /// Applies one replicated row through the SQL write path (validated mode): NOT NULL,
+    /// CHECK, FOREIGN KEY and UNIQUE are enforced, and the primary row is written with the
+    /// LWW condition and the given header. See [`ValidatedWrite`].
+    pub async fn apply_validated(&self, write: ValidatedWrite) -> Result<write::ValidatedOutcome> {
+        write::apply_validated(self, write).await
+    }
+}
+
+/// The explicit transaction of a session.
+pub(crate) enum Txn {
+    Idle,
+    Open(write::TxnBuffer),
+    /// An error happened inside the transaction: only ROLLBACK (or COMMIT, which rolls back)
+    /// is accepted. Savepoints kept for ROLLBACK TO SAVEPOINT.
+    Failed(write::TxnBuffer),
+}
+
+/// A prepared statement: parsed, with its parameter and result types.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub sql: String,
+    /// `None` for an empty query.
+    pub statement: Option<Statement>,
+    pub param_types: Vec<SqlType>,
+    pub columns: Vec<ColumnInfo>,
+}
+
+/// One client connection's state.
+pub struct Session {
+    pub(crate) server: Arc<SqlServer>,
+    pub(crate) user: String,
+    pub vars: SessionVars,
+    pub(crate) txn: Txn,
+}
+
+impl Session {
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn database(&self) -> &str {
+        self.vars.database()
+    }
+
+    pub fn server(&self) -> &Arc<SqlServer> {
+        &self.server
+    }
+
+    pub fn txn_status(&self) -> TxnStatus {
+        match self.txn {
+            Txn::Idle => TxnStatus::Idle,
+            Txn::Open(_) => TxnStatus::InTransaction,
+            Txn::Failed(_) => TxnStatus::Failed,
+        }
+    }
+
+    pub(crate) fn eval_ctx(&self, params: Vec<Datum>) -> EvalCtx {
+        EvalCtx {
+            params,
+            now_micros: chrono::Utc::now()
+                .timestamp_micros()
+                .max(self.server.kv.clock().now().wall_time_ns as i64 / 1000),
+            database: self.database().to_string(),
+            user: self.user.clone(),
+            node_id: self.server.kv.node_id(),
+            tz_offset_secs: self.vars.tz_offset_secs,
+            clock: Some(self.server.kv.clock().clone()),
+        }
+    }
+
+    /// Runs a query string (simple protocol): every statement in order, stopping at the first
+    /// error (whose result is the last element).
+    pub async fn execute(&mut self, sql: &str) -> Vec<Result<QueryResult>> {
+        let statements = match parser::parse(sql) {
+            Ok(s) => s,
+            Err(e) => {
+                self.note_error();
+                return vec![Err(e)];
+            }
+        };
+        let mut out = Vec::with_capacity(statements.len());
+        let implicit_batch = statements.len() > 1;
+        for stmt in statements {
+            let r = self.run(&stmt, vec![], implicit_batch).await;
+            let failed = r.is_err();
+            out.push(r);
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Parses and describes a statement for the extended protocol. `param_types` are the
+    /// types the client declared (`None`: infer).
+    pub async fn prepare(
+        &mut self,
+        sql: &str,
+        param_types: &[Option<SqlType>],
+    ) -> Result<Prepared> {
+        let mut statements = parser::parse(sql)?;
+        if statements.len() > 1 {
+            return Err(SqlError::new(
+                sqlstate::SYNTAX_ERROR,
+                "cannot insert multiple commands into a prepared statement",
+            ));
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(Prepared {
+                sql: sql.to_string(),
+                statement: None,
+                param_types: vec![],
+                columns: vec![],
+            });
+        };
+        let mut types: Vec<Option<SqlType>> = param_types.to_vec();
+        let columns = self.describe(&statement, &mut types).await?;
+        let param_types = types
+            .into_iter()
+            .map(|t| t.unwrap_or(SqlType::String))
+            .collect();
+        Ok(Prepared {
+            sql: sql.to_string(),
+            statement: Some(statement),
+            param_types,
+            columns,
+        })
+    }
+
+    /// Runs a prepared statement with bound parameters.
+    pub async fn execute_prepared(
+        &mut self,
+        prepared: &Prepared,
+        params: Vec<Datum>,
+    ) -> Result<QueryResult> {
+        let Some(stmt) = &prepared.statement else {
+            return Ok(QueryResult::command(""));
+        };
+        if params.len() < prepared.param_types.len() {
+            return Err(SqlError::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "expected {} arguments, got {}",
+                    prepared.param_types.len(),
+                    params.len()
+                ),
+            ));
+        }
+        self.run(stmt, params, false).await
+    }
+
+    fn note_error(&mut self) {
+        if let Txn::Open(_) = self.txn {
+            let Txn::Open(buf) = std::mem::replace(&mut self.txn, Txn::Idle) else {
+                unreachable!()
+            };
+            self.txn = Txn::Failed(buf);
+        }
+    }
+
+    async fn run(
+        &mut self,
+        stmt: &Statement,
+        params: Vec<Datum>,
+        in_batch: bool,
+    ) -> Result<QueryResult> {
+        if let Txn::Failed(_) = self.txn {
+            if !matches!(
+                stmt,
+                Statement::Rollback | Statement::Commit | Statement::RollbackToSavepoint(_)
+            ) {
+                return Err(SqlError::new(
+                    sqlstate::IN_FAILED_SQL_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ));
+            }
+        }
+        let r = self.dispatch(stmt, params, in_batch).await;
+        if r.is_err() {
+            self.note_error();
+        }
+        r
+    }
+
+    async fn dispatch(
+        &mut self,
+        stmt: &Statement,
+        params: Vec<Datum>,
+        in_batch: bool,
+    ) -> Result<QueryResult> {
+        use Statement as S;
+        match stmt {
+            S::Begin => self.begin(),
+            S::Commit => self.commit().await,
+            S::Rollback => Ok(self.rollback()),
+            S::Savepoint(name) => self.savepoint(name),
+            S::ReleaseSavepoint(name) => self.release_savepoint(name),
+            S::RollbackToSavepoint(name) => self.rollback_to_savepoint(name),
+            S::SetTransaction => Ok(QueryResult::command("SET TRANSACTION")),
+            S::Select(q) => select::execute_query(self, q, params).await,
+            S::Insert(i) => dml::insert(self, i, params).await,
+            S::Update(u) => dml::update(self, u, params).await,
+            S::Delete(d) => dml::delete(self, d, params).await,
+            S::Truncate { tables } => dml::truncate(self, tables).await,
+            S::CreateLogicalReplicationStream(s) => {
+                ldr::create_stream_with_params(self, s, in_batch, &params).await
+            }
+            S::NoOp { tag } => Ok(QueryResult::command(tag)),
+            S::SetVar { .. }
+            | S::ResetVar(_)
+            | S::ResetAll
+            | S::ShowVar(_)
+            | S::ShowAllVars
+            | S::Use(_) => show::session_statement(self, stmt, params).await,
+            S::CreateDatabase { .. }
+            | S::CreateSchema { .. }
+            | S::CreateTable(_)
+            | S::CreateIndex(_)
+            | S::DropDatabase { .. }
+            | S::DropTable { .. }
+            | S::DropIndex { .. }
+            | S::AlterTable { .. } => ddl::execute(self, stmt, params).await,
+            S::CreateUser(_)
+            | S::AlterUser(_)
+            | S::DropUser { .. }
+            | S::GrantSystem { .. }
+            | S::RevokeSystem { .. }
+            | S::GrantTable { .. }
+            | S::RevokeTable { .. }
+            | S::GrantDatabase { .. }
+            | S::RevokeDatabase { .. }
+            | S::GrantRole { .. }
+            | S::RevokeRole { .. } => privilege::execute(self, stmt).await,
+            _ => show::execute(self, stmt, params).await,
+        }
+    }
+
+    /// Result columns of a statement, inferring parameter types into `params`.
+    async fn describe(
+        &mut self,
+        stmt: &Statement,
+        params: &mut Vec<Option<SqlType>>,
+    ) -> Result<Vec<ColumnInfo>> {
+        use Statement as S;
+        match stmt {
+            S::Select(q) => select::describe_query(self, q, params).await,
+            S::Insert(i) => dml::describe_insert(self, i, params).await,
+            S::Update(u) => dml::describe_update(self, u, params).await,
+            S::Delete(d) => dml::describe_delete(self, d, params).await,
+            other => Ok(show::describe(self, other).await),
+        }
+    }
+
+    // ---- transactions ----
+
+    fn begin(&mut self) -> Result<QueryResult> {
+        match self.txn {
+            Txn::Idle => {
+                self.txn = Txn::Open(write::TxnBuffer::default());
+                self.vars.set_internal("transaction_status", "Open");
+                Ok(QueryResult {
+                    txn: TxnEffect::Began,
+                    ..QueryResult::command("BEGIN")
+                })
+            }
+            _ => Err(SqlError::new(
+                sqlstate::ACTIVE_SQL_TRANSACTION,
+                "there is already a transaction in progress",
+            )),
+        }
+    }
+
+    async fn commit(&mut self) -> Result<QueryResult> {
+        let state = std::mem::replace(&mut self.txn, Txn::Idle);
+        self.vars.set_internal("transaction_status", "NoTxn");
+        match state {
+            Txn::Idle => Ok(QueryResult {
+                txn: TxnEffect::Ended,
+                ..QueryResult::command("COMMIT")
+            }),
+            Txn::Failed(_) => Ok(QueryResult {
+                txn: TxnEffect::Ended,
+                ..QueryResult::command("ROLLBACK")
+            }),
+            Txn::Open(buf) => {
+                write::commit(&self.server, buf).await?;
+                Ok(QueryResult {
+                    txn: TxnEffect::Ended,
+                    ..QueryResult::command("COMMIT")
+                })
+            }
+        }
+    }
+
+    fn rollback(&mut self) -> QueryResult {
+        self.txn = Txn::Idle;
+        self.vars.set_internal("transaction_status", "NoTxn");
+        QueryResult {
+            txn: TxnEffect::Ended,
+            ..QueryResult::command("ROLLBACK")
+        }
+    }
+
+    fn savepoint(&mut self, name: &str) -> Result<QueryResult> {
+        match &mut self.txn {
+            Txn::Open(buf) => {
+                buf.savepoint(name);
+                Ok(QueryResult::command("SAVEPOINT"))
+            }
+            _ => Err(SqlError::new(
+                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                "there is no transaction in progress",
+            )),
+        }
+    }
+
+    fn release_savepoint(&mut self, name: &str) -> Result<QueryResult> {
+        match &mut self.txn {
+            Txn::Open(buf) => {
+                buf.release(name)?;
+                Ok(QueryResult::command("RELEASE"))
+            }
+            _ => Err(SqlError::new(
+                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                "there is no transaction in progress",
+            )),
+        }
+    }
+
+    fn rollback_to_savepoint(&mut self, name: &str) -> Result<QueryResult> {
+        let state = std::mem::replace(&mut self.txn, Txn::Idle);
+        match state {
+            Txn::Open(mut buf) | Txn::Failed(mut buf) => {
+                let r = buf.rollback_to(name);
+                self.txn = if r.is_ok() {
+                    Txn::Open(buf)
+                } else {
+                    Txn::Failed(buf)
+                };
+                r.map(|_| QueryResult::command("ROLLBACK"))
+            }
+            Txn::Idle => Err(SqlError::new(
+                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                "there is no transaction in progress",
+            )),
+        }
+    }
+
+    /// The open transaction's buffer, if any.
+    pub(crate) fn txn_buffer(&mut self) -> Option<&mut write::TxnBuffer> {
+        match &mut self.txn {
+            Txn::Open(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn txn_ref(&self) -> Option<&write::TxnBuffer> {
+        match &self.txn {
+            Txn::Open(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn in_txn(&self) -> bool {
+        !matches!(self.txn, Txn::Idle)
+    }
+}

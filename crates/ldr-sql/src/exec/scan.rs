@@ -1,0 +1,588 @@
+//! Reading rows: choosing an access path from a filter (primary key point lookups and
+//! ranges, unique and non-unique secondary index lookups, or a scan of every shard),
+//! reading at the statement's timestamp, and overlaying the transaction's own writes.
+//!
+//! The access path only narrows what is read; callers always re-apply the full filter.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use ldr_kv::{KeyVersion, KvClient, Version};
+use ldr_types::{Span, Timestamp, keys, prefix_end};
+
+use super::write::TxnBuffer;
+use crate::catalog::{
+    IndexDescriptor, MVCC_TIMESTAMP_COLUMN, ORIGIN_TIMESTAMP_COLUMN, TableDescriptor,
+};
+use crate::datum::Datum;
+use crate::encoding;
+use crate::error::{Result, SqlError};
+use crate::expr::{BinOp, EvalCtx, ScalarExpr, Scope, ScopeColumn, timestamp_decimal};
+use crate::rowcodec;
+use crate::types::{SqlType, TypeFamily};
+
+const PAGE: usize = 1000;
+/// Point lookups beyond this many keys scan instead.
+const MAX_POINT_KEYS: usize = 1000;
+
+/// A row as stored, with what the write path and the system columns need.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredRow {
+    pub key: Vec<u8>,
+    pub values: Vec<Datum>,
+    /// The stored value bytes (what a conditional write expects).
+    pub raw: Vec<u8>,
+    pub ts: Timestamp,
+    pub origin_ts: Timestamp,
+    /// Written by the open transaction (not yet committed).
+    pub buffered: bool,
+}
+
+impl StoredRow {
+    /// The row with the two system columns appended (see [`table_scope`]).
+    pub fn scope_values(&self) -> Vec<Datum> {
+        let mut v = self.values.clone();
+        v.push(if self.buffered || self.ts.is_zero() {
+            Datum::Null
+        } else {
+            Datum::Decimal(timestamp_decimal(self.ts))
+        });
+        v.push(if self.origin_ts.is_zero() || self.buffered {
+            Datum::Null
+        } else {
+            Datum::Decimal(timestamp_decimal(self.origin_ts))
+        });
+        v
+    }
+}
+
+/// The scope of a table's rows: its columns (hidden ones marked), then the system columns.
+pub(crate) fn table_scope(desc: &TableDescriptor, alias: Option<&str>) -> Scope {
+    let table = Some(alias.unwrap_or(&desc.name).to_string());
+    let mut columns: Vec<ScopeColumn> = desc
+        .columns
+        .iter()
+        .map(|c| ScopeColumn {
+            table: table.clone(),
+            name: c.name.clone(),
+            ty: c.ty.clone(),
+            hidden: c.hidden,
+        })
+        .collect();
+    for name in [MVCC_TIMESTAMP_COLUMN, ORIGIN_TIMESTAMP_COLUMN] {
+        columns.push(ScopeColumn {
+            table: table.clone(),
+            name: name.into(),
+            ty: SqlType::DECIMAL,
+            hidden: true,
+        });
+    }
+    Scope { columns }
+}
+
+/// Decodes one stored version of a primary index key (`None` for a tombstone).
+pub(crate) fn decode_version(
+    desc: &TableDescriptor,
+    key: &[u8],
+    v: &Version,
+) -> Result<Option<StoredRow>> {
+    let Some(raw) = &v.value else { return Ok(None) };
+    let values = rowcodec::decode_row(desc, key, raw)?;
+    Ok(Some(StoredRow {
+        key: key.to_vec(),
+        values,
+        raw: raw.clone(),
+        ts: v.ts,
+        origin_ts: v.header.origin_ts,
+        buffered: false,
+    }))
+}
+
+/// How rows are found.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Access {
+    Full,
+    /// Full primary keys.
+    Keys(Vec<Vec<u8>>),
+    /// A range of the primary key's encoding (suffix after the index prefix), in every shard.
+    PkRange {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
+    /// Encoded values of a unique index.
+    Unique {
+        index: IndexDescriptor,
+        values: Vec<Vec<u8>>,
+    },
+    /// Encoded leading values of a non-unique index.
+    Secondary {
+        index: IndexDescriptor,
+        prefixes: Vec<Vec<u8>>,
+    },
+}
+
+/// The constraints a filter puts on one column.
+#[derive(Default, Debug)]
+struct ColumnBounds {
+    eq: Option<Vec<Datum>>,
+    lo: Option<(Datum, bool)>,
+    hi: Option<(Datum, bool)>,
+}
+
+fn conjuncts<'a>(e: &'a ScalarExpr, out: &mut Vec<&'a ScalarExpr>) {
+    if let ScalarExpr::Binary(BinOp::And, a, b) = e {
+        conjuncts(a, out);
+        conjuncts(b, out);
+    } else {
+        out.push(e);
+    }
+}
+
+/// A value usable as an index key for a column of `ty` (same family, or a lossless numeric
+/// widening).
+fn key_value(d: Datum, ty: &SqlType) -> Option<Datum> {
+    if d.is_null() {
+        return None;
+    }
+    let fam = d.natural_type().family();
+    match (fam, ty.family()) {
+        (a, b) if a == b => Some(d),
+        (TypeFamily::Int, TypeFamily::Float) | (TypeFamily::Int, TypeFamily::Decimal) => {
+            d.cast(ty).ok()
+        }
+        (TypeFamily::Timestamp, TypeFamily::TimestampTz)
+        | (TypeFamily::TimestampTz, TypeFamily::Timestamp) => d.cast(ty).ok(),
+        _ => None,
+    }
+}
+
+fn const_value(e: &ScalarExpr, ctx: &EvalCtx) -> Option<Datum> {
+    if e.references_columns() || e.is_volatile() {
+        return None;
+    }
+    e.eval(&[], ctx).ok()
+}
+
+fn analyze(
+    filter: &ScalarExpr,
+    ncols: usize,
+    desc: &TableDescriptor,
+    ctx: &EvalCtx,
+) -> Vec<ColumnBounds> {
+    let mut bounds: Vec<ColumnBounds> = (0..ncols).map(|_| ColumnBounds::default()).collect();
+    let mut list = Vec::new();
+    conjuncts(filter, &mut list);
+    let col_ty = |i: usize| desc.columns.get(i).map(|c| c.ty.clone());
+    for c in list {
+        match c {
+            ScalarExpr::Binary(op, a, b) => {
+                let (col, val, op) = match (a.as_ref(), b.as_ref()) {
+                    (ScalarExpr::Column(i), other) => (*i, other, *op),
+                    (other, ScalarExpr::Column(i)) => (
+                        *i,
+                        other,
+                        match op {
+                            BinOp::Lt => BinOp::Gt,
+                            BinOp::LtEq => BinOp::GtEq,
+                            BinOp::Gt => BinOp::Lt,
+                            BinOp::GtEq => BinOp::LtEq,
+                            o => *o,
+                        },
+                    ),
+                    _ => continue,
+                };
+                let Some(ty) = col_ty(col) else { continue };
+                let Some(v) = const_value(val, ctx).and_then(|v| key_value(v, &ty)) else {
+                    continue;
+                };
+                let b = &mut bounds[col];
+                match op {
+                    BinOp::Eq => b.eq = Some(vec![v]),
+                    BinOp::Gt => b.lo = Some((v, false)),
+                    BinOp::GtEq => b.lo = Some((v, true)),
+                    BinOp::Lt => b.hi = Some((v, false)),
+                    BinOp::LtEq => b.hi = Some((v, true)),
+                    _ => {}
+                }
+            }
+            ScalarExpr::InList {
+                expr,
+                list,
+                negated: false,
+            } => {
+                let ScalarExpr::Column(col) = expr.as_ref() else {
+                    continue;
+                };
+                let Some(ty) = col_ty(*col) else { continue };
+                let vals: Option<Vec<Datum>> = list
+                    .iter()
+                    .map(|x| const_value(x, ctx).and_then(|v| key_value(v, &ty)))
+                    .collect();
+                if let Some(mut vals) = vals {
+                    vals.sort_by(|a, b| a.sort_cmp(b));
+                    vals.dedup_by(|a, b| a.sort_cmp(b) == std::cmp::Ordering::Equal);
+                    bounds[*col].eq = Some(vals);
+                }
+            }
+            ScalarExpr::Between {
+                expr,
+                low,
+                high,
+                negated: false,
+            } => {
+                let ScalarExpr::Column(col) = expr.as_ref() else {
+                    continue;
+                };
+                let Some(ty) = col_ty(*col) else { continue };
+                if let Some(lo) = const_value(low, ctx).and_then(|v| key_value(v, &ty)) {
+                    bounds[*col].lo = Some((lo, true));
+                }
+                if let Some(hi) = const_value(high, ctx).and_then(|v| key_value(v, &ty)) {
+                    bounds[*col].hi = Some((hi, true));
+                }
+            }
+            _ => {}
+        }
+    }
+    bounds
+}
+
+/// Cartesian product of per-column value lists, encoded; `None` if too many.
+fn combos(lists: &[&Vec<Datum>]) -> Option<Vec<Vec<u8>>> {
+    let total: usize = lists
+        .iter()
+        .map(|l| l.len())
+        .try_fold(1usize, |acc, n| acc.checked_mul(n))?;
+    if total > MAX_POINT_KEYS {
+        return None;
+    }
+    let mut out: Vec<Vec<u8>> = vec![Vec::new()];
+    for l in lists {
+        let mut next = Vec::with_capacity(out.len() * l.len());
+        for prefix in &out {
+            for v in l.iter() {
+                let mut k = prefix.clone();
+                encoding::encode_key(&mut k, v);
+                next.push(k);
+            }
+        }
+        out = next;
+    }
+    Some(out)
+}
+
+/// Picks an access path for `filter` (bound in [`table_scope`]).
+pub(crate) fn plan_access(
+    desc: &TableDescriptor,
+    filter: Option<&ScalarExpr>,
+    ctx: &EvalCtx,
+) -> Access {
+    let Some(filter) = filter else {
+        return Access::Full;
+    };
+    let bounds = analyze(filter, desc.columns.len(), desc, ctx);
+    let pk = desc.pk_positions();
+    // 1. Every primary key column fixed: point lookups.
+    let eqs: Option<Vec<&Vec<Datum>>> = pk.iter().map(|i| bounds[*i].eq.as_ref()).collect();
+    if let Some(lists) = eqs {
+        if let Some(pks) = combos(&lists) {
+            return Access::Keys(
+                pks.iter()
+                    .map(|p| rowcodec::primary_key_from_pk(desc, p))
+                    .collect(),
+            );
+        }
+    }
+    // 2. A unique index fully fixed.
+    for index in desc.indexes.iter().filter(|i| i.unique && !i.write_only) {
+        let eqs: Option<Vec<&Vec<Datum>>> = desc
+            .index_positions(index)
+            .iter()
+            .map(|i| bounds[*i].eq.as_ref())
+            .collect();
+        if let Some(lists) = eqs {
+            if let Some(values) = combos(&lists) {
+                return Access::Unique {
+                    index: index.clone(),
+                    values,
+                };
+            }
+        }
+    }
+    // 3. A range on the leading primary key columns (equalities then one range).
+    let mut prefix = Vec::new();
+    let mut used = false;
+    for (n, i) in pk.iter().enumerate() {
+        let b = &bounds[*i];
+        if let Some(eq) = &b.eq {
+            if eq.len() == 1 {
+                encoding::encode_key(&mut prefix, &eq[0]);
+                used = true;
+                continue;
+            }
+        }
+        if b.lo.is_some() || b.hi.is_some() {
+            let start = match &b.lo {
+                Some((v, inclusive)) => {
+                    let mut k = prefix.clone();
+                    encoding::encode_key(&mut k, v);
+                    if *inclusive { k } else { prefix_end(&k) }
+                }
+                // Skip NULLs (they never satisfy a comparison).
+                None => {
+                    let mut k = prefix.clone();
+                    k.push(0x01);
+                    k
+                }
+            };
+            let end = match &b.hi {
+                Some((v, inclusive)) => {
+                    let mut k = prefix.clone();
+                    encoding::encode_key(&mut k, v);
+                    Some(if *inclusive { prefix_end(&k) } else { k })
+                }
+                None => (!prefix.is_empty()).then(|| prefix_end(&prefix)),
+            };
+            return Access::PkRange { start, end };
+        }
+        let _ = n;
+        break;
+    }
+    if used {
+        return Access::PkRange {
+            start: prefix.clone(),
+            end: Some(prefix_end(&prefix)),
+        };
+    }
+    // 4. A non-unique index with its leading columns fixed.
+    for index in desc.indexes.iter().filter(|i| !i.unique && !i.write_only) {
+        let positions = desc.index_positions(index);
+        let mut lists = Vec::new();
+        for i in &positions {
+            match bounds[*i].eq.as_ref() {
+                Some(l) => lists.push(l),
+                None => break,
+            }
+        }
+        if !lists.is_empty() {
+            if let Some(prefixes) = combos(&lists) {
+                return Access::Secondary {
+                    index: index.clone(),
+                    prefixes,
+                };
+            }
+        }
+    }
+    Access::Full
+}
+
+/// Every live version in `span` at `ts`, paged.
+pub(crate) async fn scan_all(kv: &KvClient, span: &Span, ts: Timestamp) -> Result<Vec<KeyVersion>> {
+    let mut out = Vec::new();
+    let mut start = span.start.clone();
+    loop {
+        if span.end.as_slice() <= start.as_slice() && !span.end.is_empty() {
+            break;
+        }
+        let page = kv
+            .scan(&Span::new(start.clone(), span.end.clone()), Some(ts), PAGE)
+            .await?;
+        let n = page.len();
+        if let Some(last) = page.last() {
+            start = last.key.clone();
+            start.push(0);
+        }
+        out.extend(page);
+        if n < PAGE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a row by primary key, through the transaction's writes.
+pub(crate) async fn get_row(
+    kv: &KvClient,
+    desc: &TableDescriptor,
+    key: &[u8],
+    ts: Timestamp,
+    txn: Option<&TxnBuffer>,
+) -> Result<Option<StoredRow>> {
+    if let Some(buf) = txn {
+        if let Some(change) = buf.get(desc.id, key) {
+            return Ok(change
+                .new
+                .as_ref()
+                .map(|values| buffered_row(desc, key, values)));
+        }
+    }
+    match kv.get(key, Some(ts)).await? {
+        Some(v) => decode_version(desc, key, &v),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn buffered_row(desc: &TableDescriptor, key: &[u8], values: &[Datum]) -> StoredRow {
+    StoredRow {
+        key: key.to_vec(),
+        values: values.to_vec(),
+        raw: rowcodec::encode_row(desc, values),
+        ts: Timestamp::ZERO,
+        origin_ts: Timestamp::ZERO,
+        buffered: true,
+    }
+}
+
+/// The primary keys a secondary-index key points at.
+fn pk_from_secondary(
+    desc: &TableDescriptor,
+    index: &IndexDescriptor,
+    key: &[u8],
+) -> Result<Vec<u8>> {
+    let parts = keys::decode_table_key(key).ok_or_else(|| SqlError::internal("bad index key"))?;
+    let mut rest = parts.rest;
+    for i in desc.index_positions(index) {
+        let (_, r) = encoding::decode_key(rest, &desc.columns[i].ty)?;
+        rest = r;
+    }
+    Ok(rest.to_vec())
+}
+
+/// Reads the rows an access path finds, at `ts`, through the transaction's writes.
+pub(crate) async fn read(
+    kv: &KvClient,
+    desc: &Arc<TableDescriptor>,
+    access: &Access,
+    ts: Timestamp,
+    txn: Option<&TxnBuffer>,
+) -> Result<Vec<StoredRow>> {
+    let shards = desc.shard_count.max(1);
+    let mut rows: Vec<StoredRow> = match access {
+        Access::Keys(keys) => get_many(kv, desc, keys.clone(), ts).await?,
+        Access::Full | Access::PkRange { .. } => {
+            let spans: Vec<Span> = (0..shards)
+                .map(|s| {
+                    let prefix = keys::index_prefix(desc.id, s, ldr_types::PRIMARY_INDEX_ID);
+                    match access {
+                        Access::PkRange { start, end } => {
+                            let mut a = prefix.clone();
+                            a.extend_from_slice(start);
+                            let b = match end {
+                                Some(e) => {
+                                    let mut b = prefix.clone();
+                                    b.extend_from_slice(e);
+                                    b
+                                }
+                                None => prefix_end(&prefix),
+                            };
+                            Span::new(a, b)
+                        }
+                        _ => Span::prefix(&prefix),
+                    }
+                })
+                .collect();
+            let parts = join_all(spans.iter().map(|sp| scan_all(kv, sp, ts))).await;
+            let mut out = Vec::new();
+            for p in parts {
+                for kvv in p? {
+                    if let Some(r) = decode_version(desc, &kvv.key, &kvv.version)? {
+                        out.push(r);
+                    }
+                }
+            }
+            out
+        }
+        Access::Unique { index, values } => {
+            let entries = join_all(
+                values
+                    .iter()
+                    .map(|v| kv.get_owned(rowcodec::unique_key(desc, index, v), ts)),
+            )
+            .await;
+            let mut pks = Vec::new();
+            for e in entries {
+                if let Some(Version {
+                    value: Some(pk), ..
+                }) = e?
+                {
+                    pks.push(rowcodec::primary_key_from_pk(desc, &pk));
+                }
+            }
+            get_many(kv, desc, pks, ts).await?
+        }
+        Access::Secondary { index, prefixes } => {
+            let mut spans = Vec::new();
+            for s in 0..shards {
+                for p in prefixes {
+                    let mut k = keys::index_prefix(desc.id, s, index.id);
+                    k.extend_from_slice(p);
+                    spans.push(Span::prefix(&k));
+                }
+            }
+            let parts = join_all(spans.iter().map(|sp| scan_all(kv, sp, ts))).await;
+            let mut pks = Vec::new();
+            for p in parts {
+                for kvv in p? {
+                    let pk = pk_from_secondary(desc, index, &kvv.key)?;
+                    pks.push(rowcodec::primary_key_from_pk(desc, &pk));
+                }
+            }
+            pks.sort();
+            pks.dedup();
+            get_many(kv, desc, pks, ts).await?
+        }
+    };
+    if let Some(buf) = txn {
+        let changed = buf.table_changes(desc.id);
+        if !changed.is_empty() {
+            rows.retain(|r| !changed.iter().any(|(k, _)| **k == r.key));
+            for (k, values) in changed {
+                if let Some(values) = values {
+                    rows.push(buffered_row(desc, k, values));
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+async fn get_many(
+    kv: &KvClient,
+    desc: &TableDescriptor,
+    keys: Vec<Vec<u8>>,
+    ts: Timestamp,
+) -> Result<Vec<StoredRow>> {
+    let got = join_all(keys.into_iter().map(|k| async move {
+        let v = kv.get(&k, Some(ts)).await;
+        (k, v)
+    }))
+    .await;
+    let mut out = Vec::new();
+    for (k, v) in got {
+        if let Some(v) = v? {
+            if let Some(r) = decode_version(desc, &k, &v)? {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `KvClient::get` with an owned key (for joining many lookups).
+trait GetOwned {
+    fn get_owned(
+        &self,
+        key: Vec<u8>,
+        ts: Timestamp,
+    ) -> impl std::future::Future<Output = ldr_kv::Result<Option<Version>>> + Send;
+}
+
+impl GetOwned for KvClient {
+    fn get_owned(
+        &self,
+        key: Vec<u8>,
+        ts: Timestamp,
+    ) -> impl std::future::Future<Output = ldr_kv::Result<Option<Version>>> + Send {
+        async move { self.get(&key, Some(ts)).await }
+    }
+}

@@ -1,0 +1,769 @@
+//! The write path: row changes become conditional KV writes, with unique-index claims and
+//! constraint checks.
+//!
+//! A [`Change`] replaces a row's previous committed value (`old`, `None` if absent) with a
+//! new one (`None` deletes). Applying it:
+//! 1. claims every unique index entry the new row adds (a conditional put of the entry whose
+//!    value is the row's primary key; an entry owned by another row that still holds the
+//!    value is a 23505; one left by a crash — its row no longer holds the value — is taken
+//!    over once older than [`STALE_CLAIM`]);
+//! 2. writes the primary row, conditional on `old` (`Condition::Expect`), with its
+//!    non-unique index entries as dependents, so they commit atomically;
+//! 3. releases the unique entries the old row held and the new one does not (conditional
+//!    deletes that expect this row's primary key).
+//!
+//! If the primary write's condition fails, the claims are released and the caller gets a
+//! conflict with the actual version, to re-read and retry (autocommit) or fail the COMMIT.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldr_kv::{Condition, KvClient, RowOutcome, RowWrite, ValueHeader, Version};
+use ldr_types::{TableId, Timestamp};
+
+use super::SqlServer;
+use super::scan::{self, StoredRow};
+use crate::catalog::{Catalog, ForeignKeyDescriptor, IndexDescriptor, TableDescriptor};
+use crate::datum::Datum;
+use crate::encoding;
+use crate::error::{Result, SqlError, sqlstate};
+use crate::expr::{BinOp, Binder, EvalCtx, ScalarExpr};
+use crate::parser;
+use crate::rowcodec;
+
+/// A unique entry left by a writer that crashed between its claim and its row may be taken
+/// over after this long.
+pub const STALE_CLAIM: Duration = Duration::from_secs(5);
+/// How long a writer waits for an in-flight claim of the same value to resolve.
+const CLAIM_WAIT: Duration = Duration::from_secs(6);
+
+/// One row change.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub table: Arc<TableDescriptor>,
+    /// The primary key of the row.
+    pub key: Vec<u8>,
+    /// The committed row being replaced (`None`: the row must not exist).
+    pub old: Option<StoredRow>,
+    pub new: Option<Vec<Datum>>,
+}
+
+/// What happened to a change.
+#[derive(Debug, Clone)]
+pub(crate) enum Applied {
+    Written(Timestamp),
+    /// The row was not `old` any more: the actual latest version (`None`: not attempted
+    /// because another row of the same range conflicted; retry it).
+    Conflict(Option<Version>),
+}
+
+/// Writes buffered by an explicit transaction, keyed by table and primary key.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TxnBuffer {
+    changes: BTreeMap<(TableId, Vec<u8>), Change>,
+    savepoints: Vec<(String, BTreeMap<(TableId, Vec<u8>), Change>)>,
+}
+
+impl TxnBuffer {
+    pub fn get(&self, table: TableId, key: &[u8]) -> Option<&Change> {
+        self.changes.get(&(table, key.to_vec()))
+    }
+
+    /// The rows of a table this transaction changed: key and new value (`None`: deleted).
+    pub fn table_changes(&self, table: TableId) -> Vec<(&Vec<u8>, Option<&Vec<Datum>>)> {
+        self.changes
+            .range((table, Vec::new())..)
+            .take_while(|((t, _), _)| *t == table)
+            .map(|((_, k), c)| (k, c.new.as_ref()))
+            .collect()
+    }
+
+    /// Adds a change, merging with an earlier change of the same row (the first `old` is what
+    /// the COMMIT expects).
+    pub fn add(&mut self, change: Change) {
+        let k = (change.table.id, change.key.clone());
+        match self.changes.get_mut(&k) {
+            Some(existing) => {
+                existing.new = change.new;
+                existing.table = change.table;
+            }
+            None => {
+                self.changes.insert(k, change);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn savepoint(&mut self, name: &str) {
+        self.savepoints
+            .push((name.to_string(), self.changes.clone()));
+    }
+
+    pub fn release(&mut self, name: &str) -> Result<()> {
+        let pos = self
+            .savepoints
+            .iter()
+            .rposition(|(n, _)| n == name)
+            .ok_or_else(|| no_savepoint(name))?;
+        self.savepoints.truncate(pos);
+        Ok(())
+    }
+
+    pub fn rollback_to(&mut self, name: &str) -> Result<()> {
+        let pos = self
+            .savepoints
+            .iter()
+            .rposition(|(n, _)| n == name)
+            .ok_or_else(|| no_savepoint(name))?;
+        self.changes = self.savepoints[pos].1.clone();
+        self.savepoints.truncate(pos + 1);
+        Ok(())
+    }
+
+    fn into_changes(self) -> Vec<Change> {
+        self.changes.into_values().collect()
+    }
+}
+
+fn no_savepoint(name: &str) -> SqlError {
+    SqlError::new(
+        sqlstate::INVALID_SAVEPOINT_SPECIFICATION,
+        format!("savepoint \"{name}\" does not exist"),
+    )
+}
+
+/// The 23505 error for a duplicate in an index.
+pub(crate) fn unique_violation(
+    desc: &TableDescriptor,
+    index: &IndexDescriptor,
+    row: &[Datum],
+) -> SqlError {
+    let positions = desc.index_positions(index);
+    let names: Vec<&str> = positions
+        .iter()
+        .map(|i| desc.columns[*i].name.as_str())
+        .collect();
+    let values: Vec<String> = positions.iter().map(|i| row[*i].to_sql_literal()).collect();
+    SqlError::new(
+        sqlstate::UNIQUE_VIOLATION,
+        format!(
+            "duplicate key value violates unique constraint \"{}\"",
+            index.name
+        ),
+    )
+    .with_detail(format!(
+        "Key ({})=({}) already exists.",
+        names.join(", "),
+        values.join(", ")
+    ))
+}
+
+enum Claim {
+    /// We wrote the entry: release it if the row write fails.
+    New,
+    /// The entry already pointed at this row.
+    Ours,
+}
+
+async fn claim(
+    kv: &KvClient,
+    desc: &TableDescriptor,
+    index: &IndexDescriptor,
+    values: &[u8],
+    pk: &[u8],
+    row: &[Datum],
+) -> Result<Claim> {
+    let key = rowcodec::unique_key(desc, index, values);
+    let started = std::time::Instant::now();
+    let mut expected: Option<Vec<u8>> = None;
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let w = RowWrite {
+            key: key.clone(),
+            value: Some(pk.to_vec()),
+            condition: Condition::Expect(expected.clone()),
+            header: ValueHeader::default(),
+            dependents: vec![],
+        };
+        let outcome = kv.write(vec![w], true).await?.pop().map(|(_, o)| o);
+        match outcome {
+            Some(RowOutcome::Written { .. }) => return Ok(Claim::New),
+            Some(RowOutcome::ConditionFailed { actual: Some(v) }) => {
+                let Some(owner) = v.value.clone() else {
+                    expected = None;
+                    continue;
+                };
+                if owner == pk {
+                    return Ok(Claim::Ours);
+                }
+                // Does the owning row still hold the value?
+                let owner_key = rowcodec::primary_key_from_pk(desc, &owner);
+                let holds = match kv.get(&owner_key, None).await? {
+                    Some(ov) => match &ov.value {
+                        Some(raw) => {
+                            let owner_row = rowcodec::decode_row_value(desc, raw)?;
+                            rowcodec::unique_values(desc, index, &owner_row).as_deref()
+                                == Some(values)
+                        }
+                        None => false,
+                    },
+                    None => false,
+                };
+                if holds {
+                    return Err(unique_violation(desc, index, row));
+                }
+                let age_ns = kv
+                    .clock()
+                    .now()
+                    .wall_time_ns
+                    .saturating_sub(v.ts.wall_time_ns);
+                if age_ns >= STALE_CLAIM.as_nanos() as u64 {
+                    // A claim whose row never came (or moved on): take it over.
+                    expected = Some(owner);
+                    continue;
+                }
+                if started.elapsed() > CLAIM_WAIT {
+                    return Err(unique_violation(desc, index, row));
+                }
+                // Another writer is between its claim and its row write: wait for it.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+                expected = None;
+            }
+            Some(RowOutcome::ConditionFailed { actual: None }) => expected = None,
+            other => {
+                return Err(SqlError::internal(format!(
+                    "unexpected outcome of a unique claim: {other:?}"
+                )));
+            }
+        }
+    }
+}
+
+async fn release(kv: &KvClient, key: Vec<u8>, pk: Vec<u8>) -> Result<()> {
+    let w = RowWrite {
+        key,
+        value: None,
+        condition: Condition::Expect(Some(pk)),
+        header: ValueHeader::default(),
+        dependents: vec![],
+    };
+    kv.write(vec![w], true).await?;
+    Ok(())
+}
+
+/// Claims the unique entries a change adds; on error releases what it claimed.
+async fn claim_all(kv: &KvClient, ch: &Change) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut claimed = Vec::new();
+    let Some(new) = &ch.new else {
+        return Ok(claimed);
+    };
+    let desc = &ch.table;
+    let pk = rowcodec::pk_bytes(desc, new);
+    for index in desc.indexes.iter().filter(|i| i.unique) {
+        let Some(vals) = rowcodec::unique_values(desc, index, new) else {
+            continue;
+        };
+        let old_vals = ch
+            .old
+            .as_ref()
+            .and_then(|o| rowcodec::unique_values(desc, index, &o.values));
+        if old_vals.as_deref() == Some(&vals[..]) {
+            continue;
+        }
+        match claim(kv, desc, index, &vals, &pk, new).await {
+            Ok(Claim::New) => claimed.push((rowcodec::unique_key(desc, index, &vals), pk.clone())),
+            Ok(Claim::Ours) => {}
+            Err(e) => {
+                for (k, p) in claimed {
+                    let _ = release(kv, k, p).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+/// The unique entries the old row held that the new one does not.
+fn stale_entries(ch: &Change) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Some(old) = &ch.old else { return vec![] };
+    let desc = &ch.table;
+    let pk = rowcodec::pk_bytes(desc, &old.values);
+    let mut out = Vec::new();
+    for index in desc.indexes.iter().filter(|i| i.unique) {
+        let Some(vals) = rowcodec::unique_values(desc, index, &old.values) else {
+            continue;
+        };
+        let new_vals = ch
+            .new
+            .as_ref()
+            .and_then(|n| rowcodec::unique_values(desc, index, n));
+        if new_vals.as_deref() != Some(&vals[..]) {
+            out.push((rowcodec::unique_key(desc, index, &vals), pk.clone()));
+        }
+    }
+    out
+}
+
+/// Applies changes (see the module doc). Rows of one range are written atomically.
+pub(crate) async fn apply(kv: &KvClient, changes: &[Change]) -> Result<Vec<Applied>> {
+    let mut claims: Vec<Vec<(Vec<u8>, Vec<u8>)>> = Vec::with_capacity(changes.len());
+    for ch in changes {
+        match claim_all(kv, ch).await {
+            Ok(c) => claims.push(c),
+            Err(e) => {
+                for c in claims.into_iter().flatten() {
+                    let _ = release(kv, c.0, c.1).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    let rows: Vec<RowWrite> = changes
+        .iter()
+        .map(|ch| {
+            let desc = &ch.table;
+            let pk_row = ch
+                .new
+                .as_deref()
+                .or(ch.old.as_ref().map(|o| o.values.as_slice()))
+                .unwrap_or(&[]);
+            let pk = rowcodec::pk_bytes(desc, pk_row);
+            RowWrite {
+                key: ch.key.clone(),
+                value: ch.new.as_ref().map(|n| rowcodec::encode_row(desc, n)),
+                condition: Condition::Expect(ch.old.as_ref().map(|o| o.raw.clone())),
+                header: ValueHeader::default(),
+                dependents: rowcodec::secondary_dependents(
+                    desc,
+                    ch.new.as_deref(),
+                    ch.old.as_ref().map(|o| o.values.as_slice()),
+                    &pk,
+                ),
+            }
+        })
+        .collect();
+    let outcomes = match kv.write(rows, true).await {
+        Ok(o) => o,
+        Err(e) => {
+            for c in claims.into_iter().flatten() {
+                let _ = release(kv, c.0, c.1).await;
+            }
+            return Err(e.into());
+        }
+    };
+    let mut out = Vec::with_capacity(changes.len());
+    for ((ch, (ts, outcome)), claimed) in changes.iter().zip(outcomes).zip(claims) {
+        match outcome {
+            RowOutcome::Written { .. } => {
+                for (k, p) in stale_entries(ch) {
+                    release(kv, k, p).await?;
+                }
+                out.push(Applied::Written(ts));
+            }
+            RowOutcome::ConditionFailed { actual } => {
+                for (k, p) in claimed {
+                    release(kv, k, p).await?;
+                }
+                out.push(Applied::Conflict(Some(actual.unwrap_or(Version {
+                    ts: Timestamp::ZERO,
+                    header: ValueHeader::default(),
+                    value: None,
+                }))));
+            }
+            RowOutcome::NotAttempted => {
+                for (k, p) in claimed {
+                    release(kv, k, p).await?;
+                }
+                out.push(Applied::Conflict(None));
+            }
+            other => {
+                return Err(SqlError::internal(format!(
+                    "unexpected write outcome {other:?}"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The 23505 for inserting a primary key that exists.
+pub(crate) fn pk_violation(desc: &TableDescriptor, row: &[Datum]) -> SqlError {
+    unique_violation(desc, &desc.primary_index, row)
+}
+
+/// Applies a transaction's buffered writes at COMMIT.
+pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let changes = buf.into_changes();
+    let applied = apply(&server.kv, &changes).await?;
+    for (ch, a) in changes.iter().zip(applied) {
+        if let Applied::Conflict(actual) = a {
+            let exists = matches!(&actual, Some(Version { value: Some(_), .. }));
+            if ch.old.is_none() && exists {
+                if let Some(new) = &ch.new {
+                    return Err(pk_violation(&ch.table, new));
+                }
+            }
+            return Err(SqlError::new(
+                sqlstate::SERIALIZATION_FAILURE,
+                "restart transaction: TransactionRetryError: a row written by this transaction was changed concurrently",
+            )
+            .with_hint("the transaction was only partly applied if it wrote several ranges; retry it"));
+        }
+    }
+    Ok(())
+}
+
+// ---- constraints ----
+
+/// NOT NULL and CHECK constraints of a new row.
+pub(crate) fn check_row(desc: &TableDescriptor, row: &[Datum], ctx: &EvalCtx) -> Result<()> {
+    for (c, v) in desc.columns.iter().zip(row) {
+        if !c.nullable && v.is_null() {
+            return Err(SqlError::new(
+                sqlstate::NOT_NULL_VIOLATION,
+                format!(
+                    "null value in column \"{}\" violates not-null constraint",
+                    c.name
+                ),
+            ));
+        }
+    }
+    if desc.checks.is_empty() {
+        return Ok(());
+    }
+    let scope = scan::table_scope(desc, None);
+    let mut full = row.to_vec();
+    full.push(Datum::Null);
+    full.push(Datum::Null);
+    for check in &desc.checks {
+        let expr = parser::parse_expr(&check.expr)?;
+        let mut params = Vec::new();
+        let (bound, _) = Binder::new(&scope, &mut params).bind(&expr)?;
+        // NULL passes a CHECK, only FALSE fails.
+        if let Datum::Bool(false) = bound.eval(&full, ctx)? {
+            return Err(SqlError::new(
+                sqlstate::CHECK_VIOLATION,
+                format!("failed to satisfy CHECK constraint ({})", check.expr),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn fk_values(desc: &TableDescriptor, cols: &[u32], row: &[Datum]) -> Option<Vec<Datum>> {
+    let vals: Vec<Datum> = cols
+        .iter()
+        .map(|id| {
+            desc.column_index_by_id(*id)
+                .map(|i| row[i].clone())
+                .unwrap_or(Datum::Null)
+        })
+        .collect();
+    if vals.iter().any(Datum::is_null) {
+        None
+    } else {
+        Some(vals)
+    }
+}
+
+fn fk_detail(names: &[String], vals: &[Datum]) -> String {
+    let v: Vec<String> = vals.iter().map(Datum::to_sql_literal).collect();
+    format!("Key ({})=({})", names.join(", "), v.join(", "))
+}
+
+/// Checks that every foreign key of a new row has its parent row. `op` is `insert` or
+/// `update` (for the message).
+pub(crate) async fn check_fk_parents(
+    catalog: &Catalog,
+    desc: &TableDescriptor,
+    row: &[Datum],
+    old: Option<&[Datum]>,
+    op: &str,
+    ts: Timestamp,
+    txn: Option<&TxnBuffer>,
+) -> Result<()> {
+    for fk in &desc.foreign_keys {
+        let Some(vals) = fk_values(desc, &fk.columns, row) else {
+            continue;
+        };
+        if let Some(old) = old {
+            if fk_values(desc, &fk.columns, old).as_ref() == Some(&vals) {
+                continue;
+            }
+        }
+        let parent = catalog.table_by_id(fk.ref_table_id).await?.ok_or_else(|| {
+            SqlError::internal(format!(
+                "foreign key {} references a missing table",
+                fk.name
+            ))
+        })?;
+        if !parent_exists(catalog.kv(), &parent, fk, &vals, ts, txn).await? {
+            let names: Vec<String> = fk
+                .columns
+                .iter()
+                .filter_map(|id| desc.column_by_id(*id).map(|c| c.name.clone()))
+                .collect();
+            return Err(SqlError::new(
+                sqlstate::FOREIGN_KEY_VIOLATION,
+                format!(
+                    "{op} on table \"{}\" violates foreign key constraint \"{}\"",
+                    desc.name, fk.name
+                ),
+            )
+            .with_detail(format!(
+                "{} is not present in table \"{}\".",
+                fk_detail(&names, &vals),
+                parent.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn parent_exists(
+    kv: &KvClient,
+    parent: &Arc<TableDescriptor>,
+    fk: &ForeignKeyDescriptor,
+    vals: &[Datum],
+    ts: Timestamp,
+    txn: Option<&TxnBuffer>,
+) -> Result<bool> {
+    let filter = equality_filter(parent, &fk.ref_columns, vals)?;
+    let access = scan::plan_access(parent, Some(&filter), &EvalCtx::default());
+    let rows = scan::read(kv, parent, &access, ts, txn).await?;
+    let ctx = EvalCtx::default();
+    for r in rows {
+        if filter.eval_predicate(&r.scope_values(), &ctx)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `col1 = v1 AND col2 = v2 …` over a table's scope.
+fn equality_filter(desc: &TableDescriptor, cols: &[u32], vals: &[Datum]) -> Result<ScalarExpr> {
+    let mut filter: Option<ScalarExpr> = None;
+    for (id, v) in cols.iter().zip(vals) {
+        let i = desc
+            .column_index_by_id(*id)
+            .ok_or_else(|| SqlError::internal("foreign key column missing"))?;
+        let v = v
+            .clone()
+            .coerce_for_column(&desc.columns[i].ty, &desc.columns[i].name)?;
+        let eq = ScalarExpr::Binary(
+            BinOp::Eq,
+            Box::new(ScalarExpr::Column(i)),
+            Box::new(ScalarExpr::Const(v)),
+        );
+        filter = Some(match filter {
+            None => eq,
+            Some(f) => ScalarExpr::Binary(BinOp::And, Box::new(f), Box::new(eq)),
+        });
+    }
+    filter.ok_or_else(|| SqlError::internal("empty foreign key"))
+}
+
+/// Tables of the database with a foreign key to `desc`.
+pub(crate) async fn referencing_tables(
+    catalog: &Catalog,
+    desc: &TableDescriptor,
+) -> Result<Vec<(Arc<TableDescriptor>, ForeignKeyDescriptor)>> {
+    let mut out = Vec::new();
+    for child in catalog.tables_in(desc.database_id).await? {
+        for fk in &child.foreign_keys {
+            if fk.ref_table_id == desc.id {
+                out.push((child.clone(), fk.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Restricts deleting (or changing the referenced key of) a row other rows reference.
+pub(crate) async fn check_fk_children(
+    catalog: &Catalog,
+    children: &[(Arc<TableDescriptor>, ForeignKeyDescriptor)],
+    desc: &TableDescriptor,
+    old: &[Datum],
+    new: Option<&[Datum]>,
+    ts: Timestamp,
+    txn: Option<&TxnBuffer>,
+) -> Result<()> {
+    for (child, fk) in children {
+        let Some(vals) = fk_values(desc, &fk.ref_columns, old) else {
+            continue;
+        };
+        if let Some(new) = new {
+            if fk_values(desc, &fk.ref_columns, new).as_ref() == Some(&vals) {
+                continue;
+            }
+        }
+        let filter = equality_filter(child, &fk.columns, &vals)?;
+        let access = scan::plan_access(child, Some(&filter), &EvalCtx::default());
+        let rows = scan::read(catalog.kv(), child, &access, ts, txn).await?;
+        let ctx = EvalCtx::default();
+        let mut referenced = false;
+        for r in rows {
+            if filter.eval_predicate(&r.scope_values(), &ctx)? {
+                referenced = true;
+                break;
+            }
+        }
+        if referenced {
+            let names: Vec<String> = fk
+                .ref_columns
+                .iter()
+                .filter_map(|id| desc.column_by_id(*id).map(|c| c.name.clone()))
+                .collect();
+            let op = if new.is_some() { "update" } else { "delete" };
+            return Err(SqlError::new(
+                sqlstate::FOREIGN_KEY_VIOLATION,
+                format!(
+                    "{op} on table \"{}\" violates foreign key constraint \"{}\" on table \"{}\"",
+                    desc.name, fk.name, child.name
+                ),
+            )
+            .with_detail(format!(
+                "{} is still referenced from table \"{}\".",
+                fk_detail(&names, &vals),
+                child.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+// ---- validated-mode replication writes ----
+
+/// One replicated row for validated mode.
+#[derive(Debug, Clone)]
+pub struct ValidatedWrite {
+    pub table: Arc<TableDescriptor>,
+    /// The primary key columns (in primary key order) of the row.
+    pub pk: Vec<Datum>,
+    /// The new row in `table`'s column order; `None` deletes.
+    pub new: Option<Vec<Datum>>,
+    /// `origin_id` / `origin_ts` of the source write.
+    pub header: ValueHeader,
+    /// This cluster's origin id for LWW tie-breaks against local rows.
+    pub local_origin_id: ldr_types::OriginId,
+}
+
+/// What a validated write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValidatedOutcome {
+    Applied(Timestamp),
+    /// The destination already held a newer version (logical timestamp).
+    LwwLost(Timestamp),
+}
+
+/// Applies a replicated row with every constraint checked and the LWW condition.
+pub(crate) async fn apply_validated(
+    server: &SqlServer,
+    w: ValidatedWrite,
+) -> Result<ValidatedOutcome> {
+    let kv = &server.kv;
+    let desc = &w.table;
+    let pk = encoding::encode_key_tuple(w.pk.iter());
+    let key = rowcodec::primary_key_from_pk(desc, &pk);
+    let ctx = EvalCtx::default();
+    let children = referencing_tables(&server.catalog, desc).await?;
+    for _ in 0..50 {
+        let ts = kv.clock().now();
+        let current = match kv.get(&key, Some(ts)).await? {
+            Some(v) => Some(v),
+            None => None,
+        };
+        let old = match &current {
+            Some(v) => scan::decode_version(desc, &key, v)?,
+            None => None,
+        };
+        if let Some(new) = &w.new {
+            check_row(desc, new, &ctx)?;
+            check_fk_parents(
+                &server.catalog,
+                desc,
+                new,
+                old.as_ref().map(|o| o.values.as_slice()),
+                "insert",
+                ts,
+                None,
+            )
+            .await?;
+        }
+        if let Some(o) = &old {
+            check_fk_children(
+                &server.catalog,
+                &children,
+                desc,
+                &o.values,
+                w.new.as_deref(),
+                ts,
+                None,
+            )
+            .await?;
+        }
+        let change = Change {
+            table: desc.clone(),
+            key: key.clone(),
+            old: old.clone(),
+            new: w.new.clone(),
+        };
+        let claimed = claim_all(kv, &change).await?;
+        let row = RowWrite {
+            key: key.clone(),
+            value: w.new.as_ref().map(|n| rowcodec::encode_row(desc, n)),
+            condition: Condition::Lww {
+                expected_prev: Some(old.as_ref().map(|o| o.raw.clone())),
+                local_origin_id: w.local_origin_id,
+            },
+            header: w.header,
+            dependents: rowcodec::secondary_dependents(
+                desc,
+                w.new.as_deref(),
+                old.as_ref().map(|o| o.values.as_slice()),
+                &pk,
+            ),
+        };
+        let (wts, outcome) = kv
+            .write(vec![row], true)
+            .await?
+            .pop()
+            .ok_or_else(|| SqlError::internal("no write outcome"))?;
+        match outcome {
+            RowOutcome::Written { .. } => {
+                for (k, p) in stale_entries(&change) {
+                    release(kv, k, p).await?;
+                }
+                return Ok(ValidatedOutcome::Applied(wts));
+            }
+            RowOutcome::LwwLost { existing } => {
+                for (k, p) in claimed {
+                    release(kv, k, p).await?;
+                }
+                return Ok(ValidatedOutcome::LwwLost(existing));
+            }
+            RowOutcome::LwwUnexpected { .. }
+            | RowOutcome::ConditionFailed { .. }
+            | RowOutcome::NotAttempted => {
+                for (k, p) in claimed {
+                    release(kv, k, p).await?;
+                }
+                continue;
+            }
+        }
+    }
+    Err(SqlError::new(
+        sqlstate::SERIALIZATION_FAILURE,
+        "restart transaction: the row kept changing concurrently",
+    ))
+}

@@ -1,0 +1,113 @@
+//! A real single-node cluster in this process (KV node on a temp store, bootstrapped, job
+//! registry, SQL server) for the integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldr_kv::{KvNode, NodeConfig};
+use ldr_sql::exec::{QueryResult, Session, SqlConfig, SqlServer};
+use ldr_sql::{Datum, SqlError};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub struct TestNode {
+    pub node: Arc<KvNode>,
+    pub server: Arc<SqlServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        Self::start_with(SqlConfig::default()).await
+    }
+
+    pub async fn start_with(config: SqlConfig) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("bound").to_string();
+        let node = KvNode::start(NodeConfig {
+            store_dir: dir.path().to_path_buf(),
+            listen_addr: address,
+            advertise_addr: None,
+            advertise_sql_addr: None,
+            http_addr: "127.0.0.1:0".into(),
+            join: vec![],
+            cluster_name: None,
+            max_clock_offset: Duration::from_millis(500),
+        })
+        .await
+        .expect("node starts");
+        let service = node.grpc_service();
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        node.bootstrap().await.expect("bootstrap");
+        node.wait_initialized().await.expect("initialized");
+        let kv = node.client();
+        let jobs = ldr_jobs::Registry::start(kv.clone());
+        let server = SqlServer::start(kv, jobs, config)
+            .await
+            .expect("sql server starts");
+        TestNode {
+            node,
+            server,
+            _dir: dir,
+        }
+    }
+
+    pub async fn session(&self) -> Session {
+        self.server
+            .session("root", "defaultdb")
+            .await
+            .expect("root session")
+    }
+}
+
+/// Runs SQL, panicking on error; returns the last statement's result.
+pub async fn exec(s: &mut Session, sql: &str) -> QueryResult {
+    let mut out = s.execute(sql).await;
+    let last = out.pop().expect("at least one statement");
+    for r in out {
+        if let Err(e) = r {
+            panic!("{sql}: {} {}", e.code(), e.message());
+        }
+    }
+    match last {
+        Ok(r) => r,
+        Err(e) => panic!("{sql}: {} {} {:?}", e.code(), e.message(), e.detail()),
+    }
+}
+
+/// Runs SQL expecting an error; returns it.
+pub async fn exec_err(s: &mut Session, sql: &str) -> SqlError {
+    for r in s.execute(sql).await {
+        if let Err(e) = r {
+            return e;
+        }
+    }
+    panic!("{sql}: expected an error");
+}
+
+/// The rows of a query as text (NULL as "NULL").
+pub async fn rows(s: &mut Session, sql: &str) -> Vec<Vec<String>> {
+    exec(s, sql)
+        .await
+        .rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|d| d.to_text(0).unwrap_or_else(|| "NULL".into()))
+                .collect()
+        })
+        .collect()
+}
+
+pub async fn one(s: &mut Session, sql: &str) -> Datum {
+    let r = exec(s, sql).await;
+    assert_eq!(r.rows.len(), 1, "{sql}: expected one row, got {:?}", r.rows);
+    r.rows[0][0].clone()
+}

@@ -7,9 +7,11 @@ pub mod exec;
 pub mod expr;
 pub mod interval;
 pub mod parser;
+pub mod protocol;
 pub mod rowcodec;
 pub mod types;
 pub mod validation;
+pub mod wire;
 
 pub use datum::Datum;
 pub use error::{PgError, Result, SqlError, sqlstate};

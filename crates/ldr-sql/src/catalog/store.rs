@@ -243,7 +243,7 @@ impl Catalog {
     pub async fn update_database(
         &self,
         name: &str,
-        f: &dyn Fn(&mut DatabaseDescriptor) -> Result<()>,
+        f: &(dyn Fn(&mut DatabaseDescriptor) -> Result<()> + Send + Sync),
     ) -> Result<()> {
         for _ in 0..50 {
             let current = self
@@ -479,7 +479,7 @@ impl Catalog {
     pub async fn update_user(
         &self,
         name: &str,
-        f: &dyn Fn(&mut UserRecord) -> Result<()>,
+        f: &(dyn Fn(&mut UserRecord) -> Result<()> + Send + Sync),
     ) -> Result<()> {
         for _ in 0..50 {
             let current = self

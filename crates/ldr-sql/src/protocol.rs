@@ -1,0 +1,516 @@
+//! The PostgreSQL wire protocol front end (pgwire): startup without TLS (an SSLRequest is
+//! answered 'N', so `sslmode=prefer`/`disable` work and `require` fails clearly), login
+//! (insecure: the user must exist; secure: cleartext password), the simple query protocol
+//! (several statements per string) and the extended protocol (Parse/Bind/Describe/Execute
+//! with parameters in text or binary, results in the formats the client asks for).
+//!
+//! ```no_run
+//! # async fn run(server: std::sync::Arc<ldr_sql::exec::SqlServer>) -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:26257").await?;
+//! loop {
+//!     let (socket, _) = listener.accept().await?;
+//!     let server = server.clone();
+//!     tokio::spawn(async move { ldr_sql::protocol::serve_connection(socket, server).await });
+//! }
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{BufMut, BytesMut};
+use futures::{Sink, SinkExt, stream};
+use pgwire::api::auth::{
+    ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo, QueryResponse,
+    Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, METADATA_DATABASE, METADATA_USER, PgWireConnectionState,
+    PgWireServerHandlers, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
+use pgwire::messages::startup::{Authentication, SecretKey};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tracing::debug;
+
+use crate::datum::Datum;
+use crate::error::SqlError;
+use crate::exec::{ColumnInfo, Prepared, QueryResult, Session, SqlServer, TxnEffect};
+use crate::types::SqlType;
+use crate::wire;
+
+/// The `server_version` reported to clients (CockroachDB reports a PostgreSQL 13 version).
+pub const SERVER_VERSION: &str = "13.0.0";
+
+/// Serves one client connection until it closes.
+pub async fn serve_connection(socket: TcpStream, server: Arc<SqlServer>) -> std::io::Result<()> {
+    let handlers = Handlers::new(server);
+    pgwire::tokio::process_socket(socket, None, handlers).await
+}
+
+struct Conn {
+    server: Arc<SqlServer>,
+    session: Mutex<Option<Session>>,
+    /// (user, database) waiting for a password.
+    pending: Mutex<Option<(String, String)>>,
+}
+
+/// The handlers of one connection (pgwire asks a factory per connection).
+pub struct Handlers {
+    handler: Arc<ConnHandler>,
+}
+
+impl Handlers {
+    pub fn new(server: Arc<SqlServer>) -> Handlers {
+        let conn = Arc::new(Conn {
+            server,
+            session: Mutex::new(None),
+            pending: Mutex::new(None),
+        });
+        Handlers {
+            handler: Arc::new(ConnHandler {
+                parser: Arc::new(ConnParser { conn: conn.clone() }),
+                conn,
+            }),
+        }
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.handler.clone()
+    }
+}
+
+struct ConnHandler {
+    conn: Arc<Conn>,
+    parser: Arc<ConnParser>,
+}
+
+fn user_error(e: &SqlError) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(e, "ERROR")))
+}
+
+fn error_info(e: &SqlError, severity: &str) -> ErrorInfo {
+    let mut info = ErrorInfo::new(severity.to_string(), e.code().to_string(), e.message());
+    info.detail = e.detail().map(String::from);
+    info.hint = e.hint().map(String::from);
+    info
+}
+
+struct Params {
+    user: String,
+    application_name: Option<String>,
+    is_superuser: bool,
+}
+
+impl ServerParameterProvider for Params {
+    fn server_parameters<C>(&self, _client: &C) -> Option<HashMap<String, String>>
+    where
+        C: ClientInfo,
+    {
+        let mut p = HashMap::new();
+        p.insert("server_version".into(), SERVER_VERSION.into());
+        p.insert("server_encoding".into(), "UTF8".into());
+        p.insert("client_encoding".into(), "UTF8".into());
+        p.insert("DateStyle".into(), "ISO, MDY".into());
+        p.insert("IntervalStyle".into(), "postgres".into());
+        p.insert("integer_datetimes".into(), "on".into());
+        p.insert("standard_conforming_strings".into(), "on".into());
+        p.insert("TimeZone".into(), "UTC".into());
+        p.insert(
+            "application_name".into(),
+            self.application_name.clone().unwrap_or_default(),
+        );
+        p.insert(
+            "is_superuser".into(),
+            if self.is_superuser { "on" } else { "off" }.into(),
+        );
+        p.insert("session_authorization".into(), self.user.clone());
+        p.insert("crdb_version".into(), crate::expr::SERVER_VERSION.into());
+        Some(p)
+    }
+}
+
+impl ConnHandler {
+    async fn finish_login<C>(
+        &self,
+        client: &mut C,
+        user: String,
+        database: String,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = self
+            .conn
+            .server
+            .session(&user, &database)
+            .await
+            .map_err(|e| PgWireError::UserError(Box::new(error_info(&e, "FATAL"))))?;
+        let is_superuser = session
+            .vars
+            .get("is_superuser")
+            .map(|v| v == "on")
+            .unwrap_or(false);
+        let application_name = client.metadata().get("application_name").cloned();
+        if let Some(app) = &application_name {
+            let mut s = session;
+            let _ = s.vars.set("application_name", app);
+            *self.conn.session.lock().await = Some(s);
+        } else {
+            *self.conn.session.lock().await = Some(session);
+        }
+        client.set_pid_and_secret_key(
+            std::process::id() as i32 ^ rand::random::<i32>().abs(),
+            SecretKey::I32(rand::random()),
+        );
+        finish_authentication(
+            client,
+            &Params {
+                user,
+                application_name,
+                is_superuser,
+            },
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl StartupHandler for ConnHandler {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let user = client
+                    .metadata()
+                    .get(METADATA_USER)
+                    .cloned()
+                    .unwrap_or_else(|| "root".into())
+                    .to_lowercase();
+                let database = client
+                    .metadata()
+                    .get(METADATA_DATABASE)
+                    .cloned()
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| "defaultdb".into());
+                if self.conn.server.requires_password() {
+                    *self.conn.pending.lock().await = Some((user, database));
+                    client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                    client
+                        .send(PgWireBackendMessage::Authentication(
+                            Authentication::CleartextPassword,
+                        ))
+                        .await?;
+                    return Ok(());
+                }
+                self.conn
+                    .server
+                    .authenticate(&user, None)
+                    .await
+                    .map_err(|e| PgWireError::UserError(Box::new(error_info(&e, "FATAL"))))?;
+                self.finish_login(client, user, database).await
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
+                let Some((user, database)) = self.conn.pending.lock().await.take() else {
+                    return Err(PgWireError::NoAuthenticationInProgress);
+                };
+                let password = pwd.into_password()?.password;
+                self.conn
+                    .server
+                    .authenticate(&user, Some(&password))
+                    .await
+                    .map_err(|e| PgWireError::UserError(Box::new(error_info(&e, "FATAL"))))?;
+                self.finish_login(client, user, database).await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn pg_type(ty: &SqlType) -> Type {
+    Type::from_oid(ty.oid()).unwrap_or(Type::TEXT)
+}
+
+fn field_infos(columns: &[ColumnInfo], format: Option<&Format>) -> Vec<FieldInfo> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let fmt = match format {
+                Some(f) => f.format_for(i),
+                None => FieldFormat::Text,
+            };
+            FieldInfo::new(c.name.clone(), None, None, pg_type(&c.ty), fmt)
+                .with_type_size(c.ty.type_size())
+                .with_type_modifier(c.ty.type_modifier())
+        })
+        .collect()
+}
+
+fn encode_rows(
+    result: &QueryResult,
+    fields: &[FieldInfo],
+    tz: i32,
+) -> PgWireResult<Vec<PgWireResult<DataRow>>> {
+    let mut out = Vec::with_capacity(result.rows.len());
+    for row in &result.rows {
+        let mut buf = BytesMut::with_capacity(64);
+        for (i, d) in row.iter().enumerate() {
+            let ty = result
+                .columns
+                .get(i)
+                .map(|c| &c.ty)
+                .unwrap_or(&SqlType::String);
+            let binary = fields
+                .get(i)
+                .is_some_and(|f| f.format() == FieldFormat::Binary);
+            match wire::encode(d, ty, binary, tz).map_err(|e| user_error(&e))? {
+                None => buf.put_i32(-1),
+                Some(bytes) => {
+                    buf.put_i32(bytes.len() as i32);
+                    buf.put_slice(&bytes);
+                }
+            }
+        }
+        out.push(Ok(DataRow::new(buf, row.len() as i16)));
+    }
+    Ok(out)
+}
+
+fn tag_of(result: &QueryResult) -> Tag {
+    let t = Tag::new(&result.tag);
+    match (result.tag.as_str(), result.rows_affected) {
+        ("INSERT", Some(n)) => t.with_oid(0).with_rows(n),
+        (_, Some(n)) => t.with_rows(n),
+        _ => t,
+    }
+}
+
+/// Turns a statement result into pgwire's response.
+fn to_response(result: QueryResult, format: Option<&Format>, tz: i32) -> PgWireResult<Response> {
+    if result.returns_rows {
+        let fields = Arc::new(field_infos(&result.columns, format));
+        let rows = encode_rows(&result, &fields, tz)?;
+        let mut qr = QueryResponse::new(fields, stream::iter(rows));
+        if result.tag == "INSERT" {
+            qr.set_command_tag("INSERT 0");
+        } else if result.tag != "SELECT" {
+            qr.set_command_tag(&result.tag);
+        }
+        return Ok(Response::Query(qr));
+    }
+    let tag = tag_of(&result);
+    Ok(match result.txn {
+        TxnEffect::Began => Response::TransactionStart(tag),
+        TxnEffect::Ended => Response::TransactionEnd(tag),
+        TxnEffect::None => Response::Execution(tag),
+    })
+}
+
+async fn with_session<T>(conn: &Conn, f: impl AsyncFnOnce(&mut Session) -> T) -> PgWireResult<T> {
+    let mut guard = conn.session.lock().await;
+    let session = guard.as_mut().ok_or_else(|| {
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "FATAL".into(),
+            "08P01".into(),
+            "no session: the startup did not complete".into(),
+        )))
+    })?;
+    Ok(f(session).await)
+}
+
+#[async_trait]
+impl SimpleQueryHandler for ConnHandler {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (results, tz) = with_session(&self.conn, async |s: &mut Session| {
+            let r = s.execute(query).await;
+            (r, s.vars.tz_offset_secs)
+        })
+        .await?;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(result) => out.push(to_response(result, None, tz)?),
+                Err(e) => {
+                    debug!(code = e.code(), error = %e.message(), "statement failed");
+                    out.push(Response::Error(Box::new(error_info(&e, "ERROR"))));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses and describes statements for the extended protocol.
+struct ConnParser {
+    conn: Arc<Conn>,
+}
+
+#[async_trait]
+impl QueryParser for ConnParser {
+    type Statement = Arc<Prepared>;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let declared: Vec<Option<SqlType>> = types
+            .iter()
+            .map(|t| t.as_ref().and_then(|t| SqlType::from_oid(t.oid())))
+            .collect();
+        let prepared = with_session(&self.conn, async |s: &mut Session| {
+            s.prepare(sql, &declared).await
+        })
+        .await?
+        .map_err(|e| user_error(&e))?;
+        if prepared.statement.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(prepared)))
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.param_types.iter().map(pg_type).collect())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(field_infos(&stmt.columns, column_format))
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for ConnHandler {
+    type Statement = Arc<Prepared>;
+    type QueryParser = ConnParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<Self::Statement>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stmt = &target.statement;
+        let params = stmt.param_types.iter().map(pg_type).collect();
+        Ok(DescribeStatementResponse::new(
+            params,
+            field_infos(&stmt.columns, None),
+        ))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Self::Statement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        Ok(DescribePortalResponse::new(field_infos(
+            &portal.statement.statement.columns,
+            Some(&portal.result_column_format),
+        )))
+    }
+
+    async fn do_query<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = portal.statement.statement.clone();
+        let mut params = Vec::with_capacity(portal.parameters.len());
+        for (i, p) in portal.parameters.iter().enumerate() {
+            let ty = prepared
+                .param_types
+                .get(i)
+                .cloned()
+                .unwrap_or(SqlType::String);
+            match p {
+                None => params.push(Datum::Null),
+                Some(bytes) => {
+                    let binary = portal.parameter_format.is_binary(i);
+                    params
+                        .push(wire::decode_param(bytes, &ty, binary).map_err(|e| user_error(&e))?);
+                }
+            }
+        }
+        let (result, tz) = with_session(&self.conn, async |s: &mut Session| {
+            let r = s.execute_prepared(&prepared, params).await;
+            (r, s.vars.tz_offset_secs)
+        })
+        .await?;
+        match result {
+            Ok(r) => to_response(r, Some(&portal.result_column_format), tz),
+            Err(e) => Err(user_error(&e)),
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The wire protocol against real clients: tokio-postgres (extended protocol, binary
+//! results and parameters) and psql (simple protocol), over an ephemeral loopback listener.
+mod common;
+
+use std::sync::Arc;
+
+use common::TestNode;
+use ldr_sql::exec::SqlServer;
+use tokio::net::TcpListener;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::{FromSql, Type};
+
+async fn listen(server: Arc<SqlServer>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("bound").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let server = server.clone();
+            tokio::spawn(async move {
+                let _ = ldr_sql::protocol::serve_connection(socket, server).await;
+            });
+        }
+    });
+    port
+}
+
+async fn connect(port: u16, user: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user={user} dbname=defaultdb"),
+        NoTls,
+    )
+    .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Any value's raw binary bytes (to check encodings of types without a native Rust mapping).
+struct Raw(Vec<u8>);
+
+impl<'a> FromSql<'a> for Raw {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw.to_vec()))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_string())
+        .unwrap_or_else(|| format!("not a db error: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_extended_protocol() {
+    let node = TestNode::start().await;
+    let port = listen(node.server.clone()).await;
+    let client = connect(port, "root").await.expect("connects");
+
+    client
+        .batch_execute(
+            "CREATE TABLE t (id INT8 PRIMARY KEY, small INT2, mid INT4, f FLOAT8, r REAL, b BOOL, s STRING, v VARCHAR(5), \
+             by BYTES, d DECIMAL(10,2), ts TIMESTAMPTZ, dt DATE, u UUID, j JSONB, iv INTERVAL); \
+             CREATE TABLE u (k STRING PRIMARY KEY)",
+        )
+        .await
+        .expect("ddl");
+
+    // Prepared insert with parameters of several types (binary), types inferred from columns.
+    let insert = client
+        .prepare("INSERT INTO t (id, small, mid, f, r, b, s, v, by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        .await
+        .expect("prepares");
+    assert_eq!(
+        insert.params(),
+        &[
+            Type::INT8,
+            Type::INT2,
+            Type::INT4,
+            Type::FLOAT8,
+            Type::FLOAT4,
+            Type::BOOL,
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::BYTEA
+        ]
+    );
+    let n = client
+        .execute(
+            &insert,
+            &[
+                &1i64,
+                &2i16,
+                &3i32,
+                &1.5f64,
+                &0.25f32,
+                &true,
+                &"hello",
+                &"abc",
+                &vec![0u8, 1, 255],
+            ],
+        )
+        .await
+        .expect("insert 1");
+    assert_eq!(n, 1);
+    client
+        .execute(
+            &insert,
+            &[
+                &2i64,
+                &None::<i16>,
+                &None::<i32>,
+                &None::<f64>,
+                &None::<f32>,
+                &None::<bool>,
+                &None::<&str>,
+                &None::<&str>,
+                &None::<Vec<u8>>,
+            ],
+        )
+        .await
+        .expect("insert 2 with NULLs");
+    client
+        .execute(
+            "UPDATE t SET d = 12.5, ts = '2024-10-24 17:50:05.5+00', dt = '2024-10-24', u = '3fa85f64-5717-4562-b3fc-2c963f66afa6', \
+             j = '{\"a\": [1, 2]}', iv = '1 day 02:00:00' WHERE id = $1",
+            &[&1i64],
+        )
+        .await
+        .expect("update with text literals");
+
+    // Binary results decode with the right types.
+    let row = client
+        .query_one(
+            "SELECT id, small, mid, f, r, b, s, v, by FROM t WHERE id = $1",
+            &[&1i64],
+        )
+        .await
+        .expect("select");
+    assert_eq!(row.get::<_, i64>(0), 1);
+    assert_eq!(row.get::<_, i16>(1), 2);
+    assert_eq!(row.get::<_, i32>(2), 3);
+    assert_eq!(row.get::<_, f64>(3), 1.5);
+    assert_eq!(row.get::<_, f32>(4), 0.25);
+    assert!(row.get::<_, bool>(5));
+    assert_eq!(row.get::<_, String>(6), "hello");
+    assert_eq!(row.get::<_, String>(7), "abc");
+    assert_eq!(row.get::<_, Vec<u8>>(8), vec![0u8, 1, 255]);
+    let nulls = client
+        .query_one("SELECT small, s FROM t WHERE id = 2", &[])
+        .await
+        .expect("nulls");
+    assert_eq!(nulls.get::<_, Option<i16>>(0), None);
+    assert_eq!(nulls.get::<_, Option<String>>(1), None);
+
+    let row = client
+        .query_one("SELECT d, ts, dt, u, j, iv FROM t WHERE id = 1", &[])
+        .await
+        .expect("binary of other types");
+    let d: Raw = row.get(0);
+    assert_eq!(
+        d.0,
+        vec![0, 2, 0, 0, 0, 0, 0, 2, 0, 12, 19, 136],
+        "numeric 12.50 in binary"
+    );
+    let ts: Raw = row.get(1);
+    let micros = i64::from_be_bytes(ts.0.try_into().expect("8 bytes"));
+    assert_eq!(micros, 783_107_405_500_000, "microseconds since 2000-01-01");
+    let dt: Raw = row.get(2);
+    assert_eq!(i32::from_be_bytes(dt.0.try_into().expect("4 bytes")), 9063);
+    let u: Raw = row.get(3);
+    assert_eq!(u.0.len(), 16);
+    let j: Raw = row.get(4);
+    assert_eq!(j.0[0], 1, "jsonb version byte");
+    assert_eq!(
+        std::str::from_utf8(&j.0[1..]).expect("utf8"),
+        "{\"a\":[1,2]}"
+    );
+    let iv: Raw = row.get(5);
+    assert_eq!(iv.0.len(), 16);
+
+    // Aggregates, text parameters typed by context, RETURNING through the extended protocol.
+    let row = client
+        .query_one("SELECT count(*), sum(id) FROM t WHERE id >= $1", &[&1i64])
+        .await
+        .expect("aggregate");
+    assert_eq!(row.get::<_, i64>(0), 2);
+    let rows = client
+        .query("INSERT INTO u VALUES ($1), ($2) RETURNING k", &[&"x", &"y"])
+        .await
+        .expect("returning");
+    assert_eq!(rows.len(), 2);
+
+    // Errors carry SQLSTATE, and the connection keeps working after them.
+    let e = client
+        .execute("INSERT INTO u VALUES ('x')", &[])
+        .await
+        .expect_err("duplicate");
+    assert_eq!(code(&e), "23505");
+    let db = e.as_db_error().expect("db error");
+    assert_eq!(
+        db.message(),
+        "duplicate key value violates unique constraint \"u_pkey\""
+    );
+    assert_eq!(db.detail(), Some("Key (k)=('x') already exists."));
+    let e = client.query("SELEC 1", &[]).await.expect_err("syntax");
+    assert_eq!(code(&e), "42601");
+    let e = client
+        .query("SELECT * FROM nope", &[])
+        .await
+        .expect_err("missing table");
+    assert_eq!(code(&e), "42P01");
+    let e = client
+        .query("EXPLAIN SELECT 1", &[])
+        .await
+        .expect_err("unsupported");
+    assert_eq!(code(&e), "0A000");
+    assert_eq!(
+        client
+            .query_one("SELECT 1 + 1", &[])
+            .await
+            .expect("still usable")
+            .get::<_, i64>(0),
+        2
+    );
+
+    // Transactions through the extended protocol.
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .execute("INSERT INTO u VALUES ($1)", &[&"in-txn"])
+        .await
+        .expect("txn insert");
+    let seen: i64 = client
+        .query_one("SELECT count(*) FROM u", &[])
+        .await
+        .expect("read own write")
+        .get(0);
+    assert_eq!(seen, 3);
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    let after: i64 = client
+        .query_one("SELECT count(*) FROM u", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(after, 2);
+
+    // Unknown user at login.
+    let e = connect(port, "nobody").await.expect_err("unknown user");
+    assert_eq!(code(&e), "28P01");
+}
+
+fn psql(port: u16, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("psql")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "root",
+            "-d",
+            "defaultdb",
+            "-X",
+        ])
+        .args(args)
+        .output()
+        .expect("psql runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_simple_protocol() {
+    let node = TestNode::start().await;
+    let port = listen(node.server.clone()).await;
+    let out = tokio::task::spawn_blocking(move || {
+        psql(port, &["-c", "CREATE TABLE p (id INT PRIMARY KEY, name STRING); INSERT INTO p VALUES (1, 'one'), (2, 'two');"])
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("INSERT 0 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = tokio::task::spawn_blocking(move || {
+        psql(port, &["-At", "-c", "SELECT id, name FROM p ORDER BY id"])
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1|one\n2|two\n");
+
+    let out = tokio::task::spawn_blocking(move || psql(port, &["-c", "SELECT * FROM nope"]))
+        .await
+        .expect("join");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("relation \"nope\" does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = tokio::task::spawn_blocking(move || psql(port, &["-At", "-c", "SHOW TABLES"]))
+        .await
+        .expect("join");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("public|p|table|root|2|"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // sslmode=require fails with a clear message (no TLS).
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("psql")
+            .arg(format!(
+                "postgresql://root@127.0.0.1:{port}/defaultdb?sslmode=require"
+            ))
+            .args(["-c", "SELECT 1"])
+            .output()
+            .expect("psql runs")
+    })
+    .await
+    .expect("join");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SSL"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

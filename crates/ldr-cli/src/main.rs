@@ -1,12 +1,19 @@
 //! The `ldr` binary: run nodes, initialize clusters, open a SQL shell, and drive the testbed.
 
+mod demo;
+mod node_cmd;
 mod sql;
+mod start;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ldr", version, about = "Multi-cluster logical data replication engine and testbed")]
+#[command(
+    name = "ldr",
+    version,
+    about = "Multi-cluster logical data replication engine and testbed"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,6 +21,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a node.
+    Start(start::StartArgs),
+    /// Initialize a new cluster through one of its nodes (once per cluster).
+    Init {
+        #[arg(long)]
+        insecure: bool,
+        /// HOST:PORT of the node to make node 1.
+        #[arg(long)]
+        host: String,
+    },
+    /// Two local clusters with bidirectional LDR and a light load; psql into either side.
+    Demo(demo::DemoArgs),
+    /// Node commands.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Open a SQL shell (or run statements with -e).
     Sql {
         /// Accepted for CockroachDB compatibility; ldr always runs without TLS.
@@ -37,16 +59,62 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Show the nodes of the cluster.
+    Status {
+        #[arg(long)]
+        insecure: bool,
+        #[arg(long)]
+        host: String,
+        #[arg(long, value_enum, default_value_t = sql::Format::Table)]
+        format: sql::Format,
+    },
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Sql { insecure: _, host, url, database, user, execute, format } => {
+        Command::Start(args) => {
+            if args.background {
+                return start::start_background(&args);
+            }
+            init_logging();
+            runtime()?.block_on(ldr_server::run(args.config()))
+        }
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Init { insecure: _, host } => runtime()?.block_on(node_cmd::init(&host)),
+        Command::Node(NodeCommand::Status {
+            insecure: _,
+            host,
+            format,
+        }) => runtime()?.block_on(node_cmd::status(&host, format)),
+        Command::Sql {
+            insecure: _,
+            host,
+            url,
+            database,
+            user,
+            execute,
+            format,
+        } => {
             let target = sql::Target::new(url, host, database, &user)?;
             runtime()?.block_on(sql::run(&target, &execute, format))
         }
     }
 }
 
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LDR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

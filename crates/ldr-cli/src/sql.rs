@@ -25,10 +25,16 @@ pub struct Target {
 
 impl Target {
     /// Builds the connection URL from `--url` or `--host` (+ `--database`, `--user`).
-    pub fn new(url: Option<String>, host: Option<String>, database: Option<String>, user: &str) -> Result<Target> {
+    pub fn new(
+        url: Option<String>,
+        host: Option<String>,
+        database: Option<String>,
+        user: &str,
+    ) -> Result<Target> {
         let url = match (url, host) {
             (Some(url), _) => {
-                let mut parsed = url::Url::parse(&url).with_context(|| format!("invalid --url {url:?}"))?;
+                let mut parsed =
+                    url::Url::parse(&url).with_context(|| format!("invalid --url {url:?}"))?;
                 if let Some(db) = database {
                     parsed.set_path(&format!("/{db}"));
                 }
@@ -55,8 +61,9 @@ pub struct StatementResult {
 
 /// Runs the shell: `-e` statements if any, else stdin.
 pub async fn run(target: &Target, statements: &[String], format: Format) -> Result<()> {
-    let (client, connection) =
-        tokio_postgres::connect(&target.url, NoTls).await.with_context(|| format!("cannot connect to {}", target.url))?;
+    let (client, connection) = tokio_postgres::connect(&target.url, NoTls)
+        .await
+        .with_context(|| format!("cannot connect to {}", target.url))?;
     let conn_task = tokio::spawn(async move {
         if let Err(e) = connection.await {
             eprintln!("connection error: {e}");
@@ -76,12 +83,17 @@ pub async fn run(target: &Target, statements: &[String], format: Format) -> Resu
         let mut buffer = String::new();
         let stdin = std::io::stdin();
         if interactive {
-            eprintln!("# connected to {}; end statements with ';', \\q to quit", target.url);
+            eprintln!(
+                "# connected to {}; end statements with ';', \\q to quit",
+                target.url
+            );
             eprint!("> ");
         }
         for line in stdin.lock().lines() {
             let line = line?;
-            if interactive && (line.trim() == "\\q" || line.trim() == "quit" || line.trim() == "exit") {
+            if interactive
+                && (line.trim() == "\\q" || line.trim() == "quit" || line.trim() == "exit")
+            {
                 break;
             }
             buffer.push_str(&line);
@@ -159,7 +171,11 @@ pub fn collect_results(messages: Vec<SimpleQueryMessage>) -> Vec<StatementResult
                     current.columns = row.columns().iter().map(|c| c.name().to_string()).collect();
                     has_columns = true;
                 }
-                current.rows.push((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect());
+                current.rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect(),
+                );
             }
             SimpleQueryMessage::CommandComplete(n) => {
                 if !has_columns {
@@ -179,7 +195,9 @@ pub fn print_result(result: &StatementResult, format: Format, out: &mut impl Wri
     if result.columns.is_empty() {
         if format == Format::Table {
             match result.affected {
-                Some(n) if n > 0 => writeln!(out, "OK, {n} {}", if n == 1 { "row" } else { "rows" })?,
+                Some(n) if n > 0 => {
+                    writeln!(out, "OK, {n} {}", if n == 1 { "row" } else { "rows" })?
+                }
                 _ => writeln!(out, "OK")?,
             }
         }
@@ -194,29 +212,56 @@ pub fn print_result(result: &StatementResult, format: Format, out: &mut impl Wri
                     widths[i] = widths[i].max(cell(v).chars().count());
                 }
             }
-            let header: Vec<String> =
-                result.columns.iter().enumerate().map(|(i, c)| format!(" {:^w$} ", c, w = widths[i])).collect();
+            let header: Vec<String> = result
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!(" {:^w$} ", c, w = widths[i]))
+                .collect();
             writeln!(out, "{}", header.join("|").trim_end())?;
             let rule: Vec<String> = widths.iter().map(|w| "-".repeat(w + 2)).collect();
             writeln!(out, "{}", rule.join("+"))?;
             for row in &result.rows {
-                let cells: Vec<String> =
-                    row.iter().enumerate().map(|(i, v)| format!(" {:<w$} ", cell(v), w = widths[i])).collect();
+                let cells: Vec<String> = row
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| format!(" {:<w$} ", cell(v), w = widths[i]))
+                    .collect();
                 writeln!(out, "{}", cells.join("|").trim_end())?;
             }
             let n = result.rows.len();
             writeln!(out, "({n} {})", if n == 1 { "row" } else { "rows" })?;
         }
         Format::Csv => {
-            writeln!(out, "{}", result.columns.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","))?;
+            writeln!(
+                out,
+                "{}",
+                result
+                    .columns
+                    .iter()
+                    .map(|c| csv_field(c))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )?;
             for row in &result.rows {
-                writeln!(out, "{}", row.iter().map(|v| csv_field(&cell(v))).collect::<Vec<_>>().join(","))?;
+                writeln!(
+                    out,
+                    "{}",
+                    row.iter()
+                        .map(|v| csv_field(&cell(v)))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )?;
             }
         }
         Format::Tsv => {
             writeln!(out, "{}", result.columns.join("\t"))?;
             for row in &result.rows {
-                writeln!(out, "{}", row.iter().map(cell).collect::<Vec<_>>().join("\t"))?;
+                writeln!(
+                    out,
+                    "{}",
+                    row.iter().map(cell).collect::<Vec<_>>().join("\t")
+                )?;
             }
         }
     }
@@ -224,7 +269,11 @@ pub fn print_result(result: &StatementResult, format: Format, out: &mut impl Wri
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -234,7 +283,10 @@ mod tests {
     fn sample() -> StatementResult {
         StatementResult {
             columns: vec!["id".into(), "name".into()],
-            rows: vec![vec![Some("1".into()), Some("a,b".into())], vec![Some("22".into()), None]],
+            rows: vec![
+                vec![Some("1".into()), Some("a,b".into())],
+                vec![Some("22".into()), None],
+            ],
             affected: None,
         }
     }
@@ -248,18 +300,30 @@ mod tests {
     #[test]
     fn table_format_aligns_and_counts() {
         let text = render(&sample(), Format::Table);
-        assert_eq!(text, " id | name\n----+------\n 1  | a,b\n 22 | NULL\n(2 rows)\n");
+        assert_eq!(
+            text,
+            " id | name\n----+------\n 1  | a,b\n 22 | NULL\n(2 rows)\n"
+        );
     }
 
     #[test]
     fn csv_quotes_and_tsv_tabs() {
-        assert_eq!(render(&sample(), Format::Csv), "id,name\n1,\"a,b\"\n22,NULL\n");
-        assert_eq!(render(&sample(), Format::Tsv), "id\tname\n1\ta,b\n22\tNULL\n");
+        assert_eq!(
+            render(&sample(), Format::Csv),
+            "id,name\n1,\"a,b\"\n22,NULL\n"
+        );
+        assert_eq!(
+            render(&sample(), Format::Tsv),
+            "id\tname\n1\ta,b\n22\tNULL\n"
+        );
     }
 
     #[test]
     fn commands_print_ok() {
-        let r = StatementResult { affected: Some(3), ..Default::default() };
+        let r = StatementResult {
+            affected: Some(3),
+            ..Default::default()
+        };
         assert_eq!(render(&r, Format::Table), "OK, 3 rows\n");
         assert_eq!(render(&r, Format::Csv), "");
     }
@@ -267,9 +331,17 @@ mod tests {
     #[test]
     fn target_from_host_or_url() {
         let t = Target::new(None, Some("127.0.0.1:26257".into()), None, "root").expect("valid");
-        assert_eq!(t.url, "postgresql://root@127.0.0.1:26257/defaultdb?sslmode=disable");
-        let t = Target::new(Some("postgresql://u@h:1/x?sslmode=disable".into()), None, Some("y".into()), "root")
-            .expect("valid");
+        assert_eq!(
+            t.url,
+            "postgresql://root@127.0.0.1:26257/defaultdb?sslmode=disable"
+        );
+        let t = Target::new(
+            Some("postgresql://u@h:1/x?sslmode=disable".into()),
+            None,
+            Some("y".into()),
+            "root",
+        )
+        .expect("valid");
         assert_eq!(t.url, "postgresql://u@h:1/y?sslmode=disable");
         assert!(Target::new(None, None, None, "root").is_err());
     }

@@ -7,7 +7,6 @@
 
 mod applier;
 pub mod chunker;
-mod compat;
 mod coordinator;
 mod create;
 mod dlq;
@@ -24,11 +23,8 @@ pub mod retry;
 mod test_rng;
 
 pub use applier::{Applier, ApplyError, EventOutcome, SourceEvent};
-pub use compat::check_compatibility;
 pub use coordinator::{DestinationTables, LdrResumer, assign};
-pub use create::{
-    CreateContext, StreamOptions, create_stream, external_connection_name, parse_options,
-};
+pub use create::{CreateContext, create_stream};
 pub use dlq::{
     DlqRow, DlqTables, InternalSql, create_dlq_table_sql, insert_dlq_row, qualified_dlq_table,
 };

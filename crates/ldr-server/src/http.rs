@@ -16,9 +16,9 @@ use tracing::warn;
 /// Renders the Prometheus text of this node.
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Renders the console page.
+/// Renders a page from the request's query string.
 pub type ConsoleRenderer =
-    Arc<dyn Fn() -> futures::future::BoxFuture<'static, String> + Send + Sync>;
+    Arc<dyn Fn(Option<String>) -> futures::future::BoxFuture<'static, String> + Send + Sync>;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
@@ -26,6 +26,8 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
     pub metrics: MetricsRenderer,
     pub console: ConsoleRenderer,
+    /// `GET /_status/nodes`: JSON array of the cluster's nodes (`ldr node status` reads it).
+    pub nodes_json: ConsoleRenderer,
 }
 
 async fn health(State(state): State<HttpState>) -> Response {
@@ -48,12 +50,21 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         .into_response()
 }
 
-async fn console(State(state): State<HttpState>) -> Response {
-    Html((state.console)().await).into_response()
+async fn console(State(state): State<HttpState>, uri: axum::http::Uri) -> Response {
+    Html((state.console)(uri.query().map(str::to_string)).await).into_response()
+}
+
+async fn status_nodes(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        (state.nodes_json)(None).await,
+    )
+        .into_response()
 }
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route("/_status/nodes", get(status_nodes))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/", get(console))
@@ -78,7 +89,8 @@ mod tests {
         let state = HttpState {
             ready: ready.clone(),
             metrics: Arc::new(|| "# TYPE x counter\nx 1\n".to_string()),
-            console: Arc::new(|| Box::pin(async { "<html>console</html>".to_string() })),
+            console: Arc::new(|q| Box::pin(async move { format!("<html>console {q:?}</html>") })),
+            nodes_json: Arc::new(|_| Box::pin(async { "[]".to_string() })),
         };
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -102,6 +114,7 @@ mod tests {
         assert!(get("/health").await.starts_with("HTTP/1.1 200"));
         let m = get("/metrics").await;
         assert!(m.contains("x 1"), "{m}");
-        assert!(get("/").await.contains("console"));
+        assert!(get("/?type=x").await.contains("console Some(\"type=x\")"));
+        assert!(get("/_status/nodes").await.ends_with("[]"));
     }
 }

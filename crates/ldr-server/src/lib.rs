@@ -1,7 +1,12 @@
 //! One ldr node: the shared SQL/gRPC listener, the HTTP endpoints, and the wiring of the
 //! cluster layer, SQL, jobs, the replication producer and the ingestion jobs.
 
+mod catalog_adapters;
+pub mod console;
 pub mod http;
 pub mod listener;
+mod node;
+mod sql;
 
 pub use listener::{PgHandler, Protocol, accept_loop, classify, sniff};
+pub use node::{CLOCK_OFFSET_ENV, Node, ServerConfig, run};

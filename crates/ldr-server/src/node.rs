@@ -1,0 +1,265 @@
+//! One node process: binds the listen and HTTP ports, starts the cluster layer, and once the
+//! node belongs to an initialized cluster, the job registry, the replication producer, the
+//! ingestion flows and SQL.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ldr_ingest::{FlowRunner, IngestService, LdrResumer};
+use ldr_jobs::{JobType, Registry};
+use ldr_kv::{KvClient, KvNode, NodeConfig};
+use ldr_stream::{Producer, ProducerResumer, ReplicationStreamService};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{error, info, warn};
+
+use crate::http::{self, HttpState};
+use crate::listener::{self, PgHandler};
+use crate::sql::SqlWiring;
+
+/// How a node starts (`ldr start` flags).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub store_dir: PathBuf,
+    pub listen_addr: String,
+    pub advertise_addr: Option<String>,
+    pub advertise_sql_addr: Option<String>,
+    pub http_addr: String,
+    pub join: Vec<String>,
+    pub cluster_name: Option<String>,
+    pub max_clock_offset: Duration,
+}
+
+/// Environment variable that shifts this node's physical clock (testbed clock skew).
+pub const CLOCK_OFFSET_ENV: &str = "LDR_CLOCK_OFFSET_NS";
+
+/// The running pieces of an initialized node.
+pub struct Node {
+    pub kv: KvClient,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<ldr_ingest::metrics::Metrics>,
+    pub sql: SqlWiring,
+}
+
+/// Runs a node until SIGINT/SIGTERM.
+pub async fn run(config: ServerConfig) -> Result<()> {
+    let listener = TcpListener::bind(&config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    let http_listener = TcpListener::bind(&config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    let listen_addr: SocketAddr = listener.local_addr()?;
+    info!(%listen_addr, http = %http_listener.local_addr()?, store = %config.store_dir.display(), "starting node");
+
+    let kv_node = KvNode::start(NodeConfig {
+        store_dir: config.store_dir.clone(),
+        listen_addr: listen_addr.to_string(),
+        advertise_addr: config.advertise_addr.clone(),
+        advertise_sql_addr: config.advertise_sql_addr.clone(),
+        http_addr: config.http_addr.clone(),
+        join: config.join.clone(),
+        cluster_name: config.cluster_name.clone(),
+        max_clock_offset: config.max_clock_offset,
+    })
+    .await
+    .context("cannot start the node")?;
+    if let Some(offset) = std::env::var(CLOCK_OFFSET_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        warn!(
+            offset_ns = offset,
+            "physical clock shifted by {CLOCK_OFFSET_ENV}"
+        );
+        kv_node.client().clock().set_physical_offset_ns(offset);
+    }
+
+    // gRPC: mounted now (joins need the KV service); the replication services answer
+    // "unavailable" until the node is initialized.
+    let stream_service = ReplicationStreamService::deferred();
+    let ingest_service = IngestService::deferred();
+    let (grpc_tx, grpc_rx) = mpsc::channel(128);
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(kv_node.grpc_service())
+        .add_service(stream_service.clone().into_server())
+        .add_service(ingest_service.clone().into_server())
+        .serve_with_incoming(ReceiverStream::new(grpc_rx));
+    tokio::spawn(async move {
+        if let Err(e) = grpc.await {
+            error!(error = %e, "grpc server stopped");
+        }
+    });
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let node_cell: Arc<tokio::sync::OnceCell<Arc<Node>>> = Arc::new(tokio::sync::OnceCell::new());
+    let pg: PgHandler = {
+        let node_cell = node_cell.clone();
+        Arc::new(move |stream, peer| {
+            let node_cell = node_cell.clone();
+            Box::pin(async move {
+                // Connections before initialization wait for it (as CockroachDB's do).
+                let node = tokio::time::timeout(Duration::from_secs(60), async {
+                    loop {
+                        if let Some(n) = node_cell.get() {
+                            return n.clone();
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+                .await;
+                match node {
+                    Ok(node) => node.sql.serve(stream, peer).await,
+                    Err(_) => {
+                        warn!(%peer, "sql connection dropped: node not initialized after 60s")
+                    }
+                }
+            })
+        })
+    };
+    tokio::spawn(listener::accept_loop(listener, grpc_tx, pg));
+
+    let metrics = Arc::new(ldr_ingest::metrics::Metrics::new());
+    let http_state = HttpState {
+        ready: ready.clone(),
+        metrics: {
+            let metrics = metrics.clone();
+            Arc::new(move || {
+                let mut out = String::new();
+                metrics.render(&mut out);
+                out
+            })
+        },
+        console: {
+            let node_cell = node_cell.clone();
+            Arc::new(move |query| {
+                let node_cell = node_cell.clone();
+                Box::pin(async move {
+                    match node_cell.get() {
+                        Some(node) => crate::console::render(node, query.as_deref()).await,
+                        None => "<html><body><h1>ldr</h1><p>node not initialized</p></body></html>"
+                            .to_string(),
+                    }
+                })
+            })
+        },
+        nodes_json: {
+            let node_cell = node_cell.clone();
+            Arc::new(move |_| {
+                let node_cell = node_cell.clone();
+                Box::pin(async move {
+                    match node_cell.get() {
+                        Some(node) => nodes_json(&node.kv).await,
+                        None => "[]".to_string(),
+                    }
+                })
+            })
+        },
+    };
+    tokio::spawn(http::serve(http_listener, http_state));
+
+    // Wait for `ldr init` or a successful join.
+    tokio::select! {
+        r = kv_node.wait_initialized() => r.context("node failed before joining a cluster")?,
+        _ = shutdown_signal() => {
+            kv_node.stop().await;
+            return Ok(());
+        }
+    }
+    let kv = kv_node.client();
+    info!(node_id = kv.node_id(), cluster_id = %kv.cluster_id(), "node initialized");
+
+    let registry = Registry::start(kv.clone());
+    let sql = SqlWiring::start(kv.clone(), registry.clone(), metrics.clone()).await?;
+    let producer = Arc::new(Producer {
+        kv: kv.clone(),
+        registry: registry.clone(),
+        catalog: sql.source_catalog(),
+        rangefeeds: kv_node.rangefeeds().clone(),
+    });
+    stream_service.set(producer);
+    let flows = FlowRunner::new(kv.clone(), sql.applier_factory(), metrics.clone());
+    ingest_service.set(flows.clone());
+    registry.register_resumer(
+        JobType::ReplicationStreamProducer,
+        Arc::new(ProducerResumer {
+            catalog: sql.source_catalog(),
+        }),
+    );
+    registry.register_resumer(
+        JobType::LogicalReplication,
+        Arc::new(LdrResumer {
+            flows: flows.clone(),
+            tables: sql.destination_tables(),
+        }),
+    );
+    sql.register_jobs(&registry, flows.clone());
+    let node = Arc::new(Node {
+        kv,
+        registry,
+        metrics,
+        sql,
+    });
+    let _ = node_cell.set(node);
+    ready.store(true, Ordering::Release);
+    info!("node ready");
+
+    shutdown_signal().await;
+    info!("shutting down");
+    ready.store(false, Ordering::Release);
+    kv_node.stop().await;
+    Ok(())
+}
+
+/// The cluster's nodes as JSON for `GET /_status/nodes`.
+async fn nodes_json(kv: &KvClient) -> String {
+    match kv.nodes().await {
+        Ok(nodes) => {
+            let rows: Vec<serde_json::Value> = nodes
+                .iter()
+                .map(|n| {
+                    serde_json::json!({
+                        "node_id": n.node.node_id,
+                        "address": n.node.address,
+                        "sql_address": n.node.sql_address,
+                        "http_address": n.node.http_address,
+                        "started_at": crate::console::format_ts(n.node.started_at),
+                        "is_live": n.is_live,
+                    })
+                })
+                .collect();
+            serde_json::Value::Array(rows).to_string()
+        }
+        Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,130 @@
+//! Wires the SQL layer to the replication crates on one node: the pgwire server, the internal
+//! executor the DLQ uses, the catalog views of the producer and the LDR job, the immediate
+//! applier, and the `CREATE LOGICAL REPLICATION STREAM` hook.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use ldr_ingest::metrics::Metrics;
+use ldr_ingest::{
+    ApplierFactory, CreateContext, DestinationTables, FlowRunner, ImmediateApplierFactory,
+    InternalSql,
+};
+use ldr_jobs::Registry;
+use ldr_kv::KvClient;
+use ldr_sql::catalog::Catalog;
+use ldr_sql::exec::{LdrStreamRequest, ReplicationStatements, SqlConfig, SqlServer};
+use ldr_sql::{Datum, SqlError};
+use ldr_stream::SourceCatalog;
+use ldr_types::JobId;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::catalog_adapters::{SqlDestinationTables, SqlSourceCatalog};
+
+/// The SQL side of a node, and the replication pieces built on it.
+pub struct SqlWiring {
+    pub server: Arc<SqlServer>,
+    pub catalog: Arc<Catalog>,
+    internal: Arc<NodeSql>,
+    metrics: Arc<Metrics>,
+    kv: KvClient,
+}
+
+/// The internal executor: statements run as `root`, one session per call.
+struct NodeSql {
+    server: Arc<SqlServer>,
+}
+
+#[async_trait]
+impl InternalSql for NodeSql {
+    async fn execute(
+        &self,
+        database: &str,
+        sql: &str,
+        params: Vec<Datum>,
+    ) -> std::result::Result<u64, SqlError> {
+        let mut session = self.server.session("root", database).await?;
+        let prepared = session.prepare(sql, &[]).await?;
+        let result = session.execute_prepared(&prepared, params).await?;
+        Ok(result.rows_affected.unwrap_or(0) as u64)
+    }
+}
+
+/// `CREATE LOGICAL REPLICATION STREAM`'s replication half.
+struct Hook {
+    ctx: CreateContext,
+}
+
+#[async_trait]
+impl ReplicationStatements for Hook {
+    async fn create_logical_replication_stream(
+        &self,
+        request: LdrStreamRequest,
+    ) -> ldr_sql::Result<JobId> {
+        ldr_ingest::create_stream(&self.ctx, request).await
+    }
+}
+
+impl SqlWiring {
+    pub async fn start(
+        kv: KvClient,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> Result<SqlWiring> {
+        let server =
+            SqlServer::start(kv.clone(), registry.clone(), SqlConfig { insecure: true }).await?;
+        let catalog = Arc::new(Catalog::new(kv.clone()));
+        let internal = Arc::new(NodeSql {
+            server: server.clone(),
+        });
+        server.set_replication_statements(Arc::new(Hook {
+            ctx: CreateContext {
+                kv: kv.clone(),
+                registry,
+                catalog: catalog.clone(),
+                sql: internal.clone(),
+            },
+        }));
+        Ok(SqlWiring {
+            server,
+            catalog,
+            internal,
+            metrics,
+            kv,
+        })
+    }
+
+    /// Serves one pgwire connection.
+    pub async fn serve(&self, stream: TcpStream, peer: SocketAddr) {
+        if let Err(e) = ldr_sql::protocol::serve_connection(stream, self.server.clone()).await {
+            debug!(%peer, error = %e, "sql connection ended with an error");
+        }
+    }
+
+    pub fn source_catalog(&self) -> Arc<dyn SourceCatalog> {
+        Arc::new(SqlSourceCatalog {
+            catalog: self.catalog.clone(),
+        })
+    }
+
+    pub fn destination_tables(&self) -> Arc<dyn DestinationTables> {
+        Arc::new(SqlDestinationTables {
+            catalog: self.catalog.clone(),
+        })
+    }
+
+    pub fn applier_factory(&self) -> Arc<dyn ApplierFactory> {
+        Arc::new(ImmediateApplierFactory {
+            kv: self.kv.clone(),
+            catalog: self.catalog.clone(),
+            sql: self.internal.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Registers job types implemented on top of SQL (row-level TTL).
+    pub fn register_jobs(&self, _registry: &Arc<Registry>, _flows: Arc<FlowRunner>) {}
+}

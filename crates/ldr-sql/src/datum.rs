@@ -553,9 +553,7 @@ pub fn parse_bytes(s: &str) -> Option<Vec<u8>> {
             if i + 1 < b.len() && b[i + 1] == b'\\' {
                 out.push(b'\\');
                 i += 2;
-            } else if i + 3 < b.len() + 0
-                && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-            {
+            } else if i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
                 let v = u32::from(b[i + 1] - b'0') * 64
                     + u32::from(b[i + 2] - b'0') * 8
                     + u32::from(b[i + 3] - b'0');

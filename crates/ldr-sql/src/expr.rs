@@ -444,6 +444,58 @@ fn unsupported_expr(e: &sql::Expr) -> SqlError {
     SqlError::unsupported(format!("expression {e}"))
 }
 
+/// The bytes of a `b'…'` literal: `\xHH`, `\\`, `\n`, `\t`, `\r`, `\'` escapes.
+pub fn unescape_bytes(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            match b[i + 1] {
+                b'x' | b'X' if b.len() >= i + 4 => {
+                    match u8::from_str_radix(
+                        std::str::from_utf8(&b[i + 2..i + 4]).unwrap_or("zz"),
+                        16,
+                    ) {
+                        Ok(v) => {
+                            out.push(v);
+                            i += 4;
+                            continue;
+                        }
+                        Err(_) => out.push(b[i]),
+                    }
+                }
+                b'n' => {
+                    out.push(b'\n');
+                    i += 2;
+                    continue;
+                }
+                b't' => {
+                    out.push(b'\t');
+                    i += 2;
+                    continue;
+                }
+                b'r' => {
+                    out.push(b'\r');
+                    i += 2;
+                    continue;
+                }
+                b'\\' | b'\'' => {
+                    out.push(b[i + 1]);
+                    i += 2;
+                    continue;
+                }
+                _ => out.push(b[i]),
+            }
+            i += 1;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
 /// Parses a numeric literal: integers as INT8, everything else DECIMAL.
 pub fn number_literal(s: &str) -> Result<Datum> {
     if !s.contains(['.', 'e', 'E']) {
@@ -1108,7 +1160,7 @@ impl<'a> Binder<'a> {
                 SqlType::Unknown,
             ),
             V::SingleQuotedByteStringLiteral(s) | V::DoubleQuotedByteStringLiteral(s) => (
-                ScalarExpr::Const(Datum::Bytes(s.as_bytes().to_vec())),
+                ScalarExpr::Const(Datum::Bytes(unescape_bytes(s))),
                 SqlType::Bytes,
             ),
             V::HexStringLiteral(h) => (

@@ -226,3 +226,11 @@ fn like_matcher() {
     assert!(!like_match("ab", "a\\%", Some('\\')));
     assert!(like_match("aXbXc", "a%b%c", Some('\\')));
 }
+
+#[test]
+fn byte_literals_unescape() {
+    assert_eq!(unescape_bytes("\\x00ab"), vec![0x00, b'a', b'b']);
+    assert_eq!(unescape_bytes("a\\\\b\\n"), b"a\\b\n".to_vec());
+    assert_eq!(unescape_bytes("\\xZZ"), b"\\xZZ".to_vec());
+    assert_eq!(text("b'\\x41\\x42'"), "\\x4142");
+}

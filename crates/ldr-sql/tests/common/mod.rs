@@ -94,13 +94,14 @@ pub async fn exec_err(s: &mut Session, sql: &str) -> SqlError {
 
 /// The rows of a query as text (NULL as "NULL").
 pub async fn rows(s: &mut Session, sql: &str) -> Vec<Vec<String>> {
-    exec(s, sql)
-        .await
+    let tz = s.vars.tz_offset_secs;
+    let result = exec(s, sql).await;
+    result
         .rows
         .iter()
         .map(|r| {
             r.iter()
-                .map(|d| d.to_text(0).unwrap_or_else(|| "NULL".into()))
+                .map(|d| d.to_text(tz).unwrap_or_else(|| "NULL".into()))
                 .collect()
         })
         .collect()

@@ -31,7 +31,7 @@ use parking_lot::RwLock;
 pub use self::ldr::{LdrStreamRequest, ReplicationStatements, ResolvedTable};
 pub use self::privilege::{SYSTEM_PRIVILEGES, TABLE_PRIVILEGES};
 pub use self::session::SessionVars;
-pub use self::write::ValidatedWrite;
+pub use self::write::{ValidatedOutcome, ValidatedWrite};
 use crate::catalog::{Catalog, TableDescriptor, UserRecord};
 use crate::datum::Datum;
 use crate::error::{Result, SqlError, sqlstate};
@@ -329,7 +329,7 @@ impl SqlServer {
     /// Applies one replicated row through the SQL write path (validated mode): NOT NULL,
     /// CHECK, FOREIGN KEY and UNIQUE are enforced, and the primary row is written with the
     /// LWW condition and the given header. See [`ValidatedWrite`].
-    pub async fn apply_validated(&self, write: ValidatedWrite) -> Result<write::ValidatedOutcome> {
+    pub async fn apply_validated(&self, write: ValidatedWrite) -> Result<ValidatedOutcome> {
         write::apply_validated(self, write).await
     }
 }

@@ -289,6 +289,11 @@ pub fn canonical_bytes(row: &[Datum], positions: &[usize]) -> Vec<u8> {
 }
 
 #[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::tests::desc;
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::catalog::{ColumnDescriptor, IndexColumn};

@@ -523,6 +523,27 @@ fn new_index(desc: &TableDescriptor, def: &IndexDef) -> Result<IndexDescriptor> 
 }
 
 async fn create_table(s: &mut Session, ct: &CreateTable) -> Result<QueryResult> {
+    // The DLQ schema is created on demand.
+    let dlq_db = match ct.name.as_slice() {
+        [sch, _] if sch == "crdb_replication" => Some(s.database().to_string()),
+        [db, sch, _] if sch == "crdb_replication" => Some(db.clone()),
+        _ => None,
+    };
+    if let Some(db) = dlq_db {
+        if let Some(d) = s.server.catalog.database(&db).await? {
+            if !d.has_schema("crdb_replication") {
+                s.server
+                    .catalog
+                    .update_database(&db, &|d| {
+                        if !d.has_schema("crdb_replication") {
+                            d.schemas.push("crdb_replication".into());
+                        }
+                        Ok(())
+                    })
+                    .await?;
+            }
+        }
+    }
     let target = resolve::target(&s.server.catalog, s.database(), &ct.name).await?;
     privilege::require_database_create(s, &target.database).await?;
     if matches!(target.database.name.as_str(), "system") {

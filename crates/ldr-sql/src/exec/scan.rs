@@ -586,3 +586,91 @@ impl GetOwned for KvClient {
         async move { self.get(&key, Some(ts)).await }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::Binder;
+    use crate::parser::parse_expr;
+    use crate::rowcodec;
+
+    fn desc() -> TableDescriptor {
+        let mut d = rowcodec::tests_support::desc();
+        // (id, email UNIQUE, city INDEX), primary key (id)
+        d.shard_count = 4;
+        d
+    }
+
+    fn access(filter: &str, params: Vec<Datum>) -> Access {
+        let d = desc();
+        let scope = table_scope(&d, None);
+        let mut types = Vec::new();
+        let (f, _) = Binder::new(&scope, &mut types)
+            .bind(&parse_expr(filter).expect("parses"))
+            .expect("binds");
+        plan_access(
+            &d,
+            Some(&f),
+            &EvalCtx {
+                params,
+                ..EvalCtx::default()
+            },
+        )
+    }
+
+    #[test]
+    fn point_lookups_and_ranges_avoid_full_scans() {
+        let d = desc();
+        let key = |id: i64| rowcodec::primary_key(&d, &[Datum::Int(id), Datum::Null, Datum::Null]);
+        assert_eq!(access("id = 7", vec![]), Access::Keys(vec![key(7)]));
+        assert_eq!(
+            access("7 = id AND city = 'x'", vec![]),
+            Access::Keys(vec![key(7)])
+        );
+        assert_eq!(
+            access("id = $1", vec![Datum::Int(9)]),
+            Access::Keys(vec![key(9)])
+        );
+        assert_eq!(
+            access("id IN (3, 1, 3)", vec![]),
+            Access::Keys(vec![key(1), key(3)])
+        );
+        assert!(
+            matches!(access("email = 'a@x'", vec![]), Access::Unique { ref values, .. } if values.len() == 1)
+        );
+        assert!(matches!(
+            access("id > 5 AND id <= 10", vec![]),
+            Access::PkRange { end: Some(_), .. }
+        ));
+        assert!(matches!(
+            access("id BETWEEN 1 AND 2", vec![]),
+            Access::PkRange { .. }
+        ));
+        assert!(
+            matches!(access("city = 'nyc'", vec![]), Access::Secondary { ref prefixes, .. } if prefixes.len() == 1)
+        );
+        assert_eq!(access("city LIKE 'n%'", vec![]), Access::Full);
+        assert_eq!(access("id = 1 OR id = 2", vec![]), Access::Full);
+        assert_eq!(access("id + 1 = 2", vec![]), Access::Full);
+        // A value of another type family cannot be a key: scan (the filter still applies).
+        assert_eq!(access("id = 1.5", vec![]), Access::Full);
+    }
+
+    #[test]
+    fn ranges_cover_exactly_the_bounds() {
+        let d = desc();
+        let enc = |id: i64| crate::encoding::encode_key_tuple([&Datum::Int(id)]);
+        let Access::PkRange { start, end } = access("id >= 5 AND id < 10", vec![]) else {
+            panic!("range")
+        };
+        assert!(start <= enc(5) && enc(4) < start);
+        let end = end.expect("bounded");
+        assert!(enc(9) < end && enc(10) >= end);
+        let Access::PkRange { start, end } = access("id > 5", vec![]) else {
+            panic!("range")
+        };
+        assert!(enc(5) < start && start <= enc(6));
+        assert_eq!(end, None);
+        let _ = d;
+    }
+}

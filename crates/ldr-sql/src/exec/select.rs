@@ -271,6 +271,14 @@ fn plan_values(v: &sql::Values, params: &mut Vec<Option<SqlType>>) -> Result<Sel
     let mut rows = Vec::new();
     let mut types: Vec<SqlType> = Vec::new();
     for r in &v.rows {
+        if let Some(first) = v.rows.first() {
+            if r.content.len() != first.content.len() {
+                return Err(SqlError::new(
+                    sqlstate::SYNTAX_ERROR,
+                    "VALUES lists must all be the same length",
+                ));
+            }
+        }
         let mut b = Binder::new(&empty, params);
         let mut row = Vec::new();
         for (i, e) in r.content.iter().enumerate() {
@@ -281,12 +289,6 @@ fn plan_values(v: &sql::Values, params: &mut Vec<Option<SqlType>>) -> Result<Sel
                 types[i] = ty;
             }
             row.push(x);
-        }
-        if !rows.is_empty() && row.len() != types.len() {
-            return Err(SqlError::new(
-                sqlstate::SYNTAX_ERROR,
-                "VALUES lists must all be the same length",
-            ));
         }
         rows.push(row);
     }

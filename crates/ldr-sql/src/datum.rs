@@ -580,7 +580,7 @@ fn datetime_error(s: &str, ty: &str) -> SqlError {
 /// Days since the epoch of `YYYY-MM-DD` (a timestamp string is truncated to its date).
 pub fn parse_date(s: &str) -> Result<i32> {
     let t = s.trim();
-    let date_part = t.split(|c: char| c == ' ' || c == 'T').next().unwrap_or(t);
+    let date_part = t.split([' ', 'T']).next().unwrap_or(t);
     let d = NaiveDate::parse_from_str(date_part, "%Y-%m-%d")
         .or_else(|_| NaiveDate::parse_from_str(date_part, "%Y%m%d"))
         .or_else(|_| NaiveDate::parse_from_str(date_part, "%m/%d/%Y"))

@@ -42,10 +42,10 @@ impl Scope {
             if c.name != name {
                 continue;
             }
-            if let Some(q) = qualifier {
-                if c.table.as_deref() != Some(q) {
-                    continue;
-                }
+            if let Some(q) = qualifier
+                && c.table.as_deref() != Some(q)
+            {
+                continue;
             }
             if found.is_some() {
                 return Err(SqlError::new(
@@ -183,17 +183,17 @@ impl ScalarExpr {
     pub fn is_volatile(&self) -> bool {
         let mut found = false;
         self.walk(&mut |e| {
-            if let ScalarExpr::Func { name, .. } = e {
-                if matches!(
+            if let ScalarExpr::Func { name, .. } = e
+                && matches!(
                     name.as_str(),
                     "gen_random_uuid"
                         | "unique_rowid"
                         | "random"
                         | "clock_timestamp"
                         | "uuid_generate_v4"
-                ) {
-                    found = true;
-                }
+                )
+            {
+                found = true;
             }
         });
         found
@@ -328,10 +328,10 @@ pub fn is_aggregate_name(name: &str) -> bool {
 pub fn contains_aggregate(e: &sql::Expr) -> bool {
     let mut found = false;
     visit_sql(e, &mut |x| {
-        if let sql::Expr::Function(f) = x {
-            if is_aggregate_name(&function_name(&f.name)) {
-                found = true;
-            }
+        if let sql::Expr::Function(f) = x
+            && is_aggregate_name(&function_name(&f.name))
+        {
+            found = true;
         }
     });
     found
@@ -498,10 +498,10 @@ pub fn unescape_bytes(s: &str) -> Vec<u8> {
 
 /// Parses a numeric literal: integers as INT8, everything else DECIMAL.
 pub fn number_literal(s: &str) -> Result<Datum> {
-    if !s.contains(['.', 'e', 'E']) {
-        if let Ok(i) = s.parse::<i64>() {
-            return Ok(Datum::Int(i));
-        }
+    if !s.contains(['.', 'e', 'E'])
+        && let Ok(i) = s.parse::<i64>()
+    {
+        return Ok(Datum::Int(i));
     }
     datum::parse_decimal(s)
         .map(Datum::Decimal)
@@ -838,12 +838,12 @@ impl<'a> Binder<'a> {
                     items.push(i);
                     item_types.push(ity);
                 }
-                if ty == SqlType::Unknown {
-                    if let Some(t) = item_types.iter().find(|t| **t != SqlType::Unknown).cloned() {
-                        let (nx, nty) = self.coerce_unknown(x, &t)?;
-                        x = nx;
-                        ty = nty;
-                    }
+                if ty == SqlType::Unknown
+                    && let Some(t) = item_types.iter().find(|t| **t != SqlType::Unknown).cloned()
+                {
+                    let (nx, nty) = self.coerce_unknown(x, &t)?;
+                    x = nx;
+                    ty = nty;
                 }
                 let mut bound = Vec::with_capacity(items.len());
                 for (i, ity) in items.into_iter().zip(item_types) {
@@ -1582,7 +1582,7 @@ impl<'a> Binder<'a> {
                         std::mem::replace(a, (ScalarExpr::Const(Datum::Null), SqlType::Unknown));
                     *a = self.coerce_unknown_if(x, at, &SqlType::DECIMAL)?;
                     if !a.1.is_numeric() {
-                        return Err(unknown_signature(name, &[a.1.clone()]));
+                        return Err(unknown_signature(name, std::slice::from_ref(&a.1)));
                     }
                 }
                 if canonical == "mod" && args.iter().all(|(_, t)| t.family() == TypeFamily::Int) {
@@ -1791,12 +1791,8 @@ fn arithmetic_type(op: BinOp, a: &SqlType, b: &SqlType) -> Result<SqlType> {
     };
     let (fa, fb) = (a.family(), b.family());
     Ok(match op {
-        BinOp::BitAnd | BinOp::BitOr | BinOp::BitXor => {
-            if fa == F::Int && fb == F::Int {
-                SqlType::Int8
-            } else {
-                return Err(err());
-            }
+        BinOp::BitAnd | BinOp::BitOr | BinOp::BitXor if fa == F::Int && fb == F::Int => {
+            SqlType::Int8
         }
         BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::FloorDiv | BinOp::Mod => {
             match (fa, fb) {
@@ -2542,13 +2538,13 @@ fn eval_function(name: &str, args: Vec<Datum>, ty: &SqlType, ctx: &EvalCtx) -> R
             let chars: Vec<char> = s0().chars().collect();
             let start = int_arg(&args[1]).unwrap_or(1);
             let len = args.get(2).and_then(int_arg);
-            if let Some(l) = len {
-                if l < 0 {
-                    return Err(SqlError::new(
-                        sqlstate::INVALID_PARAMETER_VALUE,
-                        "negative substring length not allowed",
-                    ));
-                }
+            if let Some(l) = len
+                && l < 0
+            {
+                return Err(SqlError::new(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    "negative substring length not allowed",
+                ));
             }
             let begin = start - 1;
             let end = match len {
@@ -2857,7 +2853,7 @@ fn eval_function(name: &str, args: Vec<Datum>, ty: &SqlType, ctx: &EvalCtx) -> R
         },
         "to_json" => D::Json(args[0].to_json()),
         "json_build_object" => {
-            if args.len() % 2 != 0 {
+            if !args.len().is_multiple_of(2) {
                 return Err(SqlError::new(
                     sqlstate::INVALID_PARAMETER_VALUE,
                     "argument list must have even number of elements",
@@ -2887,7 +2883,7 @@ fn eval_function(name: &str, args: Vec<Datum>, ty: &SqlType, ctx: &EvalCtx) -> R
 /// `wall.logical` as a DECIMAL with ten fractional digits.
 pub fn timestamp_decimal(ts: ldr_types::Timestamp) -> Decimal {
     let mantissa = i128::from(ts.wall_time_ns) * 10_000_000_000 + i128::from(ts.logical);
-    Decimal::try_from_i128_with_scale(mantissa, 10).unwrap_or_else(|_| Decimal::MAX)
+    Decimal::try_from_i128_with_scale(mantissa, 10).unwrap_or(Decimal::MAX)
 }
 
 fn date_part(field: &str, micros: i64) -> Result<f64> {

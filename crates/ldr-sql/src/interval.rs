@@ -246,10 +246,11 @@ fn tokenize(s: &str) -> Vec<String> {
             || c == '.'
             || c == ':'
             || ((c == '-' || c == '+') && cur.is_empty());
-        if let Some(prev) = cur_is_num {
-            if prev != is_num && !cur.is_empty() {
-                out.push(std::mem::take(&mut cur));
-            }
+        if let Some(prev) = cur_is_num
+            && prev != is_num
+            && !cur.is_empty()
+        {
+            out.push(std::mem::take(&mut cur));
         }
         cur.push(c);
         cur_is_num = Some(is_num);

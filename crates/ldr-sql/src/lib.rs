@@ -1,4 +1,35 @@
-//! ldr-sql: the SQL layer of a node.
+//! ldr-sql: the SQL layer of a node — types and values, key and row encodings, the catalog,
+//! the parser, the executor, privileges and the PostgreSQL wire protocol.
+//!
+//! - [`types`], [`datum`], [`interval`]: SQL types and values, text input/output, casts.
+//! - [`encoding`]: order-preserving key encoding and the column-id row value encoding.
+//! - [`rowcodec`]: how a row maps to KV pairs (primary, non-unique and unique index
+//!   entries); used by the write path and by replication (decode a source KV, remap it to
+//!   the destination's columns by name, build LWW writes, render the DLQ's JSON).
+//! - [`catalog`]: descriptors, users and external connections in the system keyspace.
+//! - [`parser`]: sqlparser for standard SQL plus CockroachDB's own statements.
+//! - [`expr`]: binding (names, types, parameters, aggregates) and evaluation.
+//! - [`exec`]: [`exec::SqlServer`] (one per node) and [`exec::Session`] (one per
+//!   connection); the [`exec::ReplicationStatements`] hook the server implements.
+//! - [`validation`]: LDR schema compatibility, schema locks, allowed schema changes.
+//! - [`protocol`]: pgwire front end, [`protocol::serve_connection`].
+//! - [`wire`]: text and binary wire formats.
+//!
+//! Using it from a server:
+//!
+//! ```no_run
+//! # async fn run(kv: ldr_kv::KvClient, socket: tokio::net::TcpStream) -> Result<(), Box<dyn std::error::Error>> {
+//! let jobs = ldr_jobs::Registry::start(kv.clone());
+//! let sql = ldr_sql::exec::SqlServer::start(kv, jobs, ldr_sql::exec::SqlConfig { insecure: true }).await?;
+//! // sql.set_replication_statements(Arc::new(MyIngest { … }));
+//! tokio::spawn(ldr_sql::protocol::serve_connection(socket, sql.clone()));
+//! # Ok(()) }
+//! ```
+//!
+//! Invariants: a row's primary entry and its non-unique index entries are written in one
+//! conditional batch; a unique index entry points at the row that holds its value (or is a
+//! claim being released or taken over); every error a client sees has a SQLSTATE.
+
 pub mod catalog;
 pub mod datum;
 pub mod encoding;

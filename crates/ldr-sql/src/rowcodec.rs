@@ -217,12 +217,12 @@ pub fn lww_writes(
         .or(prev)
         .ok_or_else(|| SqlError::internal("an LWW write needs a new or a previous row"))?;
     let pk = pk_bytes(desc, key_row);
-    if let (Some(n), Some(p)) = (new, prev) {
-        if pk_bytes(desc, p) != pk_bytes(desc, n) {
-            return Err(SqlError::internal(
-                "an LWW write cannot change the primary key",
-            ));
-        }
+    if let (Some(n), Some(p)) = (new, prev)
+        && pk_bytes(desc, p) != pk_bytes(desc, n)
+    {
+        return Err(SqlError::internal(
+            "an LWW write cannot change the primary key",
+        ));
     }
     let condition = Condition::Lww {
         expected_prev,

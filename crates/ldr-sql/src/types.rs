@@ -273,13 +273,13 @@ impl SqlType {
             "DECIMAL" | "NUMERIC" | "DEC" => {
                 let precision = nums.first().copied();
                 let scale = nums.get(1).copied();
-                if let (Some(p), Some(s)) = (precision, scale) {
-                    if s > p {
-                        return Err(SqlError::new(
-                            sqlstate::INVALID_PARAMETER_VALUE,
-                            format!("scale ({s}) must be between 0 and precision ({p})"),
-                        ));
-                    }
+                if let (Some(p), Some(s)) = (precision, scale)
+                    && s > p
+                {
+                    return Err(SqlError::new(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        format!("scale ({s}) must be between 0 and precision ({p})"),
+                    ));
                 }
                 if precision == Some(0) {
                     return Err(SqlError::new(

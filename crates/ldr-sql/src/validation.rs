@@ -168,10 +168,10 @@ pub async fn lock(
     table_id: TableId,
     job_id: JobId,
 ) -> Result<Arc<TableDescriptor>> {
-    if let Some(t) = catalog.table_by_id(table_id).await? {
-        if t.ldr_job_ids.contains(&job_id) {
-            return Ok(t);
-        }
+    if let Some(t) = catalog.table_by_id(table_id).await?
+        && t.ldr_job_ids.contains(&job_id)
+    {
+        return Ok(t);
     }
     catalog
         .update_table(table_id, &move |d: &mut TableDescriptor| {

@@ -213,7 +213,7 @@ pub fn decode_param(bytes: &[u8], ty: &SqlType, binary: bool) -> Result<Datum> {
             Err(bad_binary(ty))
         }
     };
-    Ok(match ty.family() {
+    match ty.family() {
         TypeFamily::Bool => Datum::Bool(fixed(1)?[0] != 0),
         TypeFamily::Int => match bytes.len() {
             2 => Datum::Int(i64::from(i16::from_be_bytes([bytes[0], bytes[1]]))),
@@ -277,7 +277,7 @@ pub fn decode_param(bytes: &[u8], ty: &SqlType, binary: bool) -> Result<Datum> {
             })?)
         }
     }
-    .assign_to(ty)?)
+    .assign_to(ty)
 }
 
 #[cfg(test)]

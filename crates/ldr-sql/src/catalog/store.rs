@@ -225,7 +225,7 @@ impl Catalog {
             schemas: vec![],
             privileges: Default::default(),
         };
-        let bytes = serde_json::to_vec(&desc).map_err(|e| SqlError::internal(e))?;
+        let bytes = serde_json::to_vec(&desc).map_err(SqlError::internal)?;
         match self
             .kv
             .sys_cput(DATABASES, name.as_bytes(), Some(&bytes), None)
@@ -254,7 +254,7 @@ impl Catalog {
             let mut desc: DatabaseDescriptor =
                 serde_json::from_slice(&current).map_err(|e| corrupt("database descriptor", e))?;
             f(&mut desc)?;
-            let bytes = serde_json::to_vec(&desc).map_err(|e| SqlError::internal(e))?;
+            let bytes = serde_json::to_vec(&desc).map_err(SqlError::internal)?;
             if self
                 .kv
                 .sys_cput(DATABASES, name.as_bytes(), Some(&bytes), Some(&current))
@@ -382,7 +382,7 @@ impl Catalog {
             let ranges = self.kv.create_table_ranges(desc.id, None).await?;
             desc.shard_count =
                 u16::try_from(ranges.len()).map_err(|_| SqlError::internal("too many ranges"))?;
-            let bytes = serde_json::to_vec(&desc).map_err(|e| SqlError::internal(e))?;
+            let bytes = serde_json::to_vec(&desc).map_err(SqlError::internal)?;
             self.kv
                 .sys_put(DESCRIPTORS, &table_key(desc.id), &bytes)
                 .await?;
@@ -415,7 +415,7 @@ impl Catalog {
             f(&mut desc)?;
             desc.version += 1;
             desc.validate()?;
-            let bytes = serde_json::to_vec(&desc).map_err(|e| SqlError::internal(e))?;
+            let bytes = serde_json::to_vec(&desc).map_err(SqlError::internal)?;
             if self
                 .kv
                 .sys_cput(DESCRIPTORS, &table_key(id), Some(&bytes), Some(&current))
@@ -468,7 +468,7 @@ impl Catalog {
 
     /// Creates a user; `Ok(false)` if it exists.
     pub async fn create_user(&self, user: &UserRecord) -> Result<bool> {
-        let bytes = serde_json::to_vec(user).map_err(|e| SqlError::internal(e))?;
+        let bytes = serde_json::to_vec(user).map_err(SqlError::internal)?;
         Ok(self
             .kv
             .sys_cput(USERS, user.name.as_bytes(), Some(&bytes), None)
@@ -490,7 +490,7 @@ impl Catalog {
             let mut u: UserRecord =
                 serde_json::from_slice(&current).map_err(|e| corrupt("user record", e))?;
             f(&mut u)?;
-            let bytes = serde_json::to_vec(&u).map_err(|e| SqlError::internal(e))?;
+            let bytes = serde_json::to_vec(&u).map_err(SqlError::internal)?;
             if self
                 .kv
                 .sys_cput(USERS, name.as_bytes(), Some(&bytes), Some(&current))
@@ -539,7 +539,7 @@ impl Catalog {
     }
 
     pub async fn create_external_connection(&self, c: &ExternalConnection) -> Result<bool> {
-        let bytes = serde_json::to_vec(c).map_err(|e| SqlError::internal(e))?;
+        let bytes = serde_json::to_vec(c).map_err(SqlError::internal)?;
         Ok(self
             .kv
             .sys_cput(EXTERNAL_CONNECTIONS, c.name.as_bytes(), Some(&bytes), None)

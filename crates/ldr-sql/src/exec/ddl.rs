@@ -529,20 +529,19 @@ async fn create_table(s: &mut Session, ct: &CreateTable) -> Result<QueryResult> 
         [db, sch, _] if sch == "crdb_replication" => Some(db.clone()),
         _ => None,
     };
-    if let Some(db) = dlq_db {
-        if let Some(d) = s.server.catalog.database(&db).await? {
-            if !d.has_schema("crdb_replication") {
-                s.server
-                    .catalog
-                    .update_database(&db, &|d| {
-                        if !d.has_schema("crdb_replication") {
-                            d.schemas.push("crdb_replication".into());
-                        }
-                        Ok(())
-                    })
-                    .await?;
-            }
-        }
+    if let Some(db) = dlq_db
+        && let Some(d) = s.server.catalog.database(&db).await?
+        && !d.has_schema("crdb_replication")
+    {
+        s.server
+            .catalog
+            .update_database(&db, &|d| {
+                if !d.has_schema("crdb_replication") {
+                    d.schemas.push("crdb_replication".into());
+                }
+                Ok(())
+            })
+            .await?;
     }
     let target = resolve::target(&s.server.catalog, s.database(), &ct.name).await?;
     privilege::require_database_create(s, &target.database).await?;
@@ -840,36 +839,31 @@ async fn backfill_index(
             };
             let out = kv.write(vec![w], true).await?;
             if let Some((_, ldr_kv::RowOutcome::ConditionFailed { actual: Some(v) })) = out.first()
+                && v.value.as_deref() != Some(&pk[..])
             {
-                if v.value.as_deref() != Some(&pk[..]) {
-                    let owner = v.value.clone().unwrap_or_default();
-                    let owner_row = kv
-                        .get(&rowcodec::primary_key_from_pk(desc, &owner), None)
-                        .await?;
-                    let holds = match owner_row.and_then(|o| o.value) {
-                        Some(raw) => {
-                            rowcodec::unique_values(
-                                desc,
-                                idx,
-                                &rowcodec::decode_row_value(desc, &raw)?,
-                            )
+                let owner = v.value.clone().unwrap_or_default();
+                let owner_row = kv
+                    .get(&rowcodec::primary_key_from_pk(desc, &owner), None)
+                    .await?;
+                let holds = match owner_row.and_then(|o| o.value) {
+                    Some(raw) => {
+                        rowcodec::unique_values(desc, idx, &rowcodec::decode_row_value(desc, &raw)?)
                             .as_deref()
-                                == Some(&vals[..])
-                        }
-                        None => false,
-                    };
-                    if holds {
-                        return Err(write::unique_violation(desc, idx, &r.values));
+                            == Some(&vals[..])
                     }
-                    let w = RowWrite {
-                        key,
-                        value: Some(pk),
-                        condition: Condition::Expect(Some(owner)),
-                        header: ValueHeader::default(),
-                        dependents: vec![],
-                    };
-                    kv.write(vec![w], true).await?;
+                    None => false,
+                };
+                if holds {
+                    return Err(write::unique_violation(desc, idx, &r.values));
                 }
+                let w = RowWrite {
+                    key,
+                    value: Some(pk),
+                    condition: Condition::Expect(Some(owner)),
+                    header: ValueHeader::default(),
+                    dependents: vec![],
+                };
+                kv.write(vec![w], true).await?;
             }
         }
     } else {
@@ -926,16 +920,16 @@ async fn create_index(s: &mut Session, ci: &CreateIndex) -> Result<QueryResult> 
             unique: ci.index.unique,
         },
     )?;
-    if let Some(n) = &ci.index.name {
-        if desc.index_by_name(n).is_some() {
-            if ci.if_not_exists {
-                return Ok(QueryResult::command("CREATE INDEX"));
-            }
-            return Err(SqlError::new(
-                sqlstate::DUPLICATE_TABLE,
-                format!("index with name \"{n}\" already exists"),
-            ));
+    if let Some(n) = &ci.index.name
+        && desc.index_by_name(n).is_some()
+    {
+        if ci.if_not_exists {
+            return Ok(QueryResult::command("CREATE INDEX"));
         }
+        return Err(SqlError::new(
+            sqlstate::DUPLICATE_TABLE,
+            format!("index with name \"{n}\" already exists"),
+        ));
     }
     let idx = new_index(&desc, &ci.index)?;
     add_index(s, &desc, idx).await?;

@@ -395,10 +395,10 @@ async fn source_rows(
             }
         }
         for (ci, c) in desc.columns.iter().enumerate() {
-            if !set[ci] {
-                if let Some(d) = &plan.defaults[ci] {
-                    row[ci] = d.eval(&[], ctx)?.coerce_for_column(&c.ty, &c.name)?;
-                }
+            if !set[ci]
+                && let Some(d) = &plan.defaults[ci]
+            {
+                row[ci] = d.eval(&[], ctx)?.coerce_for_column(&c.ty, &c.name)?;
             }
         }
         // Columns not listed keep their value on UPSERT's update path; defaults count as
@@ -511,10 +511,9 @@ async fn txn_check_unique(
             txn,
         )
         .await?
+            && Some(r.key.as_slice()) != own_key
         {
-            if Some(r.key.as_slice()) != own_key {
-                return Err(write::unique_violation(desc, idx, row));
-            }
+            return Err(write::unique_violation(desc, idx, row));
         }
     }
     Ok(())
@@ -631,11 +630,11 @@ pub(crate) async fn insert(
                             }
                             let mut scope_row = existing.scope_values();
                             scope_row.extend(row.iter().cloned());
-                            if let Some(f) = filter {
-                                if !f.eval_predicate(&scope_row, &ctx)? {
-                                    done = true;
-                                    break;
-                                }
+                            if let Some(f) = filter
+                                && !f.eval_predicate(&scope_row, &ctx)?
+                            {
+                                done = true;
+                                break;
                             }
                             let mut updated = existing.values.clone();
                             for (ci, x) in sets {

@@ -492,16 +492,16 @@ impl Session {
         params: Vec<Datum>,
         in_batch: bool,
     ) -> Result<QueryResult> {
-        if let Txn::Failed(_) = self.txn {
-            if !matches!(
+        if let Txn::Failed(_) = self.txn
+            && !matches!(
                 stmt,
                 Statement::Rollback | Statement::Commit | Statement::RollbackToSavepoint(_)
-            ) {
-                return Err(SqlError::new(
-                    sqlstate::IN_FAILED_SQL_TRANSACTION,
-                    "current transaction is aborted, commands ignored until end of transaction block",
-                ));
-            }
+            )
+        {
+            return Err(SqlError::new(
+                sqlstate::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
         }
         let r = self.dispatch(stmt, params, in_batch).await;
         if r.is_err() {

@@ -38,14 +38,14 @@ pub(crate) async fn target(
             })
         }
         [a, t] => {
-            if let Some(db) = catalog.database(current_db).await? {
-                if db.has_schema(a) {
-                    return Ok(TableTarget {
-                        database: db,
-                        schema: a.clone(),
-                        name: t.clone(),
-                    });
-                }
+            if let Some(db) = catalog.database(current_db).await?
+                && db.has_schema(a)
+            {
+                return Ok(TableTarget {
+                    database: db,
+                    schema: a.clone(),
+                    name: t.clone(),
+                });
             }
             match catalog.database(a).await? {
                 Some(database) => Ok(TableTarget { database, schema: "public".into(), name: t.clone() }),
@@ -107,12 +107,11 @@ pub(crate) async fn lookup_table(
             catalog.table(db.id, "public", t).await
         }
         [a, t] => {
-            if let Some(db) = catalog.database(current_db).await? {
-                if db.has_schema(a) {
-                    if let Some(found) = catalog.table(db.id, a, t).await? {
-                        return Ok(Some(found));
-                    }
-                }
+            if let Some(db) = catalog.database(current_db).await?
+                && db.has_schema(a)
+                && let Some(found) = catalog.table(db.id, a, t).await?
+            {
+                return Ok(Some(found));
             }
             match catalog.database(a).await? {
                 Some(db) => catalog.table(db.id, "public", t).await,

@@ -284,14 +284,14 @@ pub(crate) fn plan_access(
     let pk = desc.pk_positions();
     // 1. Every primary key column fixed: point lookups.
     let eqs: Option<Vec<&Vec<Datum>>> = pk.iter().map(|i| bounds[*i].eq.as_ref()).collect();
-    if let Some(lists) = eqs {
-        if let Some(pks) = combos(&lists) {
-            return Access::Keys(
-                pks.iter()
-                    .map(|p| rowcodec::primary_key_from_pk(desc, p))
-                    .collect(),
-            );
-        }
+    if let Some(lists) = eqs
+        && let Some(pks) = combos(&lists)
+    {
+        return Access::Keys(
+            pks.iter()
+                .map(|p| rowcodec::primary_key_from_pk(desc, p))
+                .collect(),
+        );
     }
     // 2. A unique index fully fixed.
     for index in desc.indexes.iter().filter(|i| i.unique && !i.write_only) {
@@ -300,13 +300,13 @@ pub(crate) fn plan_access(
             .iter()
             .map(|i| bounds[*i].eq.as_ref())
             .collect();
-        if let Some(lists) = eqs {
-            if let Some(values) = combos(&lists) {
-                return Access::Unique {
-                    index: index.clone(),
-                    values,
-                };
-            }
+        if let Some(lists) = eqs
+            && let Some(values) = combos(&lists)
+        {
+            return Access::Unique {
+                index: index.clone(),
+                values,
+            };
         }
     }
     // 3. A range on the leading primary key columns (equalities then one range).
@@ -314,12 +314,12 @@ pub(crate) fn plan_access(
     let mut used = false;
     for (n, i) in pk.iter().enumerate() {
         let b = &bounds[*i];
-        if let Some(eq) = &b.eq {
-            if eq.len() == 1 {
-                encoding::encode_key(&mut prefix, &eq[0]);
-                used = true;
-                continue;
-            }
+        if let Some(eq) = &b.eq
+            && eq.len() == 1
+        {
+            encoding::encode_key(&mut prefix, &eq[0]);
+            used = true;
+            continue;
         }
         if b.lo.is_some() || b.hi.is_some() {
             let start = match &b.lo {
@@ -364,13 +364,13 @@ pub(crate) fn plan_access(
                 None => break,
             }
         }
-        if !lists.is_empty() {
-            if let Some(prefixes) = combos(&lists) {
-                return Access::Secondary {
-                    index: index.clone(),
-                    prefixes,
-                };
-            }
+        if !lists.is_empty()
+            && let Some(prefixes) = combos(&lists)
+        {
+            return Access::Secondary {
+                index: index.clone(),
+                prefixes,
+            };
         }
     }
     Access::Full
@@ -408,13 +408,13 @@ pub(crate) async fn get_row(
     ts: Timestamp,
     txn: Option<&TxnBuffer>,
 ) -> Result<Option<StoredRow>> {
-    if let Some(buf) = txn {
-        if let Some(change) = buf.get(desc.id, key) {
-            return Ok(change
-                .new
-                .as_ref()
-                .map(|values| buffered_row(desc, key, values)));
-        }
+    if let Some(buf) = txn
+        && let Some(change) = buf.get(desc.id, key)
+    {
+        return Ok(change
+            .new
+            .as_ref()
+            .map(|values| buffered_row(desc, key, values)));
     }
     match kv.get(key, Some(ts)).await? {
         Some(v) => decode_version(desc, key, &v),
@@ -493,11 +493,10 @@ pub(crate) async fn read(
             out
         }
         Access::Unique { index, values } => {
-            let entries = join_all(
-                values
-                    .iter()
-                    .map(|v| kv.get_owned(rowcodec::unique_key(desc, index, v), ts)),
-            )
+            let entries = join_all(values.iter().map(|v| {
+                let key = rowcodec::unique_key(desc, index, v);
+                async move { kv.get(&key, Some(ts)).await }
+            }))
             .await;
             let mut pks = Vec::new();
             for e in entries {
@@ -559,32 +558,13 @@ async fn get_many(
     .await;
     let mut out = Vec::new();
     for (k, v) in got {
-        if let Some(v) = v? {
-            if let Some(r) = decode_version(desc, &k, &v)? {
-                out.push(r);
-            }
+        if let Some(v) = v?
+            && let Some(r) = decode_version(desc, &k, &v)?
+        {
+            out.push(r);
         }
     }
     Ok(out)
-}
-
-/// `KvClient::get` with an owned key (for joining many lookups).
-trait GetOwned {
-    fn get_owned(
-        &self,
-        key: Vec<u8>,
-        ts: Timestamp,
-    ) -> impl std::future::Future<Output = ldr_kv::Result<Option<Version>>> + Send;
-}
-
-impl GetOwned for KvClient {
-    fn get_owned(
-        &self,
-        key: Vec<u8>,
-        ts: Timestamp,
-    ) -> impl std::future::Future<Output = ldr_kv::Result<Option<Version>>> + Send {
-        async move { self.get(&key, Some(ts)).await }
-    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub(crate) struct Source {
 
 /// A select list item: an expression or a column expanded from `*`.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Expr(sql::Expr),
     Column(usize),
@@ -117,10 +118,10 @@ fn derived_name(e: &sql::Expr) -> String {
 }
 
 fn literal_ordinal(e: &sql::Expr) -> Option<usize> {
-    if let sql::Expr::Value(v) = e {
-        if let sql::Value::Number(n, _) = &v.value {
-            return n.parse::<usize>().ok();
-        }
+    if let sql::Expr::Value(v) = e
+        && let sql::Value::Number(n, _) = &v.value
+    {
+        return n.parse::<usize>().ok();
     }
     None
 }
@@ -271,13 +272,13 @@ fn plan_values(v: &sql::Values, params: &mut Vec<Option<SqlType>>) -> Result<Sel
     let mut rows = Vec::new();
     let mut types: Vec<SqlType> = Vec::new();
     for r in &v.rows {
-        if let Some(first) = v.rows.first() {
-            if r.content.len() != first.content.len() {
-                return Err(SqlError::new(
-                    sqlstate::SYNTAX_ERROR,
-                    "VALUES lists must all be the same length",
-                ));
-            }
+        if let Some(first) = v.rows.first()
+            && r.content.len() != first.content.len()
+        {
+            return Err(SqlError::new(
+                sqlstate::SYNTAX_ERROR,
+                "VALUES lists must all be the same length",
+            ));
         }
         let mut b = Binder::new(&empty, params);
         let mut row = Vec::new();
@@ -676,10 +677,10 @@ async fn source_rows(s: &mut Session, plan: &SelectPlan, ctx: &EvalCtx) -> Resul
     }
     if plan.sources.is_empty() {
         let row: Vec<Datum> = vec![];
-        if let Some(f) = &plan.filter {
-            if !f.eval_predicate(&row, ctx)? {
-                return Ok(vec![]);
-            }
+        if let Some(f) = &plan.filter
+            && !f.eval_predicate(&row, ctx)?
+        {
+            return Ok(vec![]);
         }
         return Ok(vec![row]);
     }
@@ -1004,7 +1005,7 @@ pub(crate) async fn run_plan(
     ctx: &EvalCtx,
 ) -> Result<Vec<Vec<Datum>>> {
     let rows = source_rows(s, plan, ctx).await?;
-    let (rows, eval_rows): (Vec<Vec<Datum>>, ()) = match &plan.agg {
+    let rows: Vec<Vec<Datum>> = match &plan.agg {
         Some((group_exprs, aggs, having)) => {
             let mut grouped = aggregate(rows, group_exprs, aggs, ctx)?;
             if let Some(h) = having {
@@ -1016,11 +1017,10 @@ pub(crate) async fn run_plan(
                 }
                 grouped = kept;
             }
-            (grouped, ())
+            grouped
         }
-        None => (rows, ()),
+        None => rows,
     };
-    let _ = eval_rows;
     // Outputs and sort keys.
     let mut out: Vec<(Vec<Datum>, Vec<Datum>)> = Vec::with_capacity(rows.len());
     for r in &rows {

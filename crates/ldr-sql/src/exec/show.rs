@@ -619,13 +619,13 @@ pub(crate) async fn execute(
                     s(c.connection_type.to_uppercase()),
                 ]);
             }
-            if let Some(n) = name {
-                if rows.is_empty() {
-                    return Err(SqlError::new(
-                        sqlstate::UNDEFINED_OBJECT,
-                        format!("external connection with name {n} does not exist"),
-                    ));
-                }
+            if let Some(n) = name
+                && rows.is_empty()
+            {
+                return Err(SqlError::new(
+                    sqlstate::UNDEFINED_OBJECT,
+                    format!("external connection with name {n} does not exist"),
+                ));
             }
             Ok(QueryResult::rows(ext_columns(), rows))
         }
@@ -795,12 +795,11 @@ fn setting_error(name: &str, e: ldr_kv::KvError) -> SqlError {
 
 /// Hides the password of a `postgresql://user:password@…` URI.
 pub fn redact_uri(uri: &str) -> String {
-    if let Some((scheme, rest)) = uri.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:redacted@{host}");
-            }
-        }
+    if let Some((scheme, rest)) = uri.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:redacted@{host}");
     }
     uri.to_string()
 }

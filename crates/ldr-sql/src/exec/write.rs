@@ -58,11 +58,14 @@ pub(crate) enum Applied {
     Conflict(Option<Version>),
 }
 
+/// Buffered changes keyed by table and primary key.
+type Changes = BTreeMap<(TableId, Vec<u8>), Change>;
+
 /// Writes buffered by an explicit transaction, keyed by table and primary key.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TxnBuffer {
-    changes: BTreeMap<(TableId, Vec<u8>), Change>,
-    savepoints: Vec<(String, BTreeMap<(TableId, Vec<u8>), Change>)>,
+    changes: Changes,
+    savepoints: Vec<(String, Changes)>,
 }
 
 impl TxnBuffer {
@@ -407,10 +410,11 @@ pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
     for (ch, a) in changes.iter().zip(applied) {
         if let Applied::Conflict(actual) = a {
             let exists = matches!(&actual, Some(Version { value: Some(_), .. }));
-            if ch.old.is_none() && exists {
-                if let Some(new) = &ch.new {
-                    return Err(pk_violation(&ch.table, new));
-                }
+            if ch.old.is_none()
+                && exists
+                && let Some(new) = &ch.new
+            {
+                return Err(pk_violation(&ch.table, new));
             }
             return Err(SqlError::new(
                 sqlstate::SERIALIZATION_FAILURE,
@@ -495,10 +499,10 @@ pub(crate) async fn check_fk_parents(
         let Some(vals) = fk_values(desc, &fk.columns, row) else {
             continue;
         };
-        if let Some(old) = old {
-            if fk_values(desc, &fk.columns, old).as_ref() == Some(&vals) {
-                continue;
-            }
+        if let Some(old) = old
+            && fk_values(desc, &fk.columns, old).as_ref() == Some(&vals)
+        {
+            continue;
         }
         let parent = catalog.table_by_id(fk.ref_table_id).await?.ok_or_else(|| {
             SqlError::internal(format!(
@@ -602,10 +606,10 @@ pub(crate) async fn check_fk_children(
         let Some(vals) = fk_values(desc, &fk.ref_columns, old) else {
             continue;
         };
-        if let Some(new) = new {
-            if fk_values(desc, &fk.ref_columns, new).as_ref() == Some(&vals) {
-                continue;
-            }
+        if let Some(new) = new
+            && fk_values(desc, &fk.ref_columns, new).as_ref() == Some(&vals)
+        {
+            continue;
         }
         let filter = equality_filter(child, &fk.columns, &vals)?;
         let access = scan::plan_access(child, Some(&filter), &EvalCtx::default());
@@ -679,10 +683,7 @@ pub(crate) async fn apply_validated(
     let children = referencing_tables(&server.catalog, desc).await?;
     for _ in 0..50 {
         let ts = kv.clock().now();
-        let current = match kv.get(&key, Some(ts)).await? {
-            Some(v) => Some(v),
-            None => None,
-        };
+        let current = kv.get(&key, Some(ts)).await?;
         let old = match &current {
             Some(v) => scan::decode_version(desc, &key, v)?,
             None => None,

@@ -188,6 +188,7 @@ pub enum InsertSource {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum OnConflict {
     DoNothing {
         columns: Vec<String>,
@@ -269,6 +270,7 @@ pub struct ForeignKeyDef {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum TableElement {
     Column(ColumnDef),
     PrimaryKey {

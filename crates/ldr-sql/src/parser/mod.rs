@@ -587,19 +587,19 @@ impl<'a> P<'a> {
 
     /// A SET value: a literal, or a bare word (`SET search_path = public`).
     fn set_value(&mut self) -> Result<Expr> {
-        if let Token::Word(w) = self.p.peek_token().token {
-            if !matches!(
+        if let Token::Word(w) = self.p.peek_token().token
+            && !matches!(
                 w.value.to_ascii_uppercase().as_str(),
                 "TRUE" | "FALSE" | "NULL" | "INTERVAL"
-            ) {
-                self.p.next_token();
-                let mut s = w.value.clone();
-                while self.p.consume_token(&Token::Period) {
-                    s.push('.');
-                    s.push_str(&self.ident()?);
-                }
-                return Ok(Expr::Value(sql::Value::SingleQuotedString(s).into()));
+            )
+        {
+            self.p.next_token();
+            let mut s = w.value.clone();
+            while self.p.consume_token(&Token::Period) {
+                s.push('.');
+                s.push_str(&self.ident()?);
             }
+            return Ok(Expr::Value(sql::Value::SingleQuotedString(s).into()));
         }
         self.expr()
     }
@@ -1101,15 +1101,11 @@ impl<'a> P<'a> {
         self.p.next_token();
         let mut name = first.clone();
         match first.as_str() {
-            "DOUBLE" => {
-                if self.eat("PRECISION") {
-                    name.push_str(" PRECISION");
-                }
+            "DOUBLE" if self.eat("PRECISION") => {
+                name.push_str(" PRECISION");
             }
-            "CHARACTER" | "CHAR" => {
-                if self.eat("VARYING") {
-                    name.push_str(" VARYING");
-                }
+            "CHARACTER" | "CHAR" if self.eat("VARYING") => {
+                name.push_str(" VARYING");
             }
             _ => {}
         }
@@ -1169,10 +1165,8 @@ impl<'a> P<'a> {
                 self.eat("ASC");
                 false
             };
-            if self.eat("NULLS") {
-                if !(self.eat("FIRST") || self.eat("LAST")) {
-                    return Err(self.unexpected());
-                }
+            if self.eat("NULLS") && !(self.eat("FIRST") || self.eat("LAST")) {
+                return Err(self.unexpected());
             }
             v.push(IndexColumnDef { name, descending });
             if !self.p.consume_token(&Token::Comma) {
@@ -1280,10 +1274,10 @@ impl<'a> P<'a> {
             storage_params = self.storage_params_body()?;
         }
         // CockroachDB accepts trailing `LOCALITY …`, `PARTITION BY …`: reject clearly.
-        if let Some(w) = self.peek_word() {
-            if matches!(w.as_str(), "LOCALITY" | "PARTITION" | "INHERITS") {
-                return Err(SqlError::unsupported(format!("{w} is not supported")));
-            }
+        if let Some(w) = self.peek_word()
+            && matches!(w.as_str(), "LOCALITY" | "PARTITION" | "INHERITS")
+        {
+            return Err(SqlError::unsupported(format!("{w} is not supported")));
         }
         Ok(Statement::CreateTable(CreateTable {
             name,
@@ -1727,10 +1721,12 @@ impl<'a> P<'a> {
 }
 
 fn query_to_source(q: Box<Query>) -> InsertSource {
-    if q.with.is_none() && q.order_by.is_none() && q.limit_clause.is_none() {
-        if let sql::SetExpr::Values(v) = q.body.as_ref() {
-            return InsertSource::Values(v.rows.iter().map(|r| r.content.clone()).collect());
-        }
+    if q.with.is_none()
+        && q.order_by.is_none()
+        && q.limit_clause.is_none()
+        && let sql::SetExpr::Values(v) = q.body.as_ref()
+    {
+        return InsertSource::Values(v.rows.iter().map(|r| r.content.clone()).collect());
     }
     InsertSource::Query(q)
 }

@@ -647,8 +647,14 @@ pub fn parse_timestamp(s: &str, with_zone: bool) -> Result<i64> {
     } else {
         "timestamp"
     };
-    if s.trim().eq_ignore_ascii_case("epoch") {
-        return Ok(0);
+    match s.trim().to_ascii_lowercase().as_str() {
+        "epoch" => return Ok(0),
+        "now" => return Ok(chrono::Utc::now().timestamp_micros()),
+        "today" => {
+            let now = chrono::Utc::now().timestamp_micros();
+            return Ok(now - now.rem_euclid(MICROS_PER_DAY));
+        }
+        _ => {}
     }
     let (body, zone) = split_zone(s);
     let body = body.replace('T', " ");

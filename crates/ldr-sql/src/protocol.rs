@@ -368,6 +368,10 @@ impl SimpleQueryHandler for ConnHandler {
             (r, s.vars.tz_offset_secs)
         })
         .await?;
+        if results.is_empty() {
+            // Only comments: PostgreSQL answers with an empty query response.
+            return Ok(vec![Response::EmptyQuery]);
+        }
         let mut out = Vec::with_capacity(results.len());
         for r in results {
             match r {

@@ -1046,3 +1046,57 @@ async fn show_statements_and_settings() {
         1
     );
 }
+
+/// A unique claim left by a writer that died between its claim and its row write is taken
+/// over once it is older than the stale-claim age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_unique_claims_are_taken_over() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    exec(
+        &mut s,
+        "CREATE TABLE u (id INT PRIMARY KEY, email STRING UNIQUE)",
+    )
+    .await;
+    let desc = node
+        .server
+        .resolve_table("defaultdb", &["u".into()])
+        .await
+        .expect("u");
+    let index = desc
+        .indexes
+        .iter()
+        .find(|i| i.unique)
+        .expect("unique index")
+        .clone();
+    let value = ldr_sql::encoding::encode_key_tuple([&ldr_sql::Datum::String("ghost@x".into())]);
+    let dead_pk = ldr_sql::encoding::encode_key_tuple([&ldr_sql::Datum::Int(999)]);
+    let claim = ldr_kv::RowWrite {
+        key: ldr_sql::rowcodec::unique_key(&desc, &index, &value),
+        value: Some(dead_pk),
+        condition: ldr_kv::Condition::None,
+        header: ldr_kv::ValueHeader::default(),
+        dependents: vec![],
+    };
+    node.server
+        .kv()
+        .write(vec![claim], true)
+        .await
+        .expect("claim written");
+    let started = std::time::Instant::now();
+    exec(&mut s, "INSERT INTO u VALUES (1, 'ghost@x')").await;
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(4),
+        "the claim was taken over before it was stale"
+    );
+    assert_eq!(
+        rows(&mut s, "SELECT id FROM u WHERE email = 'ghost@x'").await,
+        vec![vec!["1"]]
+    );
+    assert_eq!(
+        exec_err(&mut s, "INSERT INTO u VALUES (2, 'ghost@x')")
+            .await
+            .code(),
+        "23505"
+    );
+}

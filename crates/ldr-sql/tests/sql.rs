@@ -1100,3 +1100,42 @@ async fn stale_unique_claims_are_taken_over() {
         "23505"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_from_show_sources() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    exec(
+        &mut s,
+        "CREATE TABLE a (id INT PRIMARY KEY); CREATE TABLE b (id INT PRIMARY KEY)",
+    )
+    .await;
+    assert_eq!(
+        rows(
+            &mut s,
+            "SELECT table_name FROM [SHOW TABLES] WHERE table_name != 'a' ORDER BY 1"
+        )
+        .await,
+        vec![vec!["b"]]
+    );
+    assert_eq!(
+        rows(
+            &mut s,
+            "SELECT count(*) FROM [SHOW JOBS] WHERE job_type = 'LOGICAL REPLICATION'"
+        )
+        .await,
+        vec![vec!["0"]]
+    );
+    assert_eq!(
+        rows(
+            &mut s,
+            "SELECT variable FROM [SHOW ALL] WHERE variable = 'timezone'"
+        )
+        .await,
+        vec![vec!["timezone"]]
+    );
+    assert_eq!(
+        rows(&mut s, "SELECT column_name FROM [SHOW COLUMNS FROM a]").await,
+        vec![vec!["id"]]
+    );
+}

@@ -258,6 +258,7 @@ impl SqlServer {
             user: user.to_string(),
             vars: SessionVars::new(user, db, record.is_admin(), self.kv.node_id()),
             txn: Txn::Idle,
+            show_sources: vec![],
         })
     }
 
@@ -359,6 +360,8 @@ pub struct Session {
     pub(crate) user: String,
     pub vars: SessionVars,
     pub(crate) txn: Txn,
+    /// The `[SHOW …]` sources of the statement being planned or run.
+    pub(crate) show_sources: Vec<Statement>,
 }
 
 impl Session {
@@ -526,6 +529,12 @@ impl Session {
             S::RollbackToSavepoint(name) => self.rollback_to_savepoint(name),
             S::SetTransaction => Ok(QueryResult::command("SET TRANSACTION")),
             S::Select(q) => select::execute_query(self, q, params).await,
+            S::SelectFromShow { query, shows } => {
+                self.show_sources = shows.clone();
+                let r = select::execute_query(self, query, params).await;
+                self.show_sources.clear();
+                r
+            }
             S::Insert(i) => dml::insert(self, i, params).await,
             S::Update(u) => dml::update(self, u, params).await,
             S::Delete(d) => dml::delete(self, d, params).await,
@@ -572,6 +581,12 @@ impl Session {
         use Statement as S;
         match stmt {
             S::Select(q) => select::describe_query(self, q, params).await,
+            S::SelectFromShow { query, shows } => {
+                self.show_sources = shows.clone();
+                let r = select::describe_query(self, query, params).await;
+                self.show_sources.clear();
+                r
+            }
             S::Insert(i) => dml::describe_insert(self, i, params).await,
             S::Update(u) => dml::describe_update(self, u, params).await,
             S::Delete(d) => dml::describe_delete(self, d, params).await,

@@ -28,6 +28,51 @@ use crate::types::{SqlType, TypeFamily};
 pub(crate) struct Source {
     pub desc: Arc<TableDescriptor>,
     pub alias: Option<String>,
+    /// A `[SHOW …]` source: rows come from running it, `desc` only names its columns.
+    pub show: Option<crate::parser::Statement>,
+}
+
+/// A descriptor naming the columns of a virtual source.
+fn virtual_descriptor(name: &str, columns: &[ColumnInfo]) -> TableDescriptor {
+    TableDescriptor {
+        id: 0,
+        version: 0,
+        database_id: 0,
+        database: String::new(),
+        schema: String::new(),
+        name: name.to_string(),
+        columns: columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| crate::catalog::ColumnDescriptor {
+                id: i as u32 + 1,
+                name: c.name.clone(),
+                ty: c.ty.clone(),
+                nullable: true,
+                default_expr: None,
+                hidden: false,
+                absent_value: None,
+            })
+            .collect(),
+        next_column_id: columns.len() as u32 + 1,
+        primary_index: crate::catalog::IndexDescriptor {
+            id: 1,
+            name: String::new(),
+            unique: true,
+            columns: vec![],
+            storing: vec![],
+            write_only: false,
+        },
+        indexes: vec![],
+        next_index_id: 2,
+        foreign_keys: vec![],
+        checks: vec![],
+        storage_params: Default::default(),
+        ldr_job_ids: vec![],
+        shard_count: 0,
+        owner: String::new(),
+        privileges: Default::default(),
+    }
 }
 
 /// A select list item: an expression or a column expanded from `*`.
@@ -337,6 +382,33 @@ async fn add_source(
                 return Err(SqlError::unsupported("table functions"));
             }
             let parts = object_name(name)?;
+            if let [single] = parts.as_slice() {
+                if let Some(i) = single
+                    .strip_prefix(crate::parser::SHOW_SOURCE_PREFIX)
+                    .and_then(|n| n.parse::<usize>().ok())
+                {
+                    let stmt = s
+                        .show_sources
+                        .get(i)
+                        .cloned()
+                        .ok_or_else(|| SqlError::internal("missing SHOW source"))?;
+                    let columns = super::show::describe(s, &stmt).await;
+                    if columns.is_empty() {
+                        return Err(SqlError::new(
+                            sqlstate::SYNTAX_ERROR,
+                            "statement source must return rows",
+                        ));
+                    }
+                    let desc = Arc::new(virtual_descriptor(single, &columns));
+                    let alias = alias.as_ref().map(|a| normalize_ident(&a.name));
+                    sources.push(Source {
+                        desc,
+                        alias,
+                        show: Some(stmt),
+                    });
+                    return Ok(());
+                }
+            }
             if parts.len() >= 2
                 && matches!(
                     parts[parts.len() - 2].as_str(),
@@ -352,7 +424,11 @@ async fn add_source(
             super::privilege::require_table(s, &desc, "SELECT").await?;
             let alias = alias.as_ref().map(|a| normalize_ident(&a.name));
             let n = desc.columns.len() + 2;
-            sources.push(Source { desc, alias });
+            sources.push(Source {
+                desc,
+                alias,
+                show: None,
+            });
             *offset += n;
             Ok(())
         }
@@ -687,6 +763,24 @@ async fn source_rows(s: &mut Session, plan: &SelectPlan, ctx: &EvalCtx) -> Resul
     let ts = s.server.kv.clock().now();
     let mut tables: Vec<Vec<StoredRow>> = Vec::new();
     for (i, src) in plan.sources.iter().enumerate() {
+        if let Some(stmt) = &src.show {
+            let result = Box::pin(s.dispatch(stmt, vec![], false)).await?;
+            tables.push(
+                result
+                    .rows
+                    .into_iter()
+                    .map(|values| StoredRow {
+                        key: vec![],
+                        values,
+                        raw: vec![],
+                        ts: ldr_types::Timestamp::ZERO,
+                        origin_ts: ldr_types::Timestamp::ZERO,
+                        buffered: true,
+                    })
+                    .collect(),
+            );
+            continue;
+        }
         let access = if plan.sources.len() == 1 && i == 0 {
             scan::plan_access(&src.desc, plan.filter.as_ref(), ctx)
         } else {

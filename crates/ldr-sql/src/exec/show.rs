@@ -133,7 +133,7 @@ async fn set_database(sess: &mut Session, db: &str) -> Result<()> {
 // ---- describe ----
 
 /// Result columns of utility statements (for the extended protocol's Describe).
-pub(crate) async fn describe(sess: &mut Session, stmt: &Statement) -> Vec<ColumnInfo> {
+pub(crate) async fn describe(sess: &Session, stmt: &Statement) -> Vec<ColumnInfo> {
     use Statement as S;
     match stmt {
         S::ShowDatabases => databases_columns(),

@@ -9,6 +9,12 @@ pub type ObjectName = Vec<String>;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
     Select(Box<Query>),
+    /// A query reading CockroachDB's `[SHOW …]` sources: `FROM [SHOW JOBS]` is rewritten to
+    /// the table `__crdb_show_<i>` naming `shows[i]`.
+    SelectFromShow {
+        query: Box<Query>,
+        shows: Vec<Statement>,
+    },
     Insert(InsertStmt),
     Update(UpdateStmt),
     Delete(DeleteStmt),

@@ -20,7 +20,12 @@ use crate::error::{Result, SqlError};
 
 /// Parses a query string that may hold several statements separated by semicolons.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
-    let text = rewrite_typed_annotations(sql);
+    let (sql, show_texts) = extract_show_sources(sql);
+    let mut shows = Vec::with_capacity(show_texts.len());
+    for t in &show_texts {
+        shows.push(parse_one(t)?);
+    }
+    let text = rewrite_typed_annotations(&sql);
     let dialect = PostgreSqlDialect {};
     let parser = Parser::new(&dialect)
         .try_with_sql(&text)
@@ -37,6 +42,14 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         }
         let start = p.offset_here();
         let mut stmt = p.statement()?;
+        if !shows.is_empty() {
+            if let Statement::Select(q) = stmt {
+                stmt = Statement::SelectFromShow {
+                    query: q,
+                    shows: shows.clone(),
+                };
+            }
+        }
         let end = p.offset_here();
         if let Statement::CreateLogicalReplicationStream(s) = &mut stmt {
             s.statement = text[start..end.max(start)]
@@ -79,6 +92,87 @@ pub fn parse_expr(text: &str) -> Result<Expr> {
         return Err(SqlError::syntax(&t));
     }
     Ok(e)
+}
+
+/// The name a `[SHOW …]` source is rewritten to.
+pub const SHOW_SOURCE_PREFIX: &str = "__crdb_show_";
+
+/// Replaces CockroachDB's `[SHOW …]` table sources (outside strings and comments) with
+/// `__crdb_show_<i>`, returning the SHOW texts.
+fn extract_show_sources(sql: &str) -> (String, Vec<String>) {
+    if !sql.contains('[') {
+        return (sql.to_string(), vec![]);
+    }
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut shows = Vec::new();
+    let mut i = 0;
+    // Copies a quoted run starting at `i`, returning the index after it.
+    let skip_quoted = |i: usize| -> usize {
+        let q = b[i];
+        let mut j = i + 1;
+        while j < b.len() {
+            if b[j] == q {
+                if j + 1 < b.len() && b[j + 1] == q {
+                    j += 2;
+                    continue;
+                }
+                return j + 1;
+            }
+            j += 1;
+        }
+        b.len()
+    };
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                let end = skip_quoted(i);
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b'[' => {
+                let rest = sql[i + 1..].trim_start();
+                if rest.len() >= 4 && rest[..4].eq_ignore_ascii_case("show") {
+                    // Find the matching bracket.
+                    let mut depth = 0;
+                    let mut j = i;
+                    let mut end = None;
+                    while j < b.len() {
+                        match b[j] {
+                            b'\'' | b'"' => {
+                                j = skip_quoted(j);
+                                continue;
+                            }
+                            b'[' => depth += 1,
+                            b']' => {
+                                depth -= 1;
+                                if depth == 0 {
+                                    end = Some(j);
+                                    break;
+                                }
+                            }
+                            _ => {}
+                        }
+                        j += 1;
+                    }
+                    if let Some(end) = end {
+                        out.push_str(&format!("{SHOW_SOURCE_PREFIX}{}", shows.len()));
+                        shows.push(sql[i + 1..end].to_string());
+                        i = end + 1;
+                        continue;
+                    }
+                }
+                out.push('[');
+                i += 1;
+            }
+            c => {
+                let len = utf8_len(c);
+                out.push_str(&sql[i..(i + len).min(b.len())]);
+                i += len;
+            }
+        }
+    }
+    (out, shows)
 }
 
 /// CockroachDB's `x:::TYPE` type annotation means the same as a cast for us; sqlparser does

@@ -345,3 +345,20 @@ fn typed_annotation_rewrite_keeps_strings() {
     );
     parse_expr("now():::TIMESTAMPTZ").expect("annotation parses");
 }
+
+#[test]
+fn show_sources() {
+    let Statement::SelectFromShow { query: _, shows } =
+        one("SELECT job_id FROM [SHOW JOBS] WHERE job_type = '[SHOW x]'")
+    else {
+        panic!("not a select from show")
+    };
+    assert_eq!(shows, vec![Statement::ShowJobs]);
+    let (text, found) = extract_show_sources("SELECT * FROM [ SHOW TABLES ] AS t, [SHOW JOB 1]");
+    assert_eq!(text, "SELECT * FROM __crdb_show_0 AS t, __crdb_show_1");
+    assert_eq!(
+        found,
+        vec![" SHOW TABLES ".to_string(), "SHOW JOB 1".into()]
+    );
+    assert_eq!(extract_show_sources("SELECT '[SHOW JOBS]'").1.len(), 0);
+}

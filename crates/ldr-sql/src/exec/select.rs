@@ -382,32 +382,31 @@ async fn add_source(
                 return Err(SqlError::unsupported("table functions"));
             }
             let parts = object_name(name)?;
-            if let [single] = parts.as_slice() {
-                if let Some(i) = single
+            if let [single] = parts.as_slice()
+                && let Some(i) = single
                     .strip_prefix(crate::parser::SHOW_SOURCE_PREFIX)
                     .and_then(|n| n.parse::<usize>().ok())
-                {
-                    let stmt = s
-                        .show_sources
-                        .get(i)
-                        .cloned()
-                        .ok_or_else(|| SqlError::internal("missing SHOW source"))?;
-                    let columns = super::show::describe(s, &stmt).await;
-                    if columns.is_empty() {
-                        return Err(SqlError::new(
-                            sqlstate::SYNTAX_ERROR,
-                            "statement source must return rows",
-                        ));
-                    }
-                    let desc = Arc::new(virtual_descriptor(single, &columns));
-                    let alias = alias.as_ref().map(|a| normalize_ident(&a.name));
-                    sources.push(Source {
-                        desc,
-                        alias,
-                        show: Some(stmt),
-                    });
-                    return Ok(());
+            {
+                let stmt = s
+                    .show_sources
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| SqlError::internal("missing SHOW source"))?;
+                let columns = super::show::describe(s, &stmt).await;
+                if columns.is_empty() {
+                    return Err(SqlError::new(
+                        sqlstate::SYNTAX_ERROR,
+                        "statement source must return rows",
+                    ));
                 }
+                let desc = Arc::new(virtual_descriptor(single, &columns));
+                let alias = alias.as_ref().map(|a| normalize_ident(&a.name));
+                sources.push(Source {
+                    desc,
+                    alias,
+                    show: Some(stmt),
+                });
+                return Ok(());
             }
             if parts.len() >= 2
                 && matches!(

@@ -42,13 +42,13 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         }
         let start = p.offset_here();
         let mut stmt = p.statement()?;
-        if !shows.is_empty() {
-            if let Statement::Select(q) = stmt {
-                stmt = Statement::SelectFromShow {
-                    query: q,
-                    shows: shows.clone(),
-                };
-            }
+        if !shows.is_empty()
+            && let Statement::Select(q) = stmt
+        {
+            stmt = Statement::SelectFromShow {
+                query: q,
+                shows: shows.clone(),
+            };
         }
         let end = p.offset_here();
         if let Statement::CreateLogicalReplicationStream(s) = &mut stmt {

@@ -250,6 +250,23 @@ async fn tokio_postgres_extended_protocol() {
         .get(0);
     assert_eq!(after, 2);
 
+    // Parameters of utility statements.
+    client
+        .execute(
+            "CREATE EXTERNAL CONNECTION c1 AS $1",
+            &[&"postgresql://root@127.0.0.1:1"],
+        )
+        .await
+        .expect("uri parameter");
+    let e = client
+        .execute("PAUSE JOB $1", &[&12345i64])
+        .await
+        .expect_err("no such job");
+    assert_eq!(
+        e.as_db_error().map(|d| d.message().to_string()),
+        Some("job with ID 12345 does not exist".to_string())
+    );
+
     // Unknown user at login.
     let e = connect(port, "nobody").await.expect_err("unknown user");
     assert_eq!(code(&e), "28P01");

@@ -590,7 +590,36 @@ impl Session {
             S::Insert(i) => dml::describe_insert(self, i, params).await,
             S::Update(u) => dml::describe_update(self, u, params).await,
             S::Delete(d) => dml::describe_delete(self, d, params).await,
-            other => Ok(show::describe(self, other).await),
+            other => {
+                // Parameters of utility statements (`PAUSE JOB $1`, `… ON $1`).
+                let scope = crate::expr::Scope::default();
+                let mut b = crate::expr::Binder::new(&scope, params);
+                match other {
+                    S::PauseJob(e) | S::ResumeJob(e) | S::CancelJob(e) | S::ShowJob(e) => {
+                        b.bind_typed(e, &SqlType::Int8)?;
+                    }
+                    S::CreateExternalConnection { uri, .. } => {
+                        b.bind_typed(uri, &SqlType::String)?;
+                    }
+                    S::SetClusterSetting { value: Some(v), .. } => {
+                        b.bind_typed(v, &SqlType::String)?;
+                    }
+                    S::CreateLogicalReplicationStream(c) => {
+                        if let Some(n) =
+                            c.on.strip_prefix('$')
+                                .and_then(|n| n.parse::<usize>().ok())
+                                .filter(|n| *n >= 1)
+                        {
+                            if params.len() < n {
+                                params.resize(n, None);
+                            }
+                            params[n - 1].get_or_insert(SqlType::String);
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(show::describe(self, other).await)
+            }
         }
     }
 

@@ -8,7 +8,9 @@
 //! a COMMIT that writes several ranges is atomic per range, not across ranges; reads inside a
 //! transaction are not a snapshot (each statement reads the latest committed data); DDL
 //! inside a transaction takes effect immediately and is not undone by ROLLBACK; a conflicting
-//! concurrent write to a row the transaction changed fails the COMMIT with 40001.
+//! concurrent write to a row the transaction changed fails the COMMIT with 40001; a query
+//! string with several statements is not an implicit transaction (statements before a
+//! failing one stay applied).
 
 mod ddl;
 mod dml;
@@ -31,6 +33,7 @@ use parking_lot::RwLock;
 pub use self::ldr::{LdrStreamRequest, ReplicationStatements, ResolvedTable};
 pub use self::privilege::{SYSTEM_PRIVILEGES, TABLE_PRIVILEGES};
 pub use self::session::SessionVars;
+pub use self::show::{fingerprints, redact_uri};
 pub use self::write::{ValidatedOutcome, ValidatedWrite};
 use crate::catalog::{Catalog, TableDescriptor, UserRecord};
 use crate::datum::Datum;

@@ -28,6 +28,7 @@
 //! Invariants the harness keeps: every wait polls a condition with a deadline; every child
 //! process is reaped; every buffer and load loop is bounded.
 
+pub mod bench;
 pub mod check;
 mod cluster;
 mod error;

@@ -1,0 +1,711 @@
+//! The benchmark's report: the JSON document (its keys are a contract that scripts and CI read,
+//! see `docs/benchmarks.md`), the terminal table, and the plot built from its time series.
+//! Pure: building text from a [`BenchReport`] does no I/O.
+//!
+//! Contract keys (always present; a figure that was not measured is `null`):
+//! `catchup.ldr_rows_per_s`, `catchup.postgres_rows_per_s`,
+//! `steady.commit_latency_ms.{p50,p99,max}`, `steady.lag_ms.{p50,p99,max}`,
+//! `steady.postgres_lag_ms.{p50,p99,max}`, `rocksdb.put_per_s`,
+//! `rocksdb.read_check_write_per_s`, `conflicts.converged` (bool), `machine.{cores,memory}`.
+//! `steady.*` is the first steady rate; `steady.rates` lists every rate.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::procfs::Machine;
+use super::stats::{Percentiles, rates_from_cumulative, ratio};
+use super::svg::{self, LAG_COLOR, LDR_COLOR, POSTGRES_COLOR, Panel, Plot, Series};
+
+/// Version of the JSON layout; bumped when a key changes meaning.
+pub const REPORT_VERSION: u32 = 1;
+
+/// What the run was asked to do (echoed into the report).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigEcho {
+    pub nodes: usize,
+    pub rows: u64,
+    pub duration_s: f64,
+    pub steady_rates: Vec<u64>,
+    pub load_batch: usize,
+    pub steady_batch: usize,
+    pub value_bytes: usize,
+    pub concurrency: usize,
+    pub heartbeat_interval_ms: f64,
+    pub conflict_keys: u64,
+    pub conflict_rate_per_side: u64,
+    pub seed: u64,
+    pub skip_postgres: bool,
+    pub skip_ldr: bool,
+    pub ldr_binary: String,
+    /// `release` or `debug` build of the `ldr` binary, when known.
+    pub ldr_build: String,
+}
+
+/// CPU time used during a phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuUse {
+    /// Source cluster (ldr nodes) or publisher (postmaster tree), seconds.
+    pub source_s: f64,
+    /// Destination cluster or subscriber, seconds.
+    pub destination_s: f64,
+    pub total_s: f64,
+    /// `total_s` per 1,000 rows replicated in the phase.
+    pub total_s_per_1000_rows: Option<f64>,
+    /// `destination_s` per 1,000 rows.
+    pub destination_s_per_1000_rows: Option<f64>,
+}
+
+impl CpuUse {
+    pub fn new(source_s: f64, destination_s: f64, rows: u64) -> CpuUse {
+        let per = |s: f64| (rows > 0).then(|| s * 1000.0 / rows as f64);
+        CpuUse {
+            source_s,
+            destination_s,
+            total_s: source_s + destination_s,
+            total_s_per_1000_rows: per(source_s + destination_s),
+            destination_s_per_1000_rows: per(destination_s),
+        }
+    }
+}
+
+/// Catch-up: load while replication is stopped, restart it, time until everything applied.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatchupReport {
+    pub rows: u64,
+    pub batch: usize,
+    pub value_bytes: usize,
+    pub ldr_rows_per_s: Option<f64>,
+    /// `ldr_rows_per_s / nodes`.
+    pub ldr_rows_per_s_per_dest_node: Option<f64>,
+    pub ldr_secs: Option<f64>,
+    /// How the end was measured (see docs/benchmarks.md).
+    pub ldr_end_method: Option<String>,
+    /// How fast the source took the load (not the figure of merit).
+    pub ldr_load_rows_per_s: Option<f64>,
+    pub ldr_cpu: Option<CpuUse>,
+    pub postgres_rows_per_s: Option<f64>,
+    pub postgres_secs: Option<f64>,
+    pub postgres_load_rows_per_s: Option<f64>,
+    pub postgres_cpu: Option<CpuUse>,
+    /// ldr / PostgreSQL.
+    pub ratio_vs_postgres: Option<f64>,
+    /// Per destination node, as a fraction of the raw RocksDB rates.
+    pub ldr_fraction_of_rocksdb_put: Option<f64>,
+    pub ldr_fraction_of_rocksdb_read_check_write: Option<f64>,
+}
+
+/// One steady-state rate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SteadyRate {
+    /// Offered rows per second.
+    pub rate_rows_per_s: u64,
+    pub duration_s: f64,
+    pub batch: usize,
+    /// Rows per second the source actually took.
+    pub ldr_achieved_rows_per_s: Option<f64>,
+    pub postgres_achieved_rows_per_s: Option<f64>,
+    /// ldr: source commit → destination commit, per heartbeat row (exact, see the docs).
+    pub commit_latency_ms: Percentiles,
+    /// ldr: now − replicated time, sampled every 100 ms.
+    pub lag_ms: Percentiles,
+    /// PostgreSQL: per heartbeat row `dst_ts − src_ts` (its end-to-end lag).
+    pub postgres_lag_ms: Percentiles,
+    /// The same samples as `postgres_lag_ms`, under the name of the ldr figure they compare to.
+    pub postgres_commit_latency_ms: Percentiles,
+    /// ldr p99 / PostgreSQL p99.
+    pub commit_latency_p99_ratio_vs_postgres: Option<f64>,
+    pub ldr_cpu: Option<CpuUse>,
+    pub postgres_cpu: Option<CpuUse>,
+    pub ldr_heartbeats_sent: u64,
+    pub postgres_heartbeats_sent: u64,
+    pub ldr_workload_errors: u64,
+    pub postgres_workload_errors: u64,
+}
+
+/// Steady state: the first rate's figures at the top level, every rate in `rates`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SteadyReport {
+    #[serde(flatten)]
+    pub first: SteadyRate,
+    pub rates: Vec<SteadyRate>,
+}
+
+/// Bidirectional replication under conflicting writes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConflictReport {
+    /// Whether the phase ran (it needs ldr).
+    pub ran: bool,
+    /// Fingerprints equal on both clusters after quiescing; false when it did not run.
+    pub converged: bool,
+    pub keys: u64,
+    pub duration_s: f64,
+    pub rate_per_side: u64,
+    pub rows_written_a: u64,
+    pub rows_written_b: u64,
+    /// `logical_replication_kv_update_too_old` over both clusters during the phase.
+    pub lww_losses: u64,
+    pub lww_losses_per_s: Option<f64>,
+    /// `logical_replication_events_dlqed` over both clusters during the phase.
+    pub dlq_rows: u64,
+    pub fingerprints: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The raw storage limit of this machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RocksdbReport {
+    pub put_per_s: Option<f64>,
+    pub read_check_write_per_s: Option<f64>,
+    pub keys: u64,
+    pub batch: usize,
+    pub value_bytes: usize,
+    pub read_hit_fraction: Option<f64>,
+    pub put_secs: Option<f64>,
+    pub read_check_write_secs: Option<f64>,
+}
+
+/// Time series of one steady rate (seconds since the phase started).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SteadySeries {
+    pub rate_rows_per_s: u64,
+    /// Cumulative rows applied at the destination.
+    pub ldr_applied: Vec<(f64, f64)>,
+    pub postgres_applied: Vec<(f64, f64)>,
+    /// (source commit time, commit latency ms) per heartbeat.
+    pub ldr_commit_latency: Vec<(f64, f64)>,
+    pub postgres_commit_latency: Vec<(f64, f64)>,
+    /// (sample time, replicated-time lag ms).
+    pub ldr_lag: Vec<(f64, f64)>,
+}
+
+/// Everything the plot shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timelines {
+    /// Cumulative rows applied since replication restarted (seconds since RESUME/ENABLE).
+    pub catchup_ldr_applied: Vec<(f64, f64)>,
+    pub catchup_postgres_applied: Vec<(f64, f64)>,
+    pub steady: Vec<SteadySeries>,
+}
+
+/// Output files of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Files {
+    pub json: String,
+    pub svg: String,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub version: u32,
+    pub started_at: String,
+    pub finished_at: String,
+    pub elapsed_s: f64,
+    pub command: String,
+    pub config: ConfigEcho,
+    pub machine: Machine,
+    /// `ok` or `failed`.
+    pub status: String,
+    pub failures: Vec<String>,
+    pub notes: Vec<String>,
+    pub catchup: CatchupReport,
+    pub steady: SteadyReport,
+    pub conflicts: ConflictReport,
+    pub rocksdb: RocksdbReport,
+    pub series: Timelines,
+    pub files: Files,
+}
+
+impl BenchReport {
+    /// Fills the derived figures (ratios, fractions, `steady.first`, status).
+    pub fn finalize(&mut self) {
+        let c = &mut self.catchup;
+        c.ratio_vs_postgres = ratio(c.ldr_rows_per_s, c.postgres_rows_per_s);
+        let nodes = self.config.nodes.max(1) as f64;
+        c.ldr_rows_per_s_per_dest_node = c.ldr_rows_per_s.map(|r| r / nodes);
+        c.ldr_fraction_of_rocksdb_put =
+            ratio(c.ldr_rows_per_s_per_dest_node, self.rocksdb.put_per_s);
+        c.ldr_fraction_of_rocksdb_read_check_write = ratio(
+            c.ldr_rows_per_s_per_dest_node,
+            self.rocksdb.read_check_write_per_s,
+        );
+        for rate in &mut self.steady.rates {
+            rate.postgres_commit_latency_ms = rate.postgres_lag_ms;
+            rate.commit_latency_p99_ratio_vs_postgres =
+                ratio(rate.commit_latency_ms.p99, rate.postgres_lag_ms.p99);
+        }
+        if let Some(first) = self.steady.rates.first() {
+            self.steady.first = first.clone();
+        }
+        if self.conflicts.ran && !self.conflicts.converged {
+            let message = "bidirectional conflicts: the clusters did not converge".to_string();
+            if !self.failures.contains(&message) {
+                self.failures.push(message);
+            }
+        }
+        self.status = if self.failures.is_empty() {
+            "ok".into()
+        } else {
+            "failed".into()
+        };
+    }
+
+    pub fn ok(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+fn rate_text(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 100.0 => group_thousands(v.round() as u64),
+        Some(v) => format!("{v:.1}"),
+        None => "-".into(),
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ratio_text(v: Option<f64>) -> String {
+    v.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into())
+}
+
+fn cpu_text(c: Option<CpuUse>) -> String {
+    match c.and_then(|c| c.total_s_per_1000_rows.map(|t| (t, c))) {
+        Some((t, c)) => format!(
+            "{:.3} ({:.3} dst)",
+            t,
+            c.destination_s_per_1000_rows.unwrap_or(0.0)
+        ),
+        None => "-".into(),
+    }
+}
+
+fn pct_text(v: Option<f64>) -> String {
+    v.map(|f| format!("{:.0}%", f * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The terminal table.
+pub fn render_table(report: &BenchReport) -> String {
+    let mut out = String::new();
+    let cfg = &report.config;
+    let m = &report.machine;
+    let _ = writeln!(
+        out,
+        "ldr bench: nodes={} rows={} duration={}s rates={:?} ({} cores, {}, ldr {} build)",
+        cfg.nodes, cfg.rows, cfg.duration_s, cfg.steady_rates, m.cores, m.memory, cfg.ldr_build
+    );
+    let line = |out: &mut String, name: &str, ldr: String, pg: String, r: String| {
+        let _ = writeln!(out, "{name:<44} {ldr:>18} {pg:>18} {r:>9}");
+    };
+    line(
+        &mut out,
+        "figure",
+        "ldr".into(),
+        "postgres".into(),
+        "ldr/pg".into(),
+    );
+    let c = &report.catchup;
+    line(
+        &mut out,
+        &format!("catch-up apply, {} rows (rows/s)", c.rows),
+        rate_text(c.ldr_rows_per_s),
+        rate_text(c.postgres_rows_per_s),
+        ratio_text(c.ratio_vs_postgres),
+    );
+    line(
+        &mut out,
+        "  catch-up time (s)",
+        c.ldr_secs.map(|s| format!("{s:.2}")).unwrap_or("-".into()),
+        c.postgres_secs
+            .map(|s| format!("{s:.2}"))
+            .unwrap_or("-".into()),
+        String::new(),
+    );
+    line(
+        &mut out,
+        "  source load (rows/s)",
+        rate_text(c.ldr_load_rows_per_s),
+        rate_text(c.postgres_load_rows_per_s),
+        ratio_text(ratio(c.ldr_load_rows_per_s, c.postgres_load_rows_per_s)),
+    );
+    line(
+        &mut out,
+        "  CPU s per 1000 rows (total, dst)",
+        cpu_text(c.ldr_cpu),
+        cpu_text(c.postgres_cpu),
+        ratio_text(ratio(
+            c.ldr_cpu.and_then(|x| x.total_s_per_1000_rows),
+            c.postgres_cpu.and_then(|x| x.total_s_per_1000_rows),
+        )),
+    );
+    for s in &report.steady.rates {
+        line(
+            &mut out,
+            &format!("steady @{} rows/s: achieved (rows/s)", s.rate_rows_per_s),
+            rate_text(s.ldr_achieved_rows_per_s),
+            rate_text(s.postgres_achieved_rows_per_s),
+            String::new(),
+        );
+        line(
+            &mut out,
+            "  commit latency p50/p99/max (ms)",
+            s.commit_latency_ms.short(),
+            s.postgres_lag_ms.short(),
+            ratio_text(s.commit_latency_p99_ratio_vs_postgres),
+        );
+        line(
+            &mut out,
+            "  replicated-time lag p50/p99/max (ms)",
+            s.lag_ms.short(),
+            "-".into(),
+            String::new(),
+        );
+        line(
+            &mut out,
+            "  CPU s per 1000 rows (total, dst)",
+            cpu_text(s.ldr_cpu),
+            cpu_text(s.postgres_cpu),
+            ratio_text(ratio(
+                s.ldr_cpu.and_then(|x| x.total_s_per_1000_rows),
+                s.postgres_cpu.and_then(|x| x.total_s_per_1000_rows),
+            )),
+        );
+    }
+    let k = &report.conflicts;
+    if k.ran {
+        let _ = writeln!(
+            out,
+            "conflicts ({} keys, {} rows/s per side, {:.0}s): LWW losses {} ({}/s), DLQ rows {}, converged: {}",
+            k.keys,
+            k.rate_per_side,
+            k.duration_s,
+            k.lww_losses,
+            k.lww_losses_per_s
+                .map(|r| format!("{r:.1}"))
+                .unwrap_or("-".into()),
+            k.dlq_rows,
+            if k.converged { "yes" } else { "NO" }
+        );
+    } else {
+        let _ = writeln!(out, "conflicts: not run");
+    }
+    let r = &report.rocksdb;
+    let _ = writeln!(
+        out,
+        "rocksdb limit ({} keys): put {} /s, read-check-write {} /s; ldr catch-up per node = {} of put, {} of read-check-write",
+        r.keys,
+        rate_text(r.put_per_s),
+        rate_text(r.read_check_write_per_s),
+        pct_text(c.ldr_fraction_of_rocksdb_put),
+        pct_text(c.ldr_fraction_of_rocksdb_read_check_write)
+    );
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    if report.ok() {
+        let _ = writeln!(out, "status: ok");
+    } else {
+        let _ = writeln!(out, "status: FAILED");
+        for f in &report.failures {
+            let _ = writeln!(out, "  - {f}");
+        }
+    }
+    if !report.files.json.is_empty() {
+        let _ = writeln!(
+            out,
+            "report: {}  plot: {}",
+            report.files.json, report.files.svg
+        );
+    }
+    out
+}
+
+/// Concatenates per-rate series on one time axis; returns the offset of each rate.
+fn steady_offsets(report: &BenchReport) -> Vec<f64> {
+    let mut offsets = Vec::new();
+    let mut t = 0.0;
+    for (i, _) in report.series.steady.iter().enumerate() {
+        offsets.push(t);
+        let d = report
+            .steady
+            .rates
+            .get(i)
+            .map(|r| r.duration_s)
+            .unwrap_or(0.0);
+        t += d + 2.0;
+    }
+    offsets
+}
+
+fn shifted(points: &[(f64, f64)], dx: f64) -> Vec<(f64, f64)> {
+    points.iter().map(|(x, y)| (x + dx, *y)).collect()
+}
+
+/// The figure: catch-up throughput, steady throughput, steady latency/lag.
+pub fn build_plot(report: &BenchReport) -> Plot {
+    let s = &report.series;
+    let catchup = Panel {
+        title: format!(
+            "Catch-up: rows applied per second after RESUME / ENABLE ({} rows)",
+            report.catchup.rows
+        ),
+        x_label: "seconds since replication restarted".into(),
+        y_label: "rows/s".into(),
+        log_y: false,
+        series: vec![
+            Series::line(
+                "ldr",
+                LDR_COLOR,
+                rates_from_cumulative(&s.catchup_ldr_applied, 1.0),
+            ),
+            Series::line(
+                "postgres",
+                POSTGRES_COLOR,
+                rates_from_cumulative(&s.catchup_postgres_applied, 1.0),
+            ),
+        ],
+        markers: Vec::new(),
+    };
+    let offsets = steady_offsets(report);
+    let mut throughput = Panel {
+        title: "Steady state: rows applied per second at the destination".into(),
+        x_label: "seconds (phases of each offered rate, one after another)".into(),
+        y_label: "rows/s".into(),
+        ..Panel::default()
+    };
+    let mut latency = Panel {
+        title: "Steady state: commit → visible latency per heartbeat, and ldr replicated-time lag"
+            .into(),
+        x_label: "seconds (source commit time of the heartbeat)".into(),
+        y_label: "ms (log)".into(),
+        log_y: true,
+        ..Panel::default()
+    };
+    let mut series = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for (rate, dx) in s.steady.iter().zip(&offsets) {
+        series[0].extend(shifted(&rates_from_cumulative(&rate.ldr_applied, 1.0), *dx));
+        series[1].extend(shifted(
+            &rates_from_cumulative(&rate.postgres_applied, 1.0),
+            *dx,
+        ));
+        series[2].extend(shifted(&rate.ldr_commit_latency, *dx));
+        series[3].extend(shifted(&rate.postgres_commit_latency, *dx));
+        series[4].extend(shifted(&rate.ldr_lag, *dx));
+        let marker = (*dx, format!("{} rows/s", rate.rate_rows_per_s));
+        throughput.markers.push(marker.clone());
+        latency.markers.push(marker);
+    }
+    let [ldr_tp, pg_tp, ldr_lat, pg_lat, ldr_lag] = series;
+    throughput.series = vec![
+        Series::line("ldr", LDR_COLOR, ldr_tp),
+        Series::line("postgres", POSTGRES_COLOR, pg_tp),
+    ];
+    latency.series = vec![
+        Series::dots("ldr commit latency", LDR_COLOR, ldr_lat),
+        Series::dots("postgres lag (dst_ts - src_ts)", POSTGRES_COLOR, pg_lat),
+        Series::line("ldr replicated-time lag", LAG_COLOR, ldr_lag).dashed(),
+    ];
+    Plot {
+        title: format!(
+            "ldr vs PostgreSQL logical replication (nodes={})",
+            report.config.nodes
+        ),
+        subtitle: format!(
+            "{} · {} cores, {} · {} · status {}",
+            report.started_at,
+            report.machine.cores,
+            report.machine.memory,
+            report.machine.cpu_model,
+            report.status
+        ),
+        panels: vec![catchup, throughput, latency],
+    }
+}
+
+/// The SVG text of [`build_plot`].
+pub fn render_svg(report: &BenchReport) -> String {
+    svg::render(&build_plot(report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_report() -> BenchReport {
+        let mut report = BenchReport {
+            version: REPORT_VERSION,
+            config: ConfigEcho {
+                nodes: 2,
+                rows: 1000,
+                duration_s: 3.0,
+                steady_rates: vec![200, 400],
+                ..ConfigEcho::default()
+            },
+            machine: Machine {
+                cores: 2,
+                memory: "1.0 GiB".into(),
+                memory_bytes: 1 << 30,
+                ..Machine::default()
+            },
+            catchup: CatchupReport {
+                rows: 1000,
+                ldr_rows_per_s: Some(50_000.0),
+                postgres_rows_per_s: Some(100_000.0),
+                ..CatchupReport::default()
+            },
+            rocksdb: RocksdbReport {
+                put_per_s: Some(100_000.0),
+                read_check_write_per_s: Some(25_000.0),
+                ..RocksdbReport::default()
+            },
+            conflicts: ConflictReport {
+                ran: true,
+                converged: true,
+                ..ConflictReport::default()
+            },
+            ..BenchReport::default()
+        };
+        for rate in [200, 400] {
+            report.steady.rates.push(SteadyRate {
+                rate_rows_per_s: rate,
+                duration_s: 3.0,
+                commit_latency_ms: Percentiles::of(&[1.0, 2.0, 30.0]),
+                lag_ms: Percentiles::of(&[300.0, 900.0]),
+                postgres_lag_ms: Percentiles::of(&[1.0, 15.0]),
+                ..SteadyRate::default()
+            });
+            report.series.steady.push(SteadySeries {
+                rate_rows_per_s: rate,
+                ldr_applied: vec![(0.0, 0.0), (1.0, 200.0), (2.0, 400.0)],
+                ldr_commit_latency: vec![(0.1, 1.0), (0.2, 30.0)],
+                ..SteadySeries::default()
+            });
+        }
+        report.series.catchup_ldr_applied = vec![(0.0, 0.0), (1.0, 600.0), (1.5, 1000.0)];
+        report
+    }
+
+    #[test]
+    fn finalize_derives_ratios_and_status() {
+        let mut report = sample_report();
+        report.finalize();
+        assert!(report.ok());
+        let c = &report.catchup;
+        assert_eq!(c.ratio_vs_postgres, Some(0.5));
+        assert_eq!(c.ldr_rows_per_s_per_dest_node, Some(25_000.0));
+        assert_eq!(c.ldr_fraction_of_rocksdb_put, Some(0.25));
+        assert_eq!(c.ldr_fraction_of_rocksdb_read_check_write, Some(1.0));
+        assert_eq!(report.steady.first.rate_rows_per_s, 200);
+        assert_eq!(
+            report.steady.first.commit_latency_p99_ratio_vs_postgres,
+            Some(2.0)
+        );
+        assert_eq!(
+            report.steady.first.postgres_commit_latency_ms,
+            report.steady.first.postgres_lag_ms
+        );
+
+        report.conflicts.converged = false;
+        report.finalize();
+        report.finalize();
+        assert!(!report.ok());
+        assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    }
+
+    #[test]
+    fn json_has_every_contract_key() {
+        let mut report = sample_report();
+        report.finalize();
+        let json = serde_json::to_value(&report).expect("serialize");
+        for path in [
+            "/catchup/ldr_rows_per_s",
+            "/catchup/postgres_rows_per_s",
+            "/steady/commit_latency_ms/p50",
+            "/steady/commit_latency_ms/p99",
+            "/steady/commit_latency_ms/max",
+            "/steady/lag_ms/p50",
+            "/steady/lag_ms/p99",
+            "/steady/lag_ms/max",
+            "/steady/postgres_lag_ms/p50",
+            "/steady/postgres_lag_ms/p99",
+            "/steady/postgres_lag_ms/max",
+            "/rocksdb/put_per_s",
+            "/rocksdb/read_check_write_per_s",
+            "/machine/cores",
+            "/machine/memory",
+        ] {
+            assert!(json.pointer(path).is_some(), "missing {path}");
+        }
+        assert!(
+            json.pointer("/conflicts/converged")
+                .is_some_and(|v| v.is_boolean())
+        );
+        assert_eq!(
+            json.pointer("/steady/rates")
+                .and_then(|r| r.as_array())
+                .map(Vec::len),
+            Some(2)
+        );
+        assert_eq!(json["steady"]["lag_ms"]["p99"], 900.0);
+        // An empty report keeps the keys, with nulls.
+        let empty = serde_json::to_value(BenchReport::default()).expect("serialize");
+        assert!(
+            empty
+                .pointer("/steady/commit_latency_ms/p99")
+                .is_some_and(|v| v.is_null())
+        );
+        assert!(
+            empty
+                .pointer("/catchup/postgres_rows_per_s")
+                .is_some_and(|v| v.is_null())
+        );
+        // And the document reads back.
+        let back: BenchReport = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn table_and_plot_show_both_systems() {
+        let mut report = sample_report();
+        report.finalize();
+        let table = render_table(&report);
+        assert!(
+            table.contains("catch-up apply, 1000 rows (rows/s)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("50,000") && table.contains("100,000") && table.contains("0.50x"),
+            "{table}"
+        );
+        assert!(table.contains("steady @400 rows/s"), "{table}");
+        assert!(table.contains("2.00/30.0/30.0"), "{table}");
+        assert!(
+            table.contains("converged: yes") && table.contains("status: ok"),
+            "{table}"
+        );
+        let plot = build_plot(&report);
+        assert_eq!(plot.panels.len(), 3);
+        assert_eq!(plot.panels[1].markers.len(), 2, "one marker per rate");
+        // The second rate's points are shifted past the first rate's duration.
+        let ldr_latency = &plot.panels[2].series[0].points;
+        assert_eq!(ldr_latency.len(), 4);
+        assert!(ldr_latency[2].0 > 3.0);
+        let svg = render_svg(&report);
+        assert!(svg.contains("<svg") && svg.contains("ldr replicated-time lag"));
+        assert_eq!(group_thousands(1_234_567), "1,234,567");
+        assert_eq!(group_thousands(12), "12");
+    }
+}

@@ -1,0 +1,121 @@
+//! The benchmark harness end to end at tiny sizes: it must run every phase, write a JSON
+//! report with the contract's keys and a plot, and judge convergence. Speed is not checked
+//! (the machine is shared and loaded); shapes and invariants are.
+//!
+//! - `bench_postgres_and_rocksdb`: the PostgreSQL peer and the storage limit, without ldr;
+//! - `bench_ldr_with_postgres` / `bench_ldr_without_postgres`: the whole run against real
+//!   `ldr` processes (nodes=1), with and without the PostgreSQL peer.
+
+use std::time::Duration;
+
+use ldr_sim::bench::{self, BenchOptions};
+use ldr_sim::workload;
+
+fn options(out: &std::path::Path) -> BenchOptions {
+    let seed = workload::seed_from_env();
+    eprintln!("SEED={seed} (set SEED to reproduce)");
+    BenchOptions {
+        rows: 2000,
+        duration: Duration::from_secs(3),
+        steady_rates: vec![200],
+        out_dir: out.to_path_buf(),
+        rocksdb_keys: Some(20_000),
+        heartbeat_interval: Duration::from_millis(50),
+        conflict_keys: 20,
+        conflict_rate: 100,
+        concurrency: 2,
+        seed,
+        quiet: true,
+        command: "test".into(),
+        ..BenchOptions::default()
+    }
+}
+
+/// Runs the benchmark with an overall deadline (a hang must fail the test, not block CI).
+async fn run(options: BenchOptions) -> bench::BenchOutcome {
+    tokio::time::timeout(Duration::from_secs(900), bench::run(options))
+        .await
+        .expect("the tiny benchmark finishes within 15 minutes")
+        .expect("bench runs")
+}
+
+/// Reads the written JSON back and checks every contract key exists.
+fn check_contract(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("report written");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("report is JSON");
+    for key in [
+        "/catchup/ldr_rows_per_s",
+        "/catchup/postgres_rows_per_s",
+        "/steady/commit_latency_ms/p50",
+        "/steady/commit_latency_ms/p99",
+        "/steady/commit_latency_ms/max",
+        "/steady/lag_ms/p50",
+        "/steady/lag_ms/p99",
+        "/steady/lag_ms/max",
+        "/steady/postgres_lag_ms/p50",
+        "/steady/postgres_lag_ms/p99",
+        "/steady/postgres_lag_ms/max",
+        "/rocksdb/put_per_s",
+        "/rocksdb/read_check_write_per_s",
+        "/machine/cores",
+        "/machine/memory",
+    ] {
+        assert!(json.pointer(key).is_some(), "report lacks {key}: {text}");
+    }
+    assert!(
+        json.pointer("/conflicts/converged")
+            .is_some_and(|v| v.is_boolean()),
+        "{text}"
+    );
+    json
+}
+
+fn positive(json: &serde_json::Value, key: &str) -> f64 {
+    let v = json
+        .pointer(key)
+        .and_then(|v| v.as_f64())
+        .unwrap_or_else(|| panic!("{key} is not a number in {json}"));
+    assert!(v > 0.0 && v.is_finite(), "{key} = {v}");
+    v
+}
+
+#[tokio::test]
+async fn bench_postgres_and_rocksdb() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let outcome = run(BenchOptions {
+        skip_ldr: true,
+        ..options(out.path())
+    })
+    .await;
+    let report = &outcome.report;
+    eprintln!("{}", bench::render_table(report));
+    assert!(
+        report.ok(),
+        "{:?}\n{}",
+        report.failures,
+        bench::render_table(report)
+    );
+    let json = check_contract(&outcome.json_path);
+    positive(&json, "/catchup/postgres_rows_per_s");
+    positive(&json, "/rocksdb/put_per_s");
+    positive(&json, "/rocksdb/read_check_write_per_s");
+    positive(&json, "/steady/postgres_lag_ms/p99");
+    assert!(json["catchup"]["ldr_rows_per_s"].is_null());
+    assert!(json["steady"]["commit_latency_ms"]["p99"].is_null());
+    // Every heartbeat of the 3 s phase was measured (one every 50 ms, a few may be skipped
+    // when the machine stalls, never more than were sent).
+    let steady = &report.steady.first;
+    assert!(steady.postgres_lag_ms.count >= 20, "{steady:?}");
+    assert_eq!(
+        steady.postgres_lag_ms.count,
+        steady.postgres_heartbeats_sent
+    );
+    // The load was verified and the catch-up series ends at every row.
+    assert_eq!(
+        report.series.catchup_postgres_applied.last().map(|p| p.1),
+        Some(2000.0)
+    );
+    let svg = std::fs::read_to_string(&outcome.svg_path).expect("plot written");
+    assert!(svg.starts_with("<svg") && svg.contains("postgres"));
+    assert!(!report.conflicts.ran && !report.conflicts.converged);
+}

@@ -3,8 +3,9 @@
 //! (the machine is shared and loaded); shapes and invariants are.
 //!
 //! - `bench_postgres_and_rocksdb`: the PostgreSQL peer and the storage limit, without ldr;
-//! - `bench_ldr_with_postgres` / `bench_ldr_without_postgres`: the whole run against real
-//!   `ldr` processes (nodes=1), with and without the PostgreSQL peer.
+//! - `bench_ldr_with_postgres` (nodes=1) / `bench_ldr_without_postgres_two_nodes`: the whole
+//!   run against real `ldr` processes, with and without the PostgreSQL peer; the conflict
+//!   phase must converge.
 
 use std::time::Duration;
 
@@ -118,4 +119,73 @@ async fn bench_postgres_and_rocksdb() {
     let svg = std::fs::read_to_string(&outcome.svg_path).expect("plot written");
     assert!(svg.starts_with("<svg") && svg.contains("postgres"));
     assert!(!report.conflicts.ran && !report.conflicts.converged);
+}
+
+/// Checks the ldr figures of a finished run.
+fn check_ldr(outcome: &bench::BenchOutcome, json: &serde_json::Value) {
+    let report = &outcome.report;
+    positive(json, "/catchup/ldr_rows_per_s");
+    positive(json, "/steady/commit_latency_ms/p99");
+    positive(json, "/steady/lag_ms/p99");
+    assert_eq!(
+        report.catchup.ldr_end_method.as_deref(),
+        Some("newest destination commit timestamp (exact)"),
+        "{:?}",
+        report.notes
+    );
+    // Every heartbeat that was written was found at the destination and measured.
+    let steady = &report.steady.first;
+    assert!(steady.commit_latency_ms.count >= 20, "{steady:?}");
+    assert_eq!(steady.commit_latency_ms.count, steady.ldr_heartbeats_sent);
+    assert!(
+        steady.commit_latency_ms.p50 >= Some(0.0),
+        "a row cannot be visible before it committed: {steady:?}"
+    );
+    // Sampled every 100 ms over 3 s.
+    assert!(steady.lag_ms.count >= 10, "{steady:?}");
+    // The conflict phase ran, wrote on both sides, and converged.
+    let conflicts = &report.conflicts;
+    assert!(conflicts.ran && conflicts.converged, "{conflicts:?}");
+    assert!(conflicts.rows_written_a > 0 && conflicts.rows_written_b > 0);
+    assert!(conflicts.fingerprints.is_some());
+    assert_eq!(conflicts.dlq_rows, 0, "{conflicts:?}");
+    assert_eq!(
+        report.series.catchup_ldr_applied.last().map(|p| p.1),
+        Some(report.config.rows as f64)
+    );
+}
+
+#[tokio::test]
+async fn bench_ldr_with_postgres() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let outcome = run(options(out.path())).await;
+    let report = &outcome.report;
+    eprintln!("{}", bench::render_table(report));
+    assert!(report.ok(), "{:?}", report.failures);
+    let json = check_contract(&outcome.json_path);
+    check_ldr(&outcome, &json);
+    positive(&json, "/catchup/postgres_rows_per_s");
+    positive(&json, "/catchup/ratio_vs_postgres");
+    positive(&json, "/steady/postgres_lag_ms/p99");
+    let svg = std::fs::read_to_string(&outcome.svg_path).expect("plot written");
+    assert!(svg.contains("ldr (") && svg.contains("postgres ("));
+}
+
+#[tokio::test]
+async fn bench_ldr_without_postgres_two_nodes() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let outcome = run(BenchOptions {
+        nodes: 2,
+        skip_postgres: true,
+        ..options(out.path())
+    })
+    .await;
+    let report = &outcome.report;
+    eprintln!("{}", bench::render_table(report));
+    assert!(report.ok(), "{:?}", report.failures);
+    let json = check_contract(&outcome.json_path);
+    check_ldr(&outcome, &json);
+    assert!(json["catchup"]["postgres_rows_per_s"].is_null());
+    assert!(json["steady"]["postgres_lag_ms"]["p99"].is_null());
+    assert_eq!(json["config"]["nodes"], 2);
 }

@@ -1,9 +1,11 @@
 //! The `ldr` binary: run nodes, initialize clusters, open a SQL shell, and drive the testbed.
 
+mod bench;
 mod demo;
 mod node_cmd;
 mod sql;
 mod start;
+mod workload_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,6 +38,11 @@ enum Command {
     /// Node commands.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Load generators (kv, bank) against any PostgreSQL-wire server.
+    #[command(subcommand)]
+    Workload(workload_cmd::WorkloadCommand),
+    /// Load benchmark: ldr vs PostgreSQL logical replication vs raw RocksDB on this machine.
+    Bench(bench::BenchArgs),
     /// Open a SQL shell (or run statements with -e).
     Sql {
         /// Accepted for CockroachDB compatibility; ldr always runs without TLS.
@@ -83,6 +90,8 @@ fn main() -> Result<()> {
             runtime()?.block_on(ldr_server::run(args.config()))
         }
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Workload(command) => runtime()?.block_on(workload_cmd::run(command)),
+        Command::Bench(args) => runtime()?.block_on(bench::run(args)),
         Command::Init { insecure: _, host } => runtime()?.block_on(node_cmd::init(&host)),
         Command::Node(NodeCommand::Status {
             insecure: _,

@@ -152,6 +152,10 @@ impl LdrSide {
             Cluster::start(spec("bench-dst"))
         )?;
         for cluster in [&src, &dst] {
+            // Both are sources: dst→src in the conflict phase.
+            cluster
+                .exec(1, "SET CLUSTER SETTING kv.rangefeed.enabled = true")
+                .await?;
             cluster
                 .exec(
                     1,
@@ -334,6 +338,28 @@ async fn catchup(
         return Err(SimError::Invariant(format!(
             "ldr catch-up: the destination has {count} rows after replicating past {bound}, expected {}",
             options.rows
+        )));
+    }
+    // The job was paused during the load: no loaded row may have been applied before RESUME.
+    if let Ok(rows) = side
+        .dst
+        .query_text(
+            1,
+            &format!("SELECT min(crdb_internal_mvcc_timestamp) FROM {KV_TABLE}"),
+        )
+        .await
+        && let Ok(oldest) = parse_ts(
+            rows.rows
+                .first()
+                .and_then(|r| r.first())
+                .and_then(|v| v.as_ref()),
+            "min(crdb_internal_mvcc_timestamp)",
+        )
+        && (oldest.wall_time_ns as f64 / 1e9) < t0
+    {
+        return Err(SimError::Invariant(format!(
+            "ldr catch-up: a row was applied at {oldest}, {:.3}s before RESUME JOB: the job did not stay paused while loading",
+            t0 - oldest.wall_time_ns as f64 / 1e9
         )));
     }
     let newest = side

@@ -48,6 +48,8 @@ struct PgSide {
     publisher: Client,
     subscriber: Client,
     last_worker_start: Instant,
+    /// Rows the subscriber has applied so far (known from what we wrote).
+    expected_applied: f64,
 }
 
 impl PgSide {
@@ -90,6 +92,7 @@ impl PgSide {
             publisher,
             subscriber,
             last_worker_start: Instant::now(),
+            expected_applied: 0.0,
         })
     }
 
@@ -102,13 +105,14 @@ impl PgSide {
         (tree(&self.pair.publisher), tree(&self.pair.subscriber))
     }
 
-    /// Rows inserted + updated in `kv` on the subscriber (PostgreSQL's statistics: the apply
-    /// worker publishes them at most once a second).
+    /// Rows inserted + updated in `kv` and `hb` on the subscriber (PostgreSQL's statistics:
+    /// the apply worker publishes them at most once a second). Heartbeats count, as they do
+    /// in ldr's `events_ingested`.
     async fn applied(client: &Client) -> Option<f64> {
         let row = client
             .query_one(
-                "SELECT coalesce(sum(n_tup_ins + n_tup_upd), 0)::float8 FROM pg_stat_user_tables WHERE relname = $1",
-                &[&KV_TABLE],
+                "SELECT coalesce(sum(n_tup_ins + n_tup_upd), 0)::float8 FROM pg_stat_user_tables WHERE relname IN ($1, $2)",
+                &[&KV_TABLE, &HB_TABLE],
             )
             .await
             .ok()?;
@@ -126,6 +130,20 @@ impl PgSide {
             .await
             .map_err(|e| SimError::sql("reading a heartbeat on the subscriber", e))?;
         Ok(rows.first().and_then(|r| r.try_get(0).ok()))
+    }
+
+    /// The applied-rows statistic once it has caught up with what is known to be applied
+    /// (it trails by up to a second), so a phase's baseline does not include an earlier
+    /// phase's rows. Gives up after a few seconds (it only feeds the plot).
+    async fn settled_applied(&self) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let applied = PgSide::applied(&self.subscriber).await.unwrap_or(0.0);
+            if applied >= self.expected_applied || Instant::now() >= deadline {
+                return applied;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn wait_worker_stopped(&self) -> Result<()> {
@@ -218,7 +236,7 @@ async fn catchup(
         ));
         tokio::time::sleep(wait).await;
     }
-    let applied_before = PgSide::applied(&side.subscriber).await.unwrap_or(0.0);
+    let applied_before = side.settled_applied().await;
     let (cpu_src0, cpu_dst0) = side.cpu();
     let t0 = epoch_now();
     set_subscription_enabled(&side.subscriber, SUBSCRIPTION, true).await?;
@@ -274,11 +292,16 @@ async fn catchup(
             options.rows
         )));
     }
+    side.expected_applied += options.rows as f64 + 1.0;
     let secs = (end - t0).max(1e-6);
     // The statistics trail: end the series with the exact figure.
     series.push((secs, options.rows as f64));
     series.sort_by(|a, b| a.0.total_cmp(&b.0));
     series.retain(|(t, _)| *t <= secs);
+    for point in &mut series {
+        // The marker is counted too.
+        point.1 = point.1.min(options.rows as f64);
+    }
     series.insert(0, (0.0, 0.0));
     report.series.catchup_postgres_applied = series;
     report.catchup.postgres_secs = Some(secs);
@@ -316,7 +339,7 @@ async fn steady(
     let first_seq = heartbeat_base(index);
     let max_heartbeats =
         (options.duration.as_secs_f64() / options.heartbeat_interval.as_secs_f64()) as u64 + 1000;
-    let applied_before = PgSide::applied(&side.subscriber).await.unwrap_or(0.0);
+    let applied_before = side.settled_applied().await;
     let t0 = epoch_now();
     let (cpu_src0, cpu_dst0) = side.cpu();
     let sampler_client = Arc::new(side.pair.subscriber.connect().await?);
@@ -366,6 +389,7 @@ async fn steady(
     }
     let (cpu_src1, cpu_dst1) = side.cpu();
     let applied = sampler.finish().await;
+    side.expected_applied += (workload.rows_written + sent) as f64;
     let rows = sampler_client
         .query(
             "SELECT extract(epoch FROM src_ts)::float8, (extract(epoch FROM (dst_ts - src_ts)) * 1000)::float8 \

@@ -78,13 +78,17 @@ pub fn render_bar(label: &str, done: u64, total: u64, unit: &str, elapsed: Durat
     };
     let filled = (fraction * BAR_WIDTH as f64).round() as usize;
     let secs = elapsed.as_secs_f64();
-    let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+    // A rate over a few milliseconds means nothing.
+    let rate = if secs >= 0.1 {
+        format!("{:.0}", done as f64 / secs)
+    } else {
+        "-".into()
+    };
     format!(
-        "   {label:<28} [{}{}] {:>5.1}% {done}/{total} {unit} {secs:>6.1}s {:.0} {unit}/s",
+        "   {label:<28} [{}{}] {:>5.1}% {done}/{total} {unit} {secs:>6.1}s {rate} {unit}/s",
         "#".repeat(filled),
         ".".repeat(BAR_WIDTH - filled),
         fraction * 100.0,
-        rate
     )
 }
 
@@ -148,7 +152,10 @@ mod tests {
         assert!(text.contains(" 50.0% 500/1000 rows"), "{text}");
         assert!(text.contains("250 rows/s"), "{text}");
         let full = render_bar("x", 5, 0, "rows", Duration::ZERO);
-        assert!(full.contains("100.0%"), "{full}");
+        assert!(
+            full.contains("100.0%") && full.contains(" - rows/s"),
+            "{full}"
+        );
         let over = render_bar("x", 20, 10, "rows", Duration::from_secs(1));
         assert!(over.contains("100.0%"), "{over}");
     }

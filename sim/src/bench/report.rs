@@ -459,29 +459,33 @@ pub fn build_plot(report: &BenchReport) -> Plot {
     let s = &report.series;
     let catchup = Panel {
         title: format!(
-            "Catch-up: rows applied per second after RESUME / ENABLE ({} rows)",
+            "Catch-up: rows applied since RESUME / ENABLE ({} rows; the slope is the apply rate)",
             report.catchup.rows
         ),
         x_label: "seconds since replication restarted".into(),
-        y_label: "rows/s".into(),
+        y_label: "rows applied".into(),
         log_y: false,
         series: vec![
             Series::line(
-                "ldr",
+                format!("ldr ({} rows/s)", rate_text(report.catchup.ldr_rows_per_s)),
                 LDR_COLOR,
-                rates_from_cumulative(&s.catchup_ldr_applied, 1.0),
+                s.catchup_ldr_applied.clone(),
             ),
             Series::line(
-                "postgres",
+                format!(
+                    "postgres ({} rows/s)",
+                    rate_text(report.catchup.postgres_rows_per_s)
+                ),
                 POSTGRES_COLOR,
-                rates_from_cumulative(&s.catchup_postgres_applied, 1.0),
+                s.catchup_postgres_applied.clone(),
             ),
         ],
         markers: Vec::new(),
     };
     let offsets = steady_offsets(report);
     let mut throughput = Panel {
-        title: "Steady state: rows applied per second at the destination".into(),
+        title: "Steady state: rows applied per second at the destination (heartbeats included)"
+            .into(),
         x_label: "seconds (phases of each offered rate, one after another)".into(),
         y_label: "rows/s".into(),
         ..Panel::default()
@@ -495,7 +499,11 @@ pub fn build_plot(report: &BenchReport) -> Plot {
         ..Panel::default()
     };
     let mut series = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let gap = (f64::NAN, f64::NAN);
     for (rate, dx) in s.steady.iter().zip(&offsets) {
+        for line in &mut series {
+            line.push(gap);
+        }
         series[0].extend(shifted(&rates_from_cumulative(&rate.ldr_applied, 1.0), *dx));
         series[1].extend(shifted(
             &rates_from_cumulative(&rate.postgres_applied, 1.0),
@@ -700,7 +708,12 @@ mod tests {
         assert_eq!(plot.panels.len(), 3);
         assert_eq!(plot.panels[1].markers.len(), 2, "one marker per rate");
         // The second rate's points are shifted past the first rate's duration.
-        let ldr_latency = &plot.panels[2].series[0].points;
+        let ldr_latency: Vec<(f64, f64)> = plot.panels[2].series[0]
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.0.is_finite())
+            .collect();
         assert_eq!(ldr_latency.len(), 4);
         assert!(ldr_latency[2].0 > 3.0);
         let svg = render_svg(&report);

@@ -336,22 +336,26 @@ fn render_panel(out: &mut String, panel: &Panel, top: f64) {
             }
             out.push_str("</g>\n");
         } else {
-            let points: Vec<String> = finite_points(s)
-                .map(|(x, y)| format!("{:.1},{:.1}", frame.x(x), frame.y(y)))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
+            // A non-finite point breaks the line (phases that do not join up).
             let dash = if s.dashed {
                 r#" stroke-dasharray="6,4""#
             } else {
                 ""
             };
-            let _ = writeln!(
-                out,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="1.8"{dash} points="{}"/>"#,
-                points.join(" ")
-            );
+            for segment in s.points.split(|(x, y)| !x.is_finite() || !y.is_finite()) {
+                if segment.len() < 2 {
+                    continue;
+                }
+                let points: Vec<String> = segment
+                    .iter()
+                    .map(|(x, y)| format!("{:.1},{:.1}", frame.x(*x), frame.y(*y)))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    r#"<polyline fill="none" stroke="{color}" stroke-width="1.8"{dash} points="{}"/>"#,
+                    points.join(" ")
+                );
+            }
         }
     }
     // Legend (top right, inside the frame).
@@ -499,13 +503,14 @@ mod tests {
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("ldr &lt;vs&gt; postgres"));
-        assert_eq!(count(&svg, "<polyline"), 2);
+        // The NaN breaks ldr's line in two; postgres has one.
+        assert_eq!(count(&svg, "<polyline"), 3);
         assert_eq!(
             count(&svg, "stroke-dasharray=\"6,4\""),
             2,
             "line and legend"
         );
-        // Three dots plus one legend dot; the NaN point is dropped from the line.
+        // Three dots plus one legend dot.
         assert_eq!(count(&svg, "<circle"), 4);
         assert!(svg.contains(">resume</text>"));
         assert!(svg.contains(">no data</text>"), "the empty panel says so");

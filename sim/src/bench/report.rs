@@ -235,6 +235,24 @@ impl BenchReport {
             rate.commit_latency_p99_ratio_vs_postgres =
                 ratio(rate.commit_latency_ms.p99, rate.postgres_lag_ms.p99);
         }
+        for rate in &self.steady.rates {
+            for (system, achieved) in [
+                ("ldr", rate.ldr_achieved_rows_per_s),
+                ("postgres", rate.postgres_achieved_rows_per_s),
+            ] {
+                if let Some(a) = achieved
+                    && a < 0.9 * rate.rate_rows_per_s as f64
+                {
+                    let note = format!(
+                        "{system} could not take the offered {} rows/s (achieved {:.0}): its steady figures at this rate are at the achieved rate, with the source saturated",
+                        rate.rate_rows_per_s, a
+                    );
+                    if !self.notes.contains(&note) {
+                        self.notes.push(note);
+                    }
+                }
+            }
+        }
         if let Some(first) = self.steady.rates.first() {
             self.steady.first = first.clone();
         }
@@ -626,6 +644,10 @@ mod tests {
             report.steady.first.postgres_lag_ms
         );
 
+        report.steady.rates[1].ldr_achieved_rows_per_s = Some(100.0);
+        report.finalize();
+        assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
+        assert!(report.notes[0].contains("ldr could not take the offered 400 rows/s"));
         report.conflicts.converged = false;
         report.finalize();
         report.finalize();

@@ -477,7 +477,14 @@ mod tests {
                         Series::line(
                             "ldr",
                             LDR_COLOR,
-                            vec![(0.0, 1.0), (1.0, 2.0), (2.0, f64::NAN)],
+                            vec![
+                                (0.0, 1.0),
+                                (1.0, 2.0),
+                                (f64::NAN, f64::NAN),
+                                (1.5, 1.0),
+                                (2.0, 2.0),
+                                (2.5, f64::NAN),
+                            ],
                         ),
                         Series::line("postgres", POSTGRES_COLOR, vec![(0.0, 3.0), (2.0, 1.0)])
                             .dashed(),

@@ -62,9 +62,29 @@ pub struct BenchArgs {
     /// No progress bars (the table is still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// Run nothing: print the table of an earlier JSON report and redraw its SVG plot.
+    #[arg(long, value_name = "REPORT.json")]
+    pub from_json: Option<PathBuf>,
+}
+
+/// `--from-json`: the table and a fresh plot from a saved report.
+fn replot(path: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let report: bench::BenchReport = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a bench report: {e}", path.display()))?;
+    let svg = path.with_extension("svg");
+    std::fs::write(&svg, bench::render_svg(&report))
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", svg.display()))?;
+    print!("{}", bench::render_table(&report));
+    println!("plot redrawn: {}", svg.display());
+    Ok(())
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if let Some(path) = &args.from_json {
+        return replot(path);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("LDR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()

@@ -309,7 +309,7 @@ fn render_panel(out: &mut String, panel: &Panel, top: f64) {
             r##"<line x1="{px:.1}" y1="{y0}" x2="{px:.1}" y2="{:.1}" stroke="#888" stroke-dasharray="2,3"/><text x="{:.1}" y="{:.1}" class="marker">{}</text>"##,
             y0 + h,
             px + 3.0,
-            y0 + 12.0,
+            y0 + h - 5.0,
             escape(label)
         );
     }
@@ -358,8 +358,17 @@ fn render_panel(out: &mut String, panel: &Panel, top: f64) {
             }
         }
     }
-    // Legend (top right, inside the frame).
-    let mut ly = y0 + 14.0;
+    // Legend (top right, inside the frame, on a light box so data under it stays legible).
+    if !panel.series.is_empty() {
+        let _ = writeln!(
+            out,
+            r##"<rect x="{:.1}" y="{:.1}" width="236" height="{:.1}" fill="white" fill-opacity="0.85" stroke="#ccc"/>"##,
+            x0 + w - 240.0,
+            y0 + 2.0,
+            panel.series.len() as f64 * 16.0 + 6.0
+        );
+    }
+    let mut ly = y0 + 16.0;
     for s in &panel.series {
         let lx = x0 + w - 230.0;
         let color = escape(&s.color);

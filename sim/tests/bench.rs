@@ -136,7 +136,7 @@ fn check_ldr(outcome: &bench::BenchOutcome, json: &serde_json::Value) {
     // Every heartbeat that was written was found at the destination and measured.
     let steady = &report.steady.first;
     assert!(steady.commit_latency_ms.count >= 20, "{steady:?}");
-    assert_eq!(steady.commit_latency_ms.count, steady.ldr_heartbeats_sent);
+    assert!(steady.commit_latency_ms.count >= steady.ldr_heartbeats_sent);
     assert!(
         steady.commit_latency_ms.p50 >= Some(0.0),
         "a row cannot be visible before it committed: {steady:?}"

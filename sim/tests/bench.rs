@@ -103,14 +103,12 @@ async fn bench_postgres_and_rocksdb() {
     positive(&json, "/steady/postgres_lag_ms/p99");
     assert!(json["catchup"]["ldr_rows_per_s"].is_null());
     assert!(json["steady"]["commit_latency_ms"]["p99"].is_null());
-    // Every heartbeat of the 3 s phase was measured (one every 50 ms, a few may be skipped
-    // when the machine stalls, never more than were sent).
+    // Every acknowledged heartbeat of the 3 s phase was measured (one every 50 ms; ticks
+    // may be skipped when the machine stalls; a write whose acknowledgement was lost counts
+    // too).
     let steady = &report.steady.first;
     assert!(steady.postgres_lag_ms.count >= 20, "{steady:?}");
-    assert_eq!(
-        steady.postgres_lag_ms.count,
-        steady.postgres_heartbeats_sent
-    );
+    assert!(steady.postgres_lag_ms.count >= steady.postgres_heartbeats_sent);
     // The load was verified and the catch-up series ends at every row.
     assert_eq!(
         report.series.catchup_postgres_applied.last().map(|p| p.1),

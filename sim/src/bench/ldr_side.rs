@@ -31,7 +31,7 @@ use super::report::{BenchReport, CpuUse};
 use super::stats::Percentiles;
 use super::{
     BenchOptions, CONFLICT_TABLE, HB_TABLE, Heartbeats, KV_TABLE, Sampler, epoch_now, load_rows,
-    or_cancel, procfs, steady_workload, watch,
+    or_cancel, polled, procfs, steady_workload, watch,
 };
 use crate::check::convergence::wait_converged;
 use crate::check::replicated_time::{parse_replicated_time, sample_jobs};
@@ -305,7 +305,7 @@ async fn catchup(
             sampler.finish().await;
             return Err(super::cancelled());
         }
-        match job_state(&side.dst_client, side.job).await {
+        match polled(job_state(&side.dst_client, side.job)).await {
             Ok((_, Some(rt))) if rt >= bound => break epoch_now(),
             Ok((status, rt)) => last_seen = format!("status {status}, replicated time {rt:?}"),
             Err(e) => last_seen = e,

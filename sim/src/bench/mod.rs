@@ -29,7 +29,7 @@ pub mod svg;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -360,7 +360,12 @@ impl Heartbeats {
                     _ = ticker.tick() => {}
                     _ = token.cancelled() => break,
                 }
-                match client.execute(&statement, &[&seq]).await {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&seq];
+                let insert = tokio::select! {
+                    result = client.execute(&statement, &params) => result,
+                    _ = token.cancelled() => break,
+                };
+                match insert {
                     Ok(_) => {
                         last = Some(seq);
                         written += 1;
@@ -383,23 +388,32 @@ impl Heartbeats {
     }
 }
 
-/// Shared flag + counter for a progress bar fed by a sampler.
+/// The latest value a sampler saw, shared with a progress bar.
 #[derive(Default)]
 pub(crate) struct Watch {
-    pub(crate) value: AtomicI64,
-    pub(crate) seen: AtomicBool,
-    pub(crate) polls: AtomicU64,
+    value: AtomicI64,
 }
 
 impl Watch {
     pub(crate) fn set(&self, v: f64) {
         self.value.store(v as i64, Ordering::Relaxed);
-        self.seen.store(true, Ordering::Relaxed);
-        self.polls.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed).max(0) as u64
+    }
+}
+
+/// Deadline for one polling query (a hung server must not hang the benchmark).
+pub(crate) const POLL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `future` with [`POLL_TIMEOUT`]; a timeout becomes an error message.
+pub(crate) async fn polled<T>(
+    future: impl Future<Output = std::result::Result<T, String>>,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(POLL_TIMEOUT, future).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {POLL_TIMEOUT:?}")),
     }
 }
 

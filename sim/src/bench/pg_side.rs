@@ -263,8 +263,13 @@ async fn catchup(
             sampler.finish().await;
             return Err(super::cancelled());
         }
-        if let Some(end) = side.heartbeat_arrival(0).await? {
-            break end;
+        match tokio::time::timeout(super::POLL_TIMEOUT, side.heartbeat_arrival(0)).await {
+            Ok(Ok(Some(end))) => break end,
+            Ok(Ok(None)) | Err(_) => {}
+            Ok(Err(e)) => {
+                sampler.finish().await;
+                return Err(e);
+            }
         }
         if Instant::now() >= deadline {
             sampler.finish().await;

@@ -27,6 +27,10 @@ use crate::flow::{FlowRunner, FlowUpdate};
 use crate::job::{Discard, LdrPayload, LdrProgress};
 use crate::retry::JobRetry;
 
+/// How often the replicated time is persisted (the full checkpoint follows
+/// `logical_replication.consumer.job_checkpoint_frequency`).
+const PUBLISH_REPLICATED_TIME_EVERY: Duration = Duration::from_millis(200);
+
 /// Cleanup hooks the destination's SQL layer provides (schema locks).
 #[async_trait]
 pub trait DestinationTables: Send + Sync {
@@ -292,8 +296,14 @@ impl Attempt<'_> {
         let heartbeat_every = kv
             .settings()
             .duration("logical_replication.consumer.heartbeat_frequency");
-        let mut checkpoint_tick =
-            tokio::time::interval(checkpoint_every.max(Duration::from_millis(50)));
+        // Replicated time is published every 200ms (SHOW LOGICAL REPLICATION JOBS, heartbeats);
+        // the full checkpoint (every resolved span) every job_checkpoint_frequency.
+        let mut checkpoint_tick = tokio::time::interval(
+            checkpoint_every
+                .min(PUBLISH_REPLICATED_TIME_EVERY)
+                .max(Duration::from_millis(50)),
+        );
+        let mut last_full_checkpoint = Instant::now();
         let mut heartbeat_tick =
             tokio::time::interval(heartbeat_every.max(Duration::from_millis(100)));
         heartbeat_tick.reset();
@@ -312,6 +322,10 @@ impl Attempt<'_> {
                         if let Some(s) = scan_stats.get_mut(processor_id as usize) {
                             *s = (update.scanning_ranges, update.total_ranges);
                         }
+                        let replicated = frontier.frontier();
+                        if !replicated.is_zero() && replicated != Timestamp::MAX {
+                            self.flows.metrics().set_replicated_time(self.job_id, self.payload.label.as_deref(), replicated);
+                        }
                     }
                     Some(FlowUpdate::Failed { processor_id, error }) => {
                         break Err(match error {
@@ -324,8 +338,11 @@ impl Attempt<'_> {
                 _ = checkpoint_tick.tick() => {
                     let replicated = frontier.frontier();
                     if replicated > persisted && replicated != Timestamp::MAX {
-                        self.persist(&frontier, replicated, &scan_stats).await?;
-                        self.flows.metrics().set_replicated_time(self.job_id, self.payload.label.as_deref(), replicated);
+                        let full = last_full_checkpoint.elapsed() >= checkpoint_every || persisted.is_zero();
+                        self.persist(full.then_some(&frontier), replicated).await?;
+                        if full {
+                            last_full_checkpoint = Instant::now();
+                        }
                         persisted = replicated;
                         last_persist = Instant::now();
                     } else if needs_initial_scan && persisted.is_zero() && last_persist.elapsed() >= checkpoint_every {
@@ -358,18 +375,16 @@ impl Attempt<'_> {
         // Persist what was reached, whatever ended the attempt.
         let replicated = frontier.frontier();
         if replicated > persisted && replicated != Timestamp::MAX {
-            let _ = self.persist(&frontier, replicated, &scan_stats).await;
+            let _ = self.persist(Some(&frontier), replicated).await;
         }
         result
     }
 
-    async fn persist(
-        &self,
-        frontier: &SpanFrontier,
-        replicated: Timestamp,
-        _scan: &[(u32, u32)],
-    ) -> Result<()> {
-        let checkpoint = frontier.entries();
+    /// Persists the replicated time, and with `frontier` the full checkpoint. A replicated time
+    /// newer than the stored spans is safe to resume from: every span is resolved at least
+    /// that far.
+    async fn persist(&self, frontier: Option<&SpanFrontier>, replicated: Timestamp) -> Result<()> {
+        let checkpoint = frontier.map(SpanFrontier::entries);
         self.ctx
             .registry
             .update_progress(self.job_id, &move |r| {
@@ -379,7 +394,9 @@ impl Attempt<'_> {
                     return;
                 }
                 p.replicated_time = Some(replicated.to_decimal_string());
-                p.checkpoint = checkpoint.clone();
+                if let Some(c) = &checkpoint {
+                    p.checkpoint = c.clone();
+                }
                 if let Ok(v) = serde_json::to_value(&p) {
                     r.progress = v;
                 }

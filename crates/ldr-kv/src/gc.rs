@@ -7,8 +7,14 @@ use std::time::Duration;
 
 use ldr_types::Timestamp;
 
-/// How often each node collects its own ranges.
-pub(crate) const GC_INTERVAL: Duration = Duration::from_secs(5);
+/// How often each node collects its own ranges: an eighth of the GC TTL, between 5 seconds
+/// and 5 minutes. A pass scans every range the node owns, so with the default TTL (4h) it runs
+/// every 5 minutes instead of stalling writes every few seconds; a short TTL (tests, demos)
+/// still collects promptly.
+pub(crate) fn gc_interval(ttl_seconds: i64) -> Duration {
+    let eighth = Duration::from_secs(u64::try_from(ttl_seconds).unwrap_or(0) / 8);
+    eighth.clamp(Duration::from_secs(5), Duration::from_secs(300))
+}
 
 /// The threshold passed to `Engine::gc`.
 pub(crate) fn gc_threshold(now: Timestamp, ttl_seconds: i64, protected: &[Timestamp]) -> Timestamp {
@@ -24,6 +30,14 @@ mod tests {
     use super::*;
 
     const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn interval_follows_the_ttl() {
+        assert_eq!(gc_interval(14_400), Duration::from_secs(300));
+        assert_eq!(gc_interval(80), Duration::from_secs(10));
+        assert_eq!(gc_interval(1), Duration::from_secs(5));
+        assert_eq!(gc_interval(-3), Duration::from_secs(5));
+    }
 
     #[test]
     fn ttl_bounds_the_threshold() {

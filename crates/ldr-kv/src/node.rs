@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::client::KvClient;
-use crate::gc::{GC_INTERVAL, gc_threshold};
+use crate::gc::{gc_interval, gc_threshold};
 use crate::liveness::{HEARTBEAT_INTERVAL, LivenessRecord};
 use crate::routing::RangeCache;
 use crate::service::{KvGrpcServer, KvService};
@@ -654,8 +654,14 @@ impl NodeInner {
     }
 
     async fn gc_loop(self: Arc<Self>) {
+        // Re-read the TTL every few seconds, so lowering gc.ttlseconds takes effect promptly.
+        let mut last_pass = std::time::Instant::now();
         loop {
-            tokio::time::sleep(GC_INTERVAL).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if last_pass.elapsed() < gc_interval(self.settings.int("gc.ttlseconds")) {
+                continue;
+            }
+            last_pass = std::time::Instant::now();
             if let Err(e) = self.run_gc().await {
                 debug!(error = %e, "gc pass skipped");
             }

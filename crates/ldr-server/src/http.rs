@@ -28,6 +28,9 @@ pub struct HttpState {
     pub console: ConsoleRenderer,
     /// `GET /_status/nodes`: JSON array of the cluster's nodes (`ldr node status` reads it).
     pub nodes_json: ConsoleRenderer,
+    /// `GET /_status/protected_timestamps`: JSON array of the cluster's protected timestamp
+    /// records (what GC must keep; held by history retention jobs).
+    pub protected_timestamps_json: ConsoleRenderer,
 }
 
 async fn health(State(state): State<HttpState>) -> Response {
@@ -62,8 +65,20 @@ async fn status_nodes(State(state): State<HttpState>) -> Response {
         .into_response()
 }
 
+async fn status_protected_timestamps(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        (state.protected_timestamps_json)(None).await,
+    )
+        .into_response()
+}
+
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route(
+            "/_status/protected_timestamps",
+            get(status_protected_timestamps),
+        )
         .route("/_status/nodes", get(status_nodes))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -91,6 +106,7 @@ mod tests {
             metrics: Arc::new(|| "# TYPE x counter\nx 1\n".to_string()),
             console: Arc::new(|q| Box::pin(async move { format!("<html>console {q:?}</html>") })),
             nodes_json: Arc::new(|_| Box::pin(async { "[]".to_string() })),
+            protected_timestamps_json: Arc::new(|_| Box::pin(async { "[{}]".to_string() })),
         };
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -116,5 +132,6 @@ mod tests {
         assert!(m.contains("x 1"), "{m}");
         assert!(get("/?type=x").await.contains("console Some(\"type=x\")"));
         assert!(get("/_status/nodes").await.ends_with("[]"));
+        assert!(get("/_status/protected_timestamps").await.ends_with("[{}]"));
     }
 }

@@ -162,6 +162,33 @@ pub async fn run(config: ServerConfig) -> Result<()> {
                 })
             })
         },
+        protected_timestamps_json: {
+            let node_cell = node_cell.clone();
+            Arc::new(move |_| {
+                let node_cell = node_cell.clone();
+                Box::pin(async move {
+                    match node_cell.get() {
+                        Some(node) => match node.kv.protections().await {
+                            Ok(records) => serde_json::Value::Array(
+                                records
+                                    .iter()
+                                    .map(|r| {
+                                        serde_json::json!({
+                                            "id": r.id,
+                                            "ts": r.ts.to_decimal_string(),
+                                            "owner": r.owner,
+                                        })
+                                    })
+                                    .collect(),
+                            )
+                            .to_string(),
+                            Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+                        },
+                        None => "[]".to_string(),
+                    }
+                })
+            })
+        },
     };
     tokio::spawn(http::serve(http_listener, http_state));
 

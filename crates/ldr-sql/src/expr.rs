@@ -1660,7 +1660,7 @@ impl<'a> Binder<'a> {
                 SqlType::String
             }
             "to_json" | "json_build_object" => SqlType::Jsonb,
-            "crdb_internal.node_id" => {
+            "crdb_internal.node_id" | "crdb_internal.cluster_origin_id" => {
                 arity(n == 0)?;
                 SqlType::Int8
             }
@@ -1854,6 +1854,8 @@ pub struct EvalCtx {
     pub database: String,
     pub user: String,
     pub node_id: u32,
+    /// This cluster's LWW origin id (`crdb_internal.cluster_origin_id()`).
+    pub origin_id: u32,
     pub tz_offset_secs: i32,
     pub clock: Option<Arc<ldr_types::Clock>>,
 }
@@ -1866,6 +1868,7 @@ impl Default for EvalCtx {
             database: "defaultdb".into(),
             user: "root".into(),
             node_id: 1,
+            origin_id: 0,
             tz_offset_secs: 0,
             clock: None,
         }
@@ -2788,6 +2791,7 @@ fn eval_function(name: &str, args: Vec<Datum>, ty: &SqlType, ctx: &EvalCtx) -> R
         "current_user" => D::String(ctx.user.clone()),
         "current_schema" => D::String("public".into()),
         "crdb_internal.node_id" => D::Int(i64::from(ctx.node_id)),
+        "crdb_internal.cluster_origin_id" => D::Int(i64::from(ctx.origin_id)),
         "date_part" => {
             let field = s0().to_lowercase();
             let micros = match &args[1] {

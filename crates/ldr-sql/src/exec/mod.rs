@@ -397,6 +397,7 @@ impl Session {
             database: self.database().to_string(),
             user: self.user.clone(),
             node_id: self.server.kv.node_id(),
+            origin_id: self.server.kv.origin_id(),
             tz_offset_secs: self.vars.tz_offset_secs,
             clock: Some(self.server.kv.clock().clone()),
         }

@@ -1236,9 +1236,12 @@ pub(crate) async fn delete(
         let applied = write::apply(&s.server.kv, &batch).await?;
         for (ch, a) in batch.into_iter().zip(applied) {
             match a {
-                Applied::Written(_) => {
+                Applied::Written(commit_ts) => {
+                    // RETURNING crdb_internal_mvcc_timestamp of a delete is the commit
+                    // timestamp of its tombstone (what an LWW oracle needs), not the deleted
+                    // version's.
                     let old = ch.old.expect("deletes carry the old row");
-                    out_rows.push((old.values, Some(old.ts)));
+                    out_rows.push((old.values, Some(commit_ts)));
                 }
                 Applied::Conflict(_) => {
                     if let Some(r) = refresh(s, &t, &ch.key, &ctx).await? {

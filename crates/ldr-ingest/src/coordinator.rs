@@ -308,7 +308,17 @@ impl Attempt<'_> {
             tokio::time::interval(heartbeat_every.max(Duration::from_millis(100)));
         heartbeat_tick.reset();
         let mut persisted = replicated_at_start.unwrap_or(Timestamp::ZERO);
-        let mut scan_stats: Vec<(u32, u32)> = vec![(0, 0); plan.partitions.len()];
+        // (scanning, total) ranges per processor: every range counts as scanning until its
+        // processor reports otherwise, so a partition that never connected holds the
+        // fraction below 1.
+        let mut scan_stats: Vec<(u32, u32)> = plan
+            .partitions
+            .iter()
+            .map(|p| {
+                let n = p.spans.len() as u32;
+                (if needs_initial_scan { n } else { 0 }, n)
+            })
+            .collect();
         let mut last_persist = Instant::now();
         let mut stop = self.ctx.stop.clone();
         let result = loop {

@@ -3,90 +3,11 @@
 //! both servers' concurrent bootstraps agree.
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{exec, exec_err, rows};
-use ldr_kv::{KvNode, NodeConfig};
-use ldr_sql::exec::{SqlConfig, SqlServer};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use common::{exec, exec_err, rows, start_cluster};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-async fn start_cluster(n: usize) -> (Vec<Arc<KvNode>>, Vec<Arc<SqlServer>>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut listeners = Vec::new();
-    for _ in 0..n {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
-    }
-    let addresses: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound").to_string())
-        .collect();
-    let mut nodes = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let node = KvNode::start(NodeConfig {
-            store_dir: dir.path().join(format!("n{i}")),
-            listen_addr: addresses[i].clone(),
-            advertise_addr: None,
-            advertise_sql_addr: None,
-            http_addr: "127.0.0.1:0".into(),
-            join: addresses.clone(),
-            cluster_name: None,
-            max_clock_offset: Duration::from_millis(500),
-        })
-        .await
-        .expect("node starts");
-        let service = node.grpc_service();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await;
-        });
-        nodes.push(node);
-    }
-    ldr_kv::bootstrap_remote(&addresses[0])
-        .await
-        .expect("bootstrap");
-    for node in &nodes {
-        tokio::time::timeout(DEADLINE, node.wait_initialized())
-            .await
-            .expect("joins in time")
-            .expect("initialized");
-    }
-    // Every node live before tables are created (their ranges spread over live nodes).
-    let client = nodes[0].client();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let live = client
-            .nodes()
-            .await
-            .map(|s| s.iter().filter(|s| s.is_live).count())
-            .unwrap_or(0);
-        if live == n {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {live} of {n} nodes live"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Start the SQL servers concurrently: their bootstraps race on the same objects.
-    let starts = nodes.iter().map(|node| {
-        let kv = node.client();
-        async move {
-            let jobs = ldr_jobs::Registry::start(kv.clone());
-            SqlServer::start(kv, jobs, SqlConfig::default())
-                .await
-                .expect("sql server starts")
-        }
-    });
-    let servers = futures::future::join_all(starts).await;
-    (nodes, servers, dir)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_one_catalog_and_data() {

@@ -1617,7 +1617,7 @@ async fn backfill_column(s: &mut Session, desc: &Arc<TableDescriptor>, column: &
                 new: Some(new),
             });
         }
-        let applied = write::apply(&s.server.kv, &changes).await?;
+        let applied = write::apply(&s.server, &changes).await?;
         for (ch, a) in changes.into_iter().zip(applied) {
             if let Applied::Conflict(_) = a {
                 let ts = s.server.kv.clock().now();

@@ -565,7 +565,7 @@ pub(crate) async fn insert(
                     out_rows.push((new, None));
                 }
             } else {
-                let applied = write::apply(&s.server.kv, &changes).await?;
+                let applied = write::apply(&s.server, &changes).await?;
                 for (ch, a) in changes.into_iter().zip(applied) {
                     let new = ch.new.unwrap_or_default();
                     match a {
@@ -653,12 +653,15 @@ pub(crate) async fn insert(
                                 now,
                             )
                             .await?;
+                            let existing_key = existing.key.clone();
                             match update_one(s, &desc, existing, updated.clone(), now).await? {
                                 Some(t) => {
                                     out_rows.push((updated, t));
                                     done = true;
                                 }
                                 None => {
+                                    // Changed concurrently: not affected yet, re-read and retry.
+                                    touched.remove(&existing_key);
                                     continue;
                                 }
                             }
@@ -742,7 +745,7 @@ pub(crate) async fn insert(
                     pending.clear();
                     break;
                 }
-                let applied = write::apply(&s.server.kv, &changes).await?;
+                let applied = write::apply(&s.server, &changes).await?;
                 let mut retry = Vec::new();
                 for ((ch, a), p) in changes.into_iter().zip(applied).zip(pending) {
                     match a {
@@ -799,7 +802,7 @@ async fn insert_one(
         }
         return Ok(Some(None));
     }
-    match write::apply(&s.server.kv, std::slice::from_ref(&ch)).await {
+    match write::apply(&s.server, std::slice::from_ref(&ch)).await {
         Ok(mut a) => match a.pop() {
             Some(Applied::Written(t)) => Ok(Some(Some(t))),
             _ => Ok(None),
@@ -836,7 +839,7 @@ async fn update_one(
         old: Some(old),
         new: Some(new),
     };
-    match write::apply(&s.server.kv, std::slice::from_ref(&ch))
+    match write::apply(&s.server, std::slice::from_ref(&ch))
         .await?
         .pop()
     {
@@ -1081,7 +1084,10 @@ pub(crate) async fn update(
                     out_rows.push((new, None));
                     continue;
                 }
-                match write::apply(&kv, std::slice::from_ref(&del)).await?.pop() {
+                match write::apply(&s.server, std::slice::from_ref(&del))
+                    .await?
+                    .pop()
+                {
                     Some(Applied::Written(_)) => {}
                     _ => {
                         if let Some(r) = refresh(s, &t, &old.key, &ctx).await? {
@@ -1090,7 +1096,10 @@ pub(crate) async fn update(
                         continue;
                     }
                 }
-                match write::apply(&kv, std::slice::from_ref(&ins)).await?.pop() {
+                match write::apply(&s.server, std::slice::from_ref(&ins))
+                    .await?
+                    .pop()
+                {
                     Some(Applied::Written(w)) => out_rows.push((new, Some(w))),
                     _ => return Err(write::pk_violation(&desc, &new)),
                 }
@@ -1119,7 +1128,7 @@ pub(crate) async fn update(
                     new: Some(new),
                 })
                 .collect();
-            let applied = write::apply(&s.server.kv, &batch).await?;
+            let applied = write::apply(&s.server, &batch).await?;
             for (ch, a) in batch.into_iter().zip(applied) {
                 match a {
                     Applied::Written(w) => out_rows.push((ch.new.unwrap_or_default(), Some(w))),
@@ -1233,7 +1242,7 @@ pub(crate) async fn delete(
             }
             break;
         }
-        let applied = write::apply(&s.server.kv, &batch).await?;
+        let applied = write::apply(&s.server, &batch).await?;
         for (ch, a) in batch.into_iter().zip(applied) {
             match a {
                 Applied::Written(commit_ts) => {
@@ -1297,7 +1306,7 @@ pub(crate) async fn truncate(s: &mut Session, tables: &[Vec<String>]) -> Result<
                 })
                 .collect();
             // Rows changed concurrently are left as they are (TRUNCATE is not atomic here).
-            write::apply(&s.server.kv, &batch).await?;
+            write::apply(&s.server, &batch).await?;
         }
     }
     Ok(QueryResult::command("TRUNCATE"))

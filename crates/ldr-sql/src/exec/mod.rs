@@ -4,13 +4,16 @@
 //! Reads go to the KV layer at a timestamp taken when the statement starts; writes go through
 //! `write.rs` (conditional writes, unique-index claims). In an explicit transaction, writes
 //! are buffered in the session and applied at COMMIT; reads see committed data plus the
-//! transaction's own writes. Limits (documented departures from CockroachDB): a statement or
-//! a COMMIT that writes several ranges is atomic per range, not across ranges; reads inside a
-//! transaction are not a snapshot (each statement reads the latest committed data); DDL
-//! inside a transaction takes effect immediately and is not undone by ROLLBACK; a conflicting
-//! concurrent write to a row the transaction changed fails the COMMIT with 40001; a query
-//! string with several statements is not an implicit transaction (statements before a
-//! failing one stay applied).
+//! transaction's own writes, and are validated optimistically (`txn.rs`): a row the
+//! transaction read that changed before its COMMIT fails the statement that notices or the
+//! COMMIT with 40001, with nothing applied. Limits (documented departures from CockroachDB):
+//! a statement outside a transaction that writes several ranges is atomic per range, not
+//! across ranges (each row conditional on the value it read, retried on conflict); a COMMIT
+//! that writes several ranges undoes the ranges it wrote when a later one conflicts, and is
+//! only left partly applied (40003) if that undo itself races with another writer; scans do
+//! not detect phantoms; read-only transactions are not validated; DDL inside a transaction
+//! takes effect immediately and is not undone by ROLLBACK; a query string with several
+//! statements is not an implicit transaction (statements before a failing one stay applied).
 
 mod ddl;
 mod dml;
@@ -21,6 +24,7 @@ mod scan;
 mod select;
 pub mod session;
 mod show;
+mod txn;
 mod write;
 
 use std::sync::Arc;
@@ -149,6 +153,8 @@ pub struct SqlServer {
     pub(crate) jobs: Arc<Registry>,
     replication: RwLock<Option<Arc<dyn ReplicationStatements>>>,
     config: SqlConfig,
+    /// This gateway's row locks (see `txn.rs`).
+    pub(crate) row_locks: txn::RowLocks,
 }
 
 impl SqlServer {
@@ -166,6 +172,7 @@ impl SqlServer {
             jobs,
             replication: RwLock::new(None),
             config,
+            row_locks: txn::RowLocks::default(),
         });
         server.bootstrap().await?;
         Ok(server)
@@ -659,7 +666,7 @@ impl Session {
                 ..QueryResult::command("ROLLBACK")
             }),
             Txn::Open(buf) => {
-                write::commit(&self.server, buf).await?;
+                txn::commit(&self.server, buf).await?;
                 Ok(QueryResult {
                     txn: TxnEffect::Ended,
                     ..QueryResult::command("COMMIT")

@@ -3,6 +3,11 @@
 //! reading at the statement's timestamp, and overlaying the transaction's own writes.
 //!
 //! The access path only narrows what is read; callers always re-apply the full filter.
+//!
+//! Inside an explicit transaction every value read from the KV layer is recorded in the
+//! transaction's read set (`txn.rs`): rows found, keys looked up and found absent, and the
+//! unique index entries of unique lookups. A read that finds another value than the
+//! transaction saw before fails with 40001.
 
 use std::sync::Arc;
 
@@ -416,7 +421,11 @@ pub(crate) async fn get_row(
             .as_ref()
             .map(|values| buffered_row(desc, key, values)));
     }
-    match kv.get(key, Some(ts)).await? {
+    let v = kv.get(key, Some(ts)).await?;
+    if let Some(buf) = txn {
+        buf.observe(key, v.as_ref().and_then(|v| v.value.as_deref()))?;
+    }
+    match v {
         Some(v) => decode_version(desc, key, &v),
         None => Ok(None),
     }
@@ -458,7 +467,7 @@ pub(crate) async fn read(
 ) -> Result<Vec<StoredRow>> {
     let shards = desc.shard_count.max(1);
     let mut rows: Vec<StoredRow> = match access {
-        Access::Keys(keys) => get_many(kv, desc, keys.clone(), ts).await?,
+        Access::Keys(keys) => get_many(kv, desc, keys.clone(), ts, txn).await?,
         Access::Full | Access::PkRange { .. } => {
             let spans: Vec<Span> = (0..shards)
                 .map(|s| {
@@ -485,6 +494,9 @@ pub(crate) async fn read(
             let mut out = Vec::new();
             for p in parts {
                 for kvv in p? {
+                    if let Some(buf) = txn {
+                        buf.observe(&kvv.key, kvv.version.value.as_deref())?;
+                    }
                     if let Some(r) = decode_version(desc, &kvv.key, &kvv.version)? {
                         out.push(r);
                     }
@@ -495,19 +507,25 @@ pub(crate) async fn read(
         Access::Unique { index, values } => {
             let entries = join_all(values.iter().map(|v| {
                 let key = rowcodec::unique_key(desc, index, v);
-                async move { kv.get(&key, Some(ts)).await }
+                async move { (kv.get(&key, Some(ts)).await, key) }
             }))
             .await;
             let mut pks = Vec::new();
-            for e in entries {
+            for (e, key) in entries {
+                let e = e?;
+                // The entry too: a value found absent that another transaction claims is a
+                // conflict (a phantom through a unique lookup).
+                if let Some(buf) = txn {
+                    buf.observe(&key, e.as_ref().and_then(|v| v.value.as_deref()))?;
+                }
                 if let Some(Version {
                     value: Some(pk), ..
-                }) = e?
+                }) = e
                 {
                     pks.push(rowcodec::primary_key_from_pk(desc, &pk));
                 }
             }
-            get_many(kv, desc, pks, ts).await?
+            get_many(kv, desc, pks, ts, txn).await?
         }
         Access::Secondary { index, prefixes } => {
             let mut spans = Vec::new();
@@ -528,7 +546,7 @@ pub(crate) async fn read(
             }
             pks.sort();
             pks.dedup();
-            get_many(kv, desc, pks, ts).await?
+            get_many(kv, desc, pks, ts, txn).await?
         }
     };
     if let Some(buf) = txn {
@@ -545,11 +563,13 @@ pub(crate) async fn read(
     Ok(rows)
 }
 
+/// Reads rows by primary key; in a transaction, records every key read (absent ones too).
 async fn get_many(
     kv: &KvClient,
     desc: &TableDescriptor,
     keys: Vec<Vec<u8>>,
     ts: Timestamp,
+    txn: Option<&TxnBuffer>,
 ) -> Result<Vec<StoredRow>> {
     let got = join_all(keys.into_iter().map(|k| async move {
         let v = kv.get(&k, Some(ts)).await;
@@ -558,7 +578,11 @@ async fn get_many(
     .await;
     let mut out = Vec::new();
     for (k, v) in got {
-        if let Some(v) = v?
+        let v = v?;
+        if let Some(buf) = txn {
+            buf.observe(&k, v.as_ref().and_then(|v| v.value.as_deref()))?;
+        }
+        if let Some(v) = v
             && let Some(r) = decode_version(desc, &k, &v)?
         {
             out.push(r);

@@ -13,7 +13,8 @@
 //!    deletes that expect this row's primary key).
 //!
 //! If the primary write's condition fails, the claims are released and the caller gets a
-//! conflict with the actual version, to re-read and retry (autocommit) or fail the COMMIT.
+//! conflict with the actual version, to re-read and retry (autocommit) or fail the COMMIT
+//! (`txn.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use ldr_types::{TableId, Timestamp};
 
 use super::SqlServer;
 use super::scan::{self, StoredRow};
+use super::txn::ReadSet;
 use crate::catalog::{Catalog, ForeignKeyDescriptor, IndexDescriptor, TableDescriptor};
 use crate::datum::Datum;
 use crate::encoding;
@@ -61,14 +63,24 @@ pub(crate) enum Applied {
 /// Buffered changes keyed by table and primary key.
 type Changes = BTreeMap<(TableId, Vec<u8>), Change>;
 
-/// Writes buffered by an explicit transaction, keyed by table and primary key.
-#[derive(Debug, Clone, Default)]
+/// Writes buffered by an explicit transaction, keyed by table and primary key, and what it
+/// read (see `txn.rs`).
+#[derive(Debug, Default)]
 pub(crate) struct TxnBuffer {
     changes: Changes,
     savepoints: Vec<(String, Changes)>,
+    /// Behind a mutex because reads record into it through a shared reference. Rolling back
+    /// to a savepoint keeps it: those reads happened.
+    reads: parking_lot::Mutex<ReadSet>,
 }
 
 impl TxnBuffer {
+    /// Records a value read from the KV layer (`None`: absent); 40001 if the transaction saw
+    /// another value for this key before.
+    pub fn observe(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        self.reads.lock().observe(key, value)
+    }
+
     pub fn get(&self, table: TableId, key: &[u8]) -> Option<&Change> {
         self.changes.get(&(table, key.to_vec()))
     }
@@ -97,10 +109,6 @@ impl TxnBuffer {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
-    }
-
     pub fn savepoint(&mut self, name: &str) {
         self.savepoints
             .push((name.to_string(), self.changes.clone()));
@@ -127,8 +135,12 @@ impl TxnBuffer {
         Ok(())
     }
 
-    fn into_changes(self) -> Vec<Change> {
-        self.changes.into_values().collect()
+    /// The changes to apply (in key order) and the read set.
+    pub fn into_parts(self) -> (Vec<Change>, ReadSet) {
+        (
+            self.changes.into_values().collect(),
+            self.reads.into_inner(),
+        )
     }
 }
 
@@ -313,8 +325,19 @@ fn stale_entries(ch: &Change) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
-/// Applies changes (see the module doc). Rows of one range are written atomically.
-pub(crate) async fn apply(kv: &KvClient, changes: &[Change]) -> Result<Vec<Applied>> {
+/// Applies changes (see the module doc) outside an explicit transaction. Rows of one range
+/// are written atomically. Holds this gateway's row locks shared, so no COMMIT of this
+/// gateway is between its validation and its writes on these rows.
+pub(crate) async fn apply(server: &SqlServer, changes: &[Change]) -> Result<Vec<Applied>> {
+    let _locks = server
+        .row_locks
+        .lock(changes.iter().map(|c| c.key.as_slice()), false)
+        .await?;
+    apply_unlocked(&server.kv, changes).await
+}
+
+/// [`apply`] without the row locks (the COMMIT holds them).
+pub(crate) async fn apply_unlocked(kv: &KvClient, changes: &[Change]) -> Result<Vec<Applied>> {
     let mut claims: Vec<Vec<(Vec<u8>, Vec<u8>)>> = Vec::with_capacity(changes.len());
     for ch in changes {
         match claim_all(kv, ch).await {
@@ -398,32 +421,6 @@ pub(crate) async fn apply(kv: &KvClient, changes: &[Change]) -> Result<Vec<Appli
 /// The 23505 for inserting a primary key that exists.
 pub(crate) fn pk_violation(desc: &TableDescriptor, row: &[Datum]) -> SqlError {
     unique_violation(desc, &desc.primary_index, row)
-}
-
-/// Applies a transaction's buffered writes at COMMIT.
-pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
-    if buf.is_empty() {
-        return Ok(());
-    }
-    let changes = buf.into_changes();
-    let applied = apply(&server.kv, &changes).await?;
-    for (ch, a) in changes.iter().zip(applied) {
-        if let Applied::Conflict(actual) = a {
-            let exists = matches!(&actual, Some(Version { value: Some(_), .. }));
-            if ch.old.is_none()
-                && exists
-                && let Some(new) = &ch.new
-            {
-                return Err(pk_violation(&ch.table, new));
-            }
-            return Err(SqlError::new(
-                sqlstate::SERIALIZATION_FAILURE,
-                "restart transaction: TransactionRetryError: a row written by this transaction was changed concurrently",
-            )
-            .with_hint("the transaction was only partly applied if it wrote several ranges; retry it"));
-        }
-    }
-    Ok(())
 }
 
 // ---- constraints ----

@@ -1,0 +1,503 @@
+//! Concurrency correctness of the SQL write path on real in-process clusters:
+//! - explicit transactions are optimistic: a row the transaction read (and then wrote, or
+//!   only read) that another writer changed before the COMMIT fails it with 40001 and nothing
+//!   of it is applied, also when it wrote several ranges;
+//! - a bank of accounts keeps its total under many concurrent transfers (clients retry
+//!   40001), on one node and on two nodes, for `balance = balance + x` updates and for
+//!   SELECT-then-UPDATE read-modify-write;
+//! - implicit single statements that read and write (`n = n + 1`) lose no increment;
+//! - concurrent `INSERT … ON CONFLICT DO UPDATE` on the same keys never fails with 21000.
+//!
+//! Randomized tests print their seed; `SEED=n` reproduces the choice of accounts and amounts
+//! (the interleaving is up to the scheduler).
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{TestNode, exec, exec_err, one, rows, start_cluster};
+use ldr_sql::exec::{Session, SqlServer};
+use ldr_sql::{Datum, SqlError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// How long one worker may take for all its operations (a loaded 2-core machine).
+const WORKER_DEADLINE: Duration = Duration::from_secs(120);
+/// Attempts per operation before a worker gives up.
+const ATTEMPTS: usize = 500;
+
+fn seed() -> u64 {
+    let seed = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    println!("SEED={seed}");
+    seed
+}
+
+fn int(d: &Datum) -> i64 {
+    match d {
+        Datum::Int(v) => *v,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}
+
+/// Runs one statement; the error if it failed.
+async fn run(s: &mut Session, sql: &str) -> Result<Vec<Vec<Datum>>, SqlError> {
+    let mut out = s.execute(sql).await;
+    match out.pop().expect("one statement") {
+        Ok(r) => Ok(r.rows),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs statements as one explicit transaction. On error the transaction is rolled back and
+/// the error returned.
+async fn transaction(s: &mut Session, statements: &[String]) -> Result<(), SqlError> {
+    run(s, "BEGIN").await?;
+    for sql in statements {
+        if let Err(e) = run(s, sql).await {
+            run(s, "ROLLBACK").await.expect("rollback");
+            return Err(e);
+        }
+    }
+    // A failed COMMIT ends the transaction.
+    run(s, "COMMIT").await.map(|_| ())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Style {
+    /// `UPDATE bank SET balance = balance ± x WHERE id = …` twice.
+    Increment,
+    /// SELECT both balances, then UPDATE each to a literal computed by the client.
+    ReadThenWrite,
+}
+
+/// One transfer attempt.
+async fn transfer_once(
+    s: &mut Session,
+    from: i64,
+    to: i64,
+    amount: i64,
+    style: Style,
+) -> Result<(), SqlError> {
+    match style {
+        Style::Increment => {
+            let (lo, hi, lo_delta) = if from < to {
+                (from, to, -amount)
+            } else {
+                (to, from, amount)
+            };
+            transaction(
+                s,
+                &[
+                    format!("UPDATE bank SET balance = balance + {lo_delta} WHERE id = {lo}"),
+                    format!(
+                        "UPDATE bank SET balance = balance + {} WHERE id = {hi}",
+                        -lo_delta
+                    ),
+                ],
+            )
+            .await
+        }
+        Style::ReadThenWrite => {
+            run(s, "BEGIN").await?;
+            let r = async {
+                let a = run(s, &format!("SELECT balance FROM bank WHERE id = {from}")).await?;
+                let b = run(s, &format!("SELECT balance FROM bank WHERE id = {to}")).await?;
+                let (a, b) = (int(&a[0][0]), int(&b[0][0]));
+                run(
+                    s,
+                    &format!("UPDATE bank SET balance = {} WHERE id = {from}", a - amount),
+                )
+                .await?;
+                run(
+                    s,
+                    &format!("UPDATE bank SET balance = {} WHERE id = {to}", b + amount),
+                )
+                .await?;
+                Ok::<(), SqlError>(())
+            }
+            .await;
+            if let Err(e) = r {
+                run(s, "ROLLBACK").await.expect("rollback");
+                return Err(e);
+            }
+            run(s, "COMMIT").await.map(|_| ())
+        }
+    }
+}
+
+/// An operation a worker retries.
+enum Op {
+    Transfer {
+        from: i64,
+        to: i64,
+        amount: i64,
+        style: Style,
+    },
+    Transaction(Vec<String>),
+}
+
+/// Retries an operation on 40001 (with a short random backoff) until it succeeds; any other
+/// error fails the test. Returns how many 40001 it saw.
+async fn retrying(rng: &mut StdRng, started: Instant, s: &mut Session, op: &Op) -> usize {
+    let mut retries = 0;
+    for _ in 0..ATTEMPTS {
+        let r = match op {
+            Op::Transfer {
+                from,
+                to,
+                amount,
+                style,
+            } => transfer_once(s, *from, *to, *amount, *style).await,
+            Op::Transaction(statements) => transaction(s, statements).await,
+        };
+        match r {
+            Ok(()) => return retries,
+            Err(e) if e.code() == "40001" => {
+                retries += 1;
+                assert!(
+                    started.elapsed() < WORKER_DEADLINE,
+                    "worker out of time after {retries} retries"
+                );
+                let backoff = rng.random_range(0..=retries.min(20) as u64);
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
+            }
+            Err(e) => panic!("unexpected error {}: {}", e.code(), e.message()),
+        }
+    }
+    panic!("operation still failing after {ATTEMPTS} attempts");
+}
+
+async fn create_bank(s: &mut Session, accounts: i64, balance: i64) {
+    exec(
+        s,
+        "CREATE TABLE bank (id INT8 PRIMARY KEY, balance INT8 NOT NULL)",
+    )
+    .await;
+    let values: Vec<String> = (0..accounts).map(|i| format!("({i}, {balance})")).collect();
+    exec(s, &format!("INSERT INTO bank VALUES {}", values.join(", "))).await;
+}
+
+async fn bank_total(s: &mut Session) -> (i64, i64) {
+    let r = rows(s, "SELECT count(*), sum(balance) FROM bank").await;
+    (
+        r[0][0].parse().expect("count"),
+        r[0][1].parse().expect("sum"),
+    )
+}
+
+/// Runs `workers` concurrent workers, each doing `transfers` transfers through the server
+/// `servers[worker % len]`. Returns the number of 40001 retries seen.
+async fn run_bank(
+    servers: &[Arc<SqlServer>],
+    accounts: i64,
+    workers: usize,
+    transfers: usize,
+    style: Style,
+    seed: u64,
+) -> usize {
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let server = servers[w % servers.len()].clone();
+        tasks.spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64));
+            let mut s = server.session("root", "defaultdb").await.expect("session");
+            let started = Instant::now();
+            let mut retries = 0;
+            for _ in 0..transfers {
+                let from = rng.random_range(0..accounts);
+                let mut to = rng.random_range(0..accounts - 1);
+                if to >= from {
+                    to += 1;
+                }
+                let amount = rng.random_range(1..=100);
+                let mut backoff_rng = StdRng::seed_from_u64(rng.random());
+                let op = Op::Transfer {
+                    from,
+                    to,
+                    amount,
+                    style,
+                };
+                retries += retrying(&mut backoff_rng, started, &mut s, &op).await;
+            }
+            retries
+        });
+    }
+    let mut retries = 0;
+    while let Some(r) = tasks.join_next().await {
+        retries += r.expect("worker finished");
+    }
+    retries
+}
+
+// ---- deterministic interleavings ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_then_write_that_lost_a_race_is_a_serialization_failure() {
+    let node = TestNode::start().await;
+    let mut a = node.session().await;
+    let mut b = node.session().await;
+    create_bank(&mut a, 2, 100).await;
+
+    // A reads 100 and means to write 100 - 10; B adds 50 meanwhile. Before A's write lands
+    // B's +50 must not be lost: A fails with 40001 (at its UPDATE or at COMMIT).
+    exec(&mut a, "BEGIN").await;
+    assert_eq!(
+        int(&one(&mut a, "SELECT balance FROM bank WHERE id = 0").await),
+        100
+    );
+    exec(
+        &mut b,
+        "UPDATE bank SET balance = balance + 50 WHERE id = 0",
+    )
+    .await;
+    let failed = match run(&mut a, "UPDATE bank SET balance = 90 WHERE id = 0").await {
+        Err(e) => e,
+        Ok(_) => exec_err(&mut a, "COMMIT").await,
+    };
+    assert_eq!(failed.code(), "40001", "{}", failed.message());
+    assert!(
+        failed.message().starts_with("restart transaction: "),
+        "{}",
+        failed.message()
+    );
+    run(&mut a, "ROLLBACK").await.expect("rollback");
+    assert_eq!(
+        int(&one(&mut a, "SELECT balance FROM bank WHERE id = 0").await),
+        150
+    );
+
+    // The same with the stale read only noticed at COMMIT: A reads row 0, B changes it, A
+    // writes row 1 computed from it (write skew).
+    exec(&mut a, "BEGIN").await;
+    let seen = int(&one(&mut a, "SELECT balance FROM bank WHERE id = 0").await);
+    exec(
+        &mut b,
+        "UPDATE bank SET balance = balance - 150 WHERE id = 0",
+    )
+    .await;
+    exec(
+        &mut a,
+        &format!("UPDATE bank SET balance = {seen} WHERE id = 1"),
+    )
+    .await;
+    let e = exec_err(&mut a, "COMMIT").await;
+    assert_eq!(e.code(), "40001", "{}", e.message());
+    assert_eq!(
+        rows(&mut b, "SELECT id, balance FROM bank ORDER BY id").await,
+        vec![vec!["0", "0"], vec!["1", "100"]]
+    );
+
+    // Reads that stayed valid commit; a read-only transaction is not validated.
+    exec(&mut a, "BEGIN").await;
+    let seen = int(&one(&mut a, "SELECT balance FROM bank WHERE id = 1").await);
+    exec(
+        &mut a,
+        &format!("UPDATE bank SET balance = {} WHERE id = 0", seen + 1),
+    )
+    .await;
+    exec(&mut a, "COMMIT").await;
+    exec(&mut a, "BEGIN").await;
+    one(&mut a, "SELECT balance FROM bank WHERE id = 1").await;
+    exec(&mut b, "UPDATE bank SET balance = balance + 1 WHERE id = 1").await;
+    exec(&mut a, "COMMIT").await;
+    assert_eq!(
+        rows(&mut b, "SELECT id, balance FROM bank ORDER BY id").await,
+        vec![vec!["0", "101"], vec!["1", "101"]]
+    );
+
+    // A row the transaction found absent and another session inserted: 23505 or 40001,
+    // never a silent overwrite.
+    exec(&mut a, "BEGIN").await;
+    assert!(
+        rows(&mut a, "SELECT balance FROM bank WHERE id = 7")
+            .await
+            .is_empty()
+    );
+    exec(&mut b, "INSERT INTO bank VALUES (7, 1)").await;
+    let e = match run(&mut a, "UPSERT INTO bank VALUES (7, 2)").await {
+        Err(e) => e,
+        Ok(_) => exec_err(&mut a, "COMMIT").await,
+    };
+    assert_eq!(e.code(), "40001", "{}", e.message());
+    run(&mut a, "ROLLBACK").await.expect("rollback");
+    assert_eq!(
+        int(&one(&mut a, "SELECT balance FROM bank WHERE id = 7").await),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_over_several_ranges_applies_nothing() {
+    let node = TestNode::start().await;
+    let mut a = node.session().await;
+    let mut b = node.session().await;
+    const ACCOUNTS: i64 = 12;
+    create_bank(&mut a, ACCOUNTS, 1000).await;
+    let ranges = rows(&mut a, "SHOW RANGES FROM TABLE bank").await;
+    assert!(ranges.len() >= 2, "several ranges: {ranges:?}");
+    // Every row is in some range; whichever row the concurrent writer changes, the rows of
+    // the other ranges must not be written by the failed COMMIT.
+    for victim in 0..ACCOUNTS {
+        exec(&mut a, "BEGIN").await;
+        exec(&mut a, "UPDATE bank SET balance = balance + 1").await;
+        exec(
+            &mut b,
+            &format!("UPDATE bank SET balance = balance + 1000 WHERE id = {victim}"),
+        )
+        .await;
+        let e = exec_err(&mut a, "COMMIT").await;
+        assert_eq!(e.code(), "40001", "victim {victim}: {}", e.message());
+        let got = rows(&mut b, "SELECT id, balance FROM bank ORDER BY id").await;
+        for r in &got {
+            let id: i64 = r[0].parse().expect("id");
+            let expected = if id == victim { "2000" } else { "1000" };
+            assert_eq!(r[1], expected, "victim {victim}: {got:?}");
+        }
+        exec(
+            &mut b,
+            &format!("UPDATE bank SET balance = 1000 WHERE id = {victim}"),
+        )
+        .await;
+    }
+    // Without interference the same transaction commits everywhere.
+    exec(&mut a, "BEGIN").await;
+    exec(&mut a, "UPDATE bank SET balance = balance + 1").await;
+    exec(&mut a, "COMMIT").await;
+    assert_eq!(bank_total(&mut b).await, (ACCOUNTS, ACCOUNTS * 1001));
+}
+
+// ---- many concurrent clients ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_total_holds_under_concurrent_transfers_on_one_node() {
+    let seed = seed();
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    const ACCOUNTS: i64 = 5;
+    create_bank(&mut s, ACCOUNTS, 1000).await;
+    let servers = [node.server.clone()];
+    let r1 = run_bank(&servers, ACCOUNTS, 4, 25, Style::Increment, seed).await;
+    assert_eq!(bank_total(&mut s).await, (ACCOUNTS, ACCOUNTS * 1000));
+    let r2 = run_bank(&servers, ACCOUNTS, 4, 25, Style::ReadThenWrite, seed).await;
+    assert_eq!(bank_total(&mut s).await, (ACCOUNTS, ACCOUNTS * 1000));
+    println!("retries: increment {r1}, read-then-write {r2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_total_holds_under_concurrent_transfers_on_two_nodes() {
+    let seed = seed();
+    let (_nodes, servers, _dir) = start_cluster(2).await;
+    let mut s = servers[0]
+        .session("root", "defaultdb")
+        .await
+        .expect("session");
+    const ACCOUNTS: i64 = 6;
+    create_bank(&mut s, ACCOUNTS, 1000).await;
+    let holders: std::collections::BTreeSet<String> = rows(&mut s, "SHOW RANGES FROM TABLE bank")
+        .await
+        .into_iter()
+        .map(|r| r[3].clone())
+        .collect();
+    assert_eq!(holders.len(), 2, "ranges on both nodes");
+    let r1 = run_bank(&servers, ACCOUNTS, 4, 20, Style::Increment, seed).await;
+    assert_eq!(bank_total(&mut s).await, (ACCOUNTS, ACCOUNTS * 1000));
+    let r2 = run_bank(&servers, ACCOUNTS, 4, 20, Style::ReadThenWrite, seed).await;
+    assert_eq!(bank_total(&mut s).await, (ACCOUNTS, ACCOUNTS * 1000));
+    println!("retries: increment {r1}, read-then-write {r2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_implicit_increments_lose_nothing() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    exec(
+        &mut s,
+        "CREATE TABLE counters (id INT PRIMARY KEY, n INT NOT NULL); \
+         INSERT INTO counters VALUES (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (6, 0)",
+    )
+    .await;
+    const WORKERS: usize = 4;
+    const ROUNDS: usize = 20;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..WORKERS {
+        let server = node.server.clone();
+        tasks.spawn(async move {
+            let mut s = server.session("root", "defaultdb").await.expect("session");
+            for _ in 0..ROUNDS {
+                // One row, then every row (several ranges, each atomic and retried).
+                exec(&mut s, "UPDATE counters SET n = n + 1 WHERE id = 1").await;
+                exec(&mut s, "UPDATE counters SET n = n + 1").await;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("worker finished");
+    }
+    let total = (WORKERS * ROUNDS) as i64;
+    let got = rows(&mut s, "SELECT id, n FROM counters ORDER BY id").await;
+    let want: Vec<Vec<String>> = (1..=6)
+        .map(|i| {
+            let n = if i == 1 { 2 * total } else { total };
+            vec![i.to_string(), n.to_string()]
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_on_conflict_do_update_never_reports_affecting_a_row_twice() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    exec(
+        &mut s,
+        "CREATE TABLE oc (k INT PRIMARY KEY, n INT NOT NULL, u STRING UNIQUE)",
+    )
+    .await;
+    const WORKERS: usize = 4;
+    const ROUNDS: usize = 25;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..WORKERS {
+        let server = node.server.clone();
+        tasks.spawn(async move {
+            let mut s = server.session("root", "defaultdb").await.expect("session");
+            let mut rng = StdRng::seed_from_u64(w as u64);
+            let started = Instant::now();
+            let mut committed_in_txn = 0i64;
+            for round in 0..ROUNDS {
+                let sql = "INSERT INTO oc VALUES (1, 1, 'a'), (2, 1, 'b'), (3, 1, 'c') \
+                           ON CONFLICT (k) DO UPDATE SET n = oc.n + 1";
+                if round % 5 == 4 {
+                    // Inside an explicit transaction: 40001 is the client's to retry.
+                    let op = Op::Transaction(vec![sql.to_string()]);
+                    retrying(&mut rng, started, &mut s, &op).await;
+                    committed_in_txn += 1;
+                } else if let Err(e) = run(&mut s, sql).await {
+                    panic!("worker {w} round {round}: {} {}", e.code(), e.message());
+                }
+                // The unique arbiter too.
+                let by_unique = "INSERT INTO oc VALUES (10, 1, 'z') \
+                                 ON CONFLICT (u) DO UPDATE SET n = oc.n + 1";
+                if let Err(e) = run(&mut s, by_unique).await {
+                    panic!("worker {w} round {round}: {} {}", e.code(), e.message());
+                }
+            }
+            committed_in_txn
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("worker finished");
+    }
+    let total = (WORKERS * ROUNDS) as i64;
+    assert_eq!(
+        rows(&mut s, "SELECT k, n FROM oc ORDER BY k").await,
+        vec![
+            vec!["1".to_string(), total.to_string()],
+            vec!["2".to_string(), total.to_string()],
+            vec!["3".to_string(), total.to_string()],
+            vec!["10".to_string(), total.to_string()],
+        ]
+    );
+}

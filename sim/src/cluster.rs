@@ -7,7 +7,9 @@
 //! its `--advertise-sql-addr`: other clusters dial that, so inter-cluster traffic can be cut
 //! while intra-cluster traffic (to `--advertise-addr`) flows.
 //!
-//! Nodes are numbered from 1, like ldr node ids. All methods take `&self`, so a test can share
+//! Nodes are numbered from 1 in start order. That is the harness's numbering, not always ldr's
+//! node id (ldr hands out ids in the order nodes join, and the nodes start at once; ask
+//! `SELECT crdb_internal.node_id()` when the id matters). All methods take `&self`, so a test can share
 //! the cluster (`Arc<Cluster>`) between a workload and a fault injector.
 //!
 //! Set `LDR_SIM_KEEP=1` to keep the temp directory (stores and logs) after the cluster is
@@ -140,6 +142,12 @@ impl ClusterSpec {
 
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> ClusterSpec {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Appends an argument to every `ldr start` of this cluster.
+    pub fn start_arg(mut self, arg: impl Into<String>) -> ClusterSpec {
+        self.extra_start_args.push(arg.into());
         self
     }
 
@@ -380,6 +388,8 @@ impl Cluster {
         if let Some(parent) = node.store_dir.parent() {
             command.current_dir(parent);
         }
+        // Plain text in the log files (tracing writes ANSI colours unless NO_COLOR is set).
+        command.env("NO_COLOR", "1");
         for (key, value) in &self.spec.env {
             command.env(key, value);
         }
@@ -572,6 +582,15 @@ impl Cluster {
     /// The temp directory holding stores and logs.
     pub fn dir(&self) -> &Path {
         &self.dir_path
+    }
+
+    /// Keeps the temp directory (stores and logs) after the cluster is dropped, e.g. after a
+    /// failed run; returns its path.
+    pub fn keep_files(&mut self) -> PathBuf {
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.keep();
+        }
+        self.dir_path.clone()
     }
 
     pub fn node_info(&self, index: usize) -> Result<NodeInfo> {

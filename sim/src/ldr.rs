@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ldr_types::Timestamp;
 
-use crate::check::replicated_time::{parse_jobs, parse_replicated_time};
+use crate::check::replicated_time::{JobSample, parse_jobs, parse_replicated_time};
 use crate::cluster::Cluster;
 use crate::error::{Result, SimError};
 use crate::sql::{self, TextRows, wait_until};
@@ -69,8 +69,8 @@ pub async fn create_stream(
     parse_job_id(&dest.query_text(1, &statement).await?)
 }
 
-/// Tables on both clusters, an external connection each way, and one stream per direction.
-/// Returns the job ids `(on a, on b)`.
+/// Rangefeeds on (both clusters are sources), tables on both clusters, an external connection
+/// each way, and one stream per direction. Returns the job ids `(on a, on b)`.
 pub async fn setup_bidirectional(
     a: &Cluster,
     b: &Cluster,
@@ -78,6 +78,9 @@ pub async fn setup_bidirectional(
     create_table_sql: &str,
 ) -> Result<(i64, i64)> {
     for cluster in [a, b] {
+        cluster
+            .exec(1, "SET CLUSTER SETTING kv.rangefeed.enabled = true")
+            .await?;
         cluster.exec(1, create_table_sql).await?;
     }
     create_external_connection(a, "ldr_sim_b", b).await?;
@@ -109,6 +112,179 @@ pub async fn cluster_logical_timestamp(cluster: &Cluster, node: usize) -> Result
         .unwrap_or_default();
     parse_replicated_time(&text)
         .ok_or_else(|| SimError::Protocol(format!("cluster_logical_timestamp() returned {text:?}")))
+}
+
+/// `SELECT crdb_internal.cluster_origin_id()`: the cluster's LWW identity (the larger wins an
+/// exact timestamp tie).
+pub async fn cluster_origin_id(cluster: &Cluster) -> Result<u32> {
+    let rows = cluster
+        .query_text(1, "SELECT crdb_internal.cluster_origin_id()")
+        .await?;
+    let text = rows
+        .rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .unwrap_or_default();
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|id| *id != 0)
+        .ok_or_else(|| {
+            SimError::Protocol(format!(
+                "crdb_internal.cluster_origin_id() returned {text:?}"
+            ))
+        })
+}
+
+/// The greatest `cluster_logical_timestamp()` over the running nodes of `cluster`: no write
+/// acknowledged by any of them so far has a later timestamp.
+pub async fn cluster_now(cluster: &Cluster) -> Result<Timestamp> {
+    let mut latest = None;
+    let mut last_error = None;
+    for node in cluster
+        .nodes()
+        .into_iter()
+        .filter(|n| n.running && !n.paused)
+    {
+        match cluster_logical_timestamp(cluster, node.index).await {
+            Ok(ts) => latest = latest.max(Some(ts)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match (latest, last_error) {
+        (Some(ts), _) => Ok(ts),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(SimError::Process(format!(
+            "no node of cluster {} is running",
+            cluster.name()
+        ))),
+    }
+}
+
+/// Waits until every job in `SHOW LOGICAL REPLICATION JOBS` on `cluster` (at least one)
+/// reports a replicated time at or above `at`; returns the jobs' replicated times.
+pub async fn wait_all_replicated_past(
+    cluster: &Cluster,
+    at: Timestamp,
+    timeout: Duration,
+) -> Result<Vec<(String, Timestamp)>> {
+    let urls = cluster.urls();
+    let mut next = 0usize;
+    wait_until(
+        &format!(
+            "every LDR job on cluster {} to replicate past {at}",
+            cluster.name()
+        ),
+        timeout,
+        Duration::from_millis(200),
+        || {
+            next += 1;
+            let url = urls[next % urls.len()].clone();
+            async move {
+                let client = sql::connect(&url, sql::CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let rows = sql::query_text(&client, "SHOW LOGICAL REPLICATION JOBS")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let jobs = parse_jobs(&rows).map_err(|e| e.to_string())?;
+                if jobs.is_empty() {
+                    return Err("no logical replication job".to_string());
+                }
+                let behind: Vec<String> = jobs
+                    .iter()
+                    .filter(|j| j.replicated_time.is_none_or(|ts| ts < at))
+                    .map(|j| {
+                        format!(
+                            "job {} {} at {}",
+                            j.job_id,
+                            j.status,
+                            j.replicated_time
+                                .map(|t| t.to_string())
+                                .unwrap_or_else(|| "no replicated time".into())
+                        )
+                    })
+                    .collect();
+                if behind.is_empty() {
+                    Ok(jobs
+                        .iter()
+                        .filter_map(|j| j.replicated_time.map(|t| (j.job_id.clone(), t)))
+                        .collect())
+                } else {
+                    Err(behind.join("; "))
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// A SQL connection to the first running, unpaused node of `cluster`.
+async fn any_node(cluster: &Cluster) -> Result<tokio_postgres::Client> {
+    let mut last_error = None;
+    for node in cluster
+        .nodes()
+        .into_iter()
+        .filter(|n| n.running && !n.paused)
+    {
+        match cluster.sql(node.index).await {
+            Ok(client) => return Ok(client),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        SimError::Process(format!("no node of cluster {} is running", cluster.name()))
+    }))
+}
+
+/// The LDR jobs of `cluster` (`SHOW LOGICAL REPLICATION JOBS` on any running node).
+pub async fn logical_replication_jobs(cluster: &Cluster) -> Result<Vec<JobSample>> {
+    let client = any_node(cluster).await?;
+    parse_jobs(&sql::query_text(&client, "SHOW LOGICAL REPLICATION JOBS").await?)
+}
+
+/// `PAUSE JOB` every running LDR job of `cluster`, then waits until each of them reports
+/// `paused`.
+pub async fn pause_jobs(cluster: &Cluster, timeout: Duration) -> Result<()> {
+    let jobs = logical_replication_jobs(cluster).await?;
+    let client = any_node(cluster).await?;
+    let mut targets = Vec::new();
+    for job in jobs.iter().filter(|j| j.status == "running") {
+        let id = job.job_id.trim().to_string();
+        sql::exec(&client, &format!("PAUSE JOB {id}")).await?;
+        targets.push(id);
+    }
+    wait_until(
+        &format!("the LDR jobs of cluster {} to be paused", cluster.name()),
+        timeout,
+        Duration::from_millis(100),
+        || async {
+            let jobs = logical_replication_jobs(cluster)
+                .await
+                .map_err(|e| e.to_string())?;
+            let not_paused: Vec<String> = jobs
+                .iter()
+                .filter(|j| targets.contains(&j.job_id.trim().to_string()) && j.status != "paused")
+                .map(|j| format!("job {} {}", j.job_id, j.status))
+                .collect();
+            if not_paused.is_empty() {
+                Ok(())
+            } else {
+                Err(not_paused.join("; "))
+            }
+        },
+    )
+    .await
+}
+
+/// `RESUME JOB` every paused LDR job of `cluster`.
+pub async fn resume_jobs(cluster: &Cluster) -> Result<()> {
+    let jobs = logical_replication_jobs(cluster).await?;
+    let client = any_node(cluster).await?;
+    for job in jobs.iter().filter(|j| j.status == "paused") {
+        sql::exec(&client, &format!("RESUME JOB {}", job.job_id.trim())).await?;
+    }
+    Ok(())
 }
 
 /// Waits until job `job_id` on `cluster` reports a replicated time at or above `at`: every

@@ -47,6 +47,17 @@ pub enum Fault {
     Drop,
 }
 
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Pass => write!(f, "pass"),
+            Fault::Cut => write!(f, "cut"),
+            Fault::Delay { ms } => write!(f, "delay {ms}ms"),
+            Fault::Drop => write!(f, "blackhole"),
+        }
+    }
+}
+
 /// Counters of a proxy, for tests and reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ProxyStats {

@@ -1,21 +1,14 @@
-//! The cluster harness, end to end, with `fake-ldr` standing in for `ldr` (the real binary is
-//! built elsewhere): a fake node forwards SQL to a real PostgreSQL server and serves
-//! `/health` and `/metrics`, which is all the harness relies on. These tests prove process
-//! management (start, readiness, kill, restart on the same store, pause/resume, clock offset,
-//! proxies, cleanup) independently of the database.
+//! The cluster harness, end to end, on real `ldr` nodes (build the binary first:
+//! `cargo build -p ldr-cli`, or point `LDR_BIN` at it): start and readiness, kill (-9),
+//! restart on the same store, pause/resume (SIGSTOP), clock skew, the fault proxies in front
+//! of the advertised SQL addresses, failure reports with the node log, and cleanup.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ldr_sim::pg::{PgConfig, PgInstance};
 use ldr_sim::process::{ManagedProcess, SpawnOptions};
 use ldr_sim::{Cluster, ClusterSpec, Fault, SimError};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn fake_ldr() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fake-ldr"))
-}
 
 fn pid_alive(pid: u32) -> bool {
     // A zombie (state Z) no longer runs; reaping it is its parent's business.
@@ -41,6 +34,23 @@ async fn wait_pid_gone(pid: u32) {
     }
 }
 
+/// ldr's node id of harness node `node` (ids follow join order, not the harness's numbering).
+async fn node_id(cluster: &Cluster, node: usize) -> String {
+    let rows = cluster
+        .query_text(node, "SELECT crdb_internal.node_id()")
+        .await
+        .unwrap_or_else(|e| panic!("node id of node {node}: {e}"));
+    rows.rows[0][0].clone().unwrap_or_default()
+}
+
+async fn count_rows(cluster: &Cluster, node: usize) -> i64 {
+    let rows = cluster
+        .query(node, "SELECT count(*) FROM t")
+        .await
+        .unwrap_or_else(|e| panic!("count through node {node}: {e}"));
+    rows[0].get(0)
+}
+
 async fn select_one(url: &str) -> Result<i32, String> {
     let client = ldr_sim::sql::connect(url, Duration::from_secs(10))
         .await
@@ -52,27 +62,16 @@ async fn select_one(url: &str) -> Result<i32, String> {
     Ok(row.get(0))
 }
 
-#[tokio::test]
-async fn cluster_lifecycle_with_fake_nodes() {
-    let backend = PgInstance::start(PgConfig::new("fake-backend"))
-        .await
-        .expect("start the PostgreSQL backend");
-    // The harness connects as root to defaultdb, as it will to ldr.
-    let admin = backend.connect().await.expect("connect to the backend");
-    ldr_sim::sql::exec(&admin, "CREATE ROLE root SUPERUSER LOGIN")
-        .await
-        .expect("create root");
-    ldr_sim::sql::exec(&admin, "CREATE DATABASE defaultdb")
-        .await
-        .expect("create defaultdb");
-    let spec = ClusterSpec::with_binary("fake", 3, fake_ldr())
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_lifecycle_with_real_nodes() {
+    let spec = ClusterSpec::new("life", 3)
+        .expect("the ldr binary (cargo build -p ldr-cli, or LDR_BIN)")
         .proxied(true)
-        .env("FAKE_LDR_BACKEND", backend.addr().to_string())
         .ready_timeout(WAIT);
 
     // Why: start returns only when every node is ready, so SQL works at once on all of them,
     // directly and through each node's proxy.
-    let cluster = Cluster::start(spec).await.expect("start the fake cluster");
+    let cluster = Cluster::start(spec).await.expect("start the cluster");
     assert_eq!(cluster.node_count(), 3);
     for n in cluster.node_ids() {
         assert_eq!(
@@ -105,13 +104,27 @@ async fn cluster_lifecycle_with_fake_nodes() {
             info.log_path.display()
         );
     }
-    assert!(
-        cluster
-            .log_tail(1, 5)
-            .expect("log tail")
-            .contains("fake-ldr: node listening"),
-        "node output is captured"
-    );
+    let log = cluster.log_tail(1, 200).expect("log tail");
+    assert!(log.contains("node ready"), "node output is captured: {log}");
+    assert!(!log.contains('\u{1b}'), "log files are plain text: {log}");
+
+    // Rows on every node's ranges (a table has several ranges per node), to prove below that a
+    // restarted node serves its old store.
+    let values: Vec<String> = (1..=30).map(|i| format!("({i}, 'v{i}')")).collect();
+    cluster
+        .exec(
+            1,
+            &format!(
+                "CREATE TABLE t (k INT8 PRIMARY KEY, v STRING); INSERT INTO t VALUES {}",
+                values.join(", ")
+            ),
+        )
+        .await
+        .expect("seed rows");
+    let counted = count_rows(&cluster, 1).await;
+    assert_eq!(counted, 30);
+
+    let node_id_of_2 = node_id(&cluster, 2).await;
 
     // Why: kill is a crash: the process is gone at once and SQL to it fails.
     let pid2 = cluster.node_info(2).expect("info").pid.expect("pid");
@@ -123,13 +136,18 @@ async fn cluster_lifecycle_with_fake_nodes() {
     );
     assert!(!cluster.node_info(2).expect("info").running);
 
-    // Why: restart reuses the store and ports (the fake counts starts in its store).
+    // Why: restart reuses the store, identity and ports: node 2 is node 2 again and every row,
+    // those on its own ranges included, is readable through it.
     cluster.restart(2).await.expect("restart node 2");
-    assert_eq!(select_one(&cluster.url(2).expect("url")).await, Ok(1));
-    let metrics = cluster.metrics(2).await.expect("metrics");
+    assert_eq!(cluster.node_info(2).expect("info").starts, 2);
     assert_eq!(
-        metrics.counter("ldr_fake_starts"),
-        Some(2.0),
+        node_id(&cluster, 2).await,
+        node_id_of_2,
+        "restarted node kept its identity"
+    );
+    assert_eq!(
+        count_rows(&cluster, 2).await,
+        30,
         "restart must reuse the same store"
     );
 
@@ -152,30 +170,34 @@ async fn cluster_lifecycle_with_fake_nodes() {
         .await
         .expect("node 3 ready after resume");
 
-    // Why: clock skew is a restart with LDR_CLOCK_OFFSET_NS set for that node only.
+    // Why: clock skew restarts the node with LDR_CLOCK_OFFSET_NS, and its HLC then reads at
+    // least its shifted physical clock.
+    let offset_ns: i64 = 250_000_000;
     cluster
-        .set_clock_offset(1, 250_000_000)
+        .set_clock_offset(1, offset_ns)
         .await
         .expect("skew node 1");
     assert_eq!(
-        cluster
-            .metrics(1)
-            .await
-            .expect("metrics")
-            .sum("ldr_fake_clock_offset_ns"),
-        Some(250_000_000.0)
-    );
-    assert_eq!(
-        cluster
-            .metrics(2)
-            .await
-            .expect("metrics")
-            .sum("ldr_fake_clock_offset_ns"),
-        Some(0.0)
-    );
-    assert_eq!(
         cluster.node_info(1).expect("info").clock_offset_ns,
-        250_000_000
+        offset_ns
+    );
+    let before_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as u64;
+    let hlc = ldr_sim::ldr::cluster_logical_timestamp(&cluster, 1)
+        .await
+        .expect("cluster_logical_timestamp");
+    assert!(
+        hlc.wall_time_ns >= before_ns + offset_ns as u64 - 10_000_000,
+        "node 1's clock is not shifted: hlc {hlc}, wall clock before the query {before_ns}"
+    );
+    assert!(
+        cluster
+            .log_tail(1, 400)
+            .expect("log")
+            .contains("offset_ns=250000000"),
+        "the node did not report its clock offset"
     );
 
     // Why: cutting the proxies isolates the advertised (inter-cluster) address only.
@@ -210,9 +232,10 @@ async fn cluster_lifecycle_with_fake_nodes() {
 
 #[tokio::test]
 async fn a_node_that_exits_fails_start_with_its_log() {
-    let spec = ClusterSpec::with_binary("broken", 2, fake_ldr())
-        .env("FAKE_LDR_FAIL", "disk on fire")
-        .env("FAKE_LDR_BACKEND", "127.0.0.1:1")
+    // `ldr start` rejects an unknown flag and exits at once.
+    let spec = ClusterSpec::new("broken", 2)
+        .expect("the ldr binary")
+        .start_arg("--no-such-flag")
         .ready_timeout(WAIT);
     let err = Cluster::start(spec)
         .await
@@ -220,7 +243,7 @@ async fn a_node_that_exits_fails_start_with_its_log() {
     let text = err.to_string();
     // Why: the report must say which node, where its log is, and what it printed.
     assert!(
-        text.contains("disk on fire"),
+        text.contains("--no-such-flag"),
         "log tail missing from: {text}"
     );
     assert!(text.contains("node.log"), "log path missing from: {text}");

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod node_cmd;
+mod sim_cmd;
 mod sql;
 mod start;
 mod workload_cmd;
@@ -43,6 +44,10 @@ enum Command {
     Workload(workload_cmd::WorkloadCommand),
     /// Load benchmark: ldr vs PostgreSQL logical replication vs raw RocksDB on this machine.
     Bench(bench::BenchArgs),
+    /// Conflict fuzzing: seeded scenarios (writes and faults) on two clusters with
+    /// bidirectional LDR, checked for convergence and last-write-wins.
+    #[command(subcommand)]
+    Sim(sim_cmd::SimCommand),
     /// Open a SQL shell (or run statements with -e).
     Sql {
         /// Accepted for CockroachDB compatibility; ldr always runs without TLS.
@@ -92,6 +97,7 @@ fn main() -> Result<()> {
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Workload(command) => runtime()?.block_on(workload_cmd::run(command)),
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+        Command::Sim(command) => runtime()?.block_on(sim_cmd::run(command)),
         Command::Init { insecure: _, host } => runtime()?.block_on(node_cmd::init(&host)),
         Command::Node(NodeCommand::Status {
             insecure: _,

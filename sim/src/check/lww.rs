@@ -5,9 +5,11 @@
 //! Inputs are the workloads' [`WriteRecord`]s: acknowledged writes carry their commit
 //! timestamp (`RETURNING crdb_internal_mvcc_timestamp`); ambiguous writes (the connection
 //! failed before an answer) have none and may or may not have happened, so their states are
-//! also accepted. Origin ids are the clusters' LWW identities (ldr's `origin_id`, the larger
-//! wins a timestamp tie), given per origin label. The table must start empty, or its initial
-//! rows must be given as writes too.
+//! also accepted. Origin ids are the clusters' LWW identities (ldr's
+//! `crdb_internal.cluster_origin_id()`, the larger wins an exact timestamp tie), given per
+//! origin label; when they are not known ([`LwwOracle::with_unknown_origin_ids`]), an exact tie
+//! between origins accepts either write. The table must start empty, or its initial rows must
+//! be given as writes too.
 //!
 //! On mismatch the report lists, for each wrong key (at most [`REPORTED_KEYS_MAX`]), what was
 //! expected, what each cluster has, and that key's full write history: the minimal history
@@ -32,10 +34,14 @@ pub type KeyState = Option<String>;
 pub struct Expectation {
     /// The winning acknowledged write's state (absent if there is none).
     pub winner: KeyState,
-    /// The winner's `(timestamp, origin id)`, if any.
+    /// The winner's `(timestamp, origin id)`, if any (origin id 0 when ids are unknown).
     pub winner_at: Option<(Timestamp, u32)>,
-    /// Every state that is acceptable (the winner's plus those of ambiguous writes).
+    /// Every state that is acceptable (the winner's plus those of ambiguous writes and of
+    /// writes tied with the winner that the oracle cannot order).
     pub allowed: BTreeSet<KeyState>,
+    /// The greatest timestamp was written by more than one origin and the origin ids are not
+    /// known, so either tied write is accepted.
+    pub unresolved_tie: bool,
 }
 
 /// A wrong key.
@@ -67,6 +73,8 @@ impl LwwReport {
 #[derive(Debug, Clone, Default)]
 pub struct LwwOracle {
     origin_ids: BTreeMap<String, u32>,
+    /// False: `origin_ids` only names the labels; exact ties between origins are unresolved.
+    ids_known: bool,
     by_key: BTreeMap<i64, Vec<WriteRecord>>,
     writes: usize,
 }
@@ -76,9 +84,26 @@ impl LwwOracle {
     pub fn new(origin_ids: impl IntoIterator<Item = (String, u32)>) -> LwwOracle {
         LwwOracle {
             origin_ids: origin_ids.into_iter().collect(),
+            ids_known: true,
             by_key: BTreeMap::new(),
             writes: 0,
         }
+    }
+
+    /// An oracle for origins whose LWW ids are not known: an exact timestamp tie between
+    /// two origins then accepts either write (each is reported as an unresolved tie).
+    pub fn with_unknown_origin_ids(labels: impl IntoIterator<Item = String>) -> LwwOracle {
+        LwwOracle {
+            origin_ids: labels.into_iter().map(|l| (l, 0)).collect(),
+            ids_known: false,
+            by_key: BTreeMap::new(),
+            writes: 0,
+        }
+    }
+
+    /// Whether exact ties between origins are decided by origin id.
+    pub fn origin_ids_known(&self) -> bool {
+        self.ids_known
     }
 
     /// Adds writes. Acknowledged writes need a timestamp and a known origin.
@@ -111,26 +136,27 @@ impl LwwOracle {
     /// What key `key` may be in.
     pub fn expectation(&self, key: i64) -> Expectation {
         let writes = self.by_key.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let rank = |w: &WriteRecord| (w.timestamp.unwrap_or_default(), self.origin_id(w));
         let mut winner: Option<&WriteRecord> = None;
         let mut tied: Vec<&WriteRecord> = Vec::new();
+        let mut unresolved_tie = false;
         for w in writes
             .iter()
             .filter(|w| w.status == WriteStatus::Acknowledged)
         {
-            let rank = (w.timestamp.unwrap_or_default(), self.origin_id(w));
-            match winner {
-                None => winner = Some(w),
-                Some(best) => {
-                    let best_rank = (best.timestamp.unwrap_or_default(), self.origin_id(best));
-                    if rank > best_rank {
-                        winner = Some(w);
-                        tied.clear();
-                    } else if rank == best_rank && w.value != best.value {
-                        // Same timestamp and origin: ldr breaks this by value bytes, which we
-                        // cannot see; accept either.
-                        tied.push(w);
-                    }
-                }
+            let Some(best) = winner else {
+                winner = Some(w);
+                continue;
+            };
+            if rank(w) > rank(best) {
+                winner = Some(w);
+                tied.clear();
+                unresolved_tie = false;
+            } else if rank(w) == rank(best) && w.value != best.value {
+                // Same timestamp and origin id: ldr breaks this by value bytes (same origin),
+                // or by origin id, which we do not know (different origins); accept either.
+                tied.push(w);
+                unresolved_tie |= w.origin != best.origin;
             }
         }
         let winner_state = winner.and_then(|w| w.value.clone());
@@ -144,9 +170,19 @@ impl LwwOracle {
         );
         Expectation {
             winner: winner_state,
-            winner_at: winner.map(|w| (w.timestamp.unwrap_or_default(), self.origin_id(w))),
+            winner_at: winner.map(rank),
             allowed,
+            unresolved_tie,
         }
+    }
+
+    /// Keys whose expectation holds an exact cross-origin tie the oracle could not order.
+    pub fn unresolved_ties(&self) -> Vec<i64> {
+        self.by_key
+            .keys()
+            .copied()
+            .filter(|k| self.expectation(*k).unresolved_tie)
+            .collect()
     }
 
     /// Judges each cluster's table contents (`(label, key -> value)`).
@@ -203,70 +239,7 @@ impl LwwOracle {
             self.writes
         );
         for m in mismatches.iter().take(REPORTED_KEYS_MAX) {
-            let _ = write!(out, "key {}: expected {}", m.key, show(&m.expected.winner));
-            if let Some((ts, origin)) = m.expected.winner_at {
-                let _ = write!(out, " (write at {ts}, origin id {origin})");
-            }
-            if m.expected.allowed.len() > 1 {
-                let others: Vec<String> = m
-                    .expected
-                    .allowed
-                    .iter()
-                    .filter(|s| **s != m.expected.winner)
-                    .map(show)
-                    .collect();
-                let _ = write!(
-                    out,
-                    ", or from an ambiguous/tied write: {}",
-                    others.join(", ")
-                );
-            }
-            out.push('\n');
-            for (label, state) in &m.actual {
-                let mark = if m.expected.allowed.contains(state) {
-                    "ok "
-                } else {
-                    "BAD"
-                };
-                let _ = writeln!(out, "    {mark} {label}: {}", show(state));
-            }
-            out.push_str("    history (by timestamp):\n");
-            let mut history: Vec<&WriteRecord> = self
-                .by_key
-                .get(&m.key)
-                .map(|v| v.iter().collect())
-                .unwrap_or_default();
-            history.sort_by_key(|w| {
-                (
-                    w.timestamp.is_none(),
-                    w.timestamp,
-                    self.origin_id(w),
-                    w.sent_ns,
-                )
-            });
-            if history.is_empty() {
-                out.push_str("      (no writes recorded)\n");
-            }
-            for w in history {
-                let ts = w
-                    .timestamp
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|| "unknown".into());
-                let op = match &w.value {
-                    Some(v) => format!("upsert {}", show(&Some(v.clone()))),
-                    None => "delete".to_string(),
-                };
-                let _ = writeln!(
-                    out,
-                    "      ts {ts} origin {} (id {}) {op} [{:?}, worker {} #{}, sent at {:.3}s]",
-                    w.origin,
-                    self.origin_id(w),
-                    w.status,
-                    w.worker,
-                    w.seq,
-                    w.sent_ns as f64 / 1e9
-                );
-            }
+            self.describe(&mut out, m.key, &m.expected, &m.actual);
         }
         if mismatches.len() > REPORTED_KEYS_MAX {
             let _ = writeln!(
@@ -276,6 +249,111 @@ impl LwwOracle {
             );
         }
         out
+    }
+
+    /// For each of `keys` (at most [`REPORTED_KEYS_MAX`]): what the oracle expects, what each
+    /// cluster has, and the key's write history — e.g. for the keys on which two clusters
+    /// differ.
+    pub fn describe_keys(
+        &self,
+        keys: &[i64],
+        clusters: &[(&str, &BTreeMap<i64, String>)],
+    ) -> String {
+        let mut out = String::new();
+        for &key in keys.iter().take(REPORTED_KEYS_MAX) {
+            let actual: Vec<(String, KeyState)> = clusters
+                .iter()
+                .map(|(label, table)| (label.to_string(), table.get(&key).cloned()))
+                .collect();
+            self.describe(&mut out, key, &self.expectation(key), &actual);
+        }
+        if keys.len() > REPORTED_KEYS_MAX {
+            let _ = writeln!(out, "… and {} more keys", keys.len() - REPORTED_KEYS_MAX);
+        }
+        out
+    }
+
+    fn describe(
+        &self,
+        out: &mut String,
+        key: i64,
+        expected: &Expectation,
+        actual: &[(String, KeyState)],
+    ) {
+        let _ = write!(out, "key {key}: expected {}", show(&expected.winner));
+        if let Some((ts, origin)) = expected.winner_at {
+            if self.ids_known {
+                let _ = write!(out, " (write at {ts}, origin id {origin})");
+            } else {
+                let _ = write!(out, " (write at {ts})");
+            }
+        }
+        if expected.allowed.len() > 1 {
+            let others: Vec<String> = expected
+                .allowed
+                .iter()
+                .filter(|s| **s != expected.winner)
+                .map(show)
+                .collect();
+            let _ = write!(
+                out,
+                ", or from an ambiguous/tied write: {}",
+                others.join(", ")
+            );
+        }
+        if expected.unresolved_tie {
+            out.push_str(" [exact timestamp tie between origins, origin ids unknown]");
+        }
+        out.push('\n');
+        for (label, state) in actual {
+            let mark = if expected.allowed.contains(state) {
+                "ok "
+            } else {
+                "BAD"
+            };
+            let _ = writeln!(out, "    {mark} {label}: {}", show(state));
+        }
+        out.push_str("    history (by timestamp):\n");
+        let mut history: Vec<&WriteRecord> = self
+            .by_key
+            .get(&key)
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        history.sort_by_key(|w| {
+            (
+                w.timestamp.is_none(),
+                w.timestamp,
+                self.origin_id(w),
+                w.sent_ns,
+            )
+        });
+        if history.is_empty() {
+            out.push_str("      (no writes recorded)\n");
+        }
+        for w in history {
+            let ts = w
+                .timestamp
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            let op = match &w.value {
+                Some(v) => format!("upsert {}", show(&Some(v.clone()))),
+                None => "delete".to_string(),
+            };
+            let origin = if self.ids_known {
+                format!("origin {} (id {})", w.origin, self.origin_id(w))
+            } else {
+                format!("origin {}", w.origin)
+            };
+            let _ = writeln!(
+                out,
+                "      ts {ts} {origin} {op} [{:?}, worker {} #{}, sent at {:.3}s, answered at {:.3}s]",
+                w.status,
+                w.worker,
+                w.seq,
+                w.sent_ns as f64 / 1e9,
+                w.answered_ns as f64 / 1e9
+            );
+        }
     }
 }
 
@@ -377,6 +455,69 @@ mod tests {
             ])
             .expect("add");
         assert_eq!(reversed.expectation(1).winner, Some("from-a".into()));
+    }
+
+    #[test]
+    fn unknown_origin_ids_accept_either_side_of_an_exact_tie() {
+        let mut o = LwwOracle::with_unknown_origin_ids(["a".to_string(), "b".to_string()]);
+        assert!(!o.origin_ids_known());
+        o.add([
+            write("b", 1, Some("from-b"), 100, 0),
+            write("a", 1, Some("from-a"), 100, 0),
+            write("a", 2, Some("old"), 50, 0),
+            write("b", 2, Some("new"), 60, 0),
+        ])
+        .expect("add");
+        let tie = o.expectation(1);
+        assert!(tie.unresolved_tie);
+        assert_eq!(
+            tie.allowed,
+            BTreeSet::from([Some("from-a".to_string()), Some("from-b".to_string())])
+        );
+        assert!(!o.expectation(2).unresolved_tie, "no tie on key 2");
+        assert_eq!(o.unresolved_ties(), vec![1]);
+        assert!(
+            o.check(&[("A", &table(&[(1, "from-a"), (2, "new")]))])
+                .holds()
+        );
+        assert!(
+            o.check(&[("A", &table(&[(1, "from-b"), (2, "new")]))])
+                .holds()
+        );
+        let bad = o.check(&[("A", &table(&[(1, "from-b"), (2, "old")]))]);
+        assert_eq!(bad.mismatches.len(), 1);
+        assert!(
+            bad.text
+                .contains("key 2: expected \"new\" (write at 60.0000000000)"),
+            "{}",
+            bad.text
+        );
+        // A later write resolves the tie.
+        o.add([write("a", 1, Some("later"), 101, 0)]).expect("add");
+        assert!(!o.expectation(1).unresolved_tie);
+        assert_eq!(o.expectation(1).allowed.len(), 1);
+    }
+
+    #[test]
+    fn described_keys_show_expectation_states_and_history() {
+        let mut o = oracle();
+        o.add([
+            write("a", 4, Some("x"), 100, 0),
+            write("b", 4, None, 200, 0),
+        ])
+        .expect("add");
+        let text = o.describe_keys(&[4], &[("A", &table(&[(4, "x")])), ("B", &table(&[]))]);
+        assert!(
+            text.contains("key 4: expected absent (write at 200.0000000000, origin id 20)"),
+            "{text}"
+        );
+        assert!(text.contains("BAD A: \"x\""), "{text}");
+        assert!(text.contains("ok  B: absent"), "{text}");
+        let upsert = text.find("upsert \"x\"").expect("upsert in history");
+        let delete = text
+            .find("origin b (id 20) delete")
+            .expect("delete in history");
+        assert!(upsert < delete, "{text}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Seeded conflict fuzzing: [`Scenario`]s generated from a seed (same seed, same writes and
-//! fault schedule), saved as JSON, and run by the [`Runner`] against two clusters with
-//! convergence, LWW-oracle and replicated-time checks. Every run prints its seed; a failure
-//! prints the fault timeline and each wrong key's history.
+//! fault schedule), saved as JSON, and run by the [`Runner`] against two ldr clusters with
+//! bidirectional LDR, then checked: convergence, LWW oracle, monotonic replicated time and
+//! accounting. Every run prints its seed; a failure prints the fault timeline and each wrong
+//! key's history. `ldr sim run` / `ldr sim fuzz` are the command-line front end.
 //!
 //! ```no_run
 //! # async fn demo() -> ldr_sim::Result<()> {
@@ -17,7 +18,5 @@
 mod runner;
 mod scenario;
 
-pub use runner::{
-    ConvergenceCheck, RunReport, Runner, RunnerConfig, setup_bidirectional, start_clusters,
-};
+pub use runner::{RunReport, Runner, RunnerConfig, setup_bidirectional, start_clusters};
 pub use scenario::{FaultKind, GenConfig, Op, SCENARIO_VERSION, Scenario, Side, Step};

@@ -1,69 +1,79 @@
-//! Runs a [`Scenario`] against two live clusters and checks the outcome.
+//! Runs a [`Scenario`] against two live ldr clusters with bidirectional LDR and checks the
+//! outcome.
 //!
 //! Steps start at their scheduled times (never earlier; a slow restart delays the steps after
 //! it). Each write runs in its own task through its node's direct SQL address with a deadline,
 //! so a paused or killed node never stalls the schedule, and is recorded as acknowledged
-//! (with the commit timestamp it returned), ambiguous (sent, no answer) or failed. Faults
-//! run in order on the harness. After the last step everything is healed; then:
-//! 1. convergence: the table is the same on both clusters (fingerprints, or rows);
-//! 2. LWW oracle: every key holds its winning write on both clusters;
-//! 3. replicated time never went backwards on either cluster (sampled throughout).
+//! (with the commit timestamp it returned), ambiguous (sent, and the answer was lost or says
+//! the outcome is unknown) or failed (certainly not applied). Faults run in order on the
+//! harness. After the last step everything is healed; then:
+//! 1. quiesce: every LDR job on each cluster replicates past the other cluster's clock (so
+//!    every write of the run has been applied or dead-lettered);
+//! 2. convergence: the table has the same fingerprints and the same rows on both clusters;
+//! 3. LWW oracle: every key holds its winning write on both clusters (origin ids from
+//!    `crdb_internal.cluster_origin_id()`; without them an exact tie accepts either write);
+//! 4. monotonic replicated time: no job's replicated time went backwards (sampled throughout);
+//! 5. accounting: each destination ingested (applied or lost to LWW) or dead-lettered at least
+//!    every write acknowledged on its source, and nothing is left in its retry queue — skipped,
+//!    with a note, for a destination whose node restarted (its counters live in memory).
 //!
-//! A failure's error names the seed, the fault timeline and the checker's report (with each
-//! wrong key's write history).
+//! A failure's error names the seed, the fault timeline (actual start times), the checker's
+//! report, and the write history of each key that is wrong or differs between the clusters.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ldr_types::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_postgres::types::Type;
 
 use super::scenario::{Op, Scenario, Side};
-use crate::check::convergence::{Fingerprints, wait_converged, wait_same_rows};
+use crate::check::accounting::{self, ReplicationCounters};
+use crate::check::convergence::{Fingerprints, fingerprints};
 use crate::check::lww::LwwOracle;
 use crate::check::replicated_time::{MonotonicReport, ReplicatedTimeWatcher};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::error::{Result, SimError};
+use crate::ldr;
 use crate::proxy::Fault;
 use crate::sql::{self, DecimalText};
 use crate::workload::kv::{self, KvConfig};
 use crate::workload::{WriteRecord, WriteStatus};
 
-/// How convergence is judged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConvergenceCheck {
-    /// `SHOW EXPERIMENTAL_FINGERPRINTS` (ldr).
-    Fingerprints,
-    /// `SELECT k, v … ORDER BY k` compared as text (any server).
-    Rows,
-}
+/// How long a `PAUSE JOB` may take to show as `paused`.
+const JOB_STATUS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Knobs of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerConfig {
-    /// The `kv`-shaped table the scenario writes (`k INT8 PRIMARY KEY, v STRING`).
+    /// The `kv`-shaped table the scenario writes (`k INT8 PRIMARY KEY, v STRING`); it must be
+    /// empty when the run starts.
     pub table: String,
-    /// LWW origin ids of clusters A and B (ldr's `origin_id` of each cluster: the larger wins
-    /// a timestamp tie).
-    pub origin_ids: [u32; 2],
+    /// LWW origin ids of clusters A and B (the larger wins an exact timestamp tie). `None`:
+    /// ask the clusters (`crdb_internal.cluster_origin_id()`); if they cannot say, an exact
+    /// tie accepts either write.
+    pub origin_ids: Option<[u32; 2]>,
+    /// Deadline of one write (connect, prepare, execute).
     pub write_timeout: Duration,
+    /// Deadline of quiescing, and then of converging.
     pub converge_timeout: Duration,
-    pub convergence: ConvergenceCheck,
-    /// Sample `SHOW LOGICAL REPLICATION JOBS` during the run.
+    /// Sample `SHOW LOGICAL REPLICATION JOBS` on both clusters during the run.
     pub watch_replicated_time: bool,
+    /// Check the destinations' LDR counters (see the module doc).
+    pub check_accounting: bool,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
         RunnerConfig {
             table: "kv".into(),
-            origin_ids: [1, 2],
+            origin_ids: None,
             write_timeout: Duration::from_secs(10),
             converge_timeout: Duration::from_secs(180),
-            convergence: ConvergenceCheck::Fingerprints,
             watch_replicated_time: true,
+            check_accounting: true,
         }
     }
 }
@@ -77,10 +87,55 @@ pub struct RunReport {
     pub writes_ambiguous: usize,
     pub writes_failed: usize,
     pub keys_checked: usize,
-    pub fingerprints: Option<Fingerprints>,
-    pub replicated_time: Option<MonotonicReport>,
+    /// Rows left in the table (the same on both clusters).
+    pub rows: usize,
+    /// The origin ids the oracle used (`None`: unknown, exact ties accepted either way).
+    pub origin_ids: Option<[u32; 2]>,
+    /// Keys whose winner was an exact cross-cluster tie the oracle could not order.
+    pub unresolved_ties: usize,
+    pub fingerprints: Fingerprints,
+    /// Per cluster (A, B), when watched.
+    pub replicated_time: Vec<MonotonicReport>,
+    /// Per direction: the accounting verdict, or why it was skipped.
+    pub accounting: Vec<String>,
     /// Every executed non-write step with its actual start time.
     pub timeline: Vec<String>,
+}
+
+impl std::fmt::Display for RunReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "seed {} passed in {:.1}s: {} writes acknowledged, {} ambiguous, {} failed; {} keys checked, {} rows on both clusters, fingerprints {}",
+            self.seed,
+            self.elapsed_s,
+            self.writes_acknowledged,
+            self.writes_ambiguous,
+            self.writes_failed,
+            self.keys_checked,
+            self.rows,
+            self.fingerprints
+        )?;
+        match self.origin_ids {
+            Some([a, b]) => writeln!(f, "  origin ids: a {a}, b {b}")?,
+            None => writeln!(
+                f,
+                "  origin ids unknown: {} exact ties accepted either way",
+                self.unresolved_ties
+            )?,
+        }
+        for (side, report) in ["a", "b"].iter().zip(&self.replicated_time) {
+            writeln!(
+                f,
+                "  replicated time on {side}: monotonic over {} samples ({} failed while faults were on)",
+                report.samples, report.failed_samples
+            )?;
+        }
+        for line in &self.accounting {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Starts clusters `a` and `b` (proxied, `nodes` each) for fuzzing, concurrently.
@@ -105,6 +160,9 @@ pub async fn setup_bidirectional(a: &Cluster, b: &Cluster, table: &str) -> Resul
     )
     .await
 }
+
+/// The tables as read at the end, for reports.
+type Tables = (BTreeMap<i64, String>, BTreeMap<i64, String>);
 
 /// Executes scenarios against a pair of clusters.
 pub struct Runner<'a> {
@@ -135,15 +193,38 @@ impl<'a> Runner<'a> {
             writes = scenario.writes(),
             "fuzz scenario starting"
         );
+        let origin_ids = match self.config.origin_ids {
+            Some(ids) => Some(ids),
+            None => match tokio::try_join!(
+                ldr::cluster_origin_id(self.a),
+                ldr::cluster_origin_id(self.b)
+            ) {
+                Ok((a, b)) => Some([a, b]),
+                Err(e) => {
+                    tracing::warn!(error = %e, "origin ids unknown; exact timestamp ties will accept either write");
+                    None
+                }
+            },
+        };
+        let counters_before = if self.config.check_accounting {
+            Some(tokio::try_join!(
+                accounting::cluster_counters(self.a),
+                accounting::cluster_counters(self.b)
+            )?)
+        } else {
+            None
+        };
+
         let start = Instant::now();
-        let watcher = self.config.watch_replicated_time.then(|| {
-            let urls: Vec<String> = self.a.urls().into_iter().chain(self.b.urls()).collect();
-            ReplicatedTimeWatcher::spawn(urls, Duration::from_millis(500))
+        let watchers = self.config.watch_replicated_time.then(|| {
+            [self.a, self.b]
+                .map(|c| ReplicatedTimeWatcher::spawn(c.urls(), Duration::from_millis(500)))
         });
         let records: Arc<Mutex<Vec<WriteRecord>>> = Arc::new(Mutex::new(Vec::new()));
         let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut writes = JoinSet::new();
         let mut timeline = Vec::new();
+        let mut restarted = [false, false];
         let mut outcome = Ok(());
         for (index, step) in scenario.steps.iter().enumerate() {
             tokio::time::sleep_until((start + Duration::from_millis(step.at_ms)).into()).await;
@@ -186,6 +267,9 @@ impl<'a> Runner<'a> {
                 }
                 op => {
                     timeline.push(format!("{:>8.3}s {op}", start.elapsed().as_secs_f64()));
+                    if let Op::Kill { cluster, .. } | Op::ClockSkew { cluster, .. } = op {
+                        restarted[*cluster as usize] = true;
+                    }
                     if let Err(e) = self.apply_fault(op).await {
                         outcome = Err(SimError::Process(format!(
                             "fault step {index} ({op}) failed: {e}"
@@ -196,82 +280,215 @@ impl<'a> Runner<'a> {
             }
         }
         // Heal whatever is still broken (a failed run, or a hand-written scenario).
-        self.heal_all().await;
+        let healed = self.heal_all().await;
+        timeline.extend(healed);
         while writes.join_next().await.is_some() {}
-        let replicated_time = match watcher {
-            Some(w) => Some(w.finish().await),
-            None => None,
-        };
         let records = std::mem::take(&mut *records.lock().unwrap_or_else(|p| p.into_inner()));
-        let fail = |e: SimError| self.failure(scenario, &timeline, e);
-        outcome.map_err(fail)?;
+        let mut oracle = match origin_ids {
+            Some([a, b]) => LwwOracle::new([("a".to_string(), a), ("b".to_string(), b)]),
+            None => LwwOracle::with_unknown_origin_ids(["a".to_string(), "b".to_string()]),
+        };
+        let acknowledged = |side: Side| {
+            records
+                .iter()
+                .filter(|r| r.status == WriteStatus::Acknowledged && r.origin == side.label())
+                .count()
+        };
+        let (acknowledged_a, acknowledged_b) = (acknowledged(Side::A), acknowledged(Side::B));
+        let ambiguous = records.len() - acknowledged_a - acknowledged_b;
+        let latest_write = |side: Side| {
+            records
+                .iter()
+                .filter(|r| r.origin == side.label())
+                .filter_map(|r| r.timestamp)
+                .max()
+        };
+        let (latest_a, latest_b) = (latest_write(Side::A), latest_write(Side::B));
+        oracle.add(records)?;
+        let fail = |e: SimError, tables: Option<&Tables>| {
+            self.failure(scenario, &timeline, &oracle, e, tables)
+        };
+        if let Err(e) = outcome {
+            return Err(fail(e, None));
+        }
 
-        let fingerprints = match self.config.convergence {
-            ConvergenceCheck::Fingerprints => Some(
-                wait_converged(
-                    &self.a.url(1)?,
-                    &self.b.url(1)?,
-                    &self.config.table,
-                    self.config.converge_timeout,
-                )
-                .await
-                .map_err(fail)?,
-            ),
-            ConvergenceCheck::Rows => {
-                let query = format!("SELECT k, v FROM {} ORDER BY k", self.config.table);
-                wait_same_rows(
-                    &self.a.url(1)?,
-                    &self.b.url(1)?,
-                    &query,
-                    self.config.converge_timeout,
-                )
-                .await
-                .map_err(fail)?;
-                None
-            }
+        // 1. Quiesce: both directions replicate past every write of the run.
+        if let Err(e) = self.quiesce(latest_a, latest_b).await {
+            let tables = self.read_tables().await.ok();
+            return Err(fail(e, tables.as_ref()));
+        }
+        // 2. Convergence.
+        let (fingerprints, tables) = match self.converge().await {
+            Ok(done) => done,
+            Err((e, tables)) => return Err(fail(e, tables.as_ref())),
         };
-        let mut oracle = LwwOracle::new([
-            ("a".to_string(), self.config.origin_ids[0]),
-            ("b".to_string(), self.config.origin_ids[1]),
-        ]);
-        let acknowledged = records
-            .iter()
-            .filter(|r| r.status == WriteStatus::Acknowledged)
-            .count();
-        let ambiguous = records.len() - acknowledged;
-        oracle.add(records).map_err(fail)?;
-        let table_config = KvConfig {
-            table: self.config.table.clone(),
-            ..KvConfig::default()
-        };
-        let table_a = kv::read_table(&self.a.sql(1).await?, &table_config).await?;
-        let table_b = kv::read_table(&self.b.sql(1).await?, &table_config).await?;
+        // 3. LWW oracle.
         let lww = oracle
-            .verify(&[("cluster a", &table_a), ("cluster b", &table_b)])
-            .map_err(fail)?;
-        let replicated_time = match replicated_time {
-            Some(result) => Some(result.map_err(fail)?),
-            None => None,
-        };
+            .verify(&[("cluster a", &tables.0), ("cluster b", &tables.1)])
+            .map_err(|e| fail(e, None))?;
+        // 4. Monotonic replicated time.
+        let mut replicated_time = Vec::new();
+        if let Some(watchers) = watchers {
+            for watcher in watchers {
+                replicated_time.push(watcher.finish().await.map_err(|e| fail(e, None))?);
+            }
+        }
+        // 5. Accounting.
+        let mut accounting_lines = Vec::new();
+        if let Some((before_a, before_b)) = counters_before {
+            let directions = [
+                (Side::A, Side::B, acknowledged_a, before_b),
+                (Side::B, Side::A, acknowledged_b, before_a),
+            ];
+            for (source, dest, emitted, before) in directions {
+                let line = self
+                    .account(
+                        source,
+                        dest,
+                        emitted as u64,
+                        &before,
+                        restarted[dest as usize],
+                    )
+                    .await
+                    .map_err(|e| fail(e, Some(&tables)))?;
+                accounting_lines.push(line);
+            }
+        }
+
         let report = RunReport {
             seed,
             elapsed_s: start.elapsed().as_secs_f64(),
-            writes_acknowledged: acknowledged,
+            writes_acknowledged: acknowledged_a + acknowledged_b,
             writes_ambiguous: ambiguous,
             writes_failed: failed.load(std::sync::atomic::Ordering::Relaxed),
             keys_checked: lww.keys_checked,
+            rows: tables.0.len(),
+            origin_ids,
+            unresolved_ties: oracle.unresolved_ties().len(),
             fingerprints,
             replicated_time,
+            accounting: accounting_lines,
             timeline,
         };
         tracing::info!(
             seed,
-            acknowledged,
+            acknowledged = report.writes_acknowledged,
             ambiguous,
             keys = report.keys_checked,
             "fuzz scenario passed"
         );
         Ok(report)
+    }
+
+    /// Waits until the jobs on B have replicated past every write on A and vice versa. The
+    /// end of A's writes is the later of A's clocks now and A's latest acknowledged write (a
+    /// node whose skewed clock went back may have written above its clock now).
+    async fn quiesce(
+        &self,
+        latest_a: Option<Timestamp>,
+        latest_b: Option<Timestamp>,
+    ) -> Result<()> {
+        let end_a = ldr::cluster_now(self.a)
+            .await?
+            .max(latest_a.unwrap_or_default());
+        let end_b = ldr::cluster_now(self.b)
+            .await?
+            .max(latest_b.unwrap_or_default());
+        let timeout = self.config.converge_timeout;
+        tokio::try_join!(
+            ldr::wait_all_replicated_past(self.b, end_a, timeout),
+            ldr::wait_all_replicated_past(self.a, end_b, timeout)
+        )?;
+        Ok(())
+    }
+
+    async fn read_tables(&self) -> Result<Tables> {
+        let config = KvConfig {
+            table: self.config.table.clone(),
+            ..KvConfig::default()
+        };
+        let a = kv::read_table(&self.a.sql(1).await?, &config).await?;
+        let b = kv::read_table(&self.b.sql(1).await?, &config).await?;
+        Ok((a, b))
+    }
+
+    /// Polls until fingerprints and rows are equal on both clusters (an ambiguous write whose
+    /// statement was stuck on a paused node may still commit and replicate after healing).
+    async fn converge(
+        &self,
+    ) -> std::result::Result<(Fingerprints, Tables), (SimError, Option<Tables>)> {
+        let started = Instant::now();
+        let deadline = started + self.config.converge_timeout;
+        let mut polls = 0u64;
+        loop {
+            polls += 1;
+            let observation = async {
+                let fp_a = fingerprints(&self.a.sql(1).await?, &self.config.table).await?;
+                let fp_b = fingerprints(&self.b.sql(1).await?, &self.config.table).await?;
+                let tables = self.read_tables().await?;
+                Ok::<_, SimError>((fp_a, fp_b, tables))
+            }
+            .await;
+            let last = match observation {
+                Ok((fp_a, fp_b, tables)) if fp_a == fp_b && tables.0 == tables.1 => {
+                    tracing::info!(polls, waited_ms = started.elapsed().as_millis() as u64, fingerprints = %fp_a, "clusters converged");
+                    return Ok((fp_a, tables));
+                }
+                Ok((fp_a, fp_b, tables)) => {
+                    let differing = differing_keys(&tables.0, &tables.1);
+                    (
+                        format!(
+                            "fingerprints a {fp_a}, b {fp_b}; {} rows on a, {} on b; {} keys differ: {:?}",
+                            tables.0.len(),
+                            tables.1.len(),
+                            differing.len(),
+                            &differing[..differing.len().min(20)]
+                        ),
+                        Some(tables),
+                    )
+                }
+                Err(e) => (format!("error: {e}"), None),
+            };
+            if Instant::now() >= deadline {
+                return Err((
+                    SimError::Invariant(format!(
+                        "table {} did not converge within {:?} ({polls} polls): {}",
+                        self.config.table, self.config.converge_timeout, last.0
+                    )),
+                    last.1,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The accounting line of one direction (an error if it does not hold).
+    async fn account(
+        &self,
+        source: Side,
+        dest: Side,
+        emitted: u64,
+        before: &ReplicationCounters,
+        dest_restarted: bool,
+    ) -> Result<String> {
+        let direction = format!("{} -> {}", source.label(), dest.label());
+        if dest_restarted {
+            return Ok(format!(
+                "accounting {direction}: skipped (a node of {} restarted, and its counters live in memory)",
+                dest.label()
+            ));
+        }
+        let after = accounting::cluster_counters(self.cluster(dest)).await?;
+        match accounting::verify(emitted, before, &after) {
+            Ok(report) => Ok(format!(
+                "accounting {direction}: {}",
+                report.to_string().trim_start_matches("accounting: ")
+            )),
+            Err(SimError::Invariant(text)) => {
+                Err(SimError::Invariant(format!("{direction}: {text}")))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn apply_fault(&self, op: &Op) -> Result<()> {
@@ -301,36 +518,57 @@ impl<'a> Runner<'a> {
                 self.a.set_fault(*fault)?;
                 self.b.set_fault(*fault)
             }
+            Op::PauseJobs { cluster } => {
+                ldr::pause_jobs(self.cluster(*cluster), JOB_STATUS_TIMEOUT).await
+            }
+            Op::ResumeJobs { cluster } => ldr::resume_jobs(self.cluster(*cluster)).await,
         }
     }
 
-    async fn heal_all(&self) {
-        for cluster in [self.a, self.b] {
+    /// Passes all traffic, resumes paused nodes, restarts stopped ones and resets skewed
+    /// clocks; returns a line per repair (none after a generated scenario, which heals itself).
+    /// Paused jobs are left alone: a scenario that leaves a job paused tests exactly that.
+    async fn heal_all(&self) -> Vec<String> {
+        let mut repairs = Vec::new();
+        for (cluster, label) in [(self.a, "a"), (self.b, "b")] {
             if cluster.spec().proxied_sql {
                 let _ = cluster.set_fault(Fault::Pass);
             }
             for info in cluster.nodes() {
-                let result = if info.paused {
-                    cluster.resume(info.index)
+                let (what, result) = if info.paused {
+                    ("resume", cluster.resume(info.index))
                 } else if !info.running {
-                    cluster.restart(info.index).await
+                    ("restart", cluster.restart(info.index).await)
+                } else if info.clock_offset_ns != 0 {
+                    (
+                        "reset the clock of",
+                        cluster.set_clock_offset(info.index, 0).await,
+                    )
                 } else {
-                    Ok(())
+                    continue;
                 };
+                repairs.push(format!("   (heal) {what} {label}/{}", info.index));
                 if let Err(e) = result {
                     tracing::warn!(cluster = cluster.name(), node = info.index, error = %e, "could not heal node after the scenario");
                 }
             }
         }
+        repairs
     }
 
-    fn failure(&self, scenario: &Scenario, timeline: &[String], error: SimError) -> SimError {
+    fn failure(
+        &self,
+        scenario: &Scenario,
+        timeline: &[String],
+        oracle: &LwwOracle,
+        error: SimError,
+        tables: Option<&Tables>,
+    ) -> SimError {
         let mut text = format!(
-            "fuzz run failed: seed {} ({} steps, {} writes); reproduce with SEED={} or by replaying the scenario JSON\nfault timeline (actual start times):\n",
+            "fuzz run failed: seed {} ({} steps, {} writes)\nfault timeline (actual start times):\n",
             scenario.seed,
             scenario.steps.len(),
             scenario.writes(),
-            scenario.seed
         );
         if timeline.is_empty() {
             text.push_str("  (no faults)\n");
@@ -339,8 +577,32 @@ impl<'a> Runner<'a> {
             text.push_str(&format!("  {line}\n"));
         }
         text.push_str(&error.to_string());
+        if let Some((a, b)) = tables {
+            let differing = differing_keys(a, b);
+            if !differing.is_empty() {
+                text.push_str(&format!(
+                    "\nkeys that differ between the clusters ({}), with their write histories:\n",
+                    differing.len()
+                ));
+                text.push_str(
+                    &oracle.describe_keys(&differing, &[("cluster a", a), ("cluster b", b)]),
+                );
+            }
+        }
         SimError::Invariant(text)
     }
+}
+
+/// Keys present on one side only or with different values (sorted).
+fn differing_keys(a: &BTreeMap<i64, String>, b: &BTreeMap<i64, String>) -> Vec<i64> {
+    let mut keys: Vec<i64> = a
+        .iter()
+        .filter(|(k, v)| b.get(k) != Some(v))
+        .map(|(k, _)| *k)
+        .chain(b.keys().filter(|k| !a.contains_key(k)).copied())
+        .collect();
+    keys.sort_unstable();
+    keys
 }
 
 /// One scheduled write.
@@ -417,10 +679,33 @@ impl PlannedWrite {
                 }
             }
             Ok(Err(e)) if crate::workload::is_ambiguous(&e) => {
+                tracing::debug!(key = self.key, error = %crate::error::describe_sql_error(&e), "write outcome unknown");
                 Some(record(WriteStatus::Ambiguous, None))
             }
-            Ok(Err(_)) => None,
+            Ok(Err(e)) => {
+                tracing::debug!(key = self.key, error = %crate::error::describe_sql_error(&e), "write failed");
+                None
+            }
             Err(_) => Some(record(WriteStatus::Ambiguous, None)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differing_keys_cover_both_sides() {
+        let a: BTreeMap<i64, String> = [(1, "x"), (2, "y"), (4, "same")]
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect();
+        let b: BTreeMap<i64, String> = [(2, "z"), (3, "only-b"), (4, "same")]
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect();
+        assert_eq!(differing_keys(&a, &b), vec![1, 2, 3]);
+        assert!(differing_keys(&a, &a).is_empty());
     }
 }

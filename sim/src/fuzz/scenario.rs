@@ -1,11 +1,14 @@
 //! Scenarios: a timed list of writes (on cluster A or B, to a key) and faults (kill/restart,
-//! pause/resume, network cut/blackhole/delay between the clusters, clock skew), generated
+//! pause/resume, network cut/blackhole/delay between the clusters, clock skew, pausing and
+//! resuming a cluster's LDR jobs), generated
 //! from a seed with ChaCha8 — the same seed and [`GenConfig`] always give the same scenario,
 //! byte for byte — and stored as JSON so a failing run can be replayed from its file.
 //!
 //! The generator keeps scenarios well formed: fault episodes on one node never overlap, only
-//! one network fault is active at a time, and every episode ends (restart, resume, heal,
-//! clock back to 0) before the scenario's end, so the clusters can converge afterwards.
+//! one network fault is active at a time, a cluster's jobs are never paused while one of its
+//! nodes is faulty (the `PAUSE JOB` needs a node that answers), and every episode ends
+//! (restart, resume, heal, clock back to 0, jobs resumed) before the scenario's end, so the
+//! clusters can converge afterwards.
 
 use std::path::Path;
 
@@ -48,16 +51,19 @@ pub enum FaultKind {
     Blackhole,
     Delay,
     ClockSkew,
+    /// `PAUSE JOB` / `RESUME JOB` of a cluster's LDR jobs.
+    PauseJob,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Cut,
         FaultKind::Blackhole,
         FaultKind::Delay,
         FaultKind::ClockSkew,
+        FaultKind::PauseJob,
     ];
 }
 
@@ -101,6 +107,15 @@ pub enum Op {
         node: usize,
         offset_ns: i64,
     },
+    /// `PAUSE JOB` every LDR job of `cluster` (the jobs applying the other cluster's changes)
+    /// and wait until they are paused.
+    PauseJobs {
+        cluster: Side,
+    },
+    /// `RESUME JOB` every LDR job of `cluster`.
+    ResumeJobs {
+        cluster: Side,
+    },
 }
 
 impl Op {
@@ -131,11 +146,13 @@ impl std::fmt::Display for Op {
             Op::Network {
                 cluster: Some(side),
                 fault,
-            } => write!(f, "network into {} {fault:?}", side.label()),
+            } => write!(f, "network into {} {fault}", side.label()),
             Op::Network {
                 cluster: None,
                 fault,
-            } => write!(f, "network both ways {fault:?}"),
+            } => write!(f, "network both ways {fault}"),
+            Op::PauseJobs { cluster } => write!(f, "pause jobs on {}", cluster.label()),
+            Op::ResumeJobs { cluster } => write!(f, "resume jobs on {}", cluster.label()),
             Op::ClockSkew {
                 cluster,
                 node,
@@ -226,6 +243,18 @@ pub struct Scenario {
 enum Target {
     Node(Side, usize),
     Network,
+    Jobs(Side),
+}
+
+impl Target {
+    /// Episodes on conflicting targets must not overlap: the same target twice, or a
+    /// cluster's jobs and one of its nodes.
+    fn conflicts(self, other: Target) -> bool {
+        match (self, other) {
+            (Target::Jobs(a), Target::Node(b, _)) | (Target::Node(b, _), Target::Jobs(a)) => a == b,
+            _ => self == other,
+        }
+    }
 }
 
 impl Scenario {
@@ -294,11 +323,12 @@ impl Scenario {
                         Target::Node(cluster, node)
                     }
                     FaultKind::Cut | FaultKind::Blackhole | FaultKind::Delay => Target::Network,
+                    FaultKind::PauseJob => Target::Jobs(cluster),
                 };
                 // Episodes on one target never overlap (a kill during a pause, two cuts…).
                 if busy
                     .iter()
-                    .any(|(t, s, e)| *t == target && start <= *e && *s <= end)
+                    .any(|(t, s, e)| t.conflicts(target) && start <= *e && *s <= end)
                 {
                     continue;
                 }
@@ -338,6 +368,7 @@ impl Scenario {
                             fault: Fault::Pass,
                         },
                     ),
+                    FaultKind::PauseJob => (Op::PauseJobs { cluster }, Op::ResumeJobs { cluster }),
                     FaultKind::Delay => (
                         Op::Network {
                             cluster: network_side,
@@ -500,6 +531,7 @@ mod tests {
             let mut killed = BTreeMap::new();
             let mut paused = BTreeMap::new();
             let mut skewed = BTreeMap::new();
+            let mut jobs_paused = BTreeMap::new();
             let mut network = Fault::Pass;
             for step in &s.steps {
                 match &step.op {
@@ -515,6 +547,10 @@ mod tests {
                             !paused.contains_key(&(*cluster, *node)),
                             "{ctx}: kill while paused"
                         );
+                        assert!(
+                            !jobs_paused.contains_key(cluster),
+                            "{ctx}: kill while the cluster's jobs are paused"
+                        );
                     }
                     Op::Restart { cluster, node } => assert!(
                         killed.remove(&(*cluster, *node)).is_some(),
@@ -528,6 +564,10 @@ mod tests {
                         assert!(
                             !killed.contains_key(&(*cluster, *node)),
                             "{ctx}: pause while killed"
+                        );
+                        assert!(
+                            !jobs_paused.contains_key(cluster),
+                            "{ctx}: pause while the cluster's jobs are paused"
                         );
                     }
                     Op::Resume { cluster, node } => assert!(
@@ -547,11 +587,31 @@ mod tests {
                         } else {
                             assert!(offset_ns.unsigned_abs() <= 200_000_000, "{ctx}");
                             assert!(
+                                !jobs_paused.contains_key(cluster),
+                                "{ctx}: skew while the cluster's jobs are paused"
+                            );
+                            assert!(
                                 skewed.insert((*cluster, *node), ()).is_none(),
                                 "{ctx}: double skew"
                             );
                         }
                     }
+                    Op::PauseJobs { cluster } => {
+                        assert!(
+                            jobs_paused.insert(*cluster, ()).is_none(),
+                            "{ctx}: double job pause"
+                        );
+                        assert!(
+                            [&killed, &paused, &skewed]
+                                .iter()
+                                .all(|m| m.keys().all(|(side, _)| side != cluster)),
+                            "{ctx}: jobs paused while a node of the cluster is faulty"
+                        );
+                    }
+                    Op::ResumeJobs { cluster } => assert!(
+                        jobs_paused.remove(cluster).is_some(),
+                        "{ctx}: job resume without pause"
+                    ),
                     Op::Network { fault, .. } => {
                         if *fault == Fault::Pass {
                             assert_ne!(network, Fault::Pass, "{ctx}: heal without fault");
@@ -566,6 +626,7 @@ mod tests {
                 killed.is_empty()
                     && paused.is_empty()
                     && skewed.is_empty()
+                    && jobs_paused.is_empty()
                     && network == Fault::Pass,
                 "{ctx}: scenario does not end healed"
             );

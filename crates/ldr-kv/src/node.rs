@@ -123,6 +123,21 @@ impl NodeInner {
     }
 
     /// Runs `f` on the engine off the async threads.
+    /// Runs a small storage operation (a point read, a write of a few rows) on the calling
+    /// task: it takes microseconds, and handing it to the blocking pool costs more than the
+    /// work (thread wake-ups dominated the write path's profile). Large ones go to the pool.
+    pub(crate) async fn storage<T: Send + 'static>(
+        &self,
+        small: bool,
+        f: impl FnOnce(&Engine) -> ldr_storage::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if small {
+            f(&self.engine).map_err(KvError::from)
+        } else {
+            self.blocking(f).await
+        }
+    }
+
     pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Engine) -> ldr_storage::Result<T> + Send + 'static,

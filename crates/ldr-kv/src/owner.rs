@@ -18,6 +18,11 @@ const CLEAR_BATCH_KEYS: usize = 1000;
 /// Compare-and-swap rounds of one counter increment before giving up.
 const INCREMENT_ATTEMPTS_MAX: usize = 1000;
 
+/// Writes of at most this many keys run inline on the calling task (see `NodeInner::storage`).
+const SMALL_WRITE_KEYS: usize = 64;
+/// Scans limited to at most this many rows run inline.
+const SMALL_SCAN_ROWS: usize = 100;
+
 impl NodeInner {
     /// The descriptor of `range_id` if this node owns it and it contains `span`.
     pub(crate) async fn check_owner(
@@ -62,7 +67,7 @@ impl NodeInner {
     ) -> Result<Option<Version>> {
         self.check_owner(range_id, &point_span(&key)).await?;
         let read_ts = read_ts.unwrap_or_else(|| self.clock.now());
-        self.blocking(move |e| e.get(&key, read_ts)).await
+        self.storage(true, move |e| e.get(&key, read_ts)).await
     }
 
     pub(crate) async fn serve_scan(
@@ -77,7 +82,9 @@ impl NodeInner {
         }
         self.check_owner(range_id, &span).await?;
         let read_ts = read_ts.unwrap_or_else(|| self.clock.now());
-        self.blocking(move |e| e.scan(&span, read_ts, limit)).await
+        let small = (1..=SMALL_SCAN_ROWS).contains(&limit);
+        self.storage(small, move |e| e.scan(&span, read_ts, limit))
+            .await
     }
 
     pub(crate) async fn serve_write(
@@ -107,7 +114,11 @@ impl NodeInner {
         );
         let span = Span::new(min.clone(), keys_after(max));
         self.check_owner(range_id, &span).await?;
-        self.blocking(move |e| e.apply(&rows, atomic, None)).await
+        let keys: usize = rows.iter().map(|r| 1 + r.dependents.len()).sum();
+        self.storage(keys <= SMALL_WRITE_KEYS, move |e| {
+            e.apply(&rows, atomic, None)
+        })
+        .await
     }
 
     /// Atomically adds `by` to a counter in the system range (node 1 only).

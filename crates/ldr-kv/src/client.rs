@@ -696,7 +696,8 @@ impl KvClient {
             .call_owner(range.node_id, request, |mut c, r| async move {
                 c.write(r).await
             })
-            .await?;
+            .await
+            .map_err(KvError::for_sent_write)?;
         Ok(ApplyResult {
             ts: ldr_proto::ts_or_zero(response.ts),
             outcomes: response

@@ -69,6 +69,17 @@ pub enum KvError {
         address: String,
         detail: String,
     },
+    /// A write was sent to the owner of its range, which stopped answering before it replied
+    /// (crashed, partitioned, timed out): it may or may not have committed. Retryable, but the
+    /// caller cannot report failure as if nothing happened (SQL: 40003).
+    #[error(
+        "result is ambiguous: node {node_id} ({address}) did not answer a write it may have applied: {detail}"
+    )]
+    AmbiguousResult {
+        node_id: NodeId,
+        address: String,
+        detail: String,
+    },
     #[error("range {range_id} not found")]
     RangeNotFound { range_id: RangeId },
     #[error("no ranges for table {table_id}")]
@@ -103,16 +114,84 @@ impl KvError {
     /// Whether the same request may succeed later (node down, network cut, clock wait).
     pub fn is_retryable(&self) -> bool {
         match self {
-            KvError::NodeUnavailable { .. } | KvError::Rpc(_) | KvError::RangeNotFound { .. } => {
-                true
-            }
+            KvError::NodeUnavailable { .. }
+            | KvError::AmbiguousResult { .. }
+            | KvError::Rpc(_)
+            | KvError::RangeNotFound { .. } => true,
             KvError::Storage(e) => e.is_retryable(),
             _ => false,
         }
     }
 }
 
+impl KvError {
+    /// Turns the failure of a write call into [`KvError::AmbiguousResult`] unless it is clear
+    /// the request never reached the owner (the connection could not be made).
+    pub(crate) fn for_sent_write(self) -> KvError {
+        match self {
+            KvError::NodeUnavailable {
+                node_id,
+                address,
+                detail,
+            } if !is_connect_failure(&detail) => KvError::AmbiguousResult {
+                node_id,
+                address,
+                detail,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Whether a transport error text says the connection was never established.
+fn is_connect_failure(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    [
+        "tcp connect error",
+        "error trying to connect",
+        "connection refused",
+        "dns error",
+        "invalid address",
+    ]
+    .iter()
+    .any(|p| d.contains(p))
+}
+
 pub type Result<T, E = KvError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn only_unsent_writes_are_plain_unavailable() {
+        let unavailable = |detail: &str| KvError::NodeUnavailable {
+            node_id: 2,
+            address: "a".into(),
+            detail: detail.into(),
+        };
+        assert!(matches!(
+            unavailable(
+                "error trying to connect: tcp connect error: Connection refused (os error 111)"
+            )
+            .for_sent_write(),
+            KvError::NodeUnavailable { .. }
+        ));
+        for detail in [
+            "no answer within 10000ms",
+            "transport error",
+            "h2 protocol error: connection reset",
+        ] {
+            let e = unavailable(detail).for_sent_write();
+            assert!(matches!(e, KvError::AmbiguousResult { .. }), "{detail}");
+            assert!(e.is_retryable());
+        }
+        assert!(matches!(
+            KvError::RangeNotFound { range_id: 1 }.for_sent_write(),
+            KvError::RangeNotFound { .. }
+        ));
+    }
+}
 
 /// A range: one shard of a table (or the system keyspace), owned by one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -234,6 +234,11 @@ enum WireError {
         address: String,
         detail: String,
     },
+    AmbiguousResult {
+        node_id: NodeId,
+        address: String,
+        detail: String,
+    },
     RangeNotFound {
         range_id: u64,
     },
@@ -303,6 +308,18 @@ impl WireError {
             } => (
                 Code::Unavailable,
                 WireError::NodeUnavailable {
+                    node_id: *node_id,
+                    address: address.clone(),
+                    detail: detail.clone(),
+                },
+            ),
+            KvError::AmbiguousResult {
+                node_id,
+                address,
+                detail,
+            } => (
+                Code::Unavailable,
+                WireError::AmbiguousResult {
                     node_id: *node_id,
                     address: address.clone(),
                     detail: detail.clone(),
@@ -386,6 +403,15 @@ impl WireError {
                 address,
                 detail,
             } => KvError::NodeUnavailable {
+                node_id,
+                address,
+                detail,
+            },
+            WireError::AmbiguousResult {
+                node_id,
+                address,
+                detail,
+            } => KvError::AmbiguousResult {
                 node_id,
                 address,
                 detail,

@@ -245,6 +245,7 @@ fn kv_code(e: &ldr_kv::KvError) -> &'static str {
     if e.is_retryable() {
         match e {
             ldr_kv::KvError::Storage(_) => sqlstate::SERIALIZATION_FAILURE,
+            ldr_kv::KvError::AmbiguousResult { .. } => sqlstate::STATEMENT_COMPLETION_UNKNOWN,
             _ => sqlstate::RANGE_UNAVAILABLE,
         }
     } else {

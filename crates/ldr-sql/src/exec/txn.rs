@@ -33,8 +33,10 @@
 //! - statements outside transactions do not take commit locks: one through another gateway
 //!   (or a replicated write) can still change a row between a COMMIT's validation and its
 //!   write; the conditional write catches it, and the undo of step 4 fixes the other ranges
-//!   unless a further write races with it (40003). Readers may see a range's rows of a commit
-//!   that is then undone;
+//!   unless a further write races with it (40003);
+//! - readers are not blocked: a reader may see the ranges a COMMIT already wrote and not the
+//!   rest (or rows of a commit that is then undone); a later COMMIT of a reader's transaction
+//!   that wrote something fails validation in that case (the rows changed under it);
 //! - a gateway that dies mid-commit leaves its commit locks for [`LOCK_STALE`], after which
 //!   the next commit takes them over; a client that disconnects during COMMIT likewise.
 

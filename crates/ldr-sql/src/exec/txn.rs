@@ -24,6 +24,10 @@
 //!    reported as 40003, never as a retryable error;
 //! 5. releases the commit locks, then the gateway's row locks.
 //!
+//! A range owner that does not answer a write it may have applied (40003 from the KV layer)
+//! makes the COMMIT's result ambiguous: the ranges written before it are left as they are
+//! and the COMMIT fails with 40003.
+//!
 //! Limits (documented departures from CockroachDB's serializable isolation):
 //! - phantoms: a scan records the rows it found, not the absence of others, so a row inserted
 //!   concurrently into a range the transaction scanned is not detected (point lookups by
@@ -289,6 +293,16 @@ impl CommitLocks {
         for (_, group) in by_range {
             if let Err(e) = locks.acquire_range(kv, group, deadline).await {
                 locks.release(kv).await;
+                if e.code() == sqlstate::STATEMENT_COMPLETION_UNKNOWN {
+                    // Only a lock may have been taken (it goes stale); no row was written.
+                    return Err(SqlError::new(
+                        sqlstate::RANGE_UNAVAILABLE,
+                        format!(
+                            "the transaction was not committed: its commit locks could not be taken: {}",
+                            e.message()
+                        ),
+                    ));
+                }
                 return Err(e);
             }
         }
@@ -440,6 +454,18 @@ async fn write_ranges(kv: &KvClient, groups: Vec<Vec<Change>>) -> Result<()> {
         };
         if written.is_empty() {
             return Err(failure);
+        }
+        if failure.code() == sqlstate::STATEMENT_COMPLETION_UNKNOWN {
+            // The failed range may have been written: undoing the others could just as well
+            // make the commit partial. Leave them and say so.
+            return Err(SqlError::new(
+                sqlstate::STATEMENT_COMPLETION_UNKNOWN,
+                format!(
+                    "result is ambiguous: the commit wrote {} range(s), then the owner of another range did not answer a write it may have applied",
+                    written.len()
+                ),
+            )
+            .with_detail(format!("cause: {}", failure.message())));
         }
         return Err(undo_written(kv, written, failure).await);
     }

@@ -28,7 +28,12 @@
 //!
 //! Invariants: a row's primary entry and its non-unique index entries are written in one
 //! conditional batch; a unique index entry points at the row that holds its value (or is a
-//! claim being released or taken over); every error a client sees has a SQLSTATE.
+//! claim being released or taken over); every error a client sees has a SQLSTATE; an explicit
+//! transaction commits only if every row it read is unchanged (optimistic, `exec/txn.rs`).
+//!
+//! Key space: besides rows and index entries, a COMMIT writes short-lived commit locks at
+//! `0x02 <table> <shard> <index u32::MAX> <rest of the locked key>` (same range as the key,
+//! outside every primary index span, so replication streams and SQL scans never see them).
 
 pub mod catalog;
 pub mod datum;

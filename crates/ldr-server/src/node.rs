@@ -204,7 +204,27 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     info!(node_id = kv.node_id(), cluster_id = %kv.cluster_id(), "node initialized");
 
     let registry = Registry::start(kv.clone());
-    let sql = SqlWiring::start(kv.clone(), registry.clone(), metrics.clone()).await?;
+    // The SQL layer reads the system keyspace (node 1) to start: while node 1 is down or
+    // unreachable, keep the process up and retry, as the registry does, instead of exiting.
+    let sql = {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match SqlWiring::start(kv.clone(), registry.clone(), metrics.clone()).await {
+                Ok(sql) => break sql,
+                Err(e) => {
+                    warn!(error = %e, ?backoff, "cannot start SQL yet (is node 1 reachable?); retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown_signal() => {
+                            kv_node.stop().await;
+                            return Ok(());
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    };
     let producer = Arc::new(Producer {
         kv: kv.clone(),
         registry: registry.clone(),

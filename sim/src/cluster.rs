@@ -175,6 +175,8 @@ pub struct NodeInfo {
     pub clock_offset_ns: i64,
     /// How many times this node was started.
     pub starts: u32,
+    /// The exit status, when the process ended on its own (not killed by the harness).
+    pub exited: Option<String>,
 }
 
 struct NodeState {
@@ -273,7 +275,6 @@ impl Cluster {
                         last_error = Some(e);
                         continue;
                     }
-                    eprintln!("{report}");
                     return Err(SimError::Process(report));
                 }
             }
@@ -556,7 +557,6 @@ impl Cluster {
                     "node {index} of cluster {} is not ready: {e}",
                     self.spec.name
                 ));
-                eprintln!("{report}");
                 Err(SimError::Process(report))
             }
         }
@@ -600,6 +600,10 @@ impl Cluster {
             .process
             .as_mut()
             .is_some_and(ManagedProcess::is_running);
+        let exited = match state.process.as_mut() {
+            Some(process) if !running => process.try_wait().ok().flatten().map(|s| s.to_string()),
+            _ => None,
+        };
         Ok(NodeInfo {
             index,
             listen_addr: node.listen_addr,
@@ -616,6 +620,7 @@ impl Cluster {
             paused: state.paused && running,
             clock_offset_ns: state.clock_offset_ns,
             starts: state.starts,
+            exited,
         })
     }
 
@@ -826,6 +831,26 @@ impl Cluster {
     pub async fn set_clock_offset(&self, index: usize, offset_ns: i64) -> Result<()> {
         self.node(index)?.state().clock_offset_ns = offset_ns;
         self.restart(index).await
+    }
+
+    /// Sets the clock offset node `index` gets at its next start, without restarting it.
+    pub fn set_next_clock_offset(&self, index: usize, offset_ns: i64) -> Result<()> {
+        self.node(index)?.state().clock_offset_ns = offset_ns;
+        Ok(())
+    }
+
+    /// Waits at most `timeout` for node `index` to be ready: `Ok(true)` when it is,
+    /// `Ok(false)` when it still runs but is not ready yet (e.g. it waits for a node that is
+    /// down), an error with the node logs when it exited or is not running.
+    pub async fn wait_ready_within(&self, index: usize, timeout: Duration) -> Result<bool> {
+        match self.wait_ready_until(index, Instant::now() + timeout).await {
+            Ok(()) => Ok(true),
+            Err(SimError::Timeout { .. }) => Ok(false),
+            Err(e) => Err(SimError::Process(self.failure_report(&format!(
+                "node {index} of cluster {} is not ready: {e}",
+                self.spec.name
+            )))),
+        }
     }
 
     /// The last `lines` lines of node `index`'s log.

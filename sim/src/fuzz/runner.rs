@@ -44,6 +44,8 @@ use crate::workload::{WriteRecord, WriteStatus};
 
 /// How long a `PAUSE JOB` may take to show as `paused`.
 const JOB_STATUS_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the schedule waits for a restarted node to serve before it goes on.
+const RESTART_READY_WAIT: Duration = Duration::from_secs(10);
 
 /// Knobs of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,22 +268,40 @@ impl<'a> Runner<'a> {
                     });
                 }
                 op => {
+                    // A node that exited on its own crashed: stop here, before a fault step
+                    // could hide it (a kill, then a restart).
+                    if let Some(crash) = self.crashes() {
+                        outcome = Err(SimError::Process(crash));
+                        break;
+                    }
                     timeline.push(format!("{:>8.3}s {op}", start.elapsed().as_secs_f64()));
                     if let Op::Kill { cluster, .. } | Op::ClockSkew { cluster, .. } = op {
                         restarted[*cluster as usize] = true;
                     }
-                    if let Err(e) = self.apply_fault(op).await {
-                        outcome = Err(SimError::Process(format!(
-                            "fault step {index} ({op}) failed: {e}"
-                        )));
-                        break;
+                    match self.apply_fault(op).await {
+                        Ok(None) => {}
+                        Ok(Some(note)) => {
+                            if let Some(line) = timeline.last_mut() {
+                                line.push_str(&format!(" ({note})"));
+                            }
+                        }
+                        Err(e) => {
+                            outcome = Err(SimError::Process(format!(
+                                "fault step {index} ({op}) failed: {e}"
+                            )));
+                            break;
+                        }
                     }
                 }
             }
         }
-        // Heal whatever is still broken (a failed run, or a hand-written scenario).
-        let healed = self.heal_all().await;
+        // Heal whatever is still broken (a failed run, or a hand-written scenario), and wait
+        // until every node serves again.
+        let (healed, ready) = self.heal_all().await;
         timeline.extend(healed);
+        if outcome.is_ok() {
+            outcome = ready;
+        }
         while writes.join_next().await.is_some() {}
         let records = std::mem::take(&mut *records.lock().unwrap_or_else(|p| p.into_inner()));
         let mut oracle = match origin_ids {
@@ -491,45 +511,90 @@ impl<'a> Runner<'a> {
         }
     }
 
-    async fn apply_fault(&self, op: &Op) -> Result<()> {
+    /// Runs one fault step; `Some(note)` is added to its timeline line.
+    async fn apply_fault(&self, op: &Op) -> Result<Option<String>> {
+        let done = |r: Result<()>| r.map(|()| None);
         match op {
-            Op::Write { .. } => Ok(()),
-            Op::Kill { cluster, node } => self.cluster(*cluster).kill(*node),
-            Op::Restart { cluster, node } => self.cluster(*cluster).restart(*node).await,
-            Op::Pause { cluster, node } => self.cluster(*cluster).pause(*node),
-            Op::Resume { cluster, node } => self.cluster(*cluster).resume(*node),
+            Op::Write { .. } => Ok(None),
+            Op::Kill { cluster, node } => done(self.cluster(*cluster).kill(*node)),
+            Op::Restart { cluster, node } => self.restart_node(*cluster, *node, None).await,
             Op::ClockSkew {
                 cluster,
                 node,
                 offset_ns,
-            } => {
-                self.cluster(*cluster)
-                    .set_clock_offset(*node, *offset_ns)
-                    .await
-            }
+            } => self.restart_node(*cluster, *node, Some(*offset_ns)).await,
+            Op::Pause { cluster, node } => done(self.cluster(*cluster).pause(*node)),
+            Op::Resume { cluster, node } => done(self.cluster(*cluster).resume(*node)),
             Op::Network {
                 cluster: Some(side),
                 fault,
-            } => self.cluster(*side).set_fault(*fault),
+            } => done(self.cluster(*side).set_fault(*fault)),
             Op::Network {
                 cluster: None,
                 fault,
             } => {
                 self.a.set_fault(*fault)?;
-                self.b.set_fault(*fault)
+                done(self.b.set_fault(*fault))
             }
             Op::PauseJobs { cluster } => {
-                ldr::pause_jobs(self.cluster(*cluster), JOB_STATUS_TIMEOUT).await
+                done(ldr::pause_jobs(self.cluster(*cluster), JOB_STATUS_TIMEOUT).await)
             }
-            Op::ResumeJobs { cluster } => ldr::resume_jobs(self.cluster(*cluster)).await,
+            Op::ResumeJobs { cluster } => done(ldr::resume_jobs(self.cluster(*cluster)).await),
+        }
+    }
+
+    /// Restarts a node (with a new clock offset, if given) on its store. The schedule waits
+    /// at most [`RESTART_READY_WAIT`] for it: a node may not serve until another node of its
+    /// cluster that is down comes back later in the schedule; the heal step waits for it in
+    /// full. A node that exits fails the step.
+    async fn restart_node(
+        &self,
+        side: Side,
+        node: usize,
+        offset_ns: Option<i64>,
+    ) -> Result<Option<String>> {
+        let cluster = self.cluster(side);
+        cluster.kill(node)?;
+        if let Some(offset) = offset_ns {
+            cluster.set_next_clock_offset(node, offset)?;
+        }
+        cluster.start_node(node)?;
+        if cluster.wait_ready_within(node, RESTART_READY_WAIT).await? {
+            Ok(None)
+        } else {
+            Ok(Some(format!(
+                "not ready after {}s, the schedule goes on",
+                RESTART_READY_WAIT.as_secs()
+            )))
         }
     }
 
     /// Passes all traffic, resumes paused nodes, restarts stopped ones and resets skewed
-    /// clocks; returns a line per repair (none after a generated scenario, which heals itself).
+    /// clocks, then waits until every node is ready; returns a line per repair (none after a
+    /// generated scenario, which heals itself) and an error if a node is not ready or had
+    /// exited on its own (a crash the harness did not cause).
     /// Paused jobs are left alone: a scenario that leaves a job paused tests exactly that.
-    async fn heal_all(&self) -> Vec<String> {
+    /// Every node that exited on its own, with its log tail; `None` if there is none.
+    fn crashes(&self) -> Option<String> {
+        let mut crashed = Vec::new();
+        for (cluster, label) in [(self.a, "a"), (self.b, "b")] {
+            for info in cluster.nodes() {
+                if let Some(status) = &info.exited {
+                    crashed.push(format!(
+                        "node {label}/{} exited on its own ({status}); its log: {}\n{}",
+                        info.index,
+                        info.log_path.display(),
+                        cluster.log_tail(info.index, 30).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        (!crashed.is_empty()).then(|| crashed.join("\n"))
+    }
+
+    async fn heal_all(&self) -> (Vec<String>, Result<()>) {
         let mut repairs = Vec::new();
+        let crashed = self.crashes();
         for (cluster, label) in [(self.a, "a"), (self.b, "b")] {
             if cluster.spec().proxied_sql {
                 let _ = cluster.set_fault(Fault::Pass);
@@ -538,12 +603,13 @@ impl<'a> Runner<'a> {
                 let (what, result) = if info.paused {
                     ("resume", cluster.resume(info.index))
                 } else if !info.running {
-                    ("restart", cluster.restart(info.index).await)
+                    ("restart", cluster.start_node(info.index))
                 } else if info.clock_offset_ns != 0 {
-                    (
-                        "reset the clock of",
-                        cluster.set_clock_offset(info.index, 0).await,
-                    )
+                    let restarted = cluster
+                        .set_next_clock_offset(info.index, 0)
+                        .and_then(|()| cluster.kill(info.index))
+                        .and_then(|()| cluster.start_node(info.index));
+                    ("reset the clock of", restarted)
                 } else {
                     continue;
                 };
@@ -553,7 +619,17 @@ impl<'a> Runner<'a> {
                 }
             }
         }
-        repairs
+        for cluster in [self.a, self.b] {
+            for index in cluster.node_ids() {
+                if let Err(e) = cluster.wait_ready(index).await {
+                    return (repairs, Err(e));
+                }
+            }
+        }
+        match crashed {
+            None => (repairs, Ok(())),
+            Some(crash) => (repairs, Err(SimError::Process(crash))),
+        }
     }
 
     fn failure(

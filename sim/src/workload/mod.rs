@@ -370,18 +370,16 @@ pub(crate) fn error_kind(error: &tokio_postgres::Error) -> String {
 }
 
 /// Whether a failed write may still have committed: no answer from the server (connection
-/// errors, class 08), `statement_completion_unknown` (40003), or a system/internal error
-/// (classes 58 and XX: ldr answers 58C00 "node … is unavailable" when the RPC to a range's
-/// owner failed, which may be after the owner applied the write).
+/// errors, class 08), `statement_completion_unknown` (40003: ldr's answer when a range owner
+/// stopped answering after the write was sent), or an internal error (class XX, which says
+/// nothing about what happened). Everything else, 58C00 "node … is unavailable" included
+/// (the write never reached the owner), certainly did not apply.
 pub(crate) fn is_ambiguous(error: &tokio_postgres::Error) -> bool {
     match error.code() {
         None => true,
         Some(code) => {
             let code = code.code();
-            code.starts_with("08")
-                || code.starts_with("58")
-                || code.starts_with("XX")
-                || code == "40003"
+            code.starts_with("08") || code.starts_with("XX") || code == "40003"
         }
     }
 }

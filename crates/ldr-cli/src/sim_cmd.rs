@@ -4,8 +4,9 @@
 //! Each scenario runs against two fresh clusters of this very binary (`a` and `b`, N nodes
 //! each, inter-cluster traffic through fault proxies) with bidirectional LDR on a `kv` table:
 //! writes on both sides, faults (kill/restart, pause/resume, cut, blackhole, delay, clock
-//! skew), then the checkers (quiesce, convergence, LWW oracle, monotonic replicated time,
-//! accounting). `fuzz` generates scenario `i` from seed `S + i`: the same seed and options
+//! skew, paused jobs), then the checkers (quiesce, convergence, LWW oracle, monotonic
+//! replicated time, accounting). `fuzz` generates scenario `i` from seed `S + i`: the same
+//! seed and options
 //! always give the same writes and fault schedule. Every run prints its seed and how to
 //! reproduce it; a failure prints the fault timeline and the write history of every wrong
 //! key, saves the scenario (for `ldr sim run`), keeps the clusters' stores and logs, and
@@ -69,7 +70,7 @@ pub struct FuzzArgs {
     #[arg(long)]
     pub faults: Option<usize>,
     /// Fault kinds to draw from, comma separated: kill, pause, cut, blackhole, delay,
-    /// clock-skew (default: all).
+    /// clock-skew, pause-job (default: all).
     #[arg(long, value_delimiter = ',')]
     pub fault_kinds: Vec<String>,
     /// Percentage of writes that are deletes.
@@ -147,7 +148,7 @@ fn parse_fault_kind(text: &str) -> Result<FaultKind> {
     let name = text.trim().to_ascii_lowercase().replace('-', "_");
     serde_json::from_value(serde_json::Value::String(name)).map_err(|_| {
         anyhow::anyhow!(
-            "unknown fault kind {text:?} (expected kill, pause, cut, blackhole, delay or clock-skew)"
+            "unknown fault kind {text:?} (expected kill, pause, cut, blackhole, delay, clock-skew or pause-job)"
         )
     })
 }

@@ -6,11 +6,10 @@
 //! writes on both sides, faults (kill/restart, pause/resume, cut, blackhole, delay, clock
 //! skew, paused jobs), then the checkers (quiesce, convergence, LWW oracle, monotonic
 //! replicated time, accounting). `fuzz` generates scenario `i` from seed `S + i`: the same
-//! seed and options
-//! always give the same writes and fault schedule. Every run prints its seed and how to
-//! reproduce it; a failure prints the fault timeline and the write history of every wrong
-//! key, saves the scenario (for `ldr sim run`), keeps the clusters' stores and logs, and
-//! makes the command exit non-zero.
+//! seed and options always give the same writes and fault schedule. Every run prints its
+//! seed and how to reproduce it; a failure prints the fault timeline and the write history
+//! of every wrong key, saves the scenario (for `ldr sim run`), keeps the clusters' stores
+//! and logs, and makes the command exit non-zero.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

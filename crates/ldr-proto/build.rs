@@ -4,7 +4,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROTOC").is_none() {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
-    let protos = ["../../proto/common.proto", "../../proto/kv.proto", "../../proto/stream.proto", "../../proto/ingest.proto"];
+    let protos = [
+        "../../proto/common.proto",
+        "../../proto/kv.proto",
+        "../../proto/stream.proto",
+        "../../proto/ingest.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -168,12 +168,12 @@ async fn finish(
         payload.tables.join(", "),
         request.external_connection
     );
-    let json = |v: serde_json::Result<serde_json::Value>| v.map_err(|e| SqlError::internal(e));
+    let json = |v: serde_json::Result<serde_json::Value>| v.map_err(SqlError::internal);
     // DLQ tables first (idempotent), so a job never runs without them.
     DlqTables::new(ctx.catalog.clone(), ctx.sql.clone())
         .ensure(&destinations)
         .await
-        .map_err(|e| SqlError::internal(e))?;
+        .map_err(SqlError::internal)?;
     let job_id = ctx
         .registry
         .create(
@@ -184,7 +184,7 @@ async fn finish(
             json(serde_json::to_value(&progress))?,
         )
         .await
-        .map_err(|e| SqlError::internal(e))?;
+        .map_err(SqlError::internal)?;
     for d in &destinations {
         if let Err(e) = ldr_sql::validation::lock(&ctx.catalog, d.id, job_id).await {
             let _ = ctx.registry.cancel(job_id).await;

@@ -464,10 +464,10 @@ impl ImmediateApplier {
                             .prev
                             .as_ref()
                             .and_then(|r| rowcodec::unique_values(&d, index, r));
-                        if let Some(v) = old_vals.filter(|v| Some(v) != new_vals.as_ref()) {
-                            if let Err(e) = self.release(&d, index, &v, &p.pk, p.header).await {
-                                return EventOutcome::Failed(e);
-                            }
+                        if let Some(v) = old_vals.filter(|v| Some(v) != new_vals.as_ref())
+                            && let Err(e) = self.release(&d, index, &v, &p.pk, p.header).await
+                        {
+                            return EventOutcome::Failed(e);
                         }
                     }
                     return EventOutcome::Applied;

@@ -12,7 +12,10 @@ use ldr_types::{ResolvedSpan, Span, Timestamp};
 
 impl From<Timestamp> for pb::Timestamp {
     fn from(t: Timestamp) -> Self {
-        pb::Timestamp { wall_time_ns: t.wall_time_ns, logical: t.logical }
+        pb::Timestamp {
+            wall_time_ns: t.wall_time_ns,
+            logical: t.logical,
+        }
     }
 }
 
@@ -29,13 +32,19 @@ pub fn ts_or_zero(t: Option<pb::Timestamp>) -> Timestamp {
 
 impl From<Span> for pb::Span {
     fn from(s: Span) -> Self {
-        pb::Span { start: s.start, end: s.end }
+        pb::Span {
+            start: s.start,
+            end: s.end,
+        }
     }
 }
 
 impl From<&Span> for pb::Span {
     fn from(s: &Span) -> Self {
-        pb::Span { start: s.start.clone(), end: s.end.clone() }
+        pb::Span {
+            start: s.start.clone(),
+            end: s.end.clone(),
+        }
     }
 }
 
@@ -47,13 +56,19 @@ impl From<pb::Span> for Span {
 
 impl From<ResolvedSpan> for pb::ResolvedSpan {
     fn from(r: ResolvedSpan) -> Self {
-        pb::ResolvedSpan { span: Some(r.span.into()), ts: Some(r.ts.into()) }
+        pb::ResolvedSpan {
+            span: Some(r.span.into()),
+            ts: Some(r.ts.into()),
+        }
     }
 }
 
 impl From<pb::ResolvedSpan> for ResolvedSpan {
     fn from(r: pb::ResolvedSpan) -> Self {
-        ResolvedSpan { span: r.span.map(Span::from).unwrap_or_default(), ts: ts_or_zero(r.ts) }
+        ResolvedSpan {
+            span: r.span.map(Span::from).unwrap_or_default(),
+            ts: ts_or_zero(r.ts),
+        }
     }
 }
 
@@ -76,7 +91,10 @@ mod tests {
     fn conversions_round_trip() {
         let t = Timestamp::new(42, 7);
         assert_eq!(Timestamp::from(pb::Timestamp::from(t)), t);
-        let r = ResolvedSpan { span: Span::new(b"a".to_vec(), b"b".to_vec()), ts: t };
+        let r = ResolvedSpan {
+            span: Span::new(b"a".to_vec(), b"b".to_vec()),
+            ts: t,
+        };
         assert_eq!(ResolvedSpan::from(pb::ResolvedSpan::from(r.clone())), r);
         assert_eq!(ts_or_zero(None), Timestamp::ZERO);
     }

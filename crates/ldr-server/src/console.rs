@@ -59,7 +59,7 @@ const TYPE_FILTERS: [(&str, Option<JobType>); 4] = [
     ("Row Level TTL", Some(JobType::RowLevelTtl)),
 ];
 
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<String> {
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k == name).then(|| v.replace('+', " ").replace("%20", " "))

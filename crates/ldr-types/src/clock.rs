@@ -25,7 +25,11 @@ pub enum ClockError {
     #[error(
         "remote timestamp {remote} is {ahead_ms}ms ahead of the local physical clock, more than the maximum clock offset of {max_offset_ms}ms"
     )]
-    RemoteTooFarAhead { remote: Timestamp, ahead_ms: u64, max_offset_ms: u64 },
+    RemoteTooFarAhead {
+        remote: Timestamp,
+        ahead_ms: u64,
+        max_offset_ms: u64,
+    },
 }
 
 /// A hybrid logical clock.
@@ -44,7 +48,11 @@ impl Default for Clock {
 
 impl Clock {
     pub fn new(max_offset: Duration) -> Clock {
-        Clock { state: Mutex::new(Timestamp::ZERO), max_offset, physical_offset_ns: AtomicI64::new(0) }
+        Clock {
+            state: Mutex::new(Timestamp::ZERO),
+            max_offset,
+            physical_offset_ns: AtomicI64::new(0),
+        }
     }
 
     pub fn max_offset(&self) -> Duration {
@@ -62,9 +70,16 @@ impl Clock {
 
     /// The physical clock, including the test offset, in nanoseconds since the epoch.
     pub fn physical_now_ns(&self) -> u64 {
-        let raw = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let raw = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         let offset = self.physical_offset_ns.load(Ordering::Relaxed);
-        if offset >= 0 { raw.saturating_add(offset as u64) } else { raw.saturating_sub(offset.unsigned_abs()) }
+        if offset >= 0 {
+            raw.saturating_add(offset as u64)
+        } else {
+            raw.saturating_sub(offset.unsigned_abs())
+        }
     }
 
     /// A new timestamp, greater than every timestamp this clock returned or received before.
@@ -83,7 +98,11 @@ impl Clock {
     pub fn peek(&self) -> Timestamp {
         let physical = self.physical_now_ns();
         let state = self.state.lock();
-        if physical > state.wall_time_ns { Timestamp::new(physical, 0) } else { *state }
+        if physical > state.wall_time_ns {
+            Timestamp::new(physical, 0)
+        } else {
+            *state
+        }
     }
 
     /// Moves the clock forward to at least `remote`.
@@ -135,12 +154,22 @@ mod tests {
         let clock = Clock::new(Duration::from_millis(500));
         let now = clock.now();
         let ahead = now.add_nanos(100_000_000);
-        clock.update(ahead).expect("100ms ahead is within the offset");
+        clock
+            .update(ahead)
+            .expect("100ms ahead is within the offset");
         assert!(clock.now() > ahead);
         let too_far = now.add_nanos(10_000_000_000);
-        let err = clock.update(too_far).expect_err("10s ahead exceeds the 500ms offset");
-        assert!(err.to_string().contains("maximum clock offset of 500ms"), "{err}");
-        assert!(clock.now() < too_far, "a refused timestamp must not move the clock");
+        let err = clock
+            .update(too_far)
+            .expect_err("10s ahead exceeds the 500ms offset");
+        assert!(
+            err.to_string().contains("maximum clock offset of 500ms"),
+            "{err}"
+        );
+        assert!(
+            clock.now() < too_far,
+            "a refused timestamp must not move the clock"
+        );
     }
 
     #[test]
@@ -149,7 +178,10 @@ mod tests {
         let before = clock.now();
         clock.set_physical_offset_ns(-5_000_000_000);
         let after = clock.now();
-        assert!(after > before, "a negative skew must not move the HLC backwards");
+        assert!(
+            after > before,
+            "a negative skew must not move the HLC backwards"
+        );
         clock.set_physical_offset_ns(5_000_000_000);
         assert!(clock.now().wall_time_ns >= before.wall_time_ns + 4_000_000_000);
     }

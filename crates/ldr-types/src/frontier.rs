@@ -43,7 +43,10 @@ impl SpanFrontier {
                 _ => merged.push(s),
             }
         }
-        let entries = merged.into_iter().map(|s| (s.start, (s.end, initial))).collect();
+        let entries = merged
+            .into_iter()
+            .map(|s| (s.start, (s.end, initial)))
+            .collect();
         SpanFrontier { entries }
     }
 
@@ -54,7 +57,11 @@ impl SpanFrontier {
 
     /// The minimum resolved timestamp over all tracked keys (`Timestamp::MAX` when empty).
     pub fn frontier(&self) -> Timestamp {
-        self.entries.values().map(|(_, ts)| *ts).min().unwrap_or(Timestamp::MAX)
+        self.entries
+            .values()
+            .map(|(_, ts)| *ts)
+            .min()
+            .unwrap_or(Timestamp::MAX)
     }
 
     /// Raises the tracked keys inside `span` to at least `ts`. Returns whether the overall
@@ -68,7 +75,9 @@ impl SpanFrontier {
         let overlapping: Vec<(Vec<u8>, Vec<u8>, Timestamp)> = self
             .entries
             .range(..span.end.clone())
-            .filter(|(start, (end, _))| start.as_slice() < span.end.as_slice() && end.as_slice() > span.start.as_slice())
+            .filter(|(start, (end, _))| {
+                start.as_slice() < span.end.as_slice() && end.as_slice() > span.start.as_slice()
+            })
             .map(|(start, (end, t))| (start.clone(), end.clone(), *t))
             .collect();
         for (start, end, old) in overlapping {
@@ -78,7 +87,8 @@ impl SpanFrontier {
             self.entries.remove(&start);
             // Left remainder keeps the old timestamp.
             if start < span.start {
-                self.entries.insert(start.clone(), (span.start.clone(), old));
+                self.entries
+                    .insert(start.clone(), (span.start.clone(), old));
             }
             // Right remainder keeps the old timestamp.
             if end > span.end {
@@ -90,7 +100,10 @@ impl SpanFrontier {
         }
         self.coalesce();
         let after = self.frontier();
-        debug_assert!(after >= before, "a frontier never moves backwards: {before:?} -> {after:?}");
+        debug_assert!(
+            after >= before,
+            "a frontier never moves backwards: {before:?} -> {after:?}"
+        );
         after > before
     }
 
@@ -98,7 +111,10 @@ impl SpanFrontier {
     pub fn entries(&self) -> Vec<ResolvedSpan> {
         self.entries
             .iter()
-            .map(|(start, (end, ts))| ResolvedSpan { span: Span::new(start.clone(), end.clone()), ts: *ts })
+            .map(|(start, (end, ts))| ResolvedSpan {
+                span: Span::new(start.clone(), end.clone()),
+                ts: *ts,
+            })
             .collect()
     }
 
@@ -150,10 +166,16 @@ mod tests {
     fn frontier_is_the_minimum_and_only_moves_forward() {
         let mut f = SpanFrontier::new([sp("a", "c"), sp("e", "g")], ts(1));
         assert_eq!(f.frontier(), ts(1));
-        assert!(!f.forward(&sp("a", "c"), ts(5)), "the other span still holds the frontier");
+        assert!(
+            !f.forward(&sp("a", "c"), ts(5)),
+            "the other span still holds the frontier"
+        );
         assert!(f.forward(&sp("e", "g"), ts(3)));
         assert_eq!(f.frontier(), ts(3));
-        assert!(!f.forward(&sp("e", "g"), ts(2)), "lower timestamps are ignored");
+        assert!(
+            !f.forward(&sp("e", "g"), ts(2)),
+            "lower timestamps are ignored"
+        );
         assert_eq!(f.frontier(), ts(3));
     }
 
@@ -164,7 +186,13 @@ mod tests {
         assert_eq!(f.frontier(), ts(1));
         let e = f.entries();
         assert_eq!(e.len(), 3);
-        assert_eq!(e[1], ResolvedSpan { span: sp("c", "f"), ts: ts(4) });
+        assert_eq!(
+            e[1],
+            ResolvedSpan {
+                span: sp("c", "f"),
+                ts: ts(4)
+            }
+        );
         f.forward(&sp("a", "c"), ts(4));
         f.forward(&sp("f", "z"), ts(4));
         assert_eq!(f.frontier(), ts(4));
@@ -175,7 +203,13 @@ mod tests {
     fn untracked_keys_are_ignored() {
         let mut f = SpanFrontier::new([sp("b", "d")], ts(1));
         f.forward(&sp("a", "z"), ts(7));
-        assert_eq!(f.entries(), vec![ResolvedSpan { span: sp("b", "d"), ts: ts(7) }]);
+        assert_eq!(
+            f.entries(),
+            vec![ResolvedSpan {
+                span: sp("b", "d"),
+                ts: ts(7)
+            }]
+        );
         assert!(!f.forward(&sp("x", "y"), ts(9)));
         assert_eq!(f.spans(), vec![sp("b", "d")]);
     }
@@ -185,7 +219,9 @@ mod tests {
         // Keys are single letters; the model holds one timestamp per letter.
         let mut seed: u64 = 0x5eed;
         let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             seed >> 33
         };
         for _ in 0..200 {

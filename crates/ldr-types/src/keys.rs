@@ -24,7 +24,10 @@ pub const INDEX_PREFIX_LEN: usize = 1 + 4 + 2 + 4;
 
 /// A key in the system keyspace: `0x01 <subspace> 0x00 <key>`.
 pub fn system_key(subspace: &str, key: &[u8]) -> Vec<u8> {
-    debug_assert!(!subspace.as_bytes().contains(&0), "subspace names are NUL-free");
+    debug_assert!(
+        !subspace.as_bytes().contains(&0),
+        "subspace names are NUL-free"
+    );
     let mut out = Vec::with_capacity(2 + subspace.len() + key.len());
     out.push(SYSTEM_PREFIX);
     out.extend_from_slice(subspace.as_bytes());
@@ -94,7 +97,12 @@ pub fn decode_table_key(key: &[u8]) -> Option<TableKey<'_>> {
     let table_id = TableId::from_be_bytes(key[1..5].try_into().ok()?);
     let shard = u16::from_be_bytes(key[5..7].try_into().ok()?);
     let index_id = IndexId::from_be_bytes(key[7..11].try_into().ok()?);
-    Some(TableKey { table_id, shard, index_id, rest: &key[INDEX_PREFIX_LEN..] })
+    Some(TableKey {
+        table_id,
+        shard,
+        index_id,
+        rest: &key[INDEX_PREFIX_LEN..],
+    })
 }
 
 /// The stable shard of a primary key: FNV-1a over its encoded bytes, modulo the shard count.
@@ -141,7 +149,9 @@ pub fn pretty_key(key: &[u8]) -> String {
             let parts: [(usize, usize); 3] = [(1, 4), (5, 2), (7, 4)];
             for (start, len) in parts {
                 if key.len() >= start + len {
-                    let v = key[start..start + len].iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+                    let v = key[start..start + len]
+                        .iter()
+                        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
                     let _ = write!(s, "/{v}");
                 } else if key.len() > start {
                     s.push('/');
@@ -188,7 +198,10 @@ mod tests {
             k
         };
         let parts = decode_table_key(&k).expect("a complete table key");
-        assert_eq!((parts.table_id, parts.shard, parts.index_id, parts.rest), (104, 3, 1, &b"\x89"[..]));
+        assert_eq!(
+            (parts.table_id, parts.shard, parts.index_id, parts.rest),
+            (104, 3, 1, &b"\x89"[..])
+        );
         assert!(shard_span(104, 3).contains_key(&k));
         assert!(index_span(104, 3, 1).contains_key(&k));
         assert!(!shard_span(104, 4).contains_key(&k));

@@ -47,7 +47,12 @@ pub fn unique_id(clock: &Clock, node_id: NodeId) -> i64 {
     let mut last = LAST_UNITS.load(Ordering::Relaxed);
     let units = loop {
         let candidate = std::cmp::max(wall_units, last + 1);
-        match LAST_UNITS.compare_exchange_weak(last, candidate, Ordering::Relaxed, Ordering::Relaxed) {
+        match LAST_UNITS.compare_exchange_weak(
+            last,
+            candidate,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
             Ok(_) => break candidate,
             Err(actual) => last = actual,
         }

@@ -16,12 +16,18 @@ pub struct Span {
 
 impl Span {
     pub fn new(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Span {
-        Span { start: start.into(), end: end.into() }
+        Span {
+            start: start.into(),
+            end: end.into(),
+        }
     }
 
     /// The span holding exactly the keys that start with `prefix`.
     pub fn prefix(prefix: &[u8]) -> Span {
-        Span { start: prefix.to_vec(), end: prefix_end(prefix) }
+        Span {
+            start: prefix.to_vec(),
+            end: prefix_end(prefix),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -51,7 +57,12 @@ impl Span {
 
 impl fmt::Debug for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}, {})", pretty_key(&self.start), pretty_key(&self.end))
+        write!(
+            f,
+            "[{}, {})",
+            pretty_key(&self.start),
+            pretty_key(&self.end)
+        )
     }
 }
 
@@ -94,7 +105,10 @@ mod tests {
         let a = Span::new(b"a".to_vec(), b"m".to_vec());
         let b = Span::new(b"k".to_vec(), b"z".to_vec());
         assert!(a.overlaps(&b));
-        assert_eq!(a.intersect(&b), Some(Span::new(b"k".to_vec(), b"m".to_vec())));
+        assert_eq!(
+            a.intersect(&b),
+            Some(Span::new(b"k".to_vec(), b"m".to_vec()))
+        );
         let c = Span::new(b"m".to_vec(), b"n".to_vec());
         assert!(!a.overlaps(&c));
         assert_eq!(a.intersect(&c), None);

@@ -23,12 +23,21 @@ pub const TIMESTAMP_BYTES: usize = 12;
 
 impl Timestamp {
     /// The zero timestamp: "unset" wherever an `Option` would be awkward.
-    pub const ZERO: Timestamp = Timestamp { wall_time_ns: 0, logical: 0 };
+    pub const ZERO: Timestamp = Timestamp {
+        wall_time_ns: 0,
+        logical: 0,
+    };
     /// The largest timestamp.
-    pub const MAX: Timestamp = Timestamp { wall_time_ns: u64::MAX, logical: u32::MAX };
+    pub const MAX: Timestamp = Timestamp {
+        wall_time_ns: u64::MAX,
+        logical: u32::MAX,
+    };
 
     pub const fn new(wall_time_ns: u64, logical: u32) -> Self {
-        Timestamp { wall_time_ns, logical }
+        Timestamp {
+            wall_time_ns,
+            logical,
+        }
     }
 
     pub fn is_zero(&self) -> bool {
@@ -82,7 +91,10 @@ impl Timestamp {
         wall.copy_from_slice(&bytes[..8]);
         let mut logical = [0u8; 4];
         logical.copy_from_slice(&bytes[8..]);
-        Ok(Timestamp::new(u64::from_be_bytes(wall), u32::from_be_bytes(logical)))
+        Ok(Timestamp::new(
+            u64::from_be_bytes(wall),
+            u32::from_be_bytes(logical),
+        ))
     }
 
     /// CockroachDB's decimal form: `wall.logical` with ten logical digits.
@@ -113,7 +125,9 @@ impl fmt::Display for Timestamp {
 pub enum TimestampError {
     #[error("timestamp encoding has {0} bytes, expected 12")]
     BadLength(usize),
-    #[error("invalid timestamp {0:?}: expected a decimal wall.logical value such as 1732250000123456789.0000000000")]
+    #[error(
+        "invalid timestamp {0:?}: expected a decimal wall.logical value such as 1732250000123456789.0000000000"
+    )]
     BadDecimal(String),
 }
 
@@ -164,10 +178,18 @@ mod tests {
         ];
         for pair in ts.windows(2) {
             assert!(pair[0] < pair[1]);
-            assert!(pair[0].to_bytes() < pair[1].to_bytes(), "{:?} vs {:?}", pair[0], pair[1]);
+            assert!(
+                pair[0].to_bytes() < pair[1].to_bytes(),
+                "{:?} vs {:?}",
+                pair[0],
+                pair[1]
+            );
             assert_eq!(Timestamp::from_bytes(&pair[1].to_bytes()), Ok(pair[1]));
         }
-        assert_eq!(Timestamp::from_bytes(&[1, 2]), Err(TimestampError::BadLength(2)));
+        assert_eq!(
+            Timestamp::from_bytes(&[1, 2]),
+            Err(TimestampError::BadLength(2))
+        );
     }
 
     #[test]
@@ -183,7 +205,11 @@ mod tests {
 
     #[test]
     fn next_and_prev_are_inverse() {
-        for t in [Timestamp::new(5, 0), Timestamp::new(5, u32::MAX), Timestamp::new(9, 3)] {
+        for t in [
+            Timestamp::new(5, 0),
+            Timestamp::new(5, u32::MAX),
+            Timestamp::new(9, 3),
+        ] {
             assert!(t.next() > t);
             assert_eq!(t.next().prev(), t);
         }

@@ -5,8 +5,9 @@
 //!
 //! A transfer is `BEGIN; UPDATE bank SET balance = balance + $1 WHERE id = $2` for both
 //! accounts in id order (a fixed lock order, so workers do not deadlock in PostgreSQL)
-//! `; COMMIT`. Serialization failures (40001) and deadlocks (40P01) are retried up to five
-//! times within the operation.
+//! `; COMMIT`. Serialization failures (40001) and deadlocks (40P01) are retried within the
+//! operation, up to 20 times with jittered exponential backoff (1 ms doubling to 100 ms), as a
+//! client of an optimistic database should.
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,7 +30,10 @@ use crate::error::{Result, SimError};
 use crate::sql;
 
 /// Attempts per transfer when the server asks to retry.
-const TRANSFER_ATTEMPTS: u32 = 5;
+const TRANSFER_ATTEMPTS: u32 = 20;
+/// First and largest wait between two attempts of one transfer (jittered).
+const RETRY_BACKOFF_FIRST_MS: u64 = 1;
+const RETRY_BACKOFF_MAX_MS: u64 = 100;
 /// Rows per statement when creating the accounts.
 const INIT_BATCH: usize = 100;
 
@@ -309,7 +313,13 @@ async fn worker(id: usize, seed: u64, driver: Arc<Driver>, config: Arc<BankConfi
         let started = Instant::now();
         let mut outcome = Err("not attempted".to_string());
         let mut broken_connection = false;
-        for _attempt in 0..TRANSFER_ATTEMPTS {
+        for attempt in 0..TRANSFER_ATTEMPTS {
+            if attempt > 0 {
+                // Jittered backoff so contending transfers stop colliding.
+                let cap = (RETRY_BACKOFF_FIRST_MS << attempt.min(7)).min(RETRY_BACKOFF_MAX_MS);
+                let wait = rng.random_range(cap / 2..=cap);
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            }
             let (client, generation) = match conn.client().await {
                 Ok(pair) => pair,
                 Err(kind) => {

@@ -431,14 +431,7 @@ impl ImmediateApplier {
         for _ in 0..=MAX_REFRESHES {
             let mut claimed: Vec<(IndexDescriptor, Vec<u8>)> = Vec::new();
             for index in &p.table.unique_indexes {
-                let new_vals = p
-                    .new
-                    .as_ref()
-                    .and_then(|r| rowcodec::unique_values(&d, index, r));
-                let old_vals = p
-                    .prev
-                    .as_ref()
-                    .and_then(|r| rowcodec::unique_values(&d, index, r));
+                let (new_vals, old_vals) = unique_change(&d, index, &p);
                 if let Some(v) = new_vals.filter(|v| Some(v) != old_vals.as_ref()) {
                     if let Err(e) = self.claim(&d, index, &v, &p.pk, p.header).await {
                         for (index, v) in &claimed {
@@ -456,14 +449,7 @@ impl ImmediateApplier {
             match outcome {
                 Some(RowOutcome::Written { .. }) => {
                     for index in &p.table.unique_indexes {
-                        let new_vals = p
-                            .new
-                            .as_ref()
-                            .and_then(|r| rowcodec::unique_values(&d, index, r));
-                        let old_vals = p
-                            .prev
-                            .as_ref()
-                            .and_then(|r| rowcodec::unique_values(&d, index, r));
+                        let (new_vals, old_vals) = unique_change(&d, index, &p);
                         if let Some(v) = old_vals.filter(|v| Some(v) != new_vals.as_ref())
                             && let Err(e) = self.release(&d, index, &v, &p.pk, p.header).await
                         {
@@ -507,6 +493,19 @@ impl ImmediateApplier {
             Some(sqlstate::SERIALIZATION_FAILURE),
         ))
     }
+}
+
+/// The encoded values of a unique index in the incoming row and in the row it replaces.
+fn unique_change(
+    d: &TableDescriptor,
+    index: &IndexDescriptor,
+    p: &Prepared<'_>,
+) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let values = |row: &Option<Vec<Datum>>| {
+        row.as_ref()
+            .and_then(|r| rowcodec::unique_values(d, index, r))
+    };
+    (values(&p.new), values(&p.prev))
 }
 
 #[async_trait]

@@ -3,7 +3,6 @@
 //! ingestion flows and SQL.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,18 +21,8 @@ use crate::http::{self, HttpState};
 use crate::listener::{self, PgHandler};
 use crate::sql::SqlWiring;
 
-/// How a node starts (`ldr start` flags).
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub store_dir: PathBuf,
-    pub listen_addr: String,
-    pub advertise_addr: Option<String>,
-    pub advertise_sql_addr: Option<String>,
-    pub http_addr: String,
-    pub join: Vec<String>,
-    pub cluster_name: Option<String>,
-    pub max_clock_offset: Duration,
-}
+/// How a node starts (`ldr start` flags): the cluster layer's node configuration.
+pub use ldr_kv::NodeConfig as ServerConfig;
 
 /// Environment variable that shifts this node's physical clock (testbed clock skew).
 pub const CLOCK_OFFSET_ENV: &str = "LDR_CLOCK_OFFSET_NS";
@@ -57,15 +46,11 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     let listen_addr: SocketAddr = listener.local_addr()?;
     info!(%listen_addr, http = %http_listener.local_addr()?, store = %config.store_dir.display(), "starting node");
 
+    // Advertise the addresses actually bound (a `:0` port becomes the real one).
     let kv_node = KvNode::start(NodeConfig {
-        store_dir: config.store_dir.clone(),
         listen_addr: listen_addr.to_string(),
-        advertise_addr: config.advertise_addr.clone(),
-        advertise_sql_addr: config.advertise_sql_addr.clone(),
-        http_addr: config.http_addr.clone(),
-        join: config.join.clone(),
-        cluster_name: config.cluster_name.clone(),
-        max_clock_offset: config.max_clock_offset,
+        http_addr: http_listener.local_addr()?.to_string(),
+        ..config.clone()
     })
     .await
     .context("cannot start the node")?;

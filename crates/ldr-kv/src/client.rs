@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::future::{BoxFuture, join_all};
 use ldr_proto::pb;
 use ldr_storage::{ApplyResult, Condition, KeyVersion, RowOutcome, RowWrite, ValueHeader, Version};
-use ldr_types::{Clock, NodeId, OriginId, Span, TableId, Timestamp, keys};
+use ldr_types::{Clock, NodeId, OriginId, RangeId, Span, TableId, Timestamp, keys};
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -20,6 +20,9 @@ use crate::settings::{self, Settings};
 use crate::system::{self, SYSTEM_NODE_ID};
 use crate::wire;
 use crate::{KvError, NodeDescriptor, NodeStatus, PtsRecord, RangeDescriptor, Result};
+
+/// A range and the indexes (into a request's keys) of the keys it holds.
+type KeyGroup = (RangeDescriptor, Vec<usize>);
 
 /// Compare-and-swap rounds of a protected timestamp update before giving up.
 const PTS_UPDATE_ATTEMPTS_MAX: usize = 100;
@@ -82,6 +85,47 @@ impl KvClient {
             }
             other => other,
         }
+    }
+
+    /// Point reads of many keys, in input order (tombstones included, as [`KvClient::get`]):
+    /// keys are grouped by range and ranges by owner, each owner answers in one request, and
+    /// owners are read concurrently. `read_ts` `None` reads at each owner's now. If any read
+    /// fails, the error is returned.
+    pub async fn get_many(
+        &self,
+        keys: &[Vec<u8>],
+        read_ts: Option<Timestamp>,
+    ) -> Result<Vec<Option<Version>>> {
+        self.inner.require_identity()?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tables: HashMap<TableId, Arc<[RangeDescriptor]>> = HashMap::new();
+        for key in keys {
+            if let KeyRoute::Table { table_id, .. } = routing::route_key(key)?
+                && let std::collections::hash_map::Entry::Vacant(e) = tables.entry(table_id)
+            {
+                e.insert(self.table_ranges_cached(table_id).await?);
+            }
+        }
+        let groups = routing::group_keys(keys, |key| locate(&tables, key))?;
+        let mut by_node: Vec<(NodeId, Vec<KeyGroup>)> = Vec::new();
+        for (range, indexes) in groups {
+            match by_node.iter_mut().find(|(n, _)| *n == range.node_id) {
+                Some((_, g)) => g.push((range, indexes)),
+                None => by_node.push((range.node_id, vec![(range, indexes)])),
+            }
+        }
+        let reads = by_node
+            .into_iter()
+            .map(|(node_id, groups)| self.get_many_on_node(node_id, groups, keys, read_ts));
+        let mut out: Vec<Option<Version>> = vec![None; keys.len()];
+        for part in join_all(reads).await {
+            for (i, v) in part? {
+                out[i] = v;
+            }
+        }
+        Ok(out)
     }
 
     /// Live rows in `span` (may cross ranges) at `read_ts` (default: each owner's now), key
@@ -624,6 +668,103 @@ impl KvClient {
             )
             .await?;
         Ok(response.version.map(wire::version_from_pb))
+    }
+
+    /// Reads `groups` (ranges of `node_id`, with indexes into `keys`) in one request; after
+    /// "range not found", each range is read alone, and one the node no longer owns is looked
+    /// up again and read from its current owner. Answers are `(index, version)`.
+    async fn get_many_on_node(
+        &self,
+        node_id: NodeId,
+        groups: Vec<KeyGroup>,
+        keys: &[Vec<u8>],
+        read_ts: Option<Timestamp>,
+    ) -> Result<Vec<(usize, Option<Version>)>> {
+        let zip = |groups: Vec<KeyGroup>, versions: Vec<Option<Version>>| {
+            groups
+                .into_iter()
+                .flat_map(|(_, indexes)| indexes)
+                .zip(versions)
+                .collect::<Vec<_>>()
+        };
+        match self.read_on_node(node_id, &groups, keys, read_ts).await {
+            Ok(versions) => return Ok(zip(groups, versions)),
+            Err(KvError::RangeNotFound { .. })
+                if groups.iter().all(|(r, _)| r.table_id.is_some()) => {}
+            Err(e) => return Err(e),
+        }
+        // Which range was it? Ask each alone (unless there was only one), then refresh.
+        let single = groups.len() == 1;
+        let mut out = Vec::new();
+        for group in groups {
+            let group = vec![group];
+            let alone = if single {
+                None
+            } else {
+                Some(self.read_on_node(node_id, &group, keys, read_ts).await)
+            };
+            match alone {
+                Some(Ok(versions)) => out.extend(zip(group, versions)),
+                Some(Err(e)) if !matches!(e, KvError::RangeNotFound { .. }) => return Err(e),
+                _ => {
+                    let (range, indexes) = group.into_iter().next().expect("one group");
+                    let fresh = vec![(self.refreshed_range(&range).await?, indexes)];
+                    let versions = self
+                        .read_on_node(fresh[0].0.node_id, &fresh, keys, read_ts)
+                        .await?;
+                    out.extend(zip(fresh, versions));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One `GetMany` request (in-process for this node): every key of `groups`, flattened.
+    async fn read_on_node(
+        &self,
+        node_id: NodeId,
+        groups: &[KeyGroup],
+        keys: &[Vec<u8>],
+        read_ts: Option<Timestamp>,
+    ) -> Result<Vec<Option<Version>>> {
+        let count: usize = groups.iter().map(|(_, i)| i.len()).sum();
+        let request: Vec<(RangeId, Vec<Vec<u8>>)> = groups
+            .iter()
+            .map(|(range, indexes)| {
+                (
+                    range.range_id,
+                    indexes.iter().map(|i| keys[*i].clone()).collect(),
+                )
+            })
+            .collect();
+        let versions = if node_id == self.node_id() {
+            self.inner.serve_get_many(request, read_ts).await?
+        } else {
+            let request = pb::KvGetManyRequest {
+                ranges: request
+                    .into_iter()
+                    .map(|(range_id, keys)| pb::KvRangeKeys { range_id, keys })
+                    .collect(),
+                read_ts: read_ts.map(Into::into),
+            };
+            self.call_owner(
+                node_id,
+                request,
+                |mut c, r| async move { c.get_many(r).await },
+            )
+            .await?
+            .versions
+            .into_iter()
+            .map(|v| v.version.map(wire::version_from_pb))
+            .collect()
+        };
+        if versions.len() != count {
+            return Err(KvError::Internal(format!(
+                "node {node_id} answered {} of {count} keys",
+                versions.len()
+            )));
+        }
+        Ok(versions)
     }
 
     async fn scan_in_range(

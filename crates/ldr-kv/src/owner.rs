@@ -20,6 +20,8 @@ const INCREMENT_ATTEMPTS_MAX: usize = 1000;
 
 /// Writes of at most this many keys run inline on the calling task (see `NodeInner::storage`).
 const SMALL_WRITE_KEYS: usize = 64;
+/// Multi-key reads of at most this many keys run inline.
+const SMALL_GET_KEYS: usize = 64;
 /// Scans limited to at most this many rows run inline.
 const SMALL_SCAN_ROWS: usize = 100;
 
@@ -68,6 +70,31 @@ impl NodeInner {
         self.check_owner(range_id, &point_span(&key)).await?;
         let read_ts = read_ts.unwrap_or_else(|| self.clock.now());
         self.storage(true, move |e| e.get(&key, read_ts)).await
+    }
+
+    /// Point reads of keys of several ranges this node owns, at one read timestamp, in
+    /// request order.
+    pub(crate) async fn serve_get_many(
+        self: &Arc<Self>,
+        ranges: Vec<(RangeId, Vec<Vec<u8>>)>,
+        read_ts: Option<Timestamp>,
+    ) -> Result<Vec<Option<Version>>> {
+        for (range_id, keys) in &ranges {
+            if let (Some(min), Some(max)) = (keys.iter().min(), keys.iter().max()) {
+                self.check_owner(*range_id, &Span::new(min.clone(), keys_after(max)))
+                    .await?;
+            }
+        }
+        let read_ts = read_ts.unwrap_or_else(|| self.clock.now());
+        let count: usize = ranges.iter().map(|(_, k)| k.len()).sum();
+        self.storage(count <= SMALL_GET_KEYS, move |e| {
+            ranges
+                .iter()
+                .flat_map(|(_, keys)| keys.iter())
+                .map(|k| e.get(k, read_ts))
+                .collect()
+        })
+        .await
     }
 
     pub(crate) async fn serve_scan(

@@ -127,6 +127,27 @@ pub(crate) fn group_rows(
     Ok(groups)
 }
 
+/// Groups keys by their range, in order of first appearance; each group lists key indexes in
+/// input order.
+pub(crate) fn group_keys(
+    keys: &[Vec<u8>],
+    locate: impl Fn(&[u8]) -> Result<RangeDescriptor>,
+) -> Result<Vec<(RangeDescriptor, Vec<usize>)>> {
+    let mut groups: Vec<(RangeDescriptor, Vec<usize>)> = Vec::new();
+    let mut by_range: HashMap<RangeId, usize> = HashMap::new();
+    for (i, key) in keys.iter().enumerate() {
+        let range = locate(key)?;
+        match by_range.get(&range.range_id) {
+            Some(&g) => groups[g].1.push(i),
+            None => {
+                by_range.insert(range.range_id, groups.len());
+                groups.push((range, vec![i]));
+            }
+        }
+    }
+    Ok(groups)
+}
+
 /// The default number of shards of a new table: three per live node.
 pub(crate) fn default_shard_count(live_nodes: usize) -> u16 {
     u16::try_from(live_nodes.max(1).saturating_mul(3)).unwrap_or(u16::MAX)

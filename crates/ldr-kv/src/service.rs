@@ -108,6 +108,29 @@ impl Kv for KvService {
         reply(&node, result)
     }
 
+    async fn get_many(
+        &self,
+        request: Request<pb::KvGetManyRequest>,
+    ) -> Result<Response<pb::KvGetManyResponse>, Status> {
+        let node = self.enter(&request, Envelope::Cluster)?;
+        let r = request.into_inner();
+        let result = node
+            .serve_get_many(
+                r.ranges.into_iter().map(|g| (g.range_id, g.keys)).collect(),
+                r.read_ts.map(Into::into),
+            )
+            .await
+            .map(|versions| pb::KvGetManyResponse {
+                versions: versions
+                    .into_iter()
+                    .map(|v| pb::KvMaybeVersion {
+                        version: v.map(wire::version_to_pb),
+                    })
+                    .collect(),
+            });
+        reply(&node, result)
+    }
+
     async fn scan(
         &self,
         request: Request<pb::KvScanRequest>,

@@ -13,7 +13,8 @@ use sqlparser::ast as sql;
 
 use super::scan::{self, StoredRow};
 use super::select;
-use super::write::{self, Applied, Change};
+use super::upsert;
+use super::write::{self, Applied, Change, RowApplied};
 use super::{ColumnInfo, QueryResult, Session, resolve};
 use crate::catalog::TableDescriptor;
 use crate::datum::Datum;
@@ -384,6 +385,11 @@ async fn source_rows(
             .map(|r| r.into_iter().map(Some).collect())
             .collect(),
     };
+    // Columns not listed keep their value on UPSERT's update path; defaults count as given
+    // only for columns that were listed.
+    let given_mask: Vec<bool> = (0..desc.columns.len())
+        .map(|ci| plan.targets.contains(&ci))
+        .collect();
     let mut out = Vec::with_capacity(given_rows.len());
     for given in given_rows {
         let mut row = vec![Datum::Null; desc.columns.len()];
@@ -401,44 +407,65 @@ async fn source_rows(
                 row[ci] = d.eval(&[], ctx)?.coerce_for_column(&c.ty, &c.name)?;
             }
         }
-        // Columns not listed keep their value on UPSERT's update path; defaults count as
-        // given only for columns that were listed.
-        let given_mask: Vec<bool> = (0..desc.columns.len())
-            .map(|ci| plan.targets.contains(&ci))
-            .collect();
-        out.push((row, given_mask));
+        out.push((row, given_mask.clone()));
     }
     Ok(out)
 }
 
-/// Finds the row a new row conflicts with through an arbiter.
-async fn find_conflict(
-    s: &mut Session,
+/// The keys by which a proposed row conflicts with other proposed rows of its statement:
+/// its primary key for the primary key arbiter, its unique entry for a unique arbiter (none
+/// when a value is NULL), all of them without a conflict target.
+fn arbiter_keys(desc: &TableDescriptor, arbiter: &Arbiter, row: &[Datum]) -> Vec<Vec<u8>> {
+    let unique = |idx: &crate::catalog::IndexDescriptor| {
+        rowcodec::unique_values(desc, idx, row).map(|v| rowcodec::unique_key(desc, idx, &v))
+    };
+    match arbiter {
+        Arbiter::Primary => vec![rowcodec::primary_key(desc, row)],
+        Arbiter::Unique(idx) => unique(idx).into_iter().collect(),
+        Arbiter::Any => std::iter::once(rowcodec::primary_key(desc, row))
+            .chain(desc.indexes.iter().filter(|i| i.unique).filter_map(unique))
+            .collect(),
+    }
+}
+
+/// Finds, for each proposed row, the row it conflicts with through an arbiter (the primary
+/// key first, then unique indexes in order), with one read per range owner for all rows.
+async fn find_conflicts(
+    s: &Session,
     desc: &Arc<TableDescriptor>,
     arbiter: &Arbiter,
-    row: &[Datum],
+    rows: &[&[Datum]],
     ts: Timestamp,
-) -> Result<Option<StoredRow>> {
-    let kv = s.server.kv.clone();
+) -> Result<Vec<Option<StoredRow>>> {
+    let kv = &s.server.kv;
     let txn = s.txn_ref();
-    let by_pk = scan::get_row(&kv, desc, &rowcodec::primary_key(desc, row), ts, txn).await?;
-    let check_index =
-        |idx: &crate::catalog::IndexDescriptor| rowcodec::unique_values(desc, idx, row);
-    match arbiter {
-        Arbiter::Primary => Ok(by_pk),
-        Arbiter::Unique(idx) => find_by_unique(&kv, desc, idx, check_index(idx), ts, txn).await,
-        Arbiter::Any => {
-            if by_pk.is_some() {
-                return Ok(by_pk);
-            }
-            for idx in desc.indexes.iter().filter(|i| i.unique) {
-                if let Some(r) = find_by_unique(&kv, desc, idx, check_index(idx), ts, txn).await? {
-                    return Ok(Some(r));
-                }
-            }
-            Ok(None)
+    let mut found: Vec<Option<StoredRow>> = vec![None; rows.len()];
+    if matches!(arbiter, Arbiter::Primary | Arbiter::Any) {
+        let keys: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|r| rowcodec::primary_key(desc, r))
+            .collect();
+        found = scan::get_rows(kv, desc, &keys, ts, txn).await?;
+    }
+    let indexes: Vec<&crate::catalog::IndexDescriptor> = match arbiter {
+        Arbiter::Primary => vec![],
+        Arbiter::Unique(idx) => vec![idx],
+        Arbiter::Any => desc.indexes.iter().filter(|i| i.unique).collect(),
+    };
+    for idx in indexes {
+        let (who, values): (Vec<usize>, Vec<Vec<u8>>) = (0..rows.len())
+            .filter(|i| found[*i].is_none())
+            .filter_map(|i| rowcodec::unique_values(desc, idx, rows[i]).map(|v| (i, v)))
+            .unzip();
+        if who.is_empty() {
+            continue;
+        }
+        let hits = scan::find_unique(kv, desc, idx, &values, ts, txn).await?;
+        for (i, hit) in who.into_iter().zip(hits) {
+            found[i] = hit;
         }
     }
+    Ok(found)
 }
 
 async fn find_by_unique(
@@ -528,235 +555,19 @@ pub(crate) async fn insert(
     let plan = plan_insert(s, ins, &mut types).await?;
     let ctx = s.eval_ctx(params);
     let rows = source_rows(s, &plan, &ctx).await?;
-    let desc = plan.desc.clone();
     let ts = s.server.kv.clock().now();
-    let mut out_rows: Vec<(Vec<Datum>, Option<Timestamp>)> = Vec::new();
-    match &plan.conflict {
-        Conflict::Error => {
-            let mut seen = HashSet::new();
-            let mut changes = Vec::with_capacity(rows.len());
-            for (row, _) in rows {
-                validate_new(s, &desc, &row, None, "insert", &ctx, ts).await?;
-                let key = rowcodec::primary_key(&desc, &row);
-                if !seen.insert(key.clone()) {
-                    return Err(write::pk_violation(&desc, &row));
-                }
-                changes.push(Change {
-                    table: desc.clone(),
-                    key,
-                    old: None,
-                    new: Some(row),
-                });
-            }
-            if s.in_txn() {
-                for ch in changes {
-                    let kv = s.server.kv.clone();
-                    let new = ch.new.clone().unwrap_or_default();
-                    if scan::get_row(&kv, &desc, &ch.key, ts, s.txn_ref())
-                        .await?
-                        .is_some()
-                    {
-                        return Err(write::pk_violation(&desc, &new));
-                    }
-                    txn_check_unique(s, &desc, &new, None, ts).await?;
-                    if let Some(buf) = s.txn_buffer() {
-                        buf.add(ch);
-                    }
-                    out_rows.push((new, None));
-                }
-            } else {
-                let applied = write::apply(&s.server, &changes).await?;
-                for (ch, a) in changes.into_iter().zip(applied) {
-                    let new = ch.new.unwrap_or_default();
-                    match a {
-                        Applied::Written(t) => out_rows.push((new, Some(t))),
-                        Applied::Conflict(Some(v)) if v.value.is_some() => {
-                            return Err(write::pk_violation(&desc, &new));
-                        }
-                        // Not attempted (another row of its range failed) or a tombstone race.
-                        Applied::Conflict(_) => return Err(write::pk_violation(&desc, &new)),
-                    }
-                }
-            }
-        }
+    let out_rows = match &plan.conflict {
+        Conflict::Error => insert_plain(s, &plan, rows, &ctx, ts).await?,
         Conflict::DoNothing(arbiter) => {
-            let mut seen = HashSet::new();
-            for (row, _) in rows {
-                validate_new(s, &desc, &row, None, "insert", &ctx, ts).await?;
-                if !seen.insert(rowcodec::primary_key(&desc, &row)) {
-                    continue;
-                }
-                if find_conflict(s, &desc, arbiter, &row, ts).await?.is_some() {
-                    continue;
-                }
-                if let Some(t) =
-                    insert_one(s, &desc, &row, ts, matches!(arbiter, Arbiter::Any)).await?
-                {
-                    out_rows.push((row, t));
-                }
-            }
+            insert_do_nothing(s, &plan, arbiter, rows, &ctx, ts).await?
         }
         Conflict::DoUpdate {
             arbiter,
             sets,
             filter,
-        } => {
-            let mut touched = HashSet::new();
-            for (row, _) in rows {
-                validate_new(s, &desc, &row, None, "insert", &ctx, ts).await?;
-                let mut done = false;
-                for _ in 0..MAX_ROW_RETRIES {
-                    let now = s.server.kv.clock().now();
-                    match find_conflict(s, &desc, arbiter, &row, now).await? {
-                        None => {
-                            if !touched.insert(rowcodec::primary_key(&desc, &row)) {
-                                return Err(affect_twice());
-                            }
-                            match insert_one(s, &desc, &row, now, false).await {
-                                Ok(Some(t)) => {
-                                    out_rows.push((row.clone(), t));
-                                    done = true;
-                                }
-                                Ok(None) => {
-                                    touched.remove(&rowcodec::primary_key(&desc, &row));
-                                    continue;
-                                }
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        Some(existing) => {
-                            if !touched.insert(existing.key.clone()) {
-                                return Err(affect_twice());
-                            }
-                            let mut scope_row = existing.scope_values();
-                            scope_row.extend(row.iter().cloned());
-                            if let Some(f) = filter
-                                && !f.eval_predicate(&scope_row, &ctx)?
-                            {
-                                done = true;
-                                break;
-                            }
-                            let mut updated = existing.values.clone();
-                            for (ci, x) in sets {
-                                let c = &desc.columns[*ci];
-                                updated[*ci] = x
-                                    .eval(&scope_row, &ctx)?
-                                    .coerce_for_column(&c.ty, &c.name)?;
-                            }
-                            validate_new(
-                                s,
-                                &desc,
-                                &updated,
-                                Some(&existing.values),
-                                "update",
-                                &ctx,
-                                now,
-                            )
-                            .await?;
-                            let existing_key = existing.key.clone();
-                            match update_one(s, &desc, existing, updated.clone(), now).await? {
-                                Some(t) => {
-                                    out_rows.push((updated, t));
-                                    done = true;
-                                }
-                                None => {
-                                    // Changed concurrently: not affected yet, re-read and retry.
-                                    touched.remove(&existing_key);
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                    if done {
-                        break;
-                    }
-                }
-                if !done {
-                    return Err(retry_exhausted());
-                }
-            }
-        }
-        Conflict::Upsert => {
-            let mut seen = HashSet::new();
-            let mut pending: Vec<(Vec<Datum>, Vec<bool>)> = Vec::with_capacity(rows.len());
-            for (row, mask) in rows {
-                if !seen.insert(rowcodec::primary_key(&desc, &row)) {
-                    return Err(affect_twice());
-                }
-                pending.push((row, mask));
-            }
-            for attempt in 0..=MAX_ROW_RETRIES {
-                if pending.is_empty() {
-                    break;
-                }
-                if attempt == MAX_ROW_RETRIES {
-                    return Err(retry_exhausted());
-                }
-                let now = s.server.kv.clock().now();
-                let mut changes = Vec::with_capacity(pending.len());
-                for (row, mask) in &pending {
-                    let key = rowcodec::primary_key(&desc, row);
-                    let kv = s.server.kv.clone();
-                    let existing = scan::get_row(&kv, &desc, &key, now, s.txn_ref()).await?;
-                    let new = match &existing {
-                        Some(e) => e
-                            .values
-                            .iter()
-                            .zip(row)
-                            .zip(mask)
-                            .map(
-                                |((old, new), given)| {
-                                    if *given { new.clone() } else { old.clone() }
-                                },
-                            )
-                            .collect(),
-                        None => row.clone(),
-                    };
-                    validate_new(
-                        s,
-                        &desc,
-                        &new,
-                        existing.as_ref().map(|e| e.values.as_slice()),
-                        if existing.is_some() {
-                            "update"
-                        } else {
-                            "insert"
-                        },
-                        &ctx,
-                        now,
-                    )
-                    .await?;
-                    changes.push(Change {
-                        table: desc.clone(),
-                        key,
-                        old: existing,
-                        new: Some(new),
-                    });
-                }
-                if s.in_txn() {
-                    for ch in changes {
-                        let new = ch.new.clone().unwrap_or_default();
-                        txn_check_unique(s, &desc, &new, Some(&ch.key), now).await?;
-                        if let Some(buf) = s.txn_buffer() {
-                            buf.add(ch);
-                        }
-                        out_rows.push((new, None));
-                    }
-                    pending.clear();
-                    break;
-                }
-                let applied = write::apply(&s.server, &changes).await?;
-                let mut retry = Vec::new();
-                for ((ch, a), p) in changes.into_iter().zip(applied).zip(pending) {
-                    match a {
-                        Applied::Written(t) => out_rows.push((ch.new.unwrap_or_default(), Some(t))),
-                        Applied::Conflict(_) => retry.push(p),
-                    }
-                }
-                pending = retry;
-            }
-        }
-    }
+        } => insert_do_update(s, &plan, arbiter, sets, filter.as_ref(), rows, &ctx, ts).await?,
+        Conflict::Upsert => upsert(s, &plan, rows, &ctx).await?,
+    };
     let n = out_rows.len();
     let ret_rows = match &plan.returning {
         Some(r) => out_rows
@@ -768,48 +579,378 @@ pub(crate) async fn insert(
     Ok(finish("INSERT", n, plan.returning, ret_rows))
 }
 
-fn affect_twice() -> SqlError {
-    SqlError::new(sqlstate::CARDINALITY_VIOLATION, "UPSERT or INSERT...ON CONFLICT command cannot affect row a second time")
-        .with_hint("Ensure that no rows proposed for insertion within the same command have duplicate constrained values.")
-}
+/// What a statement wrote: each row's new values and commit timestamp (`None` inside an
+/// explicit transaction), in statement order.
+type Written = Vec<(Vec<Datum>, Option<Timestamp>)>;
 
-/// Inserts one row. `Ok(None)`: it conflicted (the caller re-checks). With
-/// `skip_unique_violation`, a duplicate in a unique index also returns `Ok(None)`.
-async fn insert_one(
-    s: &mut Session,
-    desc: &Arc<TableDescriptor>,
-    row: &[Datum],
-    ts: Timestamp,
-    skip_unique_violation: bool,
-) -> Result<Option<Option<Timestamp>>> {
-    let key = rowcodec::primary_key(desc, row);
-    let ch = Change {
+fn insert_change(desc: &Arc<TableDescriptor>, row: &[Datum]) -> Change {
+    Change {
         table: desc.clone(),
-        key: key.clone(),
+        key: rowcodec::primary_key(desc, row),
         old: None,
         new: Some(row.to_vec()),
-    };
+    }
+}
+
+/// `INSERT` without `ON CONFLICT`: an existing primary key is a 23505.
+async fn insert_plain(
+    s: &mut Session,
+    plan: &InsertPlan,
+    rows: Vec<(Vec<Datum>, Vec<bool>)>,
+    ctx: &EvalCtx,
+    ts: Timestamp,
+) -> Result<Written> {
+    let desc = &plan.desc;
+    let mut seen = HashSet::new();
+    let mut changes = Vec::with_capacity(rows.len());
+    for (row, _) in rows {
+        validate_new(s, desc, &row, None, "insert", ctx, ts).await?;
+        let key = rowcodec::primary_key(desc, &row);
+        if !seen.insert(key.clone()) {
+            return Err(write::pk_violation(desc, &row));
+        }
+        changes.push(Change {
+            table: desc.clone(),
+            key,
+            old: None,
+            new: Some(row),
+        });
+    }
+    let mut out = Vec::with_capacity(changes.len());
     if s.in_txn() {
-        match txn_check_unique(s, desc, row, None, ts).await {
-            Ok(()) => {}
-            Err(e) if skip_unique_violation && e.code() == sqlstate::UNIQUE_VIOLATION => {
-                return Ok(None);
+        let keys: Vec<Vec<u8>> = changes.iter().map(|c| c.key.clone()).collect();
+        let existing = scan::get_rows(&s.server.kv, desc, &keys, ts, s.txn_ref()).await?;
+        for (ch, existing) in changes.into_iter().zip(existing) {
+            let new = ch.new.clone().unwrap_or_default();
+            if existing.is_some() {
+                return Err(write::pk_violation(desc, &new));
             }
-            Err(e) => return Err(e),
+            txn_check_unique(s, desc, &new, None, ts).await?;
+            if let Some(buf) = s.txn_buffer() {
+                buf.add(ch);
+            }
+            out.push((new, None));
         }
-        if let Some(buf) = s.txn_buffer() {
-            buf.add(ch);
+        return Ok(out);
+    }
+    let applied = write::apply(&s.server, &changes).await?;
+    // Name a row whose key exists rather than one that was not attempted because another
+    // row of its range failed.
+    let culprit = applied
+        .iter()
+        .position(|a| matches!(a, Applied::Conflict(Some(v)) if v.value.is_some()))
+        .or_else(|| {
+            applied
+                .iter()
+                .position(|a| matches!(a, Applied::Conflict(_)))
+        });
+    if let Some(i) = culprit {
+        return Err(write::pk_violation(
+            desc,
+            changes[i]
+                .new
+                .as_deref()
+                .expect("inserts carry the new row"),
+        ));
+    }
+    for (ch, a) in changes.into_iter().zip(applied) {
+        if let Applied::Written(t) = a {
+            out.push((ch.new.unwrap_or_default(), Some(t)));
         }
-        return Ok(Some(None));
     }
-    match write::apply(&s.server, std::slice::from_ref(&ch)).await {
-        Ok(mut a) => match a.pop() {
-            Some(Applied::Written(t)) => Ok(Some(Some(t))),
-            _ => Ok(None),
-        },
-        Err(e) if skip_unique_violation && e.code() == sqlstate::UNIQUE_VIOLATION => Ok(None),
-        Err(e) => Err(e),
+    Ok(out)
+}
+
+/// `INSERT … ON CONFLICT DO NOTHING`: rows that conflict (with existing rows, or with an
+/// earlier row of the statement) are skipped. All rows are looked up at once, then the
+/// others written at once; a row not attempted because another row of its range lost a race
+/// is looked up again.
+async fn insert_do_nothing(
+    s: &mut Session,
+    plan: &InsertPlan,
+    arbiter: &Arbiter,
+    rows: Vec<(Vec<Datum>, Vec<bool>)>,
+    ctx: &EvalCtx,
+    ts: Timestamp,
+) -> Result<Written> {
+    let desc = &plan.desc;
+    let mut keys = Vec::with_capacity(rows.len());
+    for (row, _) in &rows {
+        validate_new(s, desc, row, None, "insert", ctx, ts).await?;
+        let mut k = arbiter_keys(desc, arbiter, row);
+        let pk = rowcodec::primary_key(desc, row);
+        if !k.contains(&pk) {
+            k.push(pk);
+        }
+        keys.push(k);
     }
+    let on_duplicate = match arbiter {
+        Arbiter::Any => write::OnDuplicate::Skip,
+        _ => write::OnDuplicate::Fail,
+    };
+    let mut pending: Vec<usize> = upsert::duplicates(&keys)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, d)| d.is_none().then_some(i))
+        .collect();
+    let mut results: Vec<Option<(Vec<Datum>, Option<Timestamp>)>> = vec![None; rows.len()];
+    for attempt in 0..=MAX_ROW_RETRIES {
+        if pending.is_empty() {
+            break;
+        }
+        if attempt == MAX_ROW_RETRIES {
+            return Err(retry_exhausted());
+        }
+        let now = if attempt == 0 {
+            ts
+        } else {
+            s.server.kv.clock().now()
+        };
+        let probe: Vec<&[Datum]> = pending.iter().map(|i| rows[*i].0.as_slice()).collect();
+        let found = find_conflicts(s, desc, arbiter, &probe, now).await?;
+        let inserts: Vec<usize> = std::mem::take(&mut pending)
+            .into_iter()
+            .zip(found)
+            .filter_map(|(i, f)| f.is_none().then_some(i))
+            .collect();
+        if s.in_txn() {
+            for i in inserts {
+                let row = &rows[i].0;
+                match txn_check_unique(s, desc, row, None, now).await {
+                    Ok(()) => {}
+                    Err(e)
+                        if on_duplicate == write::OnDuplicate::Skip
+                            && e.code() == sqlstate::UNIQUE_VIOLATION =>
+                    {
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                if let Some(buf) = s.txn_buffer() {
+                    buf.add(insert_change(desc, row));
+                }
+                results[i] = Some((row.clone(), None));
+            }
+            break;
+        }
+        let changes: Vec<Change> = inserts
+            .iter()
+            .map(|i| insert_change(desc, &rows[*i].0))
+            .collect();
+        let applied = write::apply_rows(&s.server, &changes, on_duplicate).await?;
+        for ((i, ch), a) in inserts.into_iter().zip(changes).zip(applied) {
+            match a {
+                RowApplied::Written(t) => results[i] = Some((ch.new.unwrap_or_default(), Some(t))),
+                // A unique value is taken, or the row was inserted concurrently: it
+                // conflicts now.
+                RowApplied::Duplicate | RowApplied::Conflict(Some(_)) => {}
+                // Not attempted (another row of its range lost a race): again.
+                RowApplied::Conflict(None) => pending.push(i),
+            }
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// `INSERT … ON CONFLICT … DO UPDATE`: each row updates the row it conflicts with (if the
+/// `WHERE` holds) or is inserted. All rows are looked up at once, then every change written
+/// at once (each conditional on the row it read); rows whose write lost to a concurrent
+/// writer are looked up and decided again.
+#[allow(clippy::too_many_arguments)]
+async fn insert_do_update(
+    s: &mut Session,
+    plan: &InsertPlan,
+    arbiter: &Arbiter,
+    sets: &[(usize, ScalarExpr)],
+    filter: Option<&ScalarExpr>,
+    rows: Vec<(Vec<Datum>, Vec<bool>)>,
+    ctx: &EvalCtx,
+    ts: Timestamp,
+) -> Result<Written> {
+    let desc = &plan.desc;
+    let mut keys = Vec::with_capacity(rows.len());
+    for (row, _) in &rows {
+        validate_new(s, desc, row, None, "insert", ctx, ts).await?;
+        keys.push(arbiter_keys(desc, arbiter, row));
+    }
+    if upsert::duplicates(&keys).iter().any(Option::is_some) {
+        return Err(upsert::affect_twice());
+    }
+    let mut affected = upsert::Affected::default();
+    let mut pending: Vec<usize> = (0..rows.len()).collect();
+    let mut results: Vec<Option<(Vec<Datum>, Option<Timestamp>)>> = vec![None; rows.len()];
+    for attempt in 0..=MAX_ROW_RETRIES {
+        if pending.is_empty() {
+            break;
+        }
+        if attempt == MAX_ROW_RETRIES {
+            return Err(retry_exhausted());
+        }
+        let now = s.server.kv.clock().now();
+        let probe: Vec<&[Datum]> = pending.iter().map(|i| rows[*i].0.as_slice()).collect();
+        let found = find_conflicts(s, desc, arbiter, &probe, now).await?;
+        let mut changes = Vec::with_capacity(pending.len());
+        let mut owners = Vec::with_capacity(pending.len());
+        for (i, existing) in std::mem::take(&mut pending).into_iter().zip(found) {
+            let row = &rows[i].0;
+            match existing {
+                None => {
+                    let ch = insert_change(desc, row);
+                    affected.claim(i, &ch.key)?;
+                    changes.push(ch);
+                }
+                Some(existing) => {
+                    affected.claim(i, &existing.key)?;
+                    let mut scope_row = existing.scope_values();
+                    scope_row.extend(row.iter().cloned());
+                    if let Some(f) = filter
+                        && !f.eval_predicate(&scope_row, ctx)?
+                    {
+                        continue;
+                    }
+                    let mut updated = existing.values.clone();
+                    for (ci, x) in sets {
+                        let c = &desc.columns[*ci];
+                        updated[*ci] =
+                            x.eval(&scope_row, ctx)?.coerce_for_column(&c.ty, &c.name)?;
+                    }
+                    validate_new(
+                        s,
+                        desc,
+                        &updated,
+                        Some(&existing.values),
+                        "update",
+                        ctx,
+                        now,
+                    )
+                    .await?;
+                    changes.push(Change {
+                        table: desc.clone(),
+                        key: existing.key.clone(),
+                        old: Some(existing),
+                        new: Some(updated),
+                    });
+                }
+            }
+            owners.push(i);
+        }
+        if s.in_txn() {
+            for (i, ch) in owners.into_iter().zip(changes) {
+                let new = ch.new.clone().unwrap_or_default();
+                let own_key = ch.old.as_ref().map(|_| ch.key.clone());
+                txn_check_unique(s, desc, &new, own_key.as_deref(), now).await?;
+                if let Some(buf) = s.txn_buffer() {
+                    buf.add(ch);
+                }
+                results[i] = Some((new, None));
+            }
+            break;
+        }
+        let applied = write::apply_rows(&s.server, &changes, write::OnDuplicate::Fail).await?;
+        for ((i, ch), a) in owners.into_iter().zip(changes).zip(applied) {
+            match a {
+                RowApplied::Written(t) => results[i] = Some((ch.new.unwrap_or_default(), Some(t))),
+                // Changed concurrently: not affected yet, look it up again.
+                RowApplied::Conflict(_) => {
+                    affected.forget(i);
+                    pending.push(i);
+                }
+                RowApplied::Duplicate => {
+                    return Err(SqlError::internal("a duplicate was skipped in DO UPDATE"));
+                }
+            }
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// `UPSERT`: each row replaces the given columns of the row with its primary key, or is
+/// inserted. Batched like [`insert_do_update`].
+async fn upsert(
+    s: &mut Session,
+    plan: &InsertPlan,
+    rows: Vec<(Vec<Datum>, Vec<bool>)>,
+    ctx: &EvalCtx,
+) -> Result<Written> {
+    let desc = &plan.desc;
+    let keys: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|(row, _)| rowcodec::primary_key(desc, row))
+        .collect();
+    let mut seen = HashSet::with_capacity(keys.len());
+    if !keys.iter().all(|k| seen.insert(k.as_slice())) {
+        return Err(upsert::affect_twice());
+    }
+    let mut pending: Vec<usize> = (0..rows.len()).collect();
+    let mut results: Vec<Option<(Vec<Datum>, Option<Timestamp>)>> = vec![None; rows.len()];
+    for attempt in 0..=MAX_ROW_RETRIES {
+        if pending.is_empty() {
+            break;
+        }
+        if attempt == MAX_ROW_RETRIES {
+            return Err(retry_exhausted());
+        }
+        let now = s.server.kv.clock().now();
+        let probe: Vec<Vec<u8>> = pending.iter().map(|i| keys[*i].clone()).collect();
+        let found = scan::get_rows(&s.server.kv, desc, &probe, now, s.txn_ref()).await?;
+        let mut changes = Vec::with_capacity(pending.len());
+        let owners = std::mem::take(&mut pending);
+        for ((&i, key), existing) in owners.iter().zip(probe).zip(found) {
+            let (row, mask) = &rows[i];
+            let new: Vec<Datum> = match &existing {
+                Some(e) => e
+                    .values
+                    .iter()
+                    .zip(row)
+                    .zip(mask)
+                    .map(|((old, new), given)| if *given { new.clone() } else { old.clone() })
+                    .collect(),
+                None => row.clone(),
+            };
+            validate_new(
+                s,
+                desc,
+                &new,
+                existing.as_ref().map(|e| e.values.as_slice()),
+                if existing.is_some() {
+                    "update"
+                } else {
+                    "insert"
+                },
+                ctx,
+                now,
+            )
+            .await?;
+            changes.push(Change {
+                table: desc.clone(),
+                key,
+                old: existing,
+                new: Some(new),
+            });
+        }
+        if s.in_txn() {
+            for (i, ch) in owners.into_iter().zip(changes) {
+                let new = ch.new.clone().unwrap_or_default();
+                txn_check_unique(s, desc, &new, Some(&ch.key), now).await?;
+                if let Some(buf) = s.txn_buffer() {
+                    buf.add(ch);
+                }
+                results[i] = Some((new, None));
+            }
+            break;
+        }
+        let applied = write::apply_rows(&s.server, &changes, write::OnDuplicate::Fail).await?;
+        for ((i, ch), a) in owners.into_iter().zip(changes).zip(applied) {
+            match a {
+                RowApplied::Written(t) => results[i] = Some((ch.new.unwrap_or_default(), Some(t))),
+                RowApplied::Conflict(_) => pending.push(i),
+                RowApplied::Duplicate => {
+                    return Err(SqlError::internal("a duplicate was skipped in UPSERT"));
+                }
+            }
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
 }
 
 /// Replaces one existing row. `Ok(None)`: it changed concurrently (the caller re-reads).
@@ -1129,16 +1270,14 @@ pub(crate) async fn update(
                 })
                 .collect();
             let applied = write::apply(&s.server, &batch).await?;
+            let mut conflicted = Vec::new();
             for (ch, a) in batch.into_iter().zip(applied) {
                 match a {
                     Applied::Written(w) => out_rows.push((ch.new.unwrap_or_default(), Some(w))),
-                    Applied::Conflict(_) => {
-                        if let Some(r) = refresh(s, &t, &ch.key, &ctx).await? {
-                            pending.push(r);
-                        }
-                    }
+                    Applied::Conflict(_) => conflicted.push(ch.key),
                 }
             }
+            pending.extend(refresh_many(s, &t, &conflicted, &ctx).await?);
         }
         ts = s.server.kv.clock().now();
     }
@@ -1170,6 +1309,34 @@ async fn refresh(
         None => true,
     };
     Ok(keep.then_some(row))
+}
+
+/// [`refresh`] for several rows, with one read per range owner.
+async fn refresh_many(
+    s: &mut Session,
+    t: &Target,
+    keys: &[Vec<u8>],
+    ctx: &EvalCtx,
+) -> Result<Vec<StoredRow>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ts = s.server.kv.clock().now();
+    let mut out = Vec::with_capacity(keys.len());
+    for row in scan::get_rows(&s.server.kv, &t.desc, keys, ts, None)
+        .await?
+        .into_iter()
+        .flatten()
+    {
+        let keep = match &t.filter {
+            Some(f) => f.eval_predicate(&row.scope_values(), ctx)?,
+            None => true,
+        };
+        if keep {
+            out.push(row);
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) async fn delete(
@@ -1243,6 +1410,7 @@ pub(crate) async fn delete(
             break;
         }
         let applied = write::apply(&s.server, &batch).await?;
+        let mut conflicted = Vec::new();
         for (ch, a) in batch.into_iter().zip(applied) {
             match a {
                 Applied::Written(commit_ts) => {
@@ -1252,13 +1420,10 @@ pub(crate) async fn delete(
                     let old = ch.old.expect("deletes carry the old row");
                     out_rows.push((old.values, Some(commit_ts)));
                 }
-                Applied::Conflict(_) => {
-                    if let Some(r) = refresh(s, &t, &ch.key, &ctx).await? {
-                        pending.push(r);
-                    }
-                }
+                Applied::Conflict(_) => conflicted.push(ch.key),
             }
         }
+        pending.extend(refresh_many(s, &t, &conflicted, &ctx).await?);
         ts = s.server.kv.clock().now();
     }
     let n = out_rows.len();

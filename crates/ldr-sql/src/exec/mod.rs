@@ -25,6 +25,7 @@ mod select;
 pub mod session;
 mod show;
 mod txn;
+mod upsert;
 mod write;
 
 use std::sync::Arc;

@@ -431,6 +431,105 @@ pub(crate) async fn get_row(
     }
 }
 
+/// Reads rows by primary key, in input order (`None`: absent), through the transaction's
+/// writes, like [`get_row`] for each key but with one request per range owner.
+pub(crate) async fn get_rows(
+    kv: &KvClient,
+    desc: &TableDescriptor,
+    keys: &[Vec<u8>],
+    ts: Timestamp,
+    txn: Option<&TxnBuffer>,
+) -> Result<Vec<Option<StoredRow>>> {
+    let mut out: Vec<Option<StoredRow>> = vec![None; keys.len()];
+    let mut unbuffered: Vec<usize> = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        match txn.and_then(|buf| buf.get(desc.id, key)) {
+            Some(change) => {
+                out[i] = change
+                    .new
+                    .as_ref()
+                    .map(|values| buffered_row(desc, key, values));
+            }
+            None => unbuffered.push(i),
+        }
+    }
+    if unbuffered.len() == keys.len() {
+        return fetch(kv, desc, keys, ts, txn).await;
+    }
+    let wanted: Vec<Vec<u8>> = unbuffered.iter().map(|i| keys[*i].clone()).collect();
+    for (i, row) in unbuffered
+        .into_iter()
+        .zip(fetch(kv, desc, &wanted, ts, txn).await?)
+    {
+        out[i] = row;
+    }
+    Ok(out)
+}
+
+/// For each of `values` (encoded values of a unique index), the row holding them, through
+/// the transaction's writes (as a lookup through [`Access::Unique`] would find it), with one
+/// request per range owner for the index entries and one for the rows.
+pub(crate) async fn find_unique(
+    kv: &KvClient,
+    desc: &TableDescriptor,
+    index: &IndexDescriptor,
+    values: &[Vec<u8>],
+    ts: Timestamp,
+    txn: Option<&TxnBuffer>,
+) -> Result<Vec<Option<StoredRow>>> {
+    let entry_keys: Vec<Vec<u8>> = values
+        .iter()
+        .map(|v| rowcodec::unique_key(desc, index, v))
+        .collect();
+    let entries = kv.get_many(&entry_keys, Some(ts)).await?;
+    let mut owners: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (i, (key, entry)) in entry_keys.iter().zip(&entries).enumerate() {
+        // The entry too: a value found absent that another transaction claims is a conflict
+        // (a phantom through a unique lookup).
+        if let Some(buf) = txn {
+            buf.observe(key, entry.as_ref().and_then(|v| v.value.as_deref()))?;
+        }
+        if let Some(Version {
+            value: Some(pk), ..
+        }) = entry
+        {
+            owners.push((i, rowcodec::primary_key_from_pk(desc, pk)));
+        }
+    }
+    let owner_keys: Vec<Vec<u8>> = owners.iter().map(|(_, k)| k.clone()).collect();
+    let rows = fetch(kv, desc, &owner_keys, ts, txn).await?;
+    let changed = match txn {
+        Some(buf) => buf.table_changes(desc.id),
+        None => Vec::new(),
+    };
+    let holds =
+        |row: &[Datum], v: &[u8]| rowcodec::unique_values(desc, index, row).as_deref() == Some(v);
+    let mut out: Vec<Option<StoredRow>> = vec![None; values.len()];
+    for ((i, key), row) in owners.into_iter().zip(rows) {
+        // A row the transaction changed is seen as it changed it (below).
+        if changed.iter().any(|(k, _)| **k == key) {
+            continue;
+        }
+        if let Some(row) = row
+            && holds(&row.values, &values[i])
+        {
+            out[i] = Some(row);
+        }
+    }
+    if !changed.is_empty() {
+        for (i, slot) in out.iter_mut().enumerate() {
+            if slot.is_some() {
+                continue;
+            }
+            *slot = changed.iter().find_map(|(k, new)| {
+                new.filter(|n| holds(n, &values[i]))
+                    .map(|n| buffered_row(desc, k, n))
+            });
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn buffered_row(desc: &TableDescriptor, key: &[u8], values: &[Datum]) -> StoredRow {
     StoredRow {
         key: key.to_vec(),
@@ -505,18 +604,17 @@ pub(crate) async fn read(
             out
         }
         Access::Unique { index, values } => {
-            let entries = join_all(values.iter().map(|v| {
-                let key = rowcodec::unique_key(desc, index, v);
-                async move { (kv.get(&key, Some(ts)).await, key) }
-            }))
-            .await;
+            let entry_keys: Vec<Vec<u8>> = values
+                .iter()
+                .map(|v| rowcodec::unique_key(desc, index, v))
+                .collect();
+            let entries = kv.get_many(&entry_keys, Some(ts)).await?;
             let mut pks = Vec::new();
-            for (e, key) in entries {
-                let e = e?;
+            for (key, e) in entry_keys.iter().zip(entries) {
                 // The entry too: a value found absent that another transaction claims is a
                 // conflict (a phantom through a unique lookup).
                 if let Some(buf) = txn {
-                    buf.observe(&key, e.as_ref().and_then(|v| v.value.as_deref()))?;
+                    buf.observe(key, e.as_ref().and_then(|v| v.value.as_deref()))?;
                 }
                 if let Some(Version {
                     value: Some(pk), ..
@@ -571,22 +669,33 @@ async fn get_many(
     ts: Timestamp,
     txn: Option<&TxnBuffer>,
 ) -> Result<Vec<StoredRow>> {
-    let got = join_all(keys.into_iter().map(|k| async move {
-        let v = kv.get(&k, Some(ts)).await;
-        (k, v)
-    }))
-    .await;
-    let mut out = Vec::new();
-    for (k, v) in got {
-        let v = v?;
+    Ok(fetch(kv, desc, &keys, ts, txn)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// Reads rows by primary key from the KV layer (not through the transaction's writes), in
+/// input order, with one request per range owner; in a transaction, records every key read
+/// (absent ones too).
+async fn fetch(
+    kv: &KvClient,
+    desc: &TableDescriptor,
+    keys: &[Vec<u8>],
+    ts: Timestamp,
+    txn: Option<&TxnBuffer>,
+) -> Result<Vec<Option<StoredRow>>> {
+    let got = kv.get_many(keys, Some(ts)).await?;
+    let mut out = Vec::with_capacity(keys.len());
+    for (k, v) in keys.iter().zip(got) {
         if let Some(buf) = txn {
-            buf.observe(&k, v.as_ref().and_then(|v| v.value.as_deref()))?;
+            buf.observe(k, v.as_ref().and_then(|v| v.value.as_deref()))?;
         }
-        if let Some(v) = v
-            && let Some(r) = decode_version(desc, &k, &v)?
-        {
-            out.push(r);
-        }
+        out.push(match v {
+            Some(v) => decode_version(desc, k, &v)?,
+            None => None,
+        });
     }
     Ok(out)
 }

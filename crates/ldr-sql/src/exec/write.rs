@@ -16,7 +16,7 @@
 //! conflict with the actual version, to re-read and retry (autocommit) or fail the COMMIT
 //! (`txn.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -338,83 +338,279 @@ pub(crate) async fn apply(server: &SqlServer, changes: &[Change]) -> Result<Vec<
 
 /// [`apply`] without the row locks (the COMMIT holds them).
 pub(crate) async fn apply_unlocked(kv: &KvClient, changes: &[Change]) -> Result<Vec<Applied>> {
-    let mut claims: Vec<Vec<(Vec<u8>, Vec<u8>)>> = Vec::with_capacity(changes.len());
-    for ch in changes {
-        match claim_all(kv, ch).await {
-            Ok(c) => claims.push(c),
-            Err(e) => {
-                for c in claims.into_iter().flatten() {
-                    let _ = release(kv, c.0, c.1).await;
+    apply_rows_unlocked(kv, changes, OnDuplicate::Fail)
+        .await?
+        .into_iter()
+        .map(|a| match a {
+            RowApplied::Written(ts) => Ok(Applied::Written(ts)),
+            RowApplied::Conflict(v) => Ok(Applied::Conflict(v)),
+            RowApplied::Duplicate => Err(SqlError::internal(
+                "a unique duplicate was skipped without being asked to",
+            )),
+        })
+        .collect()
+}
+
+/// What happens to a change whose unique claim finds the value held by another row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnDuplicate {
+    /// The statement fails with 23505 (nothing of it is written).
+    Fail,
+    /// The change is skipped and the others applied (`ON CONFLICT DO NOTHING` without a
+    /// conflict target).
+    Skip,
+}
+
+/// What happened to a change applied by [`apply_rows`].
+#[derive(Debug, Clone)]
+pub(crate) enum RowApplied {
+    Written(Timestamp),
+    /// As [`Applied::Conflict`]: re-read and retry.
+    Conflict(Option<Version>),
+    /// A unique value it adds belongs to another row ([`OnDuplicate::Skip`]): not written.
+    Duplicate,
+}
+
+/// [`apply`] with a choice for unique duplicates. The work is batched: every unique claim of
+/// every change in one request per range, then every row in one conditional request per
+/// range (atomic per range), then every release in one request per range.
+pub(crate) async fn apply_rows(
+    server: &SqlServer,
+    changes: &[Change],
+    on_duplicate: OnDuplicate,
+) -> Result<Vec<RowApplied>> {
+    let _locks = server
+        .row_locks
+        .lock(changes.iter().map(|c| c.key.as_slice()), false)
+        .await?;
+    apply_rows_unlocked(&server.kv, changes, on_duplicate).await
+}
+
+/// A unique index entry a change adds.
+struct WantedClaim {
+    change: usize,
+    /// Position of the index in the table's `indexes`.
+    index: usize,
+    values: Vec<u8>,
+    key: Vec<u8>,
+    pk: Vec<u8>,
+}
+
+/// The unique entries every change adds, in change order. Two changes adding the same entry
+/// would both hold one value: the later one is a duplicate (23505, or skipped).
+fn wanted_claims(
+    changes: &[Change],
+    on_duplicate: OnDuplicate,
+    skipped: &mut [bool],
+) -> Result<Vec<WantedClaim>> {
+    let mut out: Vec<WantedClaim> = Vec::new();
+    let mut first: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (ci, ch) in changes.iter().enumerate() {
+        let Some(new) = &ch.new else { continue };
+        let desc = &ch.table;
+        let mut pk: Option<Vec<u8>> = None;
+        for (pos, index) in desc.indexes.iter().enumerate().filter(|(_, i)| i.unique) {
+            let Some(values) = rowcodec::unique_values(desc, index, new) else {
+                continue;
+            };
+            let old_values = ch
+                .old
+                .as_ref()
+                .and_then(|o| rowcodec::unique_values(desc, index, &o.values));
+            if old_values.as_deref() == Some(&values[..]) {
+                continue;
+            }
+            let key = rowcodec::unique_key(desc, index, &values);
+            if first.contains_key(&key) {
+                match on_duplicate {
+                    OnDuplicate::Fail => return Err(unique_violation(desc, index, new)),
+                    OnDuplicate::Skip => {
+                        skipped[ci] = true;
+                        continue;
+                    }
                 }
+            }
+            first.insert(key.clone(), ci);
+            let pk = pk
+                .get_or_insert_with(|| rowcodec::pk_bytes(desc, new))
+                .clone();
+            out.push(WantedClaim {
+                change: ci,
+                index: pos,
+                values,
+                key,
+                pk,
+            });
+        }
+    }
+    out.retain(|w| !skipped[w.change]);
+    Ok(out)
+}
+
+/// Claims the unique entries every change adds: first all at once (an entry that is free, or
+/// already this row's, needs nothing more), then the contended ones one by one through
+/// [`claim`]. Returns the entries claimed per change and which changes were skipped as
+/// duplicates. On error, releases what it claimed.
+async fn claim_batch(
+    kv: &KvClient,
+    changes: &[Change],
+    on_duplicate: OnDuplicate,
+) -> Result<(Vec<Vec<(Vec<u8>, Vec<u8>)>>, Vec<bool>)> {
+    let mut claimed: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); changes.len()];
+    let mut skipped = vec![false; changes.len()];
+    let wanted = wanted_claims(changes, on_duplicate, &mut skipped)?;
+    if wanted.is_empty() {
+        return Ok((claimed, skipped));
+    }
+    let writes: Vec<RowWrite> = wanted
+        .iter()
+        .map(|w| RowWrite {
+            key: w.key.clone(),
+            value: Some(w.pk.clone()),
+            condition: Condition::Expect(None),
+            header: ValueHeader::default(),
+            dependents: vec![],
+        })
+        .collect();
+    // On error some entries may be written: they are left as claims whose row never came,
+    // which the next writer of the value takes over after STALE_CLAIM.
+    let outcomes = kv.write(writes, false).await?;
+    let mut contended = Vec::new();
+    for (w, (_, outcome)) in wanted.iter().zip(outcomes) {
+        match outcome {
+            RowOutcome::Written { .. } => claimed[w.change].push((w.key.clone(), w.pk.clone())),
+            RowOutcome::ConditionFailed { actual: Some(v) }
+                if v.value.as_deref() == Some(w.pk.as_slice()) => {}
+            _ => contended.push(w),
+        }
+    }
+    for w in contended {
+        if skipped[w.change] {
+            continue;
+        }
+        let ch = &changes[w.change];
+        let desc = &ch.table;
+        let new = ch.new.as_deref().expect("only new rows claim");
+        match claim(kv, desc, &desc.indexes[w.index], &w.values, &w.pk, new).await {
+            Ok(Claim::New) => claimed[w.change].push((w.key.clone(), w.pk.clone())),
+            Ok(Claim::Ours) => {}
+            Err(e)
+                if on_duplicate == OnDuplicate::Skip && e.code() == sqlstate::UNIQUE_VIOLATION =>
+            {
+                skipped[w.change] = true;
+            }
+            Err(e) => {
+                let _ = release_many(kv, claimed.into_iter().flatten().collect()).await;
                 return Err(e);
             }
         }
     }
-    let rows: Vec<RowWrite> = changes
-        .iter()
-        .map(|ch| {
-            let desc = &ch.table;
-            let pk_row = ch
-                .new
-                .as_deref()
-                .or(ch.old.as_ref().map(|o| o.values.as_slice()))
-                .unwrap_or(&[]);
-            let pk = rowcodec::pk_bytes(desc, pk_row);
-            RowWrite {
-                key: ch.key.clone(),
-                value: ch.new.as_ref().map(|n| rowcodec::encode_row(desc, n)),
-                condition: Condition::Expect(ch.old.as_ref().map(|o| o.raw.clone())),
-                header: ValueHeader::default(),
-                dependents: rowcodec::secondary_dependents(
-                    desc,
-                    ch.new.as_deref(),
-                    ch.old.as_ref().map(|o| o.values.as_slice()),
-                    &pk,
-                ),
+    let mut releases = Vec::new();
+    for (ci, c) in claimed.iter_mut().enumerate() {
+        if skipped[ci] {
+            releases.append(c);
+        }
+    }
+    let _ = release_many(kv, releases).await;
+    Ok((claimed, skipped))
+}
+
+/// Releases unique entries (conditional deletes that expect the owning primary key), in one
+/// request per range (a key listed twice goes in a second round).
+async fn release_many(kv: &KvClient, mut entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+    while !entries.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let mut later = Vec::new();
+        let mut writes = Vec::with_capacity(entries.len());
+        for (key, pk) in entries {
+            if !seen.insert(key.clone()) {
+                later.push((key, pk));
+                continue;
             }
-        })
-        .collect();
+            writes.push(RowWrite {
+                key,
+                value: None,
+                condition: Condition::Expect(Some(pk)),
+                header: ValueHeader::default(),
+                dependents: vec![],
+            });
+        }
+        kv.write(writes, false).await?;
+        entries = later;
+    }
+    Ok(())
+}
+
+/// The write of a change's primary row (with its non-unique index entries as dependents),
+/// conditional on the row it replaces.
+fn row_write(ch: &Change) -> RowWrite {
+    let desc = &ch.table;
+    let pk_row = ch
+        .new
+        .as_deref()
+        .or(ch.old.as_ref().map(|o| o.values.as_slice()))
+        .unwrap_or(&[]);
+    let pk = rowcodec::pk_bytes(desc, pk_row);
+    RowWrite {
+        key: ch.key.clone(),
+        value: ch.new.as_ref().map(|n| rowcodec::encode_row(desc, n)),
+        condition: Condition::Expect(ch.old.as_ref().map(|o| o.raw.clone())),
+        header: ValueHeader::default(),
+        dependents: rowcodec::secondary_dependents(
+            desc,
+            ch.new.as_deref(),
+            ch.old.as_ref().map(|o| o.values.as_slice()),
+            &pk,
+        ),
+    }
+}
+
+/// [`apply_rows`] without the row locks.
+pub(crate) async fn apply_rows_unlocked(
+    kv: &KvClient,
+    changes: &[Change],
+    on_duplicate: OnDuplicate,
+) -> Result<Vec<RowApplied>> {
+    let (mut claims, skipped) = claim_batch(kv, changes, on_duplicate).await?;
+    let live: Vec<usize> = (0..changes.len()).filter(|i| !skipped[*i]).collect();
+    let rows: Vec<RowWrite> = live.iter().map(|i| row_write(&changes[*i])).collect();
     let outcomes = match kv.write(rows, true).await {
         Ok(o) => o,
         Err(e) => {
-            for c in claims.into_iter().flatten() {
-                let _ = release(kv, c.0, c.1).await;
-            }
+            // Ranges other than the failed one may have been written, and an ambiguous
+            // range may have been too: their claims must stay. Claims of rows that were not
+            // written are taken over after STALE_CLAIM.
             return Err(e.into());
         }
     };
-    let mut out = Vec::with_capacity(changes.len());
-    for ((ch, (ts, outcome)), claimed) in changes.iter().zip(outcomes).zip(claims) {
-        match outcome {
+    let mut out = vec![RowApplied::Duplicate; changes.len()];
+    let mut releases = Vec::new();
+    for (i, (ts, outcome)) in live.into_iter().zip(outcomes) {
+        out[i] = match outcome {
             RowOutcome::Written { .. } => {
-                for (k, p) in stale_entries(ch) {
-                    release(kv, k, p).await?;
-                }
-                out.push(Applied::Written(ts));
+                releases.extend(stale_entries(&changes[i]));
+                RowApplied::Written(ts)
             }
             RowOutcome::ConditionFailed { actual } => {
-                for (k, p) in claimed {
-                    release(kv, k, p).await?;
-                }
-                out.push(Applied::Conflict(Some(actual.unwrap_or(Version {
+                releases.append(&mut claims[i]);
+                RowApplied::Conflict(Some(actual.unwrap_or(Version {
                     ts: Timestamp::ZERO,
                     header: ValueHeader::default(),
                     value: None,
-                }))));
+                })))
             }
             RowOutcome::NotAttempted => {
-                for (k, p) in claimed {
-                    release(kv, k, p).await?;
-                }
-                out.push(Applied::Conflict(None));
+                releases.append(&mut claims[i]);
+                RowApplied::Conflict(None)
             }
             other => {
                 return Err(SqlError::internal(format!(
                     "unexpected write outcome {other:?}"
                 )));
             }
-        }
+        };
     }
+    release_many(kv, releases).await?;
     Ok(out)
 }
 

@@ -53,6 +53,9 @@ enum Command {
         /// Accepted for CockroachDB compatibility; ldr always runs without TLS.
         #[arg(long)]
         insecure: bool,
+        /// Accepted for CockroachDB compatibility and ignored: ldr runs without TLS.
+        #[arg(long, value_name = "DIR")]
+        certs_dir: Option<String>,
         /// HOST:PORT of any node.
         #[arg(long, conflicts_with = "url")]
         host: Option<String>,
@@ -106,6 +109,7 @@ fn main() -> Result<()> {
         }) => runtime()?.block_on(node_cmd::status(&host, format)),
         Command::Sql {
             insecure: _,
+            certs_dir: _,
             host,
             url,
             database,

@@ -38,6 +38,7 @@ impl Target {
                 if let Some(db) = database {
                     parsed.set_path(&format!("/{db}"));
                 }
+                without_tls(&mut parsed);
                 parsed.to_string()
             }
             (None, Some(host)) => {
@@ -48,6 +49,40 @@ impl Target {
         };
         Ok(Target { url })
     }
+}
+
+/// ldr serves SQL without TLS: TLS parameters of a CockroachDB-style URL (`sslmode=verify-full`,
+/// `sslrootcert`, …) are dropped and `sslmode=disable` is used, with a note on stderr, so the
+/// URLs of CockroachDB's tutorials work as written.
+fn without_tls(url: &mut url::Url) {
+    const TLS_PARAMS: [&str; 6] = [
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+        "sslinline",
+        "sslpassword",
+    ];
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let tls_requested = pairs.iter().any(|(k, v)| {
+        (k == "sslmode" && !matches!(v.as_str(), "disable" | "allow" | "prefer"))
+            || (k != "sslmode" && TLS_PARAMS.contains(&k.as_str()))
+    });
+    if tls_requested {
+        eprintln!("# note: ldr runs without TLS; connecting with sslmode=disable");
+    }
+    let mut query = url.query_pairs_mut();
+    query.clear();
+    for (k, v) in pairs
+        .iter()
+        .filter(|(k, _)| !TLS_PARAMS.contains(&k.as_str()))
+    {
+        query.append_pair(k, v);
+    }
+    query.append_pair("sslmode", "disable");
 }
 
 /// The result of one statement, ready to print.
@@ -343,6 +378,17 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(t.url, "postgresql://u@h:1/y?sslmode=disable");
+        let t = Target::new(
+            Some("postgresql://root@h:26257?sslmode=verify-full&sslrootcert=certs/ca.crt&application_name=x".into()),
+            None,
+            None,
+            "root",
+        )
+        .expect("TLS parameters are accepted");
+        assert_eq!(
+            t.url,
+            "postgresql://root@h:26257?application_name=x&sslmode=disable"
+        );
         assert!(Target::new(None, None, None, "root").is_err());
     }
 }

@@ -203,19 +203,32 @@ where
 {
     let start = Instant::now();
     let deadline = start + timeout;
+    // The last check that finished: a check cut off by the deadline says nothing about the
+    // state, so the observation before it is kept for the report.
+    let mut observed: Option<String> = None;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let last =
+        let cut_off =
             match tokio::time::timeout(remaining.max(Duration::from_millis(1)), check()).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(observation)) => observation,
-                Err(_) => "the last check itself did not finish before the deadline".to_string(),
+                Ok(Err(observation)) => {
+                    observed = Some(observation);
+                    false
+                }
+                Err(_) => true,
             };
         if Instant::now() >= deadline {
+            let details = match (&observed, cut_off) {
+                (Some(last), false) => format!("; last observation: {last}"),
+                (Some(last), true) => format!(
+                    "; last observation: {last} (a later check did not finish before the deadline)"
+                ),
+                (None, _) => "; no check finished before the deadline".to_string(),
+            };
             return Err(SimError::Timeout {
                 what: what.to_string(),
                 waited_ms: start.elapsed().as_millis(),
-                details: format!("; last observation: {last}"),
+                details,
             });
         }
         tokio::time::sleep(poll_interval.min(deadline.saturating_duration_since(Instant::now())))
@@ -303,6 +316,32 @@ mod tests {
         let text = err.to_string();
         assert!(
             text.contains("never") && text.contains("still no"),
+            "{text}"
+        );
+        // Why: a check cut off by the deadline must not hide what the previous one saw.
+        let mut calls = 0;
+        let err = wait_until::<(), _, _>(
+            "a hanging check",
+            Duration::from_millis(300),
+            Duration::from_millis(1),
+            || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n == 1 {
+                        Err("job 7 paused".to_string())
+                    } else {
+                        std::future::pending().await
+                    }
+                }
+            },
+        )
+        .await
+        .expect_err("must time out");
+        let text = err.to_string();
+        assert!(
+            text.contains("last observation: job 7 paused")
+                && text.contains("a later check did not finish"),
             "{text}"
         );
     }

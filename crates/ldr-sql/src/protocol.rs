@@ -15,7 +15,7 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -35,11 +35,12 @@ use pgwire::api::results::{
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, METADATA_DATABASE, METADATA_USER, PgWireConnectionState,
-    PgWireServerHandlers, Type,
+    ClientInfo, ClientPortalStore, DEFAULT_NAME, METADATA_DATABASE, METADATA_USER,
+    PgWireConnectionState, PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
+use pgwire::messages::extendedquery::{Parse, ParseComplete};
 use pgwire::messages::startup::{Authentication, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpStream;
@@ -66,6 +67,9 @@ struct Conn {
     session: Mutex<Option<Session>>,
     /// (user, database) waiting for a password.
     pending: Mutex<Option<(String, String)>>,
+    /// Names of the statements prepared with the extended protocol's Parse, so that
+    /// `DEALLOCATE ALL` can forget them (the portal store cannot list them).
+    prepared_names: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// The handlers of one connection (pgwire asks a factory per connection).
@@ -79,6 +83,7 @@ impl Handlers {
             server,
             session: Mutex::new(None),
             pending: Mutex::new(None),
+            prepared_names: std::sync::Mutex::new(BTreeSet::new()),
         });
         Handlers {
             handler: Arc::new(ConnHandler {
@@ -356,13 +361,16 @@ async fn with_session<T>(conn: &Conn, f: impl AsyncFnOnce(&mut Session) -> T) ->
 
 #[async_trait]
 impl SimpleQueryHandler for ConnHandler {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some(target) = parse_deallocate(query) {
+            return Ok(vec![self.deallocate(client.portal_store(), target)]);
+        }
         let (results, tz) = with_session(&self.conn, async |s: &mut Session| {
             let r = s.execute(query).await;
             (r, s.vars.tz_offset_secs)
@@ -384,6 +392,68 @@ impl SimpleQueryHandler for ConnHandler {
             }
         }
         Ok(out)
+    }
+}
+
+/// The target of `DEALLOCATE [PREPARE] { name | ALL }`.
+#[derive(Debug, PartialEq)]
+enum Deallocate {
+    All,
+    Named(String),
+}
+
+/// Recognizes a lone `DEALLOCATE` statement. Drivers (psycopg among them) send it as a simple
+/// query to free statements they prepared with the extended protocol, which live in the
+/// connection's portal store rather than in the SQL session.
+fn parse_deallocate(query: &str) -> Option<Deallocate> {
+    let text = query.trim().trim_end_matches(';').trim();
+    let mut words = text.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("DEALLOCATE") {
+        return None;
+    }
+    let mut target = words.next()?;
+    if target.eq_ignore_ascii_case("PREPARE") {
+        target = words.next()?;
+    }
+    if words.next().is_some() {
+        return None;
+    }
+    if target.eq_ignore_ascii_case("ALL") {
+        return Some(Deallocate::All);
+    }
+    let name = match target.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => target.to_lowercase(),
+    };
+    Some(Deallocate::Named(name))
+}
+
+impl ConnHandler {
+    fn deallocate(&self, store: &impl PortalStore, target: Deallocate) -> Response {
+        let mut names = self
+            .conn
+            .prepared_names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match target {
+            Deallocate::All => {
+                for name in std::mem::take(&mut *names) {
+                    store.rm_statement(&name);
+                }
+                Response::Execution(Tag::new("DEALLOCATE ALL"))
+            }
+            Deallocate::Named(name) => {
+                if !names.remove(&name) && store.get_statement(&name).is_none() {
+                    let e = SqlError::new(
+                        "26000",
+                        format!("prepared statement \"{name}\" does not exist"),
+                    );
+                    return Response::Error(Box::new(error_info(&e, "ERROR")));
+                }
+                store.rm_statement(&name);
+                Response::Execution(Tag::new("DEALLOCATE"))
+            }
+        }
     }
 }
 
@@ -440,6 +510,35 @@ impl ExtendedQueryHandler for ConnHandler {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.parser.clone()
+    }
+
+    /// As pgwire's default, and remembers the statement's name for `DEALLOCATE ALL`.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message
+            .name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAME.to_owned());
+        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+            Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        if name != DEFAULT_NAME {
+            self.conn
+                .prepared_names
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(name);
+        }
+        client
+            .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        Ok(())
     }
 
     async fn do_describe_statement<C>(
@@ -516,5 +615,35 @@ impl ExtendedQueryHandler for ConnHandler {
             Ok(r) => to_response(r, Some(&portal.result_column_format), tz),
             Err(e) => Err(user_error(&e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod deallocate_tests {
+    use super::{Deallocate, parse_deallocate};
+
+    #[test]
+    fn parses_deallocate_forms() {
+        assert_eq!(parse_deallocate("DEALLOCATE ALL"), Some(Deallocate::All));
+        assert_eq!(
+            parse_deallocate(" deallocate prepare all ; "),
+            Some(Deallocate::All)
+        );
+        assert_eq!(
+            parse_deallocate("DEALLOCATE _pg3_0"),
+            Some(Deallocate::Named("_pg3_0".into()))
+        );
+        assert_eq!(
+            parse_deallocate("DEALLOCATE PREPARE \"My\"\"Stmt\""),
+            Some(Deallocate::Named("My\"Stmt".into()))
+        );
+        assert_eq!(
+            parse_deallocate("DEALLOCATE Foo"),
+            Some(Deallocate::Named("foo".into()))
+        );
+        assert_eq!(parse_deallocate("DEALLOCATE"), None);
+        assert_eq!(parse_deallocate("DEALLOCATE a b"), None);
+        assert_eq!(parse_deallocate("SELECT 1"), None);
+        assert_eq!(parse_deallocate("DEALLOCATE a; SELECT 1"), None);
     }
 }

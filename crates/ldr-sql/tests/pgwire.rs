@@ -361,3 +361,59 @@ async fn psql_simple_protocol() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Drivers free statements they prepared with Parse by sending `DEALLOCATE` (psycopg sends
+/// `DEALLOCATE ALL` after every rollback); the statements must really be gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_frees_prepared_statements() {
+    let node = TestNode::start().await;
+    let port = listen(node.server.clone()).await;
+    let client = connect(port, "root").await.expect("connects");
+    // tokio-postgres names its statements s0, s1, ...
+    let first = client.prepare("SELECT 1").await.expect("prepares s0");
+    let second = client.prepare("SELECT 2").await.expect("prepares s1");
+    let third = client.prepare("SELECT 3").await.expect("prepares s2");
+
+    client
+        .simple_query("DEALLOCATE s0")
+        .await
+        .expect("deallocates s0");
+    let e = client.query(&first, &[]).await.expect_err("s0 is gone");
+    assert_eq!(code(&e), "26000", "{e}");
+    let row = client
+        .query_one(&second, &[])
+        .await
+        .expect("s1 still works");
+    assert_eq!(row.get::<_, i64>(0), 2);
+
+    let e = client
+        .simple_query("DEALLOCATE s0")
+        .await
+        .expect_err("s0 was already freed");
+    assert_eq!(code(&e), "26000", "{e}");
+    assert!(
+        e.as_db_error()
+            .is_some_and(|d| d.message() == "prepared statement \"s0\" does not exist"),
+        "{e}"
+    );
+
+    client
+        .simple_query("deallocate prepare S1;")
+        .await
+        .expect("names fold to lower case");
+    let e = client.query(&second, &[]).await.expect_err("s1 is gone");
+    assert_eq!(code(&e), "26000", "{e}");
+
+    client
+        .simple_query("DEALLOCATE ALL")
+        .await
+        .expect("deallocates all");
+    let e = client.query(&third, &[]).await.expect_err("s2 is gone");
+    assert_eq!(code(&e), "26000", "{e}");
+    // The connection is still usable.
+    let row = client
+        .query_one("SELECT 4", &[])
+        .await
+        .expect("new statements prepare");
+    assert_eq!(row.get::<_, i64>(0), 4);
+}

@@ -79,19 +79,26 @@ async fn unique_clash_goes_to_the_dlq_and_the_job_keeps_running() -> Result<()> 
 
     // The DLQ table exists under crdb_replication, named after the destination table's id.
     let tables = query_any(&b, "SHOW TABLES FROM db").await?;
-    let names: Vec<(String, String)> = column_values(&tables, "schema_name")?
+    let names: Vec<(String, String, String)> = column_values(&tables, "schema_name")?
         .into_iter()
         .zip(column_values(&tables, "table_name")?)
+        .zip(column_values(&tables, "owner")?)
+        .map(|((schema, name), owner)| (schema, name, owner))
         .collect();
-    let (_, dlq) = names
+    let (_, dlq, owner) = names
         .iter()
-        .find(|(schema, name)| {
+        .find(|(schema, name, _)| {
             schema == "crdb_replication"
                 && name.starts_with("dlq_")
                 && name.ends_with("_public_users")
         })
         .with_context(|| format!("no DLQ table in SHOW TABLES FROM db: {names:?}"))?
         .clone();
+    // As in CockroachDB, the job's internal user creates (and owns) the DLQ table.
+    ensure!(
+        owner == "node",
+        "DLQ table {dlq} is owned by {owner}, not node"
+    );
     let table_id: i64 = dlq
         .trim_start_matches("dlq_")
         .trim_end_matches("_public_users")

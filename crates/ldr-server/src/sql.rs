@@ -33,7 +33,7 @@ pub struct SqlWiring {
     kv: KvClient,
 }
 
-/// The internal executor: statements run as `root`, one session per call.
+/// The internal executor: statements run as the internal user `node`, one session per call.
 struct NodeSql {
     server: Arc<SqlServer>,
 }
@@ -46,7 +46,7 @@ impl InternalSql for NodeSql {
         sql: &str,
         params: Vec<Datum>,
     ) -> std::result::Result<u64, SqlError> {
-        let mut session = self.server.session("root", database).await?;
+        let mut session = self.server.node_session(database);
         let prepared = session.prepare(sql, &[]).await?;
         let result = session.execute_prepared(&prepared, params).await?;
         Ok(result.rows_affected.unwrap_or(0) as u64)

@@ -821,6 +821,13 @@ async fn users_and_privileges() {
         "42710"
     );
     exec(&mut root, "CREATE USER IF NOT EXISTS maxroach").await;
+    // Why: `node` is the internal user that owns DLQ tables; nobody may create or log in as it.
+    let e = exec_err(&mut root, "CREATE USER node").await;
+    assert_eq!(e.code(), "42939", "{}", e.message());
+    assert!(
+        node.server.session("node", "defaultdb").await.is_err(),
+        "no login as the internal user"
+    );
     let mut u = node
         .server
         .session("maxroach", "defaultdb")

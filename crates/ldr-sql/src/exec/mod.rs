@@ -252,6 +252,23 @@ impl SqlServer {
 
     /// A new session for an authenticated user. An unknown database is accepted as
     /// CockroachDB does (statements that need it fail with 3D000).
+    /// A session of the internal user `node`, as CockroachDB's internal executor: an admin
+    /// that no login can use. Objects it creates (the DLQ tables) are owned by `node`.
+    pub fn node_session(self: &Arc<Self>, database: &str) -> Session {
+        let db = if database.is_empty() {
+            "defaultdb"
+        } else {
+            database
+        };
+        Session {
+            server: self.clone(),
+            user: "node".to_string(),
+            vars: SessionVars::new("node", db, true, self.kv.node_id()),
+            txn: Txn::Idle,
+            show_sources: vec![],
+        }
+    }
+
     pub async fn session(self: &Arc<Self>, user: &str, database: &str) -> Result<Session> {
         let record = self.catalog.user(user).await?.ok_or_else(|| {
             SqlError::new(

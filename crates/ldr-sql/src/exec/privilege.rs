@@ -407,6 +407,14 @@ pub(crate) async fn execute(s: &mut Session, stmt: &Statement) -> Result<QueryRe
 }
 
 fn validate_user_name(name: &str) -> Result<()> {
+    // `node` is the internal executor's user (it owns the DLQ tables); `public` and `none`
+    // are CockroachDB's other reserved role names.
+    if matches!(name, "node" | "public" | "none") {
+        return Err(SqlError::new(
+            "42939",
+            format!("role name \"{name}\" is reserved"),
+        ));
+    }
     let ok = !name.is_empty()
         && name.len() <= 63
         && name

@@ -1146,3 +1146,123 @@ async fn select_from_show_sources() {
         vec![vec!["id"]]
     );
 }
+
+/// Drivers and tools find tables and columns through `information_schema` and `pg_catalog`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn information_schema_and_pg_tables() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    exec(
+        &mut s,
+        "CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20) NOT NULL, amount DECIMAL(10,2), \
+         at TIMESTAMPTZ DEFAULT now(), doc JSONB); CREATE TABLE hidden_from_u (k INT PRIMARY KEY); \
+         CREATE SCHEMA app; CREATE TABLE app.t2 (k STRING PRIMARY KEY)",
+    )
+    .await;
+    assert_eq!(
+        rows(
+            &mut s,
+            "SELECT column_name, ordinal_position, is_nullable, data_type, udt_name, \
+             character_maximum_length, numeric_precision, numeric_scale, column_default \
+             FROM information_schema.columns WHERE table_name = 't' ORDER BY ordinal_position"
+        )
+        .await,
+        vec![
+            vec!["id", "1", "NO", "bigint", "int8", "NULL", "64", "0", "NULL"],
+            vec![
+                "name",
+                "2",
+                "NO",
+                "character varying",
+                "varchar",
+                "20",
+                "NULL",
+                "NULL",
+                "NULL"
+            ],
+            vec![
+                "amount", "3", "YES", "numeric", "numeric", "NULL", "10", "2", "NULL"
+            ],
+            vec![
+                "at",
+                "4",
+                "YES",
+                "timestamp with time zone",
+                "timestamptz",
+                "NULL",
+                "NULL",
+                "NULL",
+                "now()"
+            ],
+            vec![
+                "doc", "5", "YES", "jsonb", "jsonb", "NULL", "NULL", "NULL", "NULL"
+            ],
+        ]
+    );
+    assert_eq!(
+        rows(
+            &mut s,
+            "SELECT table_catalog, table_schema, table_name, table_type FROM information_schema.tables \
+             ORDER BY table_schema, table_name"
+        )
+        .await,
+        vec![
+            vec!["defaultdb", "app", "t2", "BASE TABLE"],
+            vec!["defaultdb", "public", "hidden_from_u", "BASE TABLE"],
+            vec!["defaultdb", "public", "t", "BASE TABLE"],
+        ]
+    );
+    assert_eq!(
+        rows(
+            &mut s,
+            "SELECT schemaname, tablename, tableowner FROM pg_catalog.pg_tables \
+             WHERE schemaname = 'public' ORDER BY tablename"
+        )
+        .await,
+        vec![
+            vec!["public", "hidden_from_u", "root"],
+            vec!["public", "t", "root"]
+        ]
+    );
+    assert_eq!(
+        rows(
+            &mut s,
+            "SELECT schema_name FROM information_schema.schemata WHERE crdb_is_user_defined = 'YES' \
+             ORDER BY 1"
+        )
+        .await,
+        vec![vec!["app"], vec!["public"]]
+    );
+    // Qualified by database, from another database.
+    exec(&mut s, "CREATE DATABASE other; USE other").await;
+    assert_eq!(
+        rows(
+            &mut s,
+            "SELECT count(*) FROM defaultdb.information_schema.tables"
+        )
+        .await,
+        vec![vec!["3"]]
+    );
+    assert_eq!(
+        rows(&mut s, "SELECT count(*) FROM information_schema.tables").await,
+        vec![vec!["0"]]
+    );
+    // A user sees only the tables they hold a privilege on.
+    exec(
+        &mut s,
+        "USE defaultdb; CREATE USER u; GRANT SELECT ON TABLE t TO u",
+    )
+    .await;
+    let mut u = node
+        .server
+        .session("u", "defaultdb")
+        .await
+        .expect("session");
+    assert_eq!(
+        rows(&mut u, "SELECT table_name FROM information_schema.tables").await,
+        vec![vec!["t"]]
+    );
+    // Other catalog tables still say they are not implemented.
+    let e = exec_err(&mut s, "SELECT * FROM pg_catalog.pg_class").await;
+    assert_eq!(e.code(), "0A000", "{}", e.message());
+}

@@ -26,6 +26,7 @@ pub mod session;
 mod show;
 mod txn;
 mod upsert;
+mod virtual_tables;
 mod write;
 
 use std::sync::Arc;

@@ -408,6 +408,24 @@ async fn add_source(
                 });
                 return Ok(());
             }
+            if let [database @ .., schema, name] = parts.as_slice()
+                && database.len() <= 1
+                && let Some(table) = crate::parser::VirtualTable::lookup(schema, name)
+            {
+                let stmt = crate::parser::Statement::VirtualTable {
+                    table,
+                    database: database.first().cloned(),
+                };
+                let columns = super::show::describe(s, &stmt).await;
+                let desc = Arc::new(virtual_descriptor(name, &columns));
+                let alias = alias.as_ref().map(|a| normalize_ident(&a.name));
+                sources.push(Source {
+                    desc,
+                    alias,
+                    show: Some(stmt),
+                });
+                return Ok(());
+            }
             if parts.len() >= 2
                 && matches!(
                     parts[parts.len() - 2].as_str(),

@@ -164,6 +164,7 @@ pub(crate) async fn describe(sess: &Session, stmt: &Statement) -> Vec<ColumnInfo
             col("is_grantable", SqlType::Bool),
         ],
         S::ShowExternalConnections { .. } => ext_columns(),
+        S::VirtualTable { table, .. } => super::virtual_tables::columns(*table),
         S::ShowClusterSettings => settings_columns(),
         S::ShowClusterSetting(name) => vec![col(name, setting_type(sess, name))],
         S::ShowVar(name) => vec![col(&super::session::canonical_var(name), SqlType::String)],
@@ -603,6 +604,9 @@ pub(crate) async fn execute(
                 ],
                 rows,
             ))
+        }
+        S::VirtualTable { table, database } => {
+            super::virtual_tables::rows(sess, *table, database.as_deref()).await
         }
         S::ShowExternalConnections { name } => {
             privilege::require_admin(sess, "view external connections")

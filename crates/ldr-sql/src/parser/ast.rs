@@ -105,6 +105,12 @@ pub enum Statement {
     ShowExternalConnections {
         name: Option<String>,
     },
+    /// The rows of an `information_schema` / `pg_catalog` table a query reads (never parsed
+    /// on its own: built when a FROM clause names one).
+    VirtualTable {
+        table: VirtualTable,
+        database: Option<String>,
+    },
 
     PauseJob(Expr),
     ResumeJob(Expr),
@@ -183,6 +189,28 @@ impl Statement {
                 | Statement::ReleaseSavepoint(_)
                 | Statement::RollbackToSavepoint(_)
         )
+    }
+}
+
+/// The `information_schema` and `pg_catalog` tables that tools and drivers query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtualTable {
+    InformationSchemaSchemata,
+    InformationSchemaTables,
+    InformationSchemaColumns,
+    PgTables,
+}
+
+impl VirtualTable {
+    /// The virtual table `schema.name`, if it is one we serve.
+    pub fn lookup(schema: &str, name: &str) -> Option<VirtualTable> {
+        Some(match (schema, name) {
+            ("information_schema", "schemata") => VirtualTable::InformationSchemaSchemata,
+            ("information_schema", "tables") => VirtualTable::InformationSchemaTables,
+            ("information_schema", "columns") => VirtualTable::InformationSchemaColumns,
+            ("pg_catalog", "pg_tables") => VirtualTable::PgTables,
+            _ => return None,
+        })
     }
 }
 

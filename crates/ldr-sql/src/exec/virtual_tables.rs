@@ -135,6 +135,7 @@ pub(crate) async fn rows(
             VirtualTable::InformationSchemaColumns => {
                 for (i, c) in t.columns.iter().enumerate() {
                     let (precision, scale) = numeric_shape(&c.ty);
+                    let (data_type, udt_name) = pg_names(&c.ty);
                     rows.push(vec![
                         text(db.name.clone()),
                         text(t.schema.clone()),
@@ -143,11 +144,11 @@ pub(crate) async fn rows(
                         Datum::Int(i as i64 + 1),
                         c.default_expr.clone().map(text).unwrap_or(Datum::Null),
                         yes_no(c.nullable),
-                        text(pg_type_name(&c.ty)),
+                        text(data_type),
                         int(character_length(&c.ty)),
                         int(precision),
                         int(scale),
-                        text(udt_name(&c.ty)),
+                        text(udt_name),
                         text(c.ty.sql_name()),
                         yes_no(c.hidden),
                     ]);
@@ -169,51 +170,28 @@ pub(crate) async fn rows(
     Ok(QueryResult::rows(columns(table), rows))
 }
 
-/// `information_schema.columns.data_type`: PostgreSQL's SQL-standard type name.
-fn pg_type_name(ty: &SqlType) -> &'static str {
+/// (`data_type`, `udt_name`) of `information_schema.columns`: PostgreSQL's SQL-standard type
+/// name and its `pg_type` name.
+fn pg_names(ty: &SqlType) -> (&'static str, &'static str) {
     match ty {
-        SqlType::Bool => "boolean",
-        SqlType::Int2 => "smallint",
-        SqlType::Int4 => "integer",
-        SqlType::Int8 => "bigint",
-        SqlType::Float4 => "real",
-        SqlType::Float8 => "double precision",
-        SqlType::Decimal { .. } => "numeric",
-        SqlType::String => "text",
-        SqlType::Varchar { .. } => "character varying",
-        SqlType::Char { .. } => "character",
-        SqlType::Bytes => "bytea",
-        SqlType::Date => "date",
-        SqlType::Timestamp => "timestamp without time zone",
-        SqlType::TimestampTz => "timestamp with time zone",
-        SqlType::Interval => "interval",
-        SqlType::Uuid => "uuid",
-        SqlType::Jsonb => "jsonb",
-        SqlType::Unknown => "unknown",
-    }
-}
-
-/// `information_schema.columns.udt_name`: the `pg_type` name.
-fn udt_name(ty: &SqlType) -> &'static str {
-    match ty {
-        SqlType::Bool => "bool",
-        SqlType::Int2 => "int2",
-        SqlType::Int4 => "int4",
-        SqlType::Int8 => "int8",
-        SqlType::Float4 => "float4",
-        SqlType::Float8 => "float8",
-        SqlType::Decimal { .. } => "numeric",
-        SqlType::String => "text",
-        SqlType::Varchar { .. } => "varchar",
-        SqlType::Char { .. } => "bpchar",
-        SqlType::Bytes => "bytea",
-        SqlType::Date => "date",
-        SqlType::Timestamp => "timestamp",
-        SqlType::TimestampTz => "timestamptz",
-        SqlType::Interval => "interval",
-        SqlType::Uuid => "uuid",
-        SqlType::Jsonb => "jsonb",
-        SqlType::Unknown => "unknown",
+        SqlType::Bool => ("boolean", "bool"),
+        SqlType::Int2 => ("smallint", "int2"),
+        SqlType::Int4 => ("integer", "int4"),
+        SqlType::Int8 => ("bigint", "int8"),
+        SqlType::Float4 => ("real", "float4"),
+        SqlType::Float8 => ("double precision", "float8"),
+        SqlType::Decimal { .. } => ("numeric", "numeric"),
+        SqlType::String => ("text", "text"),
+        SqlType::Varchar { .. } => ("character varying", "varchar"),
+        SqlType::Char { .. } => ("character", "bpchar"),
+        SqlType::Bytes => ("bytea", "bytea"),
+        SqlType::Date => ("date", "date"),
+        SqlType::Timestamp => ("timestamp without time zone", "timestamp"),
+        SqlType::TimestampTz => ("timestamp with time zone", "timestamptz"),
+        SqlType::Interval => ("interval", "interval"),
+        SqlType::Uuid => ("uuid", "uuid"),
+        SqlType::Jsonb => ("jsonb", "jsonb"),
+        SqlType::Unknown => ("unknown", "unknown"),
     }
 }
 

@@ -36,6 +36,7 @@
 //! outside every primary index span, so replication streams and SQL scans never see them).
 
 pub mod catalog;
+pub mod copy;
 pub mod datum;
 pub mod encoding;
 pub mod error;

@@ -26,11 +26,12 @@ use pgwire::api::auth::{
     ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
 };
+use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
-    DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo, QueryResponse,
-    Response, Tag,
+    CopyResponse, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo,
+    QueryResponse, Response, Tag,
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
@@ -39,6 +40,7 @@ use pgwire::api::{
     PgWireConnectionState, PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::extendedquery::{Parse, ParseComplete};
 use pgwire::messages::startup::{Authentication, SecretKey};
@@ -47,6 +49,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tracing::debug;
 
+use crate::copy::CopySpec;
 use crate::datum::Datum;
 use crate::error::SqlError;
 use crate::exec::{ColumnInfo, Prepared, QueryResult, Session, SqlServer, TxnEffect};
@@ -70,7 +73,25 @@ struct Conn {
     /// Names of the statements prepared with the extended protocol's Parse, so that
     /// `DEALLOCATE ALL` can forget them (the portal store cannot list them).
     prepared_names: std::sync::Mutex<BTreeSet<String>>,
+    /// The `COPY … FROM STDIN` in progress, collecting the client's data.
+    copy_in: std::sync::Mutex<Option<CopyIn>>,
 }
+
+/// A `COPY … FROM STDIN` between its statement and the client's CopyDone.
+struct CopyIn {
+    spec: CopySpec,
+    /// The target columns (the listed ones, or every visible column).
+    columns: Vec<String>,
+    data: Vec<u8>,
+    /// Set when the data outgrew [`COPY_MAX_BYTES`]: reported at CopyDone, like PostgreSQL,
+    /// which reports errors only once the client has finished sending.
+    failed: Option<SqlError>,
+}
+
+/// The most COPY data one statement takes (it is held in memory until CopyDone).
+const COPY_MAX_BYTES: usize = 1 << 30;
+/// Rows per INSERT when applying COPY data.
+const COPY_BATCH_ROWS: usize = 1000;
 
 /// The handlers of one connection (pgwire asks a factory per connection).
 pub struct Handlers {
@@ -84,6 +105,7 @@ impl Handlers {
             session: Mutex::new(None),
             pending: Mutex::new(None),
             prepared_names: std::sync::Mutex::new(BTreeSet::new()),
+            copy_in: std::sync::Mutex::new(None),
         });
         Handlers {
             handler: Arc::new(ConnHandler {
@@ -104,6 +126,10 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.handler.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
         self.handler.clone()
     }
 }
@@ -368,6 +394,9 @@ impl SimpleQueryHandler for ConnHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some(spec) = crate::copy::parse_copy(query) {
+            return Ok(vec![self.start_copy(spec).await?]);
+        }
         if let Some(target) = parse_deallocate(query) {
             return Ok(vec![self.deallocate(client.portal_store(), target)]);
         }
@@ -454,6 +483,174 @@ impl ConnHandler {
                 Response::Execution(Tag::new("DEALLOCATE"))
             }
         }
+    }
+}
+
+fn lock_copy(conn: &Conn) -> std::sync::MutexGuard<'_, Option<CopyIn>> {
+    conn.copy_in
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl ConnHandler {
+    /// Checks the COPY target and switches the client to copy-in mode.
+    async fn start_copy(&self, spec: crate::Result<CopySpec>) -> PgWireResult<Response> {
+        let spec = match spec {
+            Ok(spec) => spec,
+            Err(e) => return Ok(Response::Error(Box::new(error_info(&e, "ERROR")))),
+        };
+        let columns = if spec.columns.is_empty() {
+            "*".to_string()
+        } else {
+            spec.columns.join(", ")
+        };
+        let probe = format!("SELECT {columns} FROM {} LIMIT 0", spec.table);
+        let prepared = with_session(&self.conn, async |s: &mut Session| {
+            s.prepare(&probe, &[]).await
+        })
+        .await?;
+        let columns: Vec<String> = match prepared {
+            Ok(p) => p.columns.into_iter().map(|c| c.name).collect(),
+            Err(e) => return Ok(Response::Error(Box::new(error_info(&e, "ERROR")))),
+        };
+        let count = columns.len();
+        *lock_copy(&self.conn) = Some(CopyIn {
+            spec,
+            columns,
+            data: Vec::new(),
+            failed: None,
+        });
+        Ok(Response::CopyIn(CopyResponse::new(
+            0,
+            count,
+            stream::empty::<PgWireResult<CopyData>>(),
+        )))
+    }
+
+    /// Parses the collected COPY data and inserts it, [`COPY_BATCH_ROWS`] rows per statement
+    /// (each its own transaction unless the COPY runs inside an explicit one).
+    async fn finish_copy(&self, copy: CopyIn) -> crate::Result<usize> {
+        if let Some(e) = copy.failed {
+            return Err(e);
+        }
+        let ncols = copy.columns.len();
+        let rows = crate::copy::parse_rows(&copy.spec, &copy.data, ncols)?;
+        let column_list: Vec<String> = copy.columns.iter().map(|c| quote_ident(c)).collect();
+        let column_list = column_list.join(", ");
+        let first_line = 1 + usize::from(copy.spec.header);
+        let mut inserted = 0;
+        for (batch_index, batch) in rows.chunks(COPY_BATCH_ROWS).enumerate() {
+            let tuples: Vec<String> = (0..batch.len())
+                .map(|r| {
+                    let params: Vec<String> =
+                        (1..=ncols).map(|c| format!("${}", r * ncols + c)).collect();
+                    format!("({})", params.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO {} ({column_list}) VALUES {}",
+                copy.spec.table,
+                tuples.join(", ")
+            );
+            let table = &copy.spec.table;
+            let result = with_session(&self.conn, async |s: &mut Session| {
+                let prepared = s.prepare(&sql, &[]).await?;
+                let mut params = Vec::with_capacity(batch.len() * ncols);
+                for (r, row) in batch.iter().enumerate() {
+                    let line = first_line + batch_index * COPY_BATCH_ROWS + r;
+                    for (c, field) in row.iter().enumerate() {
+                        params.push(match field {
+                            None => Datum::Null,
+                            Some(text) => {
+                                Datum::parse_text(text, &prepared.param_types[r * ncols + c])
+                                    .map_err(|e| {
+                                        e.with_detail(format!(
+                                            "COPY {table}, line {line}, column {}",
+                                            copy.columns[c]
+                                        ))
+                                    })?
+                            }
+                        });
+                    }
+                }
+                s.execute_prepared(&prepared, params).await
+            })
+            .await
+            .map_err(|e| SqlError::internal(e.to_string()))??;
+            inserted += result.rows_affected.unwrap_or(batch.len());
+        }
+        Ok(inserted)
+    }
+}
+
+#[async_trait]
+impl CopyHandler for ConnHandler {
+    async fn on_copy_data<C>(&self, _client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut guard = lock_copy(&self.conn);
+        let Some(copy) = guard.as_mut() else {
+            return Err(user_error(&SqlError::new(
+                "08P01",
+                "CopyData without a COPY in progress",
+            )));
+        };
+        if copy.failed.is_none() {
+            if copy.data.len() + copy_data.data.len() > COPY_MAX_BYTES {
+                copy.failed = Some(SqlError::new(
+                    "54000",
+                    format!(
+                        "COPY data exceeds {} MiB; split it into several COPY statements",
+                        COPY_MAX_BYTES >> 20
+                    ),
+                ));
+                copy.data = Vec::new();
+            } else {
+                copy.data.extend_from_slice(&copy_data.data);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let copy = lock_copy(&self.conn).take().ok_or_else(|| {
+            user_error(&SqlError::new(
+                "08P01",
+                "CopyDone without a COPY in progress",
+            ))
+        })?;
+        let inserted = self.finish_copy(copy).await.map_err(|e| user_error(&e))?;
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new("COPY").with_rows(inserted).into(),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        lock_copy(&self.conn).take();
+        user_error(&SqlError::new(
+            "57014",
+            format!("COPY from stdin failed: {}", fail.message),
+        ))
     }
 }
 

@@ -20,6 +20,8 @@ pub struct CopySpec {
     pub table: String,
     /// The columns as written; empty means every visible column.
     pub columns: Vec<String>,
+    /// For `COPY … TO STDOUT`: the query whose rows are sent.
+    pub to_query: Option<String>,
     pub csv: bool,
     pub delimiter: char,
     /// The field text that means NULL (`\N` in text format, an unquoted empty field in CSV).
@@ -67,27 +69,46 @@ fn parse_spec(text: &str) -> Result<CopySpec> {
     else {
         return Err(SqlError::unsupported("this COPY statement"));
     };
-    if to {
-        return Err(SqlError::unsupported("COPY … TO"));
-    }
-    if target != CopyTarget::Stdin {
-        return Err(SqlError::unsupported(
-            "COPY FROM a file or program; use FROM STDIN",
-        ));
+    match (to, &target) {
+        (false, CopyTarget::Stdin) | (true, CopyTarget::Stdout) => {}
+        (false, _) => {
+            return Err(SqlError::unsupported(
+                "COPY FROM a file or program; use FROM STDIN",
+            ));
+        }
+        (true, _) => {
+            return Err(SqlError::unsupported(
+                "COPY TO a file or program; use TO STDOUT",
+            ));
+        }
     }
     if !values.is_empty() {
         return Err(SqlError::unsupported("COPY data inline with the statement"));
     }
-    let CopySource::Table {
-        table_name,
-        columns,
-    } = source
-    else {
-        return Err(SqlError::unsupported("COPY from a query"));
+    let (table, columns, to_query) = match source {
+        CopySource::Table {
+            table_name,
+            columns,
+        } => {
+            let table = table_name.to_string();
+            let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+            let query = to.then(|| {
+                let list = if columns.is_empty() {
+                    "*".to_string()
+                } else {
+                    columns.join(", ")
+                };
+                format!("SELECT {list} FROM {table}")
+            });
+            (table, columns, query)
+        }
+        CopySource::Query(query) if to => (String::new(), Vec::new(), Some(query.to_string())),
+        CopySource::Query(_) => return Err(SqlError::unsupported("COPY FROM a query")),
     };
     let mut spec = CopySpec {
-        table: table_name.to_string(),
-        columns: columns.iter().map(|c| c.to_string()).collect(),
+        table,
+        columns,
+        to_query,
         csv: false,
         delimiter: '\t',
         null: "\\N".into(),
@@ -380,6 +401,54 @@ fn csv_records(spec: &CopySpec, text: &str) -> Result<Vec<Vec<Option<String>>>> 
     Ok(records)
 }
 
+/// Appends one row of `COPY … TO` output (fields already in PostgreSQL's text form).
+pub fn format_row(spec: &CopySpec, fields: &[Option<String>], out: &mut Vec<u8>) {
+    let mut line = String::new();
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push(spec.delimiter);
+        }
+        match field {
+            None => line.push_str(&spec.null),
+            Some(value) if spec.csv => {
+                let needs_quotes = value.is_empty()
+                    || *value == spec.null
+                    || value.starts_with("\\.")
+                    || value.contains([spec.delimiter, spec.quote, '\n', '\r']);
+                if needs_quotes {
+                    line.push(spec.quote);
+                    for c in value.chars() {
+                        if c == spec.quote || c == spec.escape {
+                            line.push(spec.escape);
+                        }
+                        line.push(c);
+                    }
+                    line.push(spec.quote);
+                } else {
+                    line.push_str(value);
+                }
+            }
+            Some(value) => {
+                for c in value.chars() {
+                    match c {
+                        '\\' => line.push_str("\\\\"),
+                        '\n' => line.push_str("\\n"),
+                        '\r' => line.push_str("\\r"),
+                        '\t' if spec.delimiter == '\t' => line.push_str("\\t"),
+                        c if c == spec.delimiter => {
+                            line.push('\\');
+                            line.push(c);
+                        }
+                        c => line.push(c),
+                    }
+                }
+            }
+        }
+    }
+    line.push('\n');
+    out.extend_from_slice(line.as_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,10 +477,14 @@ mod tests {
         assert!(s.csv && s.header && s.delimiter == ',' && s.null.is_empty());
         let s = spec("COPY t FROM STDIN WITH (FORMAT csv, DELIMITER '|', NULL 'nil', HEADER true)");
         assert!(s.csv && s.header && s.delimiter == '|' && s.null == "nil");
+        let s = spec("COPY t (a, b) TO STDOUT WITH CSV");
+        assert_eq!(s.to_query.as_deref(), Some("SELECT a, b FROM t"));
+        let s = spec("COPY (SELECT a FROM t WHERE a > 1) TO STDOUT");
+        assert_eq!(s.to_query.as_deref(), Some("SELECT a FROM t WHERE a > 1"));
+        assert!(spec("COPY t FROM STDIN").to_query.is_none());
         for bad in [
-            "COPY t TO STDOUT",
+            "COPY t TO '/tmp/x'",
             "COPY t FROM '/etc/passwd'",
-            "COPY (SELECT 1) TO STDOUT",
             "COPY t FROM STDIN WITH (FORMAT binary)",
             "COPY t FROM STDIN WITH (HEADER true)",
             "COPY t FROM STDIN; SELECT 1",
@@ -463,6 +536,26 @@ mod tests {
             parse_rows(&s, &[0xff, b'\n'], 1).expect_err("utf8").code(),
             "22021"
         );
+    }
+
+    #[test]
+    fn output_round_trips_through_the_parser() {
+        let rows = vec![
+            vec![
+                Some("1".to_string()),
+                Some("tab\there, \"q\"\nline\\".to_string()),
+            ],
+            vec![Some("2".to_string()), None],
+            vec![Some("3".to_string()), Some(String::new())],
+        ];
+        for sql in ["COPY t TO STDOUT", "COPY t TO STDOUT WITH CSV"] {
+            let s = spec(sql);
+            let mut out = Vec::new();
+            for row in &rows {
+                format_row(&s, row, &mut out);
+            }
+            assert_eq!(parse_rows(&s, &out, 2).expect(sql), rows, "{sql}");
+        }
     }
 
     #[test]

@@ -503,6 +503,9 @@ impl ConnHandler {
             Ok(spec) => spec,
             Err(e) => return Ok(Response::Error(Box::new(error_info(&e, "ERROR")))),
         };
+        if let Some(query) = spec.to_query.clone() {
+            return self.copy_out(&spec, &query).await;
+        }
         let columns = if spec.columns.is_empty() {
             "*".to_string()
         } else {
@@ -528,6 +531,60 @@ impl ConnHandler {
             0,
             count,
             stream::empty::<PgWireResult<CopyData>>(),
+        )))
+    }
+
+    /// `COPY … TO STDOUT`: runs the query and sends one CopyData message per row.
+    async fn copy_out(&self, spec: &CopySpec, query: &str) -> PgWireResult<Response> {
+        let (results, tz) = with_session(&self.conn, async |s: &mut Session| {
+            let r = s.execute(query).await;
+            (r, s.vars.tz_offset_secs)
+        })
+        .await?;
+        let result = match results.into_iter().next() {
+            Some(Ok(result)) => result,
+            Some(Err(e)) => return Ok(Response::Error(Box::new(error_info(&e, "ERROR")))),
+            None => {
+                let e = SqlError::new("42601", "COPY needs a query");
+                return Ok(Response::Error(Box::new(error_info(&e, "ERROR"))));
+            }
+        };
+        let mut header = Vec::new();
+        if spec.header {
+            let names: Vec<Option<String>> = result
+                .columns
+                .iter()
+                .map(|c| Some(c.name.clone()))
+                .collect();
+            crate::copy::format_row(spec, &names, &mut header);
+        }
+        let mut messages = Vec::with_capacity(result.rows.len() + 1);
+        for (i, row) in result.rows.iter().enumerate() {
+            let mut fields = Vec::with_capacity(row.len());
+            for (c, datum) in row.iter().enumerate() {
+                let ty = result
+                    .columns
+                    .get(c)
+                    .map(|col| &col.ty)
+                    .unwrap_or(&SqlType::String);
+                let text = wire::encode(datum, ty, false, tz).map_err(|e| user_error(&e))?;
+                fields.push(text.map(|b| String::from_utf8_lossy(&b).into_owned()));
+            }
+            let mut buf = if i == 0 {
+                std::mem::take(&mut header)
+            } else {
+                Vec::new()
+            };
+            crate::copy::format_row(spec, &fields, &mut buf);
+            messages.push(Ok(CopyData::new(buf.into())));
+        }
+        if !header.is_empty() {
+            messages.push(Ok(CopyData::new(header.into())));
+        }
+        Ok(Response::CopyOut(CopyResponse::new(
+            0,
+            result.columns.len(),
+            stream::iter(messages),
         )))
     }
 

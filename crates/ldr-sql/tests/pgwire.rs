@@ -418,10 +418,10 @@ async fn deallocate_frees_prepared_statements() {
     assert_eq!(row.get::<_, i64>(0), 4);
 }
 
-/// `COPY … FROM STDIN` through psql (text and CSV), with NULLs, escapes, errors that name
+/// `COPY … FROM STDIN` and `COPY … TO STDOUT` through psql (text and CSV), with NULLs, escapes, errors that name
 /// the line, and a connection that stays usable afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_from_stdin_through_psql() {
+async fn copy_from_stdin_and_to_stdout_through_psql() {
     let node = TestNode::start().await;
     let port = listen(node.server.clone()).await;
     let out = tokio::task::spawn_blocking(move || {
@@ -440,11 +440,21 @@ async fn copy_from_stdin_through_psql() {
         let ok = psql(port, &["-c", &copy_text, "-c", &copy_csv]);
         let failed = psql(port, &["-c", &copy_bad]);
         let after = psql(port, &["-A", "-t", "-c", "SELECT id, coalesce(name, 'NULL'), coalesce(amount::STRING, 'NULL'), coalesce(at::STRING, 'NULL') FROM c ORDER BY id"]);
-        (ok, failed, after)
+        // COPY … TO: a table to a file and back into a copy of the table, and a query as CSV.
+        let dump = dir.path().join("dump.tsv");
+        let out = psql(port, &[
+            "-c", &format!("\\copy c TO '{}'", dump.display()),
+            "-c", "CREATE TABLE c2 (id INT PRIMARY KEY, name STRING, amount DECIMAL(10,2), at DATE)",
+            "-c", &format!("\\copy c2 FROM '{}'", dump.display()),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let fingerprints = psql(port, &["-A", "-t", "-c", "SELECT fingerprint FROM [SHOW EXPERIMENTAL_FINGERPRINTS FROM TABLE c]", "-c", "SELECT fingerprint FROM [SHOW EXPERIMENTAL_FINGERPRINTS FROM TABLE c2]"]);
+        let csv_out = psql(port, &["-c", "COPY (SELECT id, name FROM c WHERE id IN (3, 4) ORDER BY id) TO STDOUT WITH CSV HEADER"]);
+        (ok, failed, after, fingerprints, csv_out)
     })
     .await
     .expect("psql ran");
-    let (ok, failed, after) = out;
+    let (ok, failed, after, fingerprints, csv_out) = out;
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(
         ok.status.success(),
@@ -467,5 +477,13 @@ async fn copy_from_stdin_through_psql() {
         String::from_utf8_lossy(&after.stdout).trim(),
         "1|one|1.50|2026-12-04\n2|NULL|NULL|NULL\n3|tab\there|3.00|2026-01-01\n\
          4|four, quoted \"x\"|4.25|NULL\n5|NULL|5.00|2026-02-02"
+    );
+    // Why: what COPY TO writes, COPY FROM reads back to the same rows.
+    let fingerprints = String::from_utf8_lossy(&fingerprints.stdout).to_string();
+    let lines: Vec<&str> = fingerprints.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() == 2 && lines[0] == lines[1], "{fingerprints}");
+    assert_eq!(
+        String::from_utf8_lossy(&csv_out.stdout),
+        "id,name\n3,tab\there\n4,\"four, quoted \"\"x\"\"\"\n"
     );
 }

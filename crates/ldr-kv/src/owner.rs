@@ -88,11 +88,7 @@ impl NodeInner {
         let read_ts = read_ts.unwrap_or_else(|| self.clock.now());
         let count: usize = ranges.iter().map(|(_, k)| k.len()).sum();
         self.storage(count <= SMALL_GET_KEYS, move |e| {
-            ranges
-                .iter()
-                .flat_map(|(_, keys)| keys.iter())
-                .map(|k| e.get(k, read_ts))
-                .collect()
+            e.get_many(ranges.iter().flat_map(|(_, keys)| keys.iter()), read_ts)
         })
         .await
     }

@@ -400,7 +400,7 @@ impl Harness {
     fn step(&mut self) {
         match self.rng.random_range(0..100) {
             0..45 => self.apply(),
-            45..60 => {
+            45..57 => {
                 let key = if self.rng.random_bool(0.8) {
                     self.key()
                 } else {
@@ -417,6 +417,19 @@ impl Harness {
                     "get {key:?} at {ts} ({})",
                     self.ctx()
                 );
+            }
+            57..60 => {
+                // Several keys (repeats too) through one iterator, as one GetMany.
+                let keys: Vec<Vec<u8>> = (0..self.rng.random_range(1..6))
+                    .map(|_| self.key())
+                    .collect();
+                let ts = self.some_ts();
+                let got = self
+                    .engine()
+                    .get_many(&keys, ts)
+                    .unwrap_or_else(|e| panic!("get_many: {e} ({})", self.ctx()));
+                let want: Vec<_> = keys.iter().map(|k| self.model.get(k, ts)).collect();
+                assert_eq!(got, want, "get_many {keys:?} at {ts} ({})", self.ctx());
             }
             60..72 => {
                 let span = self.span();

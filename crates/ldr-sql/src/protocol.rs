@@ -729,6 +729,15 @@ impl QueryParser for ConnParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        if parse_deallocate(sql).is_some() {
+            // Executed against the portal store when the portal runs (see `do_query`).
+            return Ok(Some(Arc::new(Prepared {
+                sql: sql.to_string(),
+                statement: None,
+                param_types: Vec::new(),
+                columns: Vec::new(),
+            })));
+        }
         let declared: Vec<Option<SqlType>> = types
             .iter()
             .map(|t| t.as_ref().and_then(|t| SqlType::from_oid(t.oid())))
@@ -833,7 +842,7 @@ impl ExtendedQueryHandler for ConnHandler {
 
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Self::Statement>,
         _max_rows: usize,
     ) -> PgWireResult<Response>
@@ -844,6 +853,11 @@ impl ExtendedQueryHandler for ConnHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = portal.statement.statement.clone();
+        if prepared.statement.is_none()
+            && let Some(target) = parse_deallocate(&prepared.sql)
+        {
+            return Ok(self.deallocate(client.portal_store(), target));
+        }
         let mut params = Vec::with_capacity(portal.parameters.len());
         for (i, p) in portal.parameters.iter().enumerate() {
             let ty = prepared

@@ -404,6 +404,15 @@ async fn deallocate_frees_prepared_statements() {
     let e = client.query(&second, &[]).await.expect_err("s1 is gone");
     assert_eq!(code(&e), "26000", "{e}");
 
+    // Over the extended protocol too (psycopg's pipeline mode sends it that way).
+    let fourth = client.prepare("SELECT 5").await.expect("prepares s3");
+    client
+        .execute("DEALLOCATE s3", &[])
+        .await
+        .expect("extended-protocol DEALLOCATE");
+    let e = client.query(&fourth, &[]).await.expect_err("s3 is gone");
+    assert_eq!(code(&e), "26000", "{e}");
+
     client
         .simple_query("DEALLOCATE ALL")
         .await

@@ -729,8 +729,9 @@ impl QueryParser for ConnParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if parse_deallocate(sql).is_some() {
-            // Executed against the portal store when the portal runs (see `do_query`).
+        if parse_deallocate(sql).is_some() || crate::copy::parse_copy(sql).is_some() {
+            // Executed by the connection when the portal runs (see `do_query`): DEALLOCATE
+            // against the portal store, COPY through copy mode.
             return Ok(Some(Arc::new(Prepared {
                 sql: sql.to_string(),
                 statement: None,
@@ -857,6 +858,11 @@ impl ExtendedQueryHandler for ConnHandler {
             && let Some(target) = parse_deallocate(&prepared.sql)
         {
             return Ok(self.deallocate(client.portal_store(), target));
+        }
+        if prepared.statement.is_none()
+            && let Some(spec) = crate::copy::parse_copy(&prepared.sql)
+        {
+            return self.start_copy(spec).await;
         }
         let mut params = Vec::with_capacity(portal.parameters.len());
         for (i, p) in portal.parameters.iter().enumerate() {

@@ -496,3 +496,51 @@ async fn copy_from_stdin_and_to_stdout_through_psql() {
         "id,name\n3,tab\there\n4,\"four, quoted \"\"x\"\"\"\n"
     );
 }
+
+/// COPY over the extended protocol, as tokio-postgres sends it (Parse/Bind/Execute, then
+/// CopyData, CopyDone and Sync), in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_over_the_extended_protocol() {
+    use futures::{SinkExt, TryStreamExt};
+    let node = TestNode::start().await;
+    let port = listen(node.server.clone()).await;
+    let client = connect(port, "root").await.expect("connects");
+    client
+        .batch_execute("CREATE TABLE e (id INT PRIMARY KEY, name STRING)")
+        .await
+        .expect("ddl");
+    let sink = client
+        .copy_in("COPY e (id, name) FROM STDIN WITH CSV")
+        .await
+        .expect("copy in starts");
+    let mut sink = std::pin::pin!(sink);
+    sink.send(bytes::Bytes::from_static(b"1,one\n2,\n3,\"th,ree\"\n"))
+        .await
+        .expect("data");
+    let rows = sink.finish().await.expect("copy in finishes");
+    assert_eq!(rows, 3);
+    let out: Vec<bytes::Bytes> = client
+        .copy_out("COPY (SELECT id, name FROM e ORDER BY id) TO STDOUT")
+        .await
+        .expect("copy out starts")
+        .try_collect()
+        .await
+        .expect("copy out data");
+    assert_eq!(out.concat(), b"1\tone\n2\t\\N\n3\tth,ree\n".to_vec());
+    // A bad row fails the COPY with a clear error; the connection stays usable.
+    let sink = client
+        .copy_in("COPY e FROM STDIN")
+        .await
+        .expect("copy in starts");
+    let mut sink = std::pin::pin!(sink);
+    sink.send(bytes::Bytes::from_static(b"x\tbad\n"))
+        .await
+        .expect("data");
+    let e = sink.finish().await.expect_err("not an integer");
+    assert_eq!(code(&e), "22P02", "{e}");
+    let row = client
+        .query_one("SELECT count(*) FROM e", &[])
+        .await
+        .expect("usable");
+    assert_eq!(row.get::<_, i64>(0), 3);
+}

@@ -143,6 +143,11 @@ fn user_error(e: &SqlError) -> PgWireError {
     PgWireError::UserError(Box::new(error_info(e, "ERROR")))
 }
 
+/// A statement's error as a response (the connection goes on).
+fn error_response(e: &SqlError) -> Response {
+    Response::Error(Box::new(error_info(e, "ERROR")))
+}
+
 fn error_info(e: &SqlError, severity: &str) -> ErrorInfo {
     let mut info = ErrorInfo::new(severity.to_string(), e.code().to_string(), e.message());
     info.detail = e.detail().map(String::from);
@@ -415,7 +420,7 @@ impl SimpleQueryHandler for ConnHandler {
                 Ok(result) => out.push(to_response(result, None, tz)?),
                 Err(e) => {
                     debug!(code = e.code(), error = %e.message(), "statement failed");
-                    out.push(Response::Error(Box::new(error_info(&e, "ERROR"))));
+                    out.push(error_response(&e));
                     break;
                 }
             }
@@ -477,7 +482,7 @@ impl ConnHandler {
                         "26000",
                         format!("prepared statement \"{name}\" does not exist"),
                     );
-                    return Response::Error(Box::new(error_info(&e, "ERROR")));
+                    return error_response(&e);
                 }
                 store.rm_statement(&name);
                 Response::Execution(Tag::new("DEALLOCATE"))
@@ -501,7 +506,7 @@ impl ConnHandler {
     async fn start_copy(&self, spec: crate::Result<CopySpec>) -> PgWireResult<Response> {
         let spec = match spec {
             Ok(spec) => spec,
-            Err(e) => return Ok(Response::Error(Box::new(error_info(&e, "ERROR")))),
+            Err(e) => return Ok(error_response(&e)),
         };
         if let Some(query) = spec.to_query.clone() {
             return self.copy_out(&spec, &query).await;
@@ -518,7 +523,7 @@ impl ConnHandler {
         .await?;
         let columns: Vec<String> = match prepared {
             Ok(p) => p.columns.into_iter().map(|c| c.name).collect(),
-            Err(e) => return Ok(Response::Error(Box::new(error_info(&e, "ERROR")))),
+            Err(e) => return Ok(error_response(&e)),
         };
         let count = columns.len();
         *lock_copy(&self.conn) = Some(CopyIn {
@@ -543,10 +548,10 @@ impl ConnHandler {
         .await?;
         let result = match results.into_iter().next() {
             Some(Ok(result)) => result,
-            Some(Err(e)) => return Ok(Response::Error(Box::new(error_info(&e, "ERROR")))),
+            Some(Err(e)) => return Ok(error_response(&e)),
             None => {
                 let e = SqlError::new("42601", "COPY needs a query");
-                return Ok(Response::Error(Box::new(error_info(&e, "ERROR"))));
+                return Ok(error_response(&e));
             }
         };
         let mut header = Vec::new();

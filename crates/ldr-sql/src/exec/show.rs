@@ -15,11 +15,11 @@ use crate::parser::{Expr, Statement};
 use crate::rowcodec;
 use crate::types::SqlType;
 
-fn col(name: &str, ty: SqlType) -> ColumnInfo {
+pub(super) fn col(name: &str, ty: SqlType) -> ColumnInfo {
     ColumnInfo::new(name, ty)
 }
 
-fn s(v: impl Into<String>) -> Datum {
+pub(super) fn s(v: impl Into<String>) -> Datum {
     Datum::String(v.into())
 }
 

@@ -4,20 +4,13 @@
 //! (plus CockroachDB's `crdb_sql_type` and `is_hidden`). A user sees the tables they own or
 //! hold a privilege on; admins see all.
 
+use super::show::{col, s as text};
 use super::{ColumnInfo, QueryResult, Session, privilege};
 use crate::catalog::TableDescriptor;
 use crate::datum::Datum;
 use crate::error::Result;
 use crate::parser::VirtualTable;
 use crate::types::SqlType;
-
-fn col(name: &str, ty: SqlType) -> ColumnInfo {
-    ColumnInfo::new(name, ty)
-}
-
-fn text(v: impl Into<String>) -> Datum {
-    Datum::String(v.into())
-}
 
 fn yes_no(b: bool) -> Datum {
     text(if b { "YES" } else { "NO" })
@@ -93,24 +86,17 @@ pub(crate) async fn rows(
         .await?;
     let mut rows = Vec::new();
     if table == VirtualTable::InformationSchemaSchemata {
-        for schema in SYSTEM_SCHEMAS {
+        let system = SYSTEM_SCHEMAS.iter().map(|n| (n.to_string(), false));
+        let user = std::iter::once("public".to_string())
+            .chain(db.schemas.iter().cloned())
+            .map(|n| (n, true));
+        for (schema, user_defined) in system.chain(user) {
             rows.push(vec![
                 text(db.name.clone()),
                 text(schema),
                 Datum::Null,
                 Datum::Null,
-                yes_no(false),
-            ]);
-        }
-        let mut user_schemas = vec!["public".to_string()];
-        user_schemas.extend(db.schemas.iter().cloned());
-        for schema in user_schemas {
-            rows.push(vec![
-                text(db.name.clone()),
-                text(schema),
-                Datum::Null,
-                Datum::Null,
-                yes_no(true),
+                yes_no(user_defined),
             ]);
         }
         return Ok(QueryResult::rows(columns(table), rows));

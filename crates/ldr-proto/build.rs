@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "../../proto/kv.proto",
         "../../proto/stream.proto",
         "../../proto/ingest.proto",
+        "../../proto/raft.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -36,9 +36,10 @@ use crate::closed_ts::{ClosedTsTracker, InFlight};
 use crate::decide::decide;
 use crate::encoding::{self, DecodeError};
 use crate::latch::LatchManager;
+use crate::replicated::{LocalOp, PlannedWrite, WritePlan};
 use crate::{
     ApplyResult, CommitEvent, CommitObserver, EngineOptions, GcStats, HistoryEntry, KeyVersion,
-    Result, RowOutcome, RowWrite, StorageError, Version,
+    Result, RowOutcome, RowWrite, StorageError, Version, VersionWrite,
 };
 
 const GC_THRESHOLD_KEY: &str = "gc-threshold";
@@ -49,14 +50,14 @@ const NEXT_BEFORE_SEEK: usize = 4;
 
 /// The MVCC engine over one RocksDB store.
 pub struct Engine {
-    db: DB,
+    pub(crate) db: DB,
     clock: Arc<Clock>,
-    write_opts: WriteOptions,
+    pub(crate) write_opts: WriteOptions,
     latches: LatchManager,
     tracker: ClosedTsTracker,
-    observer: RwLock<Option<Arc<dyn CommitObserver>>>,
+    pub(crate) observer: RwLock<Option<Arc<dyn CommitObserver>>>,
     /// Shared by commits around "write + observer"; exclusive for consistent snapshots.
-    commit_gate: RwLock<()>,
+    pub(crate) commit_gate: RwLock<()>,
     gc_threshold: Mutex<Timestamp>,
     /// Serialises GC passes (raise-then-delete ordering of the threshold).
     gc_lock: Mutex<()>,
@@ -70,18 +71,18 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn rocks(e: rocksdb::Error) -> StorageError {
+pub(crate) fn rocks(e: rocksdb::Error) -> StorageError {
     StorageError::Rocksdb(e.into_string())
 }
 
-fn corruption(user_key: &[u8], e: DecodeError) -> StorageError {
+pub(crate) fn corruption(user_key: &[u8], e: DecodeError) -> StorageError {
     StorageError::Corruption {
         key: pretty_key(user_key),
         detail: e.0,
     }
 }
 
-fn corruption_raw(raw_key: &[u8], e: DecodeError) -> StorageError {
+pub(crate) fn corruption_raw(raw_key: &[u8], e: DecodeError) -> StorageError {
     corruption(&encoding::user_key_for_error(raw_key), e)
 }
 
@@ -289,7 +290,10 @@ impl Engine {
         self.snapshot_after(|| ()).0
     }
 
-    fn point_iterator(&self, snapshot: Option<&rocksdb::Snapshot<'_>>) -> DBRawIterator<'_> {
+    pub(crate) fn point_iterator(
+        &self,
+        snapshot: Option<&rocksdb::Snapshot<'_>>,
+    ) -> DBRawIterator<'_> {
         let mut ro = ReadOptions::default();
         ro.set_prefix_same_as_start(true);
         if let Some(s) = snapshot {
@@ -359,6 +363,33 @@ impl Engine {
             in_flight: Some(in_flight),
         };
 
+        let plan = self.plan_writes(rows, atomic, provisional, ts)?;
+        let Some(commit_ts) = plan.commit_ts else {
+            return Ok(ApplyResult {
+                ts: provisional,
+                outcomes: plan.outcomes,
+            });
+        };
+        self.clock.forward_to(commit_ts);
+        self.write_versions(&plan.writes, &[])?;
+        Ok(ApplyResult {
+            ts: commit_ts,
+            outcomes: plan.outcomes,
+        })
+    }
+
+    /// Decides `rows` against the newest versions of their keys and picks the commit
+    /// timestamp: `explicit` if given (checked), else the smallest timestamp at or above
+    /// `provisional` that is above every existing version of the written keys and the GC
+    /// threshold. The caller excludes concurrent writers of these keys (latches) and keeps the
+    /// closed timestamp below `provisional` until the plan is written.
+    pub(crate) fn plan_writes(
+        &self,
+        rows: &[RowWrite],
+        atomic: bool,
+        provisional: Timestamp,
+        explicit: Option<Timestamp>,
+    ) -> Result<WritePlan> {
         // Decide every row against its primary key's newest version.
         let mut it = self.point_iterator(None);
         let mut prefix = Vec::new();
@@ -378,10 +409,7 @@ impl Engine {
                     *o = RowOutcome::NotAttempted;
                 }
             }
-            return Ok(ApplyResult {
-                ts: provisional,
-                outcomes,
-            });
+            return Ok(WritePlan::nothing(outcomes));
         }
 
         // Dependents' newest versions bound the commit timestamp and give their prev values.
@@ -412,15 +440,12 @@ impl Engine {
             .iter()
             .any(|o| matches!(o, RowOutcome::Written { .. }))
         {
-            return Ok(ApplyResult {
-                ts: provisional,
-                outcomes,
-            });
+            return Ok(WritePlan::nothing(outcomes));
         }
 
         // Read after the versions: GC raises the threshold before deleting anything.
         let gc_threshold = self.gc_threshold();
-        let commit_ts = match ts {
+        let commit_ts = match explicit {
             Some(t) => {
                 if t <= max_existing {
                     return Err(StorageError::InvalidArgument(format!(
@@ -438,64 +463,79 @@ impl Engine {
                 .max(max_existing.next())
                 .max(gc_threshold.next()),
         };
-        self.clock.forward_to(commit_ts);
 
-        let observer = self.observer.read().clone();
-        let mut batch = WriteBatch::default();
-        let mut events = Vec::new();
-        let mut key_buf = Vec::new();
+        let mut writes = Vec::new();
         for ((row, outcome), dep_prevs) in rows.iter().zip(&outcomes).zip(&dependent_prevs) {
             let RowOutcome::Written { prev } = outcome else {
                 continue;
             };
-            let value = encoding::encode_value(&row.header, row.value.as_deref());
-            key_buf.clear();
-            encoding::encode_prefix_into(&row.key, &mut key_buf);
-            encoding::push_ts(&mut key_buf, commit_ts);
-            batch.put(&key_buf, &value);
-            if observer.is_some() {
-                events.push(CommitEvent {
+            writes.push(PlannedWrite {
+                write: VersionWrite {
                     key: row.key.clone(),
                     version: Version {
                         ts: commit_ts,
                         header: row.header,
                         value: row.value.clone(),
                     },
-                    prev_value: prev.as_ref().and_then(|p| p.value.clone()),
-                });
-            }
+                },
+                prev_value: prev.as_ref().and_then(|p| p.value.clone()),
+            });
             for ((key, dep_value), dep_prev) in row.dependents.iter().zip(dep_prevs) {
-                key_buf.clear();
-                encoding::encode_prefix_into(key, &mut key_buf);
-                encoding::push_ts(&mut key_buf, commit_ts);
-                batch.put(
-                    &key_buf,
-                    encoding::encode_value(&row.header, dep_value.as_deref()),
-                );
-                if observer.is_some() {
-                    events.push(CommitEvent {
+                writes.push(PlannedWrite {
+                    write: VersionWrite {
                         key: key.clone(),
                         version: Version {
                             ts: commit_ts,
                             header: row.header,
                             value: dep_value.clone(),
                         },
-                        prev_value: dep_prev.as_ref().and_then(|p| p.value.clone()),
-                    });
-                }
+                    },
+                    prev_value: dep_prev.as_ref().and_then(|p| p.value.clone()),
+                });
             }
         }
-        {
-            let _gate = self.commit_gate.read();
-            self.db.write_opt(batch, &self.write_opts).map_err(rocks)?;
-            if let Some(observer) = &observer {
-                observer.on_commit(&events);
-            }
-        }
-        Ok(ApplyResult {
-            ts: commit_ts,
+        Ok(WritePlan {
             outcomes,
+            commit_ts: Some(commit_ts),
+            writes,
         })
+    }
+
+    /// Writes planned versions (and node-local operations) in one RocksDB batch under the
+    /// commit gate, and tells the observer.
+    pub(crate) fn write_versions(&self, writes: &[PlannedWrite], local: &[LocalOp]) -> Result<()> {
+        let observer = self.observer.read().clone();
+        let mut batch = WriteBatch::default();
+        let mut key_buf = Vec::new();
+        for w in writes {
+            key_buf.clear();
+            encoding::encode_prefix_into(&w.write.key, &mut key_buf);
+            encoding::push_ts(&mut key_buf, w.write.version.ts);
+            batch.put(
+                &key_buf,
+                encoding::encode_value(&w.write.version.header, w.write.version.value.as_deref()),
+            );
+        }
+        crate::replicated::add_local_ops(&mut batch, local);
+        let events: Vec<CommitEvent> = match &observer {
+            Some(_) => writes
+                .iter()
+                .map(|w| CommitEvent {
+                    key: w.write.key.clone(),
+                    version: w.write.version.clone(),
+                    prev_value: w.prev_value.clone(),
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let _gate = self.commit_gate.read();
+        self.db.write_opt(batch, &self.write_opts).map_err(rocks)?;
+        if let Some(observer) = &observer
+            && !events.is_empty()
+        {
+            observer.on_commit(&events);
+        }
+        Ok(())
     }
 
     /// Everything at or below this timestamp is committed and has been given to the
@@ -662,7 +702,7 @@ impl EngineSnapshot<'_> {
 
 /// The newest version of the key with MVCC `prefix` at or below `read_ts`, using a prefix-mode
 /// iterator (bloom filters skip files without the key).
-fn read_version_at(
+pub(crate) fn read_version_at(
     it: &mut DBRawIterator<'_>,
     prefix: &[u8],
     user_key: &[u8],
@@ -688,7 +728,7 @@ fn read_version_at(
 
 /// A total-order iterator bounded to `span`'s MVCC keys, positioned at its start; `None` for
 /// an empty span.
-fn range_iterator<'a>(
+pub(crate) fn range_iterator<'a>(
     db: &'a DB,
     snapshot: Option<&rocksdb::Snapshot<'a>>,
     span: &Span,

@@ -46,6 +46,7 @@ mod decide;
 mod encoding;
 mod engine;
 mod latch;
+mod replicated;
 
 #[cfg(test)]
 mod engine_tests;
@@ -55,6 +56,7 @@ use std::time::Duration;
 use ldr_types::{OriginId, Timestamp};
 
 pub use engine::{Engine, EngineSnapshot};
+pub use replicated::{Evaluation, LocalOp, SpanChecksum, VersionWrite};
 
 /// Errors from the storage engine.
 #[derive(Debug, thiserror::Error)]

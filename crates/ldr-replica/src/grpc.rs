@@ -1,0 +1,268 @@
+//! Raft messages over the node's one port (tonic), batched per peer: every range's messages
+//! to one node queue on one sender task, which ships whatever has queued as one `Deliver` RPC
+//! over the peer's single HTTP/2 connection, with a few batches in flight. Idle ranges cost
+//! one heartbeat each per interval inside a shared batch, not an RPC each.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldr_proto::pb;
+use ldr_proto::pb::raft_transport_client::RaftTransportClient;
+use ldr_proto::pb::raft_transport_server::{RaftTransport as PbRaftTransport, RaftTransportServer};
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+use tracing::debug;
+
+use crate::network::{Envelope, RaftTransport, TransportError};
+use crate::{RaftNodeId, ReplicaStore};
+
+/// Messages in one batch at most.
+const BATCH_MESSAGES_MAX: usize = 512;
+/// Batches to one peer in flight at once.
+const BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Messages queued for one peer at most (a sender waits beyond it).
+const QUEUE_MESSAGES_MAX: usize = 4096;
+/// Largest batch in either direction.
+const BATCH_BYTES_MAX: usize = 512 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+type Reply = oneshot::Sender<Result<Vec<u8>, TransportError>>;
+
+struct Peer {
+    queue: mpsc::Sender<(Envelope, Reply)>,
+}
+
+/// The outgoing side: one batching sender per peer.
+pub struct GrpcTransport {
+    from: RaftNodeId,
+    cluster_id: String,
+    peers: Mutex<HashMap<RaftNodeId, (String, Peer)>>,
+}
+
+impl GrpcTransport {
+    pub fn new(from: RaftNodeId, cluster_id: impl Into<String>) -> Arc<GrpcTransport> {
+        Arc::new(GrpcTransport {
+            from,
+            cluster_id: cluster_id.into(),
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn peer(
+        &self,
+        to: RaftNodeId,
+        address: &str,
+    ) -> Result<mpsc::Sender<(Envelope, Reply)>, TransportError> {
+        let mut peers = self.peers.lock();
+        if let Some((addr, peer)) = peers.get(&to)
+            && addr == address
+            && !peer.queue.is_closed()
+        {
+            return Ok(peer.queue.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| TransportError::Unreachable {
+                node: to,
+                detail: format!("invalid address {address:?}: {e}"),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let client = RaftTransportClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(BATCH_BYTES_MAX)
+            .max_encoding_message_size(BATCH_BYTES_MAX);
+        let (tx, rx) = mpsc::channel(QUEUE_MESSAGES_MAX);
+        tokio::spawn(run_peer(client, rx, self.cluster_id.clone(), self.from, to));
+        peers.insert(to, (address.to_string(), Peer { queue: tx.clone() }));
+        Ok(tx)
+    }
+}
+
+/// Ships queued messages to one peer as batches until every sender is gone.
+async fn run_peer(
+    client: RaftTransportClient<Channel>,
+    mut rx: mpsc::Receiver<(Envelope, Reply)>,
+    cluster_id: String,
+    from: RaftNodeId,
+    to: RaftNodeId,
+) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MESSAGES_MAX {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut client = client.clone();
+        let cluster_id = cluster_id.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (envelopes, replies): (Vec<Envelope>, Vec<Reply>) = batch.into_iter().unzip();
+            let request = pb::RaftBatch {
+                cluster_id,
+                from_node: from,
+                to_node: to,
+                messages: envelopes
+                    .into_iter()
+                    .map(|e| pb::RaftEnvelope {
+                        range_id: e.range_id,
+                        payload: e.payload,
+                    })
+                    .collect(),
+            };
+            match client.deliver(request).await {
+                Ok(response) => {
+                    let answers = response.into_inner().replies;
+                    if answers.len() != replies.len() {
+                        for reply in replies {
+                            let _ = reply.send(Err(TransportError::Refused {
+                                node: to,
+                                detail: format!(
+                                    "{} replies to a batch of another size",
+                                    answers.len()
+                                ),
+                            }));
+                        }
+                        return;
+                    }
+                    for (answer, reply) in answers.into_iter().zip(replies) {
+                        let result = if answer.error.is_empty() {
+                            Ok(answer.payload)
+                        } else {
+                            Err(TransportError::Refused {
+                                node: to,
+                                detail: answer.error,
+                            })
+                        };
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(status) => {
+                    debug!(to, code = ?status.code(), "raft batch failed");
+                    let error = if status.code() == tonic::Code::PermissionDenied {
+                        TransportError::Refused {
+                            node: to,
+                            detail: status.message().to_string(),
+                        }
+                    } else {
+                        TransportError::Unreachable {
+                            node: to,
+                            detail: status.message().to_string(),
+                        }
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[async_trait::async_trait]
+impl RaftTransport for GrpcTransport {
+    async fn send(
+        &self,
+        to: RaftNodeId,
+        address: &str,
+        envelope: Envelope,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let queue = self.peer(to, address)?;
+        let (reply, rx) = oneshot::channel();
+        let unreachable = |detail: &str| TransportError::Unreachable {
+            node: to,
+            detail: detail.to_string(),
+        };
+        let work = async {
+            queue
+                .send((envelope, reply))
+                .await
+                .map_err(|_| unreachable("the peer's sender stopped"))?;
+            rx.await.map_err(|_| unreachable("the batch was dropped"))?
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(unreachable(&format!(
+                "no answer within {}ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+/// The incoming side: hands each message of a batch to its replica.
+pub struct RaftService {
+    store: Arc<ReplicaStore>,
+    cluster_id: String,
+}
+
+impl RaftService {
+    pub fn new(
+        store: Arc<ReplicaStore>,
+        cluster_id: impl Into<String>,
+    ) -> RaftTransportServer<RaftService> {
+        RaftTransportServer::new(RaftService {
+            store,
+            cluster_id: cluster_id.into(),
+        })
+        .max_decoding_message_size(BATCH_BYTES_MAX)
+        .max_encoding_message_size(BATCH_BYTES_MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl PbRaftTransport for RaftService {
+    async fn deliver(
+        &self,
+        request: tonic::Request<pb::RaftBatch>,
+    ) -> Result<tonic::Response<pb::RaftBatchReply>, tonic::Status> {
+        let batch = request.into_inner();
+        if batch.cluster_id != self.cluster_id {
+            return Err(tonic::Status::permission_denied(format!(
+                "raft messages from cluster {:?} refused by a node of cluster {:?}",
+                batch.cluster_id, self.cluster_id
+            )));
+        }
+        if batch.to_node != self.store.node_id() {
+            return Err(tonic::Status::permission_denied(format!(
+                "raft messages for node {} delivered to node {}",
+                batch.to_node,
+                self.store.node_id()
+            )));
+        }
+        let from = batch.from_node;
+        let replies = futures::future::join_all(batch.messages.into_iter().map(|m| {
+            let store = self.store.clone();
+            async move {
+                match store
+                    .handle(Envelope {
+                        range_id: m.range_id,
+                        from,
+                        payload: m.payload,
+                    })
+                    .await
+                {
+                    Ok(payload) => pb::RaftEnvelopeReply {
+                        payload,
+                        error: String::new(),
+                    },
+                    Err(e) => pb::RaftEnvelopeReply {
+                        payload: Vec::new(),
+                        error: e.to_string(),
+                    },
+                }
+            }
+        }))
+        .await;
+        Ok(tonic::Response::new(pb::RaftBatchReply { replies }))
+    }
+}

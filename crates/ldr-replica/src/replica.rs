@@ -5,6 +5,12 @@
 //! than the minimum election timeout, so by the time another replica can be elected (its
 //! followers must first miss the old leader for a whole election timeout), the old leader's
 //! lease has expired and it stops serving.
+//!
+//! A new leaseholder also waits until it has applied an entry of its own term (so it
+//! evaluates against every committed write) and until its physical clock passes the moment it
+//! took the lease plus the maximum clock offset: the old leaseholder served reads and closed
+//! timestamps only up to its own clock, which was at most that far ahead, so every write of
+//! the new leaseholder lands above anything the old one served or closed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +29,9 @@ use crate::{Command, RaftNodeId, ReplicaError, ReplicaNode, TypeConfig};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseStatus {
     Valid,
+    /// This replica leads and will serve once its clock passed the previous lease (retry here
+    /// shortly).
+    Starting,
     /// Another replica leads, or this leader has not heard from a quorum recently enough.
     NotLeaseholder {
         hint: Option<RaftNodeId>,
@@ -41,6 +50,8 @@ pub struct ReplicaStatus {
     pub voters: Vec<RaftNodeId>,
     pub learners: Vec<RaftNodeId>,
     pub closed_ts: Timestamp,
+    /// The last log index removed from the log (covered by a snapshot).
+    pub purged_index: Option<u64>,
 }
 
 /// One node's replica of one range.
@@ -52,6 +63,9 @@ pub struct Replica {
     pub(crate) state: Arc<Mutex<AppliedState>>,
     pub(crate) applied_rx: watch::Receiver<u64>,
     pub(crate) lease: Duration,
+    pub(crate) clock: Arc<ldr_types::Clock>,
+    /// `(term, wall ns)`: the lease of that term serves from that physical time on.
+    pub(crate) lease_floor: Mutex<Option<(u64, u64)>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -77,15 +91,35 @@ impl Replica {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let lease_ms = self.lease.as_millis() as u64;
-        if m.state == ServerState::Leader
+        let leads = m.state == ServerState::Leader
             && m.current_leader == Some(self.node_id)
-            && m.millis_since_quorum_ack.is_some_and(|ms| ms < lease_ms)
-        {
             // A single-voter group acknowledges itself.
-            return LeaseStatus::Valid;
+            && m.millis_since_quorum_ack.is_some_and(|ms| ms < lease_ms);
+        if !leads {
+            return LeaseStatus::NotLeaseholder {
+                hint: m.current_leader.filter(|l| *l != self.node_id),
+            };
         }
-        LeaseStatus::NotLeaseholder {
-            hint: m.current_leader.filter(|l| *l != self.node_id),
+        let applied_own_term = m
+            .last_applied
+            .is_some_and(|l| l.leader_id.term == m.current_term);
+        if !applied_own_term {
+            return LeaseStatus::Starting;
+        }
+        let now_ns = self.clock.physical_now_ns();
+        let mut floor = self.lease_floor.lock();
+        let floor_ns = match *floor {
+            Some((term, ns)) if term == m.current_term => ns,
+            _ => {
+                let ns = now_ns.saturating_add(self.clock.max_offset().as_nanos() as u64);
+                *floor = Some((m.current_term, ns));
+                ns
+            }
+        };
+        if now_ns >= floor_ns {
+            LeaseStatus::Valid
+        } else {
+            LeaseStatus::Starting
         }
     }
 
@@ -96,6 +130,10 @@ impl Replica {
             LeaseStatus::NotLeaseholder { hint } => Err(ReplicaError::NotLeaseholder {
                 range_id: self.range_id,
                 hint,
+            }),
+            LeaseStatus::Starting => Err(ReplicaError::NotLeaseholder {
+                range_id: self.range_id,
+                hint: Some(self.node_id),
             }),
         }
     }
@@ -160,6 +198,7 @@ impl Replica {
             voters,
             learners,
             closed_ts: self.closed_ts(),
+            purged_index: m.purged.map(|p| p.index),
         }
     }
 

@@ -189,6 +189,8 @@ impl ReplicaStore {
             state,
             applied_rx,
             lease: self.lease,
+            clock: self.engine.clock().clone(),
+            lease_floor: parking_lot::Mutex::new(None),
         }))
     }
 

@@ -337,6 +337,12 @@ async fn a_new_replica_is_built_from_a_snapshot_after_the_log_was_purged() {
     let leader = leaseholder(&nodes, &ids).await;
     let index = write(&nodes[&leader], "a", 120).await;
     assert_identical(&nodes, &ids, index).await;
+    let deadline = Instant::now() + WAIT;
+    let replica = nodes[&leader].store.replica(RANGE).expect("replica");
+    while replica.status().purged_index.is_none() {
+        assert!(Instant::now() < deadline, "the leader never purged its log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let fourth = start_node(&router, 4, opts).await;
     fourth
@@ -345,7 +351,6 @@ async fn a_new_replica_is_built_from_a_snapshot_after_the_log_was_purged() {
         .await
         .expect("create");
     nodes.insert(4, fourth);
-    let replica = nodes[&leader].store.replica(RANGE).expect("replica");
     replica
         .change_voters(members(&[4]), BTreeSet::from([1, 2, 3, 4]))
         .await
@@ -412,4 +417,43 @@ async fn messages_for_unknown_ranges_and_corrupt_messages_are_refused() {
             .versions,
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leaseholder_waits_out_the_maximum_clock_offset() {
+    // One node whose clock allows 300 ms of offset: its first lease serves only after its
+    // physical clock passed the moment it took the lease plus 300 ms.
+    let router = Arc::new(Router::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(Clock::new(Duration::from_millis(300)));
+    let engine = Engine::open(dir.path(), clock, EngineOptions::default()).expect("engine");
+    let store = ReplicaStore::open(1, engine, router.clone(), options())
+        .await
+        .expect("store");
+    router.stores.lock().insert(1, store.clone());
+    let replica = store.create_replica(RANGE, span()).await.expect("create");
+    store
+        .bootstrap(RANGE, members(&[1]))
+        .await
+        .expect("bootstrap");
+    let deadline = Instant::now() + WAIT;
+    let mut first_starting = None;
+    loop {
+        match replica.lease_status() {
+            LeaseStatus::Valid => break,
+            LeaseStatus::Starting => {
+                first_starting.get_or_insert_with(Instant::now);
+            }
+            LeaseStatus::NotLeaseholder { .. } => {}
+        }
+        assert!(Instant::now() < deadline, "the lease never became valid");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = first_starting.expect("the lease was starting before it was valid");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "valid after only {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(replica.check_lease(), Ok(())));
 }

@@ -54,7 +54,7 @@ pub struct Engine {
     clock: Arc<Clock>,
     pub(crate) write_opts: WriteOptions,
     latches: LatchManager,
-    tracker: ClosedTsTracker,
+    pub(crate) tracker: ClosedTsTracker,
     pub(crate) observer: RwLock<Option<Arc<dyn CommitObserver>>>,
     /// Shared by commits around "write + observer"; exclusive for consistent snapshots.
     pub(crate) commit_gate: RwLock<()>,

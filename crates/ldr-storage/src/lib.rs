@@ -56,7 +56,7 @@ use std::time::Duration;
 use ldr_types::{OriginId, Timestamp};
 
 pub use engine::{Engine, EngineSnapshot};
-pub use replicated::{Evaluation, LocalOp, SpanChecksum, VersionWrite};
+pub use replicated::{Evaluation, InFlightWrite, LocalOp, SpanChecksum, VersionWrite};
 
 /// Errors from the storage engine.
 #[derive(Debug, thiserror::Error)]

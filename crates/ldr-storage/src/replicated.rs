@@ -334,6 +334,49 @@ impl Engine {
     }
 }
 
+/// An evaluated write in flight (from evaluation until every version is committed): the
+/// engine's closed timestamp stays below its provisional timestamp while it lives, so
+/// rangefeeds on this node never resolve past a write that is still being replicated.
+pub struct InFlightWrite {
+    engine: std::sync::Arc<Engine>,
+    in_flight: Option<crate::closed_ts::InFlight>,
+}
+
+impl InFlightWrite {
+    /// The timestamp the write must evaluate at or above.
+    pub fn provisional(&self) -> Timestamp {
+        self.in_flight
+            .as_ref()
+            .map(|f| f.provisional)
+            .unwrap_or(Timestamp::ZERO)
+    }
+}
+
+impl Drop for InFlightWrite {
+    fn drop(&mut self) {
+        if let Some(f) = self.in_flight.take() {
+            self.engine.tracker.deregister(f);
+        }
+    }
+}
+
+impl Engine {
+    /// Registers a write that will be evaluated now and committed later (through Raft), at a
+    /// fresh clock timestamp at or above `floor`.
+    pub fn begin_write(self: &std::sync::Arc<Self>, floor: Timestamp) -> Result<InFlightWrite> {
+        let now = self.clock().now();
+        let explicit = (floor > now).then_some(floor);
+        let in_flight = self
+            .tracker
+            .register(self.clock(), explicit)
+            .map_err(|closed| StorageError::BelowClosedTimestamp { ts: floor, closed })?;
+        Ok(InFlightWrite {
+            engine: self.clone(),
+            in_flight: Some(in_flight),
+        })
+    }
+}
+
 /// See [`Engine::span_checksum`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpanChecksum {

@@ -21,14 +21,20 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
+use futures::future::{self, Either};
 use futures::{Sink, SinkExt, stream};
 use pgwire::api::auth::{
     ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
 };
-use pgwire::api::copy::CopyHandler;
+use pgwire::api::copy::{
+    CopyHandler, send_copy_both_response, send_copy_in_response, send_copy_out_response,
+};
 use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::query::{
+    ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response,
+    send_ready_for_query,
+};
 use pgwire::api::results::{
     CopyResponse, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo,
     QueryResponse, Response, Tag,
@@ -36,13 +42,15 @@ use pgwire::api::results::{
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, DEFAULT_NAME, METADATA_DATABASE, METADATA_USER,
-    PgWireConnectionState, PgWireServerHandlers, Type,
+    ClientInfo, ClientPortalStore, ConnectionHandle, DEFAULT_NAME, METADATA_DATABASE,
+    METADATA_USER, PgWireConnectionState, PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
-use pgwire::messages::extendedquery::{Parse, ParseComplete};
+use pgwire::messages::extendedquery::{Describe, Execute, Parse, ParseComplete, Sync as PgSync};
+use pgwire::messages::response::{EmptyQueryResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::{Authentication, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpStream;
@@ -51,8 +59,8 @@ use tracing::debug;
 
 use crate::copy::CopySpec;
 use crate::datum::Datum;
-use crate::error::SqlError;
-use crate::exec::{ColumnInfo, Prepared, QueryResult, Session, SqlServer, TxnEffect};
+use crate::error::{PgError, SqlError};
+use crate::exec::{ColumnInfo, Prepared, QueryResult, Session, SqlServer, TxnEffect, TxnStatus};
 use crate::types::SqlType;
 use crate::wire;
 
@@ -390,20 +398,81 @@ async fn with_session<T>(conn: &Conn, f: impl AsyncFnOnce(&mut Session) -> T) ->
     Ok(f(session).await)
 }
 
-#[async_trait]
-impl SimpleQueryHandler for ConnHandler {
-    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+/// One statement's answer in a simple query: the warnings to send before it, then it.
+struct Answer {
+    notices: Vec<PgError>,
+    response: Response,
+}
+
+impl Answer {
+    fn plain(response: Response) -> Answer {
+        Answer {
+            notices: vec![],
+            response,
+        }
+    }
+}
+
+/// A query string of only semicolons and whitespace is empty (PostgreSQL answers it with
+/// EmptyQueryResponse without running anything).
+fn is_empty_query(query: &str) -> bool {
+    query.chars().all(|c| c == ';' || c.is_whitespace())
+}
+
+/// The ReadyForQuery status of a session's transaction block.
+fn wire_status(status: TxnStatus) -> TransactionStatus {
+    match status {
+        TxnStatus::Idle => TransactionStatus::Idle,
+        TxnStatus::InTransaction => TransactionStatus::Transaction,
+        TxnStatus::Failed => TransactionStatus::Error,
+    }
+}
+
+/// PostgreSQL's NoticeResponse for a warning.
+fn notice(n: &PgError) -> PgWireBackendMessage {
+    let mut info = ErrorInfo::new("WARNING".into(), n.code.into(), n.message.clone());
+    info.detail = n.detail.clone();
+    info.hint = n.hint.clone();
+    PgWireBackendMessage::NoticeResponse(info.into())
+}
+
+/// The transaction status every ReadyForQuery reports comes from the session, never from
+/// pgwire's own bookkeeping (which infers it from the responses and gets a failed COMMIT
+/// wrong: it would report `E` for a block that is over). Any error reported to the client
+/// aborts an open block first, as in PostgreSQL, also one that never reached the executor.
+impl ConnHandler {
+    /// The session's transaction status as ReadyForQuery reports it.
+    async fn txn_status(&self) -> TransactionStatus {
+        let guard = self.conn.session.lock().await;
+        wire_status(guard.as_ref().map_or(TxnStatus::Idle, Session::txn_status))
+    }
+
+    /// An error went to the client: an open transaction block is aborted.
+    async fn abort_txn(&self) {
+        if let Some(s) = self.conn.session.lock().await.as_mut() {
+            s.abort_txn();
+        }
+    }
+
+    /// Records the session's status as the client's, for the ReadyForQuery pgwire sends
+    /// itself (after COPY, or after an error it reports).
+    async fn sync_status<C: ClientInfo>(&self, client: &mut C) {
+        client.set_transaction_status(self.txn_status().await);
+    }
+
+    /// Runs a simple query string: one answer per statement run, stopping at the first error.
+    async fn simple_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Answer>>
     where
-        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C: ClientPortalStore,
         C::PortalStore: PortalStore,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(spec) = crate::copy::parse_copy(query) {
-            return Ok(vec![self.start_copy(spec).await?]);
+            return Ok(vec![Answer::plain(self.start_copy(spec).await?)]);
         }
         if let Some(target) = parse_deallocate(query) {
-            return Ok(vec![self.deallocate(client.portal_store(), target)]);
+            return Ok(vec![Answer::plain(
+                self.deallocate(client.portal_store(), target),
+            )]);
         }
         let (results, tz) = with_session(&self.conn, async |s: &mut Session| {
             let r = s.execute(query).await;
@@ -412,20 +481,143 @@ impl SimpleQueryHandler for ConnHandler {
         .await?;
         if results.is_empty() {
             // Only comments: PostgreSQL answers with an empty query response.
-            return Ok(vec![Response::EmptyQuery]);
+            return Ok(vec![Answer::plain(Response::EmptyQuery)]);
         }
         let mut out = Vec::with_capacity(results.len());
         for r in results {
             match r {
-                Ok(result) => out.push(to_response(result, None, tz)?),
+                Ok(mut result) => {
+                    let notices = std::mem::take(&mut result.notices);
+                    out.push(Answer {
+                        notices,
+                        response: to_response(result, None, tz)?,
+                    });
+                }
                 Err(e) => {
                     debug!(code = e.code(), error = %e.message(), "statement failed");
-                    out.push(error_response(&e));
+                    out.push(Answer::plain(error_response(&e)));
                     break;
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Sends a simple query's answers as pgwire's default `on_query` does, each statement's
+    /// warnings before its CommandComplete.
+    async fn send_answers<C>(&self, client: &mut C, answers: Vec<Answer>) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        for answer in answers {
+            for n in &answer.notices {
+                client.feed(notice(n)).await?;
+            }
+            match answer.response {
+                Response::EmptyQuery => {
+                    client
+                        .feed(PgWireBackendMessage::EmptyQueryResponse(
+                            EmptyQueryResponse::new(),
+                        ))
+                        .await?;
+                }
+                Response::Query(results) => send_query_response(client, results, true).await?,
+                Response::Execution(tag)
+                | Response::TransactionStart(tag)
+                | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+                Response::Error(e) => {
+                    client
+                        .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
+                        .await?;
+                    self.abort_txn().await;
+                }
+                Response::CopyIn(result) => {
+                    send_copy_in_response(client, result).await?;
+                    client.set_state(PgWireConnectionState::CopyInProgress(false));
+                }
+                Response::CopyOut(result) => send_copy_out_response(client, result).await?,
+                Response::CopyBoth(result) => {
+                    send_copy_both_response(client, result).await?;
+                    client.set_state(PgWireConnectionState::CopyInProgress(false));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for ConnHandler {
+    /// pgwire's default `on_query`, except that ReadyForQuery reports the session's
+    /// transaction status and that warnings (NoticeResponse) precede their statement's
+    /// CommandComplete.
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        if is_empty_query(&query.query) {
+            client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await?;
+        } else {
+            // A cancel request (when pgwire's cancel handle is installed) ends the query.
+            let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+                Some(handle) => Some(handle.start_query().await),
+                None => None,
+            };
+            let answers = match cancel {
+                Some(cancel) => {
+                    let run = std::pin::pin!(self.simple_query(client, &query.query));
+                    match future::select(run, cancel).await {
+                        Either::Left((answers, _)) => answers,
+                        Either::Right(_) => Err(PgWireError::QueryCanceled),
+                    }
+                }
+                None => self.simple_query(client, &query.query).await,
+            };
+            let answers = match answers {
+                Ok(answers) => answers,
+                Err(e) => {
+                    // pgwire reports it (and a ReadyForQuery from the client's status).
+                    self.abort_txn().await;
+                    self.sync_status(client).await;
+                    return Err(e);
+                }
+            };
+            self.send_answers(client, answers).await?;
+        }
+        self.sync_status(client).await;
+        if !matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
+            // During COPY FROM STDIN, `on_copy_done` / `on_copy_fail` end the query.
+            client.set_state(PgWireConnectionState::ReadyForQuery);
+            let status = client.transaction_status();
+            send_ready_for_query(client, status).await?;
+        }
+        Ok(())
+    }
+
+    /// Not called by pgwire (`on_query` above runs the query); the answers without their
+    /// warnings.
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let answers = self.simple_query(client, query).await?;
+        Ok(answers.into_iter().map(|a| a.response).collect())
     }
 }
 
@@ -693,7 +885,16 @@ impl CopyHandler for ConnHandler {
                 "CopyDone without a COPY in progress",
             ))
         })?;
-        let inserted = self.finish_copy(copy).await.map_err(|e| user_error(&e))?;
+        let inserted = match self.finish_copy(copy).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.abort_txn().await;
+                self.sync_status(client).await;
+                return Err(user_error(&e));
+            }
+        };
+        // pgwire sends the ReadyForQuery of a simple-protocol COPY with this status.
+        self.sync_status(client).await;
         client
             .send(PgWireBackendMessage::CommandComplete(
                 Tag::new("COPY").with_rows(inserted).into(),
@@ -702,13 +903,15 @@ impl CopyHandler for ConnHandler {
         Ok(())
     }
 
-    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         lock_copy(&self.conn).take();
+        self.abort_txn().await;
+        self.sync_status(client).await;
         user_error(&SqlError::new(
             "57014",
             format!("COPY from stdin failed: {}", fail.message),
@@ -793,7 +996,15 @@ impl ExtendedQueryHandler for ConnHandler {
             .name
             .clone()
             .unwrap_or_else(|| DEFAULT_NAME.to_owned());
-        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+        let parsed = match StoredStatement::parse(client, &message, self.query_parser()).await {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.abort_txn().await;
+                self.sync_status(client).await;
+                return Err(e);
+            }
+        };
+        match parsed {
             Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
             None => client.portal_store().put_empty_statement(&name),
         }
@@ -807,6 +1018,65 @@ impl ExtendedQueryHandler for ConnHandler {
         client
             .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
             .await?;
+        Ok(())
+    }
+
+    /// pgwire's default; then the client's status is the session's (an error aborts an open
+    /// block first). pgwire's own status bookkeeping would get a failed COMMIT wrong.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let r = self._on_execute(client, message).await;
+        if r.is_err() {
+            self.abort_txn().await;
+        }
+        self.sync_status(client).await;
+        r
+    }
+
+    /// pgwire's default; an error aborts an open block.
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let r = self._on_describe(client, message).await;
+        if r.is_err() {
+            self.abort_txn().await;
+            self.sync_status(client).await;
+        }
+        r
+    }
+
+    /// ReadyForQuery with the session's transaction status. Every handler above leaves the
+    /// client's status equal to the session's; one that says `E` while the session's block
+    /// is open means pgwire reported an error of its own (an unknown statement or portal in
+    /// Bind, say), which aborts the block as in PostgreSQL.
+    async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if client.transaction_status() == TransactionStatus::Error {
+            self.abort_txn().await;
+        }
+        self.sync_status(client).await;
+        client.portal_store().rm_portal(DEFAULT_NAME);
+        let status = client.transaction_status();
+        client
+            .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                status,
+            )))
+            .await?;
+        client.flush().await?;
         Ok(())
     }
 
@@ -859,15 +1129,20 @@ impl ExtendedQueryHandler for ConnHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = portal.statement.statement.clone();
-        if prepared.statement.is_none()
-            && let Some(target) = parse_deallocate(&prepared.sql)
-        {
-            return Ok(self.deallocate(client.portal_store(), target));
-        }
-        if prepared.statement.is_none()
-            && let Some(spec) = crate::copy::parse_copy(&prepared.sql)
-        {
-            return self.start_copy(spec).await;
+        let special = if prepared.statement.is_some() {
+            None
+        } else if let Some(target) = parse_deallocate(&prepared.sql) {
+            Some(self.deallocate(client.portal_store(), target))
+        } else if let Some(spec) = crate::copy::parse_copy(&prepared.sql) {
+            Some(self.start_copy(spec).await?)
+        } else {
+            None
+        };
+        if let Some(response) = special {
+            if matches!(response, Response::Error(_)) {
+                self.abort_txn().await;
+            }
+            return Ok(response);
         }
         let mut params = Vec::with_capacity(portal.parameters.len());
         for (i, p) in portal.parameters.iter().enumerate() {
@@ -891,7 +1166,12 @@ impl ExtendedQueryHandler for ConnHandler {
         })
         .await?;
         match result {
-            Ok(r) => to_response(r, Some(&portal.result_column_format), tz),
+            Ok(mut r) => {
+                for n in std::mem::take(&mut r.notices) {
+                    client.feed(notice(&n)).await?;
+                }
+                to_response(r, Some(&portal.result_column_format), tz)
+            }
             Err(e) => Err(user_error(&e)),
         }
     }

@@ -116,6 +116,7 @@ fn finish(tag: &str, n: usize, returning: Option<Returning>, rows: Vec<Vec<Datum
             rows,
             returns_rows: true,
             txn: super::TxnEffect::None,
+            notices: vec![],
         },
         None => QueryResult::count(tag, n),
     }

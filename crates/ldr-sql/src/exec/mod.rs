@@ -92,6 +92,9 @@ pub struct QueryResult {
     pub rows: Vec<Vec<Datum>>,
     pub returns_rows: bool,
     pub txn: TxnEffect,
+    /// Warnings for the client, sent before the command completes (PostgreSQL's
+    /// NoticeResponse with severity WARNING), e.g. `COMMIT` outside a transaction block.
+    pub notices: Vec<crate::error::PgError>,
 }
 
 impl QueryResult {
@@ -103,6 +106,7 @@ impl QueryResult {
             rows: vec![],
             returns_rows: false,
             txn: TxnEffect::None,
+            notices: vec![],
         }
     }
 
@@ -122,6 +126,7 @@ impl QueryResult {
             rows,
             returns_rows: true,
             txn: TxnEffect::None,
+            notices: vec![],
         }
     }
 
@@ -371,6 +376,9 @@ pub(crate) enum Txn {
     /// An error happened inside the transaction: only ROLLBACK (or COMMIT, which rolls back)
     /// is accepted. Savepoints kept for ROLLBACK TO SAVEPOINT.
     Failed(write::TxnBuffer),
+    /// `RELEASE SAVEPOINT cockroach_restart` committed the transaction: only COMMIT (or
+    /// ROLLBACK) is accepted, to end the block (see `txn.rs`).
+    CommitWait,
 }
 
 /// A prepared statement: parsed, with its parameter and result types.
@@ -409,7 +417,7 @@ impl Session {
     pub fn txn_status(&self) -> TxnStatus {
         match self.txn {
             Txn::Idle => TxnStatus::Idle,
-            Txn::Open(_) => TxnStatus::InTransaction,
+            Txn::Open(_) | Txn::CommitWait => TxnStatus::InTransaction,
             Txn::Failed(_) => TxnStatus::Failed,
         }
     }
@@ -435,7 +443,7 @@ impl Session {
         let statements = match parser::parse(sql) {
             Ok(s) => s,
             Err(e) => {
-                self.note_error();
+                self.abort_txn();
                 return vec![Err(e)];
             }
         };
@@ -510,35 +518,16 @@ impl Session {
         self.run(stmt, params, false).await
     }
 
-    fn note_error(&mut self) {
-        if let Txn::Open(_) = self.txn {
-            let Txn::Open(buf) = std::mem::replace(&mut self.txn, Txn::Idle) else {
-                unreachable!()
-            };
-            self.txn = Txn::Failed(buf);
-        }
-    }
-
     async fn run(
         &mut self,
         stmt: &Statement,
         params: Vec<Datum>,
         in_batch: bool,
     ) -> Result<QueryResult> {
-        if let Txn::Failed(_) = self.txn
-            && !matches!(
-                stmt,
-                Statement::Rollback | Statement::Commit | Statement::RollbackToSavepoint(_)
-            )
-        {
-            return Err(SqlError::new(
-                sqlstate::IN_FAILED_SQL_TRANSACTION,
-                "current transaction is aborted, commands ignored until end of transaction block",
-            ));
-        }
+        self.check_txn_state(stmt)?;
         let r = self.dispatch(stmt, params, in_batch).await;
         if r.is_err() {
-            self.note_error();
+            self.abort_txn();
         }
         r
     }
@@ -555,7 +544,7 @@ impl Session {
             S::Commit => self.commit().await,
             S::Rollback => Ok(self.rollback()),
             S::Savepoint(name) => self.savepoint(name),
-            S::ReleaseSavepoint(name) => self.release_savepoint(name),
+            S::ReleaseSavepoint(name) => self.release_savepoint(name).await,
             S::RollbackToSavepoint(name) => self.rollback_to_savepoint(name),
             S::SetTransaction => Ok(QueryResult::command("SET TRANSACTION")),
             S::Select(q) => select::execute_query(self, q, params).await,
@@ -653,100 +642,7 @@ impl Session {
         }
     }
 
-    // ---- transactions ----
-
-    fn begin(&mut self) -> Result<QueryResult> {
-        match self.txn {
-            Txn::Idle => {
-                self.txn = Txn::Open(write::TxnBuffer::default());
-                self.vars.set_internal("transaction_status", "Open");
-                Ok(QueryResult {
-                    txn: TxnEffect::Began,
-                    ..QueryResult::command("BEGIN")
-                })
-            }
-            _ => Err(SqlError::new(
-                sqlstate::ACTIVE_SQL_TRANSACTION,
-                "there is already a transaction in progress",
-            )),
-        }
-    }
-
-    async fn commit(&mut self) -> Result<QueryResult> {
-        let state = std::mem::replace(&mut self.txn, Txn::Idle);
-        self.vars.set_internal("transaction_status", "NoTxn");
-        match state {
-            Txn::Idle => Ok(QueryResult {
-                txn: TxnEffect::Ended,
-                ..QueryResult::command("COMMIT")
-            }),
-            Txn::Failed(_) => Ok(QueryResult {
-                txn: TxnEffect::Ended,
-                ..QueryResult::command("ROLLBACK")
-            }),
-            Txn::Open(buf) => {
-                txn::commit(&self.server, buf).await?;
-                Ok(QueryResult {
-                    txn: TxnEffect::Ended,
-                    ..QueryResult::command("COMMIT")
-                })
-            }
-        }
-    }
-
-    fn rollback(&mut self) -> QueryResult {
-        self.txn = Txn::Idle;
-        self.vars.set_internal("transaction_status", "NoTxn");
-        QueryResult {
-            txn: TxnEffect::Ended,
-            ..QueryResult::command("ROLLBACK")
-        }
-    }
-
-    fn savepoint(&mut self, name: &str) -> Result<QueryResult> {
-        match &mut self.txn {
-            Txn::Open(buf) => {
-                buf.savepoint(name);
-                Ok(QueryResult::command("SAVEPOINT"))
-            }
-            _ => Err(SqlError::new(
-                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
-                "there is no transaction in progress",
-            )),
-        }
-    }
-
-    fn release_savepoint(&mut self, name: &str) -> Result<QueryResult> {
-        match &mut self.txn {
-            Txn::Open(buf) => {
-                buf.release(name)?;
-                Ok(QueryResult::command("RELEASE"))
-            }
-            _ => Err(SqlError::new(
-                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
-                "there is no transaction in progress",
-            )),
-        }
-    }
-
-    fn rollback_to_savepoint(&mut self, name: &str) -> Result<QueryResult> {
-        let state = std::mem::replace(&mut self.txn, Txn::Idle);
-        match state {
-            Txn::Open(mut buf) | Txn::Failed(mut buf) => {
-                let r = buf.rollback_to(name);
-                self.txn = if r.is_ok() {
-                    Txn::Open(buf)
-                } else {
-                    Txn::Failed(buf)
-                };
-                r.map(|_| QueryResult::command("ROLLBACK"))
-            }
-            Txn::Idle => Err(SqlError::new(
-                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
-                "there is no transaction in progress",
-            )),
-        }
-    }
+    // ---- transactions: see `txn.rs` for BEGIN, COMMIT, ROLLBACK and savepoints ----
 
     /// The open transaction's buffer, if any.
     pub(crate) fn txn_buffer(&mut self) -> Option<&mut write::TxnBuffer> {

@@ -1,4 +1,26 @@
-//! Optimistic concurrency control for explicit transactions, and the COMMIT protocol.
+//! Explicit transactions: the transaction block's states as PostgreSQL reports them,
+//! CockroachDB's client-side retry protocol, optimistic concurrency control, and the COMMIT
+//! protocol.
+//!
+//! The block ([`Txn`]) is `Idle` (ReadyForQuery status `I`), `Open` (`T`), `Failed` (`E`) or
+//! `CommitWait` (`T`); the wire protocol reports [`Session::txn_status`] in every
+//! ReadyForQuery, so the session is the one truth about it:
+//! - an error inside an open block aborts it (`Failed`): every statement but ROLLBACK,
+//!   COMMIT and ROLLBACK TO SAVEPOINT gets 25P02 until one of those; COMMIT of an aborted
+//!   block rolls back and answers `ROLLBACK`, as PostgreSQL does;
+//! - a failed COMMIT ends the block (`Idle`): nothing of the transaction was applied (or, for
+//!   40003, the error says what was), and the client starts over with BEGIN;
+//! - COMMIT or ROLLBACK outside a block succeed with PostgreSQL's warning (25P01 there is no
+//!   transaction in progress);
+//! - general savepoints nest: ROLLBACK TO SAVEPOINT undoes the writes made after the
+//!   savepoint (reads made since stay in the read set: they happened) and reopens an
+//!   aborted block;
+//! - CockroachDB's retry protocol: `SAVEPOINT cockroach_restart` as the first statement after
+//!   BEGIN; after a 40001, `ROLLBACK TO SAVEPOINT cockroach_restart` restarts the transaction
+//!   (its writes and reads discarded, the block open, status `T`); `RELEASE SAVEPOINT
+//!   cockroach_restart` commits, after which only COMMIT (ending the block) is accepted. A
+//!   RELEASE that fails leaves the block aborted (`E`), so that the client can restart with
+//!   ROLLBACK TO SAVEPOINT cockroach_restart or give up with ROLLBACK, as in CockroachDB.
 //!
 //! An explicit transaction buffers its writes (`write::TxnBuffer`) and remembers, in a
 //! [`ReadSet`], the value of every key it read from the KV layer the first time it read it
@@ -51,10 +73,11 @@ use futures::future::join_all;
 use ldr_kv::{Condition, KvClient, RowOutcome, RowWrite, ValueHeader};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::SqlServer;
 use super::scan::StoredRow;
 use super::write::{self, Applied, Change, TxnBuffer};
-use crate::error::{Result, SqlError, sqlstate};
+use super::{QueryResult, Session, SqlServer, Txn, TxnEffect};
+use crate::error::{PgError, Result, SqlError, sqlstate};
+use crate::parser::Statement;
 use crate::rowcodec;
 
 /// Keys a transaction's read set holds at most.
@@ -501,6 +524,210 @@ async fn undo_written(kv: &KvClient, written: Vec<Vec<Change>>, failure: SqlErro
     )
     .with_detail(format!("cause: {}", failure.message()))
     .with_hint("a commit that writes several ranges is atomic per range only; check the rows the transaction wrote before retrying it")
+}
+
+// ---- the transaction block ----
+
+/// The savepoint of CockroachDB's client-side retry protocol.
+pub(crate) const RESTART_SAVEPOINT: &str = "cockroach_restart";
+
+fn no_transaction(what: &str) -> SqlError {
+    SqlError::new(
+        sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+        format!("{what} can only be used in transaction blocks"),
+    )
+}
+
+/// PostgreSQL's warning for COMMIT or ROLLBACK outside a block.
+fn no_transaction_warning() -> PgError {
+    PgError {
+        code: sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+        message: "there is no transaction in progress".into(),
+        detail: None,
+        hint: None,
+    }
+}
+
+/// A statement that ends the block (`TxnEffect::Ended`) with this tag.
+fn ended(tag: &str) -> QueryResult {
+    QueryResult {
+        txn: TxnEffect::Ended,
+        ..QueryResult::command(tag)
+    }
+}
+
+/// A fresh transaction after BEGIN; with the retry protocol's savepoint when `restart`.
+fn fresh_buffer(restart: bool) -> TxnBuffer {
+    let mut buf = TxnBuffer::default();
+    if restart {
+        buf.savepoint(RESTART_SAVEPOINT);
+    }
+    buf
+}
+
+impl Session {
+    /// Refuses a statement that the block's state does not accept: 25P02 in an aborted block
+    /// (except ROLLBACK, COMMIT, ROLLBACK TO SAVEPOINT), 25000 once RELEASE SAVEPOINT
+    /// cockroach_restart committed (except COMMIT, ROLLBACK).
+    pub(super) fn check_txn_state(&self, stmt: &Statement) -> Result<()> {
+        use Statement as S;
+        match self.txn {
+            Txn::Failed(_)
+                if !matches!(stmt, S::Rollback | S::Commit | S::RollbackToSavepoint(_)) =>
+            {
+                Err(SqlError::new(
+                    sqlstate::IN_FAILED_SQL_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ))
+            }
+            Txn::CommitWait if !matches!(stmt, S::Rollback | S::Commit) => Err(SqlError::new(
+                sqlstate::INVALID_TRANSACTION_STATE,
+                "current transaction is committed, commands ignored until end of transaction block",
+            )
+            .with_hint("send COMMIT to end the transaction block")),
+            _ => Ok(()),
+        }
+    }
+
+    /// An error inside an open block aborts it, as in PostgreSQL: status `E` until ROLLBACK
+    /// (or ROLLBACK TO SAVEPOINT). Other states are left as they are (a failed COMMIT has
+    /// already ended the block). The wire protocol calls this for every error it reports,
+    /// also those that never reach the executor (a bad parameter, a failed COPY).
+    pub(crate) fn abort_txn(&mut self) {
+        if let Txn::Open(_) = self.txn {
+            let Txn::Open(buf) = std::mem::replace(&mut self.txn, Txn::Idle) else {
+                unreachable!("matched Open just above")
+            };
+            self.txn = Txn::Failed(buf);
+        }
+    }
+
+    pub(super) fn begin(&mut self) -> Result<QueryResult> {
+        match self.txn {
+            Txn::Idle => {
+                self.txn = Txn::Open(fresh_buffer(false));
+                self.vars.set_internal("transaction_status", "Open");
+                Ok(QueryResult {
+                    txn: TxnEffect::Began,
+                    ..QueryResult::command("BEGIN")
+                })
+            }
+            _ => Err(SqlError::new(
+                sqlstate::ACTIVE_SQL_TRANSACTION,
+                "there is already a transaction in progress",
+            )),
+        }
+    }
+
+    /// COMMIT ends the block whatever happens: an open transaction commits (or fails, and is
+    /// over: nothing was applied); an aborted one rolls back (`ROLLBACK`); outside a block it
+    /// is a warning.
+    pub(super) async fn commit(&mut self) -> Result<QueryResult> {
+        let state = std::mem::replace(&mut self.txn, Txn::Idle);
+        self.vars.set_internal("transaction_status", "NoTxn");
+        match state {
+            Txn::Idle => Ok(QueryResult {
+                notices: vec![no_transaction_warning()],
+                ..ended("COMMIT")
+            }),
+            Txn::Failed(_) => Ok(ended("ROLLBACK")),
+            Txn::CommitWait => Ok(ended("COMMIT")),
+            Txn::Open(buf) => {
+                commit(&self.server, buf).await?;
+                Ok(ended("COMMIT"))
+            }
+        }
+    }
+
+    pub(super) fn rollback(&mut self) -> QueryResult {
+        let state = std::mem::replace(&mut self.txn, Txn::Idle);
+        self.vars.set_internal("transaction_status", "NoTxn");
+        match state {
+            Txn::Idle => QueryResult {
+                notices: vec![no_transaction_warning()],
+                ..ended("ROLLBACK")
+            },
+            _ => ended("ROLLBACK"),
+        }
+    }
+
+    /// SAVEPOINT: `cockroach_restart` must come first in the transaction (CockroachDB's rule:
+    /// restarting discards everything before it); any other name nests.
+    pub(super) fn savepoint(&mut self, name: &str) -> Result<QueryResult> {
+        let Txn::Open(buf) = &mut self.txn else {
+            return Err(no_transaction("SAVEPOINT"));
+        };
+        if name == RESTART_SAVEPOINT {
+            if buf.has_savepoints() {
+                return Err(SqlError::new(
+                    sqlstate::SYNTAX_ERROR,
+                    format!("SAVEPOINT \"{RESTART_SAVEPOINT}\" cannot be nested"),
+                ));
+            }
+            if !buf.is_untouched() {
+                return Err(SqlError::new(
+                    sqlstate::SYNTAX_ERROR,
+                    format!(
+                        "SAVEPOINT \"{RESTART_SAVEPOINT}\" needs to be the first statement in a transaction"
+                    ),
+                ));
+            }
+        }
+        buf.savepoint(name);
+        Ok(QueryResult::command("SAVEPOINT"))
+    }
+
+    /// RELEASE SAVEPOINT: of `cockroach_restart`, commits the transaction (the block stays
+    /// until COMMIT; a failure aborts the block so that the client can restart it); of any
+    /// other savepoint, forgets it and those after it.
+    pub(super) async fn release_savepoint(&mut self, name: &str) -> Result<QueryResult> {
+        let Txn::Open(buf) = &mut self.txn else {
+            return Err(no_transaction("RELEASE SAVEPOINT"));
+        };
+        if !(name == RESTART_SAVEPOINT && buf.first_savepoint_is(RESTART_SAVEPOINT)) {
+            buf.release(name)?;
+            return Ok(QueryResult::command("RELEASE"));
+        }
+        let Txn::Open(buf) = std::mem::replace(&mut self.txn, Txn::CommitWait) else {
+            unreachable!("matched Open just above")
+        };
+        if let Err(e) = commit(&self.server, buf).await {
+            self.txn = Txn::Failed(fresh_buffer(true));
+            return Err(e);
+        }
+        Ok(QueryResult::command("RELEASE"))
+    }
+
+    /// ROLLBACK TO SAVEPOINT: of `cockroach_restart`, restarts the transaction (writes and
+    /// reads discarded, the savepoint kept for the next attempt); of any other savepoint,
+    /// undoes the writes made after it. Either reopens an aborted block.
+    pub(super) fn rollback_to_savepoint(&mut self, name: &str) -> Result<QueryResult> {
+        let state = std::mem::replace(&mut self.txn, Txn::Idle);
+        let mut buf = match state {
+            Txn::Open(buf) | Txn::Failed(buf) => buf,
+            Txn::Idle => return Err(no_transaction("ROLLBACK TO SAVEPOINT")),
+            Txn::CommitWait => {
+                // Not reached: `check_txn_state` refuses it first.
+                self.txn = Txn::CommitWait;
+                return Err(SqlError::new(
+                    sqlstate::INVALID_TRANSACTION_STATE,
+                    "current transaction is committed, commands ignored until end of transaction block",
+                ));
+            }
+        };
+        if name == RESTART_SAVEPOINT && buf.first_savepoint_is(RESTART_SAVEPOINT) {
+            tracing::debug!("restarting a transaction (ROLLBACK TO SAVEPOINT cockroach_restart)");
+            self.txn = Txn::Open(fresh_buffer(true));
+            return Ok(QueryResult::command("ROLLBACK"));
+        }
+        let r = buf.rollback_to(name);
+        self.txn = if r.is_ok() {
+            Txn::Open(buf)
+        } else {
+            Txn::Failed(buf)
+        };
+        r.map(|_| QueryResult::command("ROLLBACK"))
+    }
 }
 
 #[cfg(test)]

@@ -109,6 +109,21 @@ impl TxnBuffer {
         }
     }
 
+    /// Whether the transaction has done nothing yet: no write, no read, no savepoint.
+    pub fn is_untouched(&self) -> bool {
+        self.changes.is_empty() && self.savepoints.is_empty() && self.reads.lock().len() == 0
+    }
+
+    /// Whether any savepoint is established.
+    pub fn has_savepoints(&self) -> bool {
+        !self.savepoints.is_empty()
+    }
+
+    /// Whether the oldest savepoint is `name`.
+    pub fn first_savepoint_is(&self, name: &str) -> bool {
+        self.savepoints.first().is_some_and(|(n, _)| n == name)
+    }
+
     pub fn savepoint(&mut self, name: &str) {
         self.savepoints
             .push((name.to_string(), self.changes.clone()));

@@ -26,6 +26,14 @@ type KeyGroup = (RangeDescriptor, Vec<usize>);
 
 /// Compare-and-swap rounds of a protected timestamp update before giving up.
 const PTS_UPDATE_ATTEMPTS_MAX: usize = 100;
+/// How long a request looks for a replicated range's leaseholder (elections take 2–4 s).
+const LEASE_SEARCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const LEASE_SEARCH_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(25);
+const LEASE_SEARCH_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+/// The key of the default zone configuration in `zones`.
+const DEFAULT_ZONE: &[u8] = b"default";
+/// The largest replication factor accepted.
+pub const NUM_REPLICAS_MAX: u32 = 7;
 
 /// The cluster as seen from one node (cheap to clone).
 #[derive(Clone)]
@@ -110,7 +118,12 @@ impl KvClient {
         }
         let groups = routing::group_keys(keys, |key| locate(&tables, key))?;
         let mut by_node: Vec<(NodeId, Vec<KeyGroup>)> = Vec::new();
+        let mut replicated: Vec<KeyGroup> = Vec::new();
         for (range, indexes) in groups {
+            if range.is_replicated() {
+                replicated.push((range, indexes));
+                continue;
+            }
             match by_node.iter_mut().find(|(n, _)| *n == range.node_id) {
                 Some((_, g)) => g.push((range, indexes)),
                 None => by_node.push((range.node_id, vec![(range, indexes)])),
@@ -119,8 +132,20 @@ impl KvClient {
         let reads = by_node
             .into_iter()
             .map(|(node_id, groups)| self.get_many_on_node(node_id, groups, keys, read_ts));
+        // A replicated range is read at its leaseholder, wherever that is now.
+        let replicated_reads = replicated.into_iter().map(|(range, indexes)| async move {
+            let group = vec![(range.clone(), indexes.clone())];
+            let versions = self
+                .on_leaseholder(&range, |node_id| {
+                    self.read_on_node(node_id, &group, keys, read_ts)
+                })
+                .await?;
+            Ok::<_, KvError>(indexes.into_iter().zip(versions).collect::<Vec<_>>())
+        });
         let mut out: Vec<Option<Version>> = vec![None; keys.len()];
-        for part in join_all(reads).await {
+        let (parts, replicated_parts) =
+            futures::future::join(join_all(reads), join_all(replicated_reads)).await;
+        for part in parts.into_iter().chain(replicated_parts) {
             for (i, v) in part? {
                 out[i] = v;
             }
@@ -262,7 +287,8 @@ impl KvClient {
             .await?;
         let first = u64::try_from(last - i64::from(count) + 1)
             .map_err(|_| KvError::Internal(format!("range id counter is corrupt ({last})")))?;
-        let ranges = routing::assign_shards(table_id, count, &live, first);
+        let num_replicas = self.default_num_replicas().await? as usize;
+        let ranges = routing::assign_shards(table_id, count, &live, first, num_replicas);
         let rows: Vec<RowWrite> = ranges
             .iter()
             .map(|r| RowWrite {
@@ -287,7 +313,87 @@ impl KvClient {
             return Ok(self.load_table_ranges(table_id).await?.to_vec());
         }
         self.inner.ranges.write().insert(table_id, ranges.clone());
+        self.create_replicas(&ranges).await?;
         Ok(ranges)
+    }
+
+    /// Creates the replicas of new replicated ranges on their nodes (each node's reconcile
+    /// loop would too, within seconds) and waits until every range has a leaseholder.
+    async fn create_replicas(&self, ranges: &[RangeDescriptor]) -> Result<()> {
+        let creations = ranges
+            .iter()
+            .filter(|r| r.is_replicated())
+            .flat_map(|r| r.replicas.iter().map(move |n| (r, *n)))
+            .map(|(range, node_id)| async move {
+                let result = if node_id == self.node_id() {
+                    self.inner.serve_create_replica(range.clone()).await
+                } else {
+                    let request = pb::KvCreateReplicaRequest {
+                        range_descriptor: system::encode_json(range),
+                    };
+                    self.call_owner(node_id, request, |mut c, r| async move {
+                        c.create_replica(r).await
+                    })
+                    .await
+                    .map(|_| ())
+                };
+                if let Err(e) = result {
+                    // A node that is down gets its replica from its reconcile loop later.
+                    debug!(range_id = range.range_id, node_id, error = %e, "replica not created now");
+                }
+            });
+        join_all(creations).await;
+        let ready = ranges.iter().filter(|r| r.is_replicated()).map(|range| {
+            self.on_leaseholder(range, |node_id| {
+                self.scan_on(node_id, range, &range.span, None, 1)
+            })
+        });
+        for result in join_all(ready).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The replication factor of new ranges (`ALTER RANGE default CONFIGURE ZONE USING
+    /// num_replicas = N`; 1 until set).
+    pub async fn default_num_replicas(&self) -> Result<u32> {
+        match self.sys_get(system::ZONES, DEFAULT_ZONE).await? {
+            None => Ok(1),
+            Some(bytes) => {
+                let n = system::decode_counter("num_replicas", &bytes)?;
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=NUM_REPLICAS_MAX).contains(n))
+                    .ok_or_else(|| KvError::Internal(format!("stored num_replicas {n} is invalid")))
+            }
+        }
+    }
+
+    /// Sets the replication factor of ranges created from now on.
+    pub async fn set_default_num_replicas(&self, n: u32) -> Result<()> {
+        if !(1..=NUM_REPLICAS_MAX).contains(&n) {
+            return Err(KvError::InvalidSetting {
+                name: "num_replicas".into(),
+                value: n.to_string(),
+                detail: format!("must be between 1 and {NUM_REPLICAS_MAX}"),
+            });
+        }
+        self.sys_put(
+            system::ZONES,
+            DEFAULT_ZONE,
+            &system::encode_counter(i64::from(n)),
+        )
+        .await
+    }
+
+    /// The replicas of `range` as this node's replica of it sees them (leaseholder, voters,
+    /// applied index), when this node holds one.
+    pub fn local_replica_status(&self, range_id: RangeId) -> Option<ldr_replica::ReplicaStatus> {
+        self.inner
+            .replica_store
+            .get()
+            .and_then(|s| s.replica(range_id))
+            .map(|r| r.status())
     }
 
     /// Deletes every key of the table and its range descriptors. Needs every owner up (a
@@ -649,7 +755,18 @@ impl KvClient {
         key: &[u8],
         read_ts: Option<Timestamp>,
     ) -> Result<Option<Version>> {
-        if range.node_id == self.node_id() {
+        self.on_leaseholder(range, |node_id| self.get_on(node_id, range, key, read_ts))
+            .await
+    }
+
+    async fn get_on(
+        &self,
+        node_id: NodeId,
+        range: &RangeDescriptor,
+        key: &[u8],
+        read_ts: Option<Timestamp>,
+    ) -> Result<Option<Version>> {
+        if node_id == self.node_id() {
             return self
                 .inner
                 .serve_get(range.range_id, key.to_vec(), read_ts)
@@ -661,11 +778,7 @@ impl KvClient {
             read_ts: read_ts.map(Into::into),
         };
         let response = self
-            .call_owner(
-                range.node_id,
-                request,
-                |mut c, r| async move { c.get(r).await },
-            )
+            .call_owner(node_id, request, |mut c, r| async move { c.get(r).await })
             .await?;
         Ok(response.version.map(wire::version_from_pb))
     }
@@ -774,7 +887,21 @@ impl KvClient {
         read_ts: Option<Timestamp>,
         limit: usize,
     ) -> Result<Vec<KeyVersion>> {
-        if range.node_id == self.node_id() {
+        self.on_leaseholder(range, |node_id| {
+            self.scan_on(node_id, range, span, read_ts, limit)
+        })
+        .await
+    }
+
+    async fn scan_on(
+        &self,
+        node_id: NodeId,
+        range: &RangeDescriptor,
+        span: &Span,
+        read_ts: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<KeyVersion>> {
+        if node_id == self.node_id() {
             return self
                 .inner
                 .serve_scan(range.range_id, span.clone(), read_ts, limit)
@@ -787,11 +914,7 @@ impl KvClient {
             limit: limit as u64,
         };
         let response = self
-            .call_owner(
-                range.node_id,
-                request,
-                |mut c, r| async move { c.scan(r).await },
-            )
+            .call_owner(node_id, request, |mut c, r| async move { c.scan(r).await })
             .await?;
         response
             .rows
@@ -825,7 +948,23 @@ impl KvClient {
         rows: Vec<RowWrite>,
         atomic: bool,
     ) -> Result<ApplyResult> {
-        if range.node_id == self.node_id() {
+        if !range.is_replicated() {
+            return self.write_on(range.node_id, range, rows, atomic).await;
+        }
+        self.on_leaseholder(range, |node_id| {
+            self.write_on(node_id, range, rows.clone(), atomic)
+        })
+        .await
+    }
+
+    async fn write_on(
+        &self,
+        node_id: NodeId,
+        range: &RangeDescriptor,
+        rows: Vec<RowWrite>,
+        atomic: bool,
+    ) -> Result<ApplyResult> {
+        if node_id == self.node_id() {
             return self.inner.serve_write(range.range_id, rows, atomic).await;
         }
         let request = pb::KvWriteRequest {
@@ -834,9 +973,7 @@ impl KvClient {
             atomic,
         };
         let response = self
-            .call_owner(range.node_id, request, |mut c, r| async move {
-                c.write(r).await
-            })
+            .call_owner(node_id, request, |mut c, r| async move { c.write(r).await })
             .await
             .map_err(KvError::for_sent_write)?;
         Ok(ApplyResult {
@@ -862,7 +999,12 @@ impl KvClient {
     }
 
     async fn clear_range(&self, range: &RangeDescriptor) -> Result<u64> {
-        if range.node_id == self.node_id() {
+        self.on_leaseholder(range, |node_id| self.clear_on(node_id, range))
+            .await
+    }
+
+    async fn clear_on(&self, node_id: NodeId, range: &RangeDescriptor) -> Result<u64> {
+        if node_id == self.node_id() {
             return self
                 .inner
                 .serve_clear_range(range.range_id, range.span.clone())
@@ -873,11 +1015,68 @@ impl KvClient {
             span: Some((&range.span).into()),
         };
         let response = self
-            .call_owner(range.node_id, request, |mut c, r| async move {
+            .call_owner(node_id, request, |mut c, r| async move {
                 c.clear_range(r).await
             })
             .await?;
         Ok(response.keys_cleared)
+    }
+
+    /// Runs `f` against the node that serves `range`: its owner, or for a replicated range
+    /// its leaseholder, found through the cached leaseholder, the hints of replicas that are
+    /// not it, and the other replicas when one is down, until `LEASE_SEARCH_TIMEOUT`.
+    async fn on_leaseholder<T, F, Fut>(&self, range: &RangeDescriptor, f: F) -> Result<T>
+    where
+        F: Fn(NodeId) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        if !range.is_replicated() {
+            return f(range.node_id).await;
+        }
+        let deadline = std::time::Instant::now() + LEASE_SEARCH_TIMEOUT;
+        let mut target = self
+            .inner
+            .leaseholders
+            .read()
+            .get(&range.range_id)
+            .copied()
+            .filter(|n| range.replicas.contains(n))
+            .unwrap_or(range.node_id);
+        let mut misses = 0u32;
+        loop {
+            let error = match f(target).await {
+                Ok(v) => {
+                    self.inner
+                        .leaseholders
+                        .write()
+                        .insert(range.range_id, target);
+                    return Ok(v);
+                }
+                Err(e) => e,
+            };
+            let next = match &error {
+                KvError::NotLeaseholder { hint: Some(h), .. }
+                    if *h != target && range.replicas.contains(h) =>
+                {
+                    *h
+                }
+                KvError::NotLeaseholder { .. }
+                | KvError::NodeUnavailable { .. }
+                | KvError::RangeNotFound { .. } => routing::next_replica(range, target),
+                _ => return Err(error),
+            };
+            misses += 1;
+            if std::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            // A full round without a leaseholder: an election is probably under way.
+            if (misses as usize).is_multiple_of(range.replicas.len().max(1)) {
+                let pause = LEASE_SEARCH_PAUSE_MIN.saturating_mul(misses.min(16));
+                tokio::time::sleep(pause.min(LEASE_SEARCH_PAUSE_MAX)).await;
+            }
+            debug!(range_id = range.range_id, from = target, to = next, error = %error, "looking for the leaseholder");
+            target = next;
+        }
     }
 
     /// Tells every other live node about a change, in the background (they also poll).

@@ -37,6 +37,7 @@ mod liveness;
 mod node;
 mod owner;
 mod remote;
+mod replication;
 mod routing;
 mod service;
 mod setting_values;
@@ -82,6 +83,12 @@ pub enum KvError {
     },
     #[error("range {range_id} not found")]
     RangeNotFound { range_id: RangeId },
+    /// The replica asked is not the range's leaseholder; `hint` is the leader it knows of.
+    #[error("range {range_id}: not the leaseholder (leader hint: {hint:?})")]
+    NotLeaseholder {
+        range_id: RangeId,
+        hint: Option<NodeId>,
+    },
     #[error("no ranges for table {table_id}")]
     NoRanges { table_id: TableId },
     #[error("the cluster is not initialized")]
@@ -117,7 +124,8 @@ impl KvError {
             KvError::NodeUnavailable { .. }
             | KvError::AmbiguousResult { .. }
             | KvError::Rpc(_)
-            | KvError::RangeNotFound { .. } => true,
+            | KvError::RangeNotFound { .. }
+            | KvError::NotLeaseholder { .. } => true,
             KvError::Storage(e) => e.is_retryable(),
             _ => false,
         }
@@ -201,7 +209,20 @@ pub struct RangeDescriptor {
     pub table_id: Option<TableId>,
     pub shard: u16,
     pub span: Span,
+    /// Single-owner ranges: the owner. Replicated ranges: the replica expected to hold the
+    /// lease (the one that bootstrapped the group); requests go to the current leaseholder.
     pub node_id: NodeId,
+    /// The nodes holding a replica (a Raft group with these voters); empty for a range owned
+    /// by `node_id` alone (created while `num_replicas` was 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<NodeId>,
+}
+
+impl RangeDescriptor {
+    /// Whether the range is a Raft group rather than a single owner.
+    pub fn is_replicated(&self) -> bool {
+        !self.replicas.is_empty()
+    }
 }
 
 /// A member of the cluster.

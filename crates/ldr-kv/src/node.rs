@@ -84,6 +84,14 @@ pub(crate) struct NodeInner {
     pub(crate) increment_lock: tokio::sync::Mutex<()>,
     tasks: Mutex<Tasks>,
     stopped: AtomicBool,
+    /// This node's replicas of replicated ranges (open once the node has an identity).
+    pub(crate) replica_store: OnceLock<Arc<ldr_replica::ReplicaStore>>,
+    /// The same store for the Raft gRPC service.
+    pub(crate) raft_slot: ldr_replica::grpc::ServiceSlot,
+    /// Per-range write latches of replicated ranges this node leads.
+    pub(crate) range_latches: Mutex<HashMap<ldr_types::RangeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where each replicated range's lease was last found.
+    pub(crate) leaseholders: RwLock<HashMap<ldr_types::RangeId, NodeId>>,
 }
 
 impl NodeInner {
@@ -256,6 +264,7 @@ impl NodeInner {
         info!(node_id = identity.node_id, cluster_id = %identity.cluster_id, "node has its identity");
         self.initialized.send_replace(true);
         self.start_cluster_loops();
+        self.spawn(self.clone().start_replication());
         Ok(true)
     }
 
@@ -562,6 +571,11 @@ impl NodeInner {
                 );
                 self.engine.set_closed_timestamp_target(target);
             }
+            if *name == crate::replication::RAFT_LOG_SYNC_SETTING
+                && let Some(store) = self.replica_store.get()
+            {
+                store.set_sync_log(!self.settings.bool(name));
+            }
         }
     }
 
@@ -654,7 +668,9 @@ impl NodeInner {
         }
         for (_, value) in client.sys_scan(system::RANGES).await? {
             let range: RangeDescriptor = system::decode_json("range descriptor", &value)?;
-            if range.node_id == me && range.table_id.is_some() {
+            // Replicated ranges are not collected yet: GC must go through Raft so that every
+            // replica removes the same versions.
+            if range.node_id == me && range.table_id.is_some() && !range.is_replicated() {
                 spans.push(range.span);
             }
         }
@@ -754,6 +770,10 @@ impl KvNode {
             increment_lock: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Tasks::default()),
             stopped: AtomicBool::new(false),
+            replica_store: OnceLock::new(),
+            raft_slot: Arc::new(OnceLock::new()),
+            range_latches: Mutex::new(HashMap::new()),
+            leaseholders: RwLock::new(HashMap::new()),
         });
         match persisted {
             Some(identity) => {
@@ -801,6 +821,15 @@ impl KvNode {
         KvService::server(Arc::downgrade(&self.inner))
     }
 
+    /// The Raft transport gRPC service (replicated ranges), for the server to mount beside
+    /// [`KvNode::grpc_service`].
+    pub fn raft_service(
+        &self,
+    ) -> ldr_proto::pb::raft_transport_server::RaftTransportServer<ldr_replica::grpc::RaftService>
+    {
+        ldr_replica::grpc::RaftService::new(self.inner.raft_service_slot())
+    }
+
     /// This node's descriptor (node id 0 before it has one).
     pub fn descriptor(&self) -> NodeDescriptor {
         self.inner.self_descriptor()
@@ -824,6 +853,9 @@ impl KvNode {
         for h in handles {
             h.abort();
             let _ = h.await;
+        }
+        if let Some(store) = self.inner.replica_store.get() {
+            store.shutdown().await;
         }
         info!(node_id = self.inner.node_id(), "node stopped");
     }

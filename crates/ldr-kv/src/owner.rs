@@ -56,6 +56,10 @@ impl NodeInner {
             },
         };
         match desc {
+            Some(d) if d.is_replicated() => {
+                self.leaseholder_replica(&d)?;
+                contains(d, span)
+            }
             Some(d) if d.node_id == me => contains(d, span),
             _ => Err(KvError::RangeNotFound { range_id }),
         }
@@ -136,7 +140,10 @@ impl NodeInner {
             max.expect("rows are not empty"),
         );
         let span = Span::new(min.clone(), keys_after(max));
-        self.check_owner(range_id, &span).await?;
+        let desc = self.check_owner(range_id, &span).await?;
+        if desc.is_replicated() {
+            return self.replicated_write(&desc, rows, atomic).await;
+        }
         let keys: usize = rows.iter().map(|r| 1 + r.dependents.len()).sum();
         self.storage(keys <= SMALL_WRITE_KEYS, move |e| {
             e.apply(&rows, atomic, None)
@@ -201,6 +208,25 @@ impl NodeInner {
         span: Span,
     ) -> Result<u64> {
         let desc = self.check_owner(range_id, &span).await?;
+        if desc.is_replicated() {
+            let mut cleared = 0u64;
+            loop {
+                let scan_span = span.clone();
+                let live = self
+                    .blocking(move |e| e.scan(&scan_span, Timestamp::MAX, CLEAR_BATCH_KEYS))
+                    .await?;
+                if live.is_empty() {
+                    break;
+                }
+                cleared += live.len() as u64;
+                self.replicated_write(&desc, tombstones(live), false)
+                    .await?;
+            }
+            if let Some(table_id) = desc.table_id {
+                self.ranges.write().remove(table_id);
+            }
+            return Ok(cleared);
+        }
         let clock = self.clock.clone();
         let cleared = self
             .blocking(move |engine| {
@@ -210,19 +236,7 @@ impl NodeInner {
                     if live.is_empty() {
                         return Ok(cleared);
                     }
-                    let rows: Vec<RowWrite> = live
-                        .into_iter()
-                        .map(|kv| RowWrite {
-                            key: kv.key,
-                            value: None,
-                            condition: Condition::None,
-                            header: ValueHeader {
-                                omit_in_rangefeeds: true,
-                                ..ValueHeader::default()
-                            },
-                            dependents: Vec::new(),
-                        })
-                        .collect();
+                    let rows = tombstones(live);
                     cleared += rows.len() as u64;
                     engine.apply(&rows, false, None)?;
                 }
@@ -233,6 +247,22 @@ impl NodeInner {
         }
         Ok(cleared)
     }
+}
+
+/// Tombstones for the live keys of a dropped table (omitted from filtering rangefeeds).
+fn tombstones(live: Vec<KeyVersion>) -> Vec<RowWrite> {
+    live.into_iter()
+        .map(|kv| RowWrite {
+            key: kv.key,
+            value: None,
+            condition: Condition::None,
+            header: ValueHeader {
+                omit_in_rangefeeds: true,
+                ..ValueHeader::default()
+            },
+            dependents: Vec::new(),
+        })
+        .collect()
 }
 
 fn contains(desc: RangeDescriptor, span: &Span) -> Result<RangeDescriptor> {

@@ -156,11 +156,15 @@ pub(crate) fn default_shard_count(live_nodes: usize) -> u16 {
 /// Places `shard_count` shards of a table round-robin on `live_nodes` (deduplicated and
 /// sorted here), starting at an offset derived from the table id so that small tables do not
 /// all start on the same node. Range ids are `first_range_id..first_range_id + shard_count`.
+/// With `num_replicas > 1`, each shard is a Raft group on its first node and the next
+/// `num_replicas - 1` nodes (fewer when there are fewer live nodes), so leases and replicas
+/// spread evenly.
 pub(crate) fn assign_shards(
     table_id: TableId,
     shard_count: u16,
     live_nodes: &[NodeId],
     first_range_id: RangeId,
+    num_replicas: usize,
 ) -> Vec<RangeDescriptor> {
     let mut nodes = live_nodes.to_vec();
     nodes.sort_unstable();
@@ -174,8 +178,29 @@ pub(crate) fn assign_shards(
             shard,
             span: keys::shard_span(table_id, shard),
             node_id: nodes[(offset + shard as usize) % nodes.len()],
+            replicas: replica_nodes(&nodes, offset + shard as usize, num_replicas),
         })
         .collect()
+}
+
+/// `num_replicas` distinct nodes of `nodes` starting at index `first` (wrapping), or none
+/// when the range is not replicated (`num_replicas <= 1`).
+pub(crate) fn replica_nodes(nodes: &[NodeId], first: usize, num_replicas: usize) -> Vec<NodeId> {
+    if num_replicas <= 1 || nodes.is_empty() {
+        return Vec::new();
+    }
+    (0..num_replicas.min(nodes.len()))
+        .map(|i| nodes[(first + i) % nodes.len()])
+        .collect()
+}
+
+/// The replica after `current` in `range`'s replica list (wrapping; the first one when
+/// `current` is not a replica).
+pub(crate) fn next_replica(range: &RangeDescriptor, current: NodeId) -> NodeId {
+    match range.replicas.iter().position(|n| *n == current) {
+        Some(i) => range.replicas[(i + 1) % range.replicas.len()],
+        None => range.replicas.first().copied().unwrap_or(range.node_id),
+    }
 }
 
 /// The shard descriptor of a table's (shard-sorted) ranges.
@@ -305,7 +330,7 @@ mod tests {
 
     #[test]
     fn spans_split_over_ranges_in_key_order() {
-        let mut ranges = assign_shards(5, 4, &[1, 2], 10);
+        let mut ranges = assign_shards(5, 4, &[1, 2], 10, 1);
         ranges.reverse();
         let whole = split_span(&keys::table_span(5), &ranges);
         assert_eq!(
@@ -344,7 +369,7 @@ mod tests {
 
     #[test]
     fn rows_group_by_range_in_input_order() {
-        let ranges = assign_shards(5, 3, &[1, 2, 3], 10);
+        let ranges = assign_shards(5, 3, &[1, 2, 3], 10, 1);
         let locate = |k: &[u8]| match route_key(k)? {
             KeyRoute::Table { shard, .. } => find_shard(&ranges, shard)
                 .cloned()
@@ -377,7 +402,7 @@ mod tests {
     fn shards_spread_round_robin_over_live_nodes() {
         assert_eq!(default_shard_count(3), 9);
         assert_eq!(default_shard_count(0), 3);
-        let ranges = assign_shards(7, 9, &[3, 1, 2, 2], 100);
+        let ranges = assign_shards(7, 9, &[3, 1, 2, 2], 100, 1);
         assert_eq!(ranges.len(), 9);
         for node in 1..=3 {
             assert_eq!(
@@ -395,16 +420,42 @@ mod tests {
             assert_eq!(r.span, keys::shard_span(7, r.shard));
             assert_eq!(r.table_id, Some(7));
         }
+        assert!(
+            ranges.iter().all(|r| r.replicas.is_empty()),
+            "RF 1: single owners"
+        );
         // Consecutive tables start on different nodes.
-        let a = assign_shards(7, 1, &[1, 2, 3], 1)[0].node_id;
-        let b = assign_shards(8, 1, &[1, 2, 3], 1)[0].node_id;
+        let a = assign_shards(7, 1, &[1, 2, 3], 1, 1)[0].node_id;
+        let b = assign_shards(8, 1, &[1, 2, 3], 1, 1)[0].node_id;
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn replicas_are_distinct_consecutive_nodes_led_by_the_owner() {
+        let ranges = assign_shards(7, 9, &[1, 2, 3], 100, 3);
+        for r in &ranges {
+            assert_eq!(r.replicas.len(), 3);
+            assert_eq!(r.replicas[0], r.node_id, "the owner bootstraps and leads");
+            let mut distinct = r.replicas.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct, vec![1, 2, 3]);
+        }
+        // Fewer nodes than replicas: one replica per node.
+        let small = assign_shards(7, 2, &[4, 5], 1, 3);
+        assert!(small.iter().all(|r| r.replicas.len() == 2));
+        assert_eq!(replica_nodes(&[1, 2, 3, 4], 3, 3), vec![4, 1, 2]);
+        let r = &ranges[0];
+        let next = next_replica(r, r.replicas[2]);
+        assert_eq!(next, r.replicas[0], "wraps around");
+        assert_eq!(next_replica(r, 99), r.replicas[0]);
+        assert!(replica_nodes(&[1, 2, 3], 0, 1).is_empty());
     }
 
     #[test]
     fn the_cache_finds_shards_and_forgets_dropped_tables() {
         let mut cache = RangeCache::default();
-        let mut ranges = assign_shards(4, 5, &[1], 2);
+        let mut ranges = assign_shards(4, 5, &[1], 2, 1);
         ranges.reverse();
         let cached = cache.insert(4, ranges);
         assert_eq!(find_shard(&cached, 3).map(|r| r.range_id), Some(5));

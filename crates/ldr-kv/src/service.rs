@@ -201,6 +201,22 @@ impl Kv for KvService {
         reply(&node, result)
     }
 
+    async fn create_replica(
+        &self,
+        request: Request<pb::KvCreateReplicaRequest>,
+    ) -> Result<Response<pb::KvCreateReplicaResponse>, Status> {
+        let node = self.enter(&request, Envelope::Cluster)?;
+        let r = request.into_inner();
+        let result = async {
+            let range: crate::RangeDescriptor =
+                crate::system::decode_json("range descriptor", &r.range_descriptor)?;
+            node.serve_create_replica(range).await
+        }
+        .await
+        .map(|()| pb::KvCreateReplicaResponse {});
+        reply(&node, result)
+    }
+
     async fn join(
         &self,
         request: Request<pb::KvJoinRequest>,

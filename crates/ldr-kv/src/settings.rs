@@ -83,6 +83,13 @@ pub(crate) static REGISTRY: &[SettingDef] = &[
         read_only: false,
     },
     SettingDef {
+        name: "kv.raft_log.disable_synchronization_unsafe",
+        kind: SettingKind::Bool,
+        default: "false",
+        description: "disables fsync of the Raft log before a write is acknowledged (benchmarks only: an OS crash may lose acknowledged writes)",
+        read_only: false,
+    },
+    SettingDef {
         name: "kv.rangefeed.enabled",
         kind: SettingKind::Bool,
         default: "false",

@@ -23,6 +23,8 @@ pub(crate) const LIVENESS: &str = "liveness";
 pub(crate) const SETTINGS: &str = "settings";
 pub(crate) const PTS: &str = "pts";
 pub(crate) const COUNTERS: &str = "counters";
+/// Zone configurations: `default` holds the default `num_replicas`.
+pub(crate) const ZONES: &str = "zones";
 
 pub(crate) const COUNTER_NODE_ID: &str = "node_id";
 pub(crate) const COUNTER_RANGE_ID: &str = "range_id";
@@ -43,6 +45,7 @@ pub(crate) fn system_range_descriptor() -> RangeDescriptor {
         shard: 0,
         span: keys::system_span(),
         node_id: SYSTEM_NODE_ID,
+        replicas: Vec::new(),
     }
 }
 

@@ -242,6 +242,10 @@ enum WireError {
     RangeNotFound {
         range_id: u64,
     },
+    NotLeaseholder {
+        range_id: u64,
+        hint: Option<NodeId>,
+    },
     NoRanges {
         table_id: u32,
     },
@@ -331,6 +335,13 @@ impl WireError {
                     range_id: *range_id,
                 },
             ),
+            KvError::NotLeaseholder { range_id, hint } => (
+                Code::FailedPrecondition,
+                WireError::NotLeaseholder {
+                    range_id: *range_id,
+                    hint: *hint,
+                },
+            ),
             KvError::NoRanges { table_id } => (
                 Code::NotFound,
                 WireError::NoRanges {
@@ -417,6 +428,9 @@ impl WireError {
                 detail,
             },
             WireError::RangeNotFound { range_id } => KvError::RangeNotFound { range_id },
+            WireError::NotLeaseholder { range_id, hint } => {
+                KvError::NotLeaseholder { range_id, hint }
+            }
             WireError::NoRanges { table_id } => KvError::NoRanges { table_id },
             WireError::NotInitialized => KvError::NotInitialized,
             WireError::AlreadyInitialized => KvError::AlreadyInitialized,
@@ -598,6 +612,10 @@ mod tests {
                 detail: "down".into(),
             },
             KvError::RangeNotFound { range_id: 12 },
+            KvError::NotLeaseholder {
+                range_id: 12,
+                hint: Some(3),
+            },
             KvError::NoRanges { table_id: 104 },
             KvError::NotInitialized,
             KvError::AlreadyInitialized,

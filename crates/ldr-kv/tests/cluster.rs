@@ -76,10 +76,12 @@ impl TestNode {
         })
         .await;
         let service = node.grpc_service();
+        let raft = node.raft_service();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(raft)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stop_rx.await;
                 })
@@ -867,4 +869,125 @@ async fn protected_timestamps_hold_back_gc() {
     assert!(n1.protections().await.expect("list").is_empty());
     owner_node.run_gc().await.expect("gc");
     assert!(owner_node.engine().gc_threshold() > ts2);
+}
+
+/// The span checksum of `range` on every node that holds a replica of it, once they all
+/// applied the same index.
+async fn replica_checksums_agree(cluster: &TestCluster, range: &RangeDescriptor) {
+    eventually("every replica to apply the same commands", || async {
+        let mut applied = Vec::new();
+        for node_id in &range.replicas {
+            let client = cluster.client(*node_id);
+            applied.push(client.local_replica_status(range.range_id)?.applied_index);
+        }
+        applied.windows(2).all(|w| w[0] == w[1]).then_some(())
+    })
+    .await;
+    let sums: Vec<_> = range
+        .replicas
+        .iter()
+        .map(|n| {
+            cluster.nodes[*n as usize - 1]
+                .node
+                .engine()
+                .span_checksum(&range.span)
+                .expect("checksum")
+        })
+        .collect();
+    assert!(
+        sums.iter().all(|s| *s == sums[0]),
+        "replicas of range {} differ: {sums:?}",
+        range.range_id
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_ranges_keep_serving_when_a_node_stops_and_it_catches_up_on_restart() {
+    let mut cluster = TestCluster::start(3).await;
+    let n1 = cluster.client(1);
+    assert_eq!(n1.default_num_replicas().await.expect("zone"), 1);
+    assert!(n1.set_default_num_replicas(0).await.is_err());
+    n1.set_default_num_replicas(3)
+        .await
+        .expect("num_replicas = 3");
+    let table: TableId = 300;
+    let ranges = n1
+        .create_table_ranges(table, Some(6))
+        .await
+        .expect("ranges");
+    assert!(ranges.iter().all(|r| r.replicas.len() == 3), "{ranges:?}");
+    let key = |i: u32| row_key(table, 6, &i.to_be_bytes());
+    let rows: Vec<RowWrite> = (0..300u32)
+        .map(|i| put(key(i), format!("v{i}").as_bytes()))
+        .collect();
+    n1.write(rows, true).await.expect("write");
+    for range in &ranges {
+        replica_checksums_agree(&cluster, range).await;
+    }
+
+    // Node 3 stops: every key stays readable and writable through nodes 1 and 2, after at
+    // most an election for the ranges it led.
+    let mut node3 = cluster.nodes.pop().expect("three nodes");
+    node3.stop().await;
+    let stopped = std::time::Instant::now();
+    let n2 = cluster.client(2);
+    let rows: Vec<RowWrite> = (0..300u32)
+        .map(|i| put(key(i), format!("w{i}").as_bytes()))
+        .collect();
+    n2.write(rows, true)
+        .await
+        .expect("every range writable without node 3");
+    let failover = stopped.elapsed();
+    assert!(
+        failover < Duration::from_secs(10),
+        "writes resumed after {failover:?}"
+    );
+    eprintln!("writes to every range resumed {failover:?} after node 3 stopped");
+    let read = n1
+        .get_many(&(0..300u32).map(key).collect::<Vec<_>>(), None)
+        .await
+        .expect("read");
+    for (i, v) in read.into_iter().enumerate() {
+        assert_eq!(
+            v.and_then(|v| v.value),
+            Some(format!("w{i}").into_bytes()),
+            "key {i}"
+        );
+    }
+    let scanned = n2
+        .scan(&keys::table_span(table), None, 0)
+        .await
+        .expect("scan");
+    assert_eq!(scanned.len(), 300);
+
+    // Node 3 restarts on its store and catches up from the others' logs.
+    cluster.nodes.push(node3.restart().await);
+    cluster.wait_all_live().await;
+    for range in &ranges {
+        replica_checksums_agree(&cluster, range).await;
+    }
+    let on3 = cluster
+        .client(3)
+        .get(&key(7), None)
+        .await
+        .expect("read via node 3");
+    assert_eq!(on3.and_then(|v| v.value), Some(b"w7".to_vec()));
+
+    // Dropping the table clears every replica.
+    n1.drop_table_ranges(table).await.expect("drop");
+    for range in &ranges {
+        eventually("the dropped range's replicas to go away", || async {
+            range
+                .replicas
+                .iter()
+                .all(|n| {
+                    cluster
+                        .client(*n)
+                        .local_replica_status(range.range_id)
+                        .is_none()
+                })
+                .then_some(())
+        })
+        .await;
+    }
 }

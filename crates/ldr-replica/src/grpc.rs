@@ -199,23 +199,20 @@ impl RaftTransport for GrpcTransport {
     }
 }
 
+/// Where incoming messages go once the node's replica store is open (its store and cluster
+/// id); until then the service answers `unavailable` and senders back off.
+pub type ServiceSlot = Arc<std::sync::OnceLock<(Arc<ReplicaStore>, String)>>;
+
 /// The incoming side: hands each message of a batch to its replica.
 pub struct RaftService {
-    store: Arc<ReplicaStore>,
-    cluster_id: String,
+    slot: ServiceSlot,
 }
 
 impl RaftService {
-    pub fn new(
-        store: Arc<ReplicaStore>,
-        cluster_id: impl Into<String>,
-    ) -> RaftTransportServer<RaftService> {
-        RaftTransportServer::new(RaftService {
-            store,
-            cluster_id: cluster_id.into(),
-        })
-        .max_decoding_message_size(BATCH_BYTES_MAX)
-        .max_encoding_message_size(BATCH_BYTES_MAX)
+    pub fn new(slot: ServiceSlot) -> RaftTransportServer<RaftService> {
+        RaftTransportServer::new(RaftService { slot })
+            .max_decoding_message_size(BATCH_BYTES_MAX)
+            .max_encoding_message_size(BATCH_BYTES_MAX)
     }
 }
 
@@ -226,22 +223,27 @@ impl PbRaftTransport for RaftService {
         request: tonic::Request<pb::RaftBatch>,
     ) -> Result<tonic::Response<pb::RaftBatchReply>, tonic::Status> {
         let batch = request.into_inner();
-        if batch.cluster_id != self.cluster_id {
+        let Some((store, cluster_id)) = self.slot.get() else {
+            return Err(tonic::Status::unavailable(
+                "this node's replicas are not open yet",
+            ));
+        };
+        if batch.cluster_id != *cluster_id {
             return Err(tonic::Status::permission_denied(format!(
                 "raft messages from cluster {:?} refused by a node of cluster {:?}",
-                batch.cluster_id, self.cluster_id
+                batch.cluster_id, cluster_id
             )));
         }
-        if batch.to_node != self.store.node_id() {
+        if batch.to_node != store.node_id() {
             return Err(tonic::Status::permission_denied(format!(
                 "raft messages for node {} delivered to node {}",
                 batch.to_node,
-                self.store.node_id()
+                store.node_id()
             )));
         }
         let from = batch.from_node;
         let replies = futures::future::join_all(batch.messages.into_iter().map(|m| {
-            let store = self.store.clone();
+            let store = store.clone();
             async move {
                 match store
                     .handle(Envelope {

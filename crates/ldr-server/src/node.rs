@@ -74,6 +74,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(kv_node.grpc_service())
+        .add_service(kv_node.raft_service())
         .add_service(stream_service.clone().into_server())
         .add_service(ingest_service.clone().into_server())
         .serve_with_incoming(ReceiverStream::new(grpc_rx));

@@ -35,6 +35,9 @@
 //! `0x02 <table> <shard> <index u32::MAX> <rest of the locked key>` (same range as the key,
 //! outside every primary index span, so replication streams and SQL scans never see them).
 
+// The pgwire handlers' futures nest deeply (session, executor, KV client, retries).
+#![recursion_limit = "256"]
+
 pub mod catalog;
 pub mod copy;
 pub mod datum;

@@ -475,7 +475,9 @@ impl ConnHandler {
             )]);
         }
         let (results, tz) = with_session(&self.conn, async |s: &mut Session| {
-            let r = s.execute(query).await;
+            // Boxed: the executor's future is deep, and nesting it inline in this one and in
+            // `on_query`'s overflows the compiler's layout depth limit.
+            let r = Box::pin(s.execute(query)).await;
             (r, s.vars.tz_offset_secs)
         })
         .await?;

@@ -135,8 +135,14 @@ fn init_logging() {
         .init();
 }
 
+/// Worker stack size: SQL binding and evaluation recurse once per expression level and answer
+/// 54001 when the stack runs low (`ldr_sql::stack`); 8 MiB (virtual, touched as used) instead
+/// of tokio's 2 MiB lets deeply nested statements run instead.
+const WORKER_STACK_BYTES: usize = 8 << 20;
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(WORKER_STACK_BYTES)
         .build()?)
 }

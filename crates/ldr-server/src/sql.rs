@@ -97,11 +97,16 @@ impl SqlWiring {
         })
     }
 
-    /// Serves one pgwire connection.
+    /// Serves one pgwire connection; a panic while serving it ends only this connection
+    /// (with a FATAL XX000 error to the client, see [`ldr_sql::connection_guard`]).
     pub async fn serve(&self, stream: TcpStream, peer: SocketAddr) {
-        if let Err(e) = ldr_sql::protocol::serve_connection(stream, self.server.clone()).await {
-            debug!(%peer, error = %e, "sql connection ended with an error");
-        }
+        let server = self.server.clone();
+        ldr_sql::connection_guard::serve_guarded(stream, peer, move |stream| async move {
+            if let Err(e) = ldr_sql::protocol::serve_connection(stream, server).await {
+                debug!(%peer, error = %e, "sql connection ended with an error");
+            }
+        })
+        .await
     }
 
     pub fn source_catalog(&self) -> Arc<dyn SourceCatalog> {

@@ -602,38 +602,37 @@ fn split_zone(s: &str) -> (String, Option<i64>) {
             return (t[..t.len() - suffix.len()].trim().to_string(), Some(0));
         }
     }
-    if t.len() > 10 {
-        // Search for a sign after the date part (the date itself contains '-').
-        let tail = &t[10..];
-        if let Some(pos) = tail.rfind(['+', '-']) {
-            let zone = &tail[pos..];
-            let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
-            if !digits.is_empty() && digits.len() <= 6 && digits.chars().all(|c| c.is_ascii_digit())
-            {
-                let (h, m, sec) = match digits.len() {
-                    1 | 2 => (digits.parse::<i64>().unwrap_or(0), 0, 0),
-                    3 => (
-                        digits[..1].parse().unwrap_or(0),
-                        digits[1..].parse().unwrap_or(0),
-                        0,
-                    ),
-                    4 => (
-                        digits[..2].parse().unwrap_or(0),
-                        digits[2..].parse().unwrap_or(0),
-                        0,
-                    ),
-                    _ => (
-                        digits[..2].parse().unwrap_or(0),
-                        digits[2..4].parse().unwrap_or(0),
-                        digits[4..].parse().unwrap_or(0),
-                    ),
-                };
-                let mut off = h * 3600 + m * 60 + sec;
-                if zone.starts_with('-') {
-                    off = -off;
-                }
-                return (t[..10 + pos].trim().to_string(), Some(off));
+    // Search for a sign after the date part (the date itself contains '-'). A date part that
+    // is not ten ASCII bytes has no zone to split off (and fails to parse as a date later).
+    if let Some(tail) = t.get(10..).filter(|tail| !tail.is_empty())
+        && let Some(pos) = tail.rfind(['+', '-'])
+    {
+        let zone = &tail[pos..];
+        let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
+        if !digits.is_empty() && digits.len() <= 6 && digits.chars().all(|c| c.is_ascii_digit()) {
+            let (h, m, sec) = match digits.len() {
+                1 | 2 => (digits.parse::<i64>().unwrap_or(0), 0, 0),
+                3 => (
+                    digits[..1].parse().unwrap_or(0),
+                    digits[1..].parse().unwrap_or(0),
+                    0,
+                ),
+                4 => (
+                    digits[..2].parse().unwrap_or(0),
+                    digits[2..].parse().unwrap_or(0),
+                    0,
+                ),
+                _ => (
+                    digits[..2].parse().unwrap_or(0),
+                    digits[2..4].parse().unwrap_or(0),
+                    digits[4..].parse().unwrap_or(0),
+                ),
+            };
+            let mut off = h * 3600 + m * 60 + sec;
+            if zone.starts_with('-') {
+                off = -off;
             }
+            return (t[..10 + pos].trim().to_string(), Some(off));
         }
     }
     (t.to_string(), None)

@@ -65,6 +65,8 @@ pub mod sqlstate {
     pub const CARDINALITY_VIOLATION: &str = "21000";
     pub const INVALID_ROW_COUNT: &str = "2201W";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    /// `stack depth limit exceeded` (PostgreSQL's name for the condition).
+    pub const STATEMENT_TOO_COMPLEX: &str = "54001";
 }
 
 /// A user-facing SQL error (what an ErrorResponse carries).

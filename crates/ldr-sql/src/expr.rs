@@ -750,6 +750,8 @@ impl<'a> Binder<'a> {
 
     fn bind_inner(&mut self, e: &sql::Expr) -> Result<(ScalarExpr, SqlType)> {
         use sql::Expr as E;
+        // Binding recurses once per level of `e`: 54001 rather than a stack overflow.
+        crate::stack::check_stack_depth()?;
         match e {
             E::Identifier(id) => self.identifier(None, id),
             E::CompoundIdentifier(parts) => {
@@ -1887,6 +1889,8 @@ fn truthy(d: &Datum) -> Option<bool> {
 
 impl ScalarExpr {
     pub fn eval(&self, row: &[Datum], ctx: &EvalCtx) -> Result<Datum> {
+        // Evaluation recurses once per level of the tree: 54001 rather than a stack overflow.
+        crate::stack::check_stack_depth()?;
         match self {
             ScalarExpr::Const(d) => Ok(d.clone()),
             ScalarExpr::Column(i) => row
@@ -2549,7 +2553,7 @@ fn eval_function(name: &str, args: Vec<Datum>, ty: &SqlType, ctx: &EvalCtx) -> R
                     "negative substring length not allowed",
                 ));
             }
-            let begin = start - 1;
+            let begin = start.saturating_sub(1);
             let end = match len {
                 Some(l) => begin.saturating_add(l),
                 None => chars.len() as i64,

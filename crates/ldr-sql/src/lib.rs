@@ -12,8 +12,10 @@
 //! - [`exec`]: [`exec::SqlServer`] (one per node) and [`exec::Session`] (one per
 //!   connection); the [`exec::ReplicationStatements`] hook the server implements.
 //! - [`validation`]: LDR schema compatibility, schema locks, allowed schema changes.
-//! - [`protocol`]: pgwire front end, [`protocol::serve_connection`].
+//! - [`protocol`]: pgwire front end, [`protocol::serve_connection`]; [`connection_guard`]: the
+//!   per-connection panic boundary a server spawns it inside.
 //! - [`wire`]: text and binary wire formats.
+//! - [`stack`]: the stack-depth check recursive binding and evaluation make (54001).
 //!
 //! Using it from a server:
 //!
@@ -39,6 +41,7 @@
 #![recursion_limit = "256"]
 
 pub mod catalog;
+pub mod connection_guard;
 pub mod copy;
 pub mod datum;
 pub mod encoding;
@@ -49,6 +52,7 @@ pub mod interval;
 pub mod parser;
 pub mod protocol;
 pub mod rowcodec;
+pub mod stack;
 pub mod types;
 pub mod validation;
 pub mod wire;

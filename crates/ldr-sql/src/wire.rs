@@ -145,17 +145,22 @@ pub fn decode_numeric(b: &[u8]) -> Option<Decimal> {
         return None;
     }
     let rd = |i: usize| i16::from_be_bytes([b[i], b[i + 1]]);
-    let ndigits = rd(0) as usize;
+    // Outside input (a client's binary parameter): a count is unsigned, digits are base
+    // 10000, the sign is one of two values; anything else is not a numeric.
+    let ndigits = usize::from(u16::from_be_bytes([b[0], b[1]]));
     let weight = rd(2) as i32;
     let sign = u16::from_be_bytes([b[4], b[5]]);
     let dscale = u16::from_be_bytes([b[6], b[7]]) as usize;
-    if sign == 0xC000 {
-        return None; // NaN
+    if sign != 0 && sign != 0x4000 {
+        return None; // NaN (0xC000) or garbage
     }
     if b.len() < 8 + ndigits * 2 {
         return None;
     }
     let digits: Vec<i16> = (0..ndigits).map(|i| rd(8 + i * 2)).collect();
+    if digits.iter().any(|d| !(0..10_000).contains(d)) {
+        return None;
+    }
     let mut int_part = String::new();
     let mut frac_part = String::new();
     for (i, d) in digits.iter().enumerate() {

@@ -153,13 +153,16 @@ impl TableDescriptor {
         self.index_positions(&self.primary_index)
     }
 
+    /// Positions (in `columns`) of `index`'s columns.
     pub fn index_positions(&self, index: &IndexDescriptor) -> Vec<usize> {
         index
             .columns
             .iter()
             .map(|c| {
-                self.column_index_by_id(c.column_id)
-                    .expect("index columns exist in their table")
+                self.column_index_by_id(c.column_id).expect(
+                    "index columns exist in their table: every descriptor is validated when \
+                     decoded (TableDescriptor::decode) and before it is written",
+                )
             })
             .collect()
     }
@@ -208,9 +211,24 @@ impl TableDescriptor {
             .expect("some suffix is free")
     }
 
+    /// Decodes a descriptor's JSON (from the catalog, or from another cluster over the
+    /// network) and validates it, so that nothing downstream meets a dangling reference.
+    pub fn decode(bytes: &[u8]) -> Result<TableDescriptor> {
+        let desc: TableDescriptor = serde_json::from_slice(bytes)
+            .map_err(|e| SqlError::internal(format!("invalid table descriptor: {e}")))?;
+        desc.validate().map_err(|e| {
+            SqlError::internal(format!(
+                "invalid table descriptor {} ({}): {e}",
+                desc.id, desc.name
+            ))
+        })?;
+        Ok(desc)
+    }
+
     /// Checks the descriptor's internal references.
     pub fn validate(&self) -> Result<()> {
         let mut names = BTreeSet::new();
+        let mut ids = BTreeSet::new();
         for c in &self.columns {
             if !names.insert(c.name.as_str()) {
                 return Err(SqlError::new(
@@ -218,6 +236,18 @@ impl TableDescriptor {
                     format!("column \"{}\" specified more than once", c.name),
                 ));
             }
+            if !ids.insert(c.id) {
+                return Err(SqlError::internal(format!(
+                    "column id {} is used more than once",
+                    c.id
+                )));
+            }
+        }
+        if self.primary_index.columns.is_empty() {
+            return Err(SqlError::internal(format!(
+                "primary index {} has no columns",
+                self.primary_index.name
+            )));
         }
         for idx in self.all_indexes() {
             for c in &idx.columns {
@@ -345,5 +375,33 @@ mod tests {
         let mut bad = t.clone();
         bad.columns.push(bad.columns[0].clone());
         assert_eq!(bad.validate().expect_err("duplicate").code(), "42701");
+    }
+
+    #[test]
+    fn decode_refuses_what_does_not_validate() {
+        // A descriptor from another cluster whose index names a column it does not have:
+        // an error here, instead of a panic wherever the index is used.
+        let t = table();
+        let json = serde_json::to_vec(&t).expect("serializes");
+        assert_eq!(TableDescriptor::decode(&json).expect("valid"), t);
+        let mut dangling = t.clone();
+        dangling.primary_index.columns[0].column_id = 99;
+        let err = TableDescriptor::decode(&serde_json::to_vec(&dangling).expect("serializes"))
+            .expect_err("dangling index column");
+        assert_eq!(err.code(), "XX000");
+        assert!(
+            err.to_string().contains("references missing column 99"),
+            "{err}"
+        );
+        let mut no_pk = t.clone();
+        no_pk.primary_index.columns.clear();
+        assert!(TableDescriptor::decode(&serde_json::to_vec(&no_pk).expect("serializes")).is_err());
+        let mut same_id = t.clone();
+        same_id.columns[1].id = 1;
+        assert!(
+            TableDescriptor::decode(&serde_json::to_vec(&same_id).expect("serializes")).is_err()
+        );
+        assert!(TableDescriptor::decode(b"{\"id\": 1}").is_err());
+        assert!(TableDescriptor::decode(b"\xff").is_err());
     }
 }

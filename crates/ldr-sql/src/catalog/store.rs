@@ -286,8 +286,7 @@ impl Catalog {
         let Some(bytes) = self.kv.sys_get(DESCRIPTORS, &table_key(id)).await? else {
             return Ok(None);
         };
-        let desc: TableDescriptor =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt("table descriptor", e))?;
+        let desc = TableDescriptor::decode(&bytes)?;
         let desc = Arc::new(desc);
         self.cache.lock().tables.insert(id, desc.clone());
         Ok(Some(desc))
@@ -357,7 +356,7 @@ impl Catalog {
             .sys_scan(DESCRIPTORS)
             .await?
             .into_iter()
-            .map(|(_, v)| serde_json::from_slice(&v).map_err(|e| corrupt("table descriptor", e)))
+            .map(|(_, v)| TableDescriptor::decode(&v))
             .collect()
     }
 
@@ -410,8 +409,7 @@ impl Catalog {
                 .sys_get(DESCRIPTORS, &table_key(id))
                 .await?
                 .ok_or_else(|| SqlError::undefined_table(format!("[{id}]")))?;
-            let mut desc: TableDescriptor =
-                serde_json::from_slice(&current).map_err(|e| corrupt("table descriptor", e))?;
+            let mut desc = TableDescriptor::decode(&current)?;
             f(&mut desc)?;
             desc.version += 1;
             desc.validate()?;

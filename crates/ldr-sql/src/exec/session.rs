@@ -247,7 +247,10 @@ pub fn parse_time_zone(value: &str) -> Result<i32> {
     };
     let (h, m) = match rest.split_once(':') {
         Some((h, m)) => (h, m),
-        None if rest.len() == 4 => (&rest[..2], &rest[2..]),
+        // `hhmm`; `split_at_checked` refuses a split inside a multi-byte character.
+        None if rest.len() == 4 => rest
+            .split_at_checked(2)
+            .ok_or_else(|| invalid_value("timezone", value))?,
         None => (rest, "0"),
     };
     let h: i32 = h.parse().map_err(|_| invalid_value("timezone", value))?;

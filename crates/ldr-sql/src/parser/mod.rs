@@ -8,7 +8,9 @@
 //! CockroachDB's `at or near "x": syntax error` message.
 
 pub mod ast;
+mod depth;
 
+pub use depth::MAX_EXPR_DEPTH;
 use sqlparser::ast as sql;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError};
@@ -18,8 +20,46 @@ pub use ast::*;
 
 use crate::error::{Result, SqlError};
 
+/// How many nested calls sqlparser may make (its default is 50, which refuses `((…))` 26
+/// levels deep). It grows its own stack as it recurses; the trees it returns are bounded by
+/// [`MAX_EXPR_DEPTH`] separately.
+const PARSER_RECURSION_LIMIT: usize = 256;
+
+/// Stack per tree level for dropping (or cloning) a refused deep tree: a debug build's derived
+/// `Clone` of sqlparser's `Expr` takes about 4 KiB a level; `Drop` less. The most such a stack
+/// may have (virtual memory: only what the drop touches is used).
+const DROP_STACK_BYTES_PER_LEVEL: usize = 4 << 10;
+const DROP_STACK_BYTES_MAX: usize = 1 << 30;
+
+/// Runs `f` (a parse of `text`) where a refused tree can be dropped: a tree is at most one
+/// level per byte of text deep, so a text longer than [`MAX_EXPR_DEPTH`] may parse into a tree
+/// too deep to drop on a worker's stack (`Drop` recurses). It runs on a stack sized for that.
+fn on_stack_for<T>(text: &str, f: impl FnOnce() -> T) -> T {
+    if text.len() <= MAX_EXPR_DEPTH {
+        return f();
+    }
+    let bytes = text
+        .len()
+        .saturating_mul(DROP_STACK_BYTES_PER_LEVEL)
+        .saturating_add(1 << 20)
+        .min(DROP_STACK_BYTES_MAX);
+    stacker::maybe_grow(bytes, bytes, f)
+}
+
+fn new_parser<'a>(dialect: &'a PostgreSqlDialect, text: &str) -> Result<Parser<'a>> {
+    Parser::new(dialect)
+        .with_recursion_limit(PARSER_RECURSION_LIMIT)
+        .try_with_sql(text)
+        .map_err(convert_error)
+}
+
 /// Parses a query string that may hold several statements separated by semicolons.
+/// Statements holding a tree deeper than [`MAX_EXPR_DEPTH`] fail with 54001.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    on_stack_for(sql, || parse_statements(sql))
+}
+
+fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
     let (sql, show_texts) = extract_show_sources(sql);
     let mut shows = Vec::with_capacity(show_texts.len());
     for t in &show_texts {
@@ -27,9 +67,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     }
     let text = rewrite_typed_annotations(&sql);
     let dialect = PostgreSqlDialect {};
-    let parser = Parser::new(&dialect)
-        .try_with_sql(&text)
-        .map_err(convert_error)?;
+    let parser = new_parser(&dialect, &text)?;
     let mut p = P {
         p: parser,
         sql: &text,
@@ -42,6 +80,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         }
         let start = p.offset_here();
         let mut stmt = p.statement()?;
+        depth::check_statement(&stmt)?;
         if !shows.is_empty()
             && let Statement::Select(q) = stmt
         {
@@ -81,17 +120,18 @@ pub fn parse_one(sql: &str) -> Result<Statement> {
 
 /// Parses one expression (stored DEFAULT and CHECK expressions).
 pub fn parse_expr(text: &str) -> Result<Expr> {
-    let text = rewrite_typed_annotations(text);
-    let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(&text)
-        .map_err(convert_error)?;
-    let e = parser.parse_expr().map_err(convert_error)?;
-    if parser.peek_token().token != Token::EOF {
-        let t = parser.peek_token().token.to_string();
-        return Err(SqlError::syntax(&t));
-    }
-    Ok(e)
+    on_stack_for(text, || {
+        let text = rewrite_typed_annotations(text);
+        let dialect = PostgreSqlDialect {};
+        let mut parser = new_parser(&dialect, &text)?;
+        let e = parser.parse_expr().map_err(convert_error)?;
+        if parser.peek_token().token != Token::EOF {
+            let t = parser.peek_token().token.to_string();
+            return Err(SqlError::syntax(&t));
+        }
+        depth::check_expr(&e)?;
+        Ok(e)
+    })
 }
 
 /// The name a `[SHOW …]` source is rewritten to.
@@ -132,7 +172,11 @@ fn extract_show_sources(sql: &str) -> (String, Vec<String>) {
             }
             b'[' => {
                 let rest = sql[i + 1..].trim_start();
-                if rest.len() >= 4 && rest[..4].eq_ignore_ascii_case("show") {
+                // `get`, not `[..4]`: the fifth byte may sit inside a multi-byte character.
+                if rest
+                    .get(..4)
+                    .is_some_and(|w| w.eq_ignore_ascii_case("show"))
+                {
                     // Find the matching bracket.
                     let mut depth = 0;
                     let mut j = i;
@@ -238,10 +282,9 @@ pub(crate) fn convert_error(e: ParserError) -> SqlError {
     let msg = match &e {
         ParserError::TokenizerError(m) | ParserError::ParserError(m) => m.clone(),
         ParserError::RecursionLimitExceeded => {
-            return SqlError::new(
-                crate::error::sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                "expression is too deeply nested",
-            );
+            return crate::stack::stack_depth_error().with_detail(format!(
+                "the statement nests more than {PARSER_RECURSION_LIMIT} levels deep"
+            ));
         }
     };
     let near = msg

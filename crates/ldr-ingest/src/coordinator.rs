@@ -340,6 +340,7 @@ impl Attempt<'_> {
                     Some(FlowUpdate::Failed { processor_id, error }) => {
                         break Err(match error {
                             IngestError::Permanent(m) => IngestError::Permanent(m),
+                            IngestError::Protocol(m) => IngestError::Protocol(format!("processor {processor_id}: {m}")),
                             other => IngestError::Retryable(format!("processor {processor_id}: {other}")),
                         });
                     }

@@ -127,9 +127,9 @@ async fn finish(
         .zip(&started.table_descriptors)
         .zip(&destinations)
     {
-        let source: TableDescriptor = serde_json::from_slice(descriptor).map_err(|e| {
+        let source = TableDescriptor::decode(descriptor).map_err(|e| {
             SqlError::new(
-                sqlstate::INTERNAL_ERROR,
+                sqlstate::PROTOCOL_VIOLATION,
                 format!("invalid source descriptor for {source_name}: {e}"),
             )
         })?;

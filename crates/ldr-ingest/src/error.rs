@@ -10,6 +10,12 @@ pub enum IngestError {
     /// progress it pauses with this error.
     #[error("{0}")]
     Retryable(String),
+    /// The source broke the stream protocol (an event without an origin timestamp, a
+    /// descriptor that does not validate): nothing of it was applied. The flow stops and the
+    /// job retries like [`IngestError::Retryable`], so it pauses with this error if the source
+    /// keeps sending it.
+    #[error("protocol error: {0}")]
+    Protocol(String),
     /// A statement-level error for `CREATE LOGICAL REPLICATION STREAM` (SQLSTATE, message).
     #[error("{message}")]
     Sql {
@@ -78,6 +84,7 @@ impl From<IngestError> for tonic::Status {
         match e {
             IngestError::Permanent(m) => tonic::Status::failed_precondition(m),
             IngestError::Retryable(m) => tonic::Status::unavailable(m),
+            IngestError::Protocol(m) => tonic::Status::data_loss(m),
             IngestError::Sql { message, .. } => tonic::Status::invalid_argument(message),
         }
     }

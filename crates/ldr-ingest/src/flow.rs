@@ -11,11 +11,12 @@ use ldr_proto::pb;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::Endpoint;
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::applier::Applier;
 use crate::error::{IngestError, Result};
 use crate::metrics::Metrics;
+use crate::panic_guard::catch_panic;
 use crate::processor::Processor;
 
 /// What the coordinator hears from its processors.
@@ -67,14 +68,33 @@ impl FlowRunner {
     }
 
     /// Runs a processor here until it fails or `updates` closes.
+    ///
+    /// A panic inside the processor is caught here, the last line of defence: it is logged and
+    /// counted, and the flow fails with a retryable error as any other processor error does;
+    /// the node and its other jobs keep running.
     pub async fn run_local(
         &self,
         spec: pb::ProcessorSpec,
         updates: mpsc::Sender<pb::ProcessorUpdate>,
     ) -> Result<()> {
-        let applier = self.appliers.applier(&spec).await?;
-        let processor = Processor::new(self.kv.clone(), spec, applier, self.metrics.clone());
-        processor.run(updates).await
+        let (job_id, processor_id) = (spec.job_id, spec.processor_id);
+        let run = async {
+            let applier = self.appliers.applier(&spec).await?;
+            let processor = Processor::new(self.kv.clone(), spec, applier, self.metrics.clone());
+            processor.run(updates).await
+        };
+        // What outlives the processor (metrics, the KV client, the updates channel) is
+        // consistent at every await point, so catching its panic is sound.
+        match catch_panic(run).await {
+            Ok(result) => result,
+            Err(message) => {
+                self.metrics.processor_panics.inc(1);
+                error!(job_id, processor_id, panic = %message, "processor panicked; failing its flow");
+                Err(IngestError::Retryable(format!(
+                    "processor {processor_id} panicked: {message}"
+                )))
+            }
+        }
     }
 
     /// Starts processor `spec` on `node` and forwards its updates to `tx`.
@@ -167,10 +187,11 @@ impl FlowRunner {
                 }
                 Err(status) => {
                     debug!(node_id = node.node_id, %status, "remote processor failed");
-                    return Err(if status.code() == tonic::Code::FailedPrecondition {
-                        IngestError::Permanent(status.message().to_string())
-                    } else {
-                        IngestError::Retryable(status.message().to_string())
+                    let message = status.message().to_string();
+                    return Err(match status.code() {
+                        tonic::Code::FailedPrecondition => IngestError::Permanent(message),
+                        tonic::Code::DataLoss => IngestError::Protocol(message),
+                        _ => IngestError::Retryable(message),
                     });
                 }
             }

@@ -61,10 +61,10 @@ impl ApplierFactory for ImmediateApplierFactory {
     async fn applier(&self, spec: &pb::ProcessorSpec) -> Result<Arc<dyn Applier>> {
         let mut tables = HashMap::new();
         for t in &spec.tables {
-            let source: TableDescriptor =
-                serde_json::from_slice(&t.source_descriptor).map_err(|e| {
-                    IngestError::Permanent(format!("invalid source table descriptor: {e}"))
-                })?;
+            // From the source cluster (through the job's payload): validated before use.
+            let source = TableDescriptor::decode(&t.source_descriptor).map_err(|e| {
+                IngestError::Protocol(format!("invalid source table descriptor: {e}"))
+            })?;
             let destination = self
                 .catalog
                 .table_by_id(t.destination_table_id)

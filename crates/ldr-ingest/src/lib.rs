@@ -16,6 +16,7 @@ mod flow;
 mod immediate;
 mod job;
 pub mod metrics;
+pub mod panic_guard;
 mod processor;
 pub mod purgatory;
 pub mod retry;

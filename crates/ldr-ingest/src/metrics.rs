@@ -223,6 +223,10 @@ pub struct Metrics {
     pub kv_value_refreshes: Counter,
     pub scanning_ranges: Gauge,
     pub catchup_ranges: Gauge,
+    /// Stream events refused as protocol errors (no origin timestamp); never applied.
+    pub events_refused: Counter,
+    /// Processors that panicked (caught: the flow fails and the job retries).
+    pub processor_panics: Counter,
     replicated_time: RwLock<BTreeMap<JobId, f64>>,
     labels: RwLock<BTreeMap<String, Arc<LabelMetrics>>>,
 }
@@ -261,6 +265,8 @@ impl Metrics {
             kv_value_refreshes: Counter::default(),
             scanning_ranges: Gauge::default(),
             catchup_ranges: Gauge::default(),
+            events_refused: Counter::default(),
+            processor_panics: Counter::default(),
             replicated_time: RwLock::new(BTreeMap::new()),
             labels: RwLock::new(BTreeMap::new()),
         }
@@ -457,6 +463,17 @@ impl Metrics {
             "logical_replication.catchup_ranges",
             "Source side ranges undergoing catch up scans (inaccurate with multiple LDR jobs)",
             self.catchup_ranges.get(),
+        );
+        // Not CockroachDB metrics: ldr's own protocol and robustness counters.
+        w.counter(
+            "logical_replication.events_refused",
+            "Stream events refused as protocol errors (e.g. without an origin timestamp); never applied",
+            self.events_refused.get(),
+        );
+        w.counter(
+            "logical_replication.processor_panics",
+            "Writer processors that panicked; the flow failed and the job retried",
+            self.processor_panics.get(),
         );
 
         let labels = self.labels.read();
@@ -759,6 +776,12 @@ logical_replication_scanning_ranges 0
 # HELP logical_replication_catchup_ranges Source side ranges undergoing catch up scans (inaccurate with multiple LDR jobs)
 # TYPE logical_replication_catchup_ranges gauge
 logical_replication_catchup_ranges 0
+# HELP logical_replication_events_refused Stream events refused as protocol errors (e.g. without an origin timestamp); never applied
+# TYPE logical_replication_events_refused counter
+logical_replication_events_refused 0
+# HELP logical_replication_processor_panics Writer processors that panicked; the flow failed and the job retried
+# TYPE logical_replication_processor_panics counter
+logical_replication_processor_panics 0
 # HELP logical_replication_replicated_time_by_label Replicated time of the logical replication stream by label
 # TYPE logical_replication_replicated_time_by_label gauge
 logical_replication_replicated_time_by_label{label=\"east\"} 1700000000.5

@@ -201,19 +201,20 @@ impl Processor {
         kvs: Vec<pb::KvEvent>,
         purgatory: &Purgatory<SourceEvent, HeldCheckpoint>,
     ) -> Result<(Vec<SourceEvent>, u64)> {
-        let mut events = Vec::with_capacity(kvs.len());
-        for kv in kvs {
-            if self.spec.discard_all_deletes && kv.value.is_none() {
-                continue;
+        let events = match source_events(kvs, self.spec.discard_all_deletes) {
+            Ok(events) => events,
+            Err(refused) => {
+                self.metrics.events_refused.inc(refused.events);
+                warn!(
+                    job_id = self.spec.job_id,
+                    processor = self.spec.processor_id,
+                    source_node = self.spec.source_node_id,
+                    events = refused.events,
+                    "refusing a batch with events without an origin timestamp"
+                );
+                return Err(refused.into_error(self.spec.source_node_id));
             }
-            events.push(SourceEvent {
-                key: kv.key,
-                ts: ldr_proto::ts_or_zero(kv.ts),
-                value: kv.value,
-                prev_value: kv.prev_value,
-                versions: 1,
-            });
-        }
+        };
         if events.is_empty() {
             return Ok((Vec::new(), 0));
         }
@@ -264,7 +265,7 @@ impl Processor {
         let plan = plan_flush(events, workers, ChunkSettings::default());
         let chunks: Vec<Vec<SourceEvent>> =
             plan.chunks.into_iter().map(collapse_versions).collect();
-        wait_for_clock(self.kv.clock(), newest).await;
+        wait_for_clock(self.kv.clock(), newest).await?;
 
         let applier = &self.applier;
         let metrics = &self.metrics;
@@ -377,16 +378,95 @@ pub fn collapse_versions(chunk: Vec<SourceEvent>) -> Vec<SourceEvent> {
     out
 }
 
+/// The events of a batch that broke the protocol.
+#[derive(Debug, PartialEq, Eq)]
+struct RefusedBatch {
+    /// How many events had no origin timestamp.
+    events: u64,
+    /// The first such event's key, for the error.
+    first_key: Vec<u8>,
+}
+
+impl RefusedBatch {
+    fn into_error(self, source_node_id: u32) -> IngestError {
+        IngestError::Protocol(format!(
+            "source node {source_node_id} sent {} events without an origin timestamp (first key {:?}); the batch was not applied",
+            self.events,
+            self.first_key.escape_ascii().to_string(),
+        ))
+    }
+}
+
+/// A received batch as events to apply. An event without an origin timestamp (a missing
+/// field, or zero) is refused, and the whole batch with it: LWW would read a zero origin
+/// timestamp as "use the local commit timestamp", so the event would win against every row.
+fn source_events(
+    kvs: Vec<pb::KvEvent>,
+    discard_all_deletes: bool,
+) -> std::result::Result<Vec<SourceEvent>, RefusedBatch> {
+    let mut events = Vec::with_capacity(kvs.len());
+    let mut refused: Option<RefusedBatch> = None;
+    for kv in kvs {
+        let ts = kv
+            .ts
+            .map(Timestamp::from)
+            .filter(|ts| *ts != Timestamp::ZERO);
+        let Some(ts) = ts else {
+            match &mut refused {
+                Some(r) => r.events += 1,
+                None => {
+                    refused = Some(RefusedBatch {
+                        events: 1,
+                        first_key: kv.key,
+                    })
+                }
+            }
+            continue;
+        };
+        if discard_all_deletes && kv.value.is_none() {
+            continue;
+        }
+        events.push(SourceEvent {
+            key: kv.key,
+            ts,
+            value: kv.value,
+            prev_value: kv.prev_value,
+            versions: 1,
+        });
+    }
+    match refused {
+        Some(r) => Err(r),
+        None => Ok(events),
+    }
+}
+
+/// How far past the maximum clock offset the clock guard waits before giving up.
+const CLOCK_WAIT_MARGIN: Duration = Duration::from_secs(1);
+
 /// The clock guard: waits until the local clock has passed `ts`, so a row's origin
-/// timestamp is never in this cluster's future.
-async fn wait_for_clock(clock: &Arc<Clock>, ts: Timestamp) {
+/// timestamp is never in this cluster's future. Clocks of healthy clusters are within the
+/// maximum clock offset of each other, so it waits at most that plus [`CLOCK_WAIT_MARGIN`];
+/// an event further ahead fails the flow (retryable: by the time the job retries, the local
+/// clock may have caught up).
+async fn wait_for_clock(clock: &Arc<Clock>, ts: Timestamp) -> Result<()> {
+    let bound = clock.max_offset() + CLOCK_WAIT_MARGIN;
+    let deadline = tokio::time::Instant::now() + bound;
     let mut warned = false;
     loop {
         let now = clock.now();
         if now >= ts {
-            return;
+            return Ok(());
         }
         let ahead_ns = ts.wall_time_ns.saturating_sub(now.wall_time_ns);
+        let ahead = Duration::from_nanos(ahead_ns);
+        if tokio::time::Instant::now() + ahead > deadline {
+            return Err(IngestError::Retryable(format!(
+                "event timestamp {ts} is {}ms ahead of the local clock ({now}), more than the maximum clock offset of {}ms plus {}ms",
+                ahead.as_millis(),
+                clock.max_offset().as_millis(),
+                CLOCK_WAIT_MARGIN.as_millis(),
+            )));
+        }
         if !warned && ahead_ns > 10_000_000 {
             warn!(event_ts = %ts, local = %now, "event timestamp is ahead of local clock; delaying batch");
             warned = true;
@@ -434,11 +514,85 @@ mod tests {
         let clock = Arc::new(Clock::default());
         let ahead = clock.now().add_nanos(30_000_000);
         let started = Instant::now();
-        wait_for_clock(&clock, ahead).await;
+        wait_for_clock(&clock, ahead)
+            .await
+            .expect("30ms ahead is within the maximum clock offset");
         assert!(clock.now() >= ahead);
         assert!(
             started.elapsed() >= Duration::from_millis(20),
             "it waited for the clock"
         );
+    }
+
+    #[tokio::test]
+    async fn clock_guard_refuses_timestamps_beyond_the_offset_bound() {
+        // An hour ahead can never be reached within the bound: fail at once, retryably.
+        let clock = Arc::new(Clock::new(Duration::from_millis(500)));
+        let started = Instant::now();
+        let err = wait_for_clock(&clock, clock.now().add_nanos(3_600_000_000_000))
+            .await
+            .expect_err("an hour ahead is refused");
+        assert!(matches!(err, IngestError::Retryable(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("ahead of the local clock"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < CLOCK_WAIT_MARGIN,
+            "it did not wait for a timestamp it could never reach: {:?}",
+            started.elapsed()
+        );
+        // The largest timestamp a hostile source can send: refused, not an endless wait.
+        let err = wait_for_clock(&clock, Timestamp::new(u64::MAX, u32::MAX))
+            .await
+            .expect_err("the end of time is refused");
+        assert!(matches!(err, IngestError::Retryable(_)), "{err:?}");
+    }
+
+    fn kv(key: &str, ts: Option<(u64, u32)>) -> pb::KvEvent {
+        pb::KvEvent {
+            key: key.as_bytes().to_vec(),
+            ts: ts.map(|(wall_time_ns, logical)| pb::Timestamp {
+                wall_time_ns,
+                logical,
+            }),
+            value: Some(b"v".to_vec()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_without_origin_timestamps_refuse_the_batch() {
+        // A well-formed batch becomes events with their timestamps.
+        let ok = source_events(vec![kv("a", Some((5, 1))), kv("b", Some((6, 0)))], false)
+            .expect("timestamps present");
+        assert_eq!(
+            ok.iter().map(|e| e.ts).collect::<Vec<_>>(),
+            vec![Timestamp::new(5, 1), Timestamp::new(6, 0)]
+        );
+        // A missing timestamp or a zero one (which LWW would read as "now") refuses it all.
+        let refused = source_events(
+            vec![kv("a", Some((5, 1))), kv("b", None), kv("c", Some((0, 0)))],
+            false,
+        )
+        .expect_err("an event without a timestamp");
+        assert_eq!(
+            refused,
+            RefusedBatch {
+                events: 2,
+                first_key: b"b".to_vec()
+            }
+        );
+        let err = refused.into_error(7);
+        assert!(matches!(err, IngestError::Protocol(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("source node 7 sent 2 events without an origin timestamp"),
+            "{err}"
+        );
+        // Refused even when the event is a delete the job discards.
+        let mut delete = kv("d", None);
+        delete.value = None;
+        assert!(source_events(vec![delete], true).is_err());
     }
 }

@@ -87,6 +87,8 @@ every_message!(
     KvNotifyResponse,
     KvSetClockOffsetRequest,
     KvSetClockOffsetResponse,
+    KvCreateReplicaRequest,
+    KvCreateReplicaResponse,
     // stream.proto
     StartStreamRequest,
     Partition,

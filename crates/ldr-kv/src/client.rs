@@ -386,6 +386,19 @@ impl KvClient {
         .await
     }
 
+    /// The node serving `range` now: its owner, or a replicated range's leaseholder (found as
+    /// requests find it).
+    pub async fn range_leaseholder(&self, range: &RangeDescriptor) -> Result<NodeId> {
+        if !range.is_replicated() {
+            return Ok(range.node_id);
+        }
+        self.on_leaseholder(range, |node_id| async move {
+            self.scan_on(node_id, range, &range.span, None, 1).await?;
+            Ok(node_id)
+        })
+        .await
+    }
+
     /// The replicas of `range` as this node's replica of it sees them (leaseholder, voters,
     /// applied index), when this node holds one.
     pub fn local_replica_status(&self, range_id: RangeId) -> Option<ldr_replica::ReplicaStatus> {
@@ -1043,6 +1056,8 @@ impl KvClient {
             .filter(|n| range.replicas.contains(n))
             .unwrap_or(range.node_id);
         let mut misses = 0u32;
+        // Replicas that did not answer in this round: a stale hint must not lead back to them.
+        let mut unreachable: Vec<NodeId> = Vec::new();
         loop {
             let error = match f(target).await {
                 Ok(v) => {
@@ -1054,15 +1069,36 @@ impl KvClient {
                 }
                 Err(e) => e,
             };
+            if matches!(error, KvError::NodeUnavailable { .. }) && !unreachable.contains(&target) {
+                unreachable.push(target);
+            }
             let next = match &error {
                 KvError::NotLeaseholder { hint: Some(h), .. }
-                    if *h != target && range.replicas.contains(h) =>
+                    if *h != target && range.replicas.contains(h) && !unreachable.contains(h) =>
                 {
                     *h
                 }
                 KvError::NotLeaseholder { .. }
                 | KvError::NodeUnavailable { .. }
-                | KvError::RangeNotFound { .. } => routing::next_replica(range, target),
+                | KvError::RangeNotFound { .. } => {
+                    // Round-robin, skipping replicas that did not answer this round.
+                    let mut next = routing::next_replica(range, target);
+                    for _ in 0..range.replicas.len() {
+                        if !unreachable.contains(&next) {
+                            break;
+                        }
+                        next = routing::next_replica(range, next);
+                    }
+                    next
+                }
+                KvError::AmbiguousResult { .. } => {
+                    // The outcome is the caller's to resolve; the next request tries another.
+                    self.inner
+                        .leaseholders
+                        .write()
+                        .insert(range.range_id, routing::next_replica(range, target));
+                    return Err(error);
+                }
                 _ => return Err(error),
             };
             misses += 1;
@@ -1071,10 +1107,13 @@ impl KvClient {
             }
             // A full round without a leaseholder: an election is probably under way.
             if (misses as usize).is_multiple_of(range.replicas.len().max(1)) {
+                unreachable.clear();
                 let pause = LEASE_SEARCH_PAUSE_MIN.saturating_mul(misses.min(16));
                 tokio::time::sleep(pause.min(LEASE_SEARCH_PAUSE_MAX)).await;
             }
             debug!(range_id = range.range_id, from = target, to = next, error = %error, "looking for the leaseholder");
+            // Later requests start where this one goes next, not at a replica that failed.
+            self.inner.leaseholders.write().insert(range.range_id, next);
             target = next;
         }
     }

@@ -49,7 +49,7 @@ mod wire;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::KvClient;
+pub use client::{KvClient, NUM_REPLICAS_MAX};
 pub use ldr_storage::{Condition, GcStats, KeyVersion, RowOutcome, RowWrite, ValueHeader, Version};
 use ldr_types::{NodeId, RangeId, Span, TableId, Timestamp};
 pub use node::KvNode;

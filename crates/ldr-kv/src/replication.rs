@@ -60,6 +60,36 @@ impl RaftTransport for KvRaftTransport {
     }
 }
 
+/// Rangefeeds over replicated ranges: spans of a range this node leads resolve at the
+/// engine's closed timestamp (every write in flight is evaluated here and registered with the
+/// engine); spans of a range it follows resolve at most at the closed timestamp of the
+/// commands it applied.
+struct ReplicaClosedTimestamps {
+    store: Weak<ReplicaStore>,
+}
+
+impl ldr_rangefeed::ClosedTimestampSource for ReplicaClosedTimestamps {
+    fn closed_timestamp(
+        &self,
+        spans: &[ldr_types::Span],
+        engine_closed: ldr_types::Timestamp,
+    ) -> ldr_types::Timestamp {
+        let Some(store) = self.store.upgrade() else {
+            return engine_closed;
+        };
+        let mut closed = engine_closed;
+        for replica in store.replicas() {
+            if !spans.iter().any(|s| s.overlaps(replica.span())) {
+                continue;
+            }
+            if replica.lease_status() != ldr_replica::LeaseStatus::Valid {
+                closed = closed.min(replica.closed_ts());
+            }
+        }
+        closed
+    }
+}
+
 /// A replica-layer error as the cluster layer reports it.
 pub(crate) fn kv_error(e: ReplicaError, node_id: NodeId) -> KvError {
     match e {
@@ -100,6 +130,10 @@ impl NodeInner {
                 let _ = self
                     .raft_slot
                     .set((store.clone(), identity.cluster_id.clone()));
+                self.rangefeeds
+                    .set_closed_timestamp_source(Arc::new(ReplicaClosedTimestamps {
+                        store: Arc::downgrade(&store),
+                    }));
                 let _ = self.replica_store.set(store);
                 info!(node_id, "replicas open");
                 self.spawn(self.clone().reconcile_loop());

@@ -150,6 +150,14 @@ pub struct ManagerOptions {
     pub resolve_interval: Duration,
 }
 
+/// Lowers the resolved timestamps published for spans whose writes this node does not
+/// evaluate itself: a replicated range's follower learns closed timestamps only from the
+/// commands it applies, not from its own engine's in-flight writes.
+pub trait ClosedTimestampSource: Send + Sync {
+    /// The closed timestamp to publish for `spans`, at most `engine_closed`.
+    fn closed_timestamp(&self, spans: &[Span], engine_closed: Timestamp) -> Timestamp;
+}
+
 impl Default for ManagerOptions {
     fn default() -> Self {
         ManagerOptions {

@@ -23,7 +23,8 @@ use tracing::{debug, warn};
 
 use crate::registration::{Registration, Shared};
 use crate::{
-    ManagerOptions, RangefeedError, RangefeedEvent, RegisterRequest, StartFrom, ValueEvent,
+    ClosedTimestampSource, ManagerOptions, RangefeedError, RangefeedEvent, RegisterRequest,
+    StartFrom, ValueEvent,
 };
 
 /// Events per batch sent from a scan task.
@@ -36,6 +37,7 @@ pub(crate) struct Inner {
     registrations: RwLock<BTreeMap<u64, Arc<Shared>>>,
     next_id: AtomicU64,
     shutdown: AtomicBool,
+    closed_source: RwLock<Option<Arc<dyn ClosedTimestampSource>>>,
 }
 
 impl Inner {
@@ -95,6 +97,7 @@ impl RangefeedManager {
             registrations: RwLock::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
+            closed_source: RwLock::new(None),
         });
         engine.set_observer(Arc::new(ObserverHook(inner.clone())));
         let manager = Arc::new(RangefeedManager {
@@ -181,6 +184,12 @@ impl RangefeedManager {
     }
 
     /// Number of live registrations (for metrics and tests); failed ones are not counted.
+    /// Lets `source` lower the closed timestamp published to registrations (see
+    /// [`ClosedTimestampSource`]).
+    pub fn set_closed_timestamp_source(&self, source: Arc<dyn ClosedTimestampSource>) {
+        *self.inner.closed_source.write() = Some(source);
+    }
+
     pub fn registration_count(&self) -> usize {
         self.inner
             .registrations
@@ -331,8 +340,14 @@ async fn resolver(engine: Weak<Engine>, inner: Weak<Inner>, interval: std::time:
         }
         let closed = engine.closed_timestamp();
         let regs: Vec<Arc<Shared>> = inner.registrations.read().values().cloned().collect();
+        let source = inner.closed_source.read().clone();
         for reg in regs {
-            reg.checkpoint(closed);
+            match &source {
+                Some(source) => {
+                    reg.checkpoint(source.closed_timestamp(&reg.spans, closed).min(closed))
+                }
+                None => reg.checkpoint(closed),
+            }
         }
     }
 }

@@ -733,3 +733,77 @@ async fn next_is_cancel_safe_inside_select() {
     writer.join().expect("writer panicked");
     println!("next() cancelled {cancelled} times");
 }
+
+/// A follower's spans resolve no further than the closed timestamp its source allows.
+struct HeldAt(parking_lot::Mutex<Timestamp>, Span);
+
+impl ldr_rangefeed::ClosedTimestampSource for HeldAt {
+    fn closed_timestamp(&self, spans: &[Span], engine_closed: Timestamp) -> Timestamp {
+        if spans.iter().any(|s| s.overlaps(&self.1)) {
+            (*self.0.lock()).min(engine_closed)
+        } else {
+            engine_closed
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_timestamp_source_holds_resolved_timestamps_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let manager = start(&engine);
+    let held = engine.clock().now();
+    let source = Arc::new(HeldAt(parking_lot::Mutex::new(held), Span::prefix(b"f")));
+    manager.set_closed_timestamp_source(source.clone());
+    let register = |prefix: &[u8]| {
+        manager
+            .register(RegisterRequest {
+                spans: vec![Span::prefix(prefix)],
+                start: StartFrom::Now,
+                filter: Filter::default(),
+                with_diff: false,
+                buffer_bytes_max: 1 << 20,
+            })
+            .expect("register")
+    };
+    let mut follower = register(b"f");
+    let mut leader = register(b"l");
+    // The leader's span resolves past `held`; the follower's stops at it.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match next(&mut leader).await.expect("leader event") {
+            RangefeedEvent::Checkpoint { resolved, .. }
+                if resolved > held.add_nanos(50_000_000) =>
+            {
+                break;
+            }
+            _ => assert!(
+                Instant::now() < deadline,
+                "the leader's span never resolved"
+            ),
+        }
+    }
+    let mut last = Timestamp::ZERO;
+    while let Ok(Ok(event)) =
+        tokio::time::timeout(Duration::from_millis(200), next(&mut follower)).await
+    {
+        if let RangefeedEvent::Checkpoint { resolved, .. } = event {
+            last = resolved;
+        }
+    }
+    assert!(
+        last <= held,
+        "the follower's span resolved to {last}, past {held}"
+    );
+    // Raising the source's timestamp lets it move on.
+    *source.0.lock() = Timestamp::MAX;
+    loop {
+        match next(&mut follower).await.expect("follower event") {
+            RangefeedEvent::Checkpoint { resolved, .. } if resolved > held => break,
+            _ => assert!(
+                Instant::now() < deadline,
+                "the follower's span never moved on"
+            ),
+        }
+    }
+}

@@ -1266,3 +1266,92 @@ async fn information_schema_and_pg_tables() {
     let e = exec_err(&mut s, "SELECT * FROM pg_catalog.pg_class").await;
     assert_eq!(e.code(), "0A000", "{}", e.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_configurations_set_the_replication_factor_of_new_tables() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    // Bad zones, keys and counts are refused with PostgreSQL-style errors.
+    let code = |e: ldr_sql::SqlError| e.code().to_string();
+    assert_eq!(
+        code(
+            exec_err(
+                &mut s,
+                "ALTER RANGE nowhere CONFIGURE ZONE USING num_replicas = 3"
+            )
+            .await
+        ),
+        "42704"
+    );
+    assert_eq!(
+        code(
+            exec_err(
+                &mut s,
+                "ALTER RANGE default CONFIGURE ZONE USING no_such_key = 3"
+            )
+            .await
+        ),
+        "22023"
+    );
+    for bad in ["0", "8", "three", "-1"] {
+        let sql = format!("ALTER RANGE default CONFIGURE ZONE USING num_replicas = {bad}");
+        assert_eq!(code(exec_err(&mut s, &sql).await), "22023", "{sql}");
+    }
+    // Other keys and named zones are accepted (no effect).
+    exec(
+        &mut s,
+        "ALTER RANGE default CONFIGURE ZONE USING gc.ttlseconds = 600, range_max_bytes = 1048576",
+    )
+    .await;
+    exec(
+        &mut s,
+        "ALTER RANGE meta CONFIGURE ZONE USING num_replicas = 5",
+    )
+    .await;
+
+    // num_replicas on the default zone: new tables' ranges are Raft groups (one voter on a
+    // one-node cluster), served and shown like any range.
+    exec(
+        &mut s,
+        "ALTER RANGE default CONFIGURE ZONE USING num_replicas = 3",
+    )
+    .await;
+    exec(&mut s, "CREATE TABLE r (k INT PRIMARY KEY, v STRING)").await;
+    exec(&mut s, "INSERT INTO r VALUES (1, 'a'), (2, 'b'), (3, 'c')").await;
+    exec(&mut s, "UPDATE r SET v = 'bb' WHERE k = 2").await;
+    assert_eq!(
+        rows(&mut s, "SELECT k, v FROM r ORDER BY k").await,
+        vec![vec!["1", "a"], vec!["2", "bb"], vec!["3", "c"]]
+    );
+    let ranges = rows(&mut s, "SHOW RANGES FROM TABLE r").await;
+    assert!(!ranges.is_empty());
+    for r in &ranges {
+        assert_eq!(r[3], "1", "lease_holder {r:?}");
+        assert_eq!(r[4], "{1}", "replicas {r:?}");
+        assert_eq!(r[5], "{1}", "voting_replicas {r:?}");
+    }
+    // A table-level replication factor cannot change existing ranges yet: said, not ignored.
+    assert_eq!(
+        code(
+            exec_err(
+                &mut s,
+                "ALTER TABLE r CONFIGURE ZONE USING num_replicas = 5"
+            )
+            .await
+        ),
+        "0A000"
+    );
+    exec(
+        &mut s,
+        "ALTER TABLE r CONFIGURE ZONE USING gc.ttlseconds = 600",
+    )
+    .await;
+    exec(&mut s, "ALTER RANGE default CONFIGURE ZONE DISCARD").await;
+    exec(&mut s, "CREATE TABLE plain (k INT PRIMARY KEY)").await;
+    let plain = rows(&mut s, "SHOW RANGES FROM TABLE plain").await;
+    assert!(
+        plain.iter().all(|r| r[4] == format!("{{{}}}", r[3])),
+        "{plain:?}"
+    );
+    exec(&mut s, "DROP TABLE r").await;
+}

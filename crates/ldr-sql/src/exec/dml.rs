@@ -36,6 +36,18 @@ fn retry_exhausted() -> SqlError {
     )
 }
 
+/// A short, growing, jittered pause before retrying rows that lost to concurrent writers,
+/// so that writers contending for the same rows spread out instead of colliding in lockstep
+/// (at most ~16 ms; none before the first attempt).
+async fn retry_pause(attempt: usize) {
+    if attempt == 0 {
+        return;
+    }
+    let cap_us = 250u64 << attempt.min(6);
+    let pause_us = rand::random_range(0..cap_us);
+    tokio::time::sleep(std::time::Duration::from_micros(pause_us)).await;
+}
+
 // ---- RETURNING ----
 
 #[derive(Debug, Clone)]
@@ -702,6 +714,7 @@ async fn insert_do_nothing(
         if attempt == MAX_ROW_RETRIES {
             return Err(retry_exhausted());
         }
+        retry_pause(attempt).await;
         let now = if attempt == 0 {
             ts
         } else {
@@ -787,6 +800,7 @@ async fn insert_do_update(
         if attempt == MAX_ROW_RETRIES {
             return Err(retry_exhausted());
         }
+        retry_pause(attempt).await;
         let now = s.server.kv.clock().now();
         let probe: Vec<&[Datum]> = pending.iter().map(|i| rows[*i].0.as_slice()).collect();
         let found = find_conflicts(s, desc, arbiter, &probe, now).await?;
@@ -891,6 +905,7 @@ async fn upsert(
         if attempt == MAX_ROW_RETRIES {
             return Err(retry_exhausted());
         }
+        retry_pause(attempt).await;
         let now = s.server.kv.clock().now();
         let probe: Vec<Vec<u8>> = pending.iter().map(|i| keys[*i].clone()).collect();
         let found = scan::get_rows(&s.server.kv, desc, &probe, now, s.txn_ref()).await?;
@@ -1158,6 +1173,7 @@ pub(crate) async fn update(
         if attempt == MAX_ROW_RETRIES {
             return Err(retry_exhausted());
         }
+        retry_pause(attempt).await;
         let mut changes = Vec::with_capacity(pending.len());
         for old in std::mem::take(&mut pending) {
             let scope_row = old.scope_values();
@@ -1369,6 +1385,7 @@ pub(crate) async fn delete(
         if attempt == MAX_ROW_RETRIES {
             return Err(retry_exhausted());
         }
+        retry_pause(attempt).await;
         if !children.is_empty() {
             let txn = match &s.txn {
                 super::Txn::Open(b) => Some(b),

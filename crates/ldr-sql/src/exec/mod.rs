@@ -562,6 +562,9 @@ impl Session {
                 ldr::create_stream_with_params(self, s, in_batch, &params).await
             }
             S::NoOp { tag } => Ok(QueryResult::command(tag)),
+            S::ConfigureRangeZone { range, options } => {
+                ddl::configure_range_zone(self, range, options).await
+            }
             S::SetVar { .. }
             | S::ResetVar(_)
             | S::ResetAll

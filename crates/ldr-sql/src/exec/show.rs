@@ -242,6 +242,8 @@ fn ranges_columns() -> Vec<ColumnInfo> {
         col("start_key", SqlType::String),
         col("end_key", SqlType::String),
         col("lease_holder", SqlType::Int8),
+        col("replicas", SqlType::String),
+        col("voting_replicas", SqlType::String),
     ]
 }
 
@@ -489,17 +491,32 @@ pub(crate) async fn execute(
             let desc = resolve::resolve_table(&sess.server.catalog, sess.database(), name).await?;
             let mut ranges = sess.server.kv.table_ranges(desc.id).await?;
             ranges.sort_by_key(|r| r.shard);
-            let rows = ranges
-                .into_iter()
-                .map(|r| {
-                    vec![
-                        Datum::Int(r.range_id as i64),
-                        s(keys::pretty_key(&r.span.start)),
-                        s(keys::pretty_key(&r.span.end)),
-                        Datum::Int(i64::from(r.node_id)),
-                    ]
-                })
-                .collect();
+            let mut rows = Vec::with_capacity(ranges.len());
+            for r in ranges {
+                // A range whose leaseholder cannot be found now shows NULL, as CockroachDB.
+                let lease_holder = match sess.server.kv.range_leaseholder(&r).await {
+                    Ok(n) => Datum::Int(i64::from(n)),
+                    Err(e) if e.is_retryable() => Datum::Null,
+                    Err(e) => return Err(e.into()),
+                };
+                let replicas = if r.is_replicated() {
+                    r.replicas.clone()
+                } else {
+                    vec![r.node_id]
+                };
+                let list = |nodes: &[ldr_types::NodeId]| {
+                    let items: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+                    s(format!("{{{}}}", items.join(",")))
+                };
+                rows.push(vec![
+                    Datum::Int(r.range_id as i64),
+                    s(keys::pretty_key(&r.span.start)),
+                    s(keys::pretty_key(&r.span.end)),
+                    lease_holder,
+                    list(&replicas),
+                    list(&replicas),
+                ]);
+            }
             Ok(QueryResult::rows(ranges_columns(), rows))
         }
         S::ShowFingerprints(name) => {

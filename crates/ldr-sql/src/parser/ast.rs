@@ -171,7 +171,13 @@ pub enum Statement {
 
     CreateLogicalReplicationStream(CreateLogicalReplicationStream),
 
-    /// Parsed and accepted but does nothing (e.g. `ALTER TABLE … CONFIGURE ZONE`).
+    /// `ALTER RANGE <name> CONFIGURE ZONE USING key = value, …` (or `DISCARD`: no options).
+    ConfigureRangeZone {
+        range: String,
+        options: Vec<(String, String)>,
+    },
+
+    /// Parsed and accepted but does nothing (e.g. `ALTER DATABASE … CONFIGURE ZONE`).
     NoOp {
         tag: String,
     },
@@ -366,7 +372,8 @@ pub enum AlterTableOp {
         name: String,
         if_exists: bool,
     },
-    ConfigureZone,
+    /// `CONFIGURE ZONE USING key = value, …` (lowercased keys, values as written).
+    ConfigureZone(Vec<(String, String)>),
 }
 
 #[derive(Debug, Clone, PartialEq)]

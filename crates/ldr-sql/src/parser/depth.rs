@@ -620,7 +620,7 @@ fn statement_children<'a>(s: &'a Statement, out: &mut Vec<Node<'a>>) {
                     | AlterTableOp::ResetStorage(_)
                     | AlterTableOp::SetNotNull { .. }
                     | AlterTableOp::DropConstraint { .. }
-                    | AlterTableOp::ConfigureZone => {}
+                    | AlterTableOp::ConfigureZone(_) => {}
                 }
             }
         }
@@ -684,6 +684,7 @@ fn statement_children<'a>(s: &'a Statement, out: &mut Vec<Node<'a>>) {
         | S::RevokeRole { .. }
         | S::DropExternalConnection { .. }
         | S::CreateLogicalReplicationStream(_)
-        | S::NoOp { .. } => {}
+        | S::NoOp { .. }
+        | S::ConfigureRangeZone { .. } => {}
     }
 }

@@ -490,6 +490,50 @@ impl<'a> P<'a> {
         Ok(parts.join("."))
     }
 
+    /// `USING key = value [, …]` or `DISCARD` after `CONFIGURE ZONE`: keys lowercased,
+    /// values as their text (`COPY FROM PARENT` included).
+    fn zone_options(&mut self) -> Result<Vec<(String, String)>> {
+        if self.eat("DISCARD") {
+            return Ok(Vec::new());
+        }
+        self.expect("USING")?;
+        let mut options = Vec::new();
+        loop {
+            let key = self.setting_name()?.to_lowercase();
+            self.expect_token(&Token::Eq)?;
+            let value = if self.eat_seq(&["COPY", "FROM", "PARENT"]) {
+                "COPY FROM PARENT".to_string()
+            } else {
+                let mut parts = Vec::new();
+                let mut depth = 0usize;
+                loop {
+                    let t = self.p.peek_token().token;
+                    match t {
+                        Token::EOF | Token::SemiColon => break,
+                        Token::Comma if depth == 0 => break,
+                        Token::LParen | Token::LBracket => depth += 1,
+                        Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+                        _ => {}
+                    }
+                    parts.push(match &t {
+                        Token::SingleQuotedString(v) => v.clone(),
+                        other => other.to_string(),
+                    });
+                    self.p.next_token();
+                }
+                if parts.is_empty() {
+                    return Err(self.unexpected());
+                }
+                parts.concat()
+            };
+            options.push((key, value));
+            if !self.p.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        Ok(options)
+    }
+
     fn statement(&mut self) -> Result<Statement> {
         let Some(first) = self.peek_word() else {
             if self.peek_is(&Token::LParen) {
@@ -1733,7 +1777,17 @@ impl<'a> P<'a> {
             let spec = self.user_spec()?;
             return Ok(Statement::AlterUser(spec));
         }
-        if self.eat("DATABASE") || self.eat("RANGE") || self.eat("PARTITION") || self.eat("INDEX") {
+        if self.eat("RANGE") {
+            let range = self.ident()?.to_lowercase();
+            if self.eat_seq(&["CONFIGURE", "ZONE"]) {
+                let options = self.zone_options()?;
+                return Ok(Statement::ConfigureRangeZone { range, options });
+            }
+            return Err(SqlError::unsupported(format!(
+                "ALTER RANGE {range} is not supported (only CONFIGURE ZONE)"
+            )));
+        }
+        if self.eat("DATABASE") || self.eat("PARTITION") || self.eat("INDEX") {
             // Zone configurations and similar: accepted, no effect.
             while !self.peek_is(&Token::EOF) && !self.peek_is(&Token::SemiColon) {
                 self.p.next_token();
@@ -1836,13 +1890,7 @@ impl<'a> P<'a> {
             ));
         }
         if self.eat_seq(&["CONFIGURE", "ZONE"]) {
-            while !self.peek_is(&Token::EOF)
-                && !self.peek_is(&Token::SemiColon)
-                && !self.peek_is(&Token::Comma)
-            {
-                self.p.next_token();
-            }
-            return Ok(AlterTableOp::ConfigureZone);
+            return Ok(AlterTableOp::ConfigureZone(self.zone_options()?));
         }
         if matches!(
             self.peek_word().as_deref(),

@@ -1,6 +1,7 @@
 //! The last line of defence for a SQL connection: a panic while serving it (in our code or in
-//! the pgwire crate's message decoding) is caught at the connection's task, logged, and answered with a `FATAL` `XX000` ErrorResponse before the
-//! socket closes, as PostgreSQL does for an internal error that ends a session. The node and
+//! the pgwire crate, whose decoder only sees frames `frontend_frame` checked) is caught at the
+//! connection's task, logged, counted ([`panics_caught`]) and answered with a `FATAL` `XX000`
+//! ErrorResponse before the socket closes, as PostgreSQL does for an internal error that ends a session. The node and
 //! its other connections keep serving. Not a substitute for errors: every known case returns
 //! one; this exists so that a missed case costs one connection, not the node.
 
@@ -8,6 +9,7 @@ use std::any::Any;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -17,6 +19,15 @@ use tracing::{debug, error};
 
 /// How long the goodbye message may take to write.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connections that panicked since the process started.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many connections this process closed because they panicked (each one is a bug: a
+/// missed error case).
+pub fn panics_caught() -> u64 {
+    PANICS.load(Ordering::Relaxed)
+}
 
 /// Serves one connection with `serve`, catching a panic inside it.
 pub async fn serve_guarded<F, Fut>(stream: TcpStream, peer: SocketAddr, serve: F)
@@ -36,6 +47,7 @@ where
     // Unwind safety: the connection's state dies with it; what it shares with the node
     // (catalog cache, KV client, job registry) is consistent at every await point.
     if let Err(payload) = AssertUnwindSafe(serve(stream)).catch_unwind().await {
+        PANICS.fetch_add(1, Ordering::Relaxed);
         let message = panic_message(payload.as_ref());
         error!(%peer, panic = %message, "sql connection panicked; closing it with an internal error");
         if let Some(mut spare) = spare {

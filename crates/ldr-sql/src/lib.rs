@@ -14,6 +14,8 @@
 //! - [`validation`]: LDR schema compatibility, schema locks, allowed schema changes.
 //! - [`protocol`]: pgwire front end, [`protocol::serve_connection`]; [`connection_guard`]: the
 //!   per-connection panic boundary a server spawns it inside.
+//! - [`frontend_frame`]: every frontend message read whole and checked before pgwire decodes
+//!   it (a malformed one is a FATAL `08P01`, never a panic).
 //! - [`wire`]: text and binary wire formats.
 //! - [`stack`]: the stack-depth check recursive binding and evaluation make (54001).
 //!
@@ -48,6 +50,7 @@ pub mod encoding;
 pub mod error;
 pub mod exec;
 pub mod expr;
+pub mod frontend_frame;
 pub mod interval;
 pub mod parser;
 pub mod protocol;

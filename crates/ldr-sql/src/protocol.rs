@@ -42,10 +42,11 @@ use pgwire::api::results::{
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionHandle, DEFAULT_NAME, METADATA_DATABASE,
+    ClientInfo, ClientPortalStore, ConnectionHandle, DEFAULT_NAME, ErrorHandler, METADATA_DATABASE,
     METADATA_USER, PgWireConnectionState, PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::DecodeContext;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::extendedquery::{Describe, Execute, Parse, ParseComplete, Sync as PgSync};
@@ -53,24 +54,161 @@ use pgwire::messages::response::{EmptyQueryResponse, ReadyForQuery, TransactionS
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::{Authentication, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::server::{process_error, process_message};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+use tokio::time::{Duration, Instant};
 use tracing::debug;
 
 use crate::copy::CopySpec;
 use crate::datum::Datum;
-use crate::error::{PgError, SqlError};
+use crate::error::{PgError, SqlError, sqlstate};
 use crate::exec::{ColumnInfo, Prepared, QueryResult, Session, SqlServer, TxnEffect, TxnStatus};
+use crate::frontend_frame::{self, FrameKind, FrameReader};
 use crate::types::SqlType;
 use crate::wire;
 
 /// The `server_version` reported to clients (CockroachDB reports a PostgreSQL 13 version).
 pub const SERVER_VERSION: &str = "13.0.0";
 
+/// How long a client has to finish SSL negotiation, startup and login (pgwire's limit).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Serves one client connection until it closes.
+///
+/// pgwire's `process_socket` loop, except that every frame is read whole and checked by
+/// [`crate::frontend_frame`] before pgwire decodes it: a malformed frame gets a FATAL
+/// `08P01` and the connection closes, where pgwire's decoder would panic or misread.
 pub async fn serve_connection(socket: TcpStream, server: Arc<SqlServer>) -> std::io::Result<()> {
     let handlers = Handlers::new(server);
-    pgwire::tokio::process_socket(socket, None, handlers).await
+    let startup_deadline = Instant::now() + STARTUP_TIMEOUT;
+    // SSLRequest and GSSENCRequest are answered 'N' by pgwire (no TLS acceptor); its
+    // decoder reads nothing there but the fixed 8-byte requests.
+    let negotiated = tokio::time::timeout_at(
+        startup_deadline,
+        pgwire::tokio::server::negotiate_tls(socket, None),
+    )
+    .await;
+    let mut socket = match negotiated {
+        Ok(Ok(Some(socket))) => socket,
+        Ok(Err(e)) => return Err(e),
+        // Out of time, or a direct TLS handshake (no acceptor): nothing to serve.
+        Err(_) | Ok(Ok(None)) => return Ok(()),
+    };
+    let mut frames = FrameReader::new(std::mem::take(socket.read_buffer_mut()));
+
+    let startup_handler = handlers.startup_handler();
+    let simple_query_handler = handlers.simple_query_handler();
+    let extended_query_handler = handlers.extended_query_handler();
+    let copy_handler = handlers.copy_handler();
+    let cancel_handler = handlers.cancel_handler();
+    let error_handler = handlers.error_handler();
+    loop {
+        let state = socket.state();
+        let starting = matches!(
+            state,
+            PgWireConnectionState::AwaitingStartup
+                | PgWireConnectionState::AuthenticationInProgress
+        );
+        let kind = if matches!(state, PgWireConnectionState::AwaitingStartup) {
+            FrameKind::Startup
+        } else {
+            FrameKind::Typed
+        };
+        let read = frames.next(socket.get_mut(), kind);
+        let frame = if starting {
+            match tokio::time::timeout_at(startup_deadline, read).await {
+                Ok(frame) => frame?,
+                Err(_) => {
+                    debug!("sql client did not finish startup in time");
+                    return Ok(());
+                }
+            }
+        } else {
+            read.await?
+        };
+        let Some(frame) = frame else {
+            return Ok(());
+        };
+        let message = match frame.and_then(|f| decode_checked(f, kind, &socket)) {
+            Ok(message) => message,
+            Err(e) => {
+                frontend_frame::count_violation();
+                debug!(code = e.code(), error = %e.message(), "refusing a malformed frontend message");
+                let info = error_info(&e, "FATAL");
+                socket
+                    .send(PgWireBackendMessage::ErrorResponse(info.into()))
+                    .await?;
+                return socket.close().await;
+            }
+        };
+        // Terminate: the client is leaving; close (some clients wait for the close).
+        if matches!(message, PgWireFrontendMessage::Terminate(_)) {
+            return Ok(());
+        }
+        let is_extended_query = match socket.state() {
+            PgWireConnectionState::CopyInProgress(is_extended_query) => is_extended_query,
+            _ => message.is_extended_query(),
+        };
+        // `process_message` closes a CancelRequest's dedicated connection.
+        let is_cancel_request = matches!(message, PgWireFrontendMessage::CancelRequest(_));
+        if let Err(mut e) = process_message(
+            message,
+            &mut socket,
+            startup_handler.clone(),
+            simple_query_handler.clone(),
+            extended_query_handler.clone(),
+            copy_handler.clone(),
+            cancel_handler.clone(),
+        )
+        .await
+        {
+            error_handler.on_error(&socket, &mut e);
+            // A FATAL error ends the session, as in PostgreSQL.
+            let is_fatal = e.is_fatal();
+            process_error(&mut socket, e, is_extended_query).await?;
+            if is_fatal {
+                return Ok(());
+            }
+        }
+        if is_cancel_request {
+            return Ok(());
+        }
+    }
+}
+
+/// Checks one whole frame, then lets pgwire decode exactly that frame (a copy holding
+/// nothing else), and checks that it read all of it.
+fn decode_checked<C: ClientInfo>(
+    mut frame: BytesMut,
+    kind: FrameKind,
+    client: &C,
+) -> Result<PgWireFrontendMessage, SqlError> {
+    let mut context = DecodeContext::new(client.protocol_version());
+    match kind {
+        FrameKind::Startup => {
+            frontend_frame::check_startup(&frame)?;
+            context.awaiting_frontend_ssl = false;
+        }
+        FrameKind::Typed => {
+            let authenticating = matches!(
+                client.state(),
+                PgWireConnectionState::AuthenticationInProgress
+            );
+            frontend_frame::check_message(&frame, authenticating)?;
+            context.awaiting_frontend_ssl = false;
+            context.awaiting_frontend_startup = false;
+        }
+    }
+    let invalid = || SqlError::new(sqlstate::PROTOCOL_VIOLATION, "invalid message format");
+    match PgWireFrontendMessage::decode(&mut frame, &context) {
+        Ok(Some(message)) if frame.is_empty() => Ok(message),
+        Ok(_) => Err(invalid()),
+        Err(e) => Err(SqlError::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("invalid message format: {e}"),
+        )),
+    }
 }
 
 struct Conn {

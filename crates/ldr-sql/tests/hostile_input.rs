@@ -2,9 +2,9 @@
 //! — the SQL parser, text input of every type, binary parameters, the key and value encodings
 //! (replicated rows) and COPY data — then the cases that
 //! used to panic or overflow the stack, through a session and through a real pgwire client,
-//! and garbage on the port. (The pgwire crate's own message decoder panics on malformed
-//! messages; the per-connection boundary contains that: see
-//! `a_panic_in_message_decoding_ends_only_that_connection`.)
+//! and garbage on the port: every malformed frontend frame is refused with FATAL 08P01 before
+//! the pgwire crate's decoder (which panics on some) sees it, and the per-connection panic
+//! boundary never fires.
 //!
 //! Case counts are modest so each property runs in seconds in a debug build;
 //! `PROPTEST_CASES=n` runs more. A failure prints the shrunk input that panicked.
@@ -459,12 +459,77 @@ async fn select_one(port: u16) {
     assert_eq!(one, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_in_message_decoding_ends_only_that_connection() {
-    // pgwire 0.42's decoder panics on a Describe without a body (it reads past the message).
-    // The connection boundary answers FATAL XX000 and closes; the node keeps serving.
-    let node = TestNode::start().await;
-    let port = listen_guarded(node.server.clone()).await;
+/// A frontend message: type byte, a length field of `len`, then `body` (which may disagree).
+fn message_with_length(tag: u8, len: i32, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&len.to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// A frontend message whose length field matches its body.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    message_with_length(tag, body.len() as i32 + 4, body)
+}
+
+/// Malformed frames for every frontend message type: wrong length fields, bodies short of
+/// what the type declares, trailing garbage, lengths over the type's limit.
+fn malformed_frames() -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    for &tag in b"PBDECSHQXFdcfp" {
+        // Length fields that cannot be meant: under 4 (the Parse with length 3 used to
+        // panic), negative, over every limit.
+        for len in [0, 3, -1, i32::MIN, 0x4000_0000, i32::MAX] {
+            frames.push(message_with_length(tag, len, b"\0\0\0\0\0\0\0\0"));
+        }
+    }
+    // Bodies short of their declared fields, or with bytes left over.
+    for (tag, body) in [
+        (b'P', &b""[..]),
+        (b'P', b"s\0"),
+        (b'P', b"s\0SELECT 1\0"),
+        (b'P', b"s\0SELECT 1\0\0\x01"),
+        (b'P', b"s\0SELECT 1\0\0\0junk"),
+        (b'B', b""),
+        (b'B', b"\0\0"),
+        (b'B', b"\0\0\0\0\0\x01\0\0\0\x10ab"),
+        (b'B', b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0"),
+        (b'B', b"\0\0\0\0\0\0\0\x05"),
+        (b'D', b""),
+        (b'D', b"S"),
+        (b'D', b"Sname"),
+        (b'D', b"S\0junk"),
+        (b'E', b""),
+        (b'E', b"\0\0\0"),
+        (b'E', b"portal"),
+        (b'C', b""),
+        (b'C', b"P"),
+        (b'S', b"x"),
+        (b'H', b"x"),
+        (b'Q', b""),
+        (b'Q', b"SELECT 1"),
+        (b'Q', b"SELECT 1\0; DROP"),
+        (b'X', b"x"),
+        (b'F', b"\0\0\0\0\0\0\0\0\0\0"),
+        (b'c', b"x"),
+        (b'f', b""),
+        (b'f', b"no terminator"),
+        (b'p', b"secret\0"),
+        (b'Z', b""),
+        (0, b""),
+    ] {
+        frames.push(message(tag, body));
+    }
+    // Small types have PostgreSQL's 10,000-byte limit.
+    for &tag in b"DECSHXcf" {
+        frames.push(message_with_length(tag, 10_001, b""));
+    }
+    frames
+}
+
+/// Connects and completes a startup as `root`, then sends `bytes`; returns what the server
+/// answered until it closed the connection.
+async fn answer_after_startup(port: u16, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut client = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -475,21 +540,72 @@ async fn a_panic_in_message_decoding_ends_only_that_connection() {
         Some(b'Z'),
         "ready for query: {startup:?}"
     );
-    client.write_all(&[b'D', 0, 0, 0, 4]).await.expect("write");
+    // The server may close as soon as it has seen enough; a failed write is fine.
+    let _ = client.write_all(bytes).await;
     let answer = read_until(&mut client, b'E').await;
-    let (tag, body) = answer.last().expect("an answer before the close");
-    assert_eq!(*tag, b'E', "an ErrorResponse: {answer:?}");
-    let text = String::from_utf8_lossy(body);
-    assert!(
-        text.contains("SFATAL\0") && text.contains("CXX000\0"),
-        "{text:?}"
-    );
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
         .await
-        .expect("the server closed the connection")
-        .expect("read");
+        .unwrap_or_else(|_| panic!("the server did not close the connection after {bytes:?}"))
+        .unwrap_or_default();
     assert!(rest.is_empty(), "nothing after the FATAL error: {rest:?}");
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_of_every_type_get_08p01_without_a_panic() {
+    // Every malformed frame, each on a fresh connection after a valid startup, is refused
+    // before pgwire decodes it: FATAL 08P01, then the close. Nothing panics (the connection
+    // boundary never fires) and the node goes on serving.
+    let node = TestNode::start().await;
+    let port = listen_guarded(node.server.clone()).await;
+    let panics_before = ldr_sql::connection_guard::panics_caught();
+    let violations_before = ldr_sql::frontend_frame::protocol_violations();
+    let frames = malformed_frames();
+    for frame in &frames {
+        let answer = answer_after_startup(port, frame).await;
+        let (tag, body) = answer
+            .last()
+            .unwrap_or_else(|| panic!("no answer to {frame:?}"));
+        let text = String::from_utf8_lossy(body);
+        assert_eq!(*tag, b'E', "an ErrorResponse to {frame:?}: {answer:?}");
+        assert!(
+            text.contains("SFATAL\0") && text.contains("C08P01\0"),
+            "FATAL 08P01 for {frame:?}: {text:?}"
+        );
+        assert_eq!(
+            ldr_sql::connection_guard::panics_caught(),
+            panics_before,
+            "a panic serving {frame:?}"
+        );
+    }
+    // The Describe without a body that used to panic gets PostgreSQL's message.
+    let answer = answer_after_startup(port, &[b'D', 0, 0, 0, 4]).await;
+    let text = String::from_utf8_lossy(&answer.last().expect("an answer").1).into_owned();
+    assert!(text.contains("Minvalid message format\0"), "{text:?}");
+    assert_eq!(
+        ldr_sql::frontend_frame::protocol_violations() - violations_before,
+        frames.len() as u64 + 1,
+        "every refusal is counted"
+    );
+
+    // A frame cut short by the client's close: nobody is left to answer; the server closes.
+    for frame in [message_with_length(b'P', 100, b"s\0SEL"), vec![b'Q', 0, 0]] {
+        let mut client = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        client.write_all(&startup_message()).await.expect("write");
+        read_until(&mut client, b'Z').await;
+        client.write_all(&frame).await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+            .await
+            .expect("the server closed the connection")
+            .expect("read");
+        assert!(rest.is_empty(), "no answer to a cut frame: {rest:?}");
+    }
+    assert_eq!(ldr_sql::connection_guard::panics_caught(), panics_before);
     select_one(port).await;
 }
 
@@ -508,6 +624,7 @@ async fn garbage_on_the_port_never_stops_the_server() {
                 .current()
         })
         .collect();
+    let panics_before = ldr_sql::connection_guard::panics_caught();
     for (bytes, after_startup) in inputs {
         let mut client = TcpStream::connect(("127.0.0.1", port))
             .await
@@ -523,6 +640,15 @@ async fn garbage_on_the_port_never_stops_the_server() {
         let ended =
             tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut rest)).await;
         assert!(ended.is_ok(), "the connection did not end after {bytes:?}");
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("CXX000\0"),
+            "an internal error (a panic) after {bytes:?}: {rest:?}"
+        );
+        assert_eq!(
+            ldr_sql::connection_guard::panics_caught(),
+            panics_before,
+            "a panic serving {bytes:?} (after startup: {after_startup})"
+        );
     }
     select_one(port).await;
 }

@@ -1,8 +1,8 @@
 //! The last line of defence for a SQL connection: a panic while serving it (in our code or in
 //! the pgwire crate, whose decoder only sees frames `frontend_frame` checked) is caught at the
 //! connection's task, logged, counted ([`panics_caught`]) and answered with a `FATAL` `XX000`
-//! ErrorResponse before the socket closes, as PostgreSQL does for an internal error that ends a session. The node and
-//! its other connections keep serving. Not a substitute for errors: every known case returns
+//! ErrorResponse before the socket closes, as PostgreSQL does for an internal error that ends
+//! a session. The node and its other connections keep serving. Not a substitute for errors: every known case returns
 //! one; this exists so that a missed case costs one connection, not the node.
 
 use std::any::Any;

@@ -43,3 +43,12 @@ impl ReplicaError {
         )
     }
 }
+
+/// An openraft storage error from one of ours (openraft's traits return its own type).
+pub(crate) fn io_error(
+    subject: openraft::ErrorSubject<RaftNodeId>,
+    verb: openraft::ErrorVerb,
+    e: impl ToString,
+) -> openraft::StorageError<RaftNodeId> {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())).into()
+}

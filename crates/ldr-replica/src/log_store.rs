@@ -7,20 +7,18 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use ldr_storage::{Engine, LocalOp};
 use ldr_types::RangeId;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{
-    AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError,
-    StorageIOError, Vote,
-};
+use openraft::{ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 use tokio::sync::oneshot;
 use tracing::error;
 
 use crate::command::{decode, encode};
+use crate::error::io_error;
 use crate::keys;
 use crate::{RaftNodeId, TypeConfig};
 
@@ -46,8 +44,10 @@ pub(crate) struct LogWriter {
 }
 
 impl LogWriter {
-    /// Starts the writer thread; it ends when every clone is dropped.
-    pub(crate) fn start(engine: Arc<Engine>, sync_log: Arc<AtomicBool>) -> LogWriter {
+    /// Starts the writer thread; it ends when every clone is dropped. It holds the engine only
+    /// while it writes: a detached thread that kept RocksDB open would still own it when the
+    /// process exits, and RocksDB's background threads crash against its static destructors.
+    pub(crate) fn start(engine: Weak<Engine>, sync_log: Arc<AtomicBool>) -> LogWriter {
         let (tx, rx) = std::sync::mpsc::channel::<WriteRequest>();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
@@ -65,9 +65,12 @@ impl LogWriter {
                         .iter_mut()
                         .flat_map(|r| std::mem::take(&mut r.ops))
                         .collect();
-                    let result = engine
-                        .write_local_batch(&ops, sync)
-                        .map_err(|e| e.to_string());
+                    let result = match engine.upgrade() {
+                        Some(engine) => engine
+                            .write_local_batch(&ops, sync)
+                            .map_err(|e| e.to_string()),
+                        None => Err("the store is closed".to_string()),
+                    };
                     if let Err(e) = &result {
                         error!(error = %e, "raft log write failed");
                     }
@@ -98,14 +101,6 @@ pub(crate) struct LogStore {
     range_id: RangeId,
     engine: Arc<Engine>,
     writer: LogWriter,
-}
-
-fn io_error(
-    subject: ErrorSubject<RaftNodeId>,
-    verb: ErrorVerb,
-    e: impl ToString,
-) -> StorageError<RaftNodeId> {
-    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
 }
 
 impl LogStore {

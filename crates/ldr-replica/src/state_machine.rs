@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::command::{WireVersion, decode, encode};
+use crate::error::io_error;
 use crate::keys;
 use crate::{CommandResponse, RaftNodeId, ReplicaNode, TypeConfig};
 
@@ -48,14 +49,6 @@ struct SnapshotPayload {
     span: Span,
     closed_ts: Timestamp,
     versions: Vec<WireVersion>,
-}
-
-fn io_error(
-    subject: ErrorSubject<RaftNodeId>,
-    verb: ErrorVerb,
-    e: impl ToString,
-) -> StorageError<RaftNodeId> {
-    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
 }
 
 /// A state machine with the shared view of its applied state and applied index.

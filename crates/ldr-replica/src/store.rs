@@ -114,7 +114,7 @@ impl ReplicaStore {
         let sync_log = Arc::new(AtomicBool::new(options.sync_log));
         let store = Arc::new(ReplicaStore {
             node_id,
-            writer: LogWriter::start(engine.clone(), sync_log.clone()),
+            writer: LogWriter::start(Arc::downgrade(&engine), sync_log.clone()),
             engine,
             transport,
             sync_log,

@@ -371,7 +371,7 @@ impl Engine {
             });
         };
         self.clock.forward_to(commit_ts);
-        self.write_versions(&plan.writes, &[])?;
+        self.write_versions(plan.writes, &[])?;
         Ok(ApplyResult {
             ts: commit_ts,
             outcomes: plan.outcomes,
@@ -503,11 +503,15 @@ impl Engine {
 
     /// Writes planned versions (and node-local operations) in one RocksDB batch under the
     /// commit gate, and tells the observer.
-    pub(crate) fn write_versions(&self, writes: &[PlannedWrite], local: &[LocalOp]) -> Result<()> {
+    pub(crate) fn write_versions(
+        &self,
+        writes: Vec<PlannedWrite>,
+        local: &[LocalOp],
+    ) -> Result<()> {
         let observer = self.observer.read().clone();
         let mut batch = WriteBatch::default();
         let mut key_buf = Vec::new();
-        for w in writes {
+        for w in &writes {
             key_buf.clear();
             encoding::encode_prefix_into(&w.write.key, &mut key_buf);
             encoding::push_ts(&mut key_buf, w.write.version.ts);
@@ -517,13 +521,14 @@ impl Engine {
             );
         }
         crate::replicated::add_local_ops(&mut batch, local);
+        // The versions move into the observer's events (no second copy of keys and values).
         let events: Vec<CommitEvent> = match &observer {
             Some(_) => writes
-                .iter()
+                .into_iter()
                 .map(|w| CommitEvent {
-                    key: w.write.key.clone(),
-                    version: w.write.version.clone(),
-                    prev_value: w.prev_value.clone(),
+                    key: w.write.key,
+                    version: w.write.version,
+                    prev_value: w.prev_value,
                 })
                 .collect(),
             None => Vec::new(),

@@ -157,7 +157,7 @@ impl Engine {
         if !newest.is_zero() {
             self.clock().forward_to(newest);
         }
-        self.write_versions(&planned, local)
+        self.write_versions(planned, local)
     }
 
     /// Applies node-local operations in one RocksDB batch; `sync` fsyncs the WAL (Raft log

@@ -725,20 +725,6 @@ async fn known_cases_give_postgres_errors_through_a_session() {
     assert_eq!(rows(&mut s, "SELECT 1").await, vec![vec!["1"]]);
 }
 
-async fn listen(server: Arc<SqlServer>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("bound").port();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let server = server.clone();
-            tokio::spawn(async move {
-                let _ = ldr_sql::protocol::serve_connection(socket, server).await;
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_cases_give_postgres_errors_through_pgwire() {
     // The real path: the server's worker threads (2 MiB stacks), tokio-postgres, both the

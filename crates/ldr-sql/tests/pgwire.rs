@@ -2,30 +2,9 @@
 //! results and parameters) and psql (simple protocol), over an ephemeral loopback listener.
 mod common;
 
-use std::sync::Arc;
-
-use common::TestNode;
-use ldr_sql::exec::SqlServer;
-use tokio::net::TcpListener;
+use common::{TestNode, listen};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::{FromSql, Type};
-
-async fn listen(server: Arc<SqlServer>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("bound").port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                return;
-            };
-            let server = server.clone();
-            tokio::spawn(async move {
-                let _ = ldr_sql::protocol::serve_connection(socket, server).await;
-            });
-        }
-    });
-    port
-}
 
 async fn connect(port: u16, user: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(

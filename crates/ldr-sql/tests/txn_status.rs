@@ -15,30 +15,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestNode, start_cluster};
+use common::{TestNode, listen, start_cluster};
 use ldr_sql::exec::SqlServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// How long one message exchange may take.
 const REPLY_DEADLINE: Duration = Duration::from_secs(30);
-
-async fn listen(server: Arc<SqlServer>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("bound").port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                return;
-            };
-            let server = server.clone();
-            tokio::spawn(async move {
-                let _ = ldr_sql::protocol::serve_connection(socket, server).await;
-            });
-        }
-    });
-    port
-}
 
 // ---- a raw protocol client ----
 

@@ -190,3 +190,19 @@ pub async fn start_cluster(n: usize) -> (Vec<Arc<KvNode>>, Vec<Arc<SqlServer>>, 
     let servers = futures::future::join_all(starts).await;
     (nodes, servers, dir)
 }
+
+/// Serves pgwire for `server` on an ephemeral 127.0.0.1 port (as the node's listener does for
+/// SQL connections) and returns the port.
+pub async fn listen(server: Arc<SqlServer>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("bound").port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let _ = ldr_sql::protocol::serve_connection(socket, server).await;
+            });
+        }
+    });
+    port
+}

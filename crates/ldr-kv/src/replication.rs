@@ -5,8 +5,8 @@
 //! dropped ranges.
 //!
 //! A replicated write, at the leaseholder:
-//! 1. check the lease; take the range's write latch (one evaluation at a time per range, so
-//!    each evaluates against everything before it);
+//! 1. take the range's write latch (one evaluation at a time per range, so each evaluates
+//!    against everything before it), then check the lease;
 //! 2. register the write in flight with the engine (the node's closed timestamp stays below
 //!    it) at or above the range's closed timestamp;
 //! 3. evaluate (conditions, LWW) into exact versions and propose them with the closed
@@ -210,17 +210,14 @@ impl NodeInner {
         atomic: bool,
     ) -> Result<ApplyResult> {
         let me = self.node_id();
-        self.leaseholder_replica(range)?;
         let latch = self.range_latch(range.range_id);
         let _latch = latch.lock().await;
-        // The lease may have moved while this write waited.
+        // Checked after the latch: the lease may have moved while this write waited.
         let replica = self.leaseholder_replica(range)?;
         let in_flight = self.engine.begin_write(replica.closed_ts().next())?;
-        let engine = self.engine.clone();
         let provisional = in_flight.provisional();
         let evaluation = self
             .storage(rows.len() <= 64, move |e| {
-                let _ = &engine;
                 e.evaluate(&rows, atomic, provisional)
             })
             .await?;

@@ -35,6 +35,7 @@ mod error;
 pub mod fuzz;
 mod http;
 pub mod ldr;
+pub mod lincheck;
 pub mod metrics;
 pub mod pg;
 mod ports;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod lincheck_cmd;
 mod node_cmd;
 mod sim_cmd;
 mod sql;
@@ -45,7 +46,8 @@ enum Command {
     /// Load benchmark: ldr vs PostgreSQL logical replication vs raw RocksDB on this machine.
     Bench(bench::BenchArgs),
     /// Conflict fuzzing: seeded scenarios (writes and faults) on two clusters with
-    /// bidirectional LDR, checked for convergence and last-write-wins.
+    /// bidirectional LDR, checked for convergence and last-write-wins; and a
+    /// linearizability check of replicated ranges (`sim lincheck`).
     #[command(subcommand)]
     Sim(sim_cmd::SimCommand),
     /// Open a SQL shell (or run statements with -e).

@@ -10,6 +10,11 @@
 //! seed and how to reproduce it; a failure prints the fault timeline and the write history
 //! of every wrong key, saves the scenario (for `ldr sim run`), keeps the clusters' stores
 //! and logs, and makes the command exit non-zero.
+//!
+//! `ldr sim lincheck --seed S` is the linearizability check of `ldr_sim::lincheck`: one
+//! 3-node cluster with replicated ranges, seeded clients reading, writing and
+//! compare-and-setting a few keys while nodes are killed and paused, then a check of the
+//! history key by key; a violation (or an inconclusive check) exits non-zero.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,7 +27,7 @@ use ldr_sim::{Cluster, ClusterSpec};
 use crate::workload_cmd::parse_duration;
 
 /// How long a cluster may take to start on a loaded machine.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
@@ -31,6 +36,9 @@ pub enum SimCommand {
     Run(RunArgs),
     /// Generate seeded scenarios (writes and faults) and run each against two fresh clusters.
     Fuzz(FuzzArgs),
+    /// Linearizability of single-key histories: seeded reads, writes and compare-and-sets on
+    /// a replicated 3-node cluster while nodes are killed and paused.
+    Lincheck(crate::lincheck_cmd::LincheckArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -164,6 +172,7 @@ pub async fn run(command: SimCommand) -> Result<()> {
     match command {
         SimCommand::Run(args) => run_file(&args).await,
         SimCommand::Fuzz(args) => fuzz(&args).await,
+        SimCommand::Lincheck(args) => crate::lincheck_cmd::run(&args).await,
     }
 }
 
@@ -267,7 +276,7 @@ async fn fuzz(args: &FuzzArgs) -> Result<()> {
     Ok(())
 }
 
-fn rand_seed() -> u64 {
+pub(crate) fn rand_seed() -> u64 {
     ldr_sim::workload::seed_from_env()
 }
 
@@ -355,7 +364,7 @@ async fn execute(
 }
 
 /// Where a failed scenario is written: `$TMPDIR/ldr-sim-failures`.
-fn failure_dir() -> PathBuf {
+pub(crate) fn failure_dir() -> PathBuf {
     let dir = std::env::temp_dir().join("ldr-sim-failures");
     let _ = std::fs::create_dir_all(&dir);
     dir
@@ -377,7 +386,7 @@ mod tests {
         let cli = Cli::try_parse_from(["sim", "fuzz"].iter().chain(args)).expect("parse");
         match cli.command {
             SimCommand::Fuzz(args) => args,
-            SimCommand::Run(_) => panic!("parsed as run"),
+            other => panic!("parsed as {other:?}"),
         }
     }
 

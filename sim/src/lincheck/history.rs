@@ -12,12 +12,15 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// A register value. The workload writes every value at most once, so a read names the write
 /// it saw.
 pub type Value = i64;
 
 /// What a client asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Call {
     Read,
     Write(Value),
@@ -29,7 +32,8 @@ pub enum Call {
 }
 
 /// What came back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The value read; `None` when the key had no row.
     Read(Option<Value>),
@@ -47,7 +51,7 @@ pub enum Outcome {
 
 /// One operation of one client on one key. Times are nanoseconds on one monotonic clock
 /// shared by every client of the history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
     /// Which client issued it (a client runs one operation at a time).
     pub client: usize,

@@ -331,6 +331,7 @@ impl Cluster {
         for index in 1..=self.nodes.len() {
             self.wait_ready_until(index, deadline).await?;
         }
+        self.wait_system_replicated_until(deadline).await?;
         tracing::info!(cluster = %self.spec.name, nodes = self.nodes.len(), dir = %self.dir_path.display(), "cluster ready");
         Ok(())
     }
@@ -543,6 +544,43 @@ impl Cluster {
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the system range has a replica on every node (up to three): a new
+    /// cluster's system range starts on node 1 alone, and the nodes that join become its
+    /// replicas within seconds. Until then, losing node 1 would stop the cluster.
+    async fn wait_system_replicated_until(&self, deadline: Instant) -> Result<()> {
+        let want = self.nodes.len().min(3);
+        let start = Instant::now();
+        loop {
+            let last = match self.query_text(1, "SHOW CLUSTER RANGES").await {
+                Ok(rows) => {
+                    let replicas = rows
+                        .column("replicas")
+                        .and_then(|c| rows.rows.first().map(|r| r[c].clone()))
+                        .flatten()
+                        .unwrap_or_default();
+                    if replicas.split(',').count() >= want {
+                        return Ok(());
+                    }
+                    format!("system range replicas {replicas}")
+                }
+                // A binary from before replicated system ranges (benchmark baselines).
+                Err(e) if e.to_string().contains("syntax error") => return Ok(()),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(SimError::Timeout {
+                    what: format!(
+                        "the system range of cluster {} to be replicated",
+                        self.spec.name
+                    ),
+                    waited_ms: start.elapsed().as_millis(),
+                    details: format!("; last observation: {last}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

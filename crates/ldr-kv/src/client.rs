@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::{BoxFuture, join_all};
 use ldr_proto::pb;
@@ -17,7 +18,7 @@ use crate::liveness::{self, LivenessRecord};
 use crate::node::{NOTIFY_TIMEOUT, NodeInner};
 use crate::routing::{self, KeyRoute, SpanTarget};
 use crate::settings::{self, Settings};
-use crate::system::{self, SYSTEM_NODE_ID};
+use crate::system::{self, SYSTEM_RANGE_ID};
 use crate::wire;
 use crate::{KvError, NodeDescriptor, NodeStatus, PtsRecord, RangeDescriptor, Result};
 
@@ -26,6 +27,8 @@ type KeyGroup = (RangeDescriptor, Vec<usize>);
 
 /// Compare-and-swap rounds of a protected timestamp update before giving up.
 const PTS_UPDATE_ATTEMPTS_MAX: usize = 100;
+/// Compare-and-swap rounds of one counter increment before giving up.
+const INCREMENT_ATTEMPTS_MAX: usize = 1000;
 /// How long a request looks for a replicated range's leaseholder (elections take 2–4 s).
 const LEASE_SEARCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const LEASE_SEARCH_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(25);
@@ -34,6 +37,8 @@ const LEASE_SEARCH_PAUSE_MAX: std::time::Duration = std::time::Duration::from_mi
 const DEFAULT_ZONE: &[u8] = b"default";
 /// The largest replication factor accepted.
 pub const NUM_REPLICAS_MAX: u32 = 7;
+/// `num_replicas` of the default zone until it is configured.
+pub const DEFAULT_NUM_REPLICAS: u32 = 3;
 
 /// The cluster as seen from one node (cheap to clone).
 #[derive(Clone)]
@@ -116,7 +121,7 @@ impl KvClient {
                 e.insert(self.table_ranges_cached(table_id).await?);
             }
         }
-        let groups = routing::group_keys(keys, |key| locate(&tables, key))?;
+        let groups = routing::group_keys(keys, |key| locate(&self.inner, &tables, key))?;
         let mut by_node: Vec<(NodeId, Vec<KeyGroup>)> = Vec::new();
         let mut replicated: Vec<KeyGroup> = Vec::new();
         for (range, indexes) in groups {
@@ -164,7 +169,7 @@ impl KvClient {
         self.inner.require_identity()?;
         let pieces = match routing::span_target(span) {
             SpanTarget::Empty => return Ok(Vec::new()),
-            SpanTarget::System => vec![(system::system_range_descriptor(), span.clone())],
+            SpanTarget::System => vec![(self.inner.system_range(), span.clone())],
             SpanTarget::Table(table_id) => {
                 routing::split_span(span, &self.table_ranges_cached(table_id).await?)
             }
@@ -208,7 +213,7 @@ impl KvClient {
                 e.insert(self.table_ranges_cached(table_id).await?);
             }
         }
-        let groups = routing::group_rows(&rows, |key| locate(&tables, key))?;
+        let groups = routing::group_rows(&rows, |key| locate(&self.inner, &tables, key))?;
         let count = rows.len();
         let mut slots: Vec<Option<RowWrite>> = rows.into_iter().map(Some).collect();
         let sends = groups.into_iter().map(|(range, indexes)| {
@@ -243,8 +248,9 @@ impl KvClient {
 
     pub async fn range_for_key(&self, key: &[u8]) -> Result<RangeDescriptor> {
         match routing::route_key(key)? {
-            KeyRoute::System => Ok(system::system_range_descriptor()),
+            KeyRoute::System => Ok(self.inner.system_range()),
             KeyRoute::Table { table_id, .. } => locate(
+                &self.inner,
                 &HashMap::from([(table_id, self.table_ranges_cached(table_id).await?)]),
                 key,
             ),
@@ -301,7 +307,7 @@ impl KvClient {
             })
             .collect();
         let applied = self
-            .write_to_range(&system::system_range_descriptor(), rows, true)
+            .write_to_range(&self.inner.system_range(), rows, true)
             .await?;
         if applied
             .outcomes
@@ -325,18 +331,10 @@ impl KvClient {
             .filter(|r| r.is_replicated())
             .flat_map(|r| r.replicas.iter().map(move |n| (r, *n)))
             .map(|(range, node_id)| async move {
-                let result = if node_id == self.node_id() {
-                    self.inner.serve_create_replica(range.clone()).await
-                } else {
-                    let request = pb::KvCreateReplicaRequest {
-                        range_descriptor: system::encode_json(range),
-                    };
-                    self.call_owner(node_id, request, |mut c, r| async move {
-                        c.create_replica(r).await
-                    })
-                    .await
-                    .map(|_| ())
+                let request = pb::KvCreateReplicaRequest {
+                    range_descriptor: system::encode_json(range),
                 };
+                let result = self.create_replica_on(node_id, request).await;
                 if let Err(e) = result {
                     // A node that is down gets its replica from its reconcile loop later.
                     debug!(range_id = range.range_id, node_id, error = %e, "replica not created now");
@@ -354,11 +352,29 @@ impl KvClient {
         Ok(())
     }
 
-    /// The replication factor of new ranges (`ALTER RANGE default CONFIGURE ZONE USING
-    /// num_replicas = N`; 1 until set).
+    /// Asks `node_id` to create its replica of the range in `request` (in-process for this
+    /// node).
+    pub(crate) async fn create_replica_on(
+        &self,
+        node_id: NodeId,
+        request: pb::KvCreateReplicaRequest,
+    ) -> Result<()> {
+        if node_id == self.node_id() {
+            let range = system::decode_json("range descriptor", &request.range_descriptor)?;
+            return self.inner.serve_create_replica(range).await;
+        }
+        self.call_owner(node_id, request, |mut c, r| async move {
+            c.create_replica(r).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The replication factor of every range (`ALTER RANGE default CONFIGURE ZONE USING
+    /// num_replicas = N`; 3 until set, as in CockroachDB; capped by the nodes there are).
     pub async fn default_num_replicas(&self) -> Result<u32> {
         match self.sys_get(system::ZONES, DEFAULT_ZONE).await? {
-            None => Ok(1),
+            None => Ok(DEFAULT_NUM_REPLICAS),
             Some(bytes) => {
                 let n = system::decode_counter("num_replicas", &bytes)?;
                 u32::try_from(n)
@@ -399,6 +415,16 @@ impl KvClient {
         .await
     }
 
+    /// Every range descriptor as stored (the system range's lists the voters its
+    /// leaseholder last recorded), for `SHOW CLUSTER RANGES`.
+    pub async fn cluster_ranges(&self) -> Result<Vec<RangeDescriptor>> {
+        self.sys_scan(system::RANGES)
+            .await?
+            .into_iter()
+            .map(|(_, v)| system::decode_json::<RangeDescriptor>("range descriptor", &v))
+            .collect()
+    }
+
     /// The replicas of `range` as this node's replica of it sees them (leaseholder, voters,
     /// applied index), when this node holds one.
     pub fn local_replica_status(&self, range_id: RangeId) -> Option<ldr_replica::ReplicaStatus> {
@@ -433,7 +459,7 @@ impl KvClient {
                 )
             })
             .collect();
-        self.write_to_range(&system::system_range_descriptor(), rows, true)
+        self.write_to_range(&self.inner.system_range(), rows, true)
             .await?;
         self.inner.ranges.write().remove(table_id);
         Ok(())
@@ -541,31 +567,44 @@ impl KvClient {
     }
 
     /// Atomically increments a counter and returns the new value (id allocation). A missing
-    /// counter counts as 0.
+    /// counter counts as 0. A compare-and-swap at the system range's leaseholder, retried
+    /// while other nodes increment concurrently; an ambiguous write is the caller's error
+    /// (the counter may have moved: ids have gaps, never duplicates).
     pub async fn sys_increment(&self, counter: &str, by: i64) -> Result<i64> {
-        let identity = self.inner.require_identity()?;
-        if identity.node_id == SYSTEM_NODE_ID {
-            return self.inner.serve_increment(counter.to_string(), by).await;
+        self.inner.require_identity()?;
+        let key = keys::system_key(system::COUNTERS, counter.as_bytes());
+        for attempt in 0..INCREMENT_ATTEMPTS_MAX {
+            let current = self.get(&key, None).await?.and_then(|v| v.value);
+            let value = match &current {
+                Some(bytes) => system::decode_counter(counter, bytes)?,
+                None => 0,
+            };
+            let next = value
+                .checked_add(by)
+                .ok_or_else(|| KvError::Internal(format!("counter {counter:?} would overflow")))?;
+            let row = RowWrite {
+                key: key.clone(),
+                value: Some(system::encode_counter(next)),
+                condition: Condition::Expect(current),
+                header: ValueHeader::default(),
+                dependents: Vec::new(),
+            };
+            match self.sys_write_one(row).await? {
+                RowOutcome::Written { .. } => return Ok(next),
+                RowOutcome::ConditionFailed { .. } => {
+                    let pause = rand::random::<u64>() % (1 + 2 * attempt.min(10) as u64);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                other => {
+                    return Err(KvError::Internal(format!(
+                        "unexpected outcome of a counter write: {other:?}"
+                    )));
+                }
+            }
         }
-        let cluster_id = identity.cluster_id.clone();
-        let address = self.inner.address_of(SYSTEM_NODE_ID).await?;
-        let request = pb::KvIncrementRequest {
-            counter: counter.to_string(),
-            by,
-        };
-        let response = self
-            .inner
-            .transport
-            .call(
-                SYSTEM_NODE_ID,
-                &address,
-                Some(&cluster_id),
-                None,
-                request,
-                |mut c, r| async move { c.increment(r).await },
-            )
-            .await?;
-        Ok(response.value)
+        Err(KvError::Internal(format!(
+            "counter {counter:?} stayed contended"
+        )))
     }
 
     // ---- settings ----
@@ -721,10 +760,17 @@ impl KvClient {
     /// (Boxed: it scans, and scans call it.)
     fn all_ranges(&self) -> BoxFuture<'_, Result<Vec<RangeDescriptor>>> {
         Box::pin(async move {
+            // The stored system descriptor may list old voters: this node's view replaces it.
             self.sys_scan(system::RANGES)
                 .await?
                 .into_iter()
                 .map(|(_, v)| system::decode_json::<RangeDescriptor>("range descriptor", &v))
+                .map(|r| {
+                    r.map(|r| match r.range_id {
+                        SYSTEM_RANGE_ID => self.inner.system_range(),
+                        _ => r,
+                    })
+                })
                 .collect()
         })
     }
@@ -1002,7 +1048,7 @@ impl KvClient {
     async fn sys_write_one(&self, row: RowWrite) -> Result<RowOutcome> {
         self.inner.require_identity()?;
         let applied = self
-            .write_to_range(&system::system_range_descriptor(), vec![row], true)
+            .write_to_range(&self.inner.system_range(), vec![row], true)
             .await?;
         applied
             .outcomes
@@ -1147,11 +1193,12 @@ impl KvClient {
 
 /// The range of `key` among cached tables.
 fn locate(
+    inner: &NodeInner,
     tables: &HashMap<TableId, Arc<[RangeDescriptor]>>,
     key: &[u8],
 ) -> Result<RangeDescriptor> {
     match routing::route_key(key)? {
-        KeyRoute::System => Ok(system::system_range_descriptor()),
+        KeyRoute::System => Ok(inner.system_range()),
         KeyRoute::Table { table_id, shard } => {
             let ranges = tables
                 .get(&table_id)

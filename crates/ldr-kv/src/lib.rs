@@ -49,7 +49,7 @@ mod wire;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::{KvClient, NUM_REPLICAS_MAX};
+pub use client::{DEFAULT_NUM_REPLICAS, KvClient, NUM_REPLICAS_MAX};
 pub use ldr_storage::{Condition, GcStats, KeyVersion, RowOutcome, RowWrite, ValueHeader, Version};
 use ldr_types::{NodeId, RangeId, Span, TableId, Timestamp};
 pub use node::KvNode;
@@ -216,6 +216,15 @@ pub struct RangeDescriptor {
     /// by `node_id` alone (created while `num_replicas` was 1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<NodeId>,
+    /// How many times `replicas` changed since the range was created (0: the group may
+    /// still need bootstrapping by its first replica; later, only membership changes of the
+    /// running group change it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl RangeDescriptor {

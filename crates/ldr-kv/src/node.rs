@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use ldr_proto::pb;
 use ldr_rangefeed::{ManagerOptions, RangefeedManager};
 use ldr_storage::{Engine, EngineOptions, GcStats};
-use ldr_types::{Clock, NodeId, OriginId, keys};
+use ldr_types::{Clock, NodeId, OriginId};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -73,23 +73,25 @@ pub(crate) struct NodeInner {
     initialized: watch::Sender<bool>,
     /// This node's descriptor (node id 0 until it has one).
     self_desc: RwLock<NodeDescriptor>,
-    /// Where each known node listens (node 1 always, once initialized).
+    /// Where each known peer listens (persisted at `PEERS_LOCAL_KEY`).
     addresses: RwLock<HashMap<NodeId, String>>,
     pub(crate) ranges: RwLock<RangeCache>,
     pub(crate) transport: Transport,
     catalog_generation: watch::Sender<u64>,
     settings_changed: Notify,
     init_lock: tokio::sync::Mutex<()>,
-    /// Serialises counter increments on node 1 (they still use compare-and-swap).
-    pub(crate) increment_lock: tokio::sync::Mutex<()>,
     tasks: Mutex<Tasks>,
     stopped: AtomicBool,
     /// This node's replicas of replicated ranges (open once the node has an identity).
     pub(crate) replica_store: OnceLock<Arc<ldr_replica::ReplicaStore>>,
+    /// Serialises opening the replica store.
+    pub(crate) replicas_opening: tokio::sync::Mutex<()>,
     /// The same store for the Raft gRPC service.
     pub(crate) raft_slot: ldr_replica::grpc::ServiceSlot,
     /// Per-range write latches of replicated ranges this node leads.
     pub(crate) range_latches: Mutex<HashMap<ldr_types::RangeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Replicas whose range stopped listing this node, since when (see `reconcile_replicas`).
+    pub(crate) unlisted_replicas: Mutex<HashMap<ldr_types::RangeId, std::time::Instant>>,
     /// Where each replicated range's lease was last found.
     pub(crate) leaseholders: RwLock<HashMap<ldr_types::RangeId, NodeId>>,
 }
@@ -161,20 +163,11 @@ impl NodeInner {
 
     /// Where `node_id` listens; unknown nodes are looked up in the system keyspace.
     pub(crate) async fn address_of(self: &Arc<Self>, node_id: NodeId) -> Result<String> {
-        if node_id == self.node_id() && node_id != 0 {
-            return Ok(self.self_desc.read().address.clone());
-        }
-        if let Some(a) = self.addresses.read().get(&node_id) {
-            return Ok(a.clone());
-        }
-        if node_id == SYSTEM_NODE_ID {
-            return Err(KvError::NotInitialized);
+        if let Some(a) = self.known_address(node_id) {
+            return Ok(a);
         }
         self.refresh_addresses().await?;
-        self.addresses
-            .read()
-            .get(&node_id)
-            .cloned()
+        self.known_address(node_id)
             .ok_or_else(|| KvError::NodeUnavailable {
                 node_id,
                 address: String::new(),
@@ -182,18 +175,78 @@ impl NodeInner {
             })
     }
 
+    /// Where `node_id` listens, if this node knows without asking anyone.
+    pub(crate) fn known_address(&self, node_id: NodeId) -> Option<String> {
+        if node_id == self.node_id() && node_id != 0 {
+            return Some(self.self_desc.read().address.clone());
+        }
+        self.addresses.read().get(&node_id).cloned()
+    }
+
+    /// The system range as this node knows it: its voters when this node holds a replica,
+    /// then every other node it knows of (a node without a replica answers "range not
+    /// found", one with a replica names the leaseholder).
+    pub(crate) fn system_range(&self) -> RangeDescriptor {
+        let mut replicas: Vec<NodeId> = Vec::new();
+        if let Some(replica) = self
+            .replica_store
+            .get()
+            .and_then(|s| s.replica(system::SYSTEM_RANGE_ID))
+        {
+            replicas.extend(
+                replica
+                    .voters()
+                    .into_iter()
+                    .filter_map(|v| NodeId::try_from(v).ok()),
+            );
+        }
+        let mut known: Vec<NodeId> = self.addresses.read().keys().copied().collect();
+        let me = self.node_id();
+        if me != 0 {
+            known.push(me);
+        }
+        known.sort_unstable();
+        for node in known {
+            if !replicas.contains(&node) {
+                replicas.push(node);
+            }
+        }
+        system::system_range_descriptor(replicas)
+    }
+
+    /// Remembers where a peer listens (persisted, so a restart finds its peers again).
+    pub(crate) fn set_address(&self, node_id: NodeId, address: &str) {
+        if node_id == 0 || node_id == self.node_id() || address.is_empty() {
+            return;
+        }
+        let snapshot = {
+            let mut addresses = self.addresses.write();
+            if addresses.get(&node_id).map(String::as_str) == Some(address) {
+                return;
+            }
+            addresses.insert(node_id, address.to_string());
+            addresses.clone()
+        };
+        if let Err(e) = self.persist_peers(&snapshot) {
+            warn!(error = %e, "could not persist the addresses of peers");
+        }
+    }
+
+    fn persist_peers(&self, peers: &HashMap<NodeId, String>) -> Result<()> {
+        let sorted: BTreeMap<NodeId, &String> = peers.iter().map(|(k, v)| (*k, v)).collect();
+        self.engine
+            .put_local(system::PEERS_LOCAL_KEY, &system::encode_json(&sorted))?;
+        Ok(())
+    }
+
     /// Re-reads every node descriptor.
     /// (Boxed: RPCs look up addresses, so the call graph is recursive.)
     fn refresh_addresses(self: &Arc<Self>) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let me = self.node_id();
             let rows = self.client().sys_scan(system::NODES).await?;
-            let mut addresses = self.addresses.write();
             for (_, value) in rows {
                 let desc: NodeDescriptor = system::decode_json("node descriptor", &value)?;
-                if desc.node_id != me {
-                    addresses.insert(desc.node_id, desc.address);
-                }
+                self.set_address(desc.node_id, &desc.address);
             }
             Ok(())
         })
@@ -201,24 +254,7 @@ impl NodeInner {
 
     /// A peer announced (possibly new) addresses.
     pub(crate) fn learn_address(&self, node: &NodeDescriptor) -> Result<()> {
-        if node.node_id == 0 || node.node_id == self.node_id() {
-            return Ok(());
-        }
-        let previous = self
-            .addresses
-            .write()
-            .insert(node.node_id, node.address.clone());
-        if node.node_id == SYSTEM_NODE_ID
-            && previous.as_deref() != Some(node.address.as_str())
-            && let Some(id) = self.identity()
-        {
-            info!(address = %node.address, "node 1 moved; remembering its new address");
-            self.persist_identity(&PersistedIdentity {
-                cluster_id: id.cluster_id.clone(),
-                node_id: id.node_id,
-                node1_address: node.address.clone(),
-            })?;
-        }
+        self.set_address(node.node_id, &node.address);
         Ok(())
     }
 
@@ -230,7 +266,28 @@ impl NodeInner {
         Ok(())
     }
 
-    /// Takes `identity` as this node's (persisted first); false if it already had one.
+    /// Takes `identity` as this node's (in memory; callers persist it); false if it already
+    /// had one.
+    fn set_identity(&self, identity: &PersistedIdentity) -> bool {
+        if self.identity.get().is_some() {
+            return false;
+        }
+        let origin_id = system::origin_id_for(&identity.cluster_id);
+        self.self_desc.write().node_id = identity.node_id;
+        if identity.node_id != SYSTEM_NODE_ID {
+            self.set_address(SYSTEM_NODE_ID, &identity.node1_address);
+        }
+        self.identity
+            .set(Identity {
+                cluster_id: identity.cluster_id.clone(),
+                node_id: identity.node_id,
+                origin_id,
+            })
+            .is_ok()
+    }
+
+    /// Takes `identity` as this node's (persisted first when `persist`), opens its replicas
+    /// and starts the cluster loops; false if it already had one.
     fn adopt_identity(
         self: &Arc<Self>,
         identity: PersistedIdentity,
@@ -242,21 +299,7 @@ impl NodeInner {
         if persist {
             self.persist_identity(&identity)?;
         }
-        let origin_id = system::origin_id_for(&identity.cluster_id);
-        self.self_desc.write().node_id = identity.node_id;
-        if identity.node_id != SYSTEM_NODE_ID {
-            self.addresses
-                .write()
-                .insert(SYSTEM_NODE_ID, identity.node1_address.clone());
-        }
-        let adopted = self
-            .identity
-            .set(Identity {
-                cluster_id: identity.cluster_id.clone(),
-                node_id: identity.node_id,
-                origin_id,
-            })
-            .is_ok();
+        let adopted = self.set_identity(&identity);
         debug_assert!(
             adopted,
             "identity is only set under the init lock or at start"
@@ -264,11 +307,17 @@ impl NodeInner {
         info!(node_id = identity.node_id, cluster_id = %identity.cluster_id, "node has its identity");
         self.initialized.send_replace(true);
         self.start_cluster_loops();
-        self.spawn(self.clone().start_replication());
+        let inner = self.clone();
+        self.spawn(async move {
+            if let Err(e) = inner.start_replication().await {
+                warn!(error = %e, "cannot open this node's replicas");
+            }
+        });
         Ok(true)
     }
 
-    /// Makes this node node 1 of a new cluster; returns the cluster id.
+    /// Makes this node node 1 of a new cluster; returns the cluster id. The system range
+    /// starts as a Raft group of this node alone; the nodes that join become its replicas.
     pub(crate) async fn bootstrap(self: &Arc<Self>) -> Result<String> {
         let _guard = self.init_lock.lock().await;
         if self.identity.get().is_some() {
@@ -278,14 +327,23 @@ impl NodeInner {
         let mut node1 = self.self_descriptor();
         node1.node_id = SYSTEM_NODE_ID;
         node1.started_at = self.clock.now();
-        let rows = system::bootstrap_rows(&node1);
-        self.blocking(move |e| e.apply(&rows, true, None)).await?;
         let identity = PersistedIdentity {
             cluster_id: cluster_id.clone(),
             node_id: SYSTEM_NODE_ID,
             node1_address: node1.address.clone(),
         };
-        self.adopt_identity(identity, true)?;
+        // The identity is persisted last: a bootstrap that fails before can be run again.
+        self.set_identity(&identity);
+        self.start_replication().await?;
+        let system_range = system::system_range_descriptor(vec![SYSTEM_NODE_ID]);
+        self.serve_create_replica(system_range.clone()).await?;
+        self.wait_for_lease(&system_range).await?;
+        self.replicated_write(&system_range, system::bootstrap_rows(&node1), true)
+            .await?;
+        self.persist_identity(&identity)?;
+        info!(node_id = SYSTEM_NODE_ID, %cluster_id, "node has its identity");
+        self.initialized.send_replace(true);
+        self.start_cluster_loops();
         info!(%cluster_id, "bootstrapped a new cluster");
         Ok(cluster_id)
     }
@@ -293,14 +351,7 @@ impl NodeInner {
     /// Asks `--join` addresses for a node id until one answers (or the node gets an identity
     /// another way).
     async fn join_loop(self: Arc<Self>) {
-        let own = self.self_desc.read().address.clone();
-        let peers: Vec<String> = self
-            .config
-            .join
-            .iter()
-            .map(|a| system::dialable_address(a))
-            .filter(|a| *a != own)
-            .collect();
+        let peers = self.join_addresses();
         if peers.is_empty() {
             info!("no other --join address: waiting for `ldr init`");
             return;
@@ -326,6 +377,17 @@ impl NodeInner {
         }
     }
 
+    /// The `--join` addresses other than this node's own.
+    fn join_addresses(&self) -> Vec<String> {
+        let own = self.self_desc.read().address.clone();
+        self.config
+            .join
+            .iter()
+            .map(|a| system::dialable_address(a))
+            .filter(|a| *a != own)
+            .collect()
+    }
+
     async fn try_join(self: &Arc<Self>, address: &str) -> Result<()> {
         let request = pb::KvJoinRequest {
             node: Some(wire::node_to_pb(&self.self_descriptor())),
@@ -338,12 +400,17 @@ impl NodeInner {
             })
             .await?;
         let node1_address = response.node1.map(|n| n.address).unwrap_or_default();
-        if response.node_id == 0 || response.cluster_id.is_empty() || node1_address.is_empty() {
+        let responder = response.responder.map(wire::node_from_pb);
+        if response.node_id == 0 || response.cluster_id.is_empty() {
             return Err(KvError::Rpc(format!(
                 "malformed join answer from {address}"
             )));
         }
         let _guard = self.init_lock.lock().await;
+        if let Some(responder) = responder {
+            // Where the system range can be asked for first, whoever node 1 is.
+            self.set_address(responder.node_id, address);
+        }
         let identity = PersistedIdentity {
             cluster_id: response.cluster_id,
             node_id: response.node_id,
@@ -355,13 +422,18 @@ impl NodeInner {
         Ok(())
     }
 
-    /// Answers a joiner: allocates its node id on node 1 and records its descriptor.
+    /// Answers a joiner: allocates its node id and records its descriptor. Returns the
+    /// cluster id, the new node id and node 1's address if known.
     pub(crate) async fn serve_join(
         self: &Arc<Self>,
         joiner: NodeDescriptor,
         cluster_name: &str,
-    ) -> Result<(String, NodeId, String)> {
+    ) -> Result<(String, NodeId, Option<String>)> {
         let identity = self.require_identity()?.clone();
+        if !*self.initialized.borrow() {
+            // Still bootstrapping: the id counters are not written yet.
+            return Err(KvError::NotInitialized);
+        }
         let ours = self.config.cluster_name.as_deref().unwrap_or("");
         if !ours.is_empty() && !cluster_name.is_empty() && ours != cluster_name {
             return Err(KvError::Internal(format!(
@@ -380,8 +452,8 @@ impl NodeInner {
                 &system::encode_json(&desc),
             )
             .await?;
-        self.addresses.write().insert(node_id, desc.address.clone());
-        let node1_address = self.address_of(SYSTEM_NODE_ID).await?;
+        self.set_address(node_id, &desc.address);
+        let node1_address = self.known_address(SYSTEM_NODE_ID);
         info!(node_id, address = %desc.address, "node joined the cluster");
         Ok((identity.cluster_id, node_id, node1_address))
     }
@@ -414,7 +486,7 @@ impl NodeInner {
             .filter(|n| n.node_id != desc.node_id)
             .collect();
         for n in &others {
-            self.addresses.write().insert(n.node_id, n.address.clone());
+            self.set_address(n.node_id, &n.address);
         }
         let cluster_id = self.require_identity()?.cluster_id.clone();
         let announcements = others.into_iter().map(|n| {
@@ -463,12 +535,8 @@ impl NodeInner {
                 Ok::<(), KvError>(())
             }
             .await;
-            if let Err(KvError::NodeUnavailable {
-                node_id: SYSTEM_NODE_ID,
-                ..
-            }) = &result
-            {
-                self.rediscover_node1().await;
+            if result.is_err() {
+                self.rediscover_peers().await;
             }
             match result {
                 Ok(()) if failing => {
@@ -487,26 +555,14 @@ impl NodeInner {
         }
     }
 
-    /// Node 1 is unreachable where we last knew it: ask the `--join` addresses where it is
-    /// now (it may have restarted on another address while this node was down and missed its
-    /// announcement).
-    async fn rediscover_node1(self: &Arc<Self>) {
+    /// The system range did not answer: ask the `--join` addresses who and where they are
+    /// now (peers may have restarted on other addresses while this node was down and missed
+    /// their announcements).
+    async fn rediscover_peers(self: &Arc<Self>) {
         let Some(identity) = self.identity().cloned() else {
             return;
         };
-        if identity.node_id == SYSTEM_NODE_ID {
-            return;
-        }
-        let current = self.addresses.read().get(&SYSTEM_NODE_ID).cloned();
-        let own = self.self_desc.read().address.clone();
-        let peers: Vec<String> = self
-            .config
-            .join
-            .iter()
-            .map(|a| system::dialable_address(a))
-            .filter(|a| *a != own)
-            .collect();
-        for address in peers {
+        for address in self.join_addresses() {
             let info = self
                 .transport
                 .call(
@@ -522,16 +578,11 @@ impl NodeInner {
             if !info.initialized || info.cluster_id != identity.cluster_id {
                 continue;
             }
-            let Some(node1) = info.node1 else { continue };
-            if Some(&node1.address) != current.as_ref() {
-                let desc = NodeDescriptor {
-                    node_id: SYSTEM_NODE_ID,
-                    ..wire::node_from_pb(node1)
-                };
-                if let Err(e) = self.learn_address(&desc) {
-                    warn!(error = %e, "could not remember node 1's new address");
-                }
-                return;
+            if info.node_id != 0 {
+                self.set_address(info.node_id, &address);
+            }
+            if let Some(node1) = info.node1 {
+                self.set_address(SYSTEM_NODE_ID, &node1.address);
             }
         }
     }
@@ -663,18 +714,24 @@ impl NodeInner {
             &protected,
         );
         let mut spans = Vec::new();
-        if me == SYSTEM_NODE_ID {
-            spans.push(keys::system_span());
-        }
+        let mut replicated = Vec::new();
         for (_, value) in client.sys_scan(system::RANGES).await? {
             let range: RangeDescriptor = system::decode_json("range descriptor", &value)?;
-            // Replicated ranges are not collected yet: GC must go through Raft so that every
-            // replica removes the same versions.
-            if range.node_id == me && range.table_id.is_some() && !range.is_replicated() {
+            if range.range_id == system::SYSTEM_RANGE_ID {
+                replicated.push(self.system_range());
+            } else if range.is_replicated() {
+                replicated.push(range);
+            } else if range.node_id == me && range.table_id.is_some() {
                 spans.push(range.span);
             }
         }
         let mut total = GcStats::default();
+        // Replicated ranges: their leaseholder proposes the collection, every replica runs it.
+        for range in replicated {
+            if self.leaseholder_replica(&range).is_ok() {
+                self.replicated_gc(&range, threshold).await?;
+            }
+        }
         for span in spans {
             let stats = self.blocking(move |e| e.gc(&span, threshold)).await?;
             total.versions_removed += stats.versions_removed;
@@ -734,6 +791,10 @@ impl KvNode {
             )?),
             None => None,
         };
+        let peers: HashMap<NodeId, String> = match engine.get_local(system::PEERS_LOCAL_KEY)? {
+            Some(bytes) => system::decode_json("peer addresses", &bytes)?,
+            None => HashMap::new(),
+        };
         let address = system::dialable_address(
             config
                 .advertise_addr
@@ -762,18 +823,19 @@ impl KvNode {
             identity: OnceLock::new(),
             initialized: watch::Sender::new(false),
             self_desc: RwLock::new(self_desc),
-            addresses: RwLock::new(HashMap::new()),
+            addresses: RwLock::new(peers),
             ranges: RwLock::new(RangeCache::default()),
             catalog_generation: watch::Sender::new(0),
             settings_changed: Notify::new(),
             init_lock: tokio::sync::Mutex::new(()),
-            increment_lock: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Tasks::default()),
             stopped: AtomicBool::new(false),
             replica_store: OnceLock::new(),
+            replicas_opening: tokio::sync::Mutex::new(()),
             raft_slot: Arc::new(OnceLock::new()),
             range_latches: Mutex::new(HashMap::new()),
             leaseholders: RwLock::new(HashMap::new()),
+            unlisted_replicas: Mutex::new(HashMap::new()),
         });
         match persisted {
             Some(identity) => {

@@ -5,18 +5,16 @@
 
 use std::sync::Arc;
 
-use ldr_storage::{ApplyResult, Condition, KeyVersion, RowOutcome, RowWrite, ValueHeader, Version};
-use ldr_types::{RangeId, Span, Timestamp, keys};
+use ldr_storage::{ApplyResult, Condition, KeyVersion, RowWrite, ValueHeader, Version};
+use ldr_types::{RangeId, Span, Timestamp};
 
 use crate::node::NodeInner;
 use crate::routing::{KeyRoute, route_key};
-use crate::system::{self, SYSTEM_NODE_ID, SYSTEM_RANGE_ID};
+use crate::system::SYSTEM_RANGE_ID;
 use crate::{KvError, RangeDescriptor, Result};
 
 /// Keys tombstoned per batch when a dropped table's range is cleared.
 const CLEAR_BATCH_KEYS: usize = 1000;
-/// Compare-and-swap rounds of one counter increment before giving up.
-const INCREMENT_ATTEMPTS_MAX: usize = 1000;
 
 /// Writes of at most this many keys run inline on the calling task (see `NodeInner::storage`).
 const SMALL_WRITE_KEYS: usize = 64;
@@ -34,10 +32,8 @@ impl NodeInner {
     ) -> Result<RangeDescriptor> {
         let me = self.require_identity()?.node_id;
         if range_id == SYSTEM_RANGE_ID {
-            let desc = system::system_range_descriptor();
-            if me != SYSTEM_NODE_ID {
-                return Err(KvError::RangeNotFound { range_id });
-            }
+            let desc = self.system_range();
+            self.leaseholder_replica(&desc)?;
             return contains(desc, span);
         }
         let table_id = match route_key(&span.start) {
@@ -149,55 +145,6 @@ impl NodeInner {
             e.apply(&rows, atomic, None)
         })
         .await
-    }
-
-    /// Atomically adds `by` to a counter in the system range (node 1 only).
-    pub(crate) async fn serve_increment(self: &Arc<Self>, counter: String, by: i64) -> Result<i64> {
-        let key = keys::system_key(system::COUNTERS, counter.as_bytes());
-        self.check_owner(SYSTEM_RANGE_ID, &point_span(&key)).await?;
-        let _guard = self.increment_lock.lock().await;
-        let clock = self.clock.clone();
-        self.blocking(move |engine| {
-            for _ in 0..INCREMENT_ATTEMPTS_MAX {
-                let current = engine.get(&key, clock.now())?.and_then(|v| v.value);
-                let value = match &current {
-                    Some(bytes) => match system::decode_counter(&counter, bytes) {
-                        Ok(v) => v,
-                        Err(e) => return Ok(Err(e)),
-                    },
-                    None => 0,
-                };
-                let Some(next) = value.checked_add(by) else {
-                    return Ok(Err(KvError::Internal(format!(
-                        "counter {counter:?} would overflow"
-                    ))));
-                };
-                let row = RowWrite {
-                    key: key.clone(),
-                    value: Some(system::encode_counter(next)),
-                    condition: Condition::Expect(current),
-                    header: ValueHeader::default(),
-                    dependents: Vec::new(),
-                };
-                match engine
-                    .apply(std::slice::from_ref(&row), true, None)?
-                    .outcomes
-                    .first()
-                {
-                    Some(RowOutcome::Written { .. }) => return Ok(Ok(next)),
-                    Some(RowOutcome::ConditionFailed { .. }) => continue,
-                    other => {
-                        return Ok(Err(KvError::Internal(format!(
-                            "unexpected outcome of a counter write: {other:?}"
-                        ))));
-                    }
-                }
-            }
-            Ok(Err(KvError::Internal(format!(
-                "counter {counter:?} stayed contended"
-            ))))
-        })
-        .await?
     }
 
     /// Tombstones every live key of a dropped table's range and forgets the range. The

@@ -13,7 +13,7 @@
 //!    timestamp; the call returns once a quorum logged the command and this replica applied
 //!    it; every replica applies the same versions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -24,14 +24,29 @@ use ldr_replica::{
 };
 use ldr_storage::{ApplyResult, RowWrite};
 use ldr_types::{NodeId, RangeId};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
+
+use ldr_proto::pb;
 
 use crate::node::NodeInner;
-use crate::system;
 use crate::{KvError, RangeDescriptor, Result};
+use crate::{routing, system};
 
 /// How often a node reconciles its replicas with the range descriptors.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a node's replicate queue looks at the ranges it holds the lease of.
+const REPLICATE_INTERVAL: Duration = Duration::from_secs(2);
+/// A replica whose range does not list this node is removed after this long...
+const UNLISTED_GRACE: Duration = Duration::from_secs(10);
+/// ...or after this long if the replica still counts itself a member (a removed voter
+/// that never heard of its removal).
+const UNLISTED_GRACE_MEMBER: Duration = Duration::from_secs(120);
+/// How long one replica change (a learner catching up included) may take.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `server.time_until_store_dead`.
+pub(crate) const TIME_UNTIL_STORE_DEAD: &str = "server.time_until_store_dead";
+/// How long a node that just bootstrapped a group waits for its lease.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
 /// `kv.raft_log.disable_synchronization_unsafe`.
 pub(crate) const RAFT_LOG_SYNC_SETTING: &str = "kv.raft_log.disable_synchronization_unsafe";
 
@@ -51,8 +66,9 @@ impl RaftTransport for KvRaftTransport {
         envelope: Envelope,
         timeout: Duration,
     ) -> std::result::Result<Vec<u8>, TransportError> {
+        // Never a lookup that needs the system range: its own messages travel here.
         let resolved = match (self.inner.upgrade(), NodeId::try_from(to)) {
-            (Some(inner), Ok(node_id)) => inner.address_of(node_id).await.ok(),
+            (Some(inner), Ok(node_id)) => inner.known_address(node_id),
             _ => None,
         };
         let address = resolved.as_deref().unwrap_or(address);
@@ -110,35 +126,49 @@ pub(crate) fn kv_error(e: ReplicaError, node_id: NodeId) -> KvError {
 
 impl NodeInner {
     /// Opens this node's replica store (once it has an identity) and starts the reconcile
-    /// loop.
-    pub(crate) async fn start_replication(self: Arc<Self>) {
-        let Some(identity) = self.identity().cloned() else {
-            return;
-        };
+    /// and replicate loops. Opening twice is a no-op.
+    pub(crate) async fn start_replication(self: &Arc<Self>) -> Result<()> {
+        let _open = self.replicas_opening.lock().await;
+        if self.replica_store.get().is_some() {
+            return Ok(());
+        }
+        let identity = self.require_identity()?.clone();
         let node_id = u64::from(identity.node_id);
         let grpc = GrpcTransport::new(node_id, identity.cluster_id.clone());
         let transport = Arc::new(KvRaftTransport {
             grpc,
-            inner: Arc::downgrade(&self),
+            inner: Arc::downgrade(self),
         });
         let options = StoreOptions {
             sync_log: !self.settings.bool(RAFT_LOG_SYNC_SETTING),
             ..StoreOptions::default()
         };
-        match ReplicaStore::open(node_id, self.engine.clone(), transport, options).await {
-            Ok(store) => {
-                let _ = self
-                    .raft_slot
-                    .set((store.clone(), identity.cluster_id.clone()));
-                self.rangefeeds
-                    .set_closed_timestamp_source(Arc::new(ReplicaClosedTimestamps {
-                        store: Arc::downgrade(&store),
-                    }));
-                let _ = self.replica_store.set(store);
-                info!(node_id, "replicas open");
-                self.spawn(self.clone().reconcile_loop());
+        let store = ReplicaStore::open(node_id, self.engine.clone(), transport, options)
+            .await
+            .map_err(|e| kv_error(e, identity.node_id))?;
+        let _ = self
+            .raft_slot
+            .set((store.clone(), identity.cluster_id.clone()));
+        self.rangefeeds
+            .set_closed_timestamp_source(Arc::new(ReplicaClosedTimestamps {
+                store: Arc::downgrade(&store),
+            }));
+        let _ = self.replica_store.set(store);
+        info!(node_id, "replicas open");
+        self.spawn(self.clone().reconcile_loop());
+        self.spawn(self.clone().replicate_loop());
+        Ok(())
+    }
+
+    /// Waits until this node holds `range`'s lease (a group it just bootstrapped).
+    pub(crate) async fn wait_for_lease(&self, range: &RangeDescriptor) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        loop {
+            match self.leaseholder_replica(range) {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
-            Err(e) => warn!(error = %e, "cannot open this node's replicas"),
         }
     }
 
@@ -148,12 +178,14 @@ impl NodeInner {
             .ok_or_else(|| KvError::Internal("this node's replicas are not open yet".into()))
     }
 
-    /// This node's replica of `range`, if it holds the lease.
+    /// This node's replica of `range`, if it holds the lease. (Before the replicas are open,
+    /// the range is not found here: the client tries another replica.)
     pub(crate) fn leaseholder_replica(&self, range: &RangeDescriptor) -> Result<Arc<Replica>> {
         let me = self.node_id();
         let replica = self
-            .replicas()?
-            .replica(range.range_id)
+            .replica_store
+            .get()
+            .and_then(|s| s.replica(range.range_id))
             .ok_or(KvError::RangeNotFound {
                 range_id: range.range_id,
             })?;
@@ -161,8 +193,8 @@ impl NodeInner {
         Ok(replica)
     }
 
-    /// Creates this node's replica of `range` (idempotent); the range's first replica also
-    /// bootstraps the group with every replica as a voter.
+    /// Creates this node's replica of `range` (idempotent); the first replica of a range as
+    /// created (generation 0) also bootstraps the group with every replica as a voter.
     pub(crate) async fn serve_create_replica(
         self: &Arc<Self>,
         range: RangeDescriptor,
@@ -179,7 +211,9 @@ impl NodeInner {
             .create_replica(range.range_id, range.span.clone())
             .await
             .map_err(|e| kv_error(e, me))?;
-        if range.replicas.first() == Some(&me) {
+        // Only a group as created is bootstrapped (by its first replica); after a membership
+        // change, a replica created again joins the running group.
+        if range.generation == 0 && range.replicas.first() == Some(&me) {
             let mut members = BTreeMap::new();
             for node in &range.replicas {
                 let address = self.address_of(*node).await.unwrap_or_default();
@@ -244,33 +278,88 @@ impl NodeInner {
         })
     }
 
+    /// Proposes the collection of `range`'s versions up to `threshold` (capped at the
+    /// range's closed timestamp by the command) at this leaseholder.
+    pub(crate) async fn replicated_gc(
+        self: &Arc<Self>,
+        range: &RangeDescriptor,
+        threshold: ldr_types::Timestamp,
+    ) -> Result<()> {
+        let me = self.node_id();
+        let latch = self.range_latch(range.range_id);
+        let _latch = latch.lock().await;
+        let replica = self.leaseholder_replica(range)?;
+        let closed = self.engine.closed_timestamp().max(replica.closed_ts());
+        replica
+            .propose(Command::gc(threshold, closed))
+            .await
+            .map_err(|e| kv_error(e, me))?;
+        Ok(())
+    }
+
     /// Creates missing replicas of ranges that list this node and removes replicas of ranges
-    /// that no longer exist or no longer list it.
+    /// that no longer exist or no longer list it: after `UNLISTED_GRACE`, or, when the range
+    /// exists and this replica is a member by its own account, after `UNLISTED_GRACE_MEMBER`
+    /// (a replica being added is listed only once it became a voter).
     async fn reconcile_replicas(self: &Arc<Self>) -> Result<()> {
         let me = self.require_identity()?.node_id;
         let store = self.replicas()?.clone();
-        let mut wanted: HashMap<RangeId, RangeDescriptor> = HashMap::new();
+        let mut listed: HashMap<RangeId, RangeDescriptor> = HashMap::new();
+        let mut existing: std::collections::HashSet<RangeId> = Default::default();
         for (_, value) in self.client().sys_scan(system::RANGES).await? {
             let range: RangeDescriptor = system::decode_json("range descriptor", &value)?;
-            if range.replicas.contains(&me) {
-                wanted.insert(range.range_id, range);
+            existing.insert(range.range_id);
+            if range.replicas.contains(&me) && range.range_id != system::SYSTEM_RANGE_ID {
+                listed.insert(range.range_id, range);
             }
         }
-        let held: HashSet<RangeId> = store.replicas().iter().map(|r| r.range_id()).collect();
-        for (range_id, range) in &wanted {
-            if !held.contains(range_id)
+        let held: HashMap<RangeId, Arc<Replica>> = store
+            .replicas()
+            .into_iter()
+            .map(|r| (r.range_id(), r))
+            .collect();
+        for (range_id, range) in &listed {
+            if !held.contains_key(range_id)
                 && let Err(e) = self.serve_create_replica(range.clone()).await
             {
                 debug!(range_id, error = %e, "could not create a replica");
             }
         }
-        for range_id in held.difference(&wanted.keys().copied().collect()) {
+        let now = std::time::Instant::now();
+        let removals = {
+            let mut unlisted = self.unlisted_replicas.lock();
+            unlisted.retain(|range_id, _| {
+                held.contains_key(range_id) && !listed.contains_key(range_id)
+            });
+            let mut removals = Vec::new();
+            for (range_id, replica) in &held {
+                if *range_id == system::SYSTEM_RANGE_ID || listed.contains_key(range_id) {
+                    continue;
+                }
+                let since = *unlisted.entry(*range_id).or_insert(now);
+                // A dropped range goes soon; a range that moved away from a replica that
+                // still counts itself a member waits longer (it may be joining).
+                let member =
+                    existing.contains(range_id) && replica.members().contains(&u64::from(me));
+                let grace = if member {
+                    UNLISTED_GRACE_MEMBER
+                } else {
+                    UNLISTED_GRACE
+                };
+                if now.duration_since(since) >= grace {
+                    removals.push(*range_id);
+                }
+            }
+            removals
+        };
+        for range_id in removals {
             info!(
                 range_id,
                 "removing the replica of a range this node no longer holds"
             );
+            self.unlisted_replicas.lock().remove(&range_id);
             store
-                .remove_replica(*range_id)
+                .remove_replica(range_id)
                 .await
                 .map_err(|e| kv_error(e, me))?;
         }
@@ -283,6 +372,181 @@ impl NodeInner {
             if let Err(e) = self.reconcile_replicas().await {
                 debug!(error = %e, "replica reconciliation skipped");
             }
+        }
+    }
+
+    /// The replicate queue (CockroachDB's name): every `REPLICATE_INTERVAL`, each range this
+    /// node holds the lease of moves one step towards `num_replicas` voters on live nodes
+    /// (see `routing::plan_replica_change`), and its descriptor is made to list its voters.
+    async fn replicate_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(REPLICATE_INTERVAL).await;
+            if let Err(e) = self.replicate_once().await {
+                debug!(error = %e, "replicate queue pass skipped");
+            }
+        }
+    }
+
+    pub(crate) async fn replicate_once(self: &Arc<Self>) -> Result<()> {
+        let me = self.require_identity()?.node_id;
+        let store = self.replicas()?.clone();
+        let leading: Vec<Arc<Replica>> = store
+            .replicas()
+            .into_iter()
+            .filter(|r| r.lease_status() == ldr_replica::LeaseStatus::Valid)
+            .collect();
+        if leading.is_empty() {
+            return Ok(());
+        }
+        let client = self.client();
+        let num_replicas = client.default_num_replicas().await? as usize;
+        let now = self.clock.now();
+        let dead_after = self.settings.duration(TIME_UNTIL_STORE_DEAD);
+        let mut placement = routing::Placement::default();
+        for status in client.nodes().await? {
+            let id = status.node.node_id;
+            let dead = status
+                .liveness_expiration
+                .add_nanos(dead_after.as_nanos() as u64)
+                < now;
+            if dead {
+                placement.replace.push(id);
+            } else {
+                placement.eligible.push(id);
+            }
+        }
+        let mut descriptors: HashMap<RangeId, (Vec<u8>, Vec<u8>, RangeDescriptor)> = HashMap::new();
+        for (key, value) in client.sys_scan(system::RANGES).await? {
+            let range: RangeDescriptor = system::decode_json("range descriptor", &value)?;
+            for node in &range.replicas {
+                *placement.load.entry(*node).or_default() += 1;
+            }
+            descriptors.insert(range.range_id, (key, value, range));
+        }
+        for replica in leading {
+            let Some((key, stored, desc)) = descriptors.get(&replica.range_id()) else {
+                continue; // dropped
+            };
+            let voters: Vec<NodeId> = replica
+                .voters()
+                .into_iter()
+                .filter_map(|v| NodeId::try_from(v).ok())
+                .collect();
+            let change = routing::plan_replica_change(&voters, me, num_replicas, &placement);
+            let step = async {
+                match change {
+                    Some(routing::ReplicaChange::Add(node)) => {
+                        self.add_voter(&replica, desc, &voters, node).await
+                    }
+                    Some(routing::ReplicaChange::Remove(node)) => {
+                        self.remove_voter(&replica, &voters, node).await
+                    }
+                    None => Ok(()),
+                }
+            };
+            // A learner that cannot catch up (its node died meanwhile) must not stall the
+            // queue: the next pass tries again.
+            let result = tokio::time::timeout(CHANGE_TIMEOUT, step)
+                .await
+                .unwrap_or_else(|_| Err(KvError::Internal("the replica change timed out".into())));
+            if let Err(e) = &result {
+                info!(range_id = desc.range_id, ?change, error = %e, "replica change failed");
+            } else if let Some(change) = change {
+                info!(range_id = desc.range_id, ?change, "replica change done");
+            }
+            self.sync_descriptor(&replica, key, stored, desc).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds `node` to the group: its (empty) replica is created, then it joins as a learner,
+    /// catches up from the log or a snapshot, and becomes a voter.
+    async fn add_voter(
+        self: &Arc<Self>,
+        replica: &Replica,
+        desc: &RangeDescriptor,
+        voters: &[NodeId],
+        node: NodeId,
+    ) -> Result<()> {
+        let me = self.node_id();
+        let mut target = desc.clone();
+        target.replicas = voters.to_vec();
+        target.replicas.push(node);
+        target.generation = desc.generation + 1;
+        let request = pb::KvCreateReplicaRequest {
+            range_descriptor: system::encode_json(&target),
+        };
+        self.client().create_replica_on(node, request).await?;
+        let address = self.address_of(node).await?;
+        let mut new_voters: BTreeSet<u64> = voters.iter().map(|v| u64::from(*v)).collect();
+        new_voters.insert(u64::from(node));
+        replica
+            .change_voters(
+                BTreeMap::from([(u64::from(node), ReplicaNode::new(address))]),
+                new_voters,
+            )
+            .await
+            .map_err(|e| kv_error(e, me))
+    }
+
+    async fn remove_voter(
+        self: &Arc<Self>,
+        replica: &Replica,
+        voters: &[NodeId],
+        node: NodeId,
+    ) -> Result<()> {
+        let me = self.node_id();
+        let new_voters: BTreeSet<u64> = voters
+            .iter()
+            .filter(|v| **v != node)
+            .map(|v| u64::from(*v))
+            .collect();
+        replica
+            .change_voters(BTreeMap::new(), new_voters)
+            .await
+            .map_err(|e| kv_error(e, me))
+    }
+
+    /// Makes the stored descriptor list the group's voters (leaseholder first).
+    async fn sync_descriptor(
+        self: &Arc<Self>,
+        replica: &Replica,
+        key: &[u8],
+        stored: &[u8],
+        desc: &RangeDescriptor,
+    ) -> Result<()> {
+        let me = self.node_id();
+        let mut voters: Vec<NodeId> = replica
+            .voters()
+            .into_iter()
+            .filter_map(|v| NodeId::try_from(v).ok())
+            .collect();
+        voters.sort_unstable_by_key(|v| (*v != me, *v));
+        let mut listed = desc.replicas.clone();
+        listed.sort_unstable();
+        let mut current = voters.clone();
+        current.sort_unstable();
+        if listed == current || voters.is_empty() {
+            return Ok(());
+        }
+        let mut updated = desc.clone();
+        updated.node_id = voters[0];
+        updated.replicas = voters;
+        updated.generation = desc.generation + 1;
+        let value = system::encode_json(&updated);
+        match self
+            .client()
+            .sys_cput(system::RANGES, key, Some(&value), Some(stored))
+            .await?
+        {
+            Ok(()) => {
+                info!(range_id = desc.range_id, replicas = ?updated.replicas, "range descriptor updated");
+                if let Some(table_id) = desc.table_id {
+                    self.ranges.write().remove(table_id);
+                }
+                Ok(())
+            }
+            Err(_) => Ok(()), // changed meanwhile: the next pass looks again
         }
     }
 

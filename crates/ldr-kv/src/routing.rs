@@ -179,8 +179,80 @@ pub(crate) fn assign_shards(
             span: keys::shard_span(table_id, shard),
             node_id: nodes[(offset + shard as usize) % nodes.len()],
             replicas: replica_nodes(&nodes, offset + shard as usize, num_replicas),
+            generation: 0,
         })
         .collect()
+}
+
+/// One step towards a range's wanted replicas (see [`plan_replica_change`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplicaChange {
+    Add(NodeId),
+    Remove(NodeId),
+}
+
+/// What a range's nodes look like to its leaseholder.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Placement {
+    /// Nodes that may receive replicas (not dead, not decommissioning), sorted.
+    pub(crate) eligible: Vec<NodeId>,
+    /// Nodes whose replicas must be replaced: dead longer than `server.time_until_store_dead`,
+    /// or decommissioning.
+    pub(crate) replace: Vec<NodeId>,
+    /// Replicas per node, to place new ones on the least loaded.
+    pub(crate) load: HashMap<NodeId, usize>,
+}
+
+/// The next membership change of a range with `voters` (one at a time, as CockroachDB's
+/// replicate queue): add a replica while fewer than `num_replicas` (capped by the eligible
+/// nodes) are on nodes that stay, on the least loaded eligible node; remove one while there
+/// are more voters than wanted, a replaced node's first, never the leaseholder. A voter on a
+/// dead node is only removed once its replacement was added, or when the range has more
+/// voters than `num_replicas` (a lowered zone config).
+pub(crate) fn plan_replica_change(
+    voters: &[NodeId],
+    leaseholder: NodeId,
+    num_replicas: usize,
+    placement: &Placement,
+) -> Option<ReplicaChange> {
+    let target = num_replicas.min(placement.eligible.len()).max(1);
+    let staying: Vec<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|v| !placement.replace.contains(v))
+        .collect();
+    if staying.len() < target {
+        let load = |n: &NodeId| placement.load.get(n).copied().unwrap_or(0);
+        if let Some(node) = placement
+            .eligible
+            .iter()
+            .filter(|n| !voters.contains(n))
+            .min_by_key(|n| (load(n), **n))
+        {
+            return Some(ReplicaChange::Add(*node));
+        }
+    }
+    // More voters than wanted (a dead voter stays until it has a replacement, as it counts
+    // towards `num_replicas` until then).
+    if voters.len() > num_replicas.max(1) {
+        if let Some(node) = voters
+            .iter()
+            .find(|v| placement.replace.contains(v) && **v != leaseholder)
+        {
+            return Some(ReplicaChange::Remove(*node));
+        }
+        if staying.len() > target {
+            let load = |n: &NodeId| placement.load.get(n).copied().unwrap_or(0);
+            if let Some(node) = staying
+                .iter()
+                .filter(|v| **v != leaseholder)
+                .max_by_key(|n| (load(n), **n))
+            {
+                return Some(ReplicaChange::Remove(*node));
+            }
+        }
+    }
+    None
 }
 
 /// `num_replicas` distinct nodes of `nodes` starting at index `first` (wrapping), or none
@@ -465,5 +537,58 @@ mod tests {
         assert!(cache.get(4).is_none());
         cache.insert(9, Vec::new());
         assert!(cache.get(9).is_none(), "empty lists are not cached");
+    }
+
+    fn placement(eligible: &[NodeId], replace: &[NodeId], load: &[(NodeId, usize)]) -> Placement {
+        Placement {
+            eligible: eligible.to_vec(),
+            replace: replace.to_vec(),
+            load: load.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn ranges_grow_to_their_replication_factor_on_the_least_loaded_nodes() {
+        use ReplicaChange::*;
+        let nodes = placement(&[1, 2, 3, 4], &[], &[(2, 9), (3, 1), (4, 1)]);
+        assert_eq!(plan_replica_change(&[1], 1, 3, &nodes), Some(Add(3)));
+        assert_eq!(plan_replica_change(&[1, 3], 1, 3, &nodes), Some(Add(4)));
+        assert_eq!(plan_replica_change(&[1, 3, 4], 1, 3, &nodes), None);
+        // Fewer nodes than the factor: one replica per node, then nothing to do.
+        let two = placement(&[1, 2], &[], &[]);
+        assert_eq!(plan_replica_change(&[1], 1, 3, &two), Some(Add(2)));
+        assert_eq!(plan_replica_change(&[1, 2], 1, 3, &two), None);
+    }
+
+    #[test]
+    fn dead_voters_are_replaced_before_they_are_removed() {
+        use ReplicaChange::*;
+        // Node 3 is dead past time_until_store_dead, node 4 can take its place.
+        let nodes = placement(&[1, 2, 4], &[3], &[]);
+        assert_eq!(plan_replica_change(&[1, 2, 3], 2, 3, &nodes), Some(Add(4)));
+        assert_eq!(
+            plan_replica_change(&[1, 2, 3, 4], 2, 3, &nodes),
+            Some(Remove(3))
+        );
+        assert_eq!(plan_replica_change(&[1, 2, 4], 2, 3, &nodes), None);
+        // Nowhere to go: the dead voter stays (the range is under-replicated, as in
+        // CockroachDB), so it is back as soon as the node is.
+        let three = placement(&[1, 2], &[3], &[]);
+        assert_eq!(plan_replica_change(&[1, 2, 3], 1, 3, &three), None);
+    }
+
+    #[test]
+    fn a_lowered_factor_removes_voters_but_never_the_leaseholder() {
+        use ReplicaChange::*;
+        let nodes = placement(&[1, 2, 3], &[], &[(1, 5), (2, 7), (3, 6)]);
+        assert_eq!(
+            plan_replica_change(&[1, 2, 3], 2, 1, &nodes),
+            Some(Remove(3))
+        );
+        assert_eq!(plan_replica_change(&[1, 2], 2, 1, &nodes), Some(Remove(1)));
+        assert_eq!(plan_replica_change(&[2], 2, 1, &nodes), None);
+        // A decommissioning leaseholder is not removed while it holds the lease.
+        let draining = placement(&[1, 2, 4], &[3], &[]);
+        assert_eq!(plan_replica_change(&[1, 2, 3, 4], 3, 3, &draining), None);
     }
 }

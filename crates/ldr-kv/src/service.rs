@@ -181,7 +181,8 @@ impl Kv for KvService {
         let node = self.enter(&request, Envelope::Cluster)?;
         let r = request.into_inner();
         let result = node
-            .serve_increment(r.counter, r.by)
+            .client()
+            .sys_increment(&r.counter, r.by)
             .await
             .map(|value| pb::KvIncrementResponse { value });
         reply(&node, result)
@@ -230,17 +231,18 @@ impl Kv for KvService {
                 .ok_or_else(|| KvError::Rpc("join without a descriptor".into()))?;
             let (cluster_id, node_id, node1_address) =
                 node.serve_join(joiner, &r.cluster_name).await?;
-            let node1 = crate::NodeDescriptor {
+            let node1 = node1_address.map(|address| crate::NodeDescriptor {
                 node_id: crate::system::SYSTEM_NODE_ID,
-                sql_address: node1_address.clone(),
-                address: node1_address,
+                sql_address: address.clone(),
+                address,
                 http_address: String::new(),
                 started_at: ldr_types::Timestamp::ZERO,
-            };
+            });
             Ok(pb::KvJoinResponse {
                 cluster_id,
                 node_id,
-                node1: Some(wire::node_to_pb(&node1)),
+                node1: node1.as_ref().map(wire::node_to_pb),
+                responder: Some(wire::node_to_pb(&node.self_descriptor())),
             })
         }
         .await;
@@ -271,9 +273,7 @@ impl Kv for KvService {
         let identity = node.identity().cloned();
         let node1 = match &identity {
             Some(_) => node
-                .address_of(crate::system::SYSTEM_NODE_ID)
-                .await
-                .ok()
+                .known_address(crate::system::SYSTEM_NODE_ID)
                 .map(|address| pb::KvNodeDescriptor {
                     node_id: crate::system::SYSTEM_NODE_ID,
                     sql_address: address.clone(),

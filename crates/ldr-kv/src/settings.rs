@@ -173,6 +173,15 @@ pub(crate) static REGISTRY: &[SettingDef] = &[
         read_only: false,
     },
     SettingDef {
+        name: "server.time_until_store_dead",
+        kind: SettingKind::Duration {
+            min: Duration::from_secs(10),
+        },
+        default: "5m0s",
+        description: "the time after which if there is no new gossiped information about a store, it is considered dead",
+        read_only: false,
+    },
+    SettingDef {
         name: "sql.ttl.changefeed_replication.disabled",
         kind: SettingKind::Bool,
         default: "false",

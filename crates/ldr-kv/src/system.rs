@@ -30,22 +30,29 @@ pub(crate) const COUNTER_NODE_ID: &str = "node_id";
 pub(crate) const COUNTER_RANGE_ID: &str = "range_id";
 pub(crate) const COUNTER_CATALOG_GENERATION: &str = "catalog_generation";
 
-/// The system range: the whole system keyspace, always on node 1.
+/// The system range: the whole system keyspace, a Raft group like any replicated range
+/// (bootstrapped on node 1, replicated to the nodes that join).
 pub(crate) const SYSTEM_RANGE_ID: RangeId = 1;
+/// The node that bootstraps a cluster.
 pub(crate) const SYSTEM_NODE_ID: NodeId = 1;
-const SYSTEM_RANGE_KEY: &[u8] = b"system";
+pub(crate) const SYSTEM_RANGE_KEY: &[u8] = b"system";
 
 /// Node-local (non-MVCC) key of this node's identity.
 pub(crate) const IDENTITY_LOCAL_KEY: &[u8] = b"ldr-kv/identity";
+/// Node-local key of the peer addresses this node knows (JSON `{node_id: address}`), so a
+/// restarted node finds the system range even when node 1 is gone.
+pub(crate) const PEERS_LOCAL_KEY: &[u8] = b"ldr-kv/peers";
 
-pub(crate) fn system_range_descriptor() -> RangeDescriptor {
+/// The system range with `replicas` (the nodes to ask for it, voters first).
+pub(crate) fn system_range_descriptor(replicas: Vec<NodeId>) -> RangeDescriptor {
     RangeDescriptor {
         range_id: SYSTEM_RANGE_ID,
         table_id: None,
         shard: 0,
         span: keys::system_span(),
-        node_id: SYSTEM_NODE_ID,
-        replicas: Vec::new(),
+        node_id: replicas.first().copied().unwrap_or(SYSTEM_NODE_ID),
+        replicas,
+        generation: 0,
     }
 }
 
@@ -98,7 +105,7 @@ pub(crate) fn decode_counter(name: &str, bytes: &[u8]) -> Result<i64> {
 pub(crate) struct PersistedIdentity {
     pub(crate) cluster_id: String,
     pub(crate) node_id: NodeId,
-    /// Where node 1 (the system range) was last known to be.
+    /// Where node 1 was last known to be.
     pub(crate) node1_address: String,
 }
 
@@ -113,14 +120,14 @@ pub(crate) fn put_row(subspace: &str, key: &[u8], value: Vec<u8>) -> RowWrite {
     }
 }
 
-/// The rows that make a store the system range of a new cluster: the system range's
-/// descriptor, node 1's descriptor and the id counters.
+/// The first rows of a new cluster's system range: its descriptor, node 1's descriptor and
+/// the id counters.
 pub(crate) fn bootstrap_rows(node1: &NodeDescriptor) -> Vec<RowWrite> {
     vec![
         put_row(
             RANGES,
             SYSTEM_RANGE_KEY,
-            encode_json(&system_range_descriptor()),
+            encode_json(&system_range_descriptor(vec![node1.node_id])),
         ),
         put_row(NODES, &node_key(node1.node_id), encode_json(node1)),
         put_row(
@@ -232,6 +239,7 @@ mod tests {
         );
         let desc: RangeDescriptor =
             decode_json("range", rows[0].value.as_deref().expect("a put")).expect("valid json");
-        assert_eq!(desc, system_range_descriptor());
+        assert_eq!(desc, system_range_descriptor(vec![1]));
+        assert!(desc.is_replicated());
     }
 }

@@ -195,7 +195,23 @@ impl TestCluster {
         );
         let cluster = TestCluster { nodes, _dir: dir };
         cluster.wait_all_live().await;
+        cluster.wait_system_replicated().await;
         cluster
+    }
+
+    /// Waits until the system range has a voter on every node (up to three): it starts on
+    /// node 1 alone and the replicate queue adds the nodes that joined.
+    async fn wait_system_replicated(&self) {
+        let want = self.nodes.len().min(3);
+        let client = self.client(1);
+        eventually("the system range to be replicated", || {
+            let client = client.clone();
+            async move {
+                let status = client.local_replica_status(1)?;
+                (status.voters.len() == want).then_some(())
+            }
+        })
+        .await;
     }
 
     fn client(&self, node_id: NodeId) -> KvClient {
@@ -395,6 +411,8 @@ async fn rows_written_through_one_node_are_read_through_another() {
 async fn a_stopped_node_is_unavailable_until_it_restarts_with_its_identity_and_data() {
     let mut cluster = TestCluster::start(3).await;
     let n1 = cluster.client(1);
+    // Single-owner ranges (`num_replicas = 1`): a stopped owner makes its ranges unavailable.
+    n1.set_default_num_replicas(1).await.expect("zone");
     let table: TableId = 200;
     let ranges = n1.create_table_ranges(table, None).await.expect("ranges");
     let shard_count = ranges.len() as u16;
@@ -905,7 +923,10 @@ async fn replica_checksums_agree(cluster: &TestCluster, range: &RangeDescriptor)
 async fn replicated_ranges_keep_serving_when_a_node_stops_and_it_catches_up_on_restart() {
     let mut cluster = TestCluster::start(3).await;
     let n1 = cluster.client(1);
-    assert_eq!(n1.default_num_replicas().await.expect("zone"), 1);
+    assert_eq!(
+        n1.default_num_replicas().await.expect("zone"),
+        ldr_kv::DEFAULT_NUM_REPLICAS
+    );
     assert!(n1.set_default_num_replicas(0).await.is_err());
     n1.set_default_num_replicas(3)
         .await
@@ -990,4 +1011,127 @@ async fn replicated_ranges_keep_serving_when_a_node_stops_and_it_catches_up_on_r
         })
         .await;
     }
+}
+
+/// The range's descriptor as `client` reads it now (not its cache).
+async fn stored_range(client: &KvClient, range_id: ldr_types::RangeId) -> Option<RangeDescriptor> {
+    let ranges = client.cluster_ranges().await.ok()?;
+    ranges.into_iter().find(|r| r.range_id == range_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_follow_the_zone_config_and_the_cluster_outlives_node_1() {
+    let mut cluster = TestCluster::start(3).await;
+    let n2 = cluster.client(2);
+
+    // The system range is a Raft group on all three nodes, listed as such.
+    eventually(
+        "the system range's descriptor to list three voters",
+        || async {
+            let mut voters = stored_range(&n2, 1).await?.replicas;
+            voters.sort_unstable();
+            (voters == [1, 2, 3]).then_some(())
+        },
+    )
+    .await;
+
+    // Two replicas per range, then three: the replicate queue adds a learner, catches it up
+    // and makes it a voter, and the descriptors follow. Back to two removes one.
+    n2.set_default_num_replicas(2).await.expect("zone");
+    let table: TableId = 400;
+    let ranges = n2
+        .create_table_ranges(table, Some(3))
+        .await
+        .expect("ranges");
+    assert!(ranges.iter().all(|r| r.replicas.len() == 2), "{ranges:?}");
+    let key = |i: u32| row_key(table, 3, &i.to_be_bytes());
+    let rows: Vec<RowWrite> = (0..90u32)
+        .map(|i| put(key(i), format!("v{i}").as_bytes()))
+        .collect();
+    n2.write(rows, true).await.expect("write");
+    n2.set_default_num_replicas(3).await.expect("zone");
+    for range in &ranges {
+        let grown = eventually("the range to grow to three voters", || async {
+            let r = stored_range(&n2, range.range_id).await?;
+            (r.replicas.len() == 3).then_some(r)
+        })
+        .await;
+        assert!(grown.generation > range.generation, "{grown:?}");
+        replica_checksums_agree(&cluster, &grown).await;
+    }
+    n2.set_default_num_replicas(2).await.expect("zone");
+    for range in &ranges {
+        let shrunk = eventually("the range to shrink to two voters", || async {
+            let r = stored_range(&n2, range.range_id).await?;
+            (r.replicas.len() == 2).then_some(r)
+        })
+        .await;
+        let leaseholder = n2.range_leaseholder(&shrunk).await.expect("leaseholder");
+        assert!(shrunk.replicas.contains(&leaseholder), "{shrunk:?}");
+    }
+    n2.set_default_num_replicas(3).await.expect("zone");
+    for range in &ranges {
+        eventually("the range to grow back to three voters", || async {
+            let r = stored_range(&n2, range.range_id).await?;
+            (r.replicas.len() == 3).then_some(())
+        })
+        .await;
+    }
+
+    // Node 1 stops: nodes 2 and 3 keep serving the system keyspace (reads, writes, id
+    // allocation, new tables) and every table range.
+    let n3 = cluster.client(3);
+    let mut node1 = cluster.nodes.remove(0);
+    node1.stop().await;
+    let stopped = std::time::Instant::now();
+    eventually(
+        "the system range to serve writes without node 1",
+        || async { n3.sys_put("test", b"after-node-1", b"yes").await.ok() },
+    )
+    .await;
+    eprintln!(
+        "the system range served writes {:?} after node 1 stopped",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        n2.sys_get("test", b"after-node-1").await.expect("read"),
+        Some(b"yes".to_vec())
+    );
+    let a = n2
+        .sys_increment("test_counter", 1)
+        .await
+        .expect("increment");
+    let b = n3
+        .sys_increment("test_counter", 1)
+        .await
+        .expect("increment");
+    assert_eq!(b, a + 1);
+    let fresh = n3
+        .create_table_ranges(401, Some(2))
+        .await
+        .expect("a new table without node 1");
+    assert!(fresh.iter().all(|r| !r.replicas.contains(&1)), "{fresh:?}");
+    n3.write(vec![put(row_key(401, 2, b"k"), b"v")], true)
+        .await
+        .expect("write to the new table");
+    let read = n2
+        .get_many(&(0..90u32).map(key).collect::<Vec<_>>(), None)
+        .await
+        .expect("read the old table");
+    assert!(read.iter().all(|v| v.is_some()));
+
+    // Node 1 comes back and catches up.
+    let node1 = node1.restart().await;
+    tokio::time::timeout(DEADLINE, node1.node.wait_initialized())
+        .await
+        .expect("in time")
+        .expect("resumes");
+    cluster.nodes.insert(0, node1);
+    cluster.wait_all_live().await;
+    let n1 = cluster.client(1);
+    let seen = eventually("node 1 to read what was written without it", || async {
+        n1.sys_get("test", b"after-node-1").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(seen, b"yes".to_vec());
 }

@@ -61,6 +61,9 @@ pub struct Command {
     pub writes: Vec<WireVersion>,
     /// The proposer's closed timestamp for the range: no later command writes at or below it.
     pub closed_ts: Timestamp,
+    /// Garbage-collect the range's span at this threshold (at or below `closed_ts`): every
+    /// replica removes the same versions (`Engine::gc_replicated`).
+    pub gc_threshold: Option<Timestamp>,
 }
 
 impl Command {
@@ -68,6 +71,16 @@ impl Command {
         Command {
             writes: writes.iter().map(WireVersion::from).collect(),
             closed_ts,
+            gc_threshold: None,
+        }
+    }
+
+    /// A command that collects the range's old versions up to `threshold`.
+    pub fn gc(threshold: Timestamp, closed_ts: Timestamp) -> Command {
+        Command {
+            writes: Vec::new(),
+            closed_ts,
+            gc_threshold: Some(threshold.min(closed_ts)),
         }
     }
 }
@@ -148,6 +161,7 @@ mod tests {
                 value: Some(b"v".to_vec()),
             }],
             closed_ts: Timestamp::new(2, 0),
+            gc_threshold: Some(Timestamp::new(1, 0)),
         };
         let raw = encode("command", &cmd).expect("encode");
         assert_eq!(decode::<Command>("command", &raw).expect("decode"), cmd);

@@ -202,6 +202,24 @@ impl Replica {
         }
     }
 
+    /// The voters of the group's current membership, as this replica knows it.
+    pub fn voters(&self) -> Vec<RaftNodeId> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().voter_ids().collect()
+    }
+
+    /// Voters and learners of the group's current membership, as this replica knows it.
+    pub fn members(&self) -> Vec<RaftNodeId> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Adds `node` as a learner (it receives the log or a snapshot) and waits until it caught
     /// up, then makes the voters exactly `voters` (joint consensus). Leader only.
     pub async fn change_voters(

@@ -190,6 +190,14 @@ impl RaftStateMachine<TypeConfig> for RangeStateMachine {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(command) => {
                     next.closed_ts = next.closed_ts.max(command.closed_ts);
+                    if let Some(threshold) = command.gc_threshold {
+                        // Idempotent: replayed after a crash, it removes nothing more.
+                        self.engine
+                            .gc_replicated(&self.span, threshold)
+                            .map_err(|e| {
+                                io_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, e)
+                            })?;
+                    }
                     writes = command.writes.into_iter().map(VersionWrite::from).collect();
                     if let Some(w) = writes.iter().find(|w| !self.span.contains_key(&w.key)) {
                         return Err(io_error(

@@ -1330,6 +1330,23 @@ async fn zone_configurations_set_the_replication_factor_of_new_tables() {
         assert_eq!(r[4], "{1}", "replicas {r:?}");
         assert_eq!(r[5], "{1}", "voting_replicas {r:?}");
     }
+    // The current database's ranges, a named database's, and the whole cluster's (the
+    // system range first).
+    let in_db = rows(&mut s, "SHOW RANGES").await;
+    assert_eq!(
+        in_db,
+        rows(&mut s, "SHOW RANGES FROM DATABASE defaultdb").await
+    );
+    assert!(ranges.iter().all(|r| in_db.contains(r)), "{in_db:?}");
+    let cluster = rows(&mut s, "SHOW CLUSTER RANGES").await;
+    assert_eq!(cluster[0][0], "1", "{cluster:?}");
+    assert_eq!(cluster[0][1], "/System/", "{cluster:?}");
+    assert_eq!(cluster[0][4], "{1}", "{cluster:?}");
+    assert!(ranges.iter().all(|r| cluster.contains(r)), "{cluster:?}");
+    assert_eq!(
+        code(exec_err(&mut s, "SHOW RANGES FROM DATABASE nowhere").await),
+        "3D000"
+    );
     // A table-level replication factor cannot change existing ranges yet: said, not ignored.
     assert_eq!(
         code(

@@ -564,7 +564,18 @@ impl Engine {
     /// `threshold` is capped at the closed timestamp: a commit in flight (or any later one)
     /// lands above it, so reads at or above the threshold never change afterwards.
     pub fn gc(&self, span: &Span, threshold: Timestamp) -> Result<GcStats> {
-        let threshold = threshold.min(self.closed_timestamp());
+        self.gc_at(span, threshold.min(self.closed_timestamp()))
+    }
+
+    /// [`Engine::gc`] of a replicated range's span at exactly `threshold`, which the range's
+    /// leaseholder chose at or below its closed timestamp and proposed: every replica applies
+    /// it to the same versions and so removes the same ones (this node's own closed
+    /// timestamp is not involved).
+    pub fn gc_replicated(&self, span: &Span, threshold: Timestamp) -> Result<GcStats> {
+        self.gc_at(span, threshold)
+    }
+
+    fn gc_at(&self, span: &Span, threshold: Timestamp) -> Result<GcStats> {
         let _gc = self.gc_lock.lock();
         let current = self.gc_threshold();
         if threshold > current {

@@ -1657,7 +1657,7 @@ pub(crate) async fn configure_range_zone(
     }
     if range == "default" {
         let n = if options.is_empty() {
-            Some(1) // DISCARD: back to the built-in default
+            Some(ldr_kv::DEFAULT_NUM_REPLICAS) // DISCARD: back to the built-in default
         } else {
             num_replicas
         };

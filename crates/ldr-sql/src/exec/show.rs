@@ -11,7 +11,7 @@ use crate::catalog::{ExternalConnection, TableDescriptor};
 use crate::datum::Datum;
 use crate::error::{Result, SqlError, sqlstate};
 use crate::expr::{Binder, Scope};
-use crate::parser::{Expr, Statement};
+use crate::parser::{Expr, RangesFrom, Statement};
 use crate::rowcodec;
 use crate::types::SqlType;
 
@@ -487,38 +487,7 @@ pub(crate) async fn execute(
             rows.sort_by(|a, b| a[1].sort_cmp(&b[1]));
             Ok(QueryResult::rows(constraints_columns(), rows))
         }
-        S::ShowRanges(name) => {
-            let desc = resolve::resolve_table(&sess.server.catalog, sess.database(), name).await?;
-            let mut ranges = sess.server.kv.table_ranges(desc.id).await?;
-            ranges.sort_by_key(|r| r.shard);
-            let mut rows = Vec::with_capacity(ranges.len());
-            for r in ranges {
-                // A range whose leaseholder cannot be found now shows NULL, as CockroachDB.
-                let lease_holder = match sess.server.kv.range_leaseholder(&r).await {
-                    Ok(n) => Datum::Int(i64::from(n)),
-                    Err(e) if e.is_retryable() => Datum::Null,
-                    Err(e) => return Err(e.into()),
-                };
-                let replicas = if r.is_replicated() {
-                    r.replicas.clone()
-                } else {
-                    vec![r.node_id]
-                };
-                let list = |nodes: &[ldr_types::NodeId]| {
-                    let items: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
-                    s(format!("{{{}}}", items.join(",")))
-                };
-                rows.push(vec![
-                    Datum::Int(r.range_id as i64),
-                    s(keys::pretty_key(&r.span.start)),
-                    s(keys::pretty_key(&r.span.end)),
-                    lease_holder,
-                    list(&replicas),
-                    list(&replicas),
-                ]);
-            }
-            Ok(QueryResult::rows(ranges_columns(), rows))
-        }
+        S::ShowRanges(from) => show_ranges(sess, from).await,
         S::ShowFingerprints(name) => {
             let desc = resolve::resolve_table(&sess.server.catalog, sess.database(), name).await?;
             privilege::require_table(sess, &desc, "SELECT").await?;
@@ -823,6 +792,64 @@ pub fn redact_uri(uri: &str) -> String {
         return format!("{scheme}://{user}:redacted@{host}");
     }
     uri.to_string()
+}
+
+/// `SHOW RANGES FROM TABLE t | FROM DATABASE d`, `SHOW RANGES` (the current database) and
+/// `SHOW CLUSTER RANGES` (every range, the system range first).
+async fn show_ranges(sess: &mut Session, from: &RangesFrom) -> Result<QueryResult> {
+    let kv = sess.server.kv.clone();
+    let mut ranges = match from {
+        RangesFrom::Table(name) => {
+            let desc = resolve::resolve_table(&sess.server.catalog, sess.database(), name).await?;
+            kv.table_ranges(desc.id).await?
+        }
+        RangesFrom::Database(name) => {
+            let db = name.clone().unwrap_or_else(|| sess.database().to_string());
+            let d = sess.server.catalog.require_database(&db).await?;
+            let mut all = Vec::new();
+            for t in sess.server.catalog.tables_in(d.id).await? {
+                match kv.table_ranges(t.id).await {
+                    Ok(r) => all.extend(r),
+                    Err(ldr_kv::KvError::NoRanges { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            all
+        }
+        RangesFrom::Cluster => {
+            privilege::require_admin(sess, "show cluster ranges").await?;
+            kv.cluster_ranges().await?
+        }
+    };
+    ranges.sort_by(|a, b| a.span.start.cmp(&b.span.start));
+    let mut rows = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        // A range whose leaseholder cannot be found now shows NULL, as CockroachDB.
+        let lease_holder = match kv.range_leaseholder(&r).await {
+            Ok(n) => Datum::Int(i64::from(n)),
+            Err(e) if e.is_retryable() => Datum::Null,
+            Err(e) => return Err(e.into()),
+        };
+        let mut replicas = if r.is_replicated() {
+            r.replicas.clone()
+        } else {
+            vec![r.node_id]
+        };
+        replicas.sort_unstable();
+        let list = |nodes: &[ldr_types::NodeId]| {
+            let items: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+            s(format!("{{{}}}", items.join(",")))
+        };
+        rows.push(vec![
+            Datum::Int(r.range_id as i64),
+            s(keys::pretty_key(&r.span.start)),
+            s(keys::pretty_key(&r.span.end)),
+            lease_holder,
+            list(&replicas),
+            list(&replicas),
+        ]);
+    }
+    Ok(QueryResult::rows(ranges_columns(), rows))
 }
 
 async fn show_tables(sess: &mut Session, from: Option<&[String]>) -> Result<QueryResult> {

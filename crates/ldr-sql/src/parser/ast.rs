@@ -87,7 +87,7 @@ pub enum Statement {
     ShowColumns(ObjectName),
     ShowIndexes(ObjectName),
     ShowConstraints(ObjectName),
-    ShowRanges(ObjectName),
+    ShowRanges(RangesFrom),
     ShowFingerprints(ObjectName),
     ShowJobs,
     ShowJob(Expr),
@@ -416,4 +416,15 @@ pub struct LogicalReplicationOptions {
     pub parent: Option<String>,
     /// `FUNCTION f FOR TABLE t`.
     pub functions: Vec<(String, ObjectName)>,
+}
+
+/// Which ranges `SHOW RANGES` lists.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RangesFrom {
+    /// `SHOW RANGES FROM TABLE t`
+    Table(ObjectName),
+    /// `SHOW RANGES FROM DATABASE d`; `SHOW RANGES` is the current database.
+    Database(Option<String>),
+    /// `SHOW CLUSTER RANGES`: every range, the system range included.
+    Cluster,
 }

@@ -838,9 +838,16 @@ impl<'a> P<'a> {
             }
             "RANGES" => {
                 self.p.next_token();
-                self.expect("FROM")?;
+                if !self.eat("FROM") {
+                    return Ok(Statement::ShowRanges(RangesFrom::Database(None)));
+                }
+                if self.eat("DATABASE") {
+                    return Ok(Statement::ShowRanges(RangesFrom::Database(Some(
+                        self.ident()?,
+                    ))));
+                }
                 self.expect("TABLE")?;
-                Ok(Statement::ShowRanges(self.name()?))
+                Ok(Statement::ShowRanges(RangesFrom::Table(self.name()?)))
             }
             "EXPERIMENTAL_FINGERPRINTS" => {
                 self.p.next_token();
@@ -865,6 +872,9 @@ impl<'a> P<'a> {
             }
             "CLUSTER" => {
                 self.p.next_token();
+                if self.eat("RANGES") {
+                    return Ok(Statement::ShowRanges(RangesFrom::Cluster));
+                }
                 if self.eat("SETTINGS") {
                     return Ok(Statement::ShowClusterSettings);
                 }

@@ -126,3 +126,108 @@ async fn a_replicated_table_survives_the_loss_of_a_node() -> Result<()> {
     );
     Ok(())
 }
+
+/// Polls `sql` on `node` until it succeeds; returns how long after `since` it did.
+async fn first_success(
+    c: &ldr_sim::Cluster,
+    node: usize,
+    sql: &str,
+    since: Instant,
+) -> Result<Duration> {
+    poll(
+        &format!("`{sql}` on node {node}"),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async move {
+            c.exec(node, sql)
+                .await
+                .map(|_| since.elapsed())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_1_is_not_special() -> Result<()> {
+    let (a, b) = ldr_e2e::cluster_pair(3, false).await?;
+    for c in [&a, &b] {
+        c.exec(1, "CREATE TABLE kv (k INT8 PRIMARY KEY, v STRING NOT NULL)")
+            .await?;
+    }
+    ldr_e2e::enable_rangefeeds(&a).await?;
+    c_upsert(&a, 0).await?;
+
+    // Every range, the system range included, has three voters by default.
+    let ranges = b.query_text(2, "SHOW CLUSTER RANGES").await?;
+    let replicas = column_values(&ranges, "replicas")?;
+    ensure!(
+        replicas.iter().all(|r| r == "{1,2,3}"),
+        "ranges not on every node: {replicas:?}"
+    );
+
+    // kill -9 of B's node 1: nodes 2 and 3 take new connections, run DDL and DML, start a
+    // job, and accept a logical replication stream.
+    b.kill(1)?;
+    let killed = Instant::now();
+    let sql_back = first_success(&b, 2, "SELECT count(*) FROM kv", killed).await?;
+    eprintln!("node 2 served SQL {sql_back:?} after kill -9 of node 1");
+    ensure!(
+        sql_back < Duration::from_secs(20),
+        "SQL resumed only after {sql_back:?}"
+    );
+    b.exec(
+        3,
+        "CREATE TABLE after (k INT8 PRIMARY KEY);
+         INSERT INTO after VALUES (1), (2), (3);",
+    )
+    .await
+    .context("DDL and DML through node 3 without node 1")?;
+    let count = b.query_text(2, "SELECT count(*) FROM after").await?;
+    ensure!(ldr_e2e::scalar(&count).as_deref() == Some("3"), "{count:?}");
+    b.exec(
+        2,
+        &format!("CREATE EXTERNAL CONNECTION a AS '{}'", a.external_url(1)?),
+    )
+    .await?;
+    let job = b
+        .query_text(
+            3,
+            "CREATE LOGICAL REPLICATION STREAM FROM TABLE kv ON 'external://a' INTO TABLE kv",
+        )
+        .await?;
+    let job: i64 = ldr_e2e::scalar(&job)
+        .context("a job id")?
+        .parse()
+        .context("job id")?;
+    ldr_e2e::wait_replicated(&b, job, ldr_e2e::now(&a).await?, ldr_e2e::CATCH_UP).await?;
+    let through2 = read_all(&b, 2).await?;
+    ensure!(
+        through2.len() == KEYS as usize,
+        "node 2 sees {} replicated rows",
+        through2.len()
+    );
+
+    // Node 1 comes back and serves what was written without it.
+    b.restart(1).await?;
+    let back = poll(
+        "node 1 to read the table created without it",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            let rows = b
+                .query_text(1, "SELECT count(*) FROM after")
+                .await
+                .map_err(|e| e.to_string())?;
+            ldr_e2e::scalar(&rows).ok_or_else(|| "no count".to_string())
+        },
+    )
+    .await?;
+    ensure!(back == "3", "node 1 counts {back}");
+    Ok(())
+}
+
+async fn c_upsert(c: &ldr_sim::Cluster, round: usize) -> Result<()> {
+    c.exec(1, &upsert_all(round)).await?;
+    Ok(())
+}

@@ -34,9 +34,12 @@ async fn single_key_histories_stay_linearizable_through_kills_and_pauses() -> Re
         let mut config = LincheckConfig::new(seed);
         config.duration = Duration::from_secs(20);
         config.faults = 3;
+        // A short client deadline: operations caught by a fault become indeterminate (and
+        // may take effect long after the client gave up), which the checker must handle.
+        config.op_timeout = Duration::from_secs(1);
         config.table = format!("reg{i}");
         let reproduce = format!(
-            "SEED={seed} cargo nextest run --workspace -E 'binary(linearizability)', or: ldr sim lincheck --seed {seed} --duration 20s --faults 3"
+            "SEED={seed} cargo nextest run --workspace -E 'binary(linearizability)', or: ldr sim lincheck --seed {seed} --duration 20s --faults 3 --op-timeout 1s"
         );
         eprintln!(
             "[{:>6.1}s] seed {seed}: running ({reproduce})",

@@ -1155,6 +1155,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn many_late_indeterminate_writes_are_checked_quickly() {
+        // What a paused leaseholder produces: every round, three writes time out and take
+        // effect later, out of order; one is never read but explains a failed
+        // compare-and-set, the other two are read. 300 indeterminate writes in all.
+        let mut h = H::new();
+        let mut previous = 0;
+        for round in 0..100u64 {
+            let t = round * 20;
+            let (a, b, c) = (
+                1000 + 3 * round as Value,
+                1001 + 3 * round as Value,
+                1002 + 3 * round as Value,
+            );
+            h = h
+                .write_unknown(1, a, t)
+                .write_unknown(2, b, t + 1)
+                .write_unknown(3, c, t + 2)
+                // c took effect (unobserved): the register no longer holds `previous`.
+                .cas(4, previous, 1, false, t + 11, t + 12)
+                // then b, then a.
+                .read(5, Some(b), t + 14, t + 15)
+                .read(4, Some(a), t + 17, t + 18);
+            previous = a;
+        }
+        let started = Instant::now();
+        h.assert_linearizable();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(h.check().totals().indeterminate, 300);
+    }
+
     // ---- non-linearizable histories ----
 
     #[test]

@@ -1,10 +1,13 @@
 //! Raft messages over the node's one port (tonic), batched per peer: every range's messages
 //! to one node queue on one sender task, which ships whatever has queued as one `Deliver` RPC
 //! over the peer's single HTTP/2 connection, with a few batches in flight. Idle ranges cost
-//! one heartbeat each per interval inside a shared batch, not an RPC each.
+//! one heartbeat each per interval inside a shared batch, not an RPC each: the store sends the
+//! heartbeats of all its ranges at once, and a batch that starts with a heartbeat waits
+//! [`HEARTBEAT_LINGER`] for the rest of them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ldr_proto::pb;
@@ -24,6 +27,10 @@ const BATCH_MESSAGES_MAX: usize = 512;
 const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Messages queued for one peer at most (a sender waits beyond it).
 const QUEUE_MESSAGES_MAX: usize = 4096;
+/// How long a batch that starts with a heartbeat waits for more messages: the store
+/// heartbeats all the ranges it leads at once, and their messages reach the queue over a few
+/// task hops, not at one instant. Anything else (entries, votes) ends the wait.
+const HEARTBEAT_LINGER: Duration = Duration::from_millis(2);
 /// Largest batch in either direction.
 const BATCH_BYTES_MAX: usize = 512 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -34,11 +41,29 @@ struct Peer {
     queue: mpsc::Sender<(Envelope, Reply)>,
 }
 
+/// What a transport has shipped: `Deliver` RPCs and the messages in them.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    batches: AtomicU64,
+    messages: AtomicU64,
+}
+
+impl TransportStats {
+    /// `(batches, messages)` sent so far, to every peer.
+    pub fn sent(&self) -> (u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.messages.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// The outgoing side: one batching sender per peer.
 pub struct GrpcTransport {
     from: RaftNodeId,
     cluster_id: String,
     peers: Mutex<HashMap<RaftNodeId, (String, Peer)>>,
+    stats: Arc<TransportStats>,
 }
 
 impl GrpcTransport {
@@ -47,7 +72,12 @@ impl GrpcTransport {
             from,
             cluster_id: cluster_id.into(),
             peers: Mutex::new(HashMap::new()),
+            stats: Arc::new(TransportStats::default()),
         })
+    }
+
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
     }
 
     fn peer(
@@ -75,7 +105,13 @@ impl GrpcTransport {
             .max_decoding_message_size(BATCH_BYTES_MAX)
             .max_encoding_message_size(BATCH_BYTES_MAX);
         let (tx, rx) = mpsc::channel(QUEUE_MESSAGES_MAX);
-        tokio::spawn(run_peer(client, rx, self.cluster_id.clone(), self.from, to));
+        tokio::spawn(run_peer(
+            client,
+            rx,
+            self.cluster_id.clone(),
+            (self.from, to),
+            self.stats.clone(),
+        ));
         peers.insert(to, (address.to_string(), Peer { queue: tx.clone() }));
         Ok(tx)
     }
@@ -86,21 +122,34 @@ async fn run_peer(
     client: RaftTransportClient<Channel>,
     mut rx: mpsc::Receiver<(Envelope, Reply)>,
     cluster_id: String,
-    from: RaftNodeId,
-    to: RaftNodeId,
+    (from, to): (RaftNodeId, RaftNodeId),
+    stats: Arc<TransportStats>,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     while let Some(first) = rx.recv().await {
+        let mut linger = first.0.heartbeat;
         let mut batch = vec![first];
+        let linger_until = tokio::time::Instant::now() + HEARTBEAT_LINGER;
         while batch.len() < BATCH_MESSAGES_MAX {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
+            let next = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(_) if linger => tokio::time::timeout_at(linger_until, rx.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(_) => None,
+            };
+            let Some(m) = next else { break };
+            linger &= m.0.heartbeat;
+            batch.push(m);
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .messages
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut client = client.clone();
         let cluster_id = cluster_id.clone();
         tokio::spawn(async move {
@@ -250,6 +299,7 @@ impl PbRaftTransport for RaftService {
                         range_id: m.range_id,
                         from,
                         payload: m.payload,
+                        heartbeat: false,
                     })
                     .await
                 {

@@ -26,6 +26,9 @@ pub struct Envelope {
     pub from: RaftNodeId,
     /// A checksummed [`RaftMessage`].
     pub payload: Vec<u8>,
+    /// An append without entries (a heartbeat or a probe): the transport may hold it for a
+    /// moment so that the heartbeats of many ranges share one batch.
+    pub heartbeat: bool,
 }
 
 /// Why a message got no reply.
@@ -106,12 +109,14 @@ impl RangeNetwork {
         message: RaftMessage,
         option: &RPCOption,
     ) -> Result<RaftReply, RPCError<RaftNodeId, ReplicaNode, RaftError<RaftNodeId, E>>> {
+        let heartbeat = matches!(&message, RaftMessage::Append(r) if r.entries.is_empty());
         let payload = encode("raft message", &message)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let envelope = Envelope {
             range_id: self.range_id,
             from: self.from,
             payload,
+            heartbeat,
         };
         let raw = self
             .transport

@@ -1,15 +1,25 @@
-//! A node's replicas: creating, reopening and removing them, and routing incoming Raft
-//! messages to them.
+//! A node's replicas: creating, reopening and removing them, routing incoming Raft messages
+//! to them, and heartbeating the ranges this node leads.
+//!
+//! Heartbeats: openraft's own heartbeat timer is off. One task per node heartbeats every range
+//! the node leads at once, every `heartbeat_interval`, so the heartbeats of all ranges to one
+//! peer travel in one batch (per-range timers have different phases and would each send
+//! their own). Who sends a heartbeat when decides only liveness, never the lease's safety
+//! (see `replica.rs`): a lease is valid while a quorum acknowledged a message the leader sent
+//! less than the lease ago, and a follower that acknowledged refuses votes for the maximum
+//! election timeout, which is longer. Election timers stay per range; they tick every
+//! 1.5 times half the minimum election timeout, so an election starts at most one tick later
+//! than its timeout, never earlier.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ldr_storage::{Engine, LocalOp};
 use ldr_types::{RangeId, Span};
 use openraft::error::{InitializeError, RaftError};
-use openraft::{Config, Raft, SnapshotPolicy};
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use parking_lot::RwLock;
 use tracing::{info, warn};
 
@@ -30,6 +40,8 @@ pub struct StoreOptions {
     /// Sync the Raft log before acknowledging an append
     /// (`kv.raft_log.disable_synchronization_unsafe` = false).
     pub sync_log: bool,
+    /// How often the leader of a range heartbeats its followers (all ranges of a node at
+    /// once).
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -97,13 +109,22 @@ impl ReplicaStore {
         }
         let config = Config {
             cluster_name: "ldr".to_string(),
-            heartbeat_interval: options.heartbeat_interval.as_millis() as u64,
+            // openraft's own heartbeats are off (see the module doc); what is left of its
+            // heartbeat interval is the append timeout and the tick of every range's election
+            // timer (1.5 times the interval). Half the minimum election timeout (750 ms ticks
+            // by default) halves the ticks of idle ranges; an election starts at most one
+            // tick after its timeout, never before.
+            heartbeat_interval: (options.election_timeout_min / 2)
+                .max(options.heartbeat_interval)
+                .as_millis() as u64,
             election_timeout_min: options.election_timeout_min.as_millis() as u64,
             election_timeout_max: options.election_timeout_max.as_millis() as u64,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: 100,
             snapshot_max_chunk_size: 4 << 20,
+            // The store's heartbeat task heartbeats every range it leads at once.
+            enable_heartbeat: false,
             ..Default::default()
         }
         .validate()
@@ -141,6 +162,10 @@ impl ReplicaStore {
             replicas = store.replicas.read().len(),
             "replica store opened"
         );
+        tokio::spawn(heartbeat_loop(
+            Arc::downgrade(&store),
+            options.heartbeat_interval,
+        ));
         Ok(store)
     }
 
@@ -290,6 +315,31 @@ impl ReplicaStore {
             if let Err(e) = replica.raft.shutdown().await {
                 warn!(range_id = replica.range_id, error = %e, "raft shutdown failed");
             }
+        }
+    }
+}
+
+/// Heartbeats every range `store` leads, all at once, every `interval`, until the store is
+/// dropped.
+async fn heartbeat_loop(store: Weak<ReplicaStore>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let leaders: Vec<Arc<Replica>> = {
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            let replicas = store.replicas.read();
+            replicas
+                .values()
+                .filter(|r| r.raft.metrics().borrow().state == ServerState::Leader)
+                .cloned()
+                .collect()
+        };
+        for replica in leaders {
+            // Fails only once the replica's Raft stopped (removed or shutting down).
+            let _ = replica.raft.trigger().heartbeat().await;
         }
     }
 }

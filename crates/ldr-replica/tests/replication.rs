@@ -390,6 +390,7 @@ async fn messages_for_unknown_ranges_and_corrupt_messages_are_refused() {
             range_id: 99,
             from: 2,
             payload: vec![1, 2, 3, 4, 5],
+            heartbeat: false,
         })
         .await;
     assert!(
@@ -401,6 +402,7 @@ async fn messages_for_unknown_ranges_and_corrupt_messages_are_refused() {
             range_id: RANGE,
             from: 2,
             payload: vec![0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0],
+            heartbeat: false,
         })
         .await;
     assert!(

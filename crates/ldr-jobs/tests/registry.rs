@@ -198,10 +198,12 @@ impl TestNode {
         };
         let node = KvNode::start(config).await.expect("node starts");
         let service = node.grpc_service();
+        let raft = node.raft_service();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(raft)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stop_rx.await;
                 })
@@ -276,6 +278,15 @@ impl TestCluster {
             async move {
                 let statuses = client.nodes().await.ok()?;
                 (statuses.iter().filter(|s| s.is_live).count() == n).then_some(())
+            }
+        })
+        .await;
+        // The system range starts on node 1 alone; the replicate queue adds the others.
+        eventually("the system range to be replicated", || {
+            let client = client.clone();
+            async move {
+                let voters = client.local_replica_status(1)?.voters.len();
+                (voters == n.min(3)).then_some(())
             }
         })
         .await;
@@ -575,7 +586,6 @@ async fn concurrent_progress_updates_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_is_adopted_when_its_node_dies() {
     let mut cluster = TestCluster::start(3).await;
-    // Node 1 owns the system range, so the victim is node 2.
     let job = cluster.create(2, json!({"mode": "wait"})).await;
     assert_eq!(cluster.wait_resumes(job, 1).await, vec![2]);
     let rec = cluster.wait_status(job, JobStatus::Running).await;

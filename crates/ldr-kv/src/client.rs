@@ -370,6 +370,35 @@ impl KvClient {
         .map(|_| ())
     }
 
+    /// Sends closed timestamps to `node_id` (the side transport), with a short timeout.
+    pub(crate) async fn close_timestamps_on(
+        &self,
+        node_id: NodeId,
+        request: pb::KvCloseTimestampsRequest,
+    ) -> Result<()> {
+        let cluster_id = self.inner.require_identity()?.cluster_id.clone();
+        let address = self
+            .inner
+            .known_address(node_id)
+            .ok_or(KvError::NodeUnavailable {
+                node_id,
+                address: String::new(),
+                detail: "no address is known for this node".into(),
+            })?;
+        self.inner
+            .transport
+            .call(
+                node_id,
+                &address,
+                Some(&cluster_id),
+                Some(NOTIFY_TIMEOUT),
+                request,
+                |mut c, r| async move { c.close_timestamps(r).await },
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// The replication factor of every range (`ALTER RANGE default CONFIGURE ZONE USING
     /// num_replicas = N`; 3 until set, as in CockroachDB; capped by the nodes there are).
     pub async fn default_num_replicas(&self) -> Result<u32> {

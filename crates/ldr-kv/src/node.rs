@@ -90,6 +90,8 @@ pub(crate) struct NodeInner {
     pub(crate) raft_slot: ldr_replica::grpc::ServiceSlot,
     /// Per-range write latches of replicated ranges this node leads.
     pub(crate) range_latches: Mutex<HashMap<ldr_types::RangeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Closed timestamps leaseholders published for ranges this node follows.
+    pub(crate) side_closed: Arc<crate::replication::SideClosed>,
     /// Replicas whose range stopped listing this node, since when (see `reconcile_replicas`).
     pub(crate) unlisted_replicas: Mutex<HashMap<ldr_types::RangeId, std::time::Instant>>,
     /// Where each replicated range's lease was last found.
@@ -836,6 +838,7 @@ impl KvNode {
             range_latches: Mutex::new(HashMap::new()),
             leaseholders: RwLock::new(HashMap::new()),
             unlisted_replicas: Mutex::new(HashMap::new()),
+            side_closed: Arc::default(),
         });
         match persisted {
             Some(identity) => {

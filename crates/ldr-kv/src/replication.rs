@@ -41,6 +41,9 @@ const UNLISTED_GRACE: Duration = Duration::from_secs(10);
 /// ...or after this long if the replica still counts itself a member (a removed voter
 /// that never heard of its removal).
 const UNLISTED_GRACE_MEMBER: Duration = Duration::from_secs(120);
+/// How often leaseholders publish closed timestamps to followers (the closed timestamp
+/// target's default).
+const SIDE_TRANSPORT_INTERVAL: Duration = Duration::from_millis(200);
 /// How long one replica change (a learner catching up included) may take.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `server.time_until_store_dead`.
@@ -76,12 +79,69 @@ impl RaftTransport for KvRaftTransport {
     }
 }
 
+/// Closed timestamps that leaseholders published for the ranges this node follows (the side
+/// transport, as CockroachDB's): `(closed, index)` means no write of the range at or below
+/// `closed` is applied after log index `index`, so a follower that applied `index` may
+/// resolve up to `closed` without a command of the range carrying it (idle ranges).
+#[derive(Default)]
+pub(crate) struct SideClosed {
+    ranges: parking_lot::Mutex<HashMap<RangeId, SideEntry>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct SideEntry {
+    /// Usable: its index was applied.
+    usable: ldr_types::Timestamp,
+    /// The latest publication, usable once `index` is applied.
+    pending: Option<(ldr_types::Timestamp, u64)>,
+}
+
+impl SideEntry {
+    fn promote(&mut self, applied: u64) {
+        if let Some((ts, index)) = self.pending
+            && applied >= index
+        {
+            self.usable = self.usable.max(ts);
+            self.pending = None;
+        }
+    }
+}
+
+impl SideClosed {
+    pub(crate) fn record(&self, range_id: RangeId, closed: ldr_types::Timestamp, index: u64) {
+        let mut ranges = self.ranges.lock();
+        let entry = ranges.entry(range_id).or_default();
+        match entry.pending {
+            Some((ts, i)) if ts >= closed && i <= index => {}
+            _ => entry.pending = Some((closed, index)),
+        }
+    }
+
+    /// The closed timestamp a follower that applied `applied` may use for `range_id`.
+    pub(crate) fn closed(&self, range_id: RangeId, applied: u64) -> ldr_types::Timestamp {
+        let mut ranges = self.ranges.lock();
+        match ranges.get_mut(&range_id) {
+            Some(entry) => {
+                entry.promote(applied);
+                entry.usable
+            }
+            None => ldr_types::Timestamp::ZERO,
+        }
+    }
+
+    fn forget(&self, keep: impl Fn(RangeId) -> bool) {
+        self.ranges.lock().retain(|r, _| keep(*r));
+    }
+}
+
 /// Rangefeeds over replicated ranges: spans of a range this node leads resolve at the
 /// engine's closed timestamp (every write in flight is evaluated here and registered with the
 /// engine); spans of a range it follows resolve at most at the closed timestamp of the
-/// commands it applied.
+/// commands it applied or, when higher, the one its leaseholder published for an index it
+/// applied.
 struct ReplicaClosedTimestamps {
     store: Weak<ReplicaStore>,
+    side: Arc<SideClosed>,
 }
 
 impl ldr_rangefeed::ClosedTimestampSource for ReplicaClosedTimestamps {
@@ -99,7 +159,10 @@ impl ldr_rangefeed::ClosedTimestampSource for ReplicaClosedTimestamps {
                 continue;
             }
             if replica.lease_status() != ldr_replica::LeaseStatus::Valid {
-                closed = closed.min(replica.closed_ts());
+                let side = self
+                    .side
+                    .closed(replica.range_id(), replica.applied_index());
+                closed = closed.min(replica.closed_ts().max(side));
             }
         }
         closed
@@ -152,11 +215,13 @@ impl NodeInner {
         self.rangefeeds
             .set_closed_timestamp_source(Arc::new(ReplicaClosedTimestamps {
                 store: Arc::downgrade(&store),
+                side: self.side_closed.clone(),
             }));
         let _ = self.replica_store.set(store);
         info!(node_id, "replicas open");
         self.spawn(self.clone().reconcile_loop());
         self.spawn(self.clone().replicate_loop());
+        self.spawn(self.clone().close_timestamps_loop());
         Ok(())
     }
 
@@ -547,6 +612,56 @@ impl NodeInner {
                 Ok(())
             }
             Err(_) => Ok(()), // changed meanwhile: the next pass looks again
+        }
+    }
+
+    /// The side transport: every `SIDE_TRANSPORT_INTERVAL`, the closed timestamp and applied
+    /// index of every range this node holds the lease of go to the range's other voters, one
+    /// request per peer. The engine's closed timestamp is a range's: a write of the range
+    /// evaluated here is registered in flight until it is applied here, so every write at or
+    /// below it is applied at or before this replica's applied index.
+    async fn close_timestamps_loop(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(SIDE_TRANSPORT_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(store) = self.replica_store.get() else {
+                continue;
+            };
+            let me = u64::from(self.node_id());
+            let closed = self.engine.closed_timestamp();
+            let mut by_peer: BTreeMap<u64, Vec<pb::KvClosedRange>> = BTreeMap::new();
+            let replicas = store.replicas();
+            for replica in &replicas {
+                if replica.lease_status() != ldr_replica::LeaseStatus::Valid {
+                    continue;
+                }
+                let entry = pb::KvClosedRange {
+                    range_id: replica.range_id(),
+                    closed: Some(closed.into()),
+                    applied_index: replica.applied_index(),
+                };
+                for peer in replica.voters() {
+                    if peer != me {
+                        by_peer.entry(peer).or_default().push(entry.clone());
+                    }
+                }
+            }
+            let held: std::collections::HashSet<RangeId> =
+                replicas.iter().map(|r| r.range_id()).collect();
+            self.side_closed.forget(|r| held.contains(&r));
+            let client = self.client();
+            let sends = by_peer.into_iter().filter_map(|(peer, ranges)| {
+                let peer = NodeId::try_from(peer).ok()?;
+                let client = client.clone();
+                Some(async move {
+                    let request = pb::KvCloseTimestampsRequest { ranges };
+                    if let Err(e) = client.close_timestamps_on(peer, request).await {
+                        debug!(peer, error = %e, "closed timestamps not delivered");
+                    }
+                })
+            });
+            futures::future::join_all(sends).await;
         }
     }
 

@@ -256,12 +256,14 @@ pub(crate) fn plan_replica_change(
 }
 
 /// `num_replicas` distinct nodes of `nodes` starting at index `first` (wrapping), or none
-/// when the range is not replicated (`num_replicas <= 1`).
+/// when the range gets one copy (`num_replicas <= 1`, or a one-node cluster): a single-owner
+/// range, written without Raft.
 pub(crate) fn replica_nodes(nodes: &[NodeId], first: usize, num_replicas: usize) -> Vec<NodeId> {
-    if num_replicas <= 1 || nodes.is_empty() {
+    let count = num_replicas.min(nodes.len());
+    if count <= 1 {
         return Vec::new();
     }
-    (0..num_replicas.min(nodes.len()))
+    (0..count)
         .map(|i| nodes[(first + i) % nodes.len()])
         .collect()
 }
@@ -522,6 +524,7 @@ mod tests {
         assert_eq!(next, r.replicas[0], "wraps around");
         assert_eq!(next_replica(r, 99), r.replicas[0]);
         assert!(replica_nodes(&[1, 2, 3], 0, 1).is_empty());
+        assert!(replica_nodes(&[4], 0, 3).is_empty(), "one node: one owner");
     }
 
     #[test]

@@ -218,6 +218,18 @@ impl Kv for KvService {
         reply(&node, result)
     }
 
+    async fn close_timestamps(
+        &self,
+        request: Request<pb::KvCloseTimestampsRequest>,
+    ) -> Result<Response<pb::KvCloseTimestampsResponse>, Status> {
+        let node = self.enter(&request, Envelope::Cluster)?;
+        for r in request.into_inner().ranges {
+            node.side_closed
+                .record(r.range_id, ldr_proto::ts_or_zero(r.closed), r.applied_index);
+        }
+        reply(&node, Ok(pb::KvCloseTimestampsResponse {}))
+    }
+
     async fn join(
         &self,
         request: Request<pb::KvJoinRequest>,

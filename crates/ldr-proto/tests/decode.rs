@@ -89,6 +89,9 @@ every_message!(
     KvSetClockOffsetResponse,
     KvCreateReplicaRequest,
     KvCreateReplicaResponse,
+    KvClosedRange,
+    KvCloseTimestampsRequest,
+    KvCloseTimestampsResponse,
     // stream.proto
     StartStreamRequest,
     Partition,

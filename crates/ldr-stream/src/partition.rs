@@ -1,4 +1,4 @@
-//! One partition stream: a rangefeed over the spans this node owns, turned into byte-bounded
+//! One partition stream: a rangefeed over spans this node serves, turned into byte-bounded
 //! event batches and checkpoints.
 //!
 //! Loop prevention: only versions written locally (`origin_id == 0`) are emitted, so rows that
@@ -265,14 +265,20 @@ pub async fn run_partition(
 
 /// Every span must belong to a range this node owns (otherwise the consumer must replan).
 async fn check_ownership(kv: &KvClient, spans: &[Span]) -> Result<()> {
+    let me = kv.node_id();
     for span in spans {
         let range = kv.range_for_key(&span.start).await?;
-        if range.node_id != kv.node_id() || !range.span.contains(span) {
+        // A replicated range may stream from any node with a replica of it: followers apply
+        // the same writes and resolve at the closed timestamps their leaseholder published.
+        let served = if range.is_replicated() {
+            kv.local_replica_status(range.range_id).is_some()
+        } else {
+            range.node_id == me
+        };
+        if !served || !range.span.contains(span) {
             return Err(StreamError::FailedPrecondition(format!(
-                "span {span} is not served by node {} (range {} is on node {}); replan the stream",
-                kv.node_id(),
-                range.range_id,
-                range.node_id
+                "span {span} is not served by node {me} (range {} is on node {}); replan the stream",
+                range.range_id, range.node_id
             )));
         }
     }

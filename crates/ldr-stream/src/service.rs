@@ -44,19 +44,45 @@ fn user_of<T>(request: &Request<T>) -> Result<String> {
 }
 
 impl Producer {
-    /// The partitions of `table_ids`: for every node owning ranges of them, the primary
-    /// index spans of its ranges.
+    /// The partitions of `table_ids`: for every node serving ranges of them, the primary
+    /// index spans of its ranges. A replicated range is served where its lease is now (any
+    /// replica could: followers resolve at the closed timestamps they applied), or by a live
+    /// replica when no leaseholder answers; a single-owner range by its owner.
     pub async fn partitions(&self, table_ids: &[TableId]) -> Result<Vec<pb::Partition>> {
-        let mut by_node: BTreeMap<NodeId, Vec<Span>> = BTreeMap::new();
-        for table_id in table_ids {
-            for range in self.kv.table_ranges(*table_id).await? {
-                by_node
-                    .entry(range.node_id)
-                    .or_default()
-                    .push(keys::index_span(*table_id, range.shard, PRIMARY_INDEX_ID));
-            }
-        }
         let nodes = self.kv.nodes().await?;
+        let live: Vec<NodeId> = nodes
+            .iter()
+            .filter(|n| n.is_live)
+            .map(|n| n.node.node_id)
+            .collect();
+        let mut ranges = Vec::new();
+        for table_id in table_ids {
+            ranges.extend(self.kv.table_ranges(*table_id).await?);
+        }
+        let servers = futures::future::join_all(ranges.iter().map(|range| async {
+            if !range.is_replicated() {
+                return range.node_id;
+            }
+            match self.kv.range_leaseholder(range).await {
+                Ok(node) => node,
+                Err(_) => range
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|n| live.contains(n))
+                    .unwrap_or(range.node_id),
+            }
+        }))
+        .await;
+        let mut by_node: BTreeMap<NodeId, Vec<Span>> = BTreeMap::new();
+        for (range, node) in ranges.iter().zip(servers) {
+            let table_id = range.table_id.expect("table ranges have a table");
+            by_node.entry(node).or_default().push(keys::index_span(
+                table_id,
+                range.shard,
+                PRIMARY_INDEX_ID,
+            ));
+        }
         let mut partitions = Vec::with_capacity(by_node.len());
         for (node_id, spans) in by_node {
             let address = nodes

@@ -830,9 +830,11 @@ mod tests {
         .await
         .expect("node starts");
         let service = node.grpc_service();
+        let raft = node.raft_service();
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(raft)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await;
         });

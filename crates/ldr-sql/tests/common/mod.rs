@@ -39,9 +39,11 @@ impl TestNode {
         .await
         .expect("node starts");
         let service = node.grpc_service();
+        let raft = node.raft_service();
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(raft)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
@@ -142,9 +144,11 @@ pub async fn start_cluster(n: usize) -> (Vec<Arc<KvNode>>, Vec<Arc<SqlServer>>, 
         .await
         .expect("node starts");
         let service = node.grpc_service();
+        let raft = node.raft_service();
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(raft)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
@@ -174,6 +178,18 @@ pub async fn start_cluster(n: usize) -> (Vec<Arc<KvNode>>, Vec<Arc<SqlServer>>, 
         assert!(
             std::time::Instant::now() < deadline,
             "only {live} of {n} nodes live"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The system range starts on node 1 alone; the replicate queue adds the others.
+    loop {
+        let voters = client.local_replica_status(1).map_or(0, |s| s.voters.len());
+        if voters == n.min(3) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the system range has {voters} voters"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -643,7 +643,7 @@ impl NodeInner {
                 };
                 for peer in replica.voters() {
                     if peer != me {
-                        by_peer.entry(peer).or_default().push(entry.clone());
+                        by_peer.entry(peer).or_default().push(entry);
                     }
                 }
             }

@@ -44,8 +44,8 @@ pub struct LincheckArgs {
     /// Fault kinds, comma separated: kill, pause (default: both).
     #[arg(long, value_delimiter = ',')]
     pub fault_kinds: Vec<String>,
-    /// Nodes the nemesis may hit, comma separated (node 1 alone holds the system range).
-    #[arg(long, value_delimiter = ',', default_values_t = [2usize, 3])]
+    /// Nodes the nemesis may hit, comma separated (any: the system range is replicated too).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 3])]
     pub fault_nodes: Vec<usize>,
     /// Percentage of reads.
     #[arg(long, default_value_t = 40)]
@@ -232,7 +232,7 @@ mod tests {
         let args = lincheck_args(&["--seed", "9", "--duration", "20s"]);
         let config = args.config(9).expect("config");
         assert_eq!(config.faults, 4);
-        assert_eq!(config.fault_nodes, vec![2, 3]);
+        assert_eq!(config.fault_nodes, vec![1, 2, 3]);
         assert_eq!(config.fault_kinds, FaultKind::ALL.to_vec());
         let command = args.reproduce_command(9).expect("command");
         let words: Vec<&str> = command.split_whitespace().collect();

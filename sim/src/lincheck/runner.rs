@@ -122,7 +122,7 @@ impl LincheckConfig {
             keys: 3,
             faults: 4,
             fault_kinds: FaultKind::ALL.to_vec(),
-            fault_nodes: vec![2, 3],
+            fault_nodes: vec![1, 2, 3],
             read_percent: 40,
             write_percent: 30,
             op_timeout: Duration::from_secs(5),

@@ -601,9 +601,8 @@ impl KvClient {
     /// (the counter may have moved: ids have gaps, never duplicates).
     pub async fn sys_increment(&self, counter: &str, by: i64) -> Result<i64> {
         self.inner.require_identity()?;
-        let key = keys::system_key(system::COUNTERS, counter.as_bytes());
         for attempt in 0..INCREMENT_ATTEMPTS_MAX {
-            let current = self.get(&key, None).await?.and_then(|v| v.value);
+            let current = self.sys_get(system::COUNTERS, counter.as_bytes()).await?;
             let value = match &current {
                 Some(bytes) => system::decode_counter(counter, bytes)?,
                 None => 0,
@@ -611,25 +610,19 @@ impl KvClient {
             let next = value
                 .checked_add(by)
                 .ok_or_else(|| KvError::Internal(format!("counter {counter:?} would overflow")))?;
-            let row = RowWrite {
-                key: key.clone(),
-                value: Some(system::encode_counter(next)),
-                condition: Condition::Expect(current),
-                header: ValueHeader::default(),
-                dependents: Vec::new(),
-            };
-            match self.sys_write_one(row).await? {
-                RowOutcome::Written { .. } => return Ok(next),
-                RowOutcome::ConditionFailed { .. } => {
-                    let pause = rand::random::<u64>() % (1 + 2 * attempt.min(10) as u64);
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                }
-                other => {
-                    return Err(KvError::Internal(format!(
-                        "unexpected outcome of a counter write: {other:?}"
-                    )));
-                }
+            let swapped = self
+                .sys_cput(
+                    system::COUNTERS,
+                    counter.as_bytes(),
+                    Some(&system::encode_counter(next)),
+                    current.as_deref(),
+                )
+                .await?;
+            if swapped.is_ok() {
+                return Ok(next);
             }
+            let pause = rand::random::<u64>() % (1 + 2 * attempt.min(10) as u64);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         Err(KvError::Internal(format!(
             "counter {counter:?} stayed contended"

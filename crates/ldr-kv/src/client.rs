@@ -51,6 +51,10 @@ impl KvClient {
         KvClient { inner }
     }
 
+    pub(crate) fn inner(&self) -> &Arc<NodeInner> {
+        &self.inner
+    }
+
     /// This node's id (0 before the node belongs to a cluster).
     pub fn node_id(&self) -> NodeId {
         self.inner.node_id()
@@ -1106,7 +1110,7 @@ impl KvClient {
     /// Runs `f` against the node that serves `range`: its owner, or for a replicated range
     /// its leaseholder, found through the cached leaseholder, the hints of replicas that are
     /// not it, and the other replicas when one is down, until `LEASE_SEARCH_TIMEOUT`.
-    async fn on_leaseholder<T, F, Fut>(&self, range: &RangeDescriptor, f: F) -> Result<T>
+    pub(crate) async fn on_leaseholder<T, F, Fut>(&self, range: &RangeDescriptor, f: F) -> Result<T>
     where
         F: Fn(NodeId) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,

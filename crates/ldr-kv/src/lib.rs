@@ -32,6 +32,7 @@
 //! - KV RPCs carry the cluster id and are refused by nodes of another cluster.
 
 mod client;
+mod consistency;
 mod gc;
 mod liveness;
 mod node;
@@ -50,6 +51,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use client::{DEFAULT_NUM_REPLICAS, KvClient, NUM_REPLICAS_MAX};
+pub use consistency::{ConsistencyStatus, RangeConsistency};
 pub use ldr_storage::{Condition, GcStats, KeyVersion, RowOutcome, RowWrite, ValueHeader, Version};
 use ldr_types::{NodeId, RangeId, Span, TableId, Timestamp};
 pub use node::KvNode;

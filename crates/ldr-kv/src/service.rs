@@ -356,4 +356,27 @@ impl Kv for KvService {
             }),
         )
     }
+
+    async fn check_consistency(
+        &self,
+        request: Request<pb::KvCheckConsistencyRequest>,
+    ) -> Result<Response<pb::KvCheckConsistencyResponse>, Status> {
+        let node = self.enter(&request, Envelope::Cluster)?;
+        let r = request.into_inner();
+        let result = node.serve_check_consistency(r.range_id, r.stats_only).await;
+        reply(&node, result)
+    }
+
+    async fn collect_checksum(
+        &self,
+        request: Request<pb::KvCollectChecksumRequest>,
+    ) -> Result<Response<pb::KvCollectChecksumResponse>, Status> {
+        let node = self.enter(&request, Envelope::Cluster)?;
+        let r = request.into_inner();
+        let wait = std::time::Duration::from_millis(r.wait_ms);
+        let result = node
+            .serve_collect_checksum(r.range_id, &r.checksum_id, wait)
+            .await;
+        reply(&node, result)
+    }
 }

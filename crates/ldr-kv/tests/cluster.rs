@@ -1135,3 +1135,194 @@ async fn replicas_follow_the_zone_config_and_the_cluster_outlives_node_1() {
     .await;
     assert_eq!(seen, b"yes".to_vec());
 }
+
+/// The ranges of `table` in a consistency check's result.
+fn rows_of(
+    results: &[ldr_kv::RangeConsistency],
+    ranges: &[RangeDescriptor],
+) -> Vec<ldr_kv::RangeConsistency> {
+    ranges
+        .iter()
+        .map(|r| {
+            results
+                .iter()
+                .find(|c| c.range_id == r.range_id)
+                .unwrap_or_else(|| panic!("range {} is checked: {results:?}", r.range_id))
+                .clone()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistency_checks_compare_replicas_at_one_applied_index_and_name_a_corrupt_one() {
+    use ldr_kv::ConsistencyStatus::{Consistent, Inconsistent, Indeterminate};
+
+    let mut cluster = TestCluster::start(3).await;
+    let n1 = cluster.client(1);
+    n1.set_default_num_replicas(3).await.expect("zone");
+    let table: TableId = 500;
+    let ranges = n1
+        .create_table_ranges(table, Some(3))
+        .await
+        .expect("ranges");
+    assert!(ranges.iter().all(|r| r.replicas.len() == 3), "{ranges:?}");
+    let key = |i: u32| row_key(table, 3, &i.to_be_bytes());
+    // Several versions per key and tombstones: the checksum covers MVCC history.
+    for round in 0..3u32 {
+        let rows: Vec<RowWrite> = (0..120u32)
+            .map(|i| {
+                let mut row = put(key(i), format!("v{round}-{i}").as_bytes());
+                if round == 2 && i % 5 == 0 {
+                    row.value = None;
+                }
+                row
+            })
+            .collect();
+        n1.write(rows, true).await.expect("write");
+    }
+
+    // Writes keep going while the check runs: every replica checksums the same applied
+    // index (the request's), so the ranges are consistent anyway.
+    let writer = {
+        let client = cluster.client(2);
+        tokio::spawn(async move {
+            let mut i = 0u32;
+            loop {
+                let rows: Vec<RowWrite> = (0..12u32)
+                    .map(|j| {
+                        let pk = ((i * 12 + j) % 120).to_be_bytes();
+                        put(row_key(table, 3, &pk), format!("w{i}").as_bytes())
+                    })
+                    .collect();
+                let _ = client.write(rows, true).await;
+                i += 1;
+            }
+        })
+    };
+    for stats_only in [false, true] {
+        let results = cluster
+            .client(3)
+            .check_consistency(stats_only, b"", b"")
+            .await
+            .expect("check");
+        // Every range of the cluster, the system range included, in key order.
+        assert!(results.iter().any(|c| c.range_id == 1), "{results:?}");
+        assert!(
+            results.windows(2).all(|w| w[0].start_key < w[1].start_key),
+            "{results:?}"
+        );
+        for c in &results {
+            assert_eq!(c.status, Consistent, "stats_only={stats_only}: {c:?}");
+            assert!(c.detail.contains("3 replica(s) agree"), "{c:?}");
+        }
+        rows_of(&results, &ranges);
+    }
+    writer.abort();
+    let _ = writer.await;
+
+    // A key bound selects the ranges it overlaps.
+    let first = &ranges[0];
+    let bounded = n1
+        .check_consistency(false, &first.span.start, &first.span.end)
+        .await
+        .expect("bounded check");
+    assert_eq!(
+        bounded.iter().map(|c| c.range_id).collect::<Vec<_>>(),
+        vec![first.range_id]
+    );
+
+    // One replica's store gets a key inside the range's span behind Raft's back: the check
+    // finds the range inconsistent and names that replica; the other ranges stay consistent.
+    let victim_range = &ranges[1];
+    let leaseholder = n1
+        .range_leaseholder(victim_range)
+        .await
+        .expect("leaseholder");
+    let victim = *victim_range
+        .replicas
+        .iter()
+        .find(|n| **n != leaseholder)
+        .expect("a follower");
+    let stray_key = (1000..)
+        .map(key)
+        .find(|k| victim_range.span.contains_key(k))
+        .expect("a key in the range");
+    let engine = cluster.nodes[victim as usize - 1].node.engine().clone();
+    engine
+        .commit_versions(
+            &[ldr_storage::VersionWrite {
+                key: stray_key,
+                version: ldr_kv::Version {
+                    ts: engine.clock().now(),
+                    header: ValueHeader::default(),
+                    value: Some(b"stray".to_vec()),
+                },
+            }],
+            &[],
+        )
+        .expect("a write bypassing raft");
+    for stats_only in [false, true] {
+        let results = n1
+            .check_consistency(stats_only, b"", b"")
+            .await
+            .expect("check");
+        let table_rows = rows_of(&results, &ranges);
+        for (range, c) in ranges.iter().zip(&table_rows) {
+            if range.range_id != victim_range.range_id {
+                assert_eq!(c.status, Consistent, "{c:?}");
+                continue;
+            }
+            assert_eq!(c.status, Inconsistent, "stats_only={stats_only}: {c:?}");
+            let now = n1
+                .range_leaseholder(victim_range)
+                .await
+                .expect("leaseholder");
+            if now == leaseholder {
+                assert_eq!(c.inconsistent_replicas, vec![victim], "{c:?}");
+                assert!(
+                    c.detail
+                        .contains(&format!("replica n{victim} differs from the leaseholder")),
+                    "{c:?}"
+                );
+            } else {
+                // The lease moved to the corrupt replica meanwhile: the others differ from it.
+                assert!(c.detail.contains(&format!("n{victim}")), "{c:?}");
+            }
+        }
+    }
+
+    // A single-owner range (created while num_replicas = 1) is consistent trivially.
+    n1.set_default_num_replicas(1).await.expect("zone");
+    let single = n1
+        .create_table_ranges(501, Some(2))
+        .await
+        .expect("single-owner ranges");
+    assert!(single.iter().all(|r| !r.is_replicated()), "{single:?}");
+    let span = keys::table_span(501);
+    let results = n1
+        .check_consistency(false, &span.start, &span.end)
+        .await
+        .expect("check");
+    assert_eq!(results.len(), 2, "{results:?}");
+    for c in &results {
+        assert_eq!(c.status, Consistent, "{c:?}");
+        assert!(c.detail.contains("single-owner"), "{c:?}");
+    }
+
+    // A replica that does not answer leaves its ranges indeterminate (or, when another
+    // replica differs, inconsistent), naming it.
+    let mut node3 = cluster.nodes.pop().expect("three nodes");
+    node3.stop().await;
+    let results = n1
+        .check_consistency(false, b"", b"")
+        .await
+        .expect("check without node 3");
+    for c in rows_of(&results, &ranges) {
+        if c.range_id == victim_range.range_id && victim != 3 {
+            assert_eq!(c.status, Inconsistent, "{c:?}");
+        } else {
+            assert_eq!(c.status, Indeterminate, "{c:?}");
+        }
+        assert!(c.detail.contains("n3"), "{c:?}");
+    }
+}

@@ -7,7 +7,7 @@ use ldr_types::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::ReplicaError;
+use crate::{RaftNodeId, ReplicaError, ReplicaNode, TypeConfig};
 
 /// Largest encoded entry, message or snapshot accepted (a frame over it is refused).
 pub(crate) const ENCODED_BYTES_MAX: u64 = 512 << 20;
@@ -64,6 +64,18 @@ pub struct Command {
     /// Garbage-collect the range's span at this threshold (at or below `closed_ts`): every
     /// replica removes the same versions (`Engine::gc_replicated`).
     pub gc_threshold: Option<Timestamp>,
+    /// Compute a checksum of the range's replicated state at this command's index and keep it
+    /// under this id (a consistency check: every replica computes it at the same index).
+    /// Added after the first release: entries written without it still decode
+    /// ([`decode_entry`]).
+    pub checksum: Option<ChecksumRequest>,
+}
+
+/// A consistency check's request to every replica (see [`crate::ReplicaChecksum`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChecksumRequest {
+    /// Chosen by the proposer (a random UUID); replicas keep their result under it.
+    pub id: [u8; 16],
 }
 
 impl Command {
@@ -72,6 +84,7 @@ impl Command {
             writes: writes.iter().map(WireVersion::from).collect(),
             closed_ts,
             gc_threshold: None,
+            checksum: None,
         }
     }
 
@@ -81,6 +94,16 @@ impl Command {
             writes: Vec::new(),
             closed_ts,
             gc_threshold: Some(threshold.min(closed_ts)),
+            checksum: None,
+        }
+    }
+
+    /// A command that writes nothing and has every replica compute a checksum of the range
+    /// at the index it is applied at, kept under `id`.
+    pub fn checksum(id: [u8; 16]) -> Command {
+        Command {
+            checksum: Some(ChecksumRequest { id }),
+            ..Command::default()
         }
     }
 }
@@ -101,6 +124,59 @@ impl std::fmt::Display for Command {
 pub struct CommandResponse {
     /// The log index the command was applied at.
     pub index: u64,
+}
+
+/// The command as it was before `checksum` existed: bincode is not self-describing, so an
+/// entry written then lacks the last field and decodes only as this shape.
+#[derive(Debug, Serialize, Deserialize)]
+struct CommandV1 {
+    writes: Vec<WireVersion>,
+    closed_ts: Timestamp,
+    gc_threshold: Option<Timestamp>,
+}
+
+/// `openraft::EntryPayload` with [`CommandV1`] (same variants in the same order).
+#[derive(Debug, Serialize, Deserialize)]
+enum EntryPayloadV1 {
+    Blank,
+    Normal(CommandV1),
+    Membership(openraft::Membership<RaftNodeId, ReplicaNode>),
+}
+
+/// `openraft::Entry` with [`CommandV1`].
+#[derive(Debug, Serialize, Deserialize)]
+struct EntryV1 {
+    log_id: openraft::LogId<RaftNodeId>,
+    payload: EntryPayloadV1,
+}
+
+impl From<EntryV1> for openraft::Entry<TypeConfig> {
+    fn from(e: EntryV1) -> Self {
+        let payload = match e.payload {
+            EntryPayloadV1::Blank => openraft::EntryPayload::Blank,
+            EntryPayloadV1::Normal(c) => openraft::EntryPayload::Normal(Command {
+                writes: c.writes,
+                closed_ts: c.closed_ts,
+                gc_threshold: c.gc_threshold,
+                checksum: None,
+            }),
+            EntryPayloadV1::Membership(m) => openraft::EntryPayload::Membership(m),
+        };
+        openraft::Entry {
+            log_id: e.log_id,
+            payload,
+        }
+    }
+}
+
+/// Decodes a stored log entry, also one written before [`Command::checksum`] existed.
+pub(crate) fn decode_entry(raw: &[u8]) -> Result<openraft::Entry<TypeConfig>, ReplicaError> {
+    match decode::<openraft::Entry<TypeConfig>>("raft log entry", raw) {
+        Ok(entry) => Ok(entry),
+        Err(current) => decode::<EntryV1>("raft log entry", raw)
+            .map(Into::into)
+            .map_err(|_| current),
+    }
 }
 
 fn options() -> impl bincode::Options {
@@ -162,6 +238,7 @@ mod tests {
             }],
             closed_ts: Timestamp::new(2, 0),
             gc_threshold: Some(Timestamp::new(1, 0)),
+            checksum: Some(ChecksumRequest { id: [7; 16] }),
         };
         let raw = encode("command", &cmd).expect("encode");
         assert_eq!(decode::<Command>("command", &raw).expect("decode"), cmd);
@@ -183,5 +260,54 @@ mod tests {
         let crc = crc32c::crc32c(&body);
         body.extend_from_slice(&crc.to_be_bytes());
         assert!(decode::<Command>("command", &body).is_err());
+    }
+
+    #[test]
+    fn entries_written_before_checksum_requests_still_decode() {
+        let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 9);
+        let old = EntryV1 {
+            log_id,
+            payload: EntryPayloadV1::Normal(CommandV1 {
+                writes: vec![WireVersion {
+                    key: b"k".to_vec(),
+                    ts: Timestamp::new(5, 1),
+                    origin_id: 0,
+                    origin_ts: Timestamp::ZERO,
+                    omit_in_rangefeeds: false,
+                    value: None,
+                }],
+                closed_ts: Timestamp::new(2, 0),
+                gc_threshold: None,
+            }),
+        };
+        let raw = encode("raft log entry", &old).expect("encode");
+        // The current shape alone refuses it (the field is missing)...
+        assert!(decode::<openraft::Entry<TypeConfig>>("raft log entry", &raw).is_err());
+        // ...and the entry decoder reads it as a command without a checksum request.
+        let entry = decode_entry(&raw).expect("decodes as the old shape");
+        assert_eq!(entry.log_id, log_id);
+        let openraft::EntryPayload::Normal(cmd) = entry.payload else {
+            panic!("a normal entry");
+        };
+        assert_eq!(cmd.checksum, None);
+        assert_eq!(cmd.closed_ts, Timestamp::new(2, 0));
+        assert_eq!(cmd.writes.len(), 1);
+        // Current entries (with and without a checksum request) decode as themselves.
+        for cmd in [
+            Command::checksum([1; 16]),
+            Command::gc(Timestamp::new(1, 0), Timestamp::new(2, 0)),
+        ] {
+            let new = openraft::Entry::<TypeConfig> {
+                log_id,
+                payload: openraft::EntryPayload::Normal(cmd.clone()),
+            };
+            let raw = encode("raft log entry", &new).expect("encode");
+            let back = decode_entry(&raw).expect("decode");
+            assert_eq!(back.payload, openraft::EntryPayload::Normal(cmd));
+        }
+        // A corrupted entry is still refused.
+        let mut bad = raw.clone();
+        bad[0] ^= 1;
+        assert!(decode_entry(&bad).is_err());
     }
 }

@@ -28,6 +28,10 @@ pub enum ReplicaError {
     /// Bytes that do not decode (a corrupted log entry, snapshot or message).
     #[error("malformed {what}: {detail}")]
     Malformed { what: &'static str, detail: String },
+    /// A consistency checksum that could not be had (not applied here in time, forgotten,
+    /// or failed).
+    #[error("range {range_id}: checksum: {detail}")]
+    Checksum { range_id: RangeId, detail: String },
     #[error("the replica store is shut down")]
     ShutDown,
 }

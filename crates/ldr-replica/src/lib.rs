@@ -34,6 +34,7 @@
 // openraft's error types are large by design and are what its traits return.
 #![allow(clippy::result_large_err)]
 
+mod checksum;
 mod command;
 mod error;
 pub mod grpc;
@@ -46,7 +47,8 @@ mod store;
 
 use std::io::Cursor;
 
-pub use command::{Command, CommandResponse, WireVersion};
+pub use checksum::{CHECKSUMS_KEPT, ChecksumStats, ReplicaChecksum};
+pub use command::{ChecksumRequest, Command, CommandResponse, WireVersion};
 pub use error::ReplicaError;
 pub use network::{Envelope, RaftTransport, TransportError};
 pub use replica::{LeaseStatus, Replica, ReplicaStatus};

@@ -148,7 +148,7 @@ impl LogStore {
     }
 
     fn entry_of(&self, key: &[u8], raw: &[u8]) -> StorageResult<Entry> {
-        let entry: Entry = decode("raft log entry", raw)
+        let entry: Entry = crate::command::decode_entry(raw)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         let index = keys::index_of_log_key(self.range_id, key);
         if index != Some(entry.log_id.index) {

@@ -66,6 +66,8 @@ pub struct Replica {
     pub(crate) clock: Arc<ldr_types::Clock>,
     /// `(term, wall ns)`: the lease of that term serves from that physical time on.
     pub(crate) lease_floor: Mutex<Option<(u64, u64)>>,
+    /// Consistency checksums this replica computed (see `checksum.rs`).
+    pub(crate) checksums: Arc<crate::checksum::Checksums>,
 }
 
 impl std::fmt::Debug for Replica {

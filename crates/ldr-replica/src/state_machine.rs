@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::checksum::{self, Checksums};
 use crate::command::{WireVersion, decode, encode};
 use crate::error::io_error;
 use crate::keys;
@@ -67,6 +68,8 @@ pub(crate) struct RangeStateMachine {
     /// The applied index, for waiters.
     applied_tx: watch::Sender<u64>,
     snapshot_seq: u64,
+    /// Consistency checksums taken at checksum requests (shared with the replica).
+    checksums: Arc<Checksums>,
 }
 
 impl RangeStateMachine {
@@ -75,6 +78,7 @@ impl RangeStateMachine {
         range_id: RangeId,
         span: Span,
         engine: Arc<Engine>,
+        checksums: Arc<Checksums>,
     ) -> Result<Opened, crate::ReplicaError> {
         let state = match engine.get_local(&keys::meta_key(range_id, keys::APPLIED))? {
             Some(raw) => decode::<AppliedState>("applied state", &raw)?,
@@ -90,6 +94,7 @@ impl RangeStateMachine {
                 state: state.clone(),
                 applied_tx,
                 snapshot_seq: 0,
+                checksums,
             },
             state,
             applied_rx,
@@ -186,10 +191,12 @@ impl RaftStateMachine<TypeConfig> for RangeStateMachine {
             let mut next = self.state.lock().clone();
             next.last_applied = Some(entry.log_id);
             let mut writes: Vec<VersionWrite> = Vec::new();
+            let mut checksum = None;
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(command) => {
                     next.closed_ts = next.closed_ts.max(command.closed_ts);
+                    checksum = command.checksum;
                     if let Some(threshold) = command.gc_threshold {
                         // Idempotent: replayed after a crash, it removes nothing more.
                         self.engine
@@ -221,6 +228,18 @@ impl RaftStateMachine<TypeConfig> for RangeStateMachine {
                 .commit_versions(&writes, &[applied])
                 .map_err(|e| io_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, e))?;
             let index = next.applied_index();
+            if let Some(request) = checksum {
+                // After this entry's batch, before the next: exactly this applied index.
+                checksum::start(
+                    &self.checksums,
+                    &self.engine,
+                    self.range_id,
+                    &self.span,
+                    &next,
+                    request.id,
+                )
+                .await;
+            }
             *self.state.lock() = next;
             self.applied_tx.send_replace(index);
             responses.push(CommandResponse { index });

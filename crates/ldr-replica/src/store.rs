@@ -195,8 +195,13 @@ impl ReplicaStore {
         span: Span,
     ) -> Result<Arc<Replica>, ReplicaError> {
         let log = LogStore::new(range_id, self.engine.clone(), self.writer.clone());
-        let (sm, state, applied_rx) =
-            RangeStateMachine::open(range_id, span.clone(), self.engine.clone())?;
+        let checksums = Arc::new(crate::checksum::Checksums::default());
+        let (sm, state, applied_rx) = RangeStateMachine::open(
+            range_id,
+            span.clone(),
+            self.engine.clone(),
+            checksums.clone(),
+        )?;
         let network = RangeNetworkFactory {
             range_id,
             from: self.node_id,
@@ -218,6 +223,7 @@ impl ReplicaStore {
             lease: self.lease,
             clock: self.engine.clock().clone(),
             lease_floor: parking_lot::Mutex::new(None),
+            checksums,
         }))
     }
 

@@ -1372,3 +1372,138 @@ async fn zone_configurations_set_the_replication_factor_of_new_tables() {
     );
     exec(&mut s, "DROP TABLE r").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_consistency_reports_every_range() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    exec(&mut s, "CREATE TABLE c (k INT PRIMARY KEY, v STRING)").await;
+    exec(&mut s, "INSERT INTO c VALUES (1, 'v'), (2, 'v'), (3, 'v')").await;
+    exec(&mut s, "UPSERT INTO c VALUES (1, 'a'), (4, 'd')").await;
+    exec(&mut s, "DELETE FROM c WHERE k = 2").await;
+    let result = exec(
+        &mut s,
+        "SELECT * FROM crdb_internal.check_consistency(true, '', '')",
+    )
+    .await;
+    let names: Vec<&str> = result.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "range_id",
+            "start_key",
+            "start_key_pretty",
+            "status",
+            "detail",
+            "duration"
+        ]
+    );
+    for stats_only in ["true", "false"] {
+        let all = rows(
+            &mut s,
+            &format!(
+                "SELECT range_id, start_key_pretty, status, detail \
+                 FROM crdb_internal.check_consistency({stats_only}, '', '')"
+            ),
+        )
+        .await;
+        assert_eq!(all[0][0], "1", "the system range first: {all:?}");
+        assert!(all.len() >= 2, "{all:?}");
+        // The system range is a Raft group (of one voter here); a one-node cluster's tables
+        // have single-copy ranges.
+        assert!(all[0][3].contains("1 replica(s) agree"), "{all:?}");
+        for r in &all {
+            assert_eq!(r[2], "RANGE_CONSISTENT", "{r:?}");
+            assert!(
+                r[3].contains("1 replica(s) agree") || r[3].starts_with("single-owner"),
+                "{r:?}"
+            );
+        }
+    }
+    assert!(
+        rows(
+            &mut s,
+            "SELECT range_id FROM crdb_internal.check_consistency(false, '', '') AS cc \
+             WHERE cc.status <> 'RANGE_CONSISTENT'"
+        )
+        .await
+        .is_empty()
+    );
+    // Single-owner ranges are consistent trivially, and say so.
+    let details = rows(
+        &mut s,
+        "SELECT detail FROM crdb_internal.check_consistency(false, '', '') \
+         WHERE detail LIKE 'single-owner%'",
+    )
+    .await;
+    assert!(!details.is_empty());
+
+    // Bad arguments are PostgreSQL-style errors.
+    let code = |e: ldr_sql::SqlError| e.code().to_string();
+    for (sql, want) in [
+        (
+            "SELECT * FROM crdb_internal.check_consistency(true)",
+            "42883",
+        ),
+        (
+            "SELECT * FROM crdb_internal.check_consistency(true, '', '', '')",
+            "42883",
+        ),
+        (
+            "SELECT * FROM crdb_internal.check_consistency(NULL, '', '')",
+            "22023",
+        ),
+        (
+            "SELECT * FROM crdb_internal.check_consistency(false, 'b', 'a')",
+            "22023",
+        ),
+        (
+            "SELECT * FROM crdb_internal.check_consistency(false, NULL, '')",
+            "22023",
+        ),
+        (
+            "SELECT * FROM crdb_internal.check_consistency(false, '', '', k)",
+            "42883",
+        ),
+        (
+            "SELECT * FROM crdb_internal.check_consistency(k, '', '')",
+            "42703",
+        ),
+        (
+            "SELECT * FROM crdb_internal.check_consistency($1, '', '')",
+            "0A000",
+        ),
+        ("SELECT * FROM crdb_internal.other_function(1)", "0A000"),
+    ] {
+        assert_eq!(code(exec_err(&mut s, sql).await), want, "{sql}");
+    }
+    let e = exec_err(
+        &mut s,
+        "SELECT * FROM crdb_internal.check_consistency(42, '', '')",
+    )
+    .await;
+    assert!(
+        e.code().starts_with("42") || e.code().starts_with("22"),
+        "{} {}",
+        e.code(),
+        e.message()
+    );
+
+    // Admin only.
+    exec(&mut s, "CREATE USER checker").await;
+    let mut u = node
+        .server
+        .session("checker", "defaultdb")
+        .await
+        .expect("session");
+    assert_eq!(
+        code(
+            exec_err(
+                &mut u,
+                "SELECT * FROM crdb_internal.check_consistency(true, '', '')"
+            )
+            .await
+        ),
+        "42501"
+    );
+}

@@ -714,6 +714,20 @@ impl EngineSnapshot<'_> {
     pub fn gc_threshold(&self) -> Timestamp {
         self.gc_threshold
     }
+
+    /// [`Engine::scan_versions`] on the snapshot: every version in `span` (tombstones and
+    /// shadowed versions included), in key order and, per key, newest first (consistency
+    /// checksums of a replica at one applied index).
+    pub fn scan_versions(
+        &self,
+        span: &Span,
+        f: &mut dyn FnMut(crate::VersionWrite) -> bool,
+    ) -> Result<()> {
+        crate::replicated::scan_versions_impl(
+            range_iterator(&self.engine.db, Some(&self.snapshot), span),
+            f,
+        )
+    }
 }
 
 /// The newest version of the key with MVCC `prefix` at or below `read_ts`, using a prefix-mode

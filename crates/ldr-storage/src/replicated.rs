@@ -245,31 +245,7 @@ impl Engine {
         span: &Span,
         f: &mut dyn FnMut(VersionWrite) -> bool,
     ) -> Result<()> {
-        let Some(mut it) = range_iterator(&self.db, None, span) else {
-            return Ok(());
-        };
-        let mut prefix: Vec<u8> = Vec::new();
-        let mut user_key: Vec<u8> = Vec::new();
-        while let Some((raw_key, raw_value)) = it.item() {
-            let (found_prefix, ts) =
-                encoding::split_mvcc_key(raw_key).map_err(|e| corruption_raw(raw_key, e))?;
-            if found_prefix != prefix.as_slice() {
-                prefix.clear();
-                prefix.extend_from_slice(found_prefix);
-                user_key =
-                    encoding::decode_prefix(&prefix).map_err(|e| corruption_raw(raw_key, e))?;
-            }
-            let version =
-                encoding::decode_value(ts, raw_value).map_err(|e| corruption(&user_key, e))?;
-            if !f(VersionWrite {
-                key: user_key.clone(),
-                version,
-            }) {
-                return Ok(());
-            }
-            it.next();
-        }
-        it.status().map_err(rocks)
+        scan_versions_impl(range_iterator(&self.db, None, span), f)
     }
 
     /// Replaces every version in `span` with `writes` (which must lie inside it) and applies
@@ -377,6 +353,37 @@ impl Engine {
     }
 }
 
+/// [`Engine::scan_versions`] over an iterator bounded to a span (`None`: an empty span).
+pub(crate) fn scan_versions_impl(
+    it: Option<rocksdb::DBRawIterator<'_>>,
+    f: &mut dyn FnMut(VersionWrite) -> bool,
+) -> Result<()> {
+    let Some(mut it) = it else {
+        return Ok(());
+    };
+    let mut prefix: Vec<u8> = Vec::new();
+    let mut user_key: Vec<u8> = Vec::new();
+    while let Some((raw_key, raw_value)) = it.item() {
+        let (found_prefix, ts) =
+            encoding::split_mvcc_key(raw_key).map_err(|e| corruption_raw(raw_key, e))?;
+        if found_prefix != prefix.as_slice() {
+            prefix.clear();
+            prefix.extend_from_slice(found_prefix);
+            user_key = encoding::decode_prefix(&prefix).map_err(|e| corruption_raw(raw_key, e))?;
+        }
+        let version =
+            encoding::decode_value(ts, raw_value).map_err(|e| corruption(&user_key, e))?;
+        if !f(VersionWrite {
+            key: user_key.clone(),
+            version,
+        }) {
+            return Ok(());
+        }
+        it.next();
+    }
+    it.status().map_err(rocks)
+}
+
 /// See [`Engine::span_checksum`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpanChecksum {
@@ -444,6 +451,58 @@ mod tests {
         assert!(again.writes.is_empty());
         let dup = leader.evaluate(&[insert(b"a", b"1"), insert(b"a", b"2")], true, provisional);
         assert!(dup.is_err(), "a key twice is refused");
+    }
+
+    #[test]
+    fn a_snapshot_scans_the_versions_it_was_taken_at() {
+        let (_dir, engine) = open();
+        let version = |ts: u64, value: Option<&[u8]>| Version {
+            ts: Timestamp::new(ts, 0),
+            header: ValueHeader::default(),
+            value: value.map(<[u8]>::to_vec),
+        };
+        let write = |key: &[u8], v: Version| VersionWrite {
+            key: key.to_vec(),
+            version: v,
+        };
+        for batch in [
+            vec![
+                write(b"a", version(10, Some(b"1"))),
+                write(b"b", version(15, Some(b"2"))),
+            ],
+            vec![write(b"a", version(20, None))],
+        ] {
+            engine.commit_versions(&batch, &[]).expect("commit");
+        }
+        let snapshot = engine.snapshot();
+        engine
+            .commit_versions(&[write(b"c", version(30, Some(b"3")))], &[])
+            .expect("later commit");
+        let span = Span::new(b"a".to_vec(), b"z".to_vec());
+        let mut seen = Vec::new();
+        snapshot
+            .scan_versions(&span, &mut |w| {
+                seen.push((w.key, w.version.ts.wall_time_ns, w.version.value));
+                true
+            })
+            .expect("scan");
+        assert_eq!(
+            seen,
+            vec![
+                (b"a".to_vec(), 20, None),
+                (b"a".to_vec(), 10, Some(b"1".to_vec())),
+                (b"b".to_vec(), 15, Some(b"2".to_vec())),
+            ],
+            "key order, newest first, without the later commit"
+        );
+        let mut now = 0;
+        engine
+            .scan_versions(&span, &mut |_| {
+                now += 1;
+                true
+            })
+            .expect("scan");
+        assert_eq!(now, 4);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! takes effect immediately and is not undone by ROLLBACK; a query string with several
 //! statements is not an implicit transaction (statements before a failing one stay applied).
 
+mod consistency;
 mod ddl;
 mod dml;
 mod ldr;

@@ -378,10 +378,22 @@ async fn add_source(
         sql::TableFactor::Table {
             name, alias, args, ..
         } => {
-            if args.is_some() {
-                return Err(SqlError::unsupported("table functions"));
-            }
             let parts = object_name(name)?;
+            if let Some(args) = args {
+                if !super::consistency::is_function(&parts) {
+                    return Err(SqlError::unsupported("table functions"));
+                }
+                let stmt = super::consistency::source_statement(s, &args.args)?;
+                let columns = super::consistency::columns();
+                let desc = Arc::new(virtual_descriptor(super::consistency::FUNCTION, &columns));
+                let alias = alias.as_ref().map(|a| normalize_ident(&a.name));
+                sources.push(Source {
+                    desc,
+                    alias,
+                    show: Some(stmt),
+                });
+                return Ok(());
+            }
             if let [single] = parts.as_slice()
                 && let Some(i) = single
                     .strip_prefix(crate::parser::SHOW_SOURCE_PREFIX)

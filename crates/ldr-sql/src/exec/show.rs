@@ -165,6 +165,7 @@ pub(crate) async fn describe(sess: &Session, stmt: &Statement) -> Vec<ColumnInfo
         ],
         S::ShowExternalConnections { .. } => ext_columns(),
         S::VirtualTable { table, .. } => super::virtual_tables::columns(*table),
+        S::CheckConsistency { .. } => super::consistency::columns(),
         S::ShowClusterSettings => settings_columns(),
         S::ShowClusterSetting(name) => vec![col(name, setting_type(sess, name))],
         S::ShowVar(name) => vec![col(&super::session::canonical_var(name), SqlType::String)],
@@ -594,6 +595,11 @@ pub(crate) async fn execute(
         S::VirtualTable { table, database } => {
             super::virtual_tables::rows(sess, *table, database.as_deref()).await
         }
+        S::CheckConsistency {
+            stats_only,
+            start_key,
+            end_key,
+        } => super::consistency::rows(sess, *stats_only, start_key, end_key).await,
         S::ShowExternalConnections { name } => {
             privilege::require_admin(sess, "view external connections")
                 .await

@@ -111,6 +111,13 @@ pub enum Statement {
         table: VirtualTable,
         database: Option<String>,
     },
+    /// The rows of `crdb_internal.check_consistency(stats_only, start_key, end_key)` (never
+    /// parsed on its own: built when a FROM clause calls it).
+    CheckConsistency {
+        stats_only: bool,
+        start_key: Vec<u8>,
+        end_key: Vec<u8>,
+    },
 
     PauseJob(Expr),
     ResumeJob(Expr),

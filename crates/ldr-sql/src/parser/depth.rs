@@ -671,6 +671,7 @@ fn statement_children<'a>(s: &'a Statement, out: &mut Vec<Node<'a>>) {
         | S::ShowSystemGrants { .. }
         | S::ShowExternalConnections { .. }
         | S::VirtualTable { .. }
+        | S::CheckConsistency { .. }
         | S::CreateUser(_)
         | S::AlterUser(_)
         | S::DropUser { .. }

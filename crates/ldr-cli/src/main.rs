@@ -84,8 +84,57 @@ enum NodeCommand {
         insecure: bool,
         #[arg(long)]
         host: String,
+        /// Also show replica and lease counts.
+        #[arg(long)]
+        ranges: bool,
+        /// Also show draining and decommissioning state.
+        #[arg(long)]
+        decommission: bool,
+        /// Show every column.
+        #[arg(long)]
+        all: bool,
         #[arg(long, value_enum, default_value_t = sql::Format::Table)]
         format: sql::Format,
+    },
+    /// Drain a node: move its leases and job claims to other nodes, then stop it.
+    Drain {
+        #[arg(long)]
+        insecure: bool,
+        /// HOST:PORT of the node to drain.
+        #[arg(long)]
+        host: String,
+        /// Leave the process running once drained (it takes no leases until restarted).
+        #[arg(long)]
+        no_shutdown: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        drain_wait: u64,
+    },
+    /// Decommission nodes: move every replica off them; they receive none afterwards.
+    Decommission {
+        /// Ids of the nodes to decommission.
+        #[arg(required = true)]
+        node_ids: Vec<u32>,
+        #[arg(long)]
+        insecure: bool,
+        /// HOST:PORT of any live node.
+        #[arg(long)]
+        host: String,
+        /// `all`: wait until the nodes hold no replicas, then mark them decommissioned;
+        /// `none`: only mark them decommissioning.
+        #[arg(long, value_enum, default_value_t = node_cmd::Wait::All)]
+        wait: node_cmd::Wait,
+        #[arg(long, value_enum, default_value_t = sql::Format::Table)]
+        format: sql::Format,
+    },
+    /// Cancel the decommissioning of nodes (not of decommissioned ones).
+    Recommission {
+        #[arg(required = true)]
+        node_ids: Vec<u32>,
+        #[arg(long)]
+        insecure: bool,
+        #[arg(long)]
+        host: String,
     },
 }
 
@@ -107,8 +156,39 @@ fn main() -> Result<()> {
         Command::Node(NodeCommand::Status {
             insecure: _,
             host,
+            ranges,
+            decommission,
+            all,
             format,
-        }) => runtime()?.block_on(node_cmd::status(&host, format)),
+        }) => {
+            let columns = node_cmd::Columns {
+                ranges: ranges || all,
+                decommission: decommission || all,
+            };
+            runtime()?.block_on(node_cmd::status(&host, columns, format))
+        }
+        Command::Node(NodeCommand::Drain {
+            insecure: _,
+            host,
+            no_shutdown,
+            drain_wait,
+        }) => runtime()?.block_on(node_cmd::drain(
+            &host,
+            !no_shutdown,
+            std::time::Duration::from_secs(drain_wait),
+        )),
+        Command::Node(NodeCommand::Decommission {
+            node_ids,
+            insecure: _,
+            host,
+            wait,
+            format,
+        }) => runtime()?.block_on(node_cmd::decommission(&host, &node_ids, wait, format)),
+        Command::Node(NodeCommand::Recommission {
+            node_ids,
+            insecure: _,
+            host,
+        }) => runtime()?.block_on(node_cmd::recommission(&host, &node_ids)),
         Command::Sql {
             insecure: _,
             certs_dir: _,

@@ -88,6 +88,8 @@ pub struct Registry {
     wake: Notify,
     /// This node's liveness expiration as last read (self-fencing).
     own_expiration: Mutex<Option<Timestamp>>,
+    /// Draining: this node claims no job (see [`Registry::drain`]).
+    draining: std::sync::atomic::AtomicBool,
     shutdown: watch::Sender<bool>,
     loop_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -124,6 +126,7 @@ impl Registry {
             task_seq: Mutex::new(0),
             wake: Notify::new(),
             own_expiration: Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
             shutdown,
             loop_task: Mutex::new(None),
         });
@@ -313,6 +316,49 @@ impl Registry {
         info!(node = self.me, "job registry stopped");
     }
 
+    /// Drains this node's jobs (`ldr node drain`, graceful stops): from now on it claims no
+    /// job; every local job is stopped and its claim released, so another node adopts it on
+    /// its next pass instead of waiting for this node's liveness to expire. Waits for the
+    /// local tasks up to `deadline`; returns how many still run here.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        if !self
+            .draining
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            info!(node = self.me, "job registry draining");
+        }
+        let claimed: Vec<(JobId, u64)> = self
+            .local
+            .lock()
+            .iter()
+            .map(|(id, job)| (*id, job.epoch))
+            .collect();
+        self.stop_all_local("draining");
+        let until = Instant::now() + deadline;
+        while !self.local.lock().is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let me = self.me;
+        for (id, epoch) in claimed {
+            let released = self
+                .update_stored(id, |job| {
+                    if job.claimed_by(me, epoch) && !job.status().is_terminal() {
+                        job.record.coordinator_id = None;
+                        Ok((Change::Changed, true))
+                    } else {
+                        Ok((Change::Unchanged, false))
+                    }
+                })
+                .await;
+            match released {
+                Ok((_, true)) => info!(job_id = id, "released the job's claim"),
+                Ok(_) => {}
+                Err(e) => warn!(job_id = id, error = %e, "could not release the job's claim"),
+            }
+        }
+        self.local.lock().len()
+    }
+
     // ------------------------------------------------------------ record updates
 
     /// Compare-and-put loop: reads the record, lets `f` decide (it may run several times, once
@@ -429,7 +475,9 @@ impl Registry {
             .find(|s| s.node.node_id == self.me)
             .map(|s| s.liveness_expiration);
         *self.own_expiration.lock() = own;
-        let self_live = self.own_liveness_ok();
+        // A draining node takes no claims (it still completes pauses of jobs it holds).
+        let self_live =
+            self.own_liveness_ok() && !self.draining.load(std::sync::atomic::Ordering::Relaxed);
         let rows = tokio::time::timeout(deadline, self.kv.sys_scan(JOBS_SUBSPACE))
             .await
             .map_err(|_| timed_out())??;

@@ -88,7 +88,7 @@ impl StoredJob {
         self.record.id
     }
 
-    fn status(&self) -> JobStatus {
+    pub(crate) fn status(&self) -> JobStatus {
         self.record.status
     }
 

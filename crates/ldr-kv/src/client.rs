@@ -374,6 +374,17 @@ impl KvClient {
         .map(|_| ())
     }
 
+    /// Asks `node_id`'s replica of `range_id` to campaign (a lease transfer's target).
+    pub(crate) async fn campaign_on(&self, node_id: NodeId, range_id: RangeId) -> Result<bool> {
+        self.call_owner(
+            node_id,
+            pb::KvCampaignRequest { range_id },
+            |mut c, r| async move { c.campaign(r).await },
+        )
+        .await
+        .map(|r| r.leader)
+    }
+
     /// Sends closed timestamps to `node_id` (the side transport), with a short timeout.
     pub(crate) async fn close_timestamps_on(
         &self,
@@ -514,11 +525,111 @@ impl KvClient {
             .into_iter()
             .map(|(_, v)| system::decode_json::<LivenessRecord>("liveness", &v))
             .collect::<Result<Vec<_>>>()?;
+        let memberships = self.memberships().await?;
         Ok(liveness::statuses(
             descriptors,
             &records,
+            &memberships,
             self.inner.clock.now(),
         ))
+    }
+
+    /// Memberships set by operators (nodes without one are active).
+    async fn memberships(&self) -> Result<Vec<(NodeId, crate::Membership)>> {
+        self.sys_scan(system::MEMBERSHIP)
+            .await?
+            .into_iter()
+            .map(|(k, v)| {
+                let id = system::node_id_of_key(&k)?;
+                Ok((id, system::decode_json("node membership", &v)?))
+            })
+            .collect()
+    }
+
+    /// Sets the membership of `node_ids` (`ldr node decommission` / `recommission`). A
+    /// decommissioned node stays decommissioned. Decommissioning is refused when the nodes
+    /// left could not hold every range's replicas (CockroachDB's pre-check), or when a node
+    /// holds a single-copy range (it has nowhere to go).
+    pub async fn change_membership(
+        &self,
+        node_ids: &[NodeId],
+        membership: crate::Membership,
+    ) -> Result<()> {
+        use crate::Membership;
+        let nodes = self.nodes().await?;
+        for id in node_ids {
+            let Some(status) = nodes.iter().find(|n| n.node.node_id == *id) else {
+                return Err(KvError::InvalidRequest(format!("node {id} does not exist")));
+            };
+            if status.membership == Membership::Decommissioned && membership != status.membership {
+                return Err(KvError::InvalidRequest(format!(
+                    "node {id} is decommissioned and cannot become {}",
+                    membership.as_str()
+                )));
+            }
+        }
+        if membership != Membership::Active {
+            let staying = nodes
+                .iter()
+                .filter(|n| {
+                    n.membership == Membership::Active && !node_ids.contains(&n.node.node_id)
+                })
+                .count();
+            let factor = self.default_num_replicas().await? as usize;
+            let ranges = self.cluster_ranges().await?;
+            let widest = ranges.iter().map(|r| r.replicas.len()).max().unwrap_or(0);
+            let needed = factor.min(widest.max(1));
+            if staying < needed {
+                return Err(KvError::InvalidRequest(format!(
+                    "cannot decommission {}: {staying} active node(s) would remain, fewer than \
+                     the {needed} replicas ranges keep (num_replicas = {factor}); add nodes or \
+                     lower num_replicas first",
+                    node_list(node_ids)
+                )));
+            }
+            if let Some(r) = ranges
+                .iter()
+                .find(|r| r.replicas.is_empty() && node_ids.contains(&r.node_id))
+            {
+                return Err(KvError::InvalidRequest(format!(
+                    "cannot decommission node {}: it holds range {}, a single-copy range that \
+                     cannot move",
+                    r.node_id, r.range_id
+                )));
+            }
+        }
+        for id in node_ids {
+            let current = nodes
+                .iter()
+                .find(|n| n.node.node_id == *id)
+                .map(|n| n.membership);
+            if current == Some(membership) {
+                continue;
+            }
+            let key = system::node_key(*id);
+            match membership {
+                Membership::Active => self.sys_delete(system::MEMBERSHIP, &key).await?,
+                _ => {
+                    self.sys_put(system::MEMBERSHIP, &key, &system::encode_json(&membership))
+                        .await?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replicas per node, from the range descriptors (the system range included).
+    pub async fn replica_counts(&self) -> Result<HashMap<NodeId, usize>> {
+        let mut counts = HashMap::new();
+        for range in self.cluster_ranges().await? {
+            if range.replicas.is_empty() {
+                *counts.entry(range.node_id).or_default() += 1;
+            }
+            for node in range.replicas {
+                *counts.entry(node).or_default() += 1;
+            }
+        }
+        Ok(counts)
     }
 
     pub async fn is_node_live(&self, node_id: NodeId) -> Result<bool> {
@@ -1237,5 +1348,14 @@ fn locate(
                 ))
             })
         }
+    }
+}
+
+/// "node 3" or "nodes 3, 4".
+fn node_list(ids: &[NodeId]) -> String {
+    let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    match ids.len() {
+        1 => format!("node {}", list[0]),
+        _ => format!("nodes {}", list.join(", ")),
     }
 }

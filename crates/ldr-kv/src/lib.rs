@@ -33,6 +33,7 @@
 
 mod client;
 mod consistency;
+mod drain;
 mod gc;
 mod liveness;
 mod node;
@@ -52,10 +53,14 @@ use std::time::Duration;
 
 pub use client::{DEFAULT_NUM_REPLICAS, KvClient, NUM_REPLICAS_MAX};
 pub use consistency::{ConsistencyStatus, RangeConsistency};
+pub use drain::{DrainHook, DrainProgress};
 pub use ldr_storage::{Condition, GcStats, KeyVersion, RowOutcome, RowWrite, ValueHeader, Version};
 use ldr_types::{NodeId, RangeId, Span, TableId, Timestamp};
 pub use node::KvNode;
-pub use remote::{RemoteNodeInfo, bootstrap_remote, remote_node_info, set_remote_clock_offset};
+pub use remote::{
+    RemoteNodeInfo, bootstrap_remote, drain_remote, remote_node_info, set_remote_clock_offset,
+    set_remote_membership,
+};
 use serde::{Deserialize, Serialize};
 pub use service::{KvGrpcServer, KvService};
 pub use settings::Settings;
@@ -115,6 +120,10 @@ pub enum KvError {
     PtsNotFound(String),
     #[error("rpc: {0}")]
     Rpc(String),
+    /// A request that cannot be carried out as asked (a decommission that would leave ranges
+    /// under-replicated, an unknown node).
+    #[error("{0}")]
+    InvalidRequest(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -256,6 +265,45 @@ pub struct NodeStatus {
     pub is_live: bool,
     /// When its liveness record expires (wall time).
     pub liveness_expiration: Timestamp,
+    /// The node is draining (it takes no leases).
+    pub is_draining: bool,
+    /// Replicas and leases it held at its last heartbeat.
+    pub replicas: u32,
+    pub leases: u32,
+    pub membership: Membership,
+}
+
+/// Whether a node belongs to the cluster for placement (CockroachDB's node membership).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Membership {
+    /// Receives replicas and leases.
+    #[default]
+    Active,
+    /// Its replicas are moved to other nodes (`ldr node decommission`).
+    Decommissioning,
+    /// It holds no replicas and receives none.
+    Decommissioned,
+}
+
+impl Membership {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Membership::Active => "active",
+            Membership::Decommissioning => "decommissioning",
+            Membership::Decommissioned => "decommissioned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Membership> {
+        [
+            Membership::Active,
+            Membership::Decommissioning,
+            Membership::Decommissioned,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+    }
 }
 
 /// A protected timestamp record: GC keeps every version needed to read at or above `ts`.

@@ -1,14 +1,17 @@
 //! Node liveness: each node renews a record `liveness/<node_id>` with an expiration
 //! `LIVENESS_TTL` after its clock's now, every `HEARTBEAT_INTERVAL`. A node is live to a reader
-//! if its record has not expired by the reader's clock. Pure decisions only; the heartbeat
-//! loop lives in `node.rs`.
+//! if its record has not expired by the reader's clock. The record also carries what the node
+//! reports of itself (draining, replica and lease counts, read by the replicate queue and
+//! `ldr node status`). A node's membership (`active`, `decommissioning`, `decommissioned`) is
+//! set by an operator (`ldr node decommission`) and lives under its own key, so heartbeats
+//! never overwrite it. Pure decisions only; the heartbeat loop lives in `node.rs`.
 
 use std::time::Duration;
 
 use ldr_types::{NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeDescriptor, NodeStatus};
+use crate::{Membership, NodeDescriptor, NodeStatus};
 
 /// How often a node renews its liveness record.
 pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -20,6 +23,14 @@ pub(crate) const LIVENESS_TTL: Duration = Duration::from_millis(4500);
 pub(crate) struct LivenessRecord {
     pub(crate) node_id: NodeId,
     pub(crate) expiration: Timestamp,
+    /// The node is draining: it takes no leases.
+    #[serde(default)]
+    pub(crate) draining: bool,
+    /// Replicas and leases the node held at its last heartbeat.
+    #[serde(default)]
+    pub(crate) replicas: u32,
+    #[serde(default)]
+    pub(crate) leases: u32,
 }
 
 impl LivenessRecord {
@@ -28,6 +39,9 @@ impl LivenessRecord {
         LivenessRecord {
             node_id,
             expiration: now.add_nanos(LIVENESS_TTL.as_nanos() as u64),
+            draining: false,
+            replicas: 0,
+            leases: 0,
         }
     }
 
@@ -37,11 +51,13 @@ impl LivenessRecord {
     }
 }
 
-/// Joins descriptors with liveness records into statuses, sorted by node id. Nodes without a
-/// record are not live; records without a descriptor are ignored.
+/// Joins descriptors with liveness records and memberships into statuses, sorted by node id.
+/// Nodes without a record are not live; records without a descriptor are ignored; nodes
+/// without a membership record are active.
 pub(crate) fn statuses(
     nodes: Vec<NodeDescriptor>,
     records: &[LivenessRecord],
+    memberships: &[(NodeId, Membership)],
     now: Timestamp,
 ) -> Vec<NodeStatus> {
     let mut out: Vec<NodeStatus> = nodes
@@ -51,6 +67,14 @@ pub(crate) fn statuses(
             NodeStatus {
                 is_live: record.is_some_and(|r| r.is_live_at(now)),
                 liveness_expiration: record.map(|r| r.expiration).unwrap_or(Timestamp::ZERO),
+                is_draining: record.is_some_and(|r| r.draining),
+                replicas: record.map(|r| r.replicas).unwrap_or(0),
+                leases: record.map(|r| r.leases).unwrap_or(0),
+                membership: memberships
+                    .iter()
+                    .find(|(id, _)| *id == node.node_id)
+                    .map(|(_, m)| *m)
+                    .unwrap_or_default(),
                 node,
             }
         })
@@ -104,10 +128,28 @@ mod tests {
             LivenessRecord::renewed(3, now.sub_nanos(10 * SEC)),
             LivenessRecord::renewed(9, now),
         ];
-        let s = statuses(vec![node(3), node(1), node(2)], &records, now);
+        let memberships = [(3, Membership::Decommissioning)];
+        let s = statuses(vec![node(3), node(1), node(2)], &records, &memberships, now);
         let view: Vec<(NodeId, bool)> = s.iter().map(|s| (s.node.node_id, s.is_live)).collect();
         assert_eq!(view, vec![(1, true), (2, false), (3, false)]);
         assert_eq!(s[1].liveness_expiration, Timestamp::ZERO);
         assert_eq!(s[0].liveness_expiration, records[0].expiration);
+        let memberships: Vec<Membership> = s.iter().map(|s| s.membership).collect();
+        assert_eq!(
+            memberships,
+            vec![
+                Membership::Active,
+                Membership::Active,
+                Membership::Decommissioning
+            ]
+        );
+    }
+
+    #[test]
+    fn records_of_older_nodes_decode_with_defaults() {
+        let old = br#"{"node_id":2,"expiration":{"wall_time_ns":5,"logical":0}}"#;
+        let r: LivenessRecord = serde_json::from_slice(old).unwrap();
+        assert!(!r.draining);
+        assert_eq!((r.replicas, r.leases), (0, 0));
     }
 }

@@ -96,6 +96,12 @@ pub(crate) struct NodeInner {
     pub(crate) unlisted_replicas: Mutex<HashMap<ldr_types::RangeId, std::time::Instant>>,
     /// Where each replicated range's lease was last found.
     pub(crate) leaseholders: RwLock<HashMap<ldr_types::RangeId, NodeId>>,
+    /// The node is draining (see `drain.rs`).
+    pub(crate) draining: AtomicBool,
+    /// What the server releases when the node drains (job claims).
+    pub(crate) drain_hook: RwLock<Option<Arc<dyn crate::drain::DrainHook>>>,
+    /// Set when a drain with `shutdown` finished: the process should stop.
+    pub(crate) shutdown_requested: watch::Sender<bool>,
 }
 
 impl NodeInner {
@@ -511,8 +517,26 @@ impl NodeInner {
         Ok(())
     }
 
+    /// Renews this node's liveness record (with what it reports of itself).
+    pub(crate) async fn heartbeat_liveness(self: &Arc<Self>) -> Result<()> {
+        let me = self.node_id();
+        let mut record = LivenessRecord::renewed(me, self.clock.now());
+        record.draining = self.is_draining();
+        if let Some(store) = self.replica_store.get() {
+            let replicas = store.replicas();
+            record.replicas = replicas.len() as u32;
+            record.leases = replicas.iter().filter(|r| r.is_leader()).count() as u32;
+        }
+        self.client()
+            .sys_put(
+                system::LIVENESS,
+                &system::node_key(me),
+                &system::encode_json(&record),
+            )
+            .await
+    }
+
     async fn liveness_loop(self: Arc<Self>) {
-        let client = self.client();
         let mut registered = false;
         let mut failing = false;
         let mut beat: u64 = 0;
@@ -522,15 +546,7 @@ impl NodeInner {
                     self.register().await?;
                     registered = true;
                 }
-                let me = self.node_id();
-                let record = LivenessRecord::renewed(me, self.clock.now());
-                client
-                    .sys_put(
-                        system::LIVENESS,
-                        &system::node_key(me),
-                        &system::encode_json(&record),
-                    )
-                    .await?;
+                self.heartbeat_liveness().await?;
                 if beat.is_multiple_of(ADDRESS_REFRESH_HEARTBEATS) {
                     self.refresh_addresses().await?;
                 }
@@ -839,6 +855,9 @@ impl KvNode {
             leaseholders: RwLock::new(HashMap::new()),
             unlisted_replicas: Mutex::new(HashMap::new()),
             side_closed: Arc::default(),
+            draining: AtomicBool::new(false),
+            drain_hook: RwLock::new(None),
+            shutdown_requested: watch::Sender::new(false),
         });
         match persisted {
             Some(identity) => {
@@ -856,6 +875,22 @@ impl KvNode {
     /// A client routed through this node.
     pub fn client(&self) -> KvClient {
         self.inner.client()
+    }
+
+    /// What to release when this node drains (the server's job claims).
+    pub fn set_drain_hook(&self, hook: Arc<dyn crate::drain::DrainHook>) {
+        *self.inner.drain_hook.write() = Some(hook);
+    }
+
+    /// Drains this node (see `drain.rs`) until nothing is left or `deadline` passes.
+    pub async fn drain(&self, deadline: Duration) -> Result<crate::drain::DrainProgress> {
+        self.inner.drain(deadline).await
+    }
+
+    /// Returns once an `ldr node drain` asked this node to stop.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.inner.shutdown_requested.subscribe();
+        let _ = rx.wait_for(|stop| *stop).await;
     }
 
     /// Bootstraps a new cluster with this node as node 1 (`ldr init`).

@@ -73,6 +73,48 @@ pub async fn remote_node_info(address: &str) -> Result<RemoteNodeInfo> {
     })
 }
 
+/// `ldr node drain`: one drain pass of the node at `address` (repeat until it reports nothing
+/// left); with `shutdown`, the node stops once drained.
+pub async fn drain_remote(address: &str, shutdown: bool) -> Result<crate::DrainProgress> {
+    let r = transport()
+        .call(
+            0,
+            address,
+            None,
+            None,
+            pb::KvDrainRequest { shutdown },
+            |mut c, r| async move { c.drain(r).await },
+        )
+        .await?;
+    Ok(crate::DrainProgress {
+        remaining_leases: r.remaining_leases,
+        remaining_jobs: r.remaining_jobs,
+    })
+}
+
+/// `ldr node decommission` / `recommission`: sets the membership of `node_ids` through the
+/// node at `address`.
+pub async fn set_remote_membership(
+    address: &str,
+    node_ids: &[NodeId],
+    membership: crate::Membership,
+) -> Result<()> {
+    transport()
+        .call(
+            0,
+            address,
+            None,
+            None,
+            pb::KvSetMembershipRequest {
+                node_ids: node_ids.to_vec(),
+                membership: membership.as_str().to_string(),
+            },
+            |mut c, r| async move { c.set_membership(r).await },
+        )
+        .await?;
+    Ok(())
+}
+
 /// Shifts the physical clock of the node at `address` by `offset_ns` (testbed clock skew);
 /// returns the node's HLC reading after the change.
 pub async fn set_remote_clock_offset(address: &str, offset_ns: i64) -> Result<Timestamp> {

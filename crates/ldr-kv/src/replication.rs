@@ -44,6 +44,9 @@ const UNLISTED_GRACE_MEMBER: Duration = Duration::from_secs(120);
 /// How often leaseholders publish closed timestamps to followers (the closed timestamp
 /// target's default).
 const SIDE_TRANSPORT_INTERVAL: Duration = Duration::from_millis(200);
+/// Rebalancing steps (replica moves and lease transfers to even out counts) a leaseholder
+/// starts per pass; repairs are not limited.
+const REBALANCES_PER_PASS: usize = 2;
 /// How long one replica change (a learner catching up included) may take.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `server.time_until_store_dead`.
@@ -474,11 +477,16 @@ impl NodeInner {
                 .liveness_expiration
                 .add_nanos(dead_after.as_nanos() as u64)
                 < now;
-            if dead {
+            let leaving = status.membership != crate::Membership::Active;
+            if dead || leaving {
                 placement.replace.push(id);
             } else {
                 placement.eligible.push(id);
             }
+            if !status.is_live || status.is_draining || leaving {
+                placement.no_leases.push(id);
+            }
+            placement.leases.insert(id, status.leases as usize);
         }
         let mut descriptors: HashMap<RangeId, (Vec<u8>, Vec<u8>, RangeDescriptor)> = HashMap::new();
         for (key, value) in client.sys_scan(system::RANGES).await? {
@@ -488,38 +496,69 @@ impl NodeInner {
             }
             descriptors.insert(range.range_id, (key, value, range));
         }
+        let mut rebalances = 0;
         for replica in leading {
             let Some((key, stored, desc)) = descriptors.get(&replica.range_id()) else {
                 continue; // dropped
             };
-            let voters: Vec<NodeId> = replica
-                .voters()
-                .into_iter()
-                .filter_map(|v| NodeId::try_from(v).ok())
-                .collect();
-            let change = routing::plan_replica_change(&voters, me, num_replicas, &placement);
-            let step = async {
-                match change {
-                    Some(routing::ReplicaChange::Add(node)) => {
-                        self.add_voter(&replica, desc, &voters, node).await
-                    }
-                    Some(routing::ReplicaChange::Remove(node)) => {
-                        self.remove_voter(&replica, &voters, node).await
-                    }
-                    None => Ok(()),
-                }
-            };
-            // A learner that cannot catch up (its node died meanwhile) must not stall the
-            // queue: the next pass tries again.
-            let result = tokio::time::timeout(CHANGE_TIMEOUT, step)
-                .await
-                .unwrap_or_else(|_| Err(KvError::Internal("the replica change timed out".into())));
-            if let Err(e) = &result {
-                info!(range_id = desc.range_id, ?change, error = %e, "replica change failed");
-            } else if let Some(change) = change {
-                info!(range_id = desc.range_id, ?change, "replica change done");
+            if replica.lease_status() != ldr_replica::LeaseStatus::Valid {
+                continue; // a transfer of an earlier step moved it
             }
-            self.sync_descriptor(&replica, key, stored, desc).await?;
+            // One step, or two when the first added a voter (the surplus one it replaces is
+            // removed at once instead of a pass later); the descriptor follows once.
+            for _ in 0..2 {
+                let voters: Vec<NodeId> = replica
+                    .voters()
+                    .into_iter()
+                    .filter_map(|v| NodeId::try_from(v).ok())
+                    .collect();
+                let mut change =
+                    routing::plan_replica_change(&voters, me, num_replicas, &placement);
+                if change.is_none() && rebalances < REBALANCES_PER_PASS && !self.is_draining() {
+                    change = routing::plan_rebalance(&voters, me, num_replicas, &placement);
+                    rebalances += usize::from(change.is_some());
+                }
+                let Some(change) = change else { break };
+                placement.record(change, me);
+                let step = async {
+                    match change {
+                        routing::ReplicaChange::Add(node) => {
+                            self.add_voter(&replica, desc, &voters, node).await
+                        }
+                        routing::ReplicaChange::Remove(node) => {
+                            self.remove_voter(&replica, &voters, node).await
+                        }
+                        routing::ReplicaChange::TransferLease(node) => {
+                            match self.transfer_lease(&replica, node).await? {
+                                true => Ok(()),
+                                false => Err(KvError::Internal(format!(
+                                    "node {node} did not take the lease"
+                                ))),
+                            }
+                        }
+                    }
+                };
+                // A learner that cannot catch up (its node died meanwhile) must not stall
+                // the queue: the next pass tries again.
+                let result = tokio::time::timeout(CHANGE_TIMEOUT, step)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(KvError::Internal("the replica change timed out".into()))
+                    });
+                match result {
+                    Err(e) => {
+                        info!(range_id = desc.range_id, ?change, error = %e, "replica change failed");
+                        break;
+                    }
+                    Ok(()) => info!(range_id = desc.range_id, ?change, "replica change done"),
+                }
+                if !matches!(change, routing::ReplicaChange::Add(_)) {
+                    break;
+                }
+            }
+            if replica.lease_status() == ldr_replica::LeaseStatus::Valid {
+                self.sync_descriptor(&replica, key, stored, desc).await?;
+            }
         }
         Ok(())
     }

@@ -189,6 +189,8 @@ pub(crate) fn assign_shards(
 pub(crate) enum ReplicaChange {
     Add(NodeId),
     Remove(NodeId),
+    /// The leaseholder gives its lease to this voter.
+    TransferLease(NodeId),
 }
 
 /// What a range's nodes look like to its leaseholder.
@@ -201,6 +203,47 @@ pub(crate) struct Placement {
     pub(crate) replace: Vec<NodeId>,
     /// Replicas per node, to place new ones on the least loaded.
     pub(crate) load: HashMap<NodeId, usize>,
+    /// Leases per node (as each reported at its last liveness heartbeat).
+    pub(crate) leases: HashMap<NodeId, usize>,
+    /// Nodes that may not take a lease: draining, not live, or not active.
+    pub(crate) no_leases: Vec<NodeId>,
+}
+
+impl Placement {
+    fn load(&self, node: NodeId) -> usize {
+        self.load.get(&node).copied().unwrap_or(0)
+    }
+
+    fn leases(&self, node: NodeId) -> usize {
+        self.leases.get(&node).copied().unwrap_or(0)
+    }
+
+    /// The voter (not `leaseholder`) that should take a lease: one that may hold leases,
+    /// with the fewest.
+    fn lease_target(&self, voters: &[NodeId], leaseholder: NodeId) -> Option<NodeId> {
+        voters
+            .iter()
+            .copied()
+            .filter(|v| *v != leaseholder && !self.no_leases.contains(v))
+            .filter(|v| !self.replace.contains(v))
+            .min_by_key(|v| (self.leases(*v), *v))
+    }
+
+    /// Records a planned change, so later plans of the same pass see it.
+    pub(crate) fn record(&mut self, change: ReplicaChange, leaseholder: NodeId) {
+        match change {
+            ReplicaChange::Add(n) => *self.load.entry(n).or_default() += 1,
+            ReplicaChange::Remove(n) => {
+                let load = self.load.entry(n).or_default();
+                *load = load.saturating_sub(1);
+            }
+            ReplicaChange::TransferLease(n) => {
+                *self.leases.entry(n).or_default() += 1;
+                let old = self.leases.entry(leaseholder).or_default();
+                *old = old.saturating_sub(1);
+            }
+        }
+    }
 }
 
 /// The next membership change of a range with `voters` (one at a time, as CockroachDB's
@@ -232,6 +275,15 @@ pub(crate) fn plan_replica_change(
             return Some(ReplicaChange::Add(*node));
         }
     }
+    // A leaseholder on a node that is leaving (decommissioning) or may not hold leases
+    // (draining) hands its lease to a voter that stays, once the range has enough of them;
+    // the new leaseholder then removes it.
+    if (placement.replace.contains(&leaseholder) || placement.no_leases.contains(&leaseholder))
+        && staying.len() >= target
+        && let Some(node) = placement.lease_target(voters, leaseholder)
+    {
+        return Some(ReplicaChange::TransferLease(node));
+    }
     // More voters than wanted (a dead voter stays until it has a replacement, as it counts
     // towards `num_replicas` until then).
     if voters.len() > num_replicas.max(1) {
@@ -253,6 +305,60 @@ pub(crate) fn plan_replica_change(
         }
     }
     None
+}
+
+/// A rebalancing step for a range that needs no repair (see [`plan_replica_change`]): a node
+/// that joined later receives replicas and leases until the counts even out, as CockroachDB's
+/// replicate queue and store rebalancer do. Replicas: add one on the least loaded eligible
+/// node that is not a voter when it holds at least two fewer replicas than the most loaded
+/// voter that could be removed (not the leaseholder); the surplus voter is removed by the
+/// next pass ([`plan_replica_change`] removes the most loaded). Leases: give the lease to a
+/// voter holding at least two fewer leases, when this leaseholder holds more than the mean.
+/// The margins keep counts that differ by one from moving back and forth.
+pub(crate) fn plan_rebalance(
+    voters: &[NodeId],
+    leaseholder: NodeId,
+    num_replicas: usize,
+    placement: &Placement,
+) -> Option<ReplicaChange> {
+    if voters.len() != num_replicas || !placement.replace.is_empty() {
+        // Repairs first; and never rebalance while some node's replicas must be replaced.
+        return None;
+    }
+    let add = placement
+        .eligible
+        .iter()
+        .copied()
+        .filter(|n| !voters.contains(n))
+        .min_by_key(|n| (placement.load(*n), *n));
+    let remove = voters
+        .iter()
+        .copied()
+        .filter(|v| *v != leaseholder)
+        .max_by_key(|v| (placement.load(*v), *v));
+    if let (Some(add), Some(remove)) = (add, remove)
+        && placement.load(add) + 2 <= placement.load(remove)
+    {
+        return Some(ReplicaChange::Add(add));
+    }
+    let holders: Vec<NodeId> = placement
+        .eligible
+        .iter()
+        .copied()
+        .filter(|n| !placement.no_leases.contains(n))
+        .collect();
+    if holders.is_empty() {
+        return None;
+    }
+    let total: usize = holders.iter().map(|n| placement.leases(*n)).sum();
+    let mine = placement.leases(leaseholder);
+    if mine * holders.len() <= total {
+        return None; // at or below the mean
+    }
+    placement
+        .lease_target(voters, leaseholder)
+        .filter(|t| placement.leases(*t) + 2 <= mine)
+        .map(ReplicaChange::TransferLease)
 }
 
 /// `num_replicas` distinct nodes of `nodes` starting at index `first` (wrapping), or none
@@ -547,6 +653,7 @@ mod tests {
             eligible: eligible.to_vec(),
             replace: replace.to_vec(),
             load: load.iter().copied().collect(),
+            ..Placement::default()
         }
     }
 
@@ -590,8 +697,69 @@ mod tests {
         );
         assert_eq!(plan_replica_change(&[1, 2], 2, 1, &nodes), Some(Remove(1)));
         assert_eq!(plan_replica_change(&[2], 2, 1, &nodes), None);
-        // A decommissioning leaseholder is not removed while it holds the lease.
-        let draining = placement(&[1, 2, 4], &[3], &[]);
-        assert_eq!(plan_replica_change(&[1, 2, 3, 4], 3, 3, &draining), None);
+    }
+
+    #[test]
+    fn a_leaving_leaseholder_hands_its_lease_over_once_it_has_a_replacement() {
+        use ReplicaChange::*;
+        // Node 3 is decommissioning and holds the lease.
+        let mut nodes = placement(&[1, 2, 4], &[3], &[]);
+        nodes.leases = HashMap::from([(1, 5), (2, 1), (4, 0)]);
+        nodes.no_leases = vec![4];
+        // First a replacement, then the lease goes to the staying voter with the fewest
+        // leases that may hold one (4 is draining), then the new leaseholder removes 3.
+        assert_eq!(plan_replica_change(&[1, 2, 3], 3, 3, &nodes), Some(Add(4)));
+        assert_eq!(
+            plan_replica_change(&[1, 2, 3, 4], 3, 3, &nodes),
+            Some(TransferLease(2))
+        );
+        assert_eq!(
+            plan_replica_change(&[1, 2, 3, 4], 2, 3, &nodes),
+            Some(Remove(3))
+        );
+        // A draining leaseholder that stays a voter just hands the lease over.
+        let mut drain = placement(&[1, 2, 3], &[], &[]);
+        drain.no_leases = vec![3];
+        assert_eq!(
+            plan_replica_change(&[1, 2, 3], 3, 3, &drain),
+            Some(TransferLease(1))
+        );
+        // With nowhere to hand it, it keeps it.
+        drain.no_leases = vec![1, 2, 3];
+        assert_eq!(plan_replica_change(&[1, 2, 3], 3, 3, &drain), None);
+    }
+
+    #[test]
+    fn a_joined_node_receives_replicas_and_leases_until_the_counts_even_out() {
+        use ReplicaChange::*;
+        // Node 4 joined a cluster with 10 ranges on nodes 1-3.
+        let mut nodes = placement(&[1, 2, 3, 4], &[], &[(1, 10), (2, 10), (3, 10)]);
+        nodes.leases = HashMap::from([(1, 4), (2, 3), (3, 3)]);
+        assert_eq!(plan_rebalance(&[1, 2, 3], 1, 3, &nodes), Some(Add(4)));
+        // The next pass removes the most loaded voter that is not the leaseholder.
+        nodes.record(Add(4), 1);
+        assert_eq!(
+            plan_replica_change(&[1, 2, 3, 4], 1, 3, &nodes),
+            Some(Remove(3))
+        );
+        // Even (within one): nothing moves.
+        let even = placement(&[1, 2, 3, 4], &[], &[(1, 8), (2, 7), (3, 8), (4, 7)]);
+        assert_eq!(plan_rebalance(&[1, 2, 3], 1, 3, &even), None);
+        // Leases: node 1 holds 6 of 10 with 4 holders; node 4 (a voter) holds none.
+        let mut leases = even.clone();
+        leases.leases = HashMap::from([(1, 6), (2, 2), (3, 2), (4, 0)]);
+        assert_eq!(
+            plan_rebalance(&[1, 3, 4], 1, 3, &leases),
+            Some(TransferLease(4))
+        );
+        // At or below the mean, or no voter two below: keep it.
+        assert_eq!(plan_rebalance(&[1, 3, 4], 2, 3, &leases), None);
+        leases.leases = HashMap::from([(1, 3), (2, 3), (3, 2), (4, 2)]);
+        assert_eq!(plan_rebalance(&[1, 3, 4], 1, 3, &leases), None);
+        // Never while a node's replicas are being replaced, never under- or over-replicated.
+        let mut repairing = nodes.clone();
+        repairing.replace = vec![2];
+        assert_eq!(plan_rebalance(&[1, 3, 4], 1, 3, &repairing), None);
+        assert_eq!(plan_rebalance(&[1, 2], 1, 3, &nodes), None);
     }
 }

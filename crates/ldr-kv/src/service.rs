@@ -230,6 +230,48 @@ impl Kv for KvService {
         reply(&node, Ok(pb::KvCloseTimestampsResponse {}))
     }
 
+    async fn campaign(
+        &self,
+        request: Request<pb::KvCampaignRequest>,
+    ) -> Result<Response<pb::KvCampaignResponse>, Status> {
+        let node = self.enter(&request, Envelope::Cluster)?;
+        let range_id = request.into_inner().range_id;
+        let result = node
+            .serve_campaign(range_id)
+            .await
+            .map(|leader| pb::KvCampaignResponse { leader });
+        reply(&node, result)
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::KvDrainRequest>,
+    ) -> Result<Response<pb::KvDrainResponse>, Status> {
+        let node = self.enter(&request, Envelope::Open)?;
+        let shutdown = request.into_inner().shutdown;
+        let result = node.serve_drain(shutdown).await;
+        reply(&node, result)
+    }
+
+    async fn set_membership(
+        &self,
+        request: Request<pb::KvSetMembershipRequest>,
+    ) -> Result<Response<pb::KvSetMembershipResponse>, Status> {
+        let node = self.enter(&request, Envelope::Open)?;
+        let r = request.into_inner();
+        let result = async {
+            let membership = crate::Membership::parse(&r.membership).ok_or_else(|| {
+                KvError::InvalidRequest(format!("unknown node membership {:?}", r.membership))
+            })?;
+            node.client()
+                .change_membership(&r.node_ids, membership)
+                .await
+                .map(|()| pb::KvSetMembershipResponse {})
+        }
+        .await;
+        reply(&node, result)
+    }
+
     async fn join(
         &self,
         request: Request<pb::KvJoinRequest>,

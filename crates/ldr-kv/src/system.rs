@@ -20,6 +20,8 @@ use crate::{KvError, NodeDescriptor, RangeDescriptor, Result};
 pub(crate) const RANGES: &str = "ranges";
 pub(crate) const NODES: &str = "nodes";
 pub(crate) const LIVENESS: &str = "liveness";
+/// Node memberships set by operators (`ldr node decommission`), by node id.
+pub(crate) const MEMBERSHIP: &str = "membership";
 pub(crate) const SETTINGS: &str = "settings";
 pub(crate) const PTS: &str = "pts";
 pub(crate) const COUNTERS: &str = "counters";
@@ -73,6 +75,14 @@ pub(crate) fn table_ranges_prefix(table_id: TableId) -> Vec<u8> {
 
 pub(crate) fn node_key(node_id: NodeId) -> Vec<u8> {
     node_id.to_string().into_bytes()
+}
+
+/// The node id of a [`node_key`].
+pub(crate) fn node_id_of_key(key: &[u8]) -> Result<NodeId> {
+    std::str::from_utf8(key)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| KvError::Internal(format!("malformed node key {key:?}")))
 }
 
 pub(crate) fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {

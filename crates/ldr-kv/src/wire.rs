@@ -268,6 +268,7 @@ enum WireError {
     },
     PtsNotFound(String),
     Rpc(String),
+    InvalidRequest(String),
     Internal(String),
 }
 
@@ -386,6 +387,10 @@ impl WireError {
             ),
             KvError::PtsNotFound(id) => (Code::NotFound, WireError::PtsNotFound(id.clone())),
             KvError::Rpc(m) => (Code::Unknown, WireError::Rpc(m.clone())),
+            KvError::InvalidRequest(m) => (
+                Code::FailedPrecondition,
+                WireError::InvalidRequest(m.clone()),
+            ),
             KvError::Internal(m) => (Code::Internal, WireError::Internal(m.clone())),
         }
     }
@@ -456,6 +461,7 @@ impl WireError {
             WireError::WrongCluster { expected, got } => KvError::WrongCluster { expected, got },
             WireError::PtsNotFound(id) => KvError::PtsNotFound(id),
             WireError::Rpc(m) => KvError::Rpc(m),
+            WireError::InvalidRequest(m) => KvError::InvalidRequest(m),
             WireError::Internal(m) => KvError::Internal(m),
         }
     }
@@ -635,6 +641,7 @@ mod tests {
                 got: "b".into(),
             },
             KvError::PtsNotFound("p".into()),
+            KvError::InvalidRequest("no".into()),
             KvError::Internal("boom".into()),
         ];
         for e in errors {

@@ -25,6 +25,10 @@ use tokio::sync::watch;
 use crate::state_machine::AppliedState;
 use crate::{Command, RaftNodeId, ReplicaError, ReplicaNode, TypeConfig};
 
+/// How far behind (in log entries) a lease transfer's target may be when the leaseholder
+/// stops serving; the rest arrives while it waits.
+const TRANSFER_LAG_MAX: u64 = 16;
+
 /// Whether this replica may serve reads and evaluate writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseStatus {
@@ -68,6 +72,10 @@ pub struct Replica {
     pub(crate) lease_floor: Mutex<Option<(u64, u64)>>,
     /// Consistency checksums this replica computed (see `checksum.rs`).
     pub(crate) checksums: Arc<crate::checksum::Checksums>,
+    /// A lease transfer in progress: `(target, term, until)`. While set for the current term
+    /// and not past `until`, this replica serves nothing and sends no heartbeats, so the
+    /// target may win an election at once.
+    pub(crate) transfer: Mutex<Option<(RaftNodeId, u64, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -101,6 +109,9 @@ impl Replica {
             return LeaseStatus::NotLeaseholder {
                 hint: m.current_leader.filter(|l| *l != self.node_id),
             };
+        }
+        if let Some(target) = self.transfer_target(m.current_term) {
+            return LeaseStatus::NotLeaseholder { hint: Some(target) };
         }
         let applied_own_term = m
             .last_applied
@@ -144,6 +155,15 @@ impl Replica {
     /// (every replica applies it at that index). A leadership change while the command is in
     /// flight makes the outcome ambiguous: the new leader may still commit it.
     pub async fn propose(&self, command: Command) -> Result<u64, ReplicaError> {
+        // A write that passed the lease check just before a lease transfer began is refused
+        // here, unproposed (so not ambiguous): the client retries at the new leaseholder.
+        let term = self.raft.metrics().borrow().current_term;
+        if let Some(target) = self.transfer_target(term) {
+            return Err(ReplicaError::NotLeaseholder {
+                range_id: self.range_id,
+                hint: Some(target),
+            });
+        }
         match self.raft.client_write(command).await {
             Ok(response) => Ok(response.log_id.index),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -246,7 +266,7 @@ impl Replica {
         Ok(())
     }
 
-    /// Asks this replica to campaign now (a lease transfer target after a drain).
+    /// Asks this replica to campaign now (the target of a lease transfer).
     pub async fn campaign(&self) -> Result<(), ReplicaError> {
         self.raft
             .trigger()
@@ -256,5 +276,116 @@ impl Replica {
                 range_id: self.range_id,
                 detail: e.to_string(),
             })
+    }
+
+    /// Whether this replica is the Raft leader (lease or not).
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    /// The transfer target while a lease transfer of `term` is in progress.
+    fn transfer_target(&self, term: u64) -> Option<RaftNodeId> {
+        match *self.transfer.lock() {
+            Some((target, t, until)) if t == term && std::time::Instant::now() < until => {
+                Some(target)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a lease transfer is in progress (the heartbeat task skips this leader).
+    pub(crate) fn transferring(&self) -> bool {
+        let term = self.raft.metrics().borrow().current_term;
+        self.transfer_target(term).is_some()
+    }
+
+    /// Starts giving the lease to `target` (a voter). First, still serving, waits up to
+    /// `catch_up` until `target` is at most [`TRANSFER_LAG_MAX`] entries behind (else gives up:
+    /// the range never stopped serving). Then stops serving and heartbeating (for at most
+    /// `hold`, the safety net should the caller never end the transfer) and waits up to
+    /// `catch_up` until `target` has every entry this leader appended, so it may win an
+    /// election at once: a leader that stopped heartbeating votes for an up-to-date candidate
+    /// (openraft's followers refuse votes while they heard a leader recently; the old
+    /// leader's vote is enough for a majority of three). Returns whether the target caught
+    /// up; the caller then has the target campaign, and calls
+    /// [`Replica::end_lease_transfer`] in every case.
+    pub async fn begin_lease_transfer(
+        &self,
+        target: RaftNodeId,
+        catch_up: Duration,
+        hold: Duration,
+    ) -> Result<bool, ReplicaError> {
+        {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            if !(m.state == ServerState::Leader && m.current_leader == Some(self.node_id)) {
+                return Err(ReplicaError::NotLeaseholder {
+                    range_id: self.range_id,
+                    hint: m.current_leader,
+                });
+            }
+            if !m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == target)
+            {
+                return Err(ReplicaError::Raft {
+                    range_id: self.range_id,
+                    detail: format!("node {target} is not a voter of the range"),
+                });
+            }
+        }
+        if !self.wait_target(target, TRANSFER_LAG_MAX, catch_up).await {
+            return Ok(false);
+        }
+        let term = self.raft.metrics().borrow().current_term;
+        *self.transfer.lock() = Some((target, term, std::time::Instant::now() + hold));
+        // Every command proposed so far is applied here (its proposer has its answer, so no
+        // write in flight becomes ambiguous) and logged on the target.
+        Ok(self.wait_target(target, 0, catch_up).await)
+    }
+
+    /// Waits until this leader's follower `target` is at most `lag` entries behind.
+    async fn wait_target(&self, target: RaftNodeId, lag: u64, timeout: Duration) -> bool {
+        let mut rx = self.raft.metrics();
+        tokio::time::timeout(timeout, async {
+            loop {
+                {
+                    let m = rx.borrow_and_update();
+                    if m.state != ServerState::Leader {
+                        return false;
+                    }
+                    let last = m.last_log_index.unwrap_or(0);
+                    // Caught up entirely: also every entry applied here.
+                    let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&target).cloned().flatten())
+                        .map(|l| l.index);
+                    if (lag > 0 || applied >= last) && matched.is_some_and(|i| i + lag >= last) {
+                        return true;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Ends a lease transfer: a replica still leading serves again.
+    pub fn end_lease_transfer(&self) {
+        *self.transfer.lock() = None;
+    }
+
+    /// Stops or resumes campaigning (a draining node takes no leases).
+    pub fn set_campaigning(&self, enabled: bool) {
+        self.raft.runtime_config().elect(enabled);
     }
 }

@@ -74,6 +74,8 @@ pub struct ReplicaStore {
     transport: Arc<dyn RaftTransport>,
     writer: LogWriter,
     sync_log: Arc<AtomicBool>,
+    /// A draining node's replicas do not campaign (it takes no leases).
+    draining: AtomicBool,
     config: Arc<Config>,
     lease: Duration,
     replicas: RwLock<HashMap<RangeId, Arc<Replica>>>,
@@ -139,6 +141,7 @@ impl ReplicaStore {
             engine,
             transport,
             sync_log,
+            draining: AtomicBool::new(false),
             config: Arc::new(config),
             lease: options.lease,
             replicas: RwLock::new(HashMap::new()),
@@ -178,6 +181,19 @@ impl ReplicaStore {
         self.sync_log.store(sync, Ordering::Relaxed);
     }
 
+    /// Starts or stops draining: a draining node's replicas do not campaign, so it takes no
+    /// leases (it still follows and votes).
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+        for replica in self.replicas() {
+            replica.set_campaigning(!draining);
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     pub fn replica(&self, range_id: RangeId) -> Option<Arc<Replica>> {
         self.replicas.read().get(&range_id).cloned()
     }
@@ -213,6 +229,9 @@ impl ReplicaStore {
                 range_id,
                 detail: e.to_string(),
             })?;
+        if self.is_draining() {
+            raft.runtime_config().elect(false);
+        }
         Ok(Arc::new(Replica {
             range_id,
             span,
@@ -224,6 +243,7 @@ impl ReplicaStore {
             clock: self.engine.clock().clone(),
             lease_floor: parking_lot::Mutex::new(None),
             checksums,
+            transfer: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -339,7 +359,9 @@ async fn heartbeat_loop(store: Weak<ReplicaStore>, interval: Duration) {
             let replicas = store.replicas.read();
             replicas
                 .values()
-                .filter(|r| r.raft.metrics().borrow().state == ServerState::Leader)
+                .filter(|r| {
+                    r.raft.metrics().borrow().state == ServerState::Leader && !r.transferring()
+                })
                 .cloned()
                 .collect()
         };

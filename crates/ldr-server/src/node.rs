@@ -234,6 +234,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         }),
     );
     sql.register_jobs(&registry, flows.clone());
+    kv_node.set_drain_hook(Arc::new(JobsDrain(registry.clone())));
     let node = Arc::new(Node {
         kv,
         registry,
@@ -244,7 +245,24 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     ready.store(true, Ordering::Release);
     info!("node ready");
 
-    shutdown_signal().await;
+    tokio::select! {
+        // `ldr node drain` drained the node and asked it to stop.
+        _ = kv_node.shutdown_requested() => info!("drained; shutting down"),
+        // A graceful stop drains first (leases and job claims move at once instead of after
+        // the liveness TTL), as CockroachDB's does, within a deadline.
+        _ = shutdown_signal() => {
+            info!("draining before shutting down");
+            match kv_node.drain(GRACEFUL_DRAIN).await {
+                Ok(left) if left.done() => info!("drained"),
+                Ok(left) => warn!(
+                    leases = left.remaining_leases,
+                    jobs = left.remaining_jobs,
+                    "shutting down before the drain finished"
+                ),
+                Err(e) => warn!(error = %e, "drain failed; shutting down"),
+            }
+        }
+    }
     info!("shutting down");
     ready.store(false, Ordering::Release);
     kv_node.stop().await;
@@ -253,24 +271,42 @@ pub async fn run(config: ServerConfig) -> Result<()> {
 
 /// The cluster's nodes as JSON for `GET /_status/nodes`.
 async fn nodes_json(kv: &KvClient) -> String {
-    match kv.nodes().await {
-        Ok(nodes) => {
-            let rows: Vec<serde_json::Value> = nodes
-                .iter()
-                .map(|n| {
-                    serde_json::json!({
-                        "node_id": n.node.node_id,
-                        "address": n.node.address,
-                        "sql_address": n.node.sql_address,
-                        "http_address": n.node.http_address,
-                        "started_at": crate::console::format_ts(n.node.started_at),
-                        "is_live": n.is_live,
-                    })
-                })
-                .collect();
-            serde_json::Value::Array(rows).to_string()
-        }
-        Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+    let nodes = match kv.nodes().await {
+        Ok(nodes) => nodes,
+        Err(e) => return serde_json::json!({ "error": e.to_string() }).to_string(),
+    };
+    // Replica counts come from the range descriptors (a dead node reports nothing).
+    let replicas = kv.replica_counts().await.unwrap_or_default();
+    let rows: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "node_id": n.node.node_id,
+                "address": n.node.address,
+                "sql_address": n.node.sql_address,
+                "http_address": n.node.http_address,
+                "started_at": crate::console::format_ts(n.node.started_at),
+                "is_live": n.is_live,
+                "is_draining": n.is_draining,
+                "membership": n.membership.as_str(),
+                "replicas": replicas.get(&n.node.node_id).copied().unwrap_or(0),
+                "leases": n.leases,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+/// How long a graceful stop (SIGTERM, SIGINT) drains before it stops anyway.
+const GRACEFUL_DRAIN: Duration = Duration::from_secs(10);
+
+/// Releases the node's job claims when it drains.
+struct JobsDrain(Arc<Registry>);
+
+#[async_trait::async_trait]
+impl ldr_kv::DrainHook for JobsDrain {
+    async fn drain(&self) -> usize {
+        self.0.drain(Duration::from_secs(5)).await
     }
 }
 

@@ -2,10 +2,12 @@
 //! report with the contract's keys and a plot, and judge convergence. Speed is not checked
 //! (the machine is shared and loaded); shapes and invariants are.
 //!
-//! - `bench_postgres_and_rocksdb`: the PostgreSQL peer and the storage limit, without ldr;
-//! - `bench_ldr_with_postgres` (nodes=1) / `bench_ldr_without_postgres_two_nodes`: the whole
-//!   run against real `ldr` processes, with and without the PostgreSQL peer; the conflict
-//!   phase must converge.
+//! - `bench_postgres_and_rocksdb`: the PostgreSQL peer (with `fsync = on`, as
+//!   `--raft-log-sync=on` runs it) and the storage limit, without ldr;
+//! - `bench_ldr_with_postgres` (nodes=1, sync off: the default) /
+//!   `bench_ldr_without_postgres_two_nodes` (sync on): the whole run against real `ldr`
+//!   processes, with and without the PostgreSQL peer; the conflict phase must converge, and
+//!   the report must say which durability and replication factor ran.
 
 use std::time::Duration;
 
@@ -71,6 +73,56 @@ fn check_contract(path: &std::path::Path) -> serde_json::Value {
     json
 }
 
+/// The report says which durability ran (read back from the servers) and, with ldr, the
+/// replication factor it measured and what replication cost per row.
+fn check_durability(json: &serde_json::Value, sync: bool, postgres: bool, factor: Option<u64>) {
+    let on_off = if sync { "on" } else { "off" };
+    assert_eq!(json["config"]["raft_log_sync"], sync, "{json}");
+    assert_eq!(json["durability"]["raft_log_sync"], on_off, "{json}");
+    assert!(
+        json["durability"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("sync {on_off}:"))),
+        "{json}"
+    );
+    if postgres {
+        assert_eq!(json["durability"]["postgres_fsync"], on_off, "{json}");
+        assert_eq!(json["durability"]["postgres_synchronous_commit"], "on");
+    } else {
+        assert!(json["durability"]["postgres_fsync"].is_null(), "{json}");
+    }
+    match factor {
+        Some(f) => {
+            assert_eq!(
+                json["durability"]["disable_synchronization_unsafe"], !sync,
+                "{json}"
+            );
+            assert_eq!(json["replication"]["factor"], f, "{json}");
+            assert_eq!(json["replication"]["factor_max"], f, "{json}");
+            positive(json, "/replication/kv_ranges");
+            positive(json, "/replication/cpu_us_per_row_catchup");
+            positive(json, "/replication/cpu_us_per_row_steady");
+            positive(json, "/replication/commit_latency_ms/p99");
+            positive(json, "/replication/write_latency_ms/p99");
+            positive(json, "/steady/ldr_write_latency_ms/p50");
+            positive(json, "/replication/idle_cpu_cores");
+            assert!(
+                json["replication"]["cpu_us_per_row_steady_above_idle"]
+                    .as_f64()
+                    .is_some_and(|v| v >= 0.0
+                        && v <= json["replication"]["cpu_us_per_row_steady"]
+                            .as_f64()
+                            .unwrap_or(0.0)),
+                "{json}"
+            );
+        }
+        None => {
+            assert!(json["replication"]["factor"].is_null(), "{json}");
+            assert!(json["durability"]["disable_synchronization_unsafe"].is_null());
+        }
+    }
+}
+
 fn positive(json: &serde_json::Value, key: &str) -> f64 {
     let v = json
         .pointer(key)
@@ -85,6 +137,7 @@ async fn bench_postgres_and_rocksdb() {
     let out = tempfile::tempdir().expect("tempdir");
     let outcome = run(BenchOptions {
         skip_ldr: true,
+        raft_log_sync: true,
         ..options(out.path())
     })
     .await;
@@ -101,6 +154,8 @@ async fn bench_postgres_and_rocksdb() {
     positive(&json, "/rocksdb/put_per_s");
     positive(&json, "/rocksdb/read_check_write_per_s");
     positive(&json, "/steady/postgres_lag_ms/p99");
+    positive(&json, "/steady/postgres_write_latency_ms/p99");
+    check_durability(&json, true, true, None);
     assert!(json["catchup"]["ldr_rows_per_s"].is_null());
     assert!(json["steady"]["commit_latency_ms"]["p99"].is_null());
     // Every acknowledged heartbeat of the 3 s phase was measured (one every 50 ms; ticks
@@ -165,6 +220,15 @@ async fn bench_ldr_with_postgres() {
     positive(&json, "/catchup/postgres_rows_per_s");
     positive(&json, "/catchup/ratio_vs_postgres");
     positive(&json, "/steady/postgres_lag_ms/p99");
+    // The default: no sync on either side, single-copy ranges on one node.
+    check_durability(&json, false, true, Some(1));
+    let table = bench::render_table(report);
+    assert!(
+        table.contains("durability: raft log sync off")
+            && table.contains("PostgreSQL fsync = off")
+            && table.contains("replication factor 1"),
+        "{table}"
+    );
     let svg = std::fs::read_to_string(&outcome.svg_path).expect("plot written");
     assert!(svg.contains("ldr (") && svg.contains("postgres ("));
 }
@@ -175,6 +239,7 @@ async fn bench_ldr_without_postgres_two_nodes() {
     let outcome = run(BenchOptions {
         nodes: 2,
         skip_postgres: true,
+        raft_log_sync: true,
         ..options(out.path())
     })
     .await;
@@ -186,4 +251,40 @@ async fn bench_ldr_without_postgres_two_nodes() {
     assert!(json["catchup"]["postgres_rows_per_s"].is_null());
     assert!(json["steady"]["postgres_lag_ms"]["p99"].is_null());
     assert_eq!(json["config"]["nodes"], 2);
+    // Two nodes: every range has two voters, and their Raft logs were synced.
+    check_durability(&json, true, false, Some(2));
+    let table = bench::render_table(report);
+    assert!(
+        table.contains("raft log sync on") && table.contains("ldr per row (RF 2, sync on)"),
+        "{table}"
+    );
+}
+
+#[tokio::test]
+async fn bench_rejects_sync_on_single_copy_ranges() {
+    let out = tempfile::tempdir().expect("tempdir");
+    for (nodes, replicas) in [(1, None), (3, Some(1))] {
+        let error = bench::run(BenchOptions {
+            nodes,
+            replicas,
+            raft_log_sync: true,
+            ..options(out.path())
+        })
+        .await
+        .expect_err("sync on without replicated ranges is refused");
+        assert!(
+            error
+                .to_string()
+                .contains("--raft-log-sync=on needs replicated ranges"),
+            "{error}"
+        );
+    }
+    let error = bench::run(BenchOptions {
+        nodes: 2,
+        replicas: Some(3),
+        ..options(out.path())
+    })
+    .await
+    .expect_err("more replicas than nodes is refused");
+    assert!(error.to_string().contains("--replicas"), "{error}");
 }

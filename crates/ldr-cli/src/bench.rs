@@ -5,18 +5,26 @@
 //! early; the report written so far is still saved.
 //!
 //! Contract (scripts and CI rely on it): `ldr bench [--nodes=N] [--rows=N]
-//! [--duration=SECONDS] [--steady-rate=R[,R...]] [--out=DIR] [--skip-postgres]`; the JSON
-//! report's keys are listed in `docs/benchmarks.md`.
+//! [--duration=SECONDS] [--steady-rate=R[,R...]] [--out=DIR] [--skip-postgres]
+//! [--raft-log-sync=on|off] [--replicas=N]`; the JSON report's keys are listed in
+//! `docs/benchmarks.md`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use ldr_sim::bench::{self, BenchOptions};
 use ldr_sim::workload::CancellationToken;
 
 use crate::workload_cmd::parse_duration;
+
+/// `--raft-log-sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    On,
+    Off,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -38,6 +46,17 @@ pub struct BenchArgs {
     /// Do not run the PostgreSQL peer.
     #[arg(long)]
     pub skip_postgres: bool,
+    /// Durability of both systems. `on`: ldr fsyncs its Raft log before acknowledging a
+    /// replicated write (kv.raft_log.disable_synchronization_unsafe = false) and PostgreSQL
+    /// runs with fsync = on; `off`: neither syncs (the setting = true, fsync = off). `on`
+    /// needs replicated ranges (2 or more nodes).
+    #[arg(long = "raft-log-sync", value_enum, default_value = "off")]
+    pub raft_log_sync: SyncMode,
+    /// Voters per range (ALTER RANGE default CONFIGURE ZONE USING num_replicas, before the
+    /// tables exist); default: 3, capped by --nodes. `--nodes=3 --replicas=1` measures the
+    /// same topology without replication.
+    #[arg(long)]
+    pub replicas: Option<usize>,
     /// Do not run ldr (measures only PostgreSQL and RocksDB; for testing the harness).
     #[arg(long, hide = true)]
     pub skip_ldr: bool,
@@ -124,6 +143,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         quiet: args.quiet,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         cancel,
+        raft_log_sync: args.raft_log_sync == SyncMode::On,
+        replicas: args.replicas,
         ..BenchOptions::default()
     };
     if let Some(seed) = args.seed {

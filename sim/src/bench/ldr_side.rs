@@ -19,6 +19,11 @@
 //! - **lag** (steady): `now − replicated_time` from `SHOW LOGICAL REPLICATION JOBS`, sampled
 //!   every 100 ms during the workload.
 //! - **CPU**: `/proc/<pid>/stat` of every node process, before and after the phase.
+//! - **durability and replication factor**: `kv.raft_log.disable_synchronization_unsafe` is
+//!   set on both clusters before the tables exist and read back from every node (each node
+//!   applies it to its Raft log writer when its settings cache refreshes); `--replicas` sets
+//!   the default zone's `num_replicas` first; the factor reported is what `SHOW RANGES FROM
+//!   TABLE kv` lists as voters on both clusters before the load.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +56,103 @@ struct LdrSide {
     job: i64,
     /// A connection to destination node 1 for polling.
     dst_client: Client,
+    /// Voters per range of `kv`: fewest and most over both clusters, and ranges per cluster.
+    factor: (usize, usize, usize),
+}
+
+const SYNC_SETTING: &str = "kv.raft_log.disable_synchronization_unsafe";
+
+/// Waits until every node of `cluster` reads `SYNC_SETTING` as `disabled` (its settings
+/// cache refreshes every second; the Raft log writer follows in the same refresh).
+async fn wait_sync_setting(cluster: &Cluster, disabled: bool) -> Result<()> {
+    let want = disabled.to_string();
+    for node in cluster.node_ids() {
+        sql::wait_until(
+            &format!("node {node} to apply {SYNC_SETTING} = {want}"),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async {
+                let rows = cluster
+                    .query_text(node, &format!("SHOW CLUSTER SETTING {SYNC_SETTING}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let value = rows
+                    .rows
+                    .first()
+                    .and_then(|r| r.first().cloned().flatten())
+                    .unwrap_or_default();
+                // Booleans come back as `t`/`f` or `true`/`false`.
+                let value = match value.trim() {
+                    "t" | "true" => "true",
+                    "f" | "false" => "false",
+                    other => return Err(format!("unexpected value {other:?}")),
+                };
+                if value == want {
+                    Ok(())
+                } else {
+                    Err(format!("reads {value}"))
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Voters of each range of `table` on `cluster` (`SHOW RANGES FROM TABLE`).
+async fn voters_per_range(cluster: &Cluster, table: &str) -> Result<Vec<usize>> {
+    let rows = cluster
+        .query_text(1, &format!("SHOW RANGES FROM TABLE {table}"))
+        .await?;
+    let column = rows
+        .column("voting_replicas")
+        .ok_or_else(|| SimError::Protocol("SHOW RANGES has no voting_replicas column".into()))?;
+    Ok(rows
+        .rows
+        .iter()
+        .map(|r| {
+            r.get(column)
+                .cloned()
+                .flatten()
+                .unwrap_or_default()
+                .trim_matches(|c| c == '{' || c == '}')
+                .split(',')
+                .filter(|n| !n.trim().is_empty())
+                .count()
+        })
+        .collect())
+}
+
+/// Waits (bounded) until every range of `kv` and `hb` on both clusters has `want` voters, and
+/// returns (fewest, most, ranges of `kv` per cluster) as last read, reached or not.
+async fn replication_factor(
+    src: &Cluster,
+    dst: &Cluster,
+    want: usize,
+    reporter: &Reporter,
+) -> Result<(usize, usize, usize)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all = Vec::new();
+        let mut kv_ranges = 0;
+        for cluster in [src, dst] {
+            let kv = voters_per_range(cluster, KV_TABLE).await?;
+            kv_ranges = kv.len();
+            all.extend(kv);
+            all.extend(voters_per_range(cluster, HB_TABLE).await?);
+        }
+        let fewest = all.iter().copied().min().unwrap_or(0);
+        let most = all.iter().copied().max().unwrap_or(0);
+        if (fewest == want && most == want) || Instant::now() >= deadline {
+            if fewest != want || most != want {
+                reporter.note(&format!(
+                    "ranges have {fewest}-{most} voters after 60 s, expected {want}: measuring anyway"
+                ));
+            }
+            return Ok((fewest, most, kv_ranges));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Newest `cluster_logical_timestamp()` over every node of `cluster`.
@@ -151,6 +253,32 @@ impl LdrSide {
             Cluster::start(spec("bench-src")),
             Cluster::start(spec("bench-dst"))
         )?;
+        let disabled = !options.raft_log_sync;
+        for cluster in [&src, &dst] {
+            // Durability first, so that every write of the run has it.
+            cluster
+                .exec(
+                    1,
+                    &format!("SET CLUSTER SETTING {SYNC_SETTING} = {disabled}"),
+                )
+                .await?;
+            if let Some(n) = options.replicas {
+                // Before the tables: they are created with this many voters.
+                cluster
+                    .exec(
+                        1,
+                        &format!("ALTER RANGE default CONFIGURE ZONE USING num_replicas = {n}"),
+                    )
+                    .await?;
+            }
+        }
+        for cluster in [&src, &dst] {
+            wait_sync_setting(cluster, disabled).await?;
+        }
+        reporter.note(&format!(
+            "raft log sync {} ({SYNC_SETTING} = {disabled} on every node)",
+            options.raft_log_sync_text()
+        ));
         for cluster in [&src, &dst] {
             // Both are sources: dst→src in the conflict phase.
             cluster
@@ -169,6 +297,16 @@ impl LdrSide {
                 )
                 .await?;
         }
+        let factor = replication_factor(&src, &dst, options.replication_factor(), reporter).await?;
+        reporter.note(&format!(
+            "replication factor {} ({} ranges of {KV_TABLE} per cluster)",
+            if factor.0 == factor.1 {
+                factor.0.to_string()
+            } else {
+                format!("{}-{}", factor.0, factor.1)
+            },
+            factor.2
+        ));
         ldr::create_external_connection(&dst, SOURCE_CONNECTION, &src).await?;
         let job = ldr::create_stream(
             &dst,
@@ -187,6 +325,7 @@ impl LdrSide {
             dst,
             job,
             dst_client,
+            factor,
         })
     }
 
@@ -219,7 +358,22 @@ pub(super) async fn run(
     report: &mut BenchReport,
 ) -> Result<()> {
     let side = or_cancel(&options.cancel, LdrSide::start(options, binary, reporter)).await?;
-    let result = phases(options, reporter, report, &side).await;
+    report.durability.disable_synchronization_unsafe = Some(!options.raft_log_sync);
+    let (fewest, most, kv_ranges) = side.factor;
+    report.replication.factor = Some(fewest);
+    report.replication.factor_max = Some(most);
+    report.replication.kv_ranges = Some(kv_ranges);
+    let result = match or_cancel(&options.cancel, idle_cpu(&side)).await {
+        Ok(cores) => {
+            report.replication.idle_cpu_cores = Some(cores);
+            reporter.note(&format!(
+                "idle (stream running, no writes): {cores:.2} CPU cores over all {} nodes",
+                2 * options.nodes
+            ));
+            phases(options, reporter, report, &side).await
+        }
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         for (name, cluster) in [("source", &side.src), ("destination", &side.dst)] {
             for node in cluster.node_ids() {
@@ -230,6 +384,19 @@ pub(super) async fn run(
         }
     }
     result
+}
+
+/// How long the idle CPU baseline is measured.
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
+
+/// CPU cores busy over every node of both clusters while the stream runs and nothing is
+/// written (the baseline that per-row CPU at low rates is mostly made of).
+async fn idle_cpu(side: &LdrSide) -> Result<f64> {
+    let (src0, dst0) = side.cpu();
+    let started = Instant::now();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let (src1, dst1) = side.cpu();
+    Ok(((src1 - src0) + (dst1 - dst0)) / started.elapsed().as_secs_f64())
 }
 
 async fn phases(
@@ -435,6 +602,7 @@ async fn steady(
         .unwrap_or(0.0);
     let t0 = epoch_now();
     let (cpu_src0, cpu_dst0) = side.cpu();
+    let cpu_started = Instant::now();
     let applied_sampler = {
         let probe = IngestedProbe::new(&side.dst, ingested_before);
         Sampler::spawn(Duration::from_millis(250), t0, move || {
@@ -486,6 +654,7 @@ async fn steady(
     )
     .await?;
     let (cpu_src1, cpu_dst1) = side.cpu();
+    let cpu_window_s = cpu_started.elapsed().as_secs_f64();
     let applied = applied_sampler.finish().await;
     let last = last_seq.unwrap_or(first_seq - 1);
     let rows = sql::query_text(
@@ -523,6 +692,15 @@ async fn steady(
     entry.ldr_achieved_rows_per_s = Some(workload.rows_written_per_s);
     entry.ldr_workload_errors = workload.errors + failed;
     entry.ldr_heartbeats_sent = sent;
+    entry.ldr_write_latency_ms = super::write_latency(&workload);
+    if index == 0
+        && workload.rows_written > 0
+        && let Some(idle) = report.replication.idle_cpu_cores
+    {
+        let used = (cpu_src1 - cpu_src0) + (cpu_dst1 - cpu_dst0);
+        report.replication.cpu_us_per_row_steady_above_idle =
+            Some((used - idle * cpu_window_s).max(0.0) * 1e6 / workload.rows_written as f64);
+    }
     entry.ldr_cpu = Some(CpuUse::new(
         cpu_src1 - cpu_src0,
         cpu_dst1 - cpu_dst0,

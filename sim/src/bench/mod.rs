@@ -92,6 +92,15 @@ pub struct BenchOptions {
     /// The command line, echoed into the report.
     pub command: String,
     pub cancel: CancellationToken,
+    /// Durability of both systems: `true` fsyncs ldr's Raft log before a replicated write is
+    /// acknowledged (`kv.raft_log.disable_synchronization_unsafe = false`, ldr's own default)
+    /// and runs PostgreSQL with `fsync = on`; `false` (the benchmark's default, as before
+    /// ranges were replicated) writes ldr's log without syncing it
+    /// (`disable_synchronization_unsafe = true`) and runs PostgreSQL with `fsync = off`.
+    pub raft_log_sync: bool,
+    /// Voters per range (`ALTER RANGE default CONFIGURE ZONE USING num_replicas`, set before
+    /// the tables are created); `None` keeps the cluster default (3, capped by `nodes`).
+    pub replicas: Option<usize>,
 }
 
 impl Default for BenchOptions {
@@ -117,6 +126,8 @@ impl Default for BenchOptions {
             quiet: false,
             command: String::new(),
             cancel: CancellationToken::new(),
+            raft_log_sync: false,
+            replicas: None,
         }
     }
 }
@@ -152,7 +163,32 @@ impl BenchOptions {
         if self.value_bytes == 0 {
             return bad("values need at least one byte");
         }
+        if let Some(r) = self.replicas
+            && (r == 0 || r > self.nodes)
+        {
+            return bad("--replicas must be between 1 and --nodes");
+        }
+        if self.raft_log_sync && !self.skip_ldr && self.replication_factor() < 2 {
+            // Single-copy ranges are outside Raft: their writes go to the node's RocksDB WAL,
+            // which is never synced, so PostgreSQL with fsync on would not be a fair peer.
+            return bad(
+                "--raft-log-sync=on needs replicated ranges (--nodes and --replicas of 2 or more): \
+                 single-copy ranges never sync their WAL, so the comparison with PostgreSQL \
+                 (fsync = on) would not be fair",
+            );
+        }
         Ok(())
+    }
+
+    /// Voters per range the clusters should have: `--replicas`, or the default zone's 3
+    /// capped by the nodes there are.
+    pub fn replication_factor(&self) -> usize {
+        self.replicas.unwrap_or(self.nodes.min(3))
+    }
+
+    /// `on` / `off`.
+    pub fn raft_log_sync_text(&self) -> &'static str {
+        if self.raft_log_sync { "on" } else { "off" }
     }
 
     fn kv_config(&self, batch: usize, distribution: KeyDistribution) -> KvConfig {
@@ -257,6 +293,23 @@ pub(crate) async fn load_rows(
         )));
     }
     Ok(run.summary)
+}
+
+/// The workload's statement latency (its HDR summary) in the report's percentile shape
+/// (`p90` is not kept by the summary: `null`).
+pub(crate) fn write_latency(summary: &WorkloadSummary) -> stats::Percentiles {
+    let l = &summary.latency;
+    if l.count == 0 {
+        return stats::Percentiles::default();
+    }
+    stats::Percentiles {
+        count: l.count,
+        p50: Some(l.p50_ms),
+        p90: None,
+        p99: Some(l.p99_ms),
+        max: Some(l.max_ms),
+        mean: Some(l.mean_ms),
+    }
 }
 
 /// Runs the steady kv workload (upserts of existing keys at `rate` rows/s for the duration).
@@ -473,6 +526,13 @@ pub async fn run(mut options: BenchOptions) -> Result<BenchOutcome> {
             skip_ldr: options.skip_ldr,
             ldr_binary: ldr_binary.display().to_string(),
             ldr_build: build_kind(&ldr_binary),
+            raft_log_sync: options.raft_log_sync,
+            replicas: options.replicas,
+        },
+        durability: report::DurabilityReport {
+            raft_log_sync: options.raft_log_sync_text().into(),
+            summary: durability_summary(&options),
+            ..Default::default()
         },
         machine: Machine::detect(),
         catchup: report::CatchupReport {
@@ -512,12 +572,14 @@ pub async fn run(mut options: BenchOptions) -> Result<BenchOutcome> {
         );
     }
     reporter.step(&format!(
-        "ldr bench: nodes={} rows={} duration={:?} rates={:?} seed={} ({} cores, {})",
+        "ldr bench: nodes={} rows={} duration={:?} rates={:?} seed={} raft-log-sync={} replicas={} ({} cores, {})",
         options.nodes,
         options.rows,
         options.duration,
         options.steady_rates,
         options.seed,
+        options.raft_log_sync_text(),
+        options.replication_factor(),
         report.machine.cores,
         report.machine.memory
     ));
@@ -566,6 +628,18 @@ pub async fn run(mut options: BenchOptions) -> Result<BenchOutcome> {
         json_path,
         svg_path,
     })
+}
+
+/// What an acknowledged write survives with these options (same for both systems).
+fn durability_summary(options: &BenchOptions) -> String {
+    if options.raft_log_sync {
+        format!(
+            "sync on: ldr fsyncs the Raft log of each replicated write on a quorum of its {} replicas before acknowledging it, PostgreSQL fsyncs its WAL at commit: an acknowledged write survives an OS crash",
+            options.replication_factor()
+        )
+    } else {
+        "sync off: ldr writes its Raft log (and single-copy ranges their WAL) without syncing, PostgreSQL runs with fsync = off: an acknowledged write survives a killed process, not an OS crash (kv.raft_log.disable_synchronization_unsafe = true is for benchmarks only)".into()
+    }
 }
 
 async fn run_rocksdb(
@@ -648,4 +722,76 @@ async fn run_rocksdb(
 /// Convenience for callers that only need the shared state of a sampler-fed bar.
 pub(crate) fn watch() -> Arc<Watch> {
     Arc::new(Watch::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid(options: BenchOptions) -> std::result::Result<BenchOptions, String> {
+        let mut options = options;
+        options
+            .validate()
+            .map(|()| options)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sync_on_needs_replicated_ranges() {
+        let one = BenchOptions {
+            raft_log_sync: true,
+            ..BenchOptions::default()
+        };
+        let error = valid(one.clone()).expect_err("one node: single-copy ranges");
+        assert!(
+            error.contains("--raft-log-sync=on needs replicated ranges"),
+            "{error}"
+        );
+        // Without ldr only PostgreSQL runs, with fsync on.
+        assert!(
+            valid(BenchOptions {
+                skip_ldr: true,
+                ..one.clone()
+            })
+            .is_ok()
+        );
+        let three = BenchOptions {
+            nodes: 3,
+            ..one.clone()
+        };
+        assert_eq!(valid(three.clone()).expect("RF 3").replication_factor(), 3);
+        assert!(
+            valid(BenchOptions {
+                replicas: Some(1),
+                ..three.clone()
+            })
+            .is_err()
+        );
+        let off = BenchOptions {
+            nodes: 3,
+            replicas: Some(1),
+            ..BenchOptions::default()
+        };
+        assert_eq!(valid(off).expect("RF 1 on 3 nodes").replication_factor(), 1);
+        assert_eq!(
+            valid(BenchOptions {
+                nodes: 5,
+                ..BenchOptions::default()
+            })
+            .expect("5 nodes")
+            .replication_factor(),
+            3,
+            "the default zone's 3, capped by nodes"
+        );
+        assert!(
+            valid(BenchOptions {
+                nodes: 2,
+                replicas: Some(3),
+                ..BenchOptions::default()
+            })
+            .is_err()
+        );
+        assert!(durability_summary(&three).starts_with("sync on:"));
+        assert!(durability_summary(&BenchOptions::default()).starts_with("sync off:"));
+    }
 }

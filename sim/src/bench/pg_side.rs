@@ -1,6 +1,11 @@
 //! The PostgreSQL side of the benchmark, measured as `reference/pg-peer-notes.md` says:
-//! - two local PostgreSQL 15 servers (publisher, subscriber), `fsync = off` (like ldr's WAL:
-//!   written at commit, not synced), checkpoints pushed out of the measured window;
+//! - two local PostgreSQL 15 servers (publisher, subscriber) with the durability of ldr's run
+//!   (`--raft-log-sync`): `fsync = off` (WAL written at commit, not synced, like ldr's log
+//!   with `kv.raft_log.disable_synchronization_unsafe`) or `fsync = on`; `synchronous_commit
+//!   = on` either way (a commit waits for its WAL write, and with fsync its flush); the
+//!   subscription keeps PostgreSQL's default `synchronous_commit = off` for its apply
+//!   worker, which is crash-safe there (the replication origin advances only with flushed
+//!   WAL, and the publisher resends from it). Checkpoints pushed out of the measured window;
 //! - `kv (k INT8 PRIMARY KEY, v TEXT)` and a heartbeat table `hb (seq, src_ts)` in one
 //!   publication; on the subscriber `hb` has an extra `dst_ts DEFAULT clock_timestamp()` that
 //!   the apply worker fills when it applies the row;
@@ -31,10 +36,11 @@ const SUBSCRIPTION: &str = "bench_sub";
 /// PostgreSQL's default `wal_retrieve_retry_interval`, plus a margin.
 const WORKER_RESTART_DELAY: Duration = Duration::from_millis(5500);
 
-fn config(name: &str) -> PgConfig {
+fn config(name: &str, fsync: bool) -> PgConfig {
     let mut config = PgConfig::new(name);
-    config.fsync = false;
+    config.fsync = fsync;
     config.extra_conf = vec![
+        "synchronous_commit = on".into(),
         // Keep checkpoints out of the measured window (the notes' advice).
         "max_wal_size = '16GB'".into(),
         "checkpoint_timeout = '1h'".into(),
@@ -53,11 +59,15 @@ struct PgSide {
 }
 
 impl PgSide {
-    async fn start(reporter: &Reporter) -> Result<PgSide> {
-        reporter.step("postgres: starting a publisher and a subscriber (PostgreSQL 15)");
+    async fn start(options: &BenchOptions, reporter: &Reporter) -> Result<PgSide> {
+        let fsync = options.raft_log_sync;
+        reporter.step(&format!(
+            "postgres: starting a publisher and a subscriber (PostgreSQL 15, fsync = {})",
+            if fsync { "on" } else { "off" }
+        ));
         let (publisher, subscriber) = tokio::try_join!(
-            PgInstance::start(config("bench-publisher")),
-            PgInstance::start(config("bench-subscriber"))
+            PgInstance::start(config("bench-publisher", fsync)),
+            PgInstance::start(config("bench-subscriber", fsync))
         )?;
         let pair = PgPair {
             publisher,
@@ -177,10 +187,58 @@ pub(super) async fn run(
     reporter: &Reporter,
     report: &mut BenchReport,
 ) -> Result<()> {
-    let mut side = or_cancel(&options.cancel, PgSide::start(reporter)).await?;
-    let result = phases(options, reporter, report, &mut side).await;
+    let mut side = or_cancel(&options.cancel, PgSide::start(options, reporter)).await?;
+    let result = match read_durability(&side, report).await {
+        Ok(()) => phases(options, reporter, report, &mut side).await,
+        Err(e) => Err(e),
+    };
     let stop = side.pair.stop().await;
     result.and(stop)
+}
+
+/// `SHOW name` as text.
+async fn show(client: &Client, name: &str) -> Result<String> {
+    client
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .map_err(|e| SimError::sql(format!("SHOW {name}"), e))
+        .and_then(|row| {
+            row.try_get::<_, String>(0)
+                .map_err(|e| SimError::sql(format!("reading SHOW {name}"), e))
+        })
+}
+
+/// `SHOW fsync` / `synchronous_commit` as the servers run them, and the subscription's own
+/// `synchronous_commit`, into the report; an `fsync` other than asked is an error.
+async fn read_durability(side: &PgSide, report: &mut BenchReport) -> Result<()> {
+    let fsync_pub = show(&side.publisher, "fsync").await?;
+    let fsync_sub = show(&side.subscriber, "fsync").await?;
+    let wanted = if report.config.raft_log_sync {
+        "on"
+    } else {
+        "off"
+    };
+    if fsync_pub != wanted || fsync_sub != wanted {
+        return Err(SimError::Invariant(format!(
+            "PostgreSQL runs with fsync = {fsync_pub} (publisher) / {fsync_sub} (subscriber), expected {wanted}"
+        )));
+    }
+    let commit = show(&side.publisher, "synchronous_commit").await?;
+    let subscription = side
+        .subscriber
+        .query_one(
+            "SELECT subsynccommit FROM pg_subscription WHERE subname = $1",
+            &[&SUBSCRIPTION],
+        )
+        .await
+        .map_err(|e| SimError::sql("reading the subscription's synchronous_commit", e))?
+        .try_get::<_, String>(0)
+        .map_err(|e| SimError::sql("reading subsynccommit", e))?;
+    let d = &mut report.durability;
+    d.postgres_fsync = Some(fsync_pub);
+    d.postgres_synchronous_commit = Some(commit);
+    d.postgres_subscription_synchronous_commit = Some(subscription);
+    Ok(())
 }
 
 async fn phases(
@@ -425,6 +483,7 @@ async fn steady(
     entry.postgres_achieved_rows_per_s = Some(workload.rows_written_per_s);
     entry.postgres_workload_errors = workload.errors + failed;
     entry.postgres_heartbeats_sent = sent;
+    entry.postgres_write_latency_ms = super::write_latency(&workload);
     entry.postgres_cpu = Some(CpuUse::new(
         cpu_src1 - cpu_src0,
         cpu_dst1 - cpu_dst0,

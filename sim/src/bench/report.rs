@@ -7,14 +7,17 @@
 //! `steady.commit_latency_ms.{p50,p99,max}`, `steady.lag_ms.{p50,p99,max}`,
 //! `steady.postgres_lag_ms.{p50,p99,max}`, `rocksdb.put_per_s`,
 //! `rocksdb.read_check_write_per_s`, `conflicts.converged` (bool), `machine.{cores,memory}`.
-//! `steady.*` is the first steady rate; `steady.rates` lists every rate.
+//! `steady.*` is the first steady rate; `steady.rates` lists every rate. Also always present:
+//! `durability.raft_log_sync` (`on`/`off`), `durability.postgres_fsync`,
+//! `replication.factor` (voters per range of `kv`, as measured; `null` without ldr) and the
+//! cost of replication `replication.{cpu_us_per_row_catchup,cpu_us_per_row_steady}`.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
 use super::procfs::Machine;
-use super::stats::{Percentiles, rates_from_cumulative, ratio};
+use super::stats::{Percentiles, fmt_ms, rates_from_cumulative, ratio};
 use super::svg::{self, LAG_COLOR, LDR_COLOR, POSTGRES_COLOR, Panel, Plot, Series};
 
 /// Version of the JSON layout; bumped when a key changes meaning.
@@ -40,6 +43,67 @@ pub struct ConfigEcho {
     pub ldr_binary: String,
     /// `release` or `debug` build of the `ldr` binary, when known.
     pub ldr_build: String,
+    /// `--raft-log-sync`: Raft log appends fsynced (and PostgreSQL's `fsync = on`).
+    #[serde(default)]
+    pub raft_log_sync: bool,
+    /// `--replicas`: voters per range asked for (`null`: the cluster default, 3 capped by
+    /// nodes).
+    #[serde(default)]
+    pub replicas: Option<usize>,
+}
+
+/// The durability both systems ran with (same on both: the comparison is only fair then).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DurabilityReport {
+    /// `on`: ldr fsyncs the Raft log before acknowledging a replicated write
+    /// (`kv.raft_log.disable_synchronization_unsafe = false`); `off`: the log is written,
+    /// not synced (`= true`). Single-copy ranges never sync their WAL.
+    pub raft_log_sync: String,
+    /// `kv.raft_log.disable_synchronization_unsafe` as read back from every node of both
+    /// clusters after it was set (`null`: ldr did not run or a node disagreed).
+    pub disable_synchronization_unsafe: Option<bool>,
+    /// `SHOW fsync` on the publisher and the subscriber (`null`: PostgreSQL did not run).
+    pub postgres_fsync: Option<String>,
+    /// `SHOW synchronous_commit` on the publisher.
+    pub postgres_synchronous_commit: Option<String>,
+    /// The subscription's `synchronous_commit` (its apply worker's commits).
+    pub postgres_subscription_synchronous_commit: Option<String>,
+    /// One sentence: what an acknowledged write survives.
+    pub summary: String,
+}
+
+/// The replication factor ldr ran with, and what replication cost per row.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationReport {
+    /// Voters per range of `kv`, fewest over the ranges of both clusters (`SHOW RANGES FROM
+    /// TABLE kv`, read before the load).
+    pub factor: Option<usize>,
+    /// Most voters of any range of `kv` (equal to `factor` unless a range was mid-change).
+    pub factor_max: Option<usize>,
+    /// Ranges of `kv` per cluster.
+    pub kv_ranges: Option<usize>,
+    /// CPU microseconds per row over every node of both clusters, catch-up phase.
+    pub cpu_us_per_row_catchup: Option<f64>,
+    /// The destination cluster's share of it.
+    pub cpu_us_per_row_catchup_destination: Option<f64>,
+    /// The same in the first steady rate (the source's share includes executing the
+    /// workload's SQL).
+    pub cpu_us_per_row_steady: Option<f64>,
+    pub cpu_us_per_row_steady_destination: Option<f64>,
+    /// CPU cores busy over every node of both clusters with the stream running and nothing
+    /// written (a window before the load): heartbeats, leases, closed timestamps, polling.
+    #[serde(default)]
+    pub idle_cpu_cores: Option<f64>,
+    /// `cpu_us_per_row_steady` less what the idle clusters would have burnt over the phase:
+    /// the CPU the rows themselves cost (at low rates the idle share dominates the gross).
+    #[serde(default)]
+    pub cpu_us_per_row_steady_above_idle: Option<f64>,
+    /// Per-row latency, first steady rate: source commit → visible at the destination
+    /// (= `steady.commit_latency_ms`).
+    pub commit_latency_ms: Percentiles,
+    /// Per-statement latency of the source's writes (`--steady-batch` rows each), first
+    /// steady rate: what the Raft round trip and the log sync add to a client's write.
+    pub write_latency_ms: Percentiles,
 }
 
 /// CPU time used during a phase.
@@ -121,6 +185,12 @@ pub struct SteadyRate {
     pub postgres_heartbeats_sent: u64,
     pub ldr_workload_errors: u64,
     pub postgres_workload_errors: u64,
+    /// The source's statement latency as the workload's clients saw it (`--steady-batch`
+    /// rows per statement; HDR histogram: `p90` is not kept, `mean` is).
+    #[serde(default)]
+    pub ldr_write_latency_ms: Percentiles,
+    #[serde(default)]
+    pub postgres_write_latency_ms: Percentiles,
 }
 
 /// Steady state: the first rate's figures at the top level, every rate in `rates`.
@@ -209,6 +279,10 @@ pub struct BenchReport {
     pub status: String,
     pub failures: Vec<String>,
     pub notes: Vec<String>,
+    #[serde(default)]
+    pub durability: DurabilityReport,
+    #[serde(default)]
+    pub replication: ReplicationReport,
     pub catchup: CatchupReport,
     pub steady: SteadyReport,
     pub conflicts: ConflictReport,
@@ -256,6 +330,23 @@ impl BenchReport {
         if let Some(first) = self.steady.rates.first() {
             self.steady.first = first.clone();
         }
+        let us_per_row = |cpu: Option<CpuUse>, destination: bool| {
+            cpu.and_then(|c| {
+                if destination {
+                    c.destination_s_per_1000_rows
+                } else {
+                    c.total_s_per_1000_rows
+                }
+            })
+            .map(|ms| ms * 1000.0)
+        };
+        let r = &mut self.replication;
+        r.cpu_us_per_row_catchup = us_per_row(self.catchup.ldr_cpu, false);
+        r.cpu_us_per_row_catchup_destination = us_per_row(self.catchup.ldr_cpu, true);
+        r.cpu_us_per_row_steady = us_per_row(self.steady.first.ldr_cpu, false);
+        r.cpu_us_per_row_steady_destination = us_per_row(self.steady.first.ldr_cpu, true);
+        r.commit_latency_ms = self.steady.first.commit_latency_ms;
+        r.write_latency_ms = self.steady.first.ldr_write_latency_ms;
         if self.conflicts.ran && !self.conflicts.converged {
             let message = "bidirectional conflicts: the clusters did not converge".to_string();
             if !self.failures.contains(&message) {
@@ -315,6 +406,90 @@ fn pct_text(v: Option<f64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// `durability: raft log sync off (…), PostgreSQL fsync=off …; replication factor 3 …`.
+fn durability_line(report: &BenchReport) -> String {
+    let d = &report.durability;
+    let sync = if d.raft_log_sync.is_empty() {
+        // A report written before the option existed: ldr ran with its defaults then.
+        "not recorded"
+    } else {
+        d.raft_log_sync.as_str()
+    };
+    let mut text = format!("durability: raft log sync {sync}");
+    if let Some(v) = d.disable_synchronization_unsafe {
+        let _ = write!(
+            text,
+            " (kv.raft_log.disable_synchronization_unsafe = {v} on every node)"
+        );
+    }
+    match (&d.postgres_fsync, &d.postgres_synchronous_commit) {
+        (Some(f), Some(c)) => {
+            let _ = write!(
+                text,
+                "; PostgreSQL fsync = {f}, synchronous_commit = {c}{}",
+                d.postgres_subscription_synchronous_commit
+                    .as_ref()
+                    .map(|s| format!(" (subscription: {s})"))
+                    .unwrap_or_default()
+            );
+        }
+        _ => text.push_str("; PostgreSQL not run"),
+    }
+    let r = &report.replication;
+    match (r.factor, r.factor_max) {
+        (Some(f), Some(m)) if f != m => {
+            let _ = write!(text, "; replication factor {f}-{m} (ranges mid-change)");
+        }
+        (Some(f), _) => {
+            let _ = write!(
+                text,
+                "; replication factor {f}{}",
+                r.kv_ranges
+                    .map(|n| format!(" ({n} ranges of kv)"))
+                    .unwrap_or_default()
+            );
+        }
+        _ => text.push_str("; replication factor -"),
+    }
+    text
+}
+
+/// The cost of replication in one line: CPU per row over every node and per-row latency.
+fn replication_cost_line(report: &BenchReport) -> Option<String> {
+    let r = &report.replication;
+    if r.cpu_us_per_row_catchup.is_none() && r.cpu_us_per_row_steady.is_none() {
+        return None;
+    }
+    let us = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+    Some(format!(
+        "ldr per row (RF {}, sync {}): CPU us catch-up {} ({} dst), steady {} ({} dst, {} above idle; idle {} cores); commit latency p50/p99 {}/{} ms; source write p50/p99 {}/{} ms",
+        r.factor
+            .map(|f| f.to_string())
+            .unwrap_or_else(|| "-".into()),
+        if report.durability.raft_log_sync.is_empty() {
+            "?"
+        } else {
+            report.durability.raft_log_sync.as_str()
+        },
+        us(r.cpu_us_per_row_catchup),
+        us(r.cpu_us_per_row_catchup_destination),
+        us(r.cpu_us_per_row_steady),
+        us(r.cpu_us_per_row_steady_destination),
+        us(r.cpu_us_per_row_steady_above_idle),
+        r.idle_cpu_cores
+            .map(|c| format!("{c:.2}"))
+            .unwrap_or_else(|| "-".into()),
+        opt_ms(r.commit_latency_ms.p50),
+        opt_ms(r.commit_latency_ms.p99),
+        opt_ms(r.write_latency_ms.p50),
+        opt_ms(r.write_latency_ms.p99),
+    ))
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map(fmt_ms).unwrap_or_else(|| "-".into())
+}
+
 /// The terminal table.
 pub fn render_table(report: &BenchReport) -> String {
     let mut out = String::new();
@@ -325,6 +500,7 @@ pub fn render_table(report: &BenchReport) -> String {
         "ldr bench: nodes={} rows={} duration={}s rates={:?} ({} cores, {}, ldr {} build)",
         cfg.nodes, cfg.rows, cfg.duration_s, cfg.steady_rates, m.cores, m.memory, cfg.ldr_build
     );
+    let _ = writeln!(out, "{}", durability_line(report));
     let line = |out: &mut String, name: &str, ldr: String, pg: String, r: String| {
         let _ = writeln!(out, "{name:<44} {ldr:>18} {pg:>18} {r:>9}");
     };
@@ -386,6 +562,16 @@ pub fn render_table(report: &BenchReport) -> String {
         );
         line(
             &mut out,
+            &format!("  source write p50/p99/max (ms, {}-row stmt)", s.batch),
+            s.ldr_write_latency_ms.short(),
+            s.postgres_write_latency_ms.short(),
+            ratio_text(ratio(
+                s.ldr_write_latency_ms.p99,
+                s.postgres_write_latency_ms.p99,
+            )),
+        );
+        line(
+            &mut out,
             "  replicated-time lag p50/p99/max (ms)",
             s.lag_ms.short(),
             "-".into(),
@@ -401,6 +587,9 @@ pub fn render_table(report: &BenchReport) -> String {
                 s.postgres_cpu.and_then(|x| x.total_s_per_1000_rows),
             )),
         );
+    }
+    if let Some(line) = replication_cost_line(report) {
+        let _ = writeln!(out, "{line}");
     }
     let k = &report.conflicts;
     if k.ran {
@@ -546,8 +735,18 @@ pub fn build_plot(report: &BenchReport) -> Plot {
     ];
     Plot {
         title: format!(
-            "ldr vs PostgreSQL logical replication (nodes={})",
-            report.config.nodes
+            "ldr vs PostgreSQL logical replication (nodes={}, replication factor {}, sync {})",
+            report.config.nodes,
+            report
+                .replication
+                .factor
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| "-".into()),
+            if report.durability.raft_log_sync.is_empty() {
+                "not recorded"
+            } else {
+                report.durability.raft_log_sync.as_str()
+            }
         ),
         subtitle: format!(
             "{} · {} cores, {} · {} · status {}",
@@ -705,6 +904,64 @@ mod tests {
         // And the document reads back.
         let back: BenchReport = serde_json::from_value(json).expect("deserialize");
         assert_eq!(back, report);
+    }
+
+    #[test]
+    fn durability_and_cost_of_replication_are_reported() {
+        let mut report = sample_report();
+        report.durability = DurabilityReport {
+            raft_log_sync: "on".into(),
+            disable_synchronization_unsafe: Some(false),
+            postgres_fsync: Some("on".into()),
+            postgres_synchronous_commit: Some("on".into()),
+            postgres_subscription_synchronous_commit: Some("off".into()),
+            summary: "sync on: …".into(),
+        };
+        report.replication.factor = Some(3);
+        report.replication.factor_max = Some(3);
+        report.replication.kv_ranges = Some(8);
+        report.catchup.ldr_cpu = Some(CpuUse::new(0.3, 0.1, 1000));
+        report.steady.rates[0].ldr_cpu = Some(CpuUse::new(0.2, 0.2, 2000));
+        report.steady.rates[0].ldr_write_latency_ms = Percentiles::of(&[2.0, 4.0]);
+        report.steady.rates[0].postgres_write_latency_ms = Percentiles::of(&[1.0, 2.0]);
+        report.finalize();
+        let r = &report.replication;
+        // 0.4 CPU-s over 1000 rows = 400 µs a row; 0.4 s over 2000 rows = 200 µs.
+        assert_eq!(r.cpu_us_per_row_catchup.map(f64::round), Some(400.0));
+        assert_eq!(
+            r.cpu_us_per_row_catchup_destination.map(f64::round),
+            Some(100.0)
+        );
+        assert_eq!(r.cpu_us_per_row_steady.map(f64::round), Some(200.0));
+        assert_eq!(r.commit_latency_ms, report.steady.first.commit_latency_ms);
+        assert_eq!(r.write_latency_ms.p99, Some(4.0));
+        let table = render_table(&report);
+        assert!(
+            table.contains(
+                "durability: raft log sync on (kv.raft_log.disable_synchronization_unsafe = false on every node); PostgreSQL fsync = on, synchronous_commit = on (subscription: off); replication factor 3 (8 ranges of kv)"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("ldr per row (RF 3, sync on): CPU us catch-up 400 (100 dst), steady 200 (100 dst, - above idle; idle - cores); commit latency p50/p99 2.00/30.0 ms; source write p50/p99 2.00/4.00 ms"),
+            "{table}"
+        );
+        assert!(table.contains("source write p50/p99/max"), "{table}");
+        let json = serde_json::to_value(&report).expect("serialize");
+        assert_eq!(json["durability"]["raft_log_sync"], "on");
+        assert_eq!(json["replication"]["factor"], 3);
+        // A report written before these keys existed still reads (`--from-json`).
+        let mut old = json.clone();
+        let object = old.as_object_mut().expect("object");
+        object.remove("durability");
+        object.remove("replication");
+        old["config"]
+            .as_object_mut()
+            .expect("config")
+            .remove("raft_log_sync");
+        let back: BenchReport = serde_json::from_value(old).expect("old report reads");
+        assert_eq!(back.durability, DurabilityReport::default());
+        assert!(render_table(&back).contains("raft log sync not recorded"));
     }
 
     #[test]

@@ -231,3 +231,176 @@ async fn c_upsert(c: &ldr_sim::Cluster, round: usize) -> Result<()> {
     c.exec(1, &upsert_all(round)).await?;
     Ok(())
 }
+
+/// Runs `ldr node <args> --insecure --host=<node's address>` and returns its stdout, or the
+/// error with its stderr.
+async fn ldr_node(c: &ldr_sim::Cluster, host: usize, args: &[&str]) -> Result<String> {
+    let binary = ldr_sim::find_ldr_binary()?;
+    let address = c.node_info(host)?.listen_addr.to_string();
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("node")
+        .args(args)
+        .arg("--insecure")
+        .arg(format!("--host={address}"))
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(240), command.output())
+        .await
+        .with_context(|| format!("ldr node {args:?} did not finish in 240s"))??;
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    ensure!(
+        output.status.success(),
+        "ldr node {args:?} failed ({}): {stderr}{stdout}",
+        output.status
+    );
+    Ok(format!("{stderr}{stdout}"))
+}
+
+/// `(replicas, leases)` of `node` over every range, the system range included.
+async fn replicas_and_leases(
+    c: &ldr_sim::Cluster,
+    via: usize,
+    node: u32,
+) -> Result<(usize, usize)> {
+    let ranges = c.query_text(via, "SHOW CLUSTER RANGES").await?;
+    let replicas = column_values(&ranges, "replicas")?;
+    let holders = column_values(&ranges, "lease_holder")?;
+    let name = node.to_string();
+    let on = replicas
+        .iter()
+        .filter(|r| {
+            r.trim_matches(|c| c == '{' || c == '}')
+                .split(',')
+                .any(|n| n == name)
+        })
+        .count();
+    let leases = holders.iter().filter(|h| **h == name).count();
+    Ok((on, leases))
+}
+
+/// Decommissioning moves every replica off a node; a node that becomes active again with
+/// nothing to repair receives replicas and leases until the counts even out; `ldr node
+/// drain` moves a node's leases away and stops it while writes go on; and a dead node can be
+/// decommissioned with `--wait=all`. Data stays whole throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_decommission_and_rebalance() -> Result<()> {
+    let c = cluster("rdd", 4).await?;
+    c.exec(1, "CREATE TABLE kv (k INT8 PRIMARY KEY, v STRING NOT NULL)")
+        .await?;
+    c.exec(1, &upsert_all(0)).await?;
+    // Harness indexes are not node ids (nodes join in any order).
+    let mut ids = vec![0u32];
+    for index in 1..=4 {
+        let id = ldr_e2e::scalar(&c.query_text(index, "SHOW node_id").await?).context("node_id")?;
+        ids.push(id.parse()?);
+    }
+    let (id3, id4) = (ids[3], ids[4]);
+    let total_ranges =
+        column_values(&c.query_text(1, "SHOW CLUSTER RANGES").await?, "range_id")?.len();
+
+    // Decommissioning node 4 (without waiting) empties it.
+    let out = ldr_node(&c, 1, &["decommission", &id4.to_string(), "--wait=none"]).await?;
+    ensure!(out.contains("decommissioning"), "{out}");
+    poll(
+        "node 4 holds no replica",
+        Duration::from_secs(180),
+        Duration::from_millis(500),
+        || {
+            let c = &c;
+            async move {
+                match replicas_and_leases(c, 1, id4).await {
+                    Ok((0, 0)) => Ok(()),
+                    Ok(n) => Err(format!("node 4 holds {n:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        },
+    )
+    .await?;
+
+    // Back to active with nothing to repair: replicas and leases come back to it.
+    ldr_node(&c, 2, &["recommission", &id4.to_string()]).await?;
+    let fair = total_ranges * 3 / 4;
+    poll(
+        "node 4 receives replicas and leases again",
+        Duration::from_secs(180),
+        Duration::from_millis(500),
+        || {
+            let c = &c;
+            async move {
+                match replicas_and_leases(c, 1, id4).await {
+                    Ok((r, l)) if r + 1 >= fair && l >= 1 => Ok(()),
+                    Ok(n) => Err(format!("node 4 holds {n:?}, {fair} replicas would be fair")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        },
+    )
+    .await?;
+
+    // Drain node 3 under writes through node 1: no write fails, its leases move away, and
+    // it stops.
+    let writer = {
+        let url = c.url(1)?;
+        tokio::spawn(async move {
+            let client = ldr_sim::sql::connect(&url, Duration::from_secs(10)).await?;
+            let mut round = 10;
+            let until = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < until {
+                client
+                    .batch_execute(&upsert_all(round))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("round {round}: {e:?}"))?;
+                round += 1;
+            }
+            anyhow::Ok(round - 1)
+        })
+    };
+    let (_, leases3) = replicas_and_leases(&c, 1, id3).await?;
+    let out = ldr_node(&c, 3, &["drain"]).await?;
+    ensure!(out.contains("node stopped"), "{out}");
+    eprintln!("drained node 3 (it held {leases3} leases): {out}");
+    ensure!(
+        c.query_text(3, "SELECT 1").await.is_err(),
+        "node 3 still serves SQL after the drain"
+    );
+    let last_round = writer
+        .await?
+        .map_err(|e| anyhow::anyhow!("a write failed during the drain: {e:#}"))?;
+    let (_, leases) = replicas_and_leases(&c, 1, id3).await?;
+    ensure!(
+        leases == 0,
+        "node 3 still holds {leases} leases after the drain"
+    );
+    let rows = read_all(&c, 2).await?;
+    ensure!(rows.len() == KEYS as usize);
+    ensure!(
+        rows.iter().all(|(k, v)| *v == format!("v{last_round}-{k}")),
+        "rows lost or stale after the drain"
+    );
+
+    // The stopped node 3 is decommissioned with --wait=all: its replicas are rebuilt on the
+    // three others, and it is marked decommissioned.
+    let out = ldr_node(&c, 1, &["decommission", &id3.to_string(), "--wait=all"]).await?;
+    ensure!(out.contains("decommissioned"), "{out}");
+    ensure!(
+        out.contains("No more data reported on target nodes"),
+        "{out}"
+    );
+    let (r3, _) = replicas_and_leases(&c, 1, id3).await?;
+    ensure!(r3 == 0, "node 3 still listed in {r3} ranges");
+    // Two nodes would be left: refused, with the reason.
+    let refused = ldr_node(&c, 1, &["decommission", &id4.to_string()]).await;
+    let message = format!(
+        "{:?}",
+        refused
+            .err()
+            .context("decommissioning node 4 of 3 active nodes succeeded")?
+    );
+    ensure!(message.contains("would remain"), "{message}");
+    c.exec(2, &upsert_all(99)).await?;
+    let rows = read_all(&c, 4).await?;
+    ensure!(rows.iter().all(|(k, v)| *v == format!("v99-{k}")));
+    Ok(())
+}

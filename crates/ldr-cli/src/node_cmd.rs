@@ -142,9 +142,16 @@ pub async fn drain(host: &str, shutdown: bool, wait: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut last = None;
     loop {
-        let progress = ldr_kv::drain_remote(host, shutdown)
-            .await
-            .with_context(|| format!("cannot drain the node at {host}"))?;
+        let progress = match ldr_kv::drain_remote(host, shutdown).await {
+            Ok(progress) => progress,
+            // It answered before: it finished draining and stopped meanwhile.
+            Err(ldr_kv::KvError::NodeUnavailable { .. }) if shutdown && last.is_some() => {
+                ldr_kv::DrainProgress::default()
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot drain the node at {host}"));
+            }
+        };
         if last != Some(progress) {
             eprintln!(
                 "node is draining... remaining: {} leases, {} jobs",

@@ -337,6 +337,7 @@ impl KvClient {
             .map(|(range, node_id)| async move {
                 let request = pb::KvCreateReplicaRequest {
                     range_descriptor: system::encode_json(range),
+                    new_member: false,
                 };
                 let result = self.create_replica_on(node_id, request).await;
                 if let Err(e) = result {
@@ -365,7 +366,10 @@ impl KvClient {
     ) -> Result<()> {
         if node_id == self.node_id() {
             let range = system::decode_json("range descriptor", &request.range_descriptor)?;
-            return self.inner.serve_create_replica(range).await;
+            return self
+                .inner
+                .serve_create_replica(range, request.new_member)
+                .await;
         }
         self.call_owner(node_id, request, |mut c, r| async move {
             c.create_replica(r).await

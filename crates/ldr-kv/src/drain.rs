@@ -93,12 +93,13 @@ impl NodeInner {
             )
             .await
             .unwrap_or(Ok(false))?;
-            // The old leader steps down once it sees the new term.
+            // The target may still win after answering (its campaign goes on); the old
+            // leader steps down once it sees the new term.
             let deadline = tokio::time::Instant::now() + CAMPAIGN_WAIT;
             while replica.is_leader() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Ok(won || !replica.is_leader())
+            Ok(won)
         }
         .await;
         replica.end_lease_transfer();
@@ -225,7 +226,12 @@ impl NodeInner {
         let progress = self.drain_once().await?;
         if shutdown && progress.done() {
             info!(node_id = self.node_id(), "drained; stopping as asked");
-            self.shutdown_requested.send_replace(true);
+            // After this answer is on its way.
+            let inner = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                inner.shutdown_requested.send_replace(true);
+            });
         }
         Ok(pb::KvDrainResponse {
             remaining_leases: progress.remaining_leases,

@@ -266,6 +266,7 @@ impl NodeInner {
     pub(crate) async fn serve_create_replica(
         self: &Arc<Self>,
         range: RangeDescriptor,
+        new_member: bool,
     ) -> Result<()> {
         let me = self.require_identity()?.node_id;
         if !range.replicas.contains(&me) {
@@ -275,6 +276,18 @@ impl NodeInner {
             )));
         }
         let store = self.replicas()?.clone();
+        // A replica left from an earlier membership (removed, not yet deleted) would rejoin
+        // with its stale log and term: the leader adding this node as a new member is
+        // authoritative that it holds nothing the group needs, so it starts empty (as
+        // CockroachDB gives a re-added replica a new replica id).
+        if new_member && store.replica(range.range_id).is_some() {
+            info!(range_id = range.range_id, "replacing a replica left from an earlier membership");
+            store
+                .remove_replica(range.range_id)
+                .await
+                .map_err(|e| kv_error(e, me))?;
+            self.unlisted_replicas.lock().remove(&range.range_id);
+        }
         store
             .create_replica(range.range_id, range.span.clone())
             .await
@@ -388,7 +401,7 @@ impl NodeInner {
             .collect();
         for (range_id, range) in &listed {
             if !held.contains_key(range_id)
-                && let Err(e) = self.serve_create_replica(range.clone()).await
+                && let Err(e) = self.serve_create_replica(range.clone(), false).await
             {
                 debug!(range_id, error = %e, "could not create a replica");
             }
@@ -505,8 +518,13 @@ impl NodeInner {
                 continue; // a transfer of an earlier step moved it
             }
             // One step, or two when the first added a voter (the surplus one it replaces is
-            // removed at once instead of a pass later); the descriptor follows once.
+            // removed at once instead of a pass later); the descriptor follows each change at
+            // once (a replica its descriptor does not list is eventually deleted).
+            let mut current = Some((stored.clone(), desc.clone()));
             for _ in 0..2 {
+                let Some((stored, desc)) = current.clone() else {
+                    break;
+                };
                 let voters: Vec<NodeId> = replica
                     .voters()
                     .into_iter()
@@ -523,7 +541,7 @@ impl NodeInner {
                 let step = async {
                     match change {
                         routing::ReplicaChange::Add(node) => {
-                            self.add_voter(&replica, desc, &voters, node).await
+                            self.add_voter(&replica, &desc, &voters, node).await
                         }
                         routing::ReplicaChange::Remove(node) => {
                             self.remove_voter(&replica, &voters, node).await
@@ -555,8 +573,11 @@ impl NodeInner {
                 if !matches!(change, routing::ReplicaChange::Add(_)) {
                     break;
                 }
+                current = self.sync_descriptor(&replica, key, &stored, &desc).await?;
             }
-            if replica.lease_status() == ldr_replica::LeaseStatus::Valid {
+            if replica.lease_status() == ldr_replica::LeaseStatus::Valid
+                && let Some((stored, desc)) = &current
+            {
                 self.sync_descriptor(&replica, key, stored, desc).await?;
             }
         }
@@ -579,6 +600,7 @@ impl NodeInner {
         target.generation = desc.generation + 1;
         let request = pb::KvCreateReplicaRequest {
             range_descriptor: system::encode_json(&target),
+            new_member: true,
         };
         self.client().create_replica_on(node, request).await?;
         let address = self.address_of(node).await?;
@@ -612,13 +634,15 @@ impl NodeInner {
     }
 
     /// Makes the stored descriptor list the group's voters (leaseholder first).
+    /// Returns the descriptor as stored afterwards (bytes and value), or `None` when another
+    /// write changed it meanwhile (the next pass looks again).
     async fn sync_descriptor(
         self: &Arc<Self>,
         replica: &Replica,
         key: &[u8],
         stored: &[u8],
         desc: &RangeDescriptor,
-    ) -> Result<()> {
+    ) -> Result<Option<(Vec<u8>, RangeDescriptor)>> {
         let me = self.node_id();
         let mut voters: Vec<NodeId> = replica
             .voters()
@@ -631,7 +655,7 @@ impl NodeInner {
         let mut current = voters.clone();
         current.sort_unstable();
         if listed == current || voters.is_empty() {
-            return Ok(());
+            return Ok(Some((stored.to_vec(), desc.clone())));
         }
         let mut updated = desc.clone();
         updated.node_id = voters[0];
@@ -648,9 +672,9 @@ impl NodeInner {
                 if let Some(table_id) = desc.table_id {
                     self.ranges.write().remove(table_id);
                 }
-                Ok(())
+                Ok(Some((value, updated)))
             }
-            Err(_) => Ok(()), // changed meanwhile: the next pass looks again
+            Err(_) => Ok(None),
         }
     }
 

@@ -264,6 +264,15 @@ pub(crate) fn plan_replica_change(
         .copied()
         .filter(|v| !placement.replace.contains(v))
         .collect();
+    // A leaseholder on a node that is leaving (decommissioning) or may not hold leases
+    // (draining) first hands its lease to a voter that stays (quickest while the group has
+    // its usual voters: the old leaseholder's vote and the target's make a majority of
+    // three); the new leaseholder then adds the replacement and removes it.
+    if (placement.replace.contains(&leaseholder) || placement.no_leases.contains(&leaseholder))
+        && let Some(node) = placement.lease_target(voters, leaseholder)
+    {
+        return Some(ReplicaChange::TransferLease(node));
+    }
     if staying.len() < target {
         let load = |n: &NodeId| placement.load.get(n).copied().unwrap_or(0);
         if let Some(node) = placement
@@ -274,15 +283,6 @@ pub(crate) fn plan_replica_change(
         {
             return Some(ReplicaChange::Add(*node));
         }
-    }
-    // A leaseholder on a node that is leaving (decommissioning) or may not hold leases
-    // (draining) hands its lease to a voter that stays, once the range has enough of them;
-    // the new leaseholder then removes it.
-    if (placement.replace.contains(&leaseholder) || placement.no_leases.contains(&leaseholder))
-        && staying.len() >= target
-        && let Some(node) = placement.lease_target(voters, leaseholder)
-    {
-        return Some(ReplicaChange::TransferLease(node));
     }
     // More voters than wanted (a dead voter stays until it has a replacement, as it counts
     // towards `num_replicas` until then).
@@ -706,13 +706,13 @@ mod tests {
         let mut nodes = placement(&[1, 2, 4], &[3], &[]);
         nodes.leases = HashMap::from([(1, 5), (2, 1), (4, 0)]);
         nodes.no_leases = vec![4];
-        // First a replacement, then the lease goes to the staying voter with the fewest
-        // leases that may hold one (4 is draining), then the new leaseholder removes 3.
-        assert_eq!(plan_replica_change(&[1, 2, 3], 3, 3, &nodes), Some(Add(4)));
+        // First the lease goes to the staying voter with the fewest leases that may hold
+        // one (4 is draining), then the new leaseholder adds a replacement and removes 3.
         assert_eq!(
-            plan_replica_change(&[1, 2, 3, 4], 3, 3, &nodes),
+            plan_replica_change(&[1, 2, 3], 3, 3, &nodes),
             Some(TransferLease(2))
         );
+        assert_eq!(plan_replica_change(&[1, 2, 3], 2, 3, &nodes), Some(Add(4)));
         assert_eq!(
             plan_replica_change(&[1, 2, 3, 4], 2, 3, &nodes),
             Some(Remove(3))

@@ -211,7 +211,7 @@ impl Kv for KvService {
         let result = async {
             let range: crate::RangeDescriptor =
                 crate::system::decode_json("range descriptor", &r.range_descriptor)?;
-            node.serve_create_replica(range).await
+            node.serve_create_replica(range, r.new_member).await
         }
         .await
         .map(|()| pb::KvCreateReplicaResponse {});

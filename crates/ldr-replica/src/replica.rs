@@ -76,6 +76,8 @@ pub struct Replica {
     /// and not past `until`, this replica serves nothing and sends no heartbeats, so the
     /// target may win an election at once.
     pub(crate) transfer: Mutex<Option<(RaftNodeId, u64, std::time::Instant)>>,
+    /// Whether this replica may campaign (false while its node drains).
+    pub(crate) campaigning: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -343,6 +345,10 @@ impl Replica {
         }
         let term = self.raft.metrics().borrow().current_term;
         *self.transfer.lock() = Some((target, term, std::time::Instant::now() + hold));
+        // The old leaseholder must not win the lease back while the target campaigns (in a
+        // group of four voters, the target also needs a follower whose openraft lease on the
+        // old leader has to expire first).
+        self.raft.runtime_config().elect(false);
         // Every command proposed so far is applied here (its proposer has its answer, so no
         // write in flight becomes ambiguous) and logged on the target.
         Ok(self.wait_target(target, 0, catch_up).await)
@@ -382,10 +388,15 @@ impl Replica {
     /// Ends a lease transfer: a replica still leading serves again.
     pub fn end_lease_transfer(&self) {
         *self.transfer.lock() = None;
+        self.raft
+            .runtime_config()
+            .elect(self.campaigning.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     /// Stops or resumes campaigning (a draining node takes no leases).
     pub fn set_campaigning(&self, enabled: bool) {
+        self.campaigning
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
         self.raft.runtime_config().elect(enabled);
     }
 }

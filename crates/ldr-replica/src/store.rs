@@ -244,6 +244,7 @@ impl ReplicaStore {
             lease_floor: parking_lot::Mutex::new(None),
             checksums,
             transfer: parking_lot::Mutex::new(None),
+            campaigning: std::sync::atomic::AtomicBool::new(!self.is_draining()),
         }))
     }
 

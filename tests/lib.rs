@@ -25,6 +25,33 @@ pub fn ldr_command(args: &[&str]) -> Result<Output> {
         .with_context(|| format!("running {} {args:?}", bin.display()))
 }
 
+/// Runs `ldr node <args> --insecure --host=<address of node index host>` (at most 240 s) and
+/// returns its stderr and stdout, or an error with them.
+pub async fn ldr_node(c: &Cluster, host: usize, args: &[&str]) -> Result<String> {
+    let address = c.node_info(host)?.listen_addr.to_string();
+    let mut command = tokio::process::Command::new(find_ldr_binary()?);
+    command
+        .arg("node")
+        .args(args)
+        .arg("--insecure")
+        .arg(format!("--host={address}"))
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(std::time::Duration::from_secs(240), command.output())
+        .await
+        .with_context(|| format!("ldr node {args:?} did not finish in 240s"))??;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    ensure!(
+        output.status.success(),
+        "ldr node {args:?} failed ({}): {text}",
+        output.status
+    );
+    Ok(text)
+}
+
 /// The SQLSTATE of a failed statement (empty if it was not a server error).
 pub fn code_of(e: &tokio_postgres::Error) -> String {
     e.as_db_error()

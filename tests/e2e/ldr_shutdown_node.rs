@@ -5,14 +5,17 @@
 //! and B's replicated time passes the moment of the kill within 30 s (the target is
 //! 15 s; CI runs several clusters at once on two cores). At the end both tables converge,
 //! every key holds its LWW winner on both clusters, and nothing went to a dead-letter queue.
+//! Then, again under writes on both sides, a graceful `ldr node drain` of B's coordinator, of
+//! a worker node of B and of a source node of A (each restarted before the next): the job
+//! stays `running` and replicated time passes each drain.
 //! Set `SEED=` to reproduce the loads.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use ldr_e2e::{
-    CATCH_UP, cluster_pair, column_values, enable_rangefeeds, job_row, now, phase, query_any,
-    read_kv, wait_job_status, wait_replicated,
+    CATCH_UP, cluster_pair, column_values, enable_rangefeeds, job_row, ldr_node, now, phase,
+    query_any, read_kv, wait_job_status, wait_replicated,
 };
 use ldr_sim::Cluster;
 use ldr_sim::check::convergence::wait_converged;
@@ -24,10 +27,12 @@ const TABLE: &str = "kv";
 const SCHEMA: &str = "CREATE TABLE kv (k INT8 PRIMARY KEY, v STRING)";
 /// How long the loads run; the kills happen inside.
 const LOAD: Duration = Duration::from_secs(40);
-/// How soon replicated time must pass a kill.
+/// How long the loads of the drain phase run.
+const DRAIN_LOAD: Duration = Duration::from_secs(45);
+/// How soon replicated time must pass a kill or a drain.
 const RECOVERY_MAX: Duration = Duration::from_secs(30);
 
-async fn load(c: &Cluster, origin: &str, seed: u64) -> Result<KvRun> {
+async fn load(c: &Cluster, origin: &str, seed: u64, duration: Duration) -> Result<KvRun> {
     let config = KvConfig {
         table: TABLE.into(),
         keys: 200,
@@ -39,7 +44,7 @@ async fn load(c: &Cluster, origin: &str, seed: u64) -> Result<KvRun> {
     };
     let options = LoadOptions::new(c.urls())
         .concurrency(3)
-        .duration(LOAD)
+        .duration(duration)
         .max_rate(30.0)
         .seed(seed);
     let run = kv::run(&config, &options).await?;
@@ -65,6 +70,23 @@ async fn harness_index(c: &Cluster, node_id: i64) -> Result<usize> {
         }
     }
     anyhow::bail!("no node of cluster {} has id {node_id}", c.name())
+}
+
+/// Drains `index` of `victim` with `ldr node drain` (its leases and job claims move, then it
+/// stops), then measures how long B's job `job` takes to replicate past A's clock at the
+/// drain's start.
+async fn drain_and_time_recovery(
+    victim: &Cluster,
+    index: usize,
+    a: &Cluster,
+    b: &Cluster,
+    job: i64,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let at = now(a).await?;
+    ldr_node(victim, index, &["drain"]).await?;
+    wait_replicated(b, job, at, Duration::from_secs(120)).await?;
+    Ok(started.elapsed())
 }
 
 /// Kills `index` of `victim`, then measures how long B's job `job` (applying A's changes)
@@ -126,8 +148,11 @@ async fn jobs_survive_the_loss_of_their_coordinator_and_of_a_source_node() -> Re
         );
         anyhow::Ok((d1, d2))
     };
-    let (run_a, run_b, recovered) =
-        tokio::join!(load(&a, "a", seed ^ 0xa), load(&b, "b", seed ^ 0xb), faults);
+    let (run_a, run_b, recovered) = tokio::join!(
+        load(&a, "a", seed ^ 0xa, LOAD),
+        load(&b, "b", seed ^ 0xb, LOAD),
+        faults
+    );
     let (d1, d2) = recovered?;
     let (run_a, run_b) = (run_a?, run_b?);
     eprintln!("A: {}\nB: {}", run_a.summary, run_b.summary);
@@ -149,12 +174,70 @@ async fn jobs_survive_the_loss_of_their_coordinator_and_of_a_source_node() -> Re
         wait_converged(&a.url(1)?, &b.url(2)?, TABLE, Duration::from_secs(60)).await?;
     phase(started, &format!("converged: {fingerprints}"));
 
+    // Graceful drains while both sides write: B's coordinator (the node that adopted the
+    // job), then a worker node of B, then a source node of A; each comes back before the next.
+    let coordinator: i64 = job_row(&b, job_on_b)
+        .await?
+        .get("coordinator_id")
+        .cloned()
+        .flatten()
+        .context("coordinator_id")?
+        .parse()?;
+    let coordinator = harness_index(&b, coordinator).await?;
+    let worker = b
+        .node_ids()
+        .find(|i| *i != coordinator)
+        .context("a worker")?;
+    let drains = async {
+        let mut took = Vec::new();
+        for (victim, index, what) in [
+            (&b, coordinator, "B's coordinator"),
+            (&b, worker, "a worker node of B"),
+            (&a, 2, "A's node 2"),
+        ] {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let d = drain_and_time_recovery(victim, index, &a, &b, job_on_b).await?;
+            phase(
+                started,
+                &format!("B's job replicated past the drain of {what} after {d:?}"),
+            );
+            wait_job_status(&b, job_on_b, "running", CATCH_UP).await?;
+            victim.restart(index).await?;
+            took.push(d);
+        }
+        anyhow::Ok(took)
+    };
+    let (run_a2, run_b2, drained) = tokio::join!(
+        load(&a, "a", seed ^ 0xa2, DRAIN_LOAD),
+        load(&b, "b", seed ^ 0xb2, DRAIN_LOAD),
+        drains
+    );
+    let drained = drained?;
+    let (run_a2, run_b2) = (run_a2?, run_b2?);
+    ensure!(
+        drained.iter().all(|d| *d < RECOVERY_MAX),
+        "replicated time passed the drains only after {drained:?}"
+    );
+    for (c, job) in [(&a, job_on_a), (&b, job_on_b)] {
+        wait_job_status(c, job, "running", CATCH_UP).await?;
+    }
+    let (end_a, end_b) = (now(&a).await?, now(&b).await?);
+    wait_replicated(&b, job_on_b, end_a, CATCH_UP).await?;
+    wait_replicated(&a, job_on_a, end_b, CATCH_UP).await?;
+    let fingerprints =
+        wait_converged(&a.url(1)?, &b.url(2)?, TABLE, Duration::from_secs(60)).await?;
+    phase(
+        started,
+        &format!("converged after the drains: {fingerprints}"),
+    );
+
     let mut oracle = LwwOracle::new([
         ("a".to_string(), origin_id(&a).await?),
         ("b".to_string(), origin_id(&b).await?),
     ]);
-    oracle.add(run_a.writes)?;
-    oracle.add(run_b.writes)?;
+    for run in [run_a, run_b, run_a2, run_b2] {
+        oracle.add(run.writes)?;
+    }
     let (table_a, table_b) = (read_kv(&a, TABLE).await?, read_kv(&b, TABLE).await?);
     let report = oracle.verify(&[("A", &table_a), ("B", &table_b)])?;
     phase(

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use ldr_e2e::{cluster, column_values, poll};
+use ldr_e2e::{cluster, column_values, ldr_node, poll};
 
 const KEYS: i64 = 600;
 
@@ -232,31 +232,6 @@ async fn c_upsert(c: &ldr_sim::Cluster, round: usize) -> Result<()> {
     Ok(())
 }
 
-/// Runs `ldr node <args> --insecure --host=<node's address>` and returns its stdout, or the
-/// error with its stderr.
-async fn ldr_node(c: &ldr_sim::Cluster, host: usize, args: &[&str]) -> Result<String> {
-    let binary = ldr_sim::find_ldr_binary()?;
-    let address = c.node_info(host)?.listen_addr.to_string();
-    let mut command = tokio::process::Command::new(binary);
-    command
-        .arg("node")
-        .args(args)
-        .arg("--insecure")
-        .arg(format!("--host={address}"))
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(240), command.output())
-        .await
-        .with_context(|| format!("ldr node {args:?} did not finish in 240s"))??;
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    ensure!(
-        output.status.success(),
-        "ldr node {args:?} failed ({}): {stderr}{stdout}",
-        output.status
-    );
-    Ok(format!("{stderr}{stdout}"))
-}
-
 /// `(replicas, leases)` of `node` over every range, the system range included.
 async fn replicas_and_leases(
     c: &ldr_sim::Cluster,
@@ -279,7 +254,8 @@ async fn replicas_and_leases(
     Ok((on, leases))
 }
 
-/// Decommissioning moves every replica off a node; a node that becomes active again with
+/// A table's zone config changes its ranges' replicas; decommissioning moves every replica
+/// off a node; a node that becomes active again with
 /// nothing to repair receives replicas and leases until the counts even out; `ldr node
 /// drain` moves a node's leases away and stops it while writes go on; and a dead node can be
 /// decommissioned with `--wait=all`. Data stays whole throughout.
@@ -296,6 +272,36 @@ async fn drain_decommission_and_rebalance() -> Result<()> {
         ids.push(id.parse()?);
     }
     let (id3, id4) = (ids[3], ids[4]);
+
+    // A table's own zone config: 4 replicas of each of its ranges, then back to the
+    // default zone's 3.
+    for (sql, want) in [
+        ("ALTER TABLE kv CONFIGURE ZONE USING num_replicas = 4", 4),
+        ("ALTER TABLE kv CONFIGURE ZONE DISCARD", 3),
+    ] {
+        c.exec(1, sql).await?;
+        poll(
+            &format!("every range of kv with {want} replicas after `{sql}`"),
+            Duration::from_secs(120),
+            Duration::from_millis(500),
+            || {
+                let c = &c;
+                async move {
+                    let rows = c
+                        .query_text(2, "SHOW RANGES FROM TABLE kv")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let replicas = column_values(&rows, "replicas").map_err(|e| e.to_string())?;
+                    if replicas.iter().all(|r| r.split(',').count() == want) {
+                        Ok(())
+                    } else {
+                        Err(format!("{replicas:?}"))
+                    }
+                }
+            },
+        )
+        .await?;
+    }
     let total_ranges =
         column_values(&c.query_text(1, "SHOW CLUSTER RANGES").await?, "range_id")?.len();
 

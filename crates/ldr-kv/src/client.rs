@@ -35,6 +35,14 @@ const LEASE_SEARCH_PAUSE_MIN: std::time::Duration = std::time::Duration::from_mi
 const LEASE_SEARCH_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 /// The key of the default zone configuration in `zones`.
 const DEFAULT_ZONE: &[u8] = b"default";
+/// Zone keys of tables: `table/<id>`.
+const TABLE_ZONE_PREFIX: &[u8] = b"table/";
+
+fn table_zone_key(table_id: TableId) -> Vec<u8> {
+    let mut key = TABLE_ZONE_PREFIX.to_vec();
+    key.extend_from_slice(table_id.to_string().as_bytes());
+    key
+}
 /// The largest replication factor accepted.
 pub const NUM_REPLICAS_MAX: u32 = 7;
 /// `num_replicas` of the default zone until it is configured.
@@ -433,6 +441,60 @@ impl KvClient {
         }
     }
 
+    /// `ALTER TABLE t CONFIGURE ZONE USING num_replicas = N` (`None`: `DISCARD`, back to the
+    /// default zone's). The replicate queue changes the table's ranges one replica at a time.
+    /// A table whose ranges have a single copy (created on a one-node cluster or with
+    /// `num_replicas = 1`) cannot be replicated afterwards.
+    pub async fn set_table_num_replicas(&self, table_id: TableId, n: Option<u32>) -> Result<()> {
+        let key = table_zone_key(table_id);
+        let Some(n) = n else {
+            return self.sys_delete(system::ZONES, &key).await;
+        };
+        if !(1..=NUM_REPLICAS_MAX).contains(&n) {
+            return Err(KvError::InvalidSetting {
+                name: "num_replicas".into(),
+                value: n.to_string(),
+                detail: format!("must be between 1 and {NUM_REPLICAS_MAX}"),
+            });
+        }
+        let ranges = match self.load_table_ranges(table_id).await {
+            Ok(r) => r,
+            Err(KvError::NoRanges { .. }) => Vec::new().into(),
+            Err(e) => return Err(e),
+        };
+        if n > 1 && ranges.iter().any(|r| !r.is_replicated()) {
+            return Err(KvError::InvalidRequest(
+                "the table's ranges have a single copy (created on a one-node cluster or with \
+                 num_replicas = 1) and cannot be replicated; create the table again"
+                    .into(),
+            ));
+        }
+        self.sys_put(system::ZONES, &key, &system::encode_counter(i64::from(n)))
+            .await
+    }
+
+    /// The zone configs: the default zone's `num_replicas` and every table's own.
+    pub async fn zone_num_replicas(&self) -> Result<(u32, HashMap<TableId, u32>)> {
+        let default = self.default_num_replicas().await?;
+        let mut tables = HashMap::new();
+        for (key, value) in self.sys_scan(system::ZONES).await? {
+            let Some(id) = key
+                .strip_prefix(TABLE_ZONE_PREFIX)
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .and_then(|k| k.parse::<TableId>().ok())
+            else {
+                continue;
+            };
+            let n = system::decode_counter("num_replicas", &value)?;
+            if let Ok(n) = u32::try_from(n)
+                && (1..=NUM_REPLICAS_MAX).contains(&n)
+            {
+                tables.insert(id, n);
+            }
+        }
+        Ok((default, tables))
+    }
+
     /// Sets the replication factor of ranges created from now on.
     pub async fn set_default_num_replicas(&self, n: u32) -> Result<()> {
         if !(1..=NUM_REPLICAS_MAX).contains(&n) {
@@ -579,7 +641,8 @@ impl KvClient {
                     n.membership == Membership::Active && !node_ids.contains(&n.node.node_id)
                 })
                 .count();
-            let factor = self.default_num_replicas().await? as usize;
+            let (default, tables) = self.zone_num_replicas().await?;
+            let factor = tables.values().copied().fold(default, u32::max) as usize;
             let ranges = self.cluster_ranges().await?;
             let widest = ranges.iter().map(|r| r.replicas.len()).max().unwrap_or(0);
             let needed = factor.min(widest.max(1));

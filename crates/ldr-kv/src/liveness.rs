@@ -148,7 +148,7 @@ mod tests {
     #[test]
     fn records_of_older_nodes_decode_with_defaults() {
         let old = br#"{"node_id":2,"expiration":{"wall_time_ns":5,"logical":0}}"#;
-        let r: LivenessRecord = serde_json::from_slice(old).unwrap();
+        let r: LivenessRecord = serde_json::from_slice(old).expect("an old record decodes");
         assert!(!r.draining);
         assert_eq!((r.replicas, r.leases), (0, 0));
     }

@@ -344,7 +344,8 @@ impl NodeInner {
         self.set_identity(&identity);
         self.start_replication().await?;
         let system_range = system::system_range_descriptor(vec![SYSTEM_NODE_ID]);
-        self.serve_create_replica(system_range.clone(), false).await?;
+        self.serve_create_replica(system_range.clone(), false)
+            .await?;
         self.wait_for_lease(&system_range).await?;
         self.replicated_write(&system_range, system::bootstrap_rows(&node1), true)
             .await?;

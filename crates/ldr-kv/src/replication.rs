@@ -281,7 +281,10 @@ impl NodeInner {
         // authoritative that it holds nothing the group needs, so it starts empty (as
         // CockroachDB gives a re-added replica a new replica id).
         if new_member && store.replica(range.range_id).is_some() {
-            info!(range_id = range.range_id, "replacing a replica left from an earlier membership");
+            info!(
+                range_id = range.range_id,
+                "replacing a replica left from an earlier membership"
+            );
             store
                 .remove_replica(range.range_id)
                 .await
@@ -480,7 +483,7 @@ impl NodeInner {
             return Ok(());
         }
         let client = self.client();
-        let num_replicas = client.default_num_replicas().await? as usize;
+        let (default_replicas, table_replicas) = client.zone_num_replicas().await?;
         let now = self.clock.now();
         let dead_after = self.settings.duration(TIME_UNTIL_STORE_DEAD);
         let mut placement = routing::Placement::default();
@@ -520,6 +523,11 @@ impl NodeInner {
             // One step, or two when the first added a voter (the surplus one it replaces is
             // removed at once instead of a pass later); the descriptor follows each change at
             // once (a replica its descriptor does not list is eventually deleted).
+            let num_replicas = desc
+                .table_id
+                .and_then(|t| table_replicas.get(&t))
+                .copied()
+                .unwrap_or(default_replicas) as usize;
             let mut current = Some((stored.clone(), desc.clone()));
             for _ in 0..2 {
                 let Some((stored, desc)) = current.clone() else {

@@ -1347,7 +1347,8 @@ async fn zone_configurations_set_the_replication_factor_of_new_tables() {
         code(exec_err(&mut s, "SHOW RANGES FROM DATABASE nowhere").await),
         "3D000"
     );
-    // A table-level replication factor cannot change existing ranges yet: said, not ignored.
+    // The ranges of a table created on a one-node cluster have a single copy: a table-level
+    // replication factor above 1 cannot apply to them (said, not ignored); 1 and DISCARD can.
     assert_eq!(
         code(
             exec_err(
@@ -1357,6 +1358,22 @@ async fn zone_configurations_set_the_replication_factor_of_new_tables() {
             .await
         ),
         "0A000"
+    );
+    exec(
+        &mut s,
+        "ALTER TABLE r CONFIGURE ZONE USING num_replicas = 1",
+    )
+    .await;
+    exec(&mut s, "ALTER TABLE r CONFIGURE ZONE DISCARD").await;
+    assert_eq!(
+        code(
+            exec_err(
+                &mut s,
+                "ALTER TABLE r CONFIGURE ZONE USING num_replicas = 0"
+            )
+            .await
+        ),
+        "22023"
     );
     exec(
         &mut s,

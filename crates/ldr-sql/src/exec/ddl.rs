@@ -1582,16 +1582,28 @@ async fn alter_op(s: &mut Session, desc: &Arc<TableDescriptor>, op: &AlterTableO
             ))
         }
         AlterTableOp::ConfigureZone(options) => {
+            privilege::require_admin(s, "configure zones").await?;
+            let mut num_replicas = None;
             for (key, value) in options {
-                check_zone_option(key, value)?;
-                if key == "num_replicas" {
-                    return Err(SqlError::unsupported(format!(
-                        "num_replicas of an existing table cannot be changed yet (the ranges of {} \
-                         keep their replicas); set it on the default zone before creating the \
-                         table: ALTER RANGE default CONFIGURE ZONE USING num_replicas = {value}",
-                        desc.name
-                    )));
+                if let Some(n) = check_zone_option(key, value)? {
+                    num_replicas = Some(n);
                 }
+            }
+            if options.is_empty() {
+                // DISCARD: the table follows the default zone again.
+                server.kv.set_table_num_replicas(desc.id, None).await?;
+            } else if let Some(n) = num_replicas {
+                server
+                    .kv
+                    .set_table_num_replicas(desc.id, Some(n))
+                    .await
+                    .map_err(|e| match e {
+                        ldr_kv::KvError::InvalidRequest(m) => SqlError::unsupported(format!(
+                            "num_replicas of table {}: {m}",
+                            desc.name
+                        )),
+                        e => e.into(),
+                    })?;
             }
             Ok(())
         }

@@ -72,6 +72,18 @@ async fn harness_index(c: &Cluster, node_id: i64) -> Result<usize> {
     anyhow::bail!("no node of cluster {} has id {node_id}", c.name())
 }
 
+/// The harness index of the node coordinating `job` on `c`.
+async fn coordinator_index(c: &Cluster, job: i64) -> Result<usize> {
+    let node_id: i64 = job_row(c, job)
+        .await?
+        .get("coordinator_id")
+        .cloned()
+        .flatten()
+        .context("coordinator_id")?
+        .parse()?;
+    harness_index(c, node_id).await
+}
+
 /// Drains `index` of `victim` with `ldr node drain` (its leases and job claims move, then it
 /// stops), then measures how long B's job `job` takes to replicate past A's clock at the
 /// drain's start.
@@ -120,14 +132,7 @@ async fn jobs_survive_the_loss_of_their_coordinator_and_of_a_source_node() -> Re
         &format!("bidirectional LDR running: job {job_on_a} on A, job {job_on_b} on B"),
     );
 
-    let coordinator: i64 = job_row(&b, job_on_b)
-        .await?
-        .get("coordinator_id")
-        .cloned()
-        .flatten()
-        .context("coordinator_id")?
-        .parse()?;
-    let coordinator = harness_index(&b, coordinator).await?;
+    let coordinator = coordinator_index(&b, job_on_b).await?;
     // A source node other than the one B's external connection names (node 1), so the
     // stream's own connection stays; its ranges' leases and partitions move.
     let source = 3;
@@ -176,14 +181,7 @@ async fn jobs_survive_the_loss_of_their_coordinator_and_of_a_source_node() -> Re
 
     // Graceful drains while both sides write: B's coordinator (the node that adopted the
     // job), then a worker node of B, then a source node of A; each comes back before the next.
-    let coordinator: i64 = job_row(&b, job_on_b)
-        .await?
-        .get("coordinator_id")
-        .cloned()
-        .flatten()
-        .context("coordinator_id")?
-        .parse()?;
-    let coordinator = harness_index(&b, coordinator).await?;
+    let coordinator = coordinator_index(&b, job_on_b).await?;
     let worker = b
         .node_ids()
         .find(|i| *i != coordinator)

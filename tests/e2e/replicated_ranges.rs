@@ -282,7 +282,7 @@ async fn drain_decommission_and_rebalance() -> Result<()> {
         c.exec(1, sql).await?;
         poll(
             &format!("every range of kv with {want} replicas after `{sql}`"),
-            Duration::from_secs(120),
+            Duration::from_secs(240),
             Duration::from_millis(500),
             || {
                 let c = &c;
@@ -310,7 +310,7 @@ async fn drain_decommission_and_rebalance() -> Result<()> {
     ensure!(out.contains("decommissioning"), "{out}");
     poll(
         "node 4 holds no replica",
-        Duration::from_secs(180),
+        Duration::from_secs(240),
         Duration::from_millis(500),
         || {
             let c = &c;
@@ -330,7 +330,7 @@ async fn drain_decommission_and_rebalance() -> Result<()> {
     let fair = total_ranges * 3 / 4;
     poll(
         "node 4 receives replicas and leases again",
-        Duration::from_secs(180),
+        Duration::from_secs(240),
         Duration::from_millis(500),
         || {
             let c = &c;

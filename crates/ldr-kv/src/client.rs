@@ -273,6 +273,13 @@ impl KvClient {
         Ok(self.table_ranges_cached(table_id).await?.to_vec())
     }
 
+    /// The table's range descriptors as stored now (`SHOW RANGES`: this node's cache may
+    /// predate replica changes another node's replicate queue made).
+    pub async fn table_ranges_fresh(&self, table_id: TableId) -> Result<Vec<RangeDescriptor>> {
+        self.inner.ranges.write().remove(table_id);
+        self.table_ranges(table_id).await
+    }
+
     /// Creates `shard_count` ranges (default: 3 per live node) spread round-robin over live
     /// nodes. Creating the ranges of a table that already has them returns the existing ones.
     pub async fn create_table_ranges(
@@ -1323,8 +1330,10 @@ impl KvClient {
                 unreachable.push(target);
             }
             let next = match &error {
+                // A replica's hint is newer than this node's descriptor cache: another node's
+                // replicate queue may have moved the range to a node the cache does not list.
                 KvError::NotLeaseholder { hint: Some(h), .. }
-                    if *h != target && range.replicas.contains(h) && !unreachable.contains(h) =>
+                    if *h != target && !unreachable.contains(h) =>
                 {
                     *h
                 }
@@ -1355,9 +1364,13 @@ impl KvClient {
             if std::time::Instant::now() >= deadline {
                 return Err(error);
             }
-            // A full round without a leaseholder: an election is probably under way.
+            // A full round without a leaseholder: an election is probably under way, or the
+            // cached descriptor is stale (the next request reloads it).
             if (misses as usize).is_multiple_of(range.replicas.len().max(1)) {
                 unreachable.clear();
+                if let Some(table_id) = range.table_id {
+                    self.inner.ranges.write().remove(table_id);
+                }
                 let pause = LEASE_SEARCH_PAUSE_MIN.saturating_mul(misses.min(16));
                 tokio::time::sleep(pause.min(LEASE_SEARCH_PAUSE_MAX)).await;
             }

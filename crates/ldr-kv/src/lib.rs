@@ -162,10 +162,12 @@ impl KvError {
     }
 }
 
-/// Whether a transport error text says the connection was never established.
+/// Whether a transport error text says the connection was never established (or the node
+/// refused the request before serving it).
 fn is_connect_failure(detail: &str) -> bool {
     let d = detail.to_ascii_lowercase();
     [
+        "the request was not served",
         "tcp connect error",
         "error trying to connect",
         "connection refused",
@@ -194,6 +196,10 @@ mod error_tests {
                 "error trying to connect: tcp connect error: Connection refused (os error 111)"
             )
             .for_sent_write(),
+            KvError::NodeUnavailable { .. }
+        ));
+        assert!(matches!(
+            unavailable("node is shutting down: the request was not served").for_sent_write(),
             KvError::NodeUnavailable { .. }
         ));
         for detail in [

@@ -502,6 +502,9 @@ impl NodeInner {
             if !status.is_live || status.is_draining || leaving {
                 placement.no_leases.push(id);
             }
+            if status.is_draining {
+                placement.draining.push(id);
+            }
             placement.leases.insert(id, status.leases as usize);
         }
         let mut descriptors: HashMap<RangeId, (Vec<u8>, Vec<u8>, RangeDescriptor)> = HashMap::new();
@@ -581,12 +584,20 @@ impl NodeInner {
                 if !matches!(change, routing::ReplicaChange::Add(_)) {
                     break;
                 }
-                current = self.sync_descriptor(&replica, key, &stored, &desc).await?;
+                current = match self.sync_descriptor(&replica, key, &stored, &desc).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        info!(range_id = desc.range_id, error = %e, "descriptor update failed");
+                        None
+                    }
+                };
             }
+            // One range's failure (a slow system range) must not stop the others' changes.
             if replica.lease_status() == ldr_replica::LeaseStatus::Valid
                 && let Some((stored, desc)) = &current
+                && let Err(e) = self.sync_descriptor(&replica, key, stored, desc).await
             {
-                self.sync_descriptor(&replica, key, stored, desc).await?;
+                info!(range_id = desc.range_id, error = %e, "descriptor update failed");
             }
         }
         Ok(())

@@ -207,6 +207,8 @@ pub(crate) struct Placement {
     pub(crate) leases: HashMap<NodeId, usize>,
     /// Nodes that may not take a lease: draining, not live, or not active.
     pub(crate) no_leases: Vec<NodeId>,
+    /// Draining nodes: a leaseholder there hands its leases over.
+    pub(crate) draining: Vec<NodeId>,
 }
 
 impl Placement {
@@ -268,7 +270,7 @@ pub(crate) fn plan_replica_change(
     // (draining) first hands its lease to a voter that stays (quickest while the group has
     // its usual voters: the old leaseholder's vote and the target's make a majority of
     // three); the new leaseholder then adds the replacement and removes it.
-    if (placement.replace.contains(&leaseholder) || placement.no_leases.contains(&leaseholder))
+    if (placement.replace.contains(&leaseholder) || placement.draining.contains(&leaseholder))
         && let Some(node) = placement.lease_target(voters, leaseholder)
     {
         return Some(ReplicaChange::TransferLease(node));
@@ -720,6 +722,7 @@ mod tests {
         // A draining leaseholder that stays a voter just hands the lease over.
         let mut drain = placement(&[1, 2, 3], &[], &[]);
         drain.no_leases = vec![3];
+        drain.draining = vec![3];
         assert_eq!(
             plan_replica_change(&[1, 2, 3], 3, 3, &drain),
             Some(TransferLease(1))
@@ -727,6 +730,14 @@ mod tests {
         // With nowhere to hand it, it keeps it.
         drain.no_leases = vec![1, 2, 3];
         assert_eq!(plan_replica_change(&[1, 2, 3], 3, 3, &drain), None);
+        // A leaseholder whose own liveness record looks expired (a slow heartbeat) is not
+        // leaving: it keeps its lease and goes on with the plan.
+        let mut slow = placement(&[1, 2, 3, 4], &[], &[(1, 1), (2, 1), (3, 1), (4, 1)]);
+        slow.no_leases = vec![3];
+        assert_eq!(
+            plan_replica_change(&[1, 2, 3, 4], 3, 3, &slow),
+            Some(Remove(4))
+        );
     }
 
     #[test]

@@ -32,6 +32,15 @@ enum Envelope {
     Cluster,
 }
 
+/// A stopping node's answer: it served nothing, so a write sent to it is not ambiguous.
+fn stopping() -> Status {
+    wire::error_to_status(&KvError::NodeUnavailable {
+        node_id: 0,
+        address: String::new(),
+        detail: "node is shutting down: the request was not served".into(),
+    })
+}
+
 impl KvService {
     pub(crate) fn server(node: Weak<NodeInner>) -> KvGrpcServer {
         KvServer::new(KvService { node })
@@ -42,7 +51,7 @@ impl KvService {
     /// The node, after checking the request's envelope.
     fn enter<T>(&self, request: &Request<T>, envelope: Envelope) -> Result<Arc<NodeInner>, Status> {
         let Some(node) = self.node.upgrade().filter(|n| !n.is_stopped()) else {
-            return Err(Status::unavailable("node is shutting down"));
+            return Err(stopping());
         };
         let check = || -> Result<()> {
             if let Some(remote) = wire::read_clock(request.metadata())? {
@@ -386,7 +395,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::KvSetClockOffsetResponse>, Status> {
         // The test knob skips the clock check: it exists to break clocks.
         let Some(node) = self.node.upgrade().filter(|n| !n.is_stopped()) else {
-            return Err(Status::unavailable("node is shutting down"));
+            return Err(stopping());
         };
         let offset_ns = request.into_inner().offset_ns;
         info!(offset_ns, "physical clock offset set by test knob");

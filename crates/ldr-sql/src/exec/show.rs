@@ -807,14 +807,14 @@ async fn show_ranges(sess: &mut Session, from: &RangesFrom) -> Result<QueryResul
     let mut ranges = match from {
         RangesFrom::Table(name) => {
             let desc = resolve::resolve_table(&sess.server.catalog, sess.database(), name).await?;
-            kv.table_ranges(desc.id).await?
+            kv.table_ranges_fresh(desc.id).await?
         }
         RangesFrom::Database(name) => {
             let db = name.clone().unwrap_or_else(|| sess.database().to_string());
             let d = sess.server.catalog.require_database(&db).await?;
             let mut all = Vec::new();
             for t in sess.server.catalog.tables_in(d.id).await? {
-                match kv.table_ranges(t.id).await {
+                match kv.table_ranges_fresh(t.id).await {
                     Ok(r) => all.extend(r),
                     Err(ldr_kv::KvError::NoRanges { .. }) => {}
                     Err(e) => return Err(e.into()),

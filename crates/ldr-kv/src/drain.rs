@@ -134,28 +134,6 @@ impl NodeInner {
         Ok(replica.is_leader())
     }
 
-    /// Where the lease of `replica` should go: a voter on a live, active node that is not
-    /// draining, the one holding the fewest leases first.
-    pub(crate) fn lease_target(
-        &self,
-        replica: &Replica,
-        statuses: &[crate::NodeStatus],
-    ) -> Option<NodeId> {
-        let me = self.node_id();
-        replica
-            .voters()
-            .into_iter()
-            .filter_map(|v| NodeId::try_from(v).ok())
-            .filter(|v| *v != me)
-            .filter_map(|v| {
-                let s = statuses.iter().find(|s| s.node.node_id == v)?;
-                (s.is_live && !s.is_draining && s.membership == crate::Membership::Active)
-                    .then_some((s.leases, v))
-            })
-            .min()
-            .map(|(_, v)| v)
-    }
-
     /// One drain pass: stop taking leases, transfer every lease this node holds, release its
     /// jobs. Returns what is left (the caller repeats until nothing is).
     pub(crate) async fn drain_once(self: &Arc<Self>) -> Result<DrainProgress> {
@@ -168,7 +146,13 @@ impl NodeInner {
         }
         let store = self.replicas()?.clone();
         store.set_draining(true);
-        let statuses = self.client().nodes().await.unwrap_or_default();
+        let me = self.node_id();
+        let placement = crate::routing::Placement::of_nodes(
+            &self.client().nodes().await.unwrap_or_default(),
+            self.clock.now(),
+            self.settings
+                .duration(crate::replication::TIME_UNTIL_STORE_DEAD),
+        );
         let leading: Vec<Arc<Replica>> = store
             .replicas()
             .into_iter()
@@ -176,9 +160,14 @@ impl NodeInner {
             .collect();
         futures::stream::iter(leading)
             .for_each_concurrent(DRAIN_CONCURRENCY, |replica| {
-                let statuses = &statuses;
+                let placement = &placement;
                 async move {
-                    if let Some(target) = self.lease_target(&replica, statuses) {
+                    let voters: Vec<NodeId> = replica
+                        .voters()
+                        .into_iter()
+                        .filter_map(|v| NodeId::try_from(v).ok())
+                        .collect();
+                    if let Some(target) = placement.lease_target(&voters, me) {
                         let _ = self.transfer_lease(&replica, target).await;
                     }
                 }

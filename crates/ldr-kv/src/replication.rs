@@ -486,27 +486,7 @@ impl NodeInner {
         let (default_replicas, table_replicas) = client.zone_num_replicas().await?;
         let now = self.clock.now();
         let dead_after = self.settings.duration(TIME_UNTIL_STORE_DEAD);
-        let mut placement = routing::Placement::default();
-        for status in client.nodes().await? {
-            let id = status.node.node_id;
-            let dead = status
-                .liveness_expiration
-                .add_nanos(dead_after.as_nanos() as u64)
-                < now;
-            let leaving = status.membership != crate::Membership::Active;
-            if dead || leaving {
-                placement.replace.push(id);
-            } else {
-                placement.eligible.push(id);
-            }
-            if !status.is_live || status.is_draining || leaving {
-                placement.no_leases.push(id);
-            }
-            if status.is_draining {
-                placement.draining.push(id);
-            }
-            placement.leases.insert(id, status.leases as usize);
-        }
+        let mut placement = routing::Placement::of_nodes(&client.nodes().await?, now, dead_after);
         let mut descriptors: HashMap<RangeId, (Vec<u8>, Vec<u8>, RangeDescriptor)> = HashMap::new();
         for (key, value) in client.sys_scan(system::RANGES).await? {
             let range: RangeDescriptor = system::decode_json("range descriptor", &value)?;

@@ -212,6 +212,38 @@ pub(crate) struct Placement {
 }
 
 impl Placement {
+    /// The placement view of the cluster's nodes at `now`: nodes dead longer than
+    /// `dead_after` or leaving are replaced; not-live, draining and leaving nodes take no
+    /// leases. (Replica counts come from the range descriptors: see `load`.)
+    pub(crate) fn of_nodes(
+        statuses: &[crate::NodeStatus],
+        now: ldr_types::Timestamp,
+        dead_after: std::time::Duration,
+    ) -> Placement {
+        let mut placement = Placement::default();
+        for status in statuses {
+            let id = status.node.node_id;
+            let dead = status
+                .liveness_expiration
+                .add_nanos(dead_after.as_nanos() as u64)
+                < now;
+            let leaving = status.membership != crate::Membership::Active;
+            if dead || leaving {
+                placement.replace.push(id);
+            } else {
+                placement.eligible.push(id);
+            }
+            if !status.is_live || status.is_draining || leaving {
+                placement.no_leases.push(id);
+            }
+            if status.is_draining {
+                placement.draining.push(id);
+            }
+            placement.leases.insert(id, status.leases as usize);
+        }
+        placement
+    }
+
     fn load(&self, node: NodeId) -> usize {
         self.load.get(&node).copied().unwrap_or(0)
     }
@@ -222,7 +254,7 @@ impl Placement {
 
     /// The voter (not `leaseholder`) that should take a lease: one that may hold leases,
     /// with the fewest.
-    fn lease_target(&self, voters: &[NodeId], leaseholder: NodeId) -> Option<NodeId> {
+    pub(crate) fn lease_target(&self, voters: &[NodeId], leaseholder: NodeId) -> Option<NodeId> {
         voters
             .iter()
             .copied()

@@ -51,12 +51,52 @@ pub const DEFAULT_NUM_REPLICAS: u32 = 3;
 /// The cluster as seen from one node (cheap to clone).
 #[derive(Clone)]
 pub struct KvClient {
-    inner: Arc<NodeInner>,
+    pub(crate) inner: Arc<NodeInner>,
+    /// Set for a transaction's client ([`crate::KvTxn::client`]): writes are its intents.
+    pub(crate) txn: Option<Arc<crate::txn::TxnState>>,
 }
 
 impl KvClient {
     pub(crate) fn from_inner(inner: Arc<NodeInner>) -> KvClient {
-        KvClient { inner }
+        KvClient { inner, txn: None }
+    }
+
+    /// Who this client is when it meets an intent.
+    fn pusher(&self) -> crate::txn::Pusher {
+        match &self.txn {
+            Some(t) => t.pusher(),
+            None => crate::txn::Pusher::NonTxn,
+        }
+    }
+
+    /// Runs `op` until it meets no other transaction's intent: each intent met is pushed out
+    /// of the way first (see `txn.rs`). An intent of this client's own transaction is
+    /// answered by `own` (a read of its own write), or is an internal error where that cannot
+    /// happen.
+    async fn past_intents<T, F, Fut>(
+        &self,
+        own: impl Fn(&ldr_storage::IntentConflict) -> Option<T>,
+        op: F,
+    ) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        loop {
+            match op().await {
+                Err(KvError::Storage(ldr_storage::StorageError::WriteIntent(c))) => {
+                    if let Some(t) = &self.txn
+                        && t.meta.txn_id == c.txn.txn_id
+                    {
+                        return own(&c).ok_or_else(|| {
+                            KvError::Internal(format!("a transaction met its own intent: {c}"))
+                        });
+                    }
+                    self.push_intent(&c, &self.pusher()).await?;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub(crate) fn inner(&self) -> &Arc<NodeInner> {
@@ -102,6 +142,55 @@ impl KvClient {
     /// included.
     pub async fn get(&self, key: &[u8], read_ts: Option<Timestamp>) -> Result<Option<Version>> {
         self.inner.require_identity()?;
+        self.past_intents(
+            |c| {
+                Some(Some(Version {
+                    ts: c.write_ts,
+                    header: ValueHeader::default(),
+                    value: c.value.clone(),
+                }))
+            },
+            || self.get_once(key, read_ts),
+        )
+        .await
+    }
+
+    /// Whether this is a transaction's client (its writes are intents).
+    pub fn in_txn(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// A client outside any transaction, on the same node.
+    pub(crate) fn plain(&self) -> KvClient {
+        KvClient::from_inner(self.inner.clone())
+    }
+
+    /// A write of one transaction record (never an intent, and records never hold intents).
+    pub(crate) async fn write_record(&self, row: RowWrite) -> Result<RowOutcome> {
+        let plain = self.plain();
+        let range = plain.range_for_key(&row.key).await?;
+        let applied = match plain
+            .write_to_range_once(&range, vec![row.clone()], true)
+            .await
+        {
+            Err(KvError::RangeNotFound { .. }) => {
+                let fresh = plain.refreshed_range(&range).await?;
+                plain.write_to_range_once(&fresh, vec![row], true).await?
+            }
+            other => other?,
+        };
+        applied
+            .outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| KvError::Internal("a record write without an outcome".into()))
+    }
+
+    pub(crate) async fn get_once(
+        &self,
+        key: &[u8],
+        read_ts: Option<Timestamp>,
+    ) -> Result<Option<Version>> {
         let range = self.range_for_key(key).await?;
         match self.get_in_range(&range, key, read_ts).await {
             Err(KvError::RangeNotFound { .. }) if range.table_id.is_some() => {
@@ -125,6 +214,27 @@ impl KvClient {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        match self
+            .past_intents(|_| None, || self.get_many_once(keys, read_ts))
+            .await
+        {
+            // A transaction reading keys it wrote: one at a time, its own intents included.
+            Err(KvError::Internal(m)) if self.txn.is_some() && m.contains("its own intent") => {
+                let mut out = Vec::with_capacity(keys.len());
+                for key in keys {
+                    out.push(self.get(key, read_ts).await?);
+                }
+                Ok(out)
+            }
+            other => other,
+        }
+    }
+
+    async fn get_many_once(
+        &self,
+        keys: &[Vec<u8>],
+        read_ts: Option<Timestamp>,
+    ) -> Result<Vec<Option<Version>>> {
         let mut tables: HashMap<TableId, Arc<[RangeDescriptor]>> = HashMap::new();
         for key in keys {
             if let KeyRoute::Table { table_id, .. } = routing::route_key(key)?
@@ -188,13 +298,19 @@ impl KvClient {
             SpanTarget::Many => routing::split_span(span, &self.all_ranges().await?),
         };
         let scans = pieces.iter().map(|(range, piece)| async move {
-            match self.scan_in_range(range, piece, read_ts, limit).await {
-                Err(KvError::RangeNotFound { .. }) if range.table_id.is_some() => {
-                    let fresh = self.refreshed_range(range).await?;
-                    self.scan_in_range(&fresh, piece, read_ts, limit).await
-                }
-                other => other,
-            }
+            self.past_intents(
+                |_| None,
+                || async move {
+                    match self.scan_in_range(range, piece, read_ts, limit).await {
+                        Err(KvError::RangeNotFound { .. }) if range.table_id.is_some() => {
+                            let fresh = self.refreshed_range(range).await?;
+                            self.scan_in_range(&fresh, piece, read_ts, limit).await
+                        }
+                        other => other,
+                    }
+                },
+            )
+            .await
         });
         let parts = join_all(scans)
             .await
@@ -526,8 +642,13 @@ impl KvClient {
             return Ok(range.node_id);
         }
         self.on_leaseholder(range, |node_id| async move {
-            self.scan_on(node_id, range, &range.span, None, 1).await?;
-            Ok(node_id)
+            match self.scan_on(node_id, range, &range.span, None, 1).await {
+                // An intent in the way: the node served the read, so it holds the lease.
+                Ok(_) | Err(KvError::Storage(ldr_storage::StorageError::WriteIntent(_))) => {
+                    Ok(node_id)
+                }
+                Err(e) => Err(e),
+            }
         })
         .await
     }
@@ -987,7 +1108,7 @@ impl KvClient {
     }
 
     /// After an owner said it does not have `range`: the range's current descriptor.
-    async fn refreshed_range(&self, range: &RangeDescriptor) -> Result<RangeDescriptor> {
+    pub(crate) async fn refreshed_range(&self, range: &RangeDescriptor) -> Result<RangeDescriptor> {
         let table_id = range.table_id.expect("only table ranges are refreshed");
         self.inner.ranges.write().remove(table_id);
         let ranges = self.load_table_ranges(table_id).await?;
@@ -1000,7 +1121,7 @@ impl KvClient {
     }
 
     /// Calls the owner of `range` over gRPC.
-    async fn call_owner<Req, Resp, F, Fut>(
+    pub(crate) async fn call_owner<Req, Resp, F, Fut>(
         &self,
         node_id: NodeId,
         request: Req,
@@ -1200,6 +1321,37 @@ impl KvClient {
         rows: Vec<RowWrite>,
         atomic: bool,
     ) -> Result<ApplyResult> {
+        let keys: Vec<Vec<u8>> = match &self.txn {
+            Some(_) => rows
+                .iter()
+                .flat_map(|r| std::iter::once(&r.key).chain(r.dependents.iter().map(|(k, _)| k)))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        let applied = self
+            .past_intents(
+                |_| None,
+                || self.write_to_range_once(range, rows.clone(), atomic),
+            )
+            .await;
+        if let (Some(txn), Ok(a)) = (&self.txn, &applied) {
+            txn.note_written(range, keys, a.ts);
+        } else if let (Some(txn), Err(e)) = (&self.txn, &applied)
+            && e.is_ambiguous()
+        {
+            // The intents may be there: resolve them with the rest.
+            txn.note_written(range, keys, Timestamp::ZERO);
+        }
+        applied
+    }
+
+    async fn write_to_range_once(
+        &self,
+        range: &RangeDescriptor,
+        rows: Vec<RowWrite>,
+        atomic: bool,
+    ) -> Result<ApplyResult> {
         if range.table_id.is_none() {
             return self.send_write(range, rows, atomic).await;
         }
@@ -1234,13 +1386,21 @@ impl KvClient {
         rows: Vec<RowWrite>,
         atomic: bool,
     ) -> Result<ApplyResult> {
+        let txn = self.txn.as_ref().map(|t| t.meta.clone());
         if node_id == self.node_id() {
-            return self.inner.serve_write(range.range_id, rows, atomic).await;
+            return self
+                .inner
+                .serve_write(range.range_id, rows, atomic, txn)
+                .await;
         }
         let request = pb::KvWriteRequest {
             range_id: range.range_id,
             rows: rows.into_iter().map(wire::row_to_pb).collect(),
             atomic,
+            txn: txn.map(|t| pb::KvTxnMeta {
+                txn_id: t.txn_id.to_vec(),
+                record_key: t.record_key,
+            }),
         };
         let response = self
             .call_owner(node_id, request, |mut c, r| async move { c.write(r).await })

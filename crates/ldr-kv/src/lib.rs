@@ -35,6 +35,7 @@ mod client;
 mod consistency;
 mod drain;
 mod gc;
+mod intents;
 mod liveness;
 mod node;
 mod owner;
@@ -46,6 +47,7 @@ mod setting_values;
 mod settings;
 mod system;
 mod transport;
+mod txn;
 mod wire;
 
 use std::path::PathBuf;
@@ -54,7 +56,9 @@ use std::time::Duration;
 pub use client::{DEFAULT_NUM_REPLICAS, KvClient, NUM_REPLICAS_MAX};
 pub use consistency::{ConsistencyStatus, RangeConsistency};
 pub use drain::{DrainHook, DrainProgress};
-pub use ldr_storage::{Condition, GcStats, KeyVersion, RowOutcome, RowWrite, ValueHeader, Version};
+pub use ldr_storage::{
+    Condition, GcStats, KeyVersion, RowOutcome, RowWrite, StorageError, ValueHeader, Version,
+};
 use ldr_types::{NodeId, RangeId, Span, TableId, Timestamp};
 pub use node::KvNode;
 pub use remote::{
@@ -64,6 +68,7 @@ pub use remote::{
 use serde::{Deserialize, Serialize};
 pub use service::{KvGrpcServer, KvService};
 pub use settings::Settings;
+pub use txn::{KvTxn, TxnRecord, TxnStatus};
 
 /// Errors of the cluster layer.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +129,15 @@ pub enum KvError {
     /// under-replicated, an unknown node).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The transaction was aborted (by a pusher, or because its coordinator stopped
+    /// heartbeating): nothing of it is applied. SQL: 40001.
+    #[error(
+        "restart transaction: TransactionRetryWithProtoRefreshError: TransactionAbortedError({reason}): transaction {txn_id}"
+    )]
+    TxnAborted { txn_id: String, reason: String },
+    /// Another transaction's intent stayed in the way (it is alive, and older). SQL: 40001.
+    #[error("restart transaction: TransactionRetryWithProtoRefreshError: WriteIntentError: {0}")]
+    TxnConflict(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -144,6 +158,11 @@ impl KvError {
 }
 
 impl KvError {
+    /// Whether a write may or may not have been applied.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, KvError::AmbiguousResult { .. })
+    }
+
     /// Turns the failure of a write call into [`KvError::AmbiguousResult`] unless it is clear
     /// the request never reached the owner (the connection could not be made).
     pub(crate) fn for_sent_write(self) -> KvError {

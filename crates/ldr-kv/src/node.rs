@@ -102,6 +102,8 @@ pub(crate) struct NodeInner {
     pub(crate) drain_hook: RwLock<Option<Arc<dyn crate::drain::DrainHook>>>,
     /// Set when a drain with `shutdown` finished: the process should stop.
     pub(crate) shutdown_requested: watch::Sender<bool>,
+    /// Unresolved intents this node wrote as leaseholder (see `intents.rs`).
+    pub(crate) intent_holds: crate::intents::IntentHolds,
 }
 
 impl NodeInner {
@@ -347,7 +349,7 @@ impl NodeInner {
         self.serve_create_replica(system_range.clone(), false)
             .await?;
         self.wait_for_lease(&system_range).await?;
-        self.replicated_write(&system_range, system::bootstrap_rows(&node1), true)
+        self.replicated_write(&system_range, system::bootstrap_rows(&node1), true, None)
             .await?;
         self.persist_identity(&identity)?;
         info!(node_id = SYSTEM_NODE_ID, %cluster_id, "node has its identity");
@@ -474,6 +476,7 @@ impl NodeInner {
         self.spawn(self.clone().settings_loop());
         self.spawn(self.clone().catalog_loop());
         self.spawn(self.clone().gc_loop());
+        self.spawn(self.clone().intent_recovery_loop());
     }
 
     /// Registers this node's current descriptor and tells the other nodes about it.
@@ -853,6 +856,7 @@ impl KvNode {
             replicas_opening: tokio::sync::Mutex::new(()),
             raft_slot: Arc::new(OnceLock::new()),
             range_latches: Mutex::new(HashMap::new()),
+            intent_holds: Default::default(),
             leaseholders: RwLock::new(HashMap::new()),
             unlisted_replicas: Mutex::new(HashMap::new()),
             side_closed: Arc::default(),

@@ -61,14 +61,39 @@ impl NodeInner {
         }
     }
 
+    /// The timestamp a read is served at. A read at a given timestamp moves this node's
+    /// clock up to it, so every later write here (an intent above all) lands above it: a
+    /// transaction that writes a key after it was read cannot commit at or below the read's
+    /// timestamp, which keeps multi-range reads at one timestamp consistent.
+    fn read_timestamp(&self, read_ts: Option<Timestamp>) -> Timestamp {
+        match read_ts {
+            Some(ts) => {
+                // Beyond the maximum offset the read still runs; the clock is not moved.
+                let _ = self.clock.update(ts);
+                ts
+            }
+            None => self.clock.now(),
+        }
+    }
+
+    /// Waits until no write of `range` evaluated before this point is still being replicated:
+    /// a read that moved the clock (see [`NodeInner::read_timestamp`]) then sees every write
+    /// at or below its timestamp, intents included.
+    async fn wait_for_writes(&self, range: &RangeDescriptor) {
+        if range.is_replicated() {
+            drop(self.range_latch(range.range_id).lock().await);
+        }
+    }
+
     pub(crate) async fn serve_get(
         self: &Arc<Self>,
         range_id: RangeId,
         key: Vec<u8>,
         read_ts: Option<Timestamp>,
     ) -> Result<Option<Version>> {
-        self.check_owner(range_id, &point_span(&key)).await?;
-        let read_ts = read_ts.unwrap_or_else(|| self.clock.now());
+        let desc = self.check_owner(range_id, &point_span(&key)).await?;
+        let read_ts = self.read_timestamp(read_ts);
+        self.wait_for_writes(&desc).await;
         self.storage(true, move |e| e.get(&key, read_ts)).await
     }
 
@@ -79,13 +104,19 @@ impl NodeInner {
         ranges: Vec<(RangeId, Vec<Vec<u8>>)>,
         read_ts: Option<Timestamp>,
     ) -> Result<Vec<Option<Version>>> {
+        let mut descs = Vec::with_capacity(ranges.len());
         for (range_id, keys) in &ranges {
             if let (Some(min), Some(max)) = (keys.iter().min(), keys.iter().max()) {
-                self.check_owner(*range_id, &Span::new(min.clone(), keys_after(max)))
-                    .await?;
+                descs.push(
+                    self.check_owner(*range_id, &Span::new(min.clone(), keys_after(max)))
+                        .await?,
+                );
             }
         }
-        let read_ts = read_ts.unwrap_or_else(|| self.clock.now());
+        let read_ts = self.read_timestamp(read_ts);
+        for desc in &descs {
+            self.wait_for_writes(desc).await;
+        }
         let count: usize = ranges.iter().map(|(_, k)| k.len()).sum();
         self.storage(count <= SMALL_GET_KEYS, move |e| {
             e.get_many(ranges.iter().flat_map(|(_, keys)| keys.iter()), read_ts)
@@ -103,8 +134,9 @@ impl NodeInner {
         if span.is_empty() {
             return Ok(Vec::new());
         }
-        self.check_owner(range_id, &span).await?;
-        let read_ts = read_ts.unwrap_or_else(|| self.clock.now());
+        let desc = self.check_owner(range_id, &span).await?;
+        let read_ts = self.read_timestamp(read_ts);
+        self.wait_for_writes(&desc).await;
         let small = (1..=SMALL_SCAN_ROWS).contains(&limit);
         self.storage(small, move |e| e.scan(&span, read_ts, limit))
             .await
@@ -115,6 +147,7 @@ impl NodeInner {
         range_id: RangeId,
         rows: Vec<RowWrite>,
         atomic: bool,
+        txn: Option<ldr_storage::TxnMeta>,
     ) -> Result<ApplyResult> {
         if rows.is_empty() {
             return Ok(ApplyResult {
@@ -138,7 +171,24 @@ impl NodeInner {
         let span = Span::new(min.clone(), keys_after(max));
         let desc = self.check_owner(range_id, &span).await?;
         if desc.is_replicated() {
-            return self.replicated_write(&desc, rows, atomic).await;
+            return self.replicated_write(&desc, rows, atomic, txn).await;
+        }
+        if let Some(txn) = txn {
+            // Held from before the write, so at or below the intents' write timestamp.
+            let hold = self.engine.begin_write(Timestamp::ZERO)?;
+            let keys: Vec<Vec<u8>> = rows
+                .iter()
+                .flat_map(|r| std::iter::once(&r.key).chain(r.dependents.iter().map(|(k, _)| k)))
+                .cloned()
+                .collect();
+            let meta = txn.clone();
+            let applied = self
+                .storage(keys.len() <= SMALL_WRITE_KEYS, move |e| {
+                    e.apply_txn(&rows, atomic, None, Some(&meta))
+                })
+                .await?;
+            self.hold_intents(&txn, &desc, keys, hold);
+            return Ok(applied);
         }
         let keys: usize = rows.iter().map(|r| 1 + r.dependents.len()).sum();
         self.storage(keys <= SMALL_WRITE_KEYS, move |e| {
@@ -160,13 +210,15 @@ impl NodeInner {
             loop {
                 let scan_span = span.clone();
                 let live = self
-                    .blocking(move |e| e.scan(&scan_span, Timestamp::MAX, CLEAR_BATCH_KEYS))
+                    .blocking(move |e| {
+                        e.scan_committed(&scan_span, Timestamp::MAX, CLEAR_BATCH_KEYS)
+                    })
                     .await?;
                 if live.is_empty() {
                     break;
                 }
                 cleared += live.len() as u64;
-                self.replicated_write(&desc, tombstones(live), false)
+                self.replicated_write(&desc, tombstones(live), false, None)
                     .await?;
             }
             if let Some(table_id) = desc.table_id {
@@ -179,7 +231,7 @@ impl NodeInner {
             .blocking(move |engine| {
                 let mut cleared = 0u64;
                 loop {
-                    let live = engine.scan(&span, clock.now(), CLEAR_BATCH_KEYS)?;
+                    let live = engine.scan_committed(&span, clock.now(), CLEAR_BATCH_KEYS)?;
                     if live.is_empty() {
                         return Ok(cleared);
                     }

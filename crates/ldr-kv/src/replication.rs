@@ -312,7 +312,7 @@ impl NodeInner {
     }
 
     /// The per-range write latch.
-    fn range_latch(&self, range_id: RangeId) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn range_latch(&self, range_id: RangeId) -> Arc<tokio::sync::Mutex<()>> {
         self.range_latches
             .lock()
             .entry(range_id)
@@ -326,6 +326,7 @@ impl NodeInner {
         range: &RangeDescriptor,
         rows: Vec<RowWrite>,
         atomic: bool,
+        txn: Option<ldr_storage::TxnMeta>,
     ) -> Result<ApplyResult> {
         let me = self.node_id();
         let latch = self.range_latch(range.range_id);
@@ -334,9 +335,19 @@ impl NodeInner {
         let replica = self.leaseholder_replica(range)?;
         let in_flight = self.engine.begin_write(replica.closed_ts().next())?;
         let provisional = in_flight.provisional();
+        let keys: Vec<Vec<u8>> = match &txn {
+            Some(_) => rows
+                .iter()
+                .flat_map(|r| std::iter::once(&r.key).chain(r.dependents.iter().map(|(k, _)| k)))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        let meta = txn.clone();
         let evaluation = self
-            .storage(rows.len() <= 64, move |e| {
-                e.evaluate(&rows, atomic, provisional)
+            .storage(rows.len() <= 64, move |e| match &meta {
+                None => e.evaluate(&rows, atomic, provisional),
+                Some(txn) => e.evaluate_intents(&rows, atomic, provisional, txn),
             })
             .await?;
         if evaluation.writes.is_empty() {
@@ -355,7 +366,11 @@ impl NodeInner {
             .propose(Command::new(&evaluation.writes, closed))
             .await
             .map_err(|e| kv_error(e, me))?;
-        drop(in_flight);
+        match &txn {
+            // Intents keep the closed timestamp below them until they are resolved.
+            Some(txn) => self.hold_intents(txn, range, keys, in_flight),
+            None => drop(in_flight),
+        }
         Ok(ApplyResult {
             ts: evaluation.ts,
             outcomes: evaluation.outcomes,

@@ -169,7 +169,8 @@ impl Kv for KvService {
                 .into_iter()
                 .map(wire::row_from_pb)
                 .collect::<Result<Vec<_>>>()?;
-            let applied = node.serve_write(r.range_id, rows, r.atomic).await?;
+            let txn = r.txn.map(wire::txn_from_pb).transpose()?;
+            let applied = node.serve_write(r.range_id, rows, r.atomic, txn).await?;
             Ok(pb::KvWriteResponse {
                 ts: Some(applied.ts.into()),
                 outcomes: applied
@@ -178,6 +179,27 @@ impl Kv for KvService {
                     .map(wire::outcome_to_pb)
                     .collect(),
             })
+        }
+        .await;
+        reply(&node, result)
+    }
+
+    async fn resolve_intents(
+        &self,
+        request: Request<pb::KvResolveIntentsRequest>,
+    ) -> Result<Response<pb::KvResolveIntentsResponse>, Status> {
+        let node = self.enter(&request, Envelope::Cluster)?;
+        let r = request.into_inner();
+        let result = async {
+            let txn_id = wire::txn_id_from_pb(&r.txn_id)?;
+            let resolution = match r.commit_ts {
+                Some(ts) => ldr_storage::Resolution::Commit(ts.into()),
+                None => ldr_storage::Resolution::Abort,
+            };
+            let resolved = node
+                .serve_resolve(r.range_id, txn_id, r.keys, resolution)
+                .await?;
+            Ok(pb::KvResolveIntentsResponse { resolved })
         }
         .await;
         reply(&node, result)

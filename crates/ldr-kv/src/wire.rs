@@ -104,6 +104,23 @@ fn condition_from_pb(c: Option<pb::KvCondition>) -> Result<Condition> {
     }
 }
 
+/// A transaction id from the wire (exactly 16 bytes).
+pub(crate) fn txn_id_from_pb(bytes: &[u8]) -> Result<ldr_storage::TxnId> {
+    bytes.try_into().map_err(|_| {
+        KvError::InvalidRequest(format!(
+            "a transaction id has 16 bytes, not {}",
+            bytes.len()
+        ))
+    })
+}
+
+pub(crate) fn txn_from_pb(t: pb::KvTxnMeta) -> Result<ldr_storage::TxnMeta> {
+    Ok(ldr_storage::TxnMeta {
+        txn_id: txn_id_from_pb(&t.txn_id)?,
+        record_key: t.record_key,
+    })
+}
+
 pub(crate) fn row_to_pb(r: RowWrite) -> pb::KvRowWrite {
     pb::KvRowWrite {
         condition: Some(condition_to_pb(&r.condition)),
@@ -223,6 +240,13 @@ enum WireStorageError {
         ts: Timestamp,
         closed: Timestamp,
     },
+    WriteIntent {
+        key: Vec<u8>,
+        txn_id: [u8; 16],
+        record_key: Vec<u8>,
+        write_ts: Timestamp,
+        value: Option<Vec<u8>>,
+    },
 }
 
 /// A [`KvError`] on the wire.
@@ -269,6 +293,11 @@ enum WireError {
     PtsNotFound(String),
     Rpc(String),
     InvalidRequest(String),
+    TxnAborted {
+        txn_id: String,
+        reason: String,
+    },
+    TxnConflict(String),
     Internal(String),
 }
 
@@ -303,6 +332,13 @@ impl WireError {
                             closed: *closed,
                         }
                     }
+                    StorageError::WriteIntent(c) => WireStorageError::WriteIntent {
+                        key: c.key.clone(),
+                        txn_id: c.txn.txn_id,
+                        record_key: c.txn.record_key.clone(),
+                        write_ts: c.write_ts,
+                        value: c.value.clone(),
+                    },
                 };
                 (code, WireError::Storage(w))
             }
@@ -387,6 +423,14 @@ impl WireError {
             ),
             KvError::PtsNotFound(id) => (Code::NotFound, WireError::PtsNotFound(id.clone())),
             KvError::Rpc(m) => (Code::Unknown, WireError::Rpc(m.clone())),
+            KvError::TxnAborted { txn_id, reason } => (
+                Code::Aborted,
+                WireError::TxnAborted {
+                    txn_id: txn_id.clone(),
+                    reason: reason.clone(),
+                },
+            ),
+            KvError::TxnConflict(m) => (Code::Aborted, WireError::TxnConflict(m.clone())),
             KvError::InvalidRequest(m) => (
                 Code::FailedPrecondition,
                 WireError::InvalidRequest(m.clone()),
@@ -413,6 +457,18 @@ impl WireError {
                 WireStorageError::BelowClosedTimestamp { ts, closed } => {
                     StorageError::BelowClosedTimestamp { ts, closed }
                 }
+                WireStorageError::WriteIntent {
+                    key,
+                    txn_id,
+                    record_key,
+                    write_ts,
+                    value,
+                } => StorageError::WriteIntent(Box::new(ldr_storage::IntentConflict {
+                    key,
+                    txn: ldr_storage::TxnMeta { txn_id, record_key },
+                    write_ts,
+                    value,
+                })),
             }),
             WireError::NodeUnavailable {
                 node_id,
@@ -462,6 +518,8 @@ impl WireError {
             WireError::PtsNotFound(id) => KvError::PtsNotFound(id),
             WireError::Rpc(m) => KvError::Rpc(m),
             WireError::InvalidRequest(m) => KvError::InvalidRequest(m),
+            WireError::TxnAborted { txn_id, reason } => KvError::TxnAborted { txn_id, reason },
+            WireError::TxnConflict(m) => KvError::TxnConflict(m),
             WireError::Internal(m) => KvError::Internal(m),
         }
     }

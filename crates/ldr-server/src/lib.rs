@@ -1,6 +1,9 @@
 //! One ldr node: the shared SQL/gRPC listener, the HTTP endpoints, and the wiring of the
 //! cluster layer, SQL, jobs, the replication producer and the ingestion jobs.
 
+// The SQL connection future nests the KV client's intent handling deeply.
+#![recursion_limit = "256"]
+
 mod catalog_adapters;
 pub mod console;
 pub mod http;

@@ -252,6 +252,11 @@ fn kv_code(e: &ldr_kv::KvError) -> &'static str {
         }
     } else {
         match e {
+            ldr_kv::KvError::TxnAborted { .. }
+            | ldr_kv::KvError::TxnConflict(_)
+            | ldr_kv::KvError::Storage(ldr_kv::StorageError::WriteIntent(_)) => {
+                sqlstate::SERIALIZATION_FAILURE
+            }
             ldr_kv::KvError::UnknownSetting(_) => sqlstate::UNDEFINED_OBJECT,
             ldr_kv::KvError::InvalidSetting { .. } => sqlstate::INVALID_PARAMETER_VALUE,
             _ => sqlstate::INTERNAL_ERROR,

@@ -493,9 +493,10 @@ async fn cockroach_restart_protocol() {
         .expect("nested", 'E', &["42601"]);
     a.simple("ROLLBACK").await.expect("rollback", 'I', &[]);
 
-    // A statement that notices a conflict: 40001, aborted; ROLLBACK TO SAVEPOINT
-    // cockroach_restart restarts (status T, the old reads forgotten); RELEASE commits; only
-    // COMMIT is accepted after it.
+    // The transaction reads one snapshot: a concurrent write is not seen by a re-read, and
+    // the RELEASE that would commit on top of it fails with 40001, leaving the block
+    // aborted; ROLLBACK TO SAVEPOINT cockroach_restart restarts (status T, a new snapshot,
+    // the old reads forgotten); RELEASE commits; only COMMIT is accepted after it.
     a.simple("BEGIN").await.expect("begin", 'T', &[]);
     a.simple("SAVEPOINT cockroach_restart")
         .await
@@ -506,9 +507,15 @@ async fn cockroach_restart_protocol() {
     b.simple("UPDATE bank SET balance = balance + 5 WHERE id = 1")
         .await
         .expect("b", 'I', &[]);
-    a.simple("SELECT balance FROM bank WHERE id = 1")
+    let reread = a.simple("SELECT balance FROM bank WHERE id = 1").await;
+    reread.expect("re-read", 'T', &[]);
+    assert_eq!(reread.int(), 100, "the transaction's snapshot");
+    a.simple("UPDATE bank SET balance = balance - 5 WHERE id = 1")
         .await
-        .expect("re-read", 'E', &["40001"]);
+        .expect("stale write", 'T', &[]);
+    a.simple("RELEASE SAVEPOINT cockroach_restart")
+        .await
+        .expect("release over a concurrent write", 'E', &["40001"]);
     a.simple("ROLLBACK TO SAVEPOINT cockroach_restart")
         .await
         .expect("restart", 'T', &[])

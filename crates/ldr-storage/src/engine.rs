@@ -35,11 +35,12 @@ use tracing::{debug, info};
 use crate::closed_ts::{ClosedTsTracker, InFlight};
 use crate::decide::decide;
 use crate::encoding::{self, DecodeError};
+use crate::intent::{INTENT_TS, Intent, TxnMeta};
 use crate::latch::LatchManager;
 use crate::replicated::{LocalOp, PlannedWrite, WritePlan};
 use crate::{
     ApplyResult, CommitEvent, CommitObserver, EngineOptions, GcStats, HistoryEntry, KeyVersion,
-    Result, RowOutcome, RowWrite, StorageError, Version, VersionWrite,
+    Result, RowOutcome, RowWrite, StorageError, ValueHeader, Version, VersionWrite,
 };
 
 const GC_THRESHOLD_KEY: &str = "gc-threshold";
@@ -53,7 +54,7 @@ pub struct Engine {
     pub(crate) db: DB,
     clock: Arc<Clock>,
     pub(crate) write_opts: WriteOptions,
-    latches: LatchManager,
+    pub(crate) latches: LatchManager,
     pub(crate) tracker: ClosedTsTracker,
     pub(crate) observer: RwLock<Option<Arc<dyn CommitObserver>>>,
     /// Shared by commits around "write + observer"; exclusive for consistent snapshots.
@@ -215,7 +216,7 @@ impl Engine {
     pub fn get(&self, key: &[u8], read_ts: Timestamp) -> Result<Option<Version>> {
         let mut it = self.point_iterator(None);
         let prefix = encoding::mvcc_prefix(key);
-        read_version_at(&mut it, &prefix, key, read_ts)
+        read_visible(&mut it, &prefix, key, read_ts)
     }
 
     /// [`Engine::get`] of each of `keys` (in order), through one RocksDB iterator: a batch of
@@ -229,15 +230,27 @@ impl Engine {
         keys.into_iter()
             .map(|key| {
                 let key = key.as_ref();
-                read_version_at(&mut it, &encoding::mvcc_prefix(key), key, read_ts)
+                read_visible(&mut it, &encoding::mvcc_prefix(key), key, read_ts)
             })
             .collect()
     }
 
     /// The newest live version at or below `read_ts` of every key in `span`, in key order,
-    /// at most `limit` keys (0 = no limit). Tombstoned keys are skipped.
+    /// at most `limit` keys (0 = no limit). Tombstoned keys are skipped. An intent written at
+    /// or below `read_ts` fails the scan with [`StorageError::WriteIntent`].
     pub fn scan(&self, span: &Span, read_ts: Timestamp, limit: usize) -> Result<Vec<KeyVersion>> {
-        scan_impl(&self.db, None, span, read_ts, limit)
+        scan_impl(&self.db, None, span, read_ts, limit, OnIntent::Fail)
+    }
+
+    /// [`Engine::scan`] of committed versions only: intents are passed over (clearing a
+    /// dropped table's rows, internal maintenance).
+    pub fn scan_committed(
+        &self,
+        span: &Span,
+        read_ts: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<KeyVersion>> {
+        scan_impl(&self.db, None, span, read_ts, limit, OnIntent::Skip)
     }
 
     /// Calls `f` for every version in `span` with `after < ts <= up_to`, in key order and,
@@ -318,6 +331,18 @@ impl Engine {
         atomic: bool,
         ts: Option<Timestamp>,
     ) -> Result<ApplyResult> {
+        self.apply_txn(rows, atomic, ts, None)
+    }
+
+    /// [`Engine::apply`], writing intents of `txn` when given (see [`crate::intent`]); the
+    /// result's `ts` is then the intents' write timestamp.
+    pub fn apply_txn(
+        &self,
+        rows: &[RowWrite],
+        atomic: bool,
+        ts: Option<Timestamp>,
+        txn: Option<&TxnMeta>,
+    ) -> Result<ApplyResult> {
         if rows.is_empty() {
             return Ok(ApplyResult {
                 ts: ts.unwrap_or_else(|| self.clock.now()),
@@ -363,7 +388,7 @@ impl Engine {
             in_flight: Some(in_flight),
         };
 
-        let plan = self.plan_writes(rows, atomic, provisional, ts)?;
+        let plan = self.plan_writes(rows, atomic, provisional, ts, txn)?;
         let Some(commit_ts) = plan.commit_ts else {
             return Ok(ApplyResult {
                 ts: provisional,
@@ -389,7 +414,26 @@ impl Engine {
         atomic: bool,
         provisional: Timestamp,
         explicit: Option<Timestamp>,
+        txn: Option<&TxnMeta>,
     ) -> Result<WritePlan> {
+        // Another transaction's intent on any key written stops the write; the writing
+        // transaction's own intent is the key's newest value for it (read your writes).
+        let newest = |it: &mut DBRawIterator<'_>, prefix: &[u8], key: &[u8]| {
+            let (version, intent) = read_key(it, prefix, key, INTENT_TS)?;
+            match intent {
+                Some(i) if txn.is_none_or(|t| t.txn_id != i.txn.txn_id) => {
+                    Err(StorageError::WriteIntent(Box::new(i.conflict(key))))
+                }
+                Some(own) => Ok(Some(Version {
+                    ts: own
+                        .write_ts
+                        .max(version.as_ref().map_or(Timestamp::ZERO, |v| v.ts)),
+                    header: own.header,
+                    value: own.value,
+                })),
+                None => Ok(version),
+            }
+        };
         // Decide every row against its primary key's newest version.
         let mut it = self.point_iterator(None);
         let mut prefix = Vec::new();
@@ -397,7 +441,7 @@ impl Engine {
         for row in rows {
             prefix.clear();
             encoding::encode_prefix_into(&row.key, &mut prefix);
-            let existing = read_version_at(&mut it, &prefix, &row.key, Timestamp::MAX)?;
+            let existing = newest(&mut it, &prefix, &row.key)?;
             outcomes.push(decide(row, existing.as_ref(), provisional));
         }
         let all_written = outcomes
@@ -427,7 +471,7 @@ impl Engine {
             for (key, _) in &row.dependents {
                 prefix.clear();
                 encoding::encode_prefix_into(key, &mut prefix);
-                let existing = read_version_at(&mut it, &prefix, key, Timestamp::MAX)?;
+                let existing = newest(&mut it, &prefix, key)?;
                 if let Some(e) = &existing {
                     max_existing = max_existing.max(e.ts);
                 }
@@ -464,6 +508,27 @@ impl Engine {
                 .max(gc_threshold.next()),
         };
 
+        // A transaction's rows become intents written at `commit_ts` (its write timestamp).
+        let version = |header: ValueHeader, value: &Option<Vec<u8>>| match txn {
+            None => Version {
+                ts: commit_ts,
+                header,
+                value: value.clone(),
+            },
+            Some(txn) => Version {
+                ts: INTENT_TS,
+                header,
+                value: Some(
+                    Intent {
+                        txn: txn.clone(),
+                        write_ts: commit_ts,
+                        header,
+                        value: value.clone(),
+                    }
+                    .encode(),
+                ),
+            },
+        };
         let mut writes = Vec::new();
         for ((row, outcome), dep_prevs) in rows.iter().zip(&outcomes).zip(&dependent_prevs) {
             let RowOutcome::Written { prev } = outcome else {
@@ -472,11 +537,7 @@ impl Engine {
             writes.push(PlannedWrite {
                 write: VersionWrite {
                     key: row.key.clone(),
-                    version: Version {
-                        ts: commit_ts,
-                        header: row.header,
-                        value: row.value.clone(),
-                    },
+                    version: version(row.header, &row.value),
                 },
                 prev_value: prev.as_ref().and_then(|p| p.value.clone()),
             });
@@ -484,11 +545,7 @@ impl Engine {
                 writes.push(PlannedWrite {
                     write: VersionWrite {
                         key: key.clone(),
-                        version: Version {
-                            ts: commit_ts,
-                            header: row.header,
-                            value: dep_value.clone(),
-                        },
+                        version: version(row.header, dep_value),
                     },
                     prev_value: dep_prev.as_ref().and_then(|p| p.value.clone()),
                 });
@@ -515,6 +572,11 @@ impl Engine {
             key_buf.clear();
             encoding::encode_prefix_into(&w.write.key, &mut key_buf);
             encoding::push_ts(&mut key_buf, w.write.version.ts);
+            if w.write.version.ts == INTENT_TS && w.write.version.value.is_none() {
+                // The removal of an intent (see `intent`).
+                batch.delete(&key_buf);
+                continue;
+            }
             batch.put(
                 &key_buf,
                 encoding::encode_value(&w.write.version.header, w.write.version.value.as_deref()),
@@ -525,6 +587,8 @@ impl Engine {
         let events: Vec<CommitEvent> = match &observer {
             Some(_) => writes
                 .into_iter()
+                // Intents are not commits: their values reach rangefeeds when resolved.
+                .filter(|w| w.write.version.ts != INTENT_TS)
                 .map(|w| CommitEvent {
                     key: w.write.key,
                     version: w.write.version,
@@ -676,7 +740,14 @@ impl EngineSnapshot<'_> {
 
     /// [`Engine::scan`] on the snapshot.
     pub fn scan(&self, span: &Span, read_ts: Timestamp, limit: usize) -> Result<Vec<KeyVersion>> {
-        scan_impl(&self.engine.db, Some(&self.snapshot), span, read_ts, limit)
+        scan_impl(
+            &self.engine.db,
+            Some(&self.snapshot),
+            span,
+            read_ts,
+            limit,
+            OnIntent::Skip,
+        )
     }
 
     /// Calls `f` for every live version at or below `read_ts` in `span`, in key order, without
@@ -687,7 +758,14 @@ impl EngineSnapshot<'_> {
         read_ts: Timestamp,
         f: &mut dyn FnMut(KeyVersion) -> bool,
     ) -> Result<()> {
-        scan_each_impl(&self.engine.db, Some(&self.snapshot), span, read_ts, f)
+        scan_each_impl(
+            &self.engine.db,
+            Some(&self.snapshot),
+            span,
+            read_ts,
+            OnIntent::Skip,
+            f,
+        )
     }
 
     /// [`Engine::scan_history`] on the snapshot (the GC threshold is the one when the
@@ -738,22 +816,75 @@ pub(crate) fn read_version_at(
     user_key: &[u8],
     read_ts: Timestamp,
 ) -> Result<Option<Version>> {
+    Ok(read_key(it, prefix, user_key, read_ts)?.0)
+}
+
+/// The newest committed version of the key with MVCC `prefix` at or below `read_ts` (never an
+/// intent, even at `Timestamp::MAX`), and the key's intent if it has one.
+pub(crate) fn read_key(
+    it: &mut DBRawIterator<'_>,
+    prefix: &[u8],
+    user_key: &[u8],
+    read_ts: Timestamp,
+) -> Result<(Option<Version>, Option<Intent>)> {
     let mut seek_key = Vec::with_capacity(prefix.len() + TIMESTAMP_BYTES);
     seek_key.extend_from_slice(prefix);
-    encoding::push_ts(&mut seek_key, read_ts);
+    encoding::push_ts(&mut seek_key, INTENT_TS);
     it.seek(&seek_key);
-    let Some((raw_key, raw_value)) = it.item() else {
-        it.status().map_err(rocks)?;
-        return Ok(None);
-    };
-    let (found_prefix, ts) =
-        encoding::split_mvcc_key(raw_key).map_err(|e| corruption(user_key, e))?;
-    if found_prefix != prefix {
-        return Ok(None);
+    let mut intent = None;
+    loop {
+        let Some((raw_key, raw_value)) = it.item() else {
+            it.status().map_err(rocks)?;
+            return Ok((None, intent));
+        };
+        let (found_prefix, ts) =
+            encoding::split_mvcc_key(raw_key).map_err(|e| corruption(user_key, e))?;
+        if found_prefix != prefix {
+            return Ok((None, intent));
+        }
+        if ts == INTENT_TS {
+            let version =
+                encoding::decode_value(ts, raw_value).map_err(|e| corruption(user_key, e))?;
+            intent = Some(Intent::from_version(user_key, &version)?);
+            it.next();
+            continue;
+        }
+        if ts > read_ts {
+            seek_key.truncate(prefix.len());
+            encoding::push_ts(&mut seek_key, read_ts);
+            it.seek(&seek_key);
+            let Some((raw_key, raw_value)) = it.item() else {
+                it.status().map_err(rocks)?;
+                return Ok((None, intent));
+            };
+            let (found_prefix, ts) =
+                encoding::split_mvcc_key(raw_key).map_err(|e| corruption(user_key, e))?;
+            if found_prefix != prefix {
+                return Ok((None, intent));
+            }
+            let version =
+                encoding::decode_value(ts, raw_value).map_err(|e| corruption(user_key, e))?;
+            return Ok((Some(version), intent));
+        }
+        let version = encoding::decode_value(ts, raw_value).map_err(|e| corruption(user_key, e))?;
+        return Ok((Some(version), intent));
     }
-    encoding::decode_value(ts, raw_value)
-        .map(Some)
-        .map_err(|e| corruption(user_key, e))
+}
+
+/// [`read_key`] for a reader: an intent written at or below `read_ts` is a conflict.
+fn read_visible(
+    it: &mut DBRawIterator<'_>,
+    prefix: &[u8],
+    user_key: &[u8],
+    read_ts: Timestamp,
+) -> Result<Option<Version>> {
+    let (version, intent) = read_key(it, prefix, user_key, read_ts)?;
+    match intent {
+        Some(intent) if intent.write_ts <= read_ts => Err(StorageError::WriteIntent(Box::new(
+            intent.conflict(user_key),
+        ))),
+        _ => Ok(version),
+    }
 }
 
 /// A total-order iterator bounded to `span`'s MVCC keys, positioned at its start; `None` for
@@ -797,15 +928,26 @@ fn skip_key(it: &mut DBRawIterator<'_>, prefix: &[u8]) {
     it.seek(encoding::prefix_successor(prefix));
 }
 
+/// What a scan does when it meets an intent written at or below its read timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnIntent {
+    /// Fail with [`StorageError::WriteIntent`] (a reader that must not miss a commit).
+    Fail,
+    /// Pass over it (reads at or below a closed timestamp, which every unresolved intent's
+    /// write timestamp is above, and internal maintenance).
+    Skip,
+}
+
 fn scan_impl(
     db: &DB,
     snapshot: Option<&rocksdb::Snapshot<'_>>,
     span: &Span,
     read_ts: Timestamp,
     limit: usize,
+    on_intent: OnIntent,
 ) -> Result<Vec<KeyVersion>> {
     let mut out = Vec::new();
-    scan_each_impl(db, snapshot, span, read_ts, &mut |kv| {
+    scan_each_impl(db, snapshot, span, read_ts, on_intent, &mut |kv| {
         out.push(kv);
         limit == 0 || out.len() < limit
     })?;
@@ -817,6 +959,7 @@ fn scan_each_impl(
     snapshot: Option<&rocksdb::Snapshot<'_>>,
     span: &Span,
     read_ts: Timestamp,
+    on_intent: OnIntent,
     f: &mut dyn FnMut(KeyVersion) -> bool,
 ) -> Result<()> {
     let Some(mut it) = range_iterator(db, snapshot, span) else {
@@ -828,6 +971,22 @@ fn scan_each_impl(
             encoding::split_mvcc_key(raw_key).map_err(|e| corruption_raw(raw_key, e))?;
         prefix.clear();
         prefix.extend_from_slice(found_prefix);
+        if ts == INTENT_TS && on_intent == OnIntent::Fail {
+            let user_key =
+                encoding::decode_prefix(&prefix).map_err(|e| corruption_raw(raw_key, e))?;
+            let version =
+                encoding::decode_value(ts, raw_value).map_err(|e| corruption(&user_key, e))?;
+            let intent = Intent::from_version(&user_key, &version)?;
+            if intent.write_ts <= read_ts {
+                return Err(StorageError::WriteIntent(Box::new(
+                    intent.conflict(&user_key),
+                )));
+            }
+        }
+        if ts == INTENT_TS {
+            it.next();
+            continue;
+        }
         if ts > read_ts {
             // Jump to the newest version at or below read_ts (or the next key).
             let mut seek_key = prefix.clone();
@@ -897,7 +1056,8 @@ fn scan_history_impl(
             user_key = encoding::decode_prefix(&prefix).map_err(|e| corruption_raw(raw_key, e))?;
             in_key = true;
         }
-        if ts > up_to {
+        if ts > up_to || ts == INTENT_TS {
+            // Intents are not history: their commit appears when they are resolved.
             it.next();
             continue;
         }

@@ -45,6 +45,7 @@ mod closed_ts;
 mod decide;
 mod encoding;
 mod engine;
+pub mod intent;
 mod latch;
 mod replicated;
 
@@ -56,6 +57,7 @@ use std::time::Duration;
 use ldr_types::{OriginId, Timestamp};
 
 pub use engine::{Engine, EngineSnapshot};
+pub use intent::{INTENT_TS, Intent, IntentConflict, Resolution, TxnId, TxnMeta};
 pub use replicated::{Evaluation, InFlightWrite, LocalOp, SpanChecksum, VersionWrite};
 
 /// Errors from the storage engine.
@@ -74,6 +76,9 @@ pub enum StorageError {
     },
     #[error("write at {ts} is at or below the closed timestamp {closed}")]
     BelowClosedTimestamp { ts: Timestamp, closed: Timestamp },
+    /// A read or write met another transaction's intent (see [`intent`]).
+    #[error("{0}")]
+    WriteIntent(Box<IntentConflict>),
 }
 
 impl StorageError {

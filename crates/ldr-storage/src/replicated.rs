@@ -93,7 +93,7 @@ pub(crate) fn add_local_ops(batch: &mut WriteBatch, ops: &[LocalOp]) {
     }
 }
 
-fn duplicate_key_check<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Result<()> {
+pub(crate) fn duplicate_key_check<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Result<()> {
     let mut all: Vec<&[u8]> = keys.collect();
     all.sort_unstable();
     match all.windows(2).find(|w| w[0] == w[1]) {
@@ -119,7 +119,7 @@ impl Engine {
         duplicate_key_check(rows.iter().flat_map(|r| {
             std::iter::once(r.key.as_slice()).chain(r.dependents.iter().map(|(k, _)| k.as_slice()))
         }))?;
-        let plan = self.plan_writes(rows, atomic, provisional, None)?;
+        let plan = self.plan_writes(rows, atomic, provisional, None, None)?;
         Ok(Evaluation {
             ts: plan.commit_ts.unwrap_or(provisional),
             outcomes: plan.outcomes,
@@ -131,13 +131,21 @@ impl Engine {
     /// replica applying a Raft command), telling the commit observer. The clock is forwarded
     /// to the newest version written.
     pub fn commit_versions(&self, writes: &[VersionWrite], local: &[LocalOp]) -> Result<()> {
-        duplicate_key_check(writes.iter().map(|w| w.key.as_slice()))?;
+        // A key may appear twice only as an intent's removal beside its committed version.
+        duplicate_key_check(
+            writes
+                .iter()
+                .filter(|w| w.version.ts != crate::INTENT_TS || w.version.value.is_some())
+                .map(|w| w.key.as_slice()),
+        )?;
         let wants_prev = self.observer.read().is_some();
         let mut it = wants_prev.then(|| self.point_iterator(None));
         let mut planned = Vec::with_capacity(writes.len());
         let mut newest = Timestamp::ZERO;
         for w in writes {
-            newest = newest.max(w.version.ts);
+            if w.version.ts != crate::INTENT_TS {
+                newest = newest.max(w.version.ts);
+            }
             let prev_value = match it.as_mut() {
                 Some(it) => read_version_at(
                     it,

@@ -53,6 +53,20 @@ pub fn table_span(table_id: TableId) -> Span {
     Span::prefix(&p)
 }
 
+/// The index id under which transaction records live, inside the shard of the transaction's
+/// anchor key (never a real index: ids are allocated upwards from 1), so no SQL scan and no
+/// replication stream of an index span sees them.
+pub const TXN_RECORD_INDEX_ID: IndexId = IndexId::MAX - 1;
+
+/// The key of a transaction's record: `0x02 <table> <shard> <TXN_RECORD_INDEX_ID> <txn id>`, in
+/// the range of `anchor` (a table key). `None` when `anchor` is not a table key.
+pub fn txn_record_key(anchor: &[u8], txn_id: &[u8; 16]) -> Option<Vec<u8>> {
+    let parts = decode_table_key(anchor)?;
+    let mut k = index_prefix(parts.table_id, parts.shard, TXN_RECORD_INDEX_ID);
+    k.extend_from_slice(txn_id);
+    Some(k)
+}
+
 /// `0x02 <table_id> <shard>`: the prefix of one shard (one range).
 pub fn shard_prefix(table_id: TableId, shard: u16) -> Vec<u8> {
     let mut p = Vec::with_capacity(7);

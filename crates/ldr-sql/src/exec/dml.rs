@@ -568,7 +568,7 @@ pub(crate) async fn insert(
     let plan = plan_insert(s, ins, &mut types).await?;
     let ctx = s.eval_ctx(params);
     let rows = source_rows(s, &plan, &ctx).await?;
-    let ts = s.server.kv.clock().now();
+    let ts = s.stmt_ts();
     let out_rows = match &plan.conflict {
         Conflict::Error => insert_plain(s, &plan, rows, &ctx, ts).await?,
         Conflict::DoNothing(arbiter) => {
@@ -715,11 +715,7 @@ async fn insert_do_nothing(
             return Err(retry_exhausted());
         }
         retry_pause(attempt).await;
-        let now = if attempt == 0 {
-            ts
-        } else {
-            s.server.kv.clock().now()
-        };
+        let now = if attempt == 0 { ts } else { s.stmt_ts() };
         let probe: Vec<&[Datum]> = pending.iter().map(|i| rows[*i].0.as_slice()).collect();
         let found = find_conflicts(s, desc, arbiter, &probe, now).await?;
         let inserts: Vec<usize> = std::mem::take(&mut pending)
@@ -801,7 +797,7 @@ async fn insert_do_update(
             return Err(retry_exhausted());
         }
         retry_pause(attempt).await;
-        let now = s.server.kv.clock().now();
+        let now = s.stmt_ts();
         let probe: Vec<&[Datum]> = pending.iter().map(|i| rows[*i].0.as_slice()).collect();
         let found = find_conflicts(s, desc, arbiter, &probe, now).await?;
         let mut changes = Vec::with_capacity(pending.len());
@@ -906,7 +902,7 @@ async fn upsert(
             return Err(retry_exhausted());
         }
         retry_pause(attempt).await;
-        let now = s.server.kv.clock().now();
+        let now = s.stmt_ts();
         let probe: Vec<Vec<u8>> = pending.iter().map(|i| keys[*i].clone()).collect();
         let found = scan::get_rows(&s.server.kv, desc, &probe, now, s.txn_ref()).await?;
         let mut changes = Vec::with_capacity(pending.len());
@@ -1163,7 +1159,7 @@ pub(crate) async fn update(
     let pk_cols = desc.pk_positions();
     let changes_pk = sets.iter().any(|(i, _)| pk_cols.contains(i));
     let children = write::referencing_tables(&s.server.catalog, &desc).await?;
-    let mut ts = s.server.kv.clock().now();
+    let mut ts = s.stmt_ts();
     let mut pending = matching_rows(s, &t, &ctx, ts).await?;
     let mut out_rows: Vec<(Vec<Datum>, Option<Timestamp>)> = Vec::new();
     for attempt in 0..=MAX_ROW_RETRIES {
@@ -1316,7 +1312,7 @@ async fn refresh(
     key: &[u8],
     ctx: &EvalCtx,
 ) -> Result<Option<StoredRow>> {
-    let ts = s.server.kv.clock().now();
+    let ts = s.stmt_ts();
     let kv = s.server.kv.clone();
     let Some(row) = scan::get_row(&kv, &t.desc, key, ts, None).await? else {
         return Ok(None);
@@ -1338,7 +1334,7 @@ async fn refresh_many(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let ts = s.server.kv.clock().now();
+    let ts = s.stmt_ts();
     let mut out = Vec::with_capacity(keys.len());
     for row in scan::get_rows(&s.server.kv, &t.desc, keys, ts, None)
         .await?
@@ -1375,7 +1371,7 @@ pub(crate) async fn delete(
     let ctx = s.eval_ctx(params);
     let desc = t.desc.clone();
     let children = write::referencing_tables(&s.server.catalog, &desc).await?;
-    let mut ts = s.server.kv.clock().now();
+    let mut ts = s.stmt_ts();
     let mut pending = matching_rows(s, &t, &ctx, ts).await?;
     let mut out_rows: Vec<(Vec<Datum>, Option<Timestamp>)> = Vec::new();
     for attempt in 0..=MAX_ROW_RETRIES {
@@ -1476,7 +1472,7 @@ pub(crate) async fn truncate(s: &mut Session, tables: &[Vec<String>]) -> Result<
                 ),
             ));
         }
-        let ts = s.server.kv.clock().now();
+        let ts = s.stmt_ts();
         let rows = scan::read(&s.server.kv, &desc, &scan::Access::Full, ts, None).await?;
         for chunk in rows.chunks(500) {
             let batch: Vec<Change> = chunk

@@ -663,6 +663,16 @@ impl Session {
         }
     }
 
+    /// The timestamp a statement reads at: the transaction's snapshot inside an explicit
+    /// transaction (so its statements see one consistent state), else now.
+    pub(crate) fn stmt_ts(&mut self) -> ldr_types::Timestamp {
+        let now = self.server.kv.clock().now();
+        match self.txn_buffer() {
+            Some(buf) => buf.read_ts(now),
+            None => now,
+        }
+    }
+
     pub(crate) fn in_txn(&self) -> bool {
         !matches!(self.txn, Txn::Idle)
     }

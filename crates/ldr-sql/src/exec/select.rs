@@ -789,7 +789,7 @@ async fn source_rows(s: &mut Session, plan: &SelectPlan, ctx: &EvalCtx) -> Resul
         }
         return Ok(vec![row]);
     }
-    let ts = s.server.kv.clock().now();
+    let ts = s.stmt_ts();
     let mut tables: Vec<Vec<StoredRow>> = Vec::new();
     for (i, src) in plan.sources.iter().enumerate() {
         if let Some(stmt) = &src.show {

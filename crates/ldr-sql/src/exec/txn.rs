@@ -70,15 +70,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::future::join_all;
-use ldr_kv::{Condition, KvClient, RowOutcome, RowWrite, ValueHeader};
+use ldr_kv::KvClient;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::scan::StoredRow;
 use super::write::{self, Applied, Change, TxnBuffer};
 use super::{QueryResult, Session, SqlServer, Txn, TxnEffect};
 use crate::error::{PgError, Result, SqlError, sqlstate};
 use crate::parser::Statement;
-use crate::rowcodec;
 
 /// Keys a transaction's read set holds at most.
 pub(crate) const READ_SET_MAX: usize = 100_000;
@@ -88,15 +86,6 @@ const STRIPES: usize = 4096;
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// Validation reads in flight at once.
 const VALIDATION_CONCURRENCY: usize = 32;
-/// The index id under which commit locks live, inside the shard of the key they lock (never
-/// a real index: ids are allocated upwards from 1). Not in any primary index span, so
-/// neither SQL scans nor replication streams see them.
-pub(crate) const LOCK_INDEX_ID: ldr_types::IndexId = ldr_types::IndexId::MAX;
-/// A commit lock older than this was left by a gateway that died mid-commit: take it over.
-const LOCK_STALE: Duration = Duration::from_secs(10);
-/// How long a COMMIT waits for other gateways' commit locks (longer than [`LOCK_STALE`]).
-const KV_LOCK_WAIT: Duration = Duration::from_secs(15);
-
 /// The 40001 a transaction gets when a row it read changed under it.
 pub(crate) fn read_conflict() -> SqlError {
     SqlError::new(
@@ -171,34 +160,6 @@ pub(crate) fn expectations(
     Ok(out)
 }
 
-/// Groups changes by range (table and shard), in key order; keys that are not table keys go
-/// in one group of their own.
-pub(crate) fn group_by_range(changes: Vec<Change>) -> Vec<Vec<Change>> {
-    let mut groups: BTreeMap<Option<(ldr_types::TableId, u16)>, Vec<Change>> = BTreeMap::new();
-    for ch in changes {
-        let range = ldr_types::keys::decode_table_key(&ch.key).map(|k| (k.table_id, k.shard));
-        groups.entry(range).or_default().push(ch);
-    }
-    groups.into_values().collect()
-}
-
-/// The change that undoes an applied one: back to the old row, conditional on the new.
-pub(crate) fn undo(ch: &Change) -> Change {
-    Change {
-        table: ch.table.clone(),
-        key: ch.key.clone(),
-        old: ch.new.as_ref().map(|values| StoredRow {
-            key: ch.key.clone(),
-            values: values.clone(),
-            raw: rowcodec::encode_row(&ch.table, values),
-            ts: ldr_types::Timestamp::ZERO,
-            origin_ts: ldr_types::Timestamp::ZERO,
-            buffered: false,
-        }),
-        new: ch.old.as_ref().map(|o| o.values.clone()),
-    }
-}
-
 /// Striped per-gateway row locks: commits take their rows' stripes exclusively, autocommit
 /// writes shared. Stripes are always taken in ascending order, so waiting cannot deadlock.
 pub(crate) struct RowLocks {
@@ -258,163 +219,6 @@ impl RowLocks {
     }
 }
 
-/// The commit lock key of a table key: `0x02 <table> <shard> <LOCK_INDEX_ID> <rest of key>`,
-/// in the same range as the key. `None` for keys that are not table keys.
-pub(crate) fn lock_key(key: &[u8]) -> Option<Vec<u8>> {
-    let parts = ldr_types::keys::decode_table_key(key)?;
-    let mut k = ldr_types::keys::index_prefix(parts.table_id, parts.shard, LOCK_INDEX_ID);
-    k.extend_from_slice(&key[ldr_types::keys::shard_prefix(0, 0).len()..]);
-    Some(k)
-}
-
-/// A lock value: the holder (random per commit) and when it took the lock (wall ns).
-fn lock_value(holder: u64, wall_ns: u64) -> Vec<u8> {
-    let mut v = holder.to_be_bytes().to_vec();
-    v.extend_from_slice(&wall_ns.to_be_bytes());
-    v
-}
-
-/// Whether a lock value is older than [`LOCK_STALE`] at `now_ns` (garbage counts as stale).
-fn lock_is_stale(value: &[u8], now_ns: u64) -> bool {
-    let taken = value
-        .get(8..16)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes);
-    match taken {
-        Some(t) => now_ns.saturating_sub(t) >= LOCK_STALE.as_nanos() as u64,
-        None => true,
-    }
-}
-
-/// The cluster-wide commit locks a COMMIT holds on every key it read or writes, so that two
-/// commits through different gateways touching a common row run one after the other. Each is
-/// a conditional put of the lock key (absent → ours); the ranges are locked one at a time in
-/// key order, each range's locks atomically, so waiting cannot deadlock.
-struct CommitLocks {
-    value: Vec<u8>,
-    /// The lock keys held, one group per range.
-    held: Vec<Vec<Vec<u8>>>,
-}
-
-impl CommitLocks {
-    async fn acquire<'k>(
-        kv: &KvClient,
-        keys: impl IntoIterator<Item = &'k Vec<u8>>,
-    ) -> Result<CommitLocks> {
-        let mut by_range: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
-        for k in keys {
-            if let Some(lk) = lock_key(k) {
-                let range = lk[..ldr_types::keys::shard_prefix(0, 0).len()].to_vec();
-                by_range.entry(range).or_default().push(lk);
-            }
-        }
-        let mut locks = CommitLocks {
-            value: lock_value(rand::random(), kv.clock().now().wall_time_ns),
-            held: Vec::with_capacity(by_range.len()),
-        };
-        let deadline = std::time::Instant::now() + KV_LOCK_WAIT;
-        for (_, group) in by_range {
-            if let Err(e) = locks.acquire_range(kv, group, deadline).await {
-                locks.release(kv).await;
-                if e.code() == sqlstate::STATEMENT_COMPLETION_UNKNOWN {
-                    // Only a lock may have been taken (it goes stale); no row was written.
-                    return Err(SqlError::new(
-                        sqlstate::RANGE_UNAVAILABLE,
-                        format!(
-                            "the transaction was not committed: its commit locks could not be taken: {}",
-                            e.message()
-                        ),
-                    ));
-                }
-                return Err(e);
-            }
-        }
-        Ok(locks)
-    }
-
-    /// Locks the keys of one range atomically, waiting for other holders.
-    async fn acquire_range(
-        &mut self,
-        kv: &KvClient,
-        group: Vec<Vec<u8>>,
-        deadline: std::time::Instant,
-    ) -> Result<()> {
-        let mut expect: Vec<Option<Vec<u8>>> = vec![None; group.len()];
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            let rows: Vec<RowWrite> = group
-                .iter()
-                .zip(&expect)
-                .map(|(k, e)| RowWrite {
-                    key: k.clone(),
-                    value: Some(self.value.clone()),
-                    condition: Condition::Expect(e.clone()),
-                    header: ValueHeader::default(),
-                    dependents: vec![],
-                })
-                .collect();
-            let outcomes = kv.write(rows, true).await?;
-            if outcomes
-                .iter()
-                .all(|(_, o)| matches!(o, RowOutcome::Written { .. }))
-            {
-                self.held.push(group);
-                return Ok(());
-            }
-            let now_ns = kv.clock().now().wall_time_ns;
-            let mut wait = false;
-            for (i, (_, o)) in outcomes.iter().enumerate() {
-                if let RowOutcome::ConditionFailed { actual } = o {
-                    match actual.as_ref().and_then(|v| v.value.as_ref()) {
-                        Some(v) if lock_is_stale(v, now_ns) => {
-                            tracing::warn!("taking over a stale commit lock");
-                            expect[i] = Some(v.clone());
-                        }
-                        Some(_) => {
-                            expect[i] = None;
-                            wait = true;
-                        }
-                        None => expect[i] = None,
-                    }
-                }
-            }
-            if !wait {
-                continue;
-            }
-            if std::time::Instant::now() + backoff > deadline {
-                return Err(SqlError::new(
-                    sqlstate::SERIALIZATION_FAILURE,
-                    "restart transaction: timed out waiting for a concurrent commit of the same rows",
-                ));
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(50));
-        }
-    }
-
-    /// Releases every held lock (conditional on still holding it). A failed release leaves a
-    /// lock that others take over once stale.
-    async fn release(self, kv: &KvClient) {
-        let value = &self.value;
-        let releases = self.held.into_iter().map(|group| async move {
-            let rows: Vec<RowWrite> = group
-                .into_iter()
-                .map(|k| RowWrite {
-                    key: k,
-                    value: None,
-                    condition: Condition::Expect(Some(value.clone())),
-                    header: ValueHeader::default(),
-                    dependents: vec![],
-                })
-                .collect();
-            if let Err(e) = kv.write(rows, false).await {
-                tracing::warn!(error = %e, "releasing commit locks failed");
-            }
-        });
-        join_all(releases).await;
-    }
-}
-
 /// Whether `key`'s latest value is `want`.
 async fn unchanged(kv: &KvClient, key: &[u8], want: &Option<Vec<u8>>) -> Result<bool> {
     Ok(kv.get(key, None).await?.and_then(|v| v.value) == *want)
@@ -446,84 +250,47 @@ pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
         reads_overflowed = reads.overflowed(),
         "committing a transaction"
     );
-    let expected = expectations(reads.into_rows(), &changes)?;
+    let mut expected = expectations(reads.into_rows(), &changes)?;
     let _locks = server
         .row_locks
         .lock(expected.keys().map(Vec::as_slice), true)
         .await?;
     let kv = &server.kv;
-    let locks = CommitLocks::acquire(kv, expected.keys()).await?;
+    // Written keys are checked by their writes' conditions; the others are re-read.
+    for ch in &changes {
+        expected.remove(&ch.key);
+    }
+    if expected.is_empty() && !write::spans_ranges(&changes) {
+        // One range, nothing else read: one atomic batch, no record (one-phase commit).
+        let applied = write::apply_unlocked(kv, &changes).await?;
+        if !applied.iter().all(|a| matches!(a, Applied::Written(_))) {
+            return Err(read_conflict());
+        }
+        return Ok(());
+    }
+    let txn = kv.begin_txn(&changes[0].key).await?;
     let result = async {
-        validate(kv, &expected).await?;
-        write_ranges(kv, group_by_range(changes)).await
+        let applied = write::apply_unlocked(txn.client(), &changes).await?;
+        if !applied.iter().all(|a| matches!(a, Applied::Written(_))) {
+            return Err(read_conflict());
+        }
+        // After every intent is in place: a key read that changed since is a conflict (keys
+        // the writes covered, unique index entries included, were checked by their
+        // conditions).
+        expected.retain(|k, _| !txn.wrote(k));
+        validate(txn.client(), &expected).await
     }
     .await;
-    locks.release(kv).await;
-    result
-}
-
-/// Writes groups of one range each, in order; if one fails, undoes the groups written before
-/// it (steps 3 and 4 of the module doc).
-async fn write_ranges(kv: &KvClient, groups: Vec<Vec<Change>>) -> Result<()> {
-    let mut written: Vec<Vec<Change>> = Vec::new();
-    for group in groups {
-        let failure = match write::apply_unlocked(kv, &group).await {
-            Ok(applied) if applied.iter().all(|a| matches!(a, Applied::Written(_))) => {
-                written.push(group);
-                continue;
-            }
-            Ok(_) => read_conflict(),
-            Err(e) => e,
-        };
-        if written.is_empty() {
-            return Err(failure);
+    match result {
+        Ok(()) => {
+            txn.commit().await?;
+            Ok(())
         }
-        if failure.code() == sqlstate::STATEMENT_COMPLETION_UNKNOWN {
-            // The failed range may have been written: undoing the others could just as well
-            // make the commit partial. Leave them and say so.
-            return Err(SqlError::new(
-                sqlstate::STATEMENT_COMPLETION_UNKNOWN,
-                format!(
-                    "result is ambiguous: the commit wrote {} range(s), then the owner of another range did not answer a write it may have applied",
-                    written.len()
-                ),
-            )
-            .with_detail(format!("cause: {}", failure.message())));
-        }
-        return Err(undo_written(kv, written, failure).await);
-    }
-    Ok(())
-}
-
-/// Undoes the ranges a failed commit wrote, newest first. Returns the error for the client:
-/// the original failure if everything was undone, else a 40003 saying what stayed.
-async fn undo_written(kv: &KvClient, written: Vec<Vec<Change>>, failure: SqlError) -> SqlError {
-    let ranges = written.len();
-    let mut stuck = 0usize;
-    for group in written.into_iter().rev() {
-        let undo: Vec<Change> = group.iter().map(undo).collect();
-        match write::apply_unlocked(kv, &undo).await {
-            Ok(applied) if applied.iter().all(|a| matches!(a, Applied::Written(_))) => {}
-            Ok(_) => stuck += undo.len(),
-            Err(e) => {
-                tracing::warn!(error = %e.message(), "undoing a failed commit's range failed");
-                stuck += undo.len();
-            }
+        Err(e) => {
+            txn.rollback().await;
+            Err(e)
         }
     }
-    if stuck == 0 {
-        tracing::debug!(ranges, "undid the written ranges of a failed commit");
-        return failure;
-    }
-    tracing::warn!(rows = stuck, "a failed commit stayed partly applied");
-    SqlError::new(
-        sqlstate::STATEMENT_COMPLETION_UNKNOWN,
-        format!(
-            "transaction commit partly applied: {stuck} row(s) written before a conflict in another range could not be undone because they changed concurrently"
-        ),
-    )
-    .with_detail(format!("cause: {}", failure.message()))
-    .with_hint("a commit that writes several ranges is atomic per range only; check the rows the transaction wrote before retrying it")
 }
 
 // ---- the transaction block ----
@@ -732,7 +499,11 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use ldr_kv::{Condition, RowOutcome, RowWrite, ValueHeader};
+
+    use super::super::scan::StoredRow;
     use super::*;
+    use crate::rowcodec;
 
     #[test]
     fn the_read_set_keeps_the_first_value_and_flags_a_different_one() {
@@ -777,38 +548,6 @@ mod tests {
         let b = RowLocks::stripes(twice.iter().map(Vec::as_slice));
         assert_eq!(a, b);
         assert!(a.iter().all(|s| *s < STRIPES));
-    }
-
-    #[test]
-    fn lock_keys_live_beside_their_key_outside_every_real_index() {
-        let mut row = ldr_types::keys::index_prefix(104, 3, ldr_types::PRIMARY_INDEX_ID);
-        row.extend_from_slice(b"pk");
-        let lk = lock_key(&row).expect("a table key");
-        let parts = ldr_types::keys::decode_table_key(&lk).expect("a table key too");
-        assert_eq!((parts.table_id, parts.shard), (104, 3), "same range");
-        assert_eq!(parts.index_id, LOCK_INDEX_ID);
-        assert!(
-            !ldr_types::keys::index_span(104, 3, ldr_types::PRIMARY_INDEX_ID).contains_key(&lk)
-        );
-        // Distinct keys (also of other indexes) get distinct locks.
-        let mut other = ldr_types::keys::index_prefix(104, 3, 2);
-        other.extend_from_slice(b"pk");
-        assert_ne!(lock_key(&other), Some(lk));
-        assert_eq!(lock_key(b"\x01sys"), None);
-    }
-
-    #[test]
-    fn locks_go_stale_after_the_limit() {
-        let ten = LOCK_STALE.as_nanos() as u64;
-        let v = lock_value(7, 1_000);
-        assert!(!lock_is_stale(&v, 1_000));
-        assert!(!lock_is_stale(&v, 1_000 + ten - 1));
-        assert!(lock_is_stale(&v, 1_000 + ten));
-        assert!(
-            !lock_is_stale(&v, 0),
-            "a clock behind the holder's is not stale"
-        );
-        assert!(lock_is_stale(b"garbage", 0));
     }
 
     /// A single-node cluster with an SQL server, in this process.
@@ -867,32 +606,28 @@ mod tests {
             .collect()
     }
 
-    /// Changes adding `delta` to each row, expecting the row as read; `stale` rows expect a
-    /// value they do not hold.
-    fn increments(rows: &[StoredRow], delta: i64, stale: bool, c: &Change) -> Vec<Change> {
-        rows.iter()
-            .map(|r| {
-                let mut new = r.values.clone();
-                let mut old = r.clone();
-                if let crate::Datum::Int(b) = new[1] {
-                    new[1] = crate::Datum::Int(b + delta);
-                    if stale {
-                        old.values[1] = crate::Datum::Int(b - 1);
-                        old.raw = rowcodec::encode_row(&c.table, &old.values);
-                    }
-                }
-                Change {
-                    table: c.table.clone(),
-                    key: r.key.clone(),
-                    old: Some(old),
-                    new: Some(new),
-                }
-            })
-            .collect()
+    /// The write of `row` with its balance moved by `delta`, conditional on `expect`.
+    fn moved(
+        desc: &crate::catalog::TableDescriptor,
+        row: &StoredRow,
+        delta: i64,
+        expect: &[u8],
+    ) -> RowWrite {
+        let mut values = row.values.clone();
+        if let crate::Datum::Int(b) = values[1] {
+            values[1] = crate::Datum::Int(b + delta);
+        }
+        RowWrite {
+            key: row.key.clone(),
+            value: Some(rowcodec::encode_row(desc, &values)),
+            condition: Condition::Expect(Some(expect.to_vec())),
+            header: ValueHeader::default(),
+            dependents: vec![],
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_range_that_fails_after_others_were_written_undoes_them() {
+    async fn a_transaction_across_ranges_is_all_or_nothing() {
         let (server, _dir) = start_server().await;
         let values: Vec<String> = (0..12).map(|i| format!("({i}, 100)")).collect();
         server
@@ -921,98 +656,120 @@ mod tests {
         )
         .await
         .expect("read");
-        let template = Change {
-            table: desc.clone(),
-            key: vec![],
-            old: None,
-            new: None,
-        };
-        let by_range = group_by_range(increments(&rows, 0, false, &template));
-        assert!(by_range.len() >= 2, "rows in several ranges");
-        let range_rows = |g: &Vec<Change>| -> Vec<StoredRow> {
-            g.iter()
-                .filter_map(|c| c.old.clone())
-                .collect::<Vec<StoredRow>>()
-        };
-        let first = range_rows(&by_range[0]);
-        let last = range_rows(by_range.last().expect("several"));
+        let shard = |r: &StoredRow| ldr_types::keys::decode_table_key(&r.key).map(|k| k.shard);
+        let a = rows[0].clone();
+        let b = rows
+            .iter()
+            .find(|r| shard(r) != shard(&a))
+            .expect("rows in several ranges")
+            .clone();
 
-        // The first range writes, the last fails its condition: the first is undone, 40001.
-        let groups = vec![
-            increments(&first, 5, false, &template),
-            increments(&last, 5, true, &template),
-        ];
-        let e = write_ranges(kv, groups)
+        // Readers wait for a pending transaction's intents, then see all of it.
+        let txn = kv.begin_txn(&a.key).await.expect("begin");
+        let outcomes = txn
+            .client()
+            .write(
+                vec![moved(&desc, &a, -5, &a.raw), moved(&desc, &b, 5, &b.raw)],
+                true,
+            )
             .await
-            .expect_err("the last range fails");
-        assert_eq!(e.code(), "40001", "{}", e.message());
-        assert!(balances(&server).await.iter().all(|(_, b)| *b == 100));
-
-        // Nothing stale: every range writes.
-        let groups = vec![
-            increments(&first, 5, false, &template),
-            increments(&last, 5, false, &template),
-        ];
-        write_ranges(kv, groups).await.expect("commits");
-        let want: i64 = 100 * 12 + 5 * (first.len() + last.len()) as i64;
-        assert_eq!(
-            balances(&server).await.iter().map(|(_, b)| b).sum::<i64>(),
-            want
+            .expect("intents");
+        assert!(
+            outcomes
+                .iter()
+                .all(|(_, o)| matches!(o, RowOutcome::Written { .. }))
         );
+        let reader = {
+            let server = server.clone();
+            tokio::spawn(async move { balances(&server).await })
+        };
+        tokio::pin!(reader);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut reader)
+                .await
+                .is_err(),
+            "a reader waits for the pending transaction"
+        );
+        txn.commit().await.expect("commits");
+        let seen = reader.await.expect("reader");
+        assert_eq!(seen.iter().map(|(_, b)| b).sum::<i64>(), 1200);
+        let moved_rows: Vec<i64> = seen
+            .iter()
+            .filter(|(_, b)| *b != 100)
+            .map(|(_, b)| *b)
+            .collect();
+        assert_eq!(moved_rows.len(), 2, "both rows of the commit: {seen:?}");
 
-        // A written range that changed again before the undo stays: 40003, not retryable.
-        let now = super::super::scan::read(
+        // A transaction whose last range fails is rolled back: its first range is undone.
+        let rows = super::super::scan::read(
             kv,
             &desc,
-            &super::super::scan::Access::Keys(first.iter().map(|r| r.key.clone()).collect()),
+            &super::super::scan::Access::Keys(vec![a.key.clone(), b.key.clone()]),
             kv.clock().now(),
             None,
         )
         .await
         .expect("read");
-        let written = increments(&now, 1, false, &template);
-        write_ranges(kv, vec![written.clone()])
+        let (a, b) = (rows[0].clone(), rows[1].clone());
+        let before = balances(&server).await;
+        let txn = kv.begin_txn(&a.key).await.expect("begin");
+        let first = txn
+            .client()
+            .write(vec![moved(&desc, &a, 7, &a.raw)], true)
             .await
-            .expect("writes");
-        let id = match now[0].values[0] {
-            crate::Datum::Int(id) => id,
-            ref other => panic!("id {other:?}"),
-        };
+            .expect("a");
+        assert!(matches!(first[0].1, RowOutcome::Written { .. }));
+        let stale = txn
+            .client()
+            .write(vec![moved(&desc, &b, 7, b"not the row")], true)
+            .await
+            .expect("b");
+        assert!(matches!(stale[0].1, RowOutcome::ConditionFailed { .. }));
+        txn.rollback().await;
+        assert_eq!(
+            balances(&server).await,
+            before,
+            "nothing of the aborted transaction"
+        );
+
+        // Wound-wait: an older transaction aborts a younger one holding a row it writes.
+        let old = kv.begin_txn(&a.key).await.expect("begin old");
+        let young = kv.begin_txn(&a.key).await.expect("begin young");
+        young
+            .client()
+            .write(vec![moved(&desc, &a, 1, &a.raw)], true)
+            .await
+            .expect("young writes");
+        let o = old
+            .client()
+            .write(vec![moved(&desc, &a, 2, &a.raw)], true)
+            .await
+            .expect("old pushes the young one out of the way");
+        assert!(matches!(o[0].1, RowOutcome::Written { .. }), "{o:?}");
+        let err = young.commit().await.expect_err("the young one was aborted");
+        assert!(
+            matches!(err, ldr_kv::KvError::TxnAborted { ref reason, .. } if reason == "ABORT_REASON_PUSHER_ABORTED"),
+            "{err}"
+        );
+        old.commit().await.expect("the old one commits");
+        let after = balances(&server).await;
+        assert_eq!(after.iter().map(|(_, b)| b).sum::<i64>(), 1202);
+
+        // SQL: a transfer across ranges commits through the same path.
         server
             .execute_as(
                 "root",
                 "defaultdb",
-                &format!("UPDATE bank SET balance = balance + 1000 WHERE id = {id}"),
+                "BEGIN; UPDATE bank SET balance = balance - 50 WHERE id = 1; \
+                 UPDATE bank SET balance = balance + 50 WHERE id = 2; \
+                 UPDATE bank SET balance = balance + 0 WHERE id = 3; COMMIT",
             )
             .await
-            .expect("third writer");
-        let e = undo_written(kv, vec![written], read_conflict()).await;
-        assert_eq!(e.code(), "40003", "{}", e.message());
-
-        // Commit locks: a second commit on a common key waits until the first releases.
-        let keys: Vec<Vec<u8>> = rows.iter().map(|r| r.key.clone()).collect();
-        let first_locks = CommitLocks::acquire(kv, keys.iter()).await.expect("free");
-        let second = CommitLocks::acquire(kv, keys[..1].iter());
-        tokio::pin!(second);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(100), &mut second)
-                .await
-                .is_err(),
-            "waits for the holder"
+            .expect("transfer");
+        assert_eq!(
+            balances(&server).await.iter().map(|(_, b)| b).sum::<i64>(),
+            1202
         );
-        first_locks.release(kv).await;
-        let second_locks = tokio::time::timeout(Duration::from_secs(30), second)
-            .await
-            .expect("acquired after the release")
-            .expect("no error");
-        second_locks.release(kv).await;
-        // Released locks are tombstones: free again, and not rows of the table.
-        CommitLocks::acquire(kv, keys.iter())
-            .await
-            .expect("free again")
-            .release(kv)
-            .await;
-        assert_eq!(balances(&server).await.len(), 12);
     }
 
     #[tokio::test]

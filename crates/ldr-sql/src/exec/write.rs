@@ -72,9 +72,17 @@ pub(crate) struct TxnBuffer {
     /// Behind a mutex because reads record into it through a shared reference. Rolling back
     /// to a savepoint keeps it: those reads happened.
     reads: parking_lot::Mutex<ReadSet>,
+    /// The transaction's read timestamp: every statement reads this snapshot (set by the
+    /// first statement that reads; a restart gets a new buffer and so a new snapshot).
+    read_ts: Option<Timestamp>,
 }
 
 impl TxnBuffer {
+    /// The snapshot the transaction reads, fixed at the first call.
+    pub fn read_ts(&mut self, now: Timestamp) -> Timestamp {
+        *self.read_ts.get_or_insert(now)
+    }
+
     /// Records a value read from the KV layer (`None`: absent); 40001 if the transaction saw
     /// another value for this key before.
     pub fn observe(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
@@ -580,8 +588,110 @@ fn row_write(ch: &Change) -> RowWrite {
     }
 }
 
-/// [`apply_rows`] without the row locks.
+/// Whether writing `changes` touches more than one range: several shards, or a unique
+/// index (whose entries live in the shard of the indexed values).
+pub(crate) fn spans_ranges(changes: &[Change]) -> bool {
+    let mut first: Option<(ldr_types::TableId, u16)> = None;
+    for ch in changes {
+        if ch.table.indexes.iter().any(|i| i.unique) {
+            return true;
+        }
+        let Some(k) = ldr_types::keys::decode_table_key(&ch.key) else {
+            return true;
+        };
+        match first {
+            None => first = Some((k.table_id, k.shard)),
+            Some(f) if f != (k.table_id, k.shard) => return true,
+            Some(_) => {}
+        }
+    }
+    false
+}
+
+/// [`apply_rows`] without the row locks. Changes that touch one range are written in one
+/// phase (one atomic batch). Changes across ranges are one KV transaction (intents, then the
+/// commit of its record): either every change is written, or, if any conflicts, none is and
+/// the written ones are reported as not attempted ([`RowApplied::Conflict`] without a
+/// version), so the caller retries them with the rest.
 pub(crate) async fn apply_rows_unlocked(
+    kv: &KvClient,
+    changes: &[Change],
+    on_duplicate: OnDuplicate,
+) -> Result<Vec<RowApplied>> {
+    // Inside a transaction (a COMMIT's writes) the transaction's client writes intents.
+    if changes.is_empty() || kv.in_txn() || !spans_ranges(changes) {
+        return apply_rows_one_phase(kv, changes, on_duplicate).await;
+    }
+    // An implicit transaction aborted by a pusher (or stuck behind an older one) is retried
+    // here, as CockroachDB retries implicit transactions on the gateway.
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let txn = kv.begin_txn(&changes[0].key).await?;
+        let applied = match apply_rows_one_phase(txn.client(), changes, on_duplicate).await {
+            Ok(a) => a,
+            Err(e) => {
+                txn.rollback().await;
+                if is_txn_retry(&e) && attempt < IMPLICIT_RETRIES {
+                    retry_pause(attempt).await;
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        if applied.iter().any(|a| matches!(a, RowApplied::Conflict(_))) {
+            txn.rollback().await;
+            return Ok(applied
+                .into_iter()
+                .map(|a| match a {
+                    RowApplied::Written(_) => RowApplied::Conflict(None),
+                    other => other,
+                })
+                .collect());
+        }
+        match txn.commit().await {
+            Ok(ts) => {
+                return Ok(applied
+                    .into_iter()
+                    .map(|a| match a {
+                        RowApplied::Written(_) => RowApplied::Written(ts),
+                        other => other,
+                    })
+                    .collect());
+            }
+            Err(e) => {
+                let e = SqlError::from(e);
+                if is_txn_retry(&e) && attempt < IMPLICIT_RETRIES {
+                    retry_pause(attempt).await;
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// How often an implicit transaction is retried after being aborted by a conflict.
+const IMPLICIT_RETRIES: u32 = 20;
+
+/// Whether an error is a transaction conflict that a retry can get past.
+fn is_txn_retry(e: &SqlError) -> bool {
+    matches!(
+        e,
+        SqlError::Kv(ldr_kv::KvError::TxnAborted { .. } | ldr_kv::KvError::TxnConflict(_))
+    )
+}
+
+/// A short, growing, jittered pause between retries of an implicit transaction.
+async fn retry_pause(attempt: u32) {
+    let base = 2u64 << attempt.min(6);
+    let jitter = rand::random::<u64>() % base;
+    tokio::time::sleep(std::time::Duration::from_millis(base + jitter)).await;
+}
+
+/// The writes of [`apply_rows_unlocked`] through `kv` (a transaction's client writes
+/// intents).
+async fn apply_rows_one_phase(
     kv: &KvClient,
     changes: &[Change],
     on_duplicate: OnDuplicate,

@@ -25,12 +25,12 @@ use crate::{KvClient, KvError, RangeDescriptor, Result};
 use ldr_proto::pb;
 
 /// Longest a leaseholder holds its closed timestamp for an unresolved intent.
-const HOLD_MAX: Duration = Duration::from_secs(20);
+const HOLD_MAX: Duration = Duration::from_secs(10);
 /// A hold this old is checked against its transaction's record by the recovery pass.
 const HOLD_RECOVER_AFTER: Duration = Duration::from_secs(3);
 /// How often the recovery pass runs over holds, and over whole ranges.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(2);
-const RANGE_SCAN_INTERVAL: Duration = Duration::from_secs(30);
+const RANGE_SCAN_INTERVAL: Duration = Duration::from_secs(60);
 /// Intents a range scan of the recovery pass looks at, at most.
 const RANGE_SCAN_INTENTS_MAX: usize = 10_000;
 
@@ -148,6 +148,20 @@ impl NodeInner {
     /// against their transactions' records and resolved when those finished or expired.
     pub(crate) async fn recover_held_intents(self: &Arc<Self>) {
         let now = Instant::now();
+        // Holds end after HOLD_MAX, and as soon as this node no longer leads their range
+        // (the new leaseholder publishes its own closed timestamps).
+        let leads = |range: &RangeDescriptor| {
+            !range.is_replicated()
+                || self
+                    .replica_store
+                    .get()
+                    .and_then(|s| s.replica(range.range_id))
+                    .is_some_and(|r| r.check_lease().is_ok())
+        };
+        self.intent_holds.lock().retain(|_, h| {
+            h.retain(|x| now.duration_since(x.since) < HOLD_MAX && leads(&x.range));
+            !h.is_empty()
+        });
         let due: Vec<DueHold> = {
             let holds = self.intent_holds.lock();
             holds

@@ -634,11 +634,20 @@ async fn finish(
             }
         }
     }
-    if let Some(record) = record {
-        let _ = client
-            .write_record(record_write(&state.meta.record_key, &record, None))
-            .await;
-    }
+    // Every intent is resolved: the record can go (an aborted one unconditionally, whoever
+    // wrote it; an intent met later without a record is treated as aborted).
+    let delete = match (record, resolution) {
+        (Some(record), _) => record_write(&state.meta.record_key, &record, None),
+        (None, Resolution::Abort) => RowWrite {
+            key: state.meta.record_key.clone(),
+            value: None,
+            condition: Condition::None,
+            header: record_header(),
+            dependents: Vec::new(),
+        },
+        (None, Resolution::Commit(_)) => return,
+    };
+    let _ = client.write_record(delete).await;
 }
 
 #[cfg(test)]

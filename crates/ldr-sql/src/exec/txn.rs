@@ -22,49 +22,32 @@
 //!   RELEASE that fails leaves the block aborted (`E`), so that the client can restart with
 //!   ROLLBACK TO SAVEPOINT cockroach_restart or give up with ROLLBACK, as in CockroachDB.
 //!
-//! An explicit transaction buffers its writes (`write::TxnBuffer`) and remembers, in a
-//! [`ReadSet`], the value of every key it read from the KV layer the first time it read it
-//! (`None`: absent). A later read of the same key that finds another value means a concurrent
-//! transaction changed it: the statement fails at once with 40001.
+//! An explicit transaction buffers its writes (`write::TxnBuffer`), reads one snapshot (the
+//! timestamp of its first read, `Session::stmt_ts`) and remembers, in a [`ReadSet`], the
+//! value of every key it read from the KV layer the first time it read it (`None`: absent).
 //!
 //! COMMIT of a transaction that wrote something ([`commit`]):
-//! 1. takes this gateway's [`RowLocks`] exclusively for every key it read or writes (autocommit
-//!    writes through this gateway take them shared, so they cannot land between steps 2
-//!    and 4), then the cluster-wide commit locks of those keys ([`CommitLocks`]: lock keys
-//!    beside the rows, see [`lock_key`]), so two commits touching a common row run one after
-//!    the other whichever gateways they use;
-//! 2. validates: re-reads every key of the read set and every written row and compares it
-//!    with what the transaction saw; any difference is 40001 and nothing is written;
-//! 3. writes range by range, in a fixed order; each range's rows are one atomic batch, every
-//!    row conditional on the value the transaction read (`Condition::Expect`), so a writer
-//!    that slipped in after step 2 (through another gateway, or replication) fails that
-//!    range's batch as a whole;
-//! 4. if a range fails after earlier ranges were written, those ranges are undone (each row
-//!    written back to its old value, conditional on the value the commit wrote) and the
-//!    COMMIT fails with 40001, nothing applied. Only if undoing fails too (a third writer
-//!    changed one of those rows in between) is the COMMIT left partly applied: that is
-//!    reported as 40003, never as a retryable error;
-//! 5. releases the commit locks, then the gateway's row locks.
+//! 1. takes this gateway's [`RowLocks`] exclusively for every key it read or writes;
+//! 2. begins a KV transaction (`ldr_kv::KvTxn`: a PENDING record in the range of the first
+//!    written key) and writes every buffered row as an intent, conditional on the value the
+//!    transaction read (`Condition::Expect`); a failed condition is 40001 and the KV
+//!    transaction is rolled back (its intents disappear);
+//! 3. with every intent in place, re-reads the keys it read but did not write; any change is
+//!    40001;
+//! 4. commits the record: from that instant all of the transaction is visible and none of it
+//!    before. Intents are resolved in the background. A pusher that aborted the transaction
+//!    makes the COMMIT fail with 40001 (`TransactionAbortedError`), nothing applied; a record
+//!    write whose result cannot be learned is 40003.
 //!
-//! A range owner that does not answer a write it may have applied (40003 from the KV layer)
-//! makes the COMMIT's result ambiguous: the ranges written before it are left as they are
-//! and the COMMIT fails with 40003.
+//! A commit of one range with no other key read writes one atomic batch instead (one-phase
+//! commit, no record). See docs/architecture.md, "Transactions across ranges".
 //!
 //! Limits (documented departures from CockroachDB's serializable isolation):
 //! - phantoms: a scan records the rows it found, not the absence of others, so a row inserted
 //!   concurrently into a range the transaction scanned is not detected (point lookups by
 //!   primary key or unique index do record absence);
-//! - read-only transactions are not validated (each statement reads committed data);
-//! - the read set holds at most [`READ_SET_MAX`] keys; reads beyond are not validated;
-//! - statements outside transactions do not take commit locks: one through another gateway
-//!   (or a replicated write) can still change a row between a COMMIT's validation and its
-//!   write; the conditional write catches it, and the undo of step 4 fixes the other ranges
-//!   unless a further write races with it (40003);
-//! - readers are not blocked: a reader may see the ranges a COMMIT already wrote and not the
-//!   rest (or rows of a commit that is then undone); a later COMMIT of a reader's transaction
-//!   that wrote something fails validation in that case (the rows changed under it);
-//! - a gateway that dies mid-commit leaves its commit locks for [`LOCK_STALE`], after which
-//!   the next commit takes them over; a client that disconnects during COMMIT likewise.
+//! - read-only transactions are not validated (they read one snapshot);
+//! - the read set holds at most [`READ_SET_MAX`] keys; reads beyond are not validated.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;

@@ -11,13 +11,16 @@
 //!   entries); when the destination holds something else and the incoming row is newer, the
 //!   write is refreshed with the actual value and retried (at most 10 times), as CockroachDB's
 //!   KV writer does. Tables without secondary indexes write without that check.
-//! - Unique secondary indexes are global entries claimed before the row is written, exactly as
-//!   the SQL write path claims them; a value held by another live row is a unique violation
-//!   (23505), which the processor retries and eventually dead-letters.
+//! - Unique secondary indexes are global entries (in the shard of the indexed values): a row
+//!   of a table with unique indexes is written in one KV transaction with its entries (the
+//!   row's LWW write first, then each new entry conditional on being free, then the release
+//!   of each old one), so a row and its entries are visible together or not at all. A value
+//!   held by another live row is a unique violation (23505), which the processor retries and
+//!   eventually dead-letters. Like every writer, the applier waits for (or pushes) the
+//!   intents of transactions in its way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use ldr_kv::{Condition, KvClient, RowOutcome, RowWrite, ValueHeader};
@@ -36,9 +39,6 @@ use crate::metrics::Metrics;
 
 /// CockroachDB's `maxRefreshCount`.
 const MAX_REFRESHES: usize = 10;
-/// A unique entry pointing at a row that does not hold its value is taken over only when it
-/// is older than this (a younger one may belong to a write in progress).
-const STALE_CLAIM_AGE: Duration = Duration::from_secs(5);
 
 /// One replicated table: how to read the source and write the destination.
 struct TableMapping {
@@ -326,9 +326,13 @@ impl ImmediateApplier {
         }
     }
 
-    /// Claims a unique entry for `pk`; `Err` with 23505 if another live row holds the value.
+    /// Takes the unique entry of `values` for `pk` inside `txn` (whose client writes
+    /// intents); `Err` with 23505 if another row holds the value. An entry whose row no
+    /// longer holds the value (left by a writer from before entries were transactional) is
+    /// taken over.
     async fn claim(
         &self,
+        txn: &KvClient,
         table: &TableDescriptor,
         index: &IndexDescriptor,
         values: &[u8],
@@ -336,74 +340,48 @@ impl ImmediateApplier {
         header: ValueHeader,
     ) -> std::result::Result<(), ApplyError> {
         let key = rowcodec::unique_key(table, index, values);
+        let mut expected: Option<Vec<u8>> = None;
         for _ in 0..MAX_REFRESHES {
-            let current = self.kv.get(&key, None).await.map_err(kv_error)?;
-            let live = current.as_ref().and_then(|v| v.value.clone());
-            if let Some(owner) = &live {
-                if owner.as_slice() == pk {
-                    return Ok(());
-                }
-                if self.holds_value(table, index, owner, values).await?
-                    || !self.is_stale(current.as_ref())
-                {
-                    return Err(ApplyError::new(
-                        format!(
-                            "duplicate key value violates unique constraint \"{}\"",
-                            index.name
-                        ),
-                        Some(sqlstate::UNIQUE_VIOLATION),
-                    ));
-                }
-            }
             let write = RowWrite {
                 key: key.clone(),
                 value: Some(pk.to_vec()),
-                condition: Condition::Expect(live),
+                condition: Condition::Expect(expected.clone()),
                 header,
                 dependents: vec![],
             };
-            match self
-                .kv
-                .write(vec![write], true)
-                .await
-                .map_err(kv_error)?
-                .pop()
-            {
+            match txn.write(vec![write], true).await.map_err(kv_error)?.pop() {
                 Some((_, RowOutcome::Written { .. })) => return Ok(()),
-                _ => continue,
+                Some((_, RowOutcome::ConditionFailed { actual })) => {
+                    let owner = actual.and_then(|v| v.value);
+                    match owner {
+                        None => expected = None,
+                        Some(owner) if owner.as_slice() == pk => return Ok(()),
+                        Some(owner) => {
+                            if self.holds_value(table, index, &owner, values).await? {
+                                return Err(ApplyError::new(
+                                    format!(
+                                        "duplicate key value violates unique constraint \"{}\"",
+                                        index.name
+                                    ),
+                                    Some(sqlstate::UNIQUE_VIOLATION),
+                                ));
+                            }
+                            expected = Some(owner);
+                        }
+                    }
+                }
+                other => {
+                    return Err(ApplyError::new(
+                        format!("unexpected outcome of a unique entry write: {other:?}"),
+                        Some(sqlstate::INTERNAL_ERROR),
+                    ));
+                }
             }
         }
         Err(ApplyError::new(
             format!("contention claiming unique constraint \"{}\"", index.name),
             Some(sqlstate::SERIALIZATION_FAILURE),
         ))
-    }
-
-    /// Releases a unique entry if it still points at `pk`.
-    async fn release(
-        &self,
-        table: &TableDescriptor,
-        index: &IndexDescriptor,
-        values: &[u8],
-        pk: &[u8],
-        header: ValueHeader,
-    ) -> std::result::Result<(), ApplyError> {
-        let write = RowWrite {
-            key: rowcodec::unique_key(table, index, values),
-            value: None,
-            condition: Condition::Expect(Some(pk.to_vec())),
-            header,
-            dependents: vec![],
-        };
-        self.kv.write(vec![write], true).await.map_err(kv_error)?;
-        Ok(())
-    }
-
-    fn is_stale(&self, entry: Option<&ldr_kv::Version>) -> bool {
-        let now = self.kv.clock().physical_now_ns();
-        entry.is_some_and(|v| {
-            now.saturating_sub(v.ts.wall_time_ns) > STALE_CLAIM_AGE.as_nanos() as u64
-        })
     }
 
     /// Whether the destination row `owner_pk` currently holds `values` in `index`.
@@ -425,67 +403,74 @@ impl ImmediateApplier {
         Ok(rowcodec::unique_values(table, index, &row).as_deref() == Some(values))
     }
 
-    /// Rows of tables with unique indexes: claim new values, write the row, release old ones.
-    async fn apply_with_unique(&self, mut p: Prepared<'_>) -> EventOutcome {
+    /// The row and its unique entries in one transaction: `Ok(Some(outcome))` when decided,
+    /// `Ok(None)` after a refresh (try again), `Err` for a failure.
+    async fn apply_unique_once(
+        &self,
+        p: &mut Prepared<'_>,
+    ) -> std::result::Result<Option<EventOutcome>, ApplyError> {
         let d = p.table.destination.clone();
-        for _ in 0..=MAX_REFRESHES {
-            let mut claimed: Vec<(IndexDescriptor, Vec<u8>)> = Vec::new();
-            for index in &p.table.unique_indexes {
-                let (new_vals, old_vals) = unique_change(&d, index, &p);
-                if let Some(v) = new_vals.filter(|v| Some(v) != old_vals.as_ref()) {
-                    if let Err(e) = self.claim(&d, index, &v, &p.pk, p.header).await {
-                        for (index, v) in &claimed {
-                            let _ = self.release(&d, index, v, &p.pk, p.header).await;
-                        }
-                        return EventOutcome::Failed(e);
-                    }
-                    claimed.push((index.clone(), v));
-                }
-            }
-            let outcome = match self.kv.write(vec![self.row_write(&p)], false).await {
-                Ok(mut o) => o.pop().map(|(_, o)| o),
-                Err(e) => return EventOutcome::Failed(kv_error(e)),
-            };
+        let row = self.row_write(p);
+        let txn = self.kv.begin_txn(&row.key).await.map_err(kv_error)?;
+        let tkv = txn.client().clone();
+        let result = async {
+            let outcome = tkv.write(vec![row], false).await.map_err(kv_error)?.pop();
             match outcome {
-                Some(RowOutcome::Written { .. }) => {
-                    for index in &p.table.unique_indexes {
-                        let (new_vals, old_vals) = unique_change(&d, index, &p);
-                        if let Some(v) = old_vals.filter(|v| Some(v) != new_vals.as_ref())
-                            && let Err(e) = self.release(&d, index, &v, &p.pk, p.header).await
-                        {
-                            return EventOutcome::Failed(e);
-                        }
-                    }
-                    return EventOutcome::Applied;
-                }
-                Some(RowOutcome::LwwLost { .. }) => {
-                    // The row keeps its newer value; drop the claims it does not use.
-                    for (index, v) in &claimed {
-                        match self.holds_value(&d, index, &p.pk, v).await {
-                            Ok(false) => {
-                                let _ = self.release(&d, index, v, &p.pk, p.header).await;
-                            }
-                            Ok(true) => {}
-                            Err(e) => return EventOutcome::Failed(e),
-                        }
-                    }
-                    return EventOutcome::LwwLost;
-                }
-                Some(RowOutcome::LwwUnexpected { actual }) => {
+                Some((_, RowOutcome::Written { .. })) => {}
+                Some((_, RowOutcome::LwwLost { .. })) => return Ok(Some(EventOutcome::LwwLost)),
+                Some((_, RowOutcome::LwwUnexpected { actual })) => {
                     self.metrics.kv_value_refreshes.inc(1);
-                    for (index, v) in &claimed {
-                        let _ = self.release(&d, index, v, &p.pk, p.header).await;
-                    }
-                    if let Err(e) = self.refresh(&mut p, actual) {
-                        return EventOutcome::Failed(e);
-                    }
+                    self.refresh(p, actual)?;
+                    return Ok(None);
                 }
                 _ => {
-                    return EventOutcome::Failed(ApplyError::new(
+                    return Err(ApplyError::new(
                         "unexpected condition failure of an LWW write",
                         Some(sqlstate::INTERNAL_ERROR),
                     ));
                 }
+            }
+            for index in &p.table.unique_indexes {
+                let (new_vals, old_vals) = unique_change(&d, index, p);
+                if let Some(v) = new_vals.as_ref().filter(|v| Some(*v) != old_vals.as_ref()) {
+                    self.claim(&tkv, &d, index, v, &p.pk, p.header).await?;
+                }
+                if let Some(v) = old_vals.filter(|v| Some(v) != new_vals.as_ref()) {
+                    // Released only if it still points at this row.
+                    let release = RowWrite {
+                        key: rowcodec::unique_key(&d, index, &v),
+                        value: None,
+                        condition: Condition::Expect(Some(p.pk.clone())),
+                        header: p.header,
+                        dependents: vec![],
+                    };
+                    tkv.write(vec![release], true).await.map_err(kv_error)?;
+                }
+            }
+            Ok(Some(EventOutcome::Applied))
+        }
+        .await;
+        match result {
+            Ok(Some(EventOutcome::Applied)) => match txn.commit().await {
+                Ok(_) => Ok(Some(EventOutcome::Applied)),
+                // Aborted by a pusher: nothing was applied; try again.
+                Err(ldr_kv::KvError::TxnAborted { .. }) => Ok(None),
+                Err(e) => Err(kv_error(e)),
+            },
+            other => {
+                txn.rollback().await;
+                other
+            }
+        }
+    }
+
+    /// Rows of tables with unique indexes: the row and its entries in one transaction.
+    async fn apply_with_unique(&self, mut p: Prepared<'_>) -> EventOutcome {
+        for _ in 0..=MAX_REFRESHES {
+            match self.apply_unique_once(&mut p).await {
+                Ok(Some(outcome)) => return outcome,
+                Ok(None) => continue,
+                Err(e) => return EventOutcome::Failed(e),
             }
         }
         EventOutcome::Failed(ApplyError::new(

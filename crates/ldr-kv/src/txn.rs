@@ -559,6 +559,13 @@ impl KvTxn {
         result
     }
 
+    /// Walks away as a crashed coordinator would (fault injection and tests): stops the
+    /// heartbeat and leaves the record PENDING and the intents in place, for pushers and the
+    /// recovery pass to abort once the record expires.
+    pub fn abandon(self) {
+        self.state.finished.store(true, Ordering::Release);
+    }
+
     /// Aborts: the record becomes ABORTED and the intents are removed in the background.
     pub async fn rollback(self) {
         abort(self.client.clone(), self.state.clone()).await;

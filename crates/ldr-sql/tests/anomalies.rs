@@ -96,7 +96,10 @@ async fn run_txn(s: &mut Session, ops: &mut [Op]) -> bool {
 }
 
 /// Finds a cycle in `edges` (adjacency by node), if any.
-fn find_cycle(n: usize, edges: &[Vec<(usize, &'static str)>]) -> Option<Vec<(usize, &'static str)>> {
+fn find_cycle(
+    n: usize,
+    edges: &[Vec<(usize, &'static str)>],
+) -> Option<Vec<(usize, &'static str)>> {
     // Iterative DFS with colors; reconstructs the cycle from the stack.
     let mut color = vec![0u8; n];
     for start in 0..n {
@@ -115,7 +118,10 @@ fn find_cycle(n: usize, edges: &[Vec<(usize, &'static str)>]) -> Option<Vec<(usi
                         stack.push((to, 0, kind));
                     }
                     1 => {
-                        let pos = stack.iter().position(|(x, _, _)| *x == to).expect("on stack");
+                        let pos = stack
+                            .iter()
+                            .position(|(x, _, _)| *x == to)
+                            .expect("on stack");
                         let mut cycle: Vec<(usize, &'static str)> =
                             stack[pos + 1..].iter().map(|(x, _, k)| (*x, *k)).collect();
                         cycle.insert(0, (to, ""));
@@ -154,9 +160,9 @@ fn check(history: &[Txn], finals: &BTreeMap<i64, Vec<u64>>) -> Vec<String> {
             }
             match writer.get(v) {
                 None => problems.push(format!("key {key} holds {v}, which nobody appended")),
-                Some((t, false)) => {
-                    problems.push(format!("key {key} holds {v} of aborted transaction {t} (G1a)"))
-                }
+                Some((t, false)) => problems.push(format!(
+                    "key {key} holds {v} of aborted transaction {t} (G1a)"
+                )),
                 Some(_) => {}
             }
         }
@@ -190,7 +196,11 @@ fn check(history: &[Txn], finals: &BTreeMap<i64, Vec<u64>>) -> Vec<String> {
     }
     for t in history.iter().filter(|t| t.committed) {
         for op in &t.ops {
-            let Op::Read { key, seen: Some(seen) } = op else {
+            let Op::Read {
+                key,
+                seen: Some(seen),
+            } = op
+            else {
                 continue;
             };
             let list = finals.get(key).cloned().unwrap_or_default();
@@ -211,9 +221,7 @@ fn check(history: &[Txn], finals: &BTreeMap<i64, Vec<u64>>) -> Vec<String> {
                 let w = writer[last].0;
                 edges[w].push((t.id, "wr"));
             }
-            let next = others
-                .last()
-                .map_or(0, |v| position[&(*key, *v)] + 1);
+            let next = others.last().map_or(0, |v| position[&(*key, *v)] + 1);
             if let Some(v) = list.get(next) {
                 let w = writer[v].0;
                 if w != t.id {
@@ -225,7 +233,13 @@ fn check(history: &[Txn], finals: &BTreeMap<i64, Vec<u64>>) -> Vec<String> {
     if let Some(cycle) = find_cycle(history.len(), &edges) {
         let text: Vec<String> = cycle
             .iter()
-            .map(|(t, k)| if k.is_empty() { format!("T{t}") } else { format!("-{k}-> T{t}") })
+            .map(|(t, k)| {
+                if k.is_empty() {
+                    format!("T{t}")
+                } else {
+                    format!("-{k}-> T{t}")
+                }
+            })
             .collect();
         problems.push(format!("dependency cycle: {}", text.join(" ")));
     }
@@ -277,7 +291,10 @@ async fn list_append_histories_have_no_anomalies() {
         .unwrap_or_else(|| rand::rng().random());
     println!("SEED={seed}");
     let (_nodes, servers, _dir) = start_cluster(2).await;
-    let mut admin = servers[0].session("root", "defaultdb").await.expect("session");
+    let mut admin = servers[0]
+        .session("root", "defaultdb")
+        .await
+        .expect("session");
     let values: Vec<String> = (0..KEYS).map(|k| format!("({k}, '')")).collect();
     exec(
         &mut admin,
@@ -345,5 +362,8 @@ async fn list_append_histories_have_no_anomalies() {
     );
     assert!(committed >= 10, "too few commits to judge: {committed}");
     let problems = check(&history, &finals);
-    assert!(problems.is_empty(), "anomalies (SEED={seed}): {problems:#?}");
+    assert!(
+        problems.is_empty(),
+        "anomalies (SEED={seed}): {problems:#?}"
+    );
 }

@@ -1054,10 +1054,11 @@ async fn show_statements_and_settings() {
     );
 }
 
-/// A unique claim left by a writer that died between its claim and its row write is taken
-/// over once it is older than the stale-claim age.
+/// A unique entry whose row does not hold its value (left by a writer from before entries
+/// were written in the row's transaction) is taken over by the next writer of the value;
+/// one whose row holds the value is a unique violation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_unique_claims_are_taken_over() {
+async fn unique_entries_without_their_row_are_taken_over() {
     let node = TestNode::start().await;
     let mut s = node.session().await;
     exec(
@@ -1090,12 +1091,7 @@ async fn stale_unique_claims_are_taken_over() {
         .write(vec![claim], true)
         .await
         .expect("claim written");
-    let started = std::time::Instant::now();
     exec(&mut s, "INSERT INTO u VALUES (1, 'ghost@x')").await;
-    assert!(
-        started.elapsed() >= std::time::Duration::from_secs(4),
-        "the claim was taken over before it was stale"
-    );
     assert_eq!(
         rows(&mut s, "SELECT id FROM u WHERE email = 'ghost@x'").await,
         vec![vec!["1"]]

@@ -738,6 +738,55 @@ mod tests {
         let after = balances(&server).await;
         assert_eq!(after.iter().map(|(_, b)| b).sum::<i64>(), 1202);
 
+        // A coordinator that dies: its record expires, the next reader aborts it and its
+        // intents disappear (readers wait for the expiry, then see none of it).
+        let rows = super::super::scan::read(
+            kv,
+            &desc,
+            &super::super::scan::Access::Keys(vec![a.key.clone(), b.key.clone()]),
+            kv.clock().now(),
+            None,
+        )
+        .await
+        .expect("read");
+        let (a, b) = (rows[0].clone(), rows[1].clone());
+        let before = balances(&server).await;
+        let dead = kv.begin_txn(&a.key).await.expect("begin");
+        dead.client()
+            .write(
+                vec![moved(&desc, &a, 9, &a.raw), moved(&desc, &b, -9, &b.raw)],
+                true,
+            )
+            .await
+            .expect("intents");
+        let abandoned_at = std::time::Instant::now();
+        dead.abandon();
+        assert_eq!(
+            balances(&server).await,
+            before,
+            "nothing of the dead transaction"
+        );
+        assert!(
+            abandoned_at.elapsed() >= Duration::from_secs(4),
+            "the reader waited for the record to expire ({:?})",
+            abandoned_at.elapsed()
+        );
+        // The intents are gone: a non-transactional write goes straight through.
+        let rows = super::super::scan::read(
+            kv,
+            &desc,
+            &super::super::scan::Access::Keys(vec![a.key.clone()]),
+            kv.clock().now(),
+            None,
+        )
+        .await
+        .expect("read");
+        let w = kv
+            .write(vec![moved(&desc, &rows[0], 0, &rows[0].raw)], true)
+            .await
+            .expect("write");
+        assert!(matches!(w[0].1, RowOutcome::Written { .. }));
+
         // SQL: a transfer across ranges commits through the same path.
         server
             .execute_as(

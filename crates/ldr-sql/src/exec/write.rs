@@ -3,22 +3,24 @@
 //!
 //! A [`Change`] replaces a row's previous committed value (`old`, `None` if absent) with a
 //! new one (`None` deletes). Applying it:
-//! 1. claims every unique index entry the new row adds (a conditional put of the entry whose
+//! 1. writes every unique index entry the new row adds (a conditional put of the entry whose
 //!    value is the row's primary key; an entry owned by another row that still holds the
-//!    value is a 23505; one left by a crash — its row no longer holds the value — is taken
-//!    over once older than [`STALE_CLAIM`]);
+//!    value is a 23505; one whose row no longer holds the value, left by a writer from before
+//!    entries were transactional, is taken over);
 //! 2. writes the primary row, conditional on `old` (`Condition::Expect`), with its
 //!    non-unique index entries as dependents, so they commit atomically;
 //! 3. releases the unique entries the old row held and the new one does not (conditional
 //!    deletes that expect this row's primary key).
 //!
-//! If the primary write's condition fails, the claims are released and the caller gets a
-//! conflict with the actual version, to re-read and retry (autocommit) or fail the COMMIT
-//! (`txn.rs`).
+//! A table with unique indexes, or changes in several ranges, are written in one KV
+//! transaction ([`apply_rows_unlocked`]): the row and its entries become visible together or
+//! not at all, and an entry of a writer still in progress is an intent that this writer waits
+//! for (or pushes) like any other. If a write's condition fails, the transaction is rolled
+//! back and the caller gets a conflict with the actual version, to re-read and retry
+//! (autocommit) or fail the COMMIT (`txn.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ldr_kv::{Condition, KvClient, RowOutcome, RowWrite, ValueHeader, Version};
 use ldr_types::{TableId, Timestamp};
@@ -33,12 +35,6 @@ use crate::error::{Result, SqlError, sqlstate};
 use crate::expr::{BinOp, Binder, EvalCtx, ScalarExpr};
 use crate::parser;
 use crate::rowcodec;
-
-/// A unique entry left by a writer that crashed between its claim and its row may be taken
-/// over after this long.
-pub const STALE_CLAIM: Duration = Duration::from_secs(5);
-/// How long a writer waits for an in-flight claim of the same value to resolve.
-const CLAIM_WAIT: Duration = Duration::from_secs(6);
 
 /// One row change.
 #[derive(Debug, Clone)]
@@ -216,10 +212,8 @@ async fn claim(
     row: &[Datum],
 ) -> Result<Claim> {
     let key = rowcodec::unique_key(desc, index, values);
-    let started = std::time::Instant::now();
     let mut expected: Option<Vec<u8>> = None;
-    let mut backoff = Duration::from_millis(5);
-    loop {
+    for _ in 0..CLAIM_ATTEMPTS {
         let w = RowWrite {
             key: key.clone(),
             value: Some(pk.to_vec()),
@@ -254,23 +248,8 @@ async fn claim(
                 if holds {
                     return Err(unique_violation(desc, index, row));
                 }
-                let age_ns = kv
-                    .clock()
-                    .now()
-                    .wall_time_ns
-                    .saturating_sub(v.ts.wall_time_ns);
-                if age_ns >= STALE_CLAIM.as_nanos() as u64 {
-                    // A claim whose row never came (or moved on): take it over.
-                    expected = Some(owner);
-                    continue;
-                }
-                if started.elapsed() > CLAIM_WAIT {
-                    return Err(unique_violation(desc, index, row));
-                }
-                // Another writer is between its claim and its row write: wait for it.
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(200));
-                expected = None;
+                // An entry without its row (written before entries were transactional).
+                expected = Some(owner);
             }
             Some(RowOutcome::ConditionFailed { actual: None }) => expected = None,
             other => {
@@ -280,7 +259,17 @@ async fn claim(
             }
         }
     }
+    Err(SqlError::new(
+        sqlstate::SERIALIZATION_FAILURE,
+        format!(
+            "restart transaction: contention on unique constraint \"{}\"",
+            index.name
+        ),
+    ))
 }
+
+/// Attempts of one unique entry write (each lost to a concurrent change of the entry).
+const CLAIM_ATTEMPTS: usize = 10;
 
 async fn release(kv: &KvClient, key: Vec<u8>, pk: Vec<u8>) -> Result<()> {
     let w = RowWrite {
@@ -495,8 +484,8 @@ async fn claim_batch(
             dependents: vec![],
         })
         .collect();
-    // On error some entries may be written: they are left as claims whose row never came,
-    // which the next writer of the value takes over after STALE_CLAIM.
+    // Inside the statement's transaction: on error the transaction is rolled back, and the
+    // entries written so far with it.
     let outcomes = kv.write(writes, false).await?;
     let mut contended = Vec::new();
     for (w, (_, outcome)) in wanted.iter().zip(outcomes) {
@@ -702,9 +691,8 @@ async fn apply_rows_one_phase(
     let outcomes = match kv.write(rows, true).await {
         Ok(o) => o,
         Err(e) => {
-            // Ranges other than the failed one may have been written, and an ambiguous
-            // range may have been too: their claims must stay. Claims of rows that were not
-            // written are taken over after STALE_CLAIM.
+            // The caller's transaction is rolled back (entries included); a one-phase write
+            // of a single range wrote nothing or, if ambiguous, may have written its batch.
             return Err(e.into());
         }
     };

@@ -86,6 +86,14 @@ impl ClosedTsTracker {
         Ok(InFlight { provisional })
     }
 
+    /// Holds the closed timestamp below `ts` until deregistered (an unresolved intent). A
+    /// closed timestamp already at or above `ts` stays where it is (it never moves back).
+    pub(crate) fn hold(&self, ts: Timestamp) -> InFlight {
+        let mut state = self.state.lock();
+        *state.in_flight.entry(ts).or_insert(0) += 1;
+        InFlight { provisional: ts }
+    }
+
     pub(crate) fn deregister(&self, in_flight: InFlight) {
         let mut state = self.state.lock();
         match state.in_flight.get_mut(&in_flight.provisional) {

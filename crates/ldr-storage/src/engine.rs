@@ -56,6 +56,11 @@ pub struct Engine {
     pub(crate) write_opts: WriteOptions,
     pub(crate) latches: LatchManager,
     pub(crate) tracker: ClosedTsTracker,
+    /// Every unresolved intent in this store, by key, registered with the tracker at its
+    /// write timestamp: the closed timestamp (and so every rangefeed's resolved timestamp, on
+    /// leaseholders and followers alike) stays below an intent until it is resolved, whoever
+    /// holds the lease and however the intent arrived (write, Raft, snapshot, restart).
+    pub(crate) intents: Mutex<std::collections::HashMap<Vec<u8>, InFlight>>,
     pub(crate) observer: RwLock<Option<Arc<dyn CommitObserver>>>,
     /// Shared by commits around "write + observer"; exclusive for consistent snapshots.
     pub(crate) commit_gate: RwLock<()>,
@@ -145,6 +150,7 @@ impl Engine {
             write_opts,
             latches: LatchManager::new(),
             tracker: ClosedTsTracker::new(options.closed_timestamp_target),
+            intents: Mutex::new(std::collections::HashMap::new()),
             observer: RwLock::new(None),
             commit_gate: RwLock::new(()),
             gc_threshold: Mutex::new(Timestamp::ZERO),
@@ -152,6 +158,19 @@ impl Engine {
         };
         let threshold = engine.load_gc_threshold()?;
         *engine.gc_threshold.lock() = threshold;
+        let mut unresolved = Vec::new();
+        crate::replicated::scan_versions_impl(
+            range_iterator(&engine.db, None, &Span::new(vec![], vec![0xff; 8])),
+            &mut |w| {
+                if w.version.ts == INTENT_TS {
+                    unresolved.push(w);
+                }
+                true
+            },
+        )?;
+        for w in &unresolved {
+            engine.track_intent(&w.key, Some(&w.version));
+        }
         info!(path = %dir.display(), gc_threshold = %threshold, "storage engine opened");
         Ok(Arc::new(engine))
     }
@@ -568,14 +587,20 @@ impl Engine {
         let observer = self.observer.read().clone();
         let mut batch = WriteBatch::default();
         let mut key_buf = Vec::new();
+        let mut intent_puts: Vec<(Vec<u8>, Version)> = Vec::new();
+        let mut intent_removals: Vec<Vec<u8>> = Vec::new();
         for w in &writes {
             key_buf.clear();
             encoding::encode_prefix_into(&w.write.key, &mut key_buf);
             encoding::push_ts(&mut key_buf, w.write.version.ts);
-            if w.write.version.ts == INTENT_TS && w.write.version.value.is_none() {
-                // The removal of an intent (see `intent`).
-                batch.delete(&key_buf);
-                continue;
+            if w.write.version.ts == INTENT_TS {
+                if w.write.version.value.is_none() {
+                    // The removal of an intent (see `intent`).
+                    batch.delete(&key_buf);
+                    intent_removals.push(w.write.key.clone());
+                    continue;
+                }
+                intent_puts.push((w.write.key.clone(), w.write.version.clone()));
             }
             batch.put(
                 &key_buf,
@@ -598,13 +623,49 @@ impl Engine {
             None => Vec::new(),
         };
         let _gate = self.commit_gate.read();
+        // Intents written are tracked before they are visible; removed ones after their
+        // commit events went out.
+        for (key, version) in &intent_puts {
+            self.track_intent(key, Some(version));
+        }
         self.db.write_opt(batch, &self.write_opts).map_err(rocks)?;
         if let Some(observer) = &observer
             && !events.is_empty()
         {
             observer.on_commit(&events);
         }
+        for key in &intent_removals {
+            self.track_intent(key, None);
+        }
         Ok(())
+    }
+
+    /// Tracks (`Some`: written) or forgets (`None`: removed) the intent on `key`.
+    pub(crate) fn track_intent(&self, key: &[u8], intent: Option<&Version>) {
+        let mut intents = self.intents.lock();
+        if let Some(old) = intents.remove(key) {
+            self.tracker.deregister(old);
+        }
+        let Some(version) = intent else { return };
+        let Ok(intent) = Intent::from_version(key, version) else {
+            return;
+        };
+        intents.insert(key.to_vec(), self.tracker.hold(intent.write_ts));
+    }
+
+    /// Forgets every tracked intent in `span` (its contents were replaced).
+    pub(crate) fn forget_intents_in(&self, span: &Span) {
+        let mut intents = self.intents.lock();
+        let gone: Vec<Vec<u8>> = intents
+            .keys()
+            .filter(|k| span.contains_key(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(f) = intents.remove(&k) {
+                self.tracker.deregister(f);
+            }
+        }
     }
 
     /// Everything at or below this timestamp is committed and has been given to the

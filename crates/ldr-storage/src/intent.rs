@@ -516,6 +516,48 @@ mod tests {
     }
 
     #[test]
+    fn the_closed_timestamp_stays_below_an_unresolved_intent() {
+        let (e, _, dir) = engine();
+        let txn = meta();
+        let w = e
+            .apply_txn(&[put(b"k", b"v", Condition::None)], true, None, Some(&txn))
+            .expect("intent")
+            .ts;
+        // Long enough for the closed timestamp to pass the intent if nothing held it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let past = |e: &Engine| {
+            e.clock()
+                .now()
+                .sub_nanos(EngineOptions::default().closed_timestamp_target.as_nanos() as u64)
+                > w
+        };
+        while !past(&e) {
+            assert!(std::time::Instant::now() < deadline, "time does not pass");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(e.closed_timestamp() < w, "held below the intent");
+        // Also after a restart (the intent is found again on open).
+        drop(e);
+        let e = Engine::open(
+            dir.path(),
+            Arc::new(Clock::default()),
+            EngineOptions::default(),
+        )
+        .expect("reopen");
+        assert!(
+            e.closed_timestamp() < w,
+            "held below the intent after a restart"
+        );
+        e.apply_resolve(
+            &[b"k".to_vec(), b"dep".to_vec()],
+            &txn.txn_id,
+            Resolution::Abort,
+        )
+        .expect("resolve");
+        assert!(e.closed_timestamp() > w, "released once resolved");
+    }
+
+    #[test]
     fn intents_travel_in_commands_and_snapshots() {
         let (a, _, _d1) = engine();
         let (b, _, _d2) = engine();

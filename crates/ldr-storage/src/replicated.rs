@@ -288,13 +288,19 @@ impl Engine {
                 &key_buf,
                 encoding::encode_value(&w.version.header, w.version.value.as_deref()),
             );
-            newest = newest.max(w.version.ts);
+            if w.version.ts != crate::INTENT_TS {
+                newest = newest.max(w.version.ts);
+            }
         }
         add_local_ops(&mut batch, local);
         if !newest.is_zero() {
             self.clock().forward_to(newest);
         }
         let _gate = self.commit_gate.write();
+        self.forget_intents_in(span);
+        for w in writes.iter().filter(|w| w.version.ts == crate::INTENT_TS) {
+            self.track_intent(&w.key, Some(&w.version));
+        }
         self.db.write_opt(batch, &self.write_opts).map_err(rocks)
     }
 

@@ -1322,11 +1322,7 @@ impl KvClient {
         atomic: bool,
     ) -> Result<ApplyResult> {
         let keys: Vec<Vec<u8>> = match &self.txn {
-            Some(_) => rows
-                .iter()
-                .flat_map(|r| std::iter::once(&r.key).chain(r.dependents.iter().map(|(k, _)| k)))
-                .cloned()
-                .collect(),
+            Some(_) => rows.iter().flat_map(RowWrite::keys).cloned().collect(),
             None => Vec::new(),
         };
         let applied = self

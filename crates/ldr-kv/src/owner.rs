@@ -155,9 +155,7 @@ impl NodeInner {
                 outcomes: Vec::new(),
             });
         }
-        let all_keys = rows
-            .iter()
-            .flat_map(|r| std::iter::once(&r.key).chain(r.dependents.iter().map(|(k, _)| k)));
+        let all_keys = rows.iter().flat_map(RowWrite::keys);
         let (min, max) = all_keys.fold((None::<&Vec<u8>>, None::<&Vec<u8>>), |(lo, hi), k| {
             (
                 Some(lo.map_or(k, |l| l.min(k))),
@@ -176,11 +174,7 @@ impl NodeInner {
         if let Some(txn) = txn {
             // Held from before the write, so at or below the intents' write timestamp.
             let hold = self.engine.begin_write(Timestamp::ZERO)?;
-            let keys: Vec<Vec<u8>> = rows
-                .iter()
-                .flat_map(|r| std::iter::once(&r.key).chain(r.dependents.iter().map(|(k, _)| k)))
-                .cloned()
-                .collect();
+            let keys: Vec<Vec<u8>> = rows.iter().flat_map(RowWrite::keys).cloned().collect();
             let meta = txn.clone();
             let applied = self
                 .storage(keys.len() <= SMALL_WRITE_KEYS, move |e| {

@@ -336,11 +336,7 @@ impl NodeInner {
         let in_flight = self.engine.begin_write(replica.closed_ts().next())?;
         let provisional = in_flight.provisional();
         let keys: Vec<Vec<u8>> = match &txn {
-            Some(_) => rows
-                .iter()
-                .flat_map(|r| std::iter::once(&r.key).chain(r.dependents.iter().map(|(k, _)| k)))
-                .cloned()
-                .collect(),
+            Some(_) => rows.iter().flat_map(RowWrite::keys).cloned().collect(),
             None => Vec::new(),
         };
         let meta = txn.clone();

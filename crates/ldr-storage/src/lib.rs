@@ -178,6 +178,13 @@ pub struct RowWrite {
     pub dependents: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
+impl RowWrite {
+    /// Every key the write touches: the primary key, then its dependents'.
+    pub fn keys(&self) -> impl Iterator<Item = &Vec<u8>> {
+        std::iter::once(&self.key).chain(self.dependents.iter().map(|(k, _)| k))
+    }
+}
+
 /// What happened to one [`RowWrite`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RowOutcome {

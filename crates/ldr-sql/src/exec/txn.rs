@@ -589,6 +589,23 @@ mod tests {
             .collect()
     }
 
+    /// The current rows at `keys`.
+    async fn read_keys(
+        kv: &KvClient,
+        desc: &std::sync::Arc<crate::catalog::TableDescriptor>,
+        keys: Vec<Vec<u8>>,
+    ) -> Vec<StoredRow> {
+        super::super::scan::read(
+            kv,
+            desc,
+            &super::super::scan::Access::Keys(keys),
+            kv.clock().now(),
+            None,
+        )
+        .await
+        .expect("read")
+    }
+
     /// The write of `row` with its balance moved by `delta`, conditional on `expect`.
     fn moved(
         desc: &crate::catalog::TableDescriptor,
@@ -684,15 +701,7 @@ mod tests {
         assert_eq!(moved_rows.len(), 2, "both rows of the commit: {seen:?}");
 
         // A transaction whose last range fails is rolled back: its first range is undone.
-        let rows = super::super::scan::read(
-            kv,
-            &desc,
-            &super::super::scan::Access::Keys(vec![a.key.clone(), b.key.clone()]),
-            kv.clock().now(),
-            None,
-        )
-        .await
-        .expect("read");
+        let rows = read_keys(kv, &desc, vec![a.key.clone(), b.key.clone()]).await;
         let (a, b) = (rows[0].clone(), rows[1].clone());
         let before = balances(&server).await;
         let txn = kv.begin_txn(&a.key).await.expect("begin");
@@ -740,15 +749,7 @@ mod tests {
 
         // A coordinator that dies: its record expires, the next reader aborts it and its
         // intents disappear (readers wait for the expiry, then see none of it).
-        let rows = super::super::scan::read(
-            kv,
-            &desc,
-            &super::super::scan::Access::Keys(vec![a.key.clone(), b.key.clone()]),
-            kv.clock().now(),
-            None,
-        )
-        .await
-        .expect("read");
+        let rows = read_keys(kv, &desc, vec![a.key.clone(), b.key.clone()]).await;
         let (a, b) = (rows[0].clone(), rows[1].clone());
         let before = balances(&server).await;
         let dead = kv.begin_txn(&a.key).await.expect("begin");
@@ -772,15 +773,7 @@ mod tests {
             abandoned_at.elapsed()
         );
         // The intents are gone: a non-transactional write goes straight through.
-        let rows = super::super::scan::read(
-            kv,
-            &desc,
-            &super::super::scan::Access::Keys(vec![a.key.clone()]),
-            kv.clock().now(),
-            None,
-        )
-        .await
-        .expect("read");
+        let rows = read_keys(kv, &desc, vec![a.key.clone()]).await;
         let w = kv
             .write(vec![moved(&desc, &rows[0], 0, &rows[0].raw)], true)
             .await

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ldr_types::{RangeId, Span, Timestamp};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::ClientWriteError;
 use openraft::{Raft, ServerState};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -76,6 +76,12 @@ pub struct Replica {
     /// and not past `until`, this replica serves nothing and sends no heartbeats, so the
     /// target may win an election at once.
     pub(crate) transfer: Mutex<Option<(RaftNodeId, u64, std::time::Instant)>>,
+    /// Commands proposed here and not yet answered. A proposal counts itself while holding
+    /// `transfer`'s lock, so a lease transfer that begins afterwards sees it and waits for its
+    /// answer before the leadership moves (which would drop it unanswered).
+    pub(crate) proposals: watch::Sender<u64>,
+    /// Set (under `transfer`'s lock) when the replica stops: it proposes nothing more.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
     /// Whether this replica may campaign (false while its node drains).
     pub(crate) campaigning: std::sync::atomic::AtomicBool,
 }
@@ -154,36 +160,68 @@ impl Replica {
     }
 
     /// Proposes an evaluated command and returns the index it was applied at on this replica
-    /// (every replica applies it at that index). A leadership change while the command is in
-    /// flight makes the outcome ambiguous: the new leader may still commit it.
+    /// (every replica applies it at that index). Only a command that Raft dropped unanswered
+    /// (the replica stopped with it in its log) has an ambiguous outcome: a command appended
+    /// here is answered when this replica applies it, even after it stepped down, or refused
+    /// when a new leader truncates it (then it never committed).
     pub async fn propose(&self, command: Command) -> Result<u64, ReplicaError> {
         // A write that passed the lease check just before a lease transfer began is refused
-        // here, unproposed (so not ambiguous): the client retries at the new leaseholder.
+        // here, unproposed (so not ambiguous): the client retries at the new leaseholder. One
+        // that gets past this point is counted, and the transfer waits for its answer.
         let term = self.raft.metrics().borrow().current_term;
-        if let Some(target) = self.transfer_target(term) {
-            return Err(ReplicaError::NotLeaseholder {
-                range_id: self.range_id,
-                hint: Some(target),
-            });
-        }
-        match self.raft.client_write(command).await {
-            Ok(response) => Ok(response.log_id.index),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ReplicaError::Ambiguous {
+        let _proposal = {
+            let transfer = self.transfer.lock();
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(ReplicaError::NotLeaseholder {
                     range_id: self.range_id,
-                    detail: format!(
-                        "leadership moved to {:?} while the command was in flight",
-                        f.leader_id
-                    ),
-                })
+                    hint: None,
+                });
             }
-            Err(RaftError::APIError(e)) => Err(ReplicaError::Raft {
+            if let Some(target) = Self::target_of(&transfer, term) {
+                return Err(ReplicaError::NotLeaseholder {
+                    range_id: self.range_id,
+                    hint: Some(target),
+                });
+            }
+            ProposalGuard::new(&self.proposals)
+        };
+        // Not handed to Raft (its core stopped: the replica was removed): nothing was
+        // proposed, so the client may retry elsewhere.
+        let answer = match self.raft.client_write_ff(command).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::debug!(range_id = self.range_id, error = %e, "not proposed");
+                return Err(ReplicaError::NotLeaseholder {
+                    range_id: self.range_id,
+                    hint: None,
+                });
+            }
+        };
+        let result = match answer.await {
+            Ok(result) => result,
+            // Raft dropped the command unanswered (this leader stepped down or stopped with it
+            // in its log): a later leader may still commit it.
+            Err(_) => {
+                return Err(ReplicaError::Ambiguous {
+                    range_id: self.range_id,
+                    detail:
+                        "raft dropped the command before answering (leader stepped down or stopped)"
+                            .into(),
+                });
+            }
+        };
+        match result {
+            Ok(response) => Ok(response.log_id.index),
+            // openraft answers so only for a command it never appended (this replica no longer
+            // leads) or one a new leader truncated from its log (so never committed): not
+            // ambiguous, the client retries at the leader.
+            Err(ClientWriteError::ForwardToLeader(f)) => Err(ReplicaError::NotLeaseholder {
+                range_id: self.range_id,
+                hint: f.leader_id,
+            }),
+            Err(e) => Err(ReplicaError::Raft {
                 range_id: self.range_id,
                 detail: e.to_string(),
-            }),
-            Err(RaftError::Fatal(e)) => Err(ReplicaError::Ambiguous {
-                range_id: self.range_id,
-                detail: format!("raft stopped: {e}"),
             }),
         }
     }
@@ -289,7 +327,14 @@ impl Replica {
 
     /// The transfer target while a lease transfer of `term` is in progress.
     fn transfer_target(&self, term: u64) -> Option<RaftNodeId> {
-        match *self.transfer.lock() {
+        Self::target_of(&self.transfer.lock(), term)
+    }
+
+    fn target_of(
+        transfer: &Option<(RaftNodeId, u64, std::time::Instant)>,
+        term: u64,
+    ) -> Option<RaftNodeId> {
+        match *transfer {
             Some((target, t, until)) if t == term && std::time::Instant::now() < until => {
                 Some(target)
             }
@@ -349,9 +394,19 @@ impl Replica {
         // group of four voters, the target also needs a follower whose openraft lease on the
         // old leader has to expire first).
         self.raft.runtime_config().elect(false);
-        // Every command proposed so far is applied here (its proposer has its answer, so no
-        // write in flight becomes ambiguous) and logged on the target.
-        Ok(self.wait_target(target, 0, catch_up).await)
+        // Every command proposed so far is answered (so no write in flight becomes ambiguous
+        // when this leader steps down), applied here, and logged on the target.
+        let started = std::time::Instant::now();
+        let mut proposals = self.proposals.subscribe();
+        let answered = tokio::time::timeout(catch_up, proposals.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !answered {
+            return Ok(false);
+        }
+        Ok(self
+            .wait_target(target, 0, catch_up.saturating_sub(started.elapsed()))
+            .await)
     }
 
     /// Waits until this leader's follower `target` is at most `lag` entries behind.
@@ -385,6 +440,21 @@ impl Replica {
         .unwrap_or(false)
     }
 
+    /// Stops proposing (new proposals are refused, unproposed) and waits up to `timeout` for
+    /// the answers to those already proposed; then Raft may stop without leaving any
+    /// proposer unsure whether its command committed. Returns whether all were answered.
+    pub(crate) async fn stop_proposing(&self, timeout: Duration) -> bool {
+        {
+            let _transfer = self.transfer.lock();
+            self.stopping
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut proposals = self.proposals.subscribe();
+        tokio::time::timeout(timeout, proposals.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Ends a lease transfer: a replica still leading serves again.
     pub fn end_lease_transfer(&self) {
         *self.transfer.lock() = None;
@@ -398,5 +468,21 @@ impl Replica {
         self.campaigning
             .store(enabled, std::sync::atomic::Ordering::Relaxed);
         self.raft.runtime_config().elect(enabled);
+    }
+}
+
+/// Counts one proposal in [`Replica::proposals`] until dropped.
+struct ProposalGuard<'a>(&'a watch::Sender<u64>);
+
+impl<'a> ProposalGuard<'a> {
+    fn new(proposals: &'a watch::Sender<u64>) -> Self {
+        proposals.send_modify(|n| *n += 1);
+        Self(proposals)
+    }
+}
+
+impl Drop for ProposalGuard<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }

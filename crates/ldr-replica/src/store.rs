@@ -34,6 +34,9 @@ use crate::replica::Replica;
 use crate::state_machine::RangeStateMachine;
 use crate::{RaftNodeId, ReplicaError, ReplicaNode};
 
+/// How long a stopping node waits for the answers to commands already proposed.
+const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
 /// How a node runs its replicas.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -244,6 +247,8 @@ impl ReplicaStore {
             lease_floor: parking_lot::Mutex::new(None),
             checksums,
             transfer: parking_lot::Mutex::new(None),
+            proposals: tokio::sync::watch::Sender::new(0),
+            stopping: AtomicBool::new(false),
             campaigning: std::sync::atomic::AtomicBool::new(!self.is_draining()),
         }))
     }
@@ -303,6 +308,7 @@ impl ReplicaStore {
         let Some(replica) = self.replicas.write().remove(&range_id) else {
             return Err(ReplicaError::RangeNotFound { range_id });
         };
+        replica.stop_proposing(SHUTDOWN_ANSWER_WAIT).await;
         if let Err(e) = replica.raft.shutdown().await {
             warn!(range_id, error = %e, "raft shutdown failed");
         }
@@ -338,6 +344,9 @@ impl ReplicaStore {
     /// Stops every replica (their state stays on disk).
     pub async fn shutdown(&self) {
         let all: Vec<Arc<Replica>> = self.replicas.write().drain().map(|(_, r)| r).collect();
+        // Commands already proposed get their answers first (bounded): stopping Raft under
+        // them would leave their proposers unsure whether they committed.
+        futures::future::join_all(all.iter().map(|r| r.stop_proposing(SHUTDOWN_ANSWER_WAIT))).await;
         for replica in all {
             if let Err(e) = replica.raft.shutdown().await {
                 warn!(range_id = replica.range_id, error = %e, "raft shutdown failed");

@@ -471,3 +471,102 @@ async fn a_new_leaseholder_waits_out_the_maximum_clock_offset() {
     );
     assert!(matches!(replica.check_lease(), Ok(())));
 }
+
+/// Moves the lease while four writers keep proposing at the leaseholder, then stops the old
+/// leaseholder at once (as `ldr node drain` does): every write is answered as applied or
+/// refused unapplied (retryable), none is left ambiguous, and every applied one is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_transfer_under_writes_leaves_no_write_ambiguous() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let ids = [1, 2, 3];
+    let (_router, nodes) = cluster(&ids, options()).await;
+    let from = leaseholder(&nodes, &ids).await;
+    let to = ids
+        .iter()
+        .copied()
+        .find(|i| *i != from)
+        .expect("another node");
+    let replica = nodes[&from].store.replica(RANGE).expect("replica");
+    let stop = Arc::new(AtomicBool::new(false));
+    let applied = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (engine, replica) = (nodes[&from].engine.clone(), replica.clone());
+            let (stop, applied) = (stop.clone(), applied.clone());
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for i in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("w{w}-{i:06}");
+                    let eval = engine
+                        .evaluate(&[put(key.clone(), "v".into())], true, engine.clock().now())
+                        .expect("evaluate");
+                    let closed = engine.clock().now().sub_nanos(1);
+                    match replica.propose(Command::new(&eval.writes, closed)).await {
+                        Ok(_) => {
+                            applied.fetch_add(1, Ordering::Relaxed);
+                            mine.push(key);
+                        }
+                        Err(e @ ReplicaError::Ambiguous { .. }) => {
+                            return Err(format!("write {key}: {e}"));
+                        }
+                        Err(e) if e.is_retryable() => {
+                            // Refused unapplied; the range moved (or is moving) away.
+                            tokio::task::yield_now().await;
+                        }
+                        Err(e) => return Err(format!("write {key}: {e}")),
+                    }
+                }
+                Ok(mine)
+            })
+        })
+        .collect();
+    // Writes flow before the transfer starts.
+    let deadline = Instant::now() + WAIT;
+    while applied.load(Ordering::Relaxed) < 50 {
+        assert!(Instant::now() < deadline, "writes did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        replica
+            .begin_lease_transfer(to, Duration::from_secs(2), Duration::from_secs(3))
+            .await
+            .expect("begin transfer"),
+        "node {to} did not catch up"
+    );
+    let target = nodes[&to].store.replica(RANGE).expect("replica");
+    target.campaign().await.expect("campaign");
+    while replica.is_leader() {
+        assert!(Instant::now() < deadline, "the old leaseholder still leads");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    replica.end_lease_transfer();
+    nodes[&from].store.shutdown().await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = Vec::new();
+    for writer in writers {
+        written.extend(
+            writer
+                .await
+                .expect("writer task")
+                .expect("no ambiguous write"),
+        );
+    }
+    // Every write answered as applied is on the new leaseholder.
+    let survivors: Vec<RaftNodeId> = ids.iter().copied().filter(|i| *i != from).collect();
+    let index = write(&nodes, &survivors, "after", 1).await;
+    assert!(target.wait_applied(index, WAIT).await);
+    let now = nodes[&to].engine.clock().now();
+    for key in &written {
+        assert!(
+            nodes[&to]
+                .engine
+                .get(key.as_bytes(), now)
+                .expect("get")
+                .is_some(),
+            "{key} was answered as applied but is missing"
+        );
+    }
+}

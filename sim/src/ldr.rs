@@ -77,6 +77,17 @@ pub async fn setup_bidirectional(
     table: &str,
     create_table_sql: &str,
 ) -> Result<(i64, i64)> {
+    setup_bidirectional_with(a, b, table, create_table_sql, None).await
+}
+
+/// [`setup_bidirectional`] with the streams' `WITH` options (e.g. `mode = 'validated'`).
+pub async fn setup_bidirectional_with(
+    a: &Cluster,
+    b: &Cluster,
+    table: &str,
+    create_table_sql: &str,
+    options: Option<&str>,
+) -> Result<(i64, i64)> {
     for cluster in [a, b] {
         cluster
             .exec(1, "SET CLUSTER SETTING kv.rangefeed.enabled = true")
@@ -85,8 +96,8 @@ pub async fn setup_bidirectional(
     }
     create_external_connection(a, "ldr_sim_b", b).await?;
     create_external_connection(b, "ldr_sim_a", a).await?;
-    let job_a = create_stream(a, "ldr_sim_b", &[table], &[table], None).await?;
-    let job_b = create_stream(b, "ldr_sim_a", &[table], &[table], None).await?;
+    let job_a = create_stream(a, "ldr_sim_b", &[table], &[table], options).await?;
+    let job_b = create_stream(b, "ldr_sim_a", &[table], &[table], options).await?;
     Ok((job_a, job_b))
 }
 

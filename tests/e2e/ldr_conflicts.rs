@@ -160,14 +160,26 @@ const SCRIPT: &[Step] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conflicting_writes_converge_to_the_lww_winner() -> Result<()> {
+    converge_to_the_lww_winner(None).await
+}
+
+/// The same races and load with both streams in validated mode (rows written through the SQL
+/// layer): the same winners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conflicting_writes_converge_to_the_lww_winner_in_validated_mode() -> Result<()> {
+    converge_to_the_lww_winner(Some("mode = 'validated'")).await
+}
+
+async fn converge_to_the_lww_winner(options: Option<&str>) -> Result<()> {
     let started = Instant::now();
     let seed = seed_from_env();
-    eprintln!("ldr_conflicts: SEED={seed}");
+    eprintln!("ldr_conflicts: SEED={seed} WITH {options:?}");
     let (a, b) = cluster_pair(3, false).await?;
     enable_rangefeeds(&a).await?;
     enable_rangefeeds(&b).await?;
     // job_on_a applies B's changes on A; job_on_b applies A's changes on B.
-    let (job_on_a, job_on_b) = ldr_sim::ldr::setup_bidirectional(&a, &b, TABLE, SCHEMA).await?;
+    let (job_on_a, job_on_b) =
+        ldr_sim::ldr::setup_bidirectional_with(&a, &b, TABLE, SCHEMA, options).await?;
     let watchers = [
         ReplicatedTimeWatcher::spawn(a.urls(), Duration::from_millis(300)),
         ReplicatedTimeWatcher::spawn(b.urls(), Duration::from_millis(300)),

@@ -2,7 +2,7 @@
 //! with its SQLSTATE and CockroachDB's text (reference/crdb-ldr.md §4): rangefeeds off on the
 //! source, a URI that is not an external connection, a missing connection, unequal table lists,
 //! schema mismatches (column count, column type, UNIQUE indexes, a DECIMAL primary key), a
-//! foreign key in immediate mode, validated mode (not supported yet), missing privileges on
+//! foreign key in immediate mode, foreign keys that differ in validated mode, missing privileges on
 //! either side, a multi-statement transaction. Then the options that change what replicates:
 //! `discard = 'all-deletes'`, `label` (by-label metrics) and `skip schema check`.
 
@@ -81,6 +81,11 @@ async fn create_stream_errors_and_options() -> Result<()> {
         (
             "child",
             "id INT8 PRIMARY KEY, p INT8 REFERENCES parent (id)",
+            "id INT8 PRIMARY KEY, p INT8 REFERENCES parent (id)",
+        ),
+        (
+            "fk_differs",
+            "id INT8 PRIMARY KEY, p INT8",
             "id INT8 PRIMARY KEY, p INT8 REFERENCES parent (id)",
         ),
         (
@@ -185,11 +190,12 @@ async fn create_stream_errors_and_options() -> Result<()> {
         "foreign keys are only supported with MODE = 'validated'",
     )
     .await?;
+    // Validated mode accepts foreign keys, but they must match.
     expect_error(
         &dst,
-        &format!("{} WITH mode = 'validated'", stream("ok")),
-        "0A000",
-        "validated",
+        &format!("{} WITH mode = 'validated'", stream("fk_differs")),
+        "42P16",
+        "destination table fk_differs has 1 foreign key constraints, but the source table fk_differs has 0",
     )
     .await?;
     phase(started, "URI, table-list and schema errors");

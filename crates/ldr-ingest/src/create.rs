@@ -65,12 +65,6 @@ pub async fn create_stream(
     ctx: &CreateContext,
     request: LdrStreamRequest,
 ) -> Result<JobId, SqlError> {
-    if request.validated {
-        return Err(SqlError::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "MODE = 'validated' is not supported yet: use MODE = 'immediate'",
-        ));
-    }
     let discard = match request.discard.as_deref() {
         None => Discard::Nothing,
         Some("ttl-deletes") => Discard::TtlDeletes,
@@ -152,7 +146,11 @@ async fn finish(
         pairs,
         replication_start_time: start_ts.to_decimal_string(),
         initial_scan: request.cursor.is_none(),
-        mode: Mode::Immediate,
+        mode: if request.validated {
+            Mode::Validated
+        } else {
+            Mode::Immediate
+        },
         discard,
         label: options.label.clone().filter(|l| !l.is_empty()),
         skip_schema_check: options.skip_schema_check,

@@ -19,34 +19,23 @@
 //!   eventually dead-letters. Like every writer, the applier waits for (or pushes) the
 //!   intents of transactions in its way.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use ldr_kv::{Condition, KvClient, RowOutcome, RowWrite, ValueHeader};
 use ldr_proto::pb;
 use ldr_sql::catalog::{Catalog, IndexDescriptor, TableDescriptor};
-use ldr_sql::{Datum, SqlError, rowcodec, sqlstate};
-use ldr_types::{TableId, keys};
-use prost::Message;
+use ldr_sql::{Datum, rowcodec, sqlstate};
 
 use crate::applier::{Applier, ApplyError, EventOutcome, SourceEvent};
-use crate::dlq::{DlqRow, InternalSql, insert_dlq_row};
-use crate::dlq_policy::mutation_type;
-use crate::error::{IngestError, Result};
+use crate::dlq::InternalSql;
+use crate::error::Result;
 use crate::flow::ApplierFactory;
+use crate::mapping::{TableMapping, Tables, decode_error, kv_error};
 use crate::metrics::Metrics;
 
 /// CockroachDB's `maxRefreshCount`.
 const MAX_REFRESHES: usize = 10;
-
-/// One replicated table: how to read the source and write the destination.
-struct TableMapping {
-    source: TableDescriptor,
-    destination: Arc<TableDescriptor>,
-    has_secondary: bool,
-    unique_indexes: Vec<IndexDescriptor>,
-}
 
 /// Builds [`ImmediateApplier`]s for processors.
 pub struct ImmediateApplierFactory {
@@ -59,40 +48,7 @@ pub struct ImmediateApplierFactory {
 #[async_trait]
 impl ApplierFactory for ImmediateApplierFactory {
     async fn applier(&self, spec: &pb::ProcessorSpec) -> Result<Arc<dyn Applier>> {
-        let mut tables = HashMap::new();
-        for t in &spec.tables {
-            // From the source cluster (through the job's payload): validated before use.
-            let source = TableDescriptor::decode(&t.source_descriptor).map_err(|e| {
-                IngestError::Protocol(format!("invalid source table descriptor: {e}"))
-            })?;
-            let destination = self
-                .catalog
-                .table_by_id(t.destination_table_id)
-                .await
-                .map_err(|e| IngestError::Retryable(e.to_string()))?
-                .ok_or_else(|| {
-                    IngestError::Permanent(format!(
-                        "destination table {} no longer exists",
-                        t.destination_table_id
-                    ))
-                })?;
-            let has_secondary = destination.indexes.iter().any(|i| !i.unique);
-            let unique_indexes = destination
-                .indexes
-                .iter()
-                .filter(|i| i.unique)
-                .cloned()
-                .collect();
-            tables.insert(
-                t.source_table_id,
-                TableMapping {
-                    source,
-                    destination,
-                    has_secondary,
-                    unique_indexes,
-                },
-            );
-        }
+        let tables = Tables::load(&self.catalog, spec).await?;
         Ok(Arc::new(ImmediateApplier {
             kv: self.kv.clone(),
             sql: self.sql.clone(),
@@ -115,7 +71,7 @@ pub struct ImmediateApplier {
     metrics: Arc<Metrics>,
     job_id: i64,
     header: ValueHeader,
-    tables: HashMap<TableId, TableMapping>,
+    tables: Tables,
 }
 
 /// An event decoded for its destination table.
@@ -130,94 +86,22 @@ struct Prepared<'a> {
     header: ValueHeader,
 }
 
-fn decode_error(e: SqlError) -> ApplyError {
-    match e {
-        SqlError::Pg(p) => ApplyError::new(p.message, Some(p.code)),
-        other => ApplyError::new(other.to_string(), Some(sqlstate::DATATYPE_MISMATCH)),
-    }
-}
-
-fn kv_error(e: ldr_kv::KvError) -> ApplyError {
-    // No SQLSTATE: a KV failure (node down, network) must fail the flow, never go to the DLQ.
-    ApplyError::new(e.to_string(), None)
-}
-
 impl ImmediateApplier {
-    fn mapping(&self, key: &[u8]) -> std::result::Result<&TableMapping, ApplyError> {
-        let parts = keys::decode_table_key(key).ok_or_else(|| {
-            ApplyError::new(
-                "replicated key is not a table key",
-                Some(sqlstate::DATATYPE_MISMATCH),
-            )
-        })?;
-        self.tables.get(&parts.table_id).ok_or_else(|| {
-            ApplyError::new(
-                format!("no destination for source table {}", parts.table_id),
-                Some(sqlstate::UNDEFINED_TABLE),
-            )
-        })
-    }
-
-    /// Source row bytes → destination row.
-    fn to_destination(
-        table: &TableMapping,
-        key: &[u8],
-        value: &[u8],
-    ) -> std::result::Result<Vec<Datum>, ApplyError> {
-        let row = rowcodec::decode_row(&table.source, key, value).map_err(decode_error)?;
-        rowcodec::remap_row(
-            &table.destination,
-            &rowcodec::named_row(&table.source, &row),
-        )
-        .map_err(decode_error)
-    }
-
-    /// The destination's encoded primary key columns for a source key.
-    fn destination_pk(
-        table: &TableMapping,
-        key: &[u8],
-    ) -> std::result::Result<Vec<u8>, ApplyError> {
-        let src_pk = rowcodec::decode_pk(&table.source, key).map_err(decode_error)?;
-        let src_names: Vec<String> = table
-            .source
-            .pk_positions()
-            .iter()
-            .map(|i| table.source.columns[*i].name.clone())
-            .collect();
-        let mut dst = Vec::with_capacity(src_pk.len());
-        for i in table.destination.pk_positions() {
-            let column = &table.destination.columns[i];
-            let position = src_names.iter().position(|n| *n == column.name).ok_or_else(|| {
-                ApplyError::new(
-                    format!("destination primary key column \"{}\" is not in the source primary key", column.name),
-                    Some(sqlstate::DATATYPE_MISMATCH),
-                )
-            })?;
-            dst.push(
-                src_pk[position]
-                    .clone()
-                    .coerce_for_column(&column.ty, &column.name)
-                    .map_err(decode_error)?,
-            );
-        }
-        Ok(ldr_sql::encoding::encode_key_tuple(dst.iter()))
-    }
-
     fn prepare<'a>(&'a self, event: &SourceEvent) -> std::result::Result<Prepared<'a>, ApplyError> {
-        let table = self.mapping(&event.key)?;
+        let table = self.tables.mapping(&event.key)?;
         let new = event
             .value
             .as_deref()
-            .map(|v| Self::to_destination(table, &event.key, v))
+            .map(|v| table.to_destination(&event.key, v))
             .transpose()?;
         let prev = event
             .prev_value
             .as_deref()
-            .map(|v| Self::to_destination(table, &event.key, v))
+            .map(|v| table.to_destination(&event.key, v))
             .transpose()?;
         let pk = match &new {
             Some(row) => rowcodec::pk_bytes(&table.destination, row),
-            None => Self::destination_pk(table, &event.key)?,
+            None => ldr_sql::encoding::encode_key_tuple(table.destination_pk(&event.key)?.iter()),
         };
         let expected = (table.has_secondary || !table.unique_indexes.is_empty()).then(|| {
             prev.as_ref()
@@ -518,29 +402,8 @@ impl Applier for ImmediateApplier {
         event: &SourceEvent,
         reason: &str,
     ) -> std::result::Result<(), ApplyError> {
-        let table = self.mapping(&event.key)?;
-        let incoming_row = event
-            .value
-            .as_deref()
-            .and_then(|v| Self::to_destination(table, &event.key, v).ok())
-            .map(|row| rowcodec::row_to_json(&table.destination, &row));
-        let key_value_bytes = pb::KvEvent {
-            key: event.key.clone(),
-            ts: Some(event.ts.into()),
-            value: event.value.clone(),
-            prev_value: event.prev_value.clone(),
-        }
-        .encode_to_vec();
-        let row = DlqRow {
-            job_id: self.job_id,
-            table_id: table.destination.id,
-            reason: reason.to_string(),
-            mutation_type: mutation_type(event.is_delete()),
-            key_value_bytes,
-            incoming_row,
-        };
-        insert_dlq_row(self.sql.as_ref(), &table.destination, row)
+        self.tables
+            .dead_letter(self.sql.as_ref(), self.job_id, event, reason)
             .await
-            .map_err(|e| ApplyError::new(e.to_string(), None))
     }
 }

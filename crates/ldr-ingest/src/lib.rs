@@ -15,6 +15,7 @@ mod error;
 mod flow;
 mod immediate;
 mod job;
+mod mapping;
 pub mod metrics;
 pub mod panic_guard;
 mod processor;
@@ -22,6 +23,7 @@ pub mod purgatory;
 pub mod retry;
 #[cfg(test)]
 mod test_rng;
+mod validated;
 
 pub use applier::{Applier, ApplyError, EventOutcome, SourceEvent};
 pub use coordinator::{DestinationTables, LdrResumer, assign};
@@ -34,3 +36,4 @@ pub use flow::{ApplierFactory, FlowRunner, FlowUpdate, IngestService};
 pub use immediate::{ImmediateApplier, ImmediateApplierFactory};
 pub use job::{Discard, LdrPayload, LdrProgress, Mode, TablePair};
 pub use processor::{Processor, collapse_versions};
+pub use validated::{ModeApplierFactory, ValidatedApplier};

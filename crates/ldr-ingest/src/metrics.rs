@@ -227,6 +227,9 @@ pub struct Metrics {
     pub events_refused: Counter,
     /// Processors that panicked (caught: the flow fails and the job retries).
     pub processor_panics: Counter,
+    /// Validated-mode row attempts refused by a constraint (23xxx: NOT NULL, FK, UNIQUE,
+    /// CHECK); each goes to the retry queue, and the DLQ once too old.
+    pub validated_constraint_failures: Counter,
     replicated_time: RwLock<BTreeMap<JobId, f64>>,
     labels: RwLock<BTreeMap<String, Arc<LabelMetrics>>>,
 }
@@ -267,6 +270,7 @@ impl Metrics {
             catchup_ranges: Gauge::default(),
             events_refused: Counter::default(),
             processor_panics: Counter::default(),
+            validated_constraint_failures: Counter::default(),
             replicated_time: RwLock::new(BTreeMap::new()),
             labels: RwLock::new(BTreeMap::new()),
         }
@@ -474,6 +478,11 @@ impl Metrics {
             "logical_replication.processor_panics",
             "Writer processors that panicked; the flow failed and the job retried",
             self.processor_panics.get(),
+        );
+        w.counter(
+            "logical_replication.validated.constraint_failures",
+            "Validated-mode row attempts refused by a constraint (not null, foreign key, unique, check); retried, then dead-lettered",
+            self.validated_constraint_failures.get(),
         );
 
         let labels = self.labels.read();
@@ -782,6 +791,9 @@ logical_replication_events_refused 0
 # HELP logical_replication_processor_panics Writer processors that panicked; the flow failed and the job retried
 # TYPE logical_replication_processor_panics counter
 logical_replication_processor_panics 0
+# HELP logical_replication_validated_constraint_failures Validated-mode row attempts refused by a constraint (not null, foreign key, unique, check); retried, then dead-lettered
+# TYPE logical_replication_validated_constraint_failures counter
+logical_replication_validated_constraint_failures 0
 # HELP logical_replication_replicated_time_by_label Replicated time of the logical replication stream by label
 # TYPE logical_replication_replicated_time_by_label gauge
 logical_replication_replicated_time_by_label{label=\"east\"} 1700000000.5

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use ldr_ingest::metrics::Metrics;
 use ldr_ingest::{
     ApplierFactory, CreateContext, DestinationTables, FlowRunner, ImmediateApplierFactory,
-    InternalSql,
+    InternalSql, ModeApplierFactory,
 };
 use ldr_jobs::Registry;
 use ldr_kv::KvClient;
@@ -122,11 +122,14 @@ impl SqlWiring {
     }
 
     pub fn applier_factory(&self) -> Arc<dyn ApplierFactory> {
-        Arc::new(ImmediateApplierFactory {
-            kv: self.kv.clone(),
-            catalog: self.catalog.clone(),
-            sql: self.internal.clone(),
-            metrics: self.metrics.clone(),
+        Arc::new(ModeApplierFactory {
+            immediate: ImmediateApplierFactory {
+                kv: self.kv.clone(),
+                catalog: self.catalog.clone(),
+                sql: self.internal.clone(),
+                metrics: self.metrics.clone(),
+            },
+            server: self.server.clone(),
         })
     }
 

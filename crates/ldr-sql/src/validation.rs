@@ -44,6 +44,7 @@ pub fn check_compatibility(
     if !skip_equivalence {
         check_unique_indexes_match(src, dst).map_err(incompatible)?;
         check_checks_match(src, dst).map_err(incompatible)?;
+        check_foreign_keys_match(src, dst).map_err(incompatible)?;
     }
     Ok(())
 }
@@ -146,6 +147,57 @@ fn check_checks_match(
         return Err(format!(
             "destination table {} CHECK constraints do not match source table {}",
             dst.name, src.name
+        ));
+    }
+    Ok(())
+}
+
+/// The foreign keys of both tables, compared by name, local columns (by name) and actions
+/// (the referenced tables are in different clusters: their ids differ).
+fn check_foreign_keys_match(
+    src: &TableDescriptor,
+    dst: &TableDescriptor,
+) -> std::result::Result<(), String> {
+    let shape = |t: &TableDescriptor| {
+        let mut fks: Vec<(String, Vec<String>, String, String)> = t
+            .foreign_keys
+            .iter()
+            .map(|fk| {
+                let columns = fk
+                    .columns
+                    .iter()
+                    .map(|id| t.column_by_id(*id).map_or("?".into(), |c| c.name.clone()))
+                    .collect();
+                (
+                    fk.name.clone(),
+                    columns,
+                    fk.on_delete.to_ascii_uppercase(),
+                    fk.on_update.to_ascii_uppercase(),
+                )
+            })
+            .collect();
+        fks.sort();
+        fks
+    };
+    let (s, d) = (shape(src), shape(dst));
+    if s.len() != d.len() {
+        return Err(format!(
+            "destination table {} has {} foreign key constraints, but the source table {} has {} foreign key constraints",
+            dst.name,
+            d.len(),
+            src.name,
+            s.len()
+        ));
+    }
+    if let Some((sf, df)) = s.iter().zip(&d).find(|(a, b)| a != b) {
+        return Err(format!(
+            "destination table {} foreign key constraint {} ({}) does not match source table {} foreign key constraint {} ({})",
+            dst.name,
+            df.0,
+            df.1.join(", "),
+            src.name,
+            sf.0,
+            sf.1.join(", ")
         ));
     }
     Ok(())

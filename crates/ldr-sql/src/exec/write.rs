@@ -283,39 +283,6 @@ async fn release(kv: &KvClient, key: Vec<u8>, pk: Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-/// Claims the unique entries a change adds; on error releases what it claimed.
-async fn claim_all(kv: &KvClient, ch: &Change) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut claimed = Vec::new();
-    let Some(new) = &ch.new else {
-        return Ok(claimed);
-    };
-    let desc = &ch.table;
-    let pk = rowcodec::pk_bytes(desc, new);
-    for index in desc.indexes.iter().filter(|i| i.unique) {
-        let Some(vals) = rowcodec::unique_values(desc, index, new) else {
-            continue;
-        };
-        let old_vals = ch
-            .old
-            .as_ref()
-            .and_then(|o| rowcodec::unique_values(desc, index, &o.values));
-        if old_vals.as_deref() == Some(&vals[..]) {
-            continue;
-        }
-        match claim(kv, desc, index, &vals, &pk, new).await {
-            Ok(Claim::New) => claimed.push((rowcodec::unique_key(desc, index, &vals), pk.clone())),
-            Ok(Claim::Ours) => {}
-            Err(e) => {
-                for (k, p) in claimed {
-                    let _ = release(kv, k, p).await;
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(claimed)
-}
-
 /// The unique entries the old row held that the new one does not.
 fn stale_entries(ch: &Change) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Some(old) = &ch.old else { return vec![] };
@@ -976,96 +943,44 @@ pub enum ValidatedOutcome {
     LwwLost(Timestamp),
 }
 
-/// Applies a replicated row with every constraint checked and the LWW condition.
+/// Attempts of one validated write (each lost to a concurrent change of the row, or aborted
+/// by a conflicting transaction).
+const VALIDATED_ATTEMPTS: usize = 20;
+
+/// Applies a replicated row with every constraint checked and the LWW condition, in one KV
+/// transaction: the row (LWW write, which decides first: a row that loses is not checked),
+/// then NOT NULL and CHECK, the foreign keys it references and the rows referencing its old
+/// values, and its unique index entries. Nothing of a row that fails a check is written.
 pub(crate) async fn apply_validated(
     server: &SqlServer,
     w: ValidatedWrite,
 ) -> Result<ValidatedOutcome> {
-    let kv = &server.kv;
     let desc = &w.table;
     let pk = encoding::encode_key_tuple(w.pk.iter());
     let key = rowcodec::primary_key_from_pk(desc, &pk);
-    let ctx = EvalCtx::default();
     let children = referencing_tables(&server.catalog, desc).await?;
-    for _ in 0..50 {
-        let ts = kv.clock().now();
-        let current = kv.get(&key, Some(ts)).await?;
-        let old = match &current {
-            Some(v) => scan::decode_version(desc, &key, v)?,
-            None => None,
-        };
-        if let Some(new) = &w.new {
-            check_row(desc, new, &ctx)?;
-            check_fk_parents(
-                &server.catalog,
-                desc,
-                new,
-                old.as_ref().map(|o| o.values.as_slice()),
-                "insert",
-                ts,
-                None,
-            )
-            .await?;
-        }
-        if let Some(o) = &old {
-            check_fk_children(
-                &server.catalog,
-                &children,
-                desc,
-                &o.values,
-                w.new.as_deref(),
-                ts,
-                None,
-            )
-            .await?;
-        }
-        let change = Change {
-            table: desc.clone(),
-            key: key.clone(),
-            old: old.clone(),
-            new: w.new.clone(),
-        };
-        let claimed = claim_all(kv, &change).await?;
-        let row = RowWrite {
-            key: key.clone(),
-            value: w.new.as_ref().map(|n| rowcodec::encode_row(desc, n)),
-            condition: Condition::Lww {
-                expected_prev: Some(old.as_ref().map(|o| o.raw.clone())),
-                local_origin_id: w.local_origin_id,
+    for _ in 0..VALIDATED_ATTEMPTS {
+        let txn = server.kv.begin_txn(&key).await?;
+        let tkv = txn.client().clone();
+        let attempt = validated_attempt(server, &tkv, &w, &key, &pk, &children).await;
+        match attempt {
+            Ok(Some(ValidatedOutcome::Applied(_))) => match txn.commit().await {
+                Ok(ts) => return Ok(ValidatedOutcome::Applied(ts)),
+                // Aborted by a conflicting transaction: nothing was written; again.
+                Err(ldr_kv::KvError::TxnAborted { .. }) => continue,
+                Err(e) => return Err(e.into()),
             },
-            header: w.header,
-            dependents: rowcodec::secondary_dependents(
-                desc,
-                w.new.as_deref(),
-                old.as_ref().map(|o| o.values.as_slice()),
-                &pk,
-            ),
-        };
-        let (wts, outcome) = kv
-            .write(vec![row], true)
-            .await?
-            .pop()
-            .ok_or_else(|| SqlError::internal("no write outcome"))?;
-        match outcome {
-            RowOutcome::Written { .. } => {
-                for (k, p) in stale_entries(&change) {
-                    release(kv, k, p).await?;
-                }
-                return Ok(ValidatedOutcome::Applied(wts));
+            Ok(Some(outcome)) => {
+                txn.rollback().await;
+                return Ok(outcome);
             }
-            RowOutcome::LwwLost { existing } => {
-                for (k, p) in claimed {
-                    release(kv, k, p).await?;
+            Ok(None) => txn.rollback().await,
+            Err(e) => {
+                txn.rollback().await;
+                if matches!(&e, SqlError::Kv(ldr_kv::KvError::TxnAborted { .. })) {
+                    continue;
                 }
-                return Ok(ValidatedOutcome::LwwLost(existing));
-            }
-            RowOutcome::LwwUnexpected { .. }
-            | RowOutcome::ConditionFailed { .. }
-            | RowOutcome::NotAttempted => {
-                for (k, p) in claimed {
-                    release(kv, k, p).await?;
-                }
-                continue;
+                return Err(e);
             }
         }
     }
@@ -1073,4 +988,84 @@ pub(crate) async fn apply_validated(
         sqlstate::SERIALIZATION_FAILURE,
         "restart transaction: the row kept changing concurrently",
     ))
+}
+
+/// One try of [`apply_validated`] inside a transaction whose client is `tkv`: `Ok(None)` when
+/// the row changed between its read and its write (try again).
+async fn validated_attempt(
+    server: &SqlServer,
+    tkv: &KvClient,
+    w: &ValidatedWrite,
+    key: &[u8],
+    pk: &[u8],
+    children: &[(Arc<TableDescriptor>, ForeignKeyDescriptor)],
+) -> Result<Option<ValidatedOutcome>> {
+    let desc = &w.table;
+    let ts = tkv.clock().now();
+    let old = match tkv.get(key, Some(ts)).await? {
+        Some(v) => scan::decode_version(desc, key, &v)?,
+        None => None,
+    };
+    let row = RowWrite {
+        key: key.to_vec(),
+        value: w.new.as_ref().map(|n| rowcodec::encode_row(desc, n)),
+        condition: Condition::Lww {
+            expected_prev: Some(old.as_ref().map(|o| o.raw.clone())),
+            local_origin_id: w.local_origin_id,
+        },
+        header: w.header,
+        dependents: rowcodec::secondary_dependents(
+            desc,
+            w.new.as_deref(),
+            old.as_ref().map(|o| o.values.as_slice()),
+            pk,
+        ),
+    };
+    match tkv.write(vec![row], false).await?.pop().map(|(_, o)| o) {
+        Some(RowOutcome::Written { .. }) => {}
+        Some(RowOutcome::LwwLost { existing }) => {
+            return Ok(Some(ValidatedOutcome::LwwLost(existing)));
+        }
+        Some(RowOutcome::LwwUnexpected { .. }) => return Ok(None),
+        other => {
+            return Err(SqlError::internal(format!(
+                "unexpected outcome of a validated write: {other:?}"
+            )));
+        }
+    }
+    let ctx = EvalCtx::default();
+    let old_values = old.as_ref().map(|o| o.values.as_slice());
+    if let Some(new) = &w.new {
+        check_row(desc, new, &ctx)?;
+        check_fk_parents(&server.catalog, desc, new, old_values, "insert", ts, None).await?;
+    }
+    if let Some(old) = old_values {
+        check_fk_children(
+            &server.catalog,
+            children,
+            desc,
+            old,
+            w.new.as_deref(),
+            ts,
+            None,
+        )
+        .await?;
+    }
+    for index in desc.indexes.iter().filter(|i| i.unique) {
+        let new_vals = w
+            .new
+            .as_ref()
+            .and_then(|n| rowcodec::unique_values(desc, index, n));
+        let old_vals = old_values.and_then(|o| rowcodec::unique_values(desc, index, o));
+        if new_vals == old_vals {
+            continue;
+        }
+        if let (Some(vals), Some(new)) = (&new_vals, &w.new) {
+            claim(tkv, desc, index, vals, pk, new).await?;
+        }
+        if let Some(vals) = old_vals {
+            release(tkv, rowcodec::unique_key(desc, index, &vals), pk.to_vec()).await?;
+        }
+    }
+    Ok(Some(ValidatedOutcome::Applied(ts)))
 }

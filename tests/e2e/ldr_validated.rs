@@ -118,6 +118,13 @@ async fn validated_mode_enforces_the_destinations_constraints() -> Result<()> {
     let details = query_any(&b, "SHOW LOGICAL REPLICATION JOBS WITH DETAILS").await?;
     let command = column_values(&details, "command")?.join(" ");
     ensure!(command.contains("validated"), "command: {command}");
+    // The console's replication table names the mode.
+    let page = b.http_get(1, "/").await?;
+    ensure!(
+        page.body.contains(&format!("<tr><td>{job}</td>"))
+            && page.body.contains("<td>validated</td>"),
+        "console does not show job {job} in validated mode"
+    );
 
     // Live changes: parents and their children in one transaction each, an update, a delete
     // of a child and then of its parent.

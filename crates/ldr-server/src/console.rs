@@ -121,7 +121,7 @@ pub async fn render(node: &Node, query: Option<&str>) -> String {
     );
 
     let jobs: Vec<JobRecord> = node.registry.list().await.unwrap_or_default();
-    html.push_str("<h3>Replication lag</h3><table><tr><th>job</th><th>tables</th><th>replicated time</th><th>lag</th></tr>");
+    html.push_str("<h3>Replication lag</h3><table><tr><th>job</th><th>tables</th><th>mode</th><th>replicated time</th><th>lag</th></tr>");
     for job in jobs
         .iter()
         .filter(|j| j.job_type == JobType::LogicalReplication && !j.status.is_terminal())
@@ -136,6 +136,11 @@ pub async fn render(node: &Node, query: Option<&str>) -> String {
             .get("tables")
             .map(|t| t.to_string())
             .unwrap_or_default();
+        let mode = job
+            .payload
+            .get("mode")
+            .and_then(|m| m.as_str())
+            .unwrap_or("immediate");
         let (rt, lag) = match replicated {
             Some(ts) => (
                 format_ts(ts),
@@ -145,9 +150,10 @@ pub async fn render(node: &Node, query: Option<&str>) -> String {
         };
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{rt}</td><td>{lag}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{rt}</td><td>{lag}</td></tr>",
             job.id,
-            escape(&tables)
+            escape(&tables),
+            escape(mode)
         );
     }
     html.push_str("</table>");

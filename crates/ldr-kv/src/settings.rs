@@ -182,6 +182,13 @@ pub(crate) static REGISTRY: &[SettingDef] = &[
         read_only: false,
     },
     SettingDef {
+        name: "sql.distsql.temp_storage.workmem",
+        kind: SettingKind::ByteSize { min: 1 },
+        default: "64MiB",
+        description: "maximum amount of memory in bytes a statement may hold for its rows (scans, joins, sorts, aggregations) before it fails with 53200",
+        read_only: false,
+    },
+    SettingDef {
         name: "sql.ttl.changefeed_replication.disabled",
         kind: SettingKind::Bool,
         default: "false",

@@ -67,6 +67,8 @@ pub mod sqlstate {
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     /// `stack depth limit exceeded` (PostgreSQL's name for the condition).
     pub const STATEMENT_TOO_COMPLEX: &str = "54001";
+    pub const OUT_OF_MEMORY: &str = "53200";
+    pub const QUERY_CANCELED: &str = "57014";
 }
 
 /// A user-facing SQL error (what an ErrorResponse carries).

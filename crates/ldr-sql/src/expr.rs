@@ -1860,6 +1860,8 @@ pub struct EvalCtx {
     pub origin_id: u32,
     pub tz_offset_secs: i32,
     pub clock: Option<Arc<ldr_types::Clock>>,
+    /// The statement's memory budget and deadline (none for internal evaluations).
+    pub limits: Option<Arc<crate::budget::StmtLimits>>,
 }
 
 impl Default for EvalCtx {
@@ -1873,6 +1875,7 @@ impl Default for EvalCtx {
             origin_id: 0,
             tz_offset_secs: 0,
             clock: None,
+            limits: None,
         }
     }
 }

@@ -163,6 +163,8 @@ pub struct SqlServer {
     config: SqlConfig,
     /// This gateway's row locks (see `txn.rs`).
     pub(crate) row_locks: txn::RowLocks,
+    /// The node's SQL memory, shared by its statements (see [`crate::budget`]).
+    pub(crate) memory: Arc<crate::budget::NodeMemory>,
 }
 
 impl SqlServer {
@@ -181,6 +183,7 @@ impl SqlServer {
             replication: RwLock::new(None),
             config,
             row_locks: txn::RowLocks::default(),
+            memory: crate::budget::NodeMemory::new(crate::budget::NodeMemory::default_limit()),
         });
         server.bootstrap().await?;
         Ok(server)
@@ -273,6 +276,7 @@ impl SqlServer {
             vars: SessionVars::new("node", db, true, self.kv.node_id()),
             txn: Txn::Idle,
             show_sources: vec![],
+            limits: None,
         }
     }
 
@@ -294,6 +298,7 @@ impl SqlServer {
             vars: SessionVars::new(user, db, record.is_admin(), self.kv.node_id()),
             txn: Txn::Idle,
             show_sources: vec![],
+            limits: None,
         })
     }
 
@@ -400,6 +405,8 @@ pub struct Session {
     pub(crate) txn: Txn,
     /// The `[SHOW …]` sources of the statement being planned or run.
     pub(crate) show_sources: Vec<Statement>,
+    /// The running statement's memory budget and deadline.
+    pub(crate) limits: Option<Arc<crate::budget::StmtLimits>>,
 }
 
 impl Session {
@@ -423,6 +430,20 @@ impl Session {
         }
     }
 
+    /// A new statement's limits: `sql.distsql.temp_storage.workmem` of the node's SQL memory,
+    /// and `statement_timeout` from now.
+    fn statement_limits(&self) -> Result<crate::budget::StmtLimits> {
+        let timeout = session::parse_statement_timeout(&self.vars.get("statement_timeout")?)?;
+        Ok(crate::budget::StmtLimits::new(
+            self.server.memory.clone(),
+            self.server
+                .kv
+                .settings()
+                .bytes("sql.distsql.temp_storage.workmem"),
+            timeout.map(|t| std::time::Instant::now() + t),
+        ))
+    }
+
     pub(crate) fn eval_ctx(&self, params: Vec<Datum>) -> EvalCtx {
         EvalCtx {
             params,
@@ -435,6 +456,7 @@ impl Session {
             origin_id: self.server.kv.origin_id(),
             tz_offset_secs: self.vars.tz_offset_secs,
             clock: Some(self.server.kv.clock().clone()),
+            limits: self.limits.clone(),
         }
     }
 
@@ -526,7 +548,20 @@ impl Session {
         in_batch: bool,
     ) -> Result<QueryResult> {
         self.check_txn_state(stmt)?;
-        let r = self.dispatch(stmt, params, in_batch).await;
+        let limits = Arc::new(self.statement_limits()?);
+        let deadline = limits.deadline();
+        self.limits = Some(limits);
+        // A read past its deadline stops wherever it waits; other statements stop at their
+        // next check (a write is never abandoned halfway).
+        let r = match (deadline, stmt) {
+            (Some(d), Statement::Select(_) | Statement::SelectFromShow { .. }) => {
+                tokio::time::timeout_at(d.into(), self.dispatch(stmt, params, in_batch))
+                    .await
+                    .unwrap_or_else(|_| Err(crate::budget::statement_timeout()))
+            }
+            _ => self.dispatch(stmt, params, in_batch).await,
+        };
+        self.limits = None;
         if r.is_err() {
             self.abort_txn();
         }

@@ -661,6 +661,47 @@ pub(crate) async fn read(
     Ok(rows)
 }
 
+/// Up to `n` rows of a table outside a transaction (a `LIMIT` without filter, order,
+/// grouping or join): the shards are read one after the other, a page at a time, until `n`
+/// rows are found, instead of reading the whole table.
+pub(crate) async fn read_first(
+    kv: &KvClient,
+    desc: &TableDescriptor,
+    ts: Timestamp,
+    n: usize,
+) -> Result<Vec<StoredRow>> {
+    let mut out = Vec::with_capacity(n.min(PAGE));
+    for shard in 0..desc.shard_count.max(1) {
+        let prefix = keys::index_prefix(desc.id, shard, ldr_types::PRIMARY_INDEX_ID);
+        let span = Span::prefix(&prefix);
+        let mut start = span.start.clone();
+        while out.len() < n {
+            let want = (n - out.len()).clamp(1, PAGE);
+            let page = kv
+                .scan(&Span::new(start.clone(), span.end.clone()), Some(ts), want)
+                .await?;
+            let full = page.len() == want;
+            if let Some(last) = page.last() {
+                start = last.key.clone();
+                start.push(0);
+            }
+            for kvv in page {
+                if let Some(r) = decode_version(desc, &kvv.key, &kvv.version)? {
+                    out.push(r);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        if out.len() >= n {
+            break;
+        }
+    }
+    out.truncate(n);
+    Ok(out)
+}
+
 /// Reads rows by primary key; in a transaction, records every key read (absent ones too).
 async fn get_many(
     kv: &KvClient,

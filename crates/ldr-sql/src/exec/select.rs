@@ -768,8 +768,15 @@ async fn plan_select(
     Ok(plan)
 }
 
-/// Reads and joins the source rows, applying the filter.
-async fn source_rows(s: &mut Session, plan: &SelectPlan, ctx: &EvalCtx) -> Result<Vec<Vec<Datum>>> {
+/// Reads and joins the source rows, applying the filter. With `stop_after` (a `LIMIT`
+/// without order, grouping or DISTINCT), stops once that many rows passed the filter. Every
+/// row kept is charged to the statement's memory budget, and the loops check its deadline.
+async fn source_rows(
+    s: &mut Session,
+    plan: &SelectPlan,
+    ctx: &EvalCtx,
+    stop_after: Option<usize>,
+) -> Result<Vec<Vec<Datum>>> {
     if let Some(values) = &plan.values {
         return values
             .iter()
@@ -810,52 +817,100 @@ async fn source_rows(s: &mut Session, plan: &SelectPlan, ctx: &EvalCtx) -> Resul
             );
             continue;
         }
-        let access = if plan.sources.len() == 1 && i == 0 {
-            scan::plan_access(&src.desc, plan.filter.as_ref(), ctx)
-        } else {
-            scan::Access::Full
-        };
+        let single = plan.sources.len() == 1 && i == 0;
         let txn = s.txn_ref();
-        tables.push(scan::read(&s.server.kv, &src.desc, &access, ts, txn).await?);
-    }
-    // Nested-loop join, left to right.
-    let mut rows: Vec<Vec<Datum>> = tables[0].iter().map(|r| r.scope_values()).collect();
-    for (ti, step) in plan.joins.iter().enumerate() {
-        let right = &tables[ti + 1];
-        let width = plan.sources[ti + 1].desc.columns.len() + 2;
-        let mut next = Vec::new();
-        for left in rows {
-            let mut matched = false;
-            for r in right {
-                let mut joined = left.clone();
-                joined.extend(r.scope_values());
-                let pass = match &step.on {
-                    Some(on) => on.eval_predicate(&pad(&joined, plan), ctx)?,
-                    None => true,
+        let rows = match stop_after {
+            // The first rows of the table are the answer.
+            Some(n) if single && plan.filter.is_none() && txn.is_none() => {
+                scan::read_first(&s.server.kv, &src.desc, ts, n).await?
+            }
+            _ => {
+                let access = if single {
+                    scan::plan_access(&src.desc, plan.filter.as_ref(), ctx)
+                } else {
+                    scan::Access::Full
                 };
-                if pass {
-                    matched = true;
-                    next.push(joined);
+                scan::read(&s.server.kv, &src.desc, &access, ts, txn).await?
+            }
+        };
+        if let Some(l) = &ctx.limits {
+            for r in &rows {
+                l.grow_row(&r.values)?;
+            }
+        }
+        tables.push(rows);
+    }
+    let wanted = stop_after.unwrap_or(usize::MAX);
+    // Nested-loop join, depth first: only rows that passed every join and the filter are
+    // kept, so memory holds the result, not the intermediate steps.
+    let mut join = NestedLoop {
+        tables: &tables,
+        plan,
+        ctx,
+        wanted,
+        out: Vec::new(),
+    };
+    for left in &tables[0] {
+        if join.extend(0, left.scope_values())? {
+            break;
+        }
+    }
+    Ok(join.out)
+}
+
+/// A nested-loop join of a plan's source rows (see [`source_rows`]).
+struct NestedLoop<'a> {
+    tables: &'a [Vec<StoredRow>],
+    plan: &'a SelectPlan,
+    ctx: &'a EvalCtx,
+    wanted: usize,
+    out: Vec<Vec<Datum>>,
+}
+
+impl NestedLoop<'_> {
+    /// Joins `row` (the sources up to `step`) with the rest; true once `wanted` rows are out.
+    fn extend(&mut self, step: usize, row: Vec<Datum>) -> Result<bool> {
+        let (plan, ctx) = (self.plan, self.ctx);
+        if let Some(l) = &ctx.limits {
+            l.tick()?;
+        }
+        let Some(join) = plan.joins.get(step) else {
+            if let Some(f) = &plan.filter
+                && !f.eval_predicate(&row, ctx)?
+            {
+                return Ok(false);
+            }
+            if let Some(l) = &ctx.limits {
+                l.grow_row(&row)?;
+            }
+            self.out.push(row);
+            return Ok(self.out.len() >= self.wanted);
+        };
+        let mut matched = false;
+        for r in &self.tables[step + 1] {
+            let mut joined = row.clone();
+            joined.extend(r.scope_values());
+            let pass = match &join.on {
+                Some(on) => on.eval_predicate(&pad(&joined, plan), ctx)?,
+                None => true,
+            };
+            if pass {
+                matched = true;
+                if self.extend(step + 1, joined)? {
+                    return Ok(true);
                 }
-            }
-            if !matched && matches!(step.kind, JoinKind::Left) {
-                let mut joined = left.clone();
-                joined.extend(std::iter::repeat_n(Datum::Null, width));
-                next.push(joined);
+            } else if let Some(l) = &ctx.limits {
+                l.tick()?;
             }
         }
-        rows = next;
-    }
-    if let Some(f) = &plan.filter {
-        let mut kept = Vec::with_capacity(rows.len());
-        for r in rows {
-            if f.eval_predicate(&r, ctx)? {
-                kept.push(r);
-            }
+        if !matched && matches!(join.kind, JoinKind::Left) {
+            let width = plan.sources[step + 1].desc.columns.len() + 2;
+            let mut joined = row;
+            joined.extend(std::iter::repeat_n(Datum::Null, width));
+            return self.extend(step + 1, joined);
         }
-        rows = kept;
+        Ok(false)
     }
-    Ok(rows)
 }
 
 /// Pads a partially joined row with NULLs to the full scope width (ON conditions are bound
@@ -1127,7 +1182,15 @@ pub(crate) async fn run_plan(
     plan: &SelectPlan,
     ctx: &EvalCtx,
 ) -> Result<Vec<Vec<Datum>>> {
-    let rows = source_rows(s, plan, ctx).await?;
+    let offset = limit_value(&plan.offset, ctx, "OFFSET")?.unwrap_or(0);
+    let limit = limit_value(&plan.limit, ctx, "LIMIT")?;
+    let stop_after = match limit {
+        Some(l) if plan.agg.is_none() && plan.order.is_empty() && !plan.distinct => {
+            Some(l.saturating_add(offset))
+        }
+        _ => None,
+    };
+    let rows = source_rows(s, plan, ctx, stop_after).await?;
     let rows: Vec<Vec<Datum>> = match &plan.agg {
         Some((group_exprs, aggs, having)) => {
             let mut grouped = aggregate(rows, group_exprs, aggs, ctx)?;
@@ -1160,6 +1223,9 @@ pub(crate) async fn run_plan(
                 SortKey::Expr(x) => x.eval(r, ctx),
             })
             .collect::<Result<_>>()?;
+        if let Some(l) = &ctx.limits {
+            l.grow_row(&values)?;
+        }
         out.push((values, keys));
     }
     if !plan.order.is_empty() {
@@ -1199,8 +1265,6 @@ pub(crate) async fn run_plan(
         let mut seen = std::collections::HashSet::new();
         values.retain(|v| seen.insert(key_of(v)));
     }
-    let offset = limit_value(&plan.offset, ctx, "OFFSET")?.unwrap_or(0);
-    let limit = limit_value(&plan.limit, ctx, "LIMIT")?;
     let values: Vec<Vec<Datum>> = values
         .into_iter()
         .skip(offset)

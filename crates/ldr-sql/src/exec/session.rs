@@ -156,6 +156,10 @@ impl SessionVars {
                 }
                 n.to_string()
             }
+            "statement_timeout" => {
+                parse_statement_timeout(value)?;
+                value.trim().to_string()
+            }
             "transaction_isolation" | "default_transaction_isolation" => {
                 // Every transaction is serializable; READ COMMITTED is accepted as CockroachDB does
                 // when it is disabled.
@@ -191,6 +195,49 @@ impl SessionVars {
     pub fn set_internal(&mut self, name: &str, value: &str) {
         self.values.insert(name.into(), value.into());
     }
+}
+
+/// `statement_timeout` as PostgreSQL reads it: a number of milliseconds, a number with a unit
+/// (`us`, `ms`, `s`, `min`, `h`, `d`), or an interval (`'1 minute'`); 0 means none.
+pub fn parse_statement_timeout(value: &str) -> Result<Option<std::time::Duration>> {
+    let v = value.trim().trim_matches('\'').trim();
+    let invalid = || invalid_value("statement_timeout", value);
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let micros = match (number.parse::<f64>(), unit.trim()) {
+        (Ok(n), unit) if n >= 0.0 => {
+            let scale = match unit.to_ascii_lowercase().as_str() {
+                "" | "ms" => 1e3,
+                "us" => 1.0,
+                "s" => 1e6,
+                "min" => 60e6,
+                "h" => 3600e6,
+                "d" => 86400e6,
+                _ => {
+                    return crate::interval::Interval::parse(v)
+                        .ok()
+                        .filter(|i| i.total_micros() >= 0)
+                        .map(|i| micros_to_timeout(i.total_micros() as f64))
+                        .ok_or_else(invalid);
+                }
+            };
+            n * scale
+        }
+        _ => {
+            let i = crate::interval::Interval::parse(v).map_err(|_| invalid())?;
+            if i.total_micros() < 0 {
+                return Err(invalid());
+            }
+            i.total_micros() as f64
+        }
+    };
+    Ok(micros_to_timeout(micros))
+}
+
+fn micros_to_timeout(micros: f64) -> Option<std::time::Duration> {
+    (micros >= 1.0).then(|| std::time::Duration::from_micros(micros.min(1e15) as u64))
 }
 
 fn unrecognized(name: &str) -> SqlError {

@@ -1,0 +1,150 @@
+//! A statement's limits: row memory against `sql.distsql.temp_storage.workmem` (53200 past it,
+//! the session and the node go on), `statement_timeout` (57014), and `LIMIT` without order
+//! stopping scans and joins early instead of materialising them.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+async fn table_of(s: &mut ldr_sql::exec::Session, name: &str, n: usize) {
+    exec(
+        s,
+        &format!("CREATE TABLE {name} (k INT PRIMARY KEY, v STRING)"),
+    )
+    .await;
+    let values: Vec<String> = (0..n).map(|i| format!("({i}, 'value-{i}')")).collect();
+    for chunk in values.chunks(500) {
+        exec(
+            s,
+            &format!("INSERT INTO {name} VALUES {}", chunk.join(", ")),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_over_its_memory_budget_fails_and_the_session_goes_on() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    table_of(&mut s, "t", 200).await;
+    exec(
+        &mut s,
+        "SET CLUSTER SETTING sql.distsql.temp_storage.workmem = '1MiB'",
+    )
+    .await;
+    // 40,000 joined rows of ~150 bytes: over 1 MiB.
+    let e = exec_err(&mut s, "SELECT count(*) FROM t a, t b").await;
+    assert_eq!(e.code(), "53200", "{e}");
+    assert!(e.to_string().contains("memory budget exceeded"), "{e}");
+    let e = exec_err(&mut s, "SELECT * FROM t a, t b ORDER BY a.v").await;
+    assert_eq!(e.code(), "53200", "{e}");
+    // The session, and the same statement within the budget, still work.
+    assert_eq!(
+        rows(&mut s, "SELECT count(*) FROM t a, t b WHERE a.k = b.k").await,
+        vec![vec!["200".to_string()]]
+    );
+    exec(
+        &mut s,
+        "SET CLUSTER SETTING sql.distsql.temp_storage.workmem = '64MiB'",
+    )
+    .await;
+    assert_eq!(
+        rows(&mut s, "SELECT count(*) FROM t a, t b").await,
+        vec![vec!["40000".to_string()]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_without_order_stops_scans_and_joins_early() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    table_of(&mut s, "t", 1000).await;
+    exec(
+        &mut s,
+        "SET CLUSTER SETTING sql.distsql.temp_storage.workmem = '1MiB'",
+    )
+    .await;
+    // A four-way cross join of 10^12 rows: the first row is the answer.
+    let started = Instant::now();
+    let got = rows(
+        &mut s,
+        "SELECT a.k, b.k, c.k, d.k FROM t a, t b, t c, t d LIMIT 1",
+    )
+    .await;
+    assert_eq!(got.len(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "LIMIT 1 over a cross join took {:?}",
+        started.elapsed()
+    );
+    // With a filter: the first rows that pass it, within the budget.
+    let got = rows(
+        &mut s,
+        "SELECT a.k, b.k FROM t a, t b WHERE a.k = b.k + 1 LIMIT 3",
+    )
+    .await;
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter()
+            .all(|r| r[0].parse::<i64>().expect("int") == r[1].parse::<i64>().expect("int") + 1)
+    );
+    // One table: LIMIT and OFFSET read only what they need, and still answer right.
+    let got = rows(&mut s, "SELECT k FROM t LIMIT 10 OFFSET 5").await;
+    assert_eq!(got.len(), 10);
+    let mut keys: Vec<i64> = got.iter().map(|r| r[0].parse().expect("int")).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 10, "duplicate rows: {got:?}");
+    assert_eq!(rows(&mut s, "SELECT k FROM t LIMIT 5000").await.len(), 1000);
+    // Inside a transaction the limit sees the transaction's own writes.
+    exec(&mut s, "BEGIN").await;
+    exec(&mut s, "DELETE FROM t WHERE k >= 0").await;
+    assert!(rows(&mut s, "SELECT k FROM t LIMIT 1").await.is_empty());
+    exec(&mut s, "ROLLBACK").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_cancels_a_long_statement() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    table_of(&mut s, "t", 100).await;
+    exec(&mut s, "SET statement_timeout = '100ms'").await;
+    assert_eq!(
+        rows(&mut s, "SHOW statement_timeout").await,
+        vec![vec!["100ms".to_string()]]
+    );
+    // 10^6 joined rows, none kept: CPU only, stopped by the deadline.
+    let started = Instant::now();
+    let e = exec_err(
+        &mut s,
+        "SELECT count(*) FROM t a, t b, t c WHERE a.k + b.k + c.k < 0",
+    )
+    .await;
+    assert_eq!(e.code(), "57014", "{e}");
+    assert_eq!(
+        e.to_string(),
+        "query execution canceled due to statement timeout"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(rows(&mut s, "SELECT 1").await, vec![vec!["1".to_string()]]);
+    exec(&mut s, "SET statement_timeout = 0").await;
+    for bad in ["-1", "soon", "5 parsecs"] {
+        let e = exec_err(&mut s, &format!("SET statement_timeout = '{bad}'")).await;
+        assert_eq!(e.code(), "22023", "{bad}: {e}");
+    }
+}
+
+#[test]
+fn statement_timeout_values_read_like_postgres() {
+    use ldr_sql::exec::session::parse_statement_timeout;
+    let ms = |n| Some(Duration::from_millis(n));
+    assert_eq!(parse_statement_timeout("0").expect("valid"), None);
+    assert_eq!(parse_statement_timeout("250").expect("valid"), ms(250));
+    assert_eq!(parse_statement_timeout("250ms").expect("valid"), ms(250));
+    assert_eq!(parse_statement_timeout("2s").expect("valid"), ms(2000));
+    assert_eq!(parse_statement_timeout("'1min'").expect("valid"), ms(60_000));
+    assert_eq!(parse_statement_timeout("1 minute").expect("valid"), ms(60_000));
+    assert!(parse_statement_timeout("-5").is_err());
+    assert!(parse_statement_timeout("x").is_err());
+}

@@ -101,6 +101,90 @@ pub async fn setup_bidirectional_with(
     Ok((job_a, job_b))
 }
 
+/// How a stream applies replicated rows at its destination (`WITH mode = …`): `immediate`
+/// writes KV directly (the default), `validated` goes through the SQL write path with every
+/// constraint enforced. Benchmarks and the fuzzer run either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyMode {
+    Immediate,
+    Validated,
+}
+
+impl ApplyMode {
+    /// Both, in the order a comparison runs them (the baseline first).
+    pub const ALL: [ApplyMode; 2] = [ApplyMode::Immediate, ApplyMode::Validated];
+
+    /// `immediate` / `validated` (the SQL option's value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyMode::Immediate => "immediate",
+            ApplyMode::Validated => "validated",
+        }
+    }
+
+    /// The stream's `WITH` options for this mode. Immediate mode is the default and keeps the
+    /// statement without options, exactly as before the mode could be chosen.
+    pub fn stream_options(self) -> Option<&'static str> {
+        match self {
+            ApplyMode::Immediate => None,
+            ApplyMode::Validated => Some("mode = 'validated'"),
+        }
+    }
+}
+
+impl std::fmt::Display for ApplyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ApplyMode {
+    type Err = SimError;
+
+    fn from_str(text: &str) -> Result<ApplyMode> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "immediate" => Ok(ApplyMode::Immediate),
+            "validated" => Ok(ApplyMode::Validated),
+            other => Err(SimError::InvalidArgument(format!(
+                "unknown LDR mode {other:?} (expected immediate or validated)"
+            ))),
+        }
+    }
+}
+
+/// The `command` of job `job` in `SHOW LOGICAL REPLICATION JOBS WITH DETAILS` on any running
+/// node of `cluster`: the statement that created it, options (and so the mode) included.
+pub async fn job_command(cluster: &Cluster, job: i64) -> Result<String> {
+    let client = any_node(cluster).await?;
+    let rows = sql::query_text(&client, "SHOW LOGICAL REPLICATION JOBS WITH DETAILS").await?;
+    job_command_of(&rows, job)
+}
+
+/// The `command` column of job `job`'s row (pure).
+pub fn job_command_of(rows: &TextRows, job: i64) -> Result<String> {
+    let (Some(id_column), Some(command_column)) = (rows.column("job_id"), rows.column("command"))
+    else {
+        return Err(SimError::Protocol(format!(
+            "SHOW LOGICAL REPLICATION JOBS WITH DETAILS has no job_id or command column: {:?}",
+            rows.columns
+        )));
+    };
+    let id = job.to_string();
+    rows.rows
+        .iter()
+        .find(|r| {
+            r.get(id_column)
+                .cloned()
+                .flatten()
+                .as_deref()
+                .map(str::trim)
+                == Some(&id)
+        })
+        .and_then(|r| r.get(command_column).cloned().flatten())
+        .ok_or_else(|| SimError::Protocol(format!("job {job} is not listed with a command")))
+}
+
 /// The `job_id` column of a statement's result (pure).
 pub fn parse_job_id(rows: &TextRows) -> Result<i64> {
     let column = rows.column("job_id").unwrap_or(0);
@@ -347,5 +431,43 @@ mod tests {
         };
         assert_eq!(parse_job_id(&rows).expect("job id"), 1011226433398095873);
         assert!(parse_job_id(&TextRows::default()).is_err());
+    }
+
+    #[test]
+    fn modes_parse_and_name_their_stream_options() {
+        for mode in ApplyMode::ALL {
+            assert_eq!(mode.as_str().parse::<ApplyMode>().expect("parse"), mode);
+        }
+        assert_eq!(
+            " Validated".parse::<ApplyMode>().expect("parse"),
+            ApplyMode::Validated
+        );
+        assert!("both".parse::<ApplyMode>().is_err());
+        assert_eq!(ApplyMode::Immediate.stream_options(), None);
+        assert_eq!(
+            ApplyMode::Validated.stream_options(),
+            Some("mode = 'validated'")
+        );
+    }
+
+    #[test]
+    fn a_jobs_command_is_read_from_the_details() {
+        let rows = TextRows {
+            columns: vec!["job_id".into(), "status".into(), "command".into()],
+            rows: vec![
+                vec![Some("1".into()), Some("running".into()), Some("one".into())],
+                vec![
+                    Some("2".into()),
+                    Some("running".into()),
+                    Some("CREATE … WITH mode = 'validated'".into()),
+                ],
+            ],
+        };
+        assert_eq!(
+            job_command_of(&rows, 2).expect("command"),
+            "CREATE … WITH mode = 'validated'"
+        );
+        assert!(job_command_of(&rows, 3).is_err());
+        assert!(job_command_of(&TextRows::default(), 1).is_err());
     }
 }

@@ -4,14 +4,15 @@
 //!
 //! - `bench_postgres_and_rocksdb`: the PostgreSQL peer (with `fsync = on`, as
 //!   `--raft-log-sync=on` runs it) and the storage limit, without ldr;
-//! - `bench_ldr_with_postgres` (nodes=1, sync off: the default) /
-//!   `bench_ldr_without_postgres_two_nodes` (sync on): the whole run against real `ldr`
-//!   processes, with and without the PostgreSQL peer; the conflict phase must converge, and
-//!   the report must say which durability and replication factor ran.
+//! - `bench_ldr_with_postgres` (nodes=1, sync off, immediate mode: the defaults) /
+//!   `bench_ldr_without_postgres_two_nodes` (sync on, validated mode): the whole run against
+//!   real `ldr` processes, with and without the PostgreSQL peer; the conflict phase must
+//!   converge, and the report must say which durability, replication factor and LDR apply
+//!   mode ran (the mode as the destination's job shows it).
 
 use std::time::Duration;
 
-use ldr_sim::bench::{self, BenchOptions};
+use ldr_sim::bench::{self, ApplyMode, BenchOptions};
 use ldr_sim::workload;
 
 fn options(out: &std::path::Path) -> BenchOptions {
@@ -174,9 +175,29 @@ async fn bench_postgres_and_rocksdb() {
     assert!(!report.conflicts.ran && !report.conflicts.converged);
 }
 
-/// Checks the ldr figures of a finished run.
-fn check_ldr(outcome: &bench::BenchOutcome, json: &serde_json::Value) {
+/// Checks the ldr figures of a finished run of one apply `mode`.
+fn check_ldr(outcome: &bench::BenchOutcome, json: &serde_json::Value, mode: ApplyMode) {
     let report = &outcome.report;
+    // The mode is recorded per LDR side, with the command the destination's job shows.
+    assert_eq!(
+        json["config"]["ldr_modes"],
+        serde_json::json!([mode.as_str()])
+    );
+    let modes = &report.ldr_modes;
+    assert_eq!(modes.len(), 1, "{modes:?}");
+    assert_eq!(modes[0].mode, mode.as_str());
+    let command = modes[0].job_command.as_deref().expect("the job's command");
+    assert_eq!(
+        command.contains("mode = 'validated'"),
+        mode == ApplyMode::Validated,
+        "{command}"
+    );
+    assert_eq!(modes[0].catchup_rows_per_s, report.catchup.ldr_rows_per_s);
+    assert_eq!(modes[0].dlq_rows, Some(0), "{modes:?}");
+    assert!(
+        modes[0].rows_applied >= Some(report.config.rows),
+        "{modes:?}"
+    );
     positive(json, "/catchup/ldr_rows_per_s");
     positive(json, "/steady/commit_latency_ms/p99");
     positive(json, "/steady/lag_ms/p99");
@@ -216,7 +237,7 @@ async fn bench_ldr_with_postgres() {
     eprintln!("{}", bench::render_table(report));
     assert!(report.ok(), "{:?}", report.failures);
     let json = check_contract(&outcome.json_path);
-    check_ldr(&outcome, &json);
+    check_ldr(&outcome, &json, ApplyMode::Immediate);
     positive(&json, "/catchup/postgres_rows_per_s");
     positive(&json, "/catchup/ratio_vs_postgres");
     positive(&json, "/steady/postgres_lag_ms/p99");
@@ -247,7 +268,7 @@ async fn bench_ldr_without_postgres_two_nodes() {
     eprintln!("{}", bench::render_table(report));
     assert!(report.ok(), "{:?}", report.failures);
     let json = check_contract(&outcome.json_path);
-    check_ldr(&outcome, &json);
+    check_ldr(&outcome, &json, ApplyMode::Immediate);
     assert!(json["catchup"]["postgres_rows_per_s"].is_null());
     assert!(json["steady"]["postgres_lag_ms"]["p99"].is_null());
     assert_eq!(json["config"]["nodes"], 2);
@@ -256,6 +277,39 @@ async fn bench_ldr_without_postgres_two_nodes() {
     let table = bench::render_table(report);
     assert!(
         table.contains("raft log sync on") && table.contains("ldr per row (RF 2, sync on)"),
+        "{table}"
+    );
+}
+
+/// Validated mode through every phase, as small as the checks allow (each row is its own
+/// SQL transaction at the destination, slow in a debug build): the streams are created
+/// `WITH mode = 'validated'` (the job's command says so), and every phase converges without
+/// a DLQ row. (`--mode=both` runs these phases once per mode; how its report is put
+/// together is unit-tested in `report.rs`.)
+#[tokio::test]
+async fn bench_ldr_validated_mode() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let outcome = run(BenchOptions {
+        skip_postgres: true,
+        modes: vec![ApplyMode::Validated],
+        rows: 200,
+        duration: Duration::from_secs(2),
+        steady_rates: vec![20],
+        conflict_keys: 10,
+        conflict_rate: 20,
+        ..options(out.path())
+    })
+    .await;
+    let report = &outcome.report;
+    eprintln!("{}", bench::render_table(report));
+    assert!(report.ok(), "{:?}", report.failures);
+    let json = check_contract(&outcome.json_path);
+    check_ldr(&outcome, &json, ApplyMode::Validated);
+    assert_eq!(json["ldr_modes"][0]["mode"], "validated", "{json}");
+    // Why: the mode is named in the table, with its own block.
+    let table = bench::render_table(report);
+    assert!(
+        table.contains("ldr apply mode: validated") && table.contains("ldr apply modes"),
         "{table}"
     );
 }

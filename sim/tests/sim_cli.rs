@@ -247,3 +247,64 @@ async fn a_failing_scenario_file_exits_non_zero_with_seed_and_timeline() {
     }
     let _ = std::fs::remove_file(saved);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzz_in_validated_mode_runs_validated_jobs_and_says_so() {
+    let seed = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(FIXED_SEED)
+        .to_string();
+    eprintln!("SEED={seed} (set SEED to run another seed)");
+    // One node per cluster, a short schedule with one delay: the point is the mode, which
+    // the fixed-seed test above covers in immediate mode with every fault kind.
+    let output = ldr_sim(
+        &[
+            "fuzz",
+            "--seed",
+            &seed,
+            "--runs",
+            "1",
+            "--nodes",
+            "1",
+            "--duration",
+            "4s",
+            "--keys",
+            "5",
+            "--faults",
+            "1",
+            "--fault-kinds",
+            "delay",
+            "--mode",
+            "validated",
+        ],
+        Duration::from_secs(300),
+    )
+    .await;
+    let out = stdout(&output);
+    assert!(
+        output.status.success(),
+        "SEED={seed}: exit {}",
+        output.status
+    );
+    // Why: the clusters, not the harness, say both jobs run in validated mode.
+    let jobs: Vec<&str> = out.lines().filter(|l| l.starts_with("job on ")).collect();
+    assert_eq!(jobs.len(), 2, "{out}");
+    assert!(
+        jobs.iter().all(|l| l.contains("mode = 'validated'")),
+        "{jobs:?}"
+    );
+    // Why: the header and the reproduction line carry the mode, so a failing seed reruns in it.
+    assert!(out.contains("validated mode"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("reproduce: ldr sim fuzz") && l.ends_with("--mode validated")),
+        "{out}"
+    );
+    // Why: every checker (convergence, LWW oracle, accounting) passes in validated mode too.
+    assert!(out.contains(&format!("PASS seed {seed} passed")), "{out}");
+    assert!(
+        out.contains("accounting a -> b") && out.contains("accounting b -> a"),
+        "{out}"
+    );
+}

@@ -6,15 +6,15 @@
 //!
 //! Contract (scripts and CI rely on it): `ldr bench [--nodes=N] [--rows=N]
 //! [--duration=SECONDS] [--steady-rate=R[,R...]] [--out=DIR] [--skip-postgres]
-//! [--raft-log-sync=on|off] [--replicas=N]`; the JSON report's keys are listed in
-//! `docs/benchmarks.md`.
+//! [--raft-log-sync=on|off] [--replicas=N] [--mode=immediate|validated|both]`; the JSON
+//! report's keys are listed in `docs/benchmarks.md`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
-use ldr_sim::bench::{self, BenchOptions};
+use ldr_sim::bench::{self, ApplyMode, BenchOptions};
 use ldr_sim::workload::CancellationToken;
 
 use crate::workload_cmd::parse_duration;
@@ -24,6 +24,28 @@ use crate::workload_cmd::parse_duration;
 pub enum SyncMode {
     On,
     Off,
+}
+
+/// `--mode`: which LDR apply modes to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Streams apply rows straight to KV (the default mode of a stream).
+    Immediate,
+    /// Streams are created `WITH mode = 'validated'`: each row through the SQL write path.
+    Validated,
+    /// Immediate, then validated, each on fresh clusters; validated reported as ratios.
+    Both,
+}
+
+impl BenchMode {
+    /// The modes to run, in order.
+    pub fn modes(self) -> Vec<ApplyMode> {
+        match self {
+            BenchMode::Immediate => vec![ApplyMode::Immediate],
+            BenchMode::Validated => vec![ApplyMode::Validated],
+            BenchMode::Both => ApplyMode::ALL.to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -57,6 +79,12 @@ pub struct BenchArgs {
     /// same topology without replication.
     #[arg(long)]
     pub replicas: Option<usize>,
+    /// LDR apply mode of the streams: `immediate` (KV writes, the default), `validated`
+    /// (WITH mode = 'validated': the SQL write path, constraints enforced), or `both` (the
+    /// ldr phases once per mode, on fresh clusters, validated reported as ratios against
+    /// immediate and PostgreSQL).
+    #[arg(long, value_enum, default_value = "immediate")]
+    pub mode: BenchMode,
     /// Do not run ldr (measures only PostgreSQL and RocksDB; for testing the harness).
     #[arg(long, hide = true)]
     pub skip_ldr: bool,
@@ -145,6 +173,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         cancel,
         raft_log_sync: args.raft_log_sync == SyncMode::On,
         replicas: args.replicas,
+        modes: args.mode.modes(),
         ..BenchOptions::default()
     };
     if let Some(seed) = args.seed {

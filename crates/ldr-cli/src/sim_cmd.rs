@@ -9,7 +9,10 @@
 //! seed and options always give the same writes and fault schedule. Every run prints its
 //! seed and how to reproduce it; a failure prints the fault timeline and the write history
 //! of every wrong key, saves the scenario (for `ldr sim run`), keeps the clusters' stores
-//! and logs, and makes the command exit non-zero.
+//! and logs, and makes the command exit non-zero. `--mode=validated` creates both streams
+//! `WITH mode = 'validated'` (every replicated row through the SQL write path); the run
+//! prints each job's command as the cluster shows it, and the reproduction line carries the
+//! mode.
 //!
 //! `ldr sim lincheck --seed S` is the linearizability check of `ldr_sim::lincheck`: one
 //! 3-node cluster with replicated ranges, seeded clients reading, writing and
@@ -20,8 +23,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
-use ldr_sim::fuzz::{FaultKind, GenConfig, Runner, RunnerConfig, Scenario, setup_bidirectional};
+use clap::{Args, Subcommand, ValueEnum};
+use ldr_sim::fuzz::{
+    ApplyMode, FaultKind, GenConfig, Runner, RunnerConfig, Scenario, setup_bidirectional_mode,
+};
 use ldr_sim::{Cluster, ClusterSpec};
 
 use crate::workload_cmd::parse_duration;
@@ -41,6 +46,24 @@ pub enum SimCommand {
     Lincheck(crate::lincheck_cmd::LincheckArgs),
 }
 
+/// `--mode`: how both streams apply replicated rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// KV writes (a stream's default mode).
+    Immediate,
+    /// WITH mode = 'validated': each row through the SQL write path, constraints enforced.
+    Validated,
+}
+
+impl ModeArg {
+    pub fn mode(self) -> ApplyMode {
+        match self {
+            ModeArg::Immediate => ApplyMode::Immediate,
+            ModeArg::Validated => ApplyMode::Validated,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// The scenario JSON file.
@@ -51,6 +74,9 @@ pub struct RunArgs {
     /// Keep the clusters' stores and logs even when the run passes.
     #[arg(long)]
     pub keep: bool,
+    /// LDR apply mode of both streams.
+    #[arg(long, value_enum, default_value = "immediate")]
+    pub mode: ModeArg,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -95,6 +121,10 @@ pub struct FuzzArgs {
     /// Keep the clusters' stores and logs even when the runs pass.
     #[arg(long)]
     pub keep: bool,
+    /// LDR apply mode of both streams: `immediate` (KV writes) or `validated` (WITH mode =
+    /// 'validated'). The scenario is the same in both; the checks are too.
+    #[arg(long, value_enum, default_value = "immediate")]
+    pub mode: ModeArg,
 }
 
 impl FuzzArgs {
@@ -137,7 +167,7 @@ impl FuzzArgs {
             .map(|k| fault_kind_name(*k))
             .collect();
         Ok(format!(
-            "ldr sim fuzz --seed {seed} --runs 1 --nodes {} --duration {}ms --keys {} --writes {} --faults {} --fault-kinds {} --delete-percent {} --max-clock-skew-ms {}",
+            "ldr sim fuzz --seed {seed} --runs 1 --nodes {} --duration {}ms --keys {} --writes {} --faults {} --fault-kinds {} --delete-percent {} --max-clock-skew-ms {} --mode {}",
             config.nodes_per_cluster,
             config.duration_ms,
             config.keys,
@@ -145,7 +175,8 @@ impl FuzzArgs {
             config.faults,
             kinds.join(","),
             config.delete_percent,
-            config.max_clock_skew_ms
+            config.max_clock_skew_ms,
+            self.mode.mode()
         ))
     }
 }
@@ -191,16 +222,20 @@ async fn run_file(args: &RunArgs) -> Result<()> {
     let scenario = Scenario::load(&args.scenario)
         .with_context(|| format!("cannot load scenario {}", args.scenario.display()))?;
     let nodes = args.nodes.unwrap_or(scenario.config.nodes_per_cluster);
+    let mode = args.mode.mode();
     println!(
-        "ldr sim run: {} (seed {}, {} steps, {} writes, {} nodes per cluster)",
+        "ldr sim run: {} (seed {}, {} steps, {} writes, {} nodes per cluster, {mode} mode)",
         args.scenario.display(),
         scenario.seed,
         scenario.steps.len(),
         scenario.writes(),
         nodes
     );
-    let reproduce = format!("ldr sim run {} --nodes {nodes}", args.scenario.display());
-    match execute(&scenario, nodes, args.keep, &reproduce).await? {
+    let reproduce = format!(
+        "ldr sim run {} --nodes {nodes} --mode {mode}",
+        args.scenario.display()
+    );
+    match execute(&scenario, nodes, mode, args.keep, &reproduce).await? {
         Outcome::Passed => Ok(()),
         Outcome::Failed => bail!(
             "scenario {} (seed {}) failed",
@@ -217,8 +252,9 @@ async fn fuzz(args: &FuzzArgs) -> Result<()> {
     let config = args.gen_config()?;
     let first_seed = args.seed.unwrap_or_else(rand_seed);
     println!(
-        "ldr sim fuzz: seed {first_seed}, {} run(s) (run i uses seed {first_seed}+i); {} nodes per cluster, {} writes over {} keys in {:.1}s, up to {} fault episodes ({})",
+        "ldr sim fuzz: seed {first_seed}, {} run(s) (run i uses seed {first_seed}+i); {} mode; {} nodes per cluster, {} writes over {} keys in {:.1}s, up to {} fault episodes ({})",
         args.runs,
+        args.mode.mode(),
         config.nodes_per_cluster,
         config.writes,
         config.keys,
@@ -258,7 +294,15 @@ async fn fuzz(args: &FuzzArgs) -> Result<()> {
             continue;
         }
         println!("reproduce: {reproduce}");
-        match execute(&scenario, config.nodes_per_cluster, args.keep, &reproduce).await? {
+        match execute(
+            &scenario,
+            config.nodes_per_cluster,
+            args.mode.mode(),
+            args.keep,
+            &reproduce,
+        )
+        .await?
+        {
             Outcome::Passed => {}
             Outcome::Failed => {
                 bail!("seed {seed} failed (run {} of {})", i + 1, args.runs)
@@ -311,6 +355,7 @@ enum Outcome {
 async fn execute(
     scenario: &Scenario,
     nodes: usize,
+    mode: ApplyMode,
     keep: bool,
     reproduce: &str,
 ) -> Result<Outcome> {
@@ -322,13 +367,20 @@ async fn execute(
             .ready_timeout(READY_TIMEOUT)
     };
     let (mut a, mut b) = tokio::try_join!(Cluster::start(spec("a")), Cluster::start(spec("b")))?;
-    setup_bidirectional(&a, &b, "kv")
+    let (job_a, job_b) = setup_bidirectional_mode(&a, &b, "kv", mode)
         .await
         .context("setting up bidirectional LDR")?;
     println!(
-        "clusters a and b ({nodes} node(s) each) ready with bidirectional LDR in {:.1}s",
+        "clusters a and b ({nodes} node(s) each) ready with bidirectional LDR ({mode} mode) in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    // What the clusters say they run (the mode is in the command), not what was asked.
+    for (name, cluster, job) in [("a", &a, job_a), ("b", &b, job_b)] {
+        let command = ldr_sim::ldr::job_command(cluster, job)
+            .await
+            .with_context(|| format!("reading job {job}'s command on cluster {name}"))?;
+        println!("job on {name}: {job}: {command}");
+    }
     let result = Runner::new(&a, &b, RunnerConfig::default())
         .run(scenario)
         .await;
@@ -349,7 +401,7 @@ async fn execute(
             let saved = save(scenario, &failure_dir())?;
             println!("\nscenario saved to {}", saved.display());
             println!("reproduce: {reproduce}");
-            println!("   or: ldr sim run {}", saved.display());
+            println!("   or: ldr sim run {} --mode {mode}", saved.display());
             Outcome::Failed
         }
     };
@@ -408,6 +460,28 @@ mod tests {
     }
 
     #[test]
+    fn the_mode_defaults_to_immediate_and_refuses_unknown_modes() {
+        assert_eq!(fuzz_args(&[]).mode.mode(), ApplyMode::Immediate);
+        assert_eq!(
+            fuzz_args(&["--mode", "validated"]).mode.mode(),
+            ApplyMode::Validated
+        );
+        assert!(
+            fuzz_args(&[])
+                .reproduce_command(1)
+                .expect("command")
+                .ends_with("--mode immediate")
+        );
+        assert!(Cli::try_parse_from(["sim", "fuzz", "--mode", "both"]).is_err());
+        let run =
+            Cli::try_parse_from(["sim", "run", "x.json", "--mode", "validated"]).expect("parse");
+        match run.command {
+            SimCommand::Run(args) => assert_eq!(args.mode, ModeArg::Validated),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
     fn fault_kinds_parse_with_dashes_and_reject_unknown_names() {
         let config = fuzz_args(&["--fault-kinds", "kill,clock-skew,Cut"])
             .gen_config()
@@ -436,13 +510,17 @@ mod tests {
             "7s",
             "--keys",
             "5",
+            "--mode",
+            "validated",
         ]);
         let command = args.reproduce_command(103).expect("command");
+        assert!(command.ends_with(" --mode validated"), "{command}");
         let words: Vec<&str> = command.split_whitespace().collect();
         assert_eq!(&words[..3], ["ldr", "sim", "fuzz"]);
         let again = fuzz_args(&words[3..]);
         assert_eq!(again.seed, Some(103));
         assert_eq!(again.runs, 1);
+        assert_eq!(again.mode, ModeArg::Validated, "the mode reproduces too");
         assert_eq!(
             again.gen_config().expect("config"),
             args.gen_config().expect("config")

@@ -1,5 +1,5 @@
 //! `ldr bench` through the binary: the command-line contract (`--rows`, `--duration`,
-//! `--steady-rate` lists, `--out`), the files it writes, `--from-json`, and refusing nonsense.
+//! `--steady-rate` lists, `--out`, `--mode`), the files it writes, `--from-json`, and refusing nonsense.
 //! The PostgreSQL and RocksDB phases run for real at a tiny size (`--skip-ldr`); the ldr
 //! phases are covered end to end by ldr-sim's `tests/bench.rs`.
 
@@ -44,6 +44,7 @@ fn bench_command_contract() {
         "--quiet",
         "--rocksdb-keys=20000",
         "--seed=5",
+        "--mode=both",
     ]);
     assert!(run.status.success());
     let table = String::from_utf8_lossy(&run.stdout).into_owned();
@@ -63,6 +64,9 @@ fn bench_command_contract() {
     assert!(report["catchup"]["postgres_rows_per_s"].as_f64() > Some(0.0));
     assert!(report["rocksdb"]["put_per_s"].as_f64() > Some(0.0));
     assert!(report["machine"]["cores"].as_u64() >= Some(1));
+    // Without ldr no apply mode runs, whatever --mode says.
+    assert_eq!(report["config"]["ldr_modes"], serde_json::json!([]));
+    assert_eq!(report["ldr_modes"], serde_json::json!([]));
 
     // The table and the plot again from the saved report.
     std::fs::remove_file(json_files[0].with_extension("svg")).expect("remove plot");
@@ -77,5 +81,13 @@ fn bench_command_contract() {
         assert!(!refused.status.success());
         assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid argument"));
     }
+    let refused = ldr(&["bench", "--mode=fast"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("invalid value 'fast' for '--mode <MODE>'")
+            && stderr.contains("immediate, validated, both"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

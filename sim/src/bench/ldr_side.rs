@@ -1,5 +1,8 @@
 //! The ldr side of the benchmark: a source and a destination cluster of `nodes` nodes each,
-//! a one-way LDR stream of `kv` and `hb`, then bidirectional streams of `kvc`.
+//! a one-way LDR stream of `kv` and `hb`, then bidirectional streams of `kvc`, every stream in
+//! one apply mode (`immediate`, or `WITH mode = 'validated'`). The side records the job's
+//! command as `SHOW LOGICAL REPLICATION JOBS WITH DETAILS` shows it, and at its end the apply
+//! counters of both clusters (failed attempts, constraint failures, DLQ rows, LWW losses).
 //!
 //! How each figure is measured (exactly, not sampled, where the issue asks for it):
 //! - **catch-up**: `PAUSE JOB`; load; `T` = the newest `cluster_logical_timestamp()` over every
@@ -32,7 +35,7 @@ use ldr_types::Timestamp;
 use tokio_postgres::Client;
 
 use super::progress::Reporter;
-use super::report::{BenchReport, CpuUse};
+use super::report::{ApplyCounters, BenchReport, CpuUse, LdrModeReport};
 use super::stats::Percentiles;
 use super::{
     BenchOptions, CONFLICT_TABLE, HB_TABLE, Heartbeats, KV_TABLE, Sampler, epoch_now, load_rows,
@@ -42,7 +45,7 @@ use crate::check::convergence::wait_converged;
 use crate::check::replicated_time::{parse_replicated_time, sample_jobs};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::error::{Result, SimError};
-use crate::ldr;
+use crate::ldr::{self, ApplyMode};
 use crate::sql::{self, CONNECT_TIMEOUT};
 use crate::workload::kv::{self as kvw, KeyDistribution, KvConfig};
 use crate::workload::{LoadOptions, Progress};
@@ -53,7 +56,12 @@ const DEST_CONNECTION: &str = "bench_dst";
 struct LdrSide {
     src: Cluster,
     dst: Cluster,
+    /// How every stream of this side applies rows (`WITH mode = …`).
+    mode: ApplyMode,
     job: i64,
+    /// The job's `command` in `SHOW LOGICAL REPLICATION JOBS WITH DETAILS` (`None` if it
+    /// could not be read).
+    job_command: Option<String>,
     /// A connection to destination node 1 for polling.
     dst_client: Client,
     /// Voters per range of `kv`: fewest and most over both clusters, and ranges per cluster.
@@ -237,11 +245,12 @@ fn parse_ts(text: Option<&String>, what: &str) -> Result<Timestamp> {
 impl LdrSide {
     async fn start(
         options: &BenchOptions,
+        mode: ApplyMode,
         binary: &std::path::Path,
         reporter: &Reporter,
     ) -> Result<LdrSide> {
         reporter.step(&format!(
-            "ldr: starting a source and a destination cluster of {} node(s) each",
+            "ldr ({mode} mode): starting a source and a destination cluster of {} node(s) each",
             options.nodes
         ));
         let spec = |name: &str| {
@@ -313,17 +322,26 @@ impl LdrSide {
             SOURCE_CONNECTION,
             &[KV_TABLE, HB_TABLE],
             &[KV_TABLE, HB_TABLE],
-            None,
+            mode.stream_options(),
         )
         .await?;
+        let job_command = match ldr::job_command(&dst, job).await {
+            Ok(command) => Some(command),
+            Err(e) => {
+                reporter.note(&format!("cannot read job {job}'s command: {e}"));
+                None
+            }
+        };
         let now = newest_clock(&src).await?;
         ldr::wait_replicated_past(&dst, job, now, Duration::from_secs(120)).await?;
         let dst_client = sql::connect(&dst.url(1)?, CONNECT_TIMEOUT).await?;
-        reporter.note(&format!("stream running: job {job}"));
+        reporter.note(&format!("stream running ({mode} mode): job {job}"));
         Ok(LdrSide {
             src,
             dst,
+            mode,
             job,
+            job_command,
             dst_client,
             factor,
         })
@@ -351,13 +369,25 @@ impl LdrSide {
     }
 }
 
+/// Runs the LDR side in `mode` into `report`: its top-level ldr figures, and one
+/// `ldr_modes` entry (the mode, the job's command and the apply counters of the whole side;
+/// the caller copies the figures into it).
 pub(super) async fn run(
     options: &BenchOptions,
+    mode: ApplyMode,
     binary: &std::path::Path,
     reporter: &Reporter,
     report: &mut BenchReport,
 ) -> Result<()> {
-    let side = or_cancel(&options.cancel, LdrSide::start(options, binary, reporter)).await?;
+    let side = or_cancel(
+        &options.cancel,
+        LdrSide::start(options, mode, binary, reporter),
+    )
+    .await?;
+    report.ldr_modes.push(LdrModeReport {
+        job_command: side.job_command.clone(),
+        ..LdrModeReport::new(mode.as_str())
+    });
     report.durability.disable_synchronization_unsafe = Some(!options.raft_log_sync);
     let (fewest, most, kv_ranges) = side.factor;
     report.replication.factor = Some(fewest);
@@ -374,6 +404,17 @@ pub(super) async fn run(
         }
         Err(e) => Err(e),
     };
+    let counters = apply_counters(&side).await;
+    if let Some(entry) = report.ldr_modes.last_mut() {
+        entry.set_counters(counters);
+    }
+    reporter.note(&format!(
+        "{mode} mode, whole run: {} failed apply attempts (retried or dead-lettered), {} constraint failures, {} DLQ rows, {} LWW losses",
+        text(counters.retries),
+        text(counters.constraint_failures),
+        text(counters.dlq_rows),
+        text(counters.lww_losses)
+    ));
     if result.is_err() {
         for (name, cluster) in [("source", &side.src), ("destination", &side.dst)] {
             for node in cluster.node_ids() {
@@ -384,6 +425,33 @@ pub(super) async fn run(
         }
     }
     result
+}
+
+fn text(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// The apply counters of both clusters (every stream of the side, every phase), read at the
+/// end of the side: nodes never restart during the benchmark, so the in-memory counters
+/// cover the whole run.
+async fn apply_counters(side: &LdrSide) -> ApplyCounters {
+    let both = |name: &'static str| async move {
+        let a = counter_sum(&side.src, name).await;
+        let b = counter_sum(&side.dst, name).await;
+        match (a, b) {
+            (None, None) => None,
+            (a, b) => Some((a.unwrap_or(0.0) + b.unwrap_or(0.0)).max(0.0) as u64),
+        }
+    };
+    let initial = both("logical_replication_events_initial_failure").await;
+    let retry = both("logical_replication_events_retry_failure").await;
+    ApplyCounters {
+        retries: initial.zip(retry).map(|(a, b)| a + b),
+        constraint_failures: both("logical_replication_validated_constraint_failures").await,
+        dlq_rows: both("logical_replication_events_dlqed").await,
+        lww_losses: both("logical_replication_kv_update_too_old").await,
+        rows_applied: both("logical_replication_events_ingested").await,
+    }
 }
 
 /// How long the idle CPU baseline is measured.
@@ -745,7 +813,7 @@ async fn conflicts(
         DEST_CONNECTION,
         &[CONFLICT_TABLE],
         &[CONFLICT_TABLE],
-        None,
+        side.mode.stream_options(),
     )
     .await?;
     let job_b = ldr::create_stream(
@@ -753,7 +821,7 @@ async fn conflicts(
         SOURCE_CONNECTION,
         &[CONFLICT_TABLE],
         &[CONFLICT_TABLE],
-        None,
+        side.mode.stream_options(),
     )
     .await?;
     let now = newest_clock(&side.src)

@@ -15,6 +15,9 @@
 //!    source clock, count verified, end = newest destination commit timestamp), steady rates
 //!    (per heartbeat row: destination commit timestamp − origin commit timestamp; replicated
 //!    time lag every 100 ms), then bidirectional conflicts on `kvc` with a fingerprint check.
+//!    Once per LDR apply mode of `--mode` (`immediate`, `validated`, or `both`: immediate then
+//!    validated, each on fresh clusters); the first mode fills the top-level ldr figures, and
+//!    every mode has an entry in `ldr_modes` with its ratios to immediate mode and PostgreSQL.
 //!
 //! Every wait polls a condition with a deadline; every load is bounded by a row count or a
 //! duration; the run stops early (and still reports) when its cancellation token fires.
@@ -38,6 +41,7 @@ use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Result, SimError};
+pub use crate::ldr::ApplyMode;
 use crate::sql;
 use crate::workload::kv::{self, KeyDistribution, KvConfig};
 use crate::workload::{LoadOptions, Progress, ProgressLine, WorkloadSummary};
@@ -101,6 +105,10 @@ pub struct BenchOptions {
     /// Voters per range (`ALTER RANGE default CONFIGURE ZONE USING num_replicas`, set before
     /// the tables are created); `None` keeps the cluster default (3, capped by `nodes`).
     pub replicas: Option<usize>,
+    /// LDR apply modes to measure, in order, each on fresh clusters with the same phases
+    /// (`--mode`: `[Immediate]` by default, `[Immediate, Validated]` for `both`). The first
+    /// mode's figures fill the report's top-level ldr fields; every mode's are in `ldr_modes`.
+    pub modes: Vec<ApplyMode>,
 }
 
 impl Default for BenchOptions {
@@ -128,6 +136,7 @@ impl Default for BenchOptions {
             cancel: CancellationToken::new(),
             raft_log_sync: false,
             replicas: None,
+            modes: vec![ApplyMode::Immediate],
         }
     }
 }
@@ -162,6 +171,17 @@ impl BenchOptions {
         }
         if self.value_bytes == 0 {
             return bad("values need at least one byte");
+        }
+        if self.modes.is_empty() {
+            return bad("--mode needs at least one LDR apply mode");
+        }
+        if self
+            .modes
+            .iter()
+            .enumerate()
+            .any(|(i, m)| self.modes[..i].contains(m))
+        {
+            return bad("--mode lists a mode twice");
         }
         if let Some(r) = self.replicas
             && (r == 0 || r > self.nodes)
@@ -528,6 +548,11 @@ pub async fn run(mut options: BenchOptions) -> Result<BenchOutcome> {
             ldr_build: build_kind(&ldr_binary),
             raft_log_sync: options.raft_log_sync,
             replicas: options.replicas,
+            ldr_modes: if options.skip_ldr {
+                Vec::new()
+            } else {
+                options.modes.iter().map(|m| m.to_string()).collect()
+            },
         },
         durability: report::DurabilityReport {
             raft_log_sync: options.raft_log_sync_text().into(),
@@ -572,7 +597,7 @@ pub async fn run(mut options: BenchOptions) -> Result<BenchOutcome> {
         );
     }
     reporter.step(&format!(
-        "ldr bench: nodes={} rows={} duration={:?} rates={:?} seed={} raft-log-sync={} replicas={} ({} cores, {})",
+        "ldr bench: nodes={} rows={} duration={:?} rates={:?} seed={} raft-log-sync={} replicas={} mode={} ({} cores, {})",
         options.nodes,
         options.rows,
         options.duration,
@@ -580,6 +605,12 @@ pub async fn run(mut options: BenchOptions) -> Result<BenchOutcome> {
         options.seed,
         options.raft_log_sync_text(),
         options.replication_factor(),
+        options
+            .modes
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         report.machine.cores,
         report.machine.memory
     ));
@@ -601,12 +632,9 @@ pub async fn run(mut options: BenchOptions) -> Result<BenchOutcome> {
             ));
         }
     }
-    // 3. ldr.
-    if !options.skip_ldr
-        && !options.cancel.is_cancelled()
-        && let Err(e) = ldr_side::run(&options, &ldr_binary, &reporter, &mut report).await
-    {
-        report.failures.push(format!("ldr: {e}"));
+    // 3. ldr, once per apply mode.
+    if !options.skip_ldr {
+        run_ldr_modes(&options, &ldr_binary, &reporter, &mut report).await;
     }
     if options.cancel.is_cancelled() {
         report.failures.push("cancelled before the end".into());
@@ -628,6 +656,72 @@ pub async fn run(mut options: BenchOptions) -> Result<BenchOutcome> {
         json_path,
         svg_path,
     })
+}
+
+/// The LDR side once per mode of `options.modes`, in order, each on fresh clusters. The
+/// first mode runs into `report` itself (its figures are the top-level ldr fields, as before
+/// modes existed); every later mode runs into a copy of the report as it was before the first
+/// (PostgreSQL's figures included, so its ratios are computed alike), and only its
+/// `ldr_modes` entry, its catch-up curve, and its failures and notes (prefixed with the mode)
+/// come back.
+async fn run_ldr_modes(
+    options: &BenchOptions,
+    ldr_binary: &Path,
+    reporter: &Reporter,
+    report: &mut BenchReport,
+) {
+    let before = report.clone();
+    for (index, &mode) in options.modes.iter().enumerate() {
+        if options.cancel.is_cancelled() {
+            return;
+        }
+        let mut copy = (index > 0).then(|| before.clone());
+        let target = match copy.as_mut() {
+            Some(copy) => copy,
+            None => &mut *report,
+        };
+        if let Err(e) = ldr_side::run(options, mode, ldr_binary, reporter, target).await {
+            target.failures.push(match mode {
+                // The text of a run before modes existed.
+                ApplyMode::Immediate => format!("ldr: {e}"),
+                ApplyMode::Validated => format!("ldr {mode} mode: {e}"),
+            });
+        }
+        target.finalize();
+        let failures: Vec<String> = target
+            .failures
+            .iter()
+            .filter(|f| !before.failures.contains(f))
+            .cloned()
+            .collect();
+        let mut entry = match target.ldr_modes.pop() {
+            Some(entry) if entry.mode == mode.as_str() => entry,
+            other => {
+                // The side failed before its streams existed.
+                target.ldr_modes.extend(other);
+                report::LdrModeReport::new(mode.as_str())
+            }
+        };
+        entry.fill_from(target, failures.clone());
+        let Some(mut copy) = copy else {
+            report.ldr_modes.push(entry);
+            continue;
+        };
+        for failure in failures {
+            report.failures.push(format!("{mode} mode: {failure}"));
+        }
+        for note in copy.notes.iter().filter(|n| !before.notes.contains(n)) {
+            report.notes.push(format!("{mode} mode: {note}"));
+        }
+        report
+            .series
+            .catchup_ldr_other_modes
+            .push(report::ModeSeries {
+                mode: mode.to_string(),
+                points: std::mem::take(&mut copy.series.catchup_ldr_applied),
+            });
+        report.ldr_modes.push(entry);
+    }
 }
 
 /// What an acknowledged write survives with these options (same for both systems).
@@ -792,6 +886,19 @@ mod tests {
             .is_err()
         );
         assert!(durability_summary(&three).starts_with("sync on:"));
+        // Modes: at least one, none twice.
+        for (modes, ok) in [
+            (vec![], false),
+            (vec![ApplyMode::Validated, ApplyMode::Validated], false),
+            (vec![ApplyMode::Validated], true),
+            (ApplyMode::ALL.to_vec(), true),
+        ] {
+            let result = valid(BenchOptions {
+                modes: modes.clone(),
+                ..BenchOptions::default()
+            });
+            assert_eq!(result.is_ok(), ok, "{modes:?}: {:?}", result.err());
+        }
         assert!(durability_summary(&BenchOptions::default()).starts_with("sync off:"));
     }
 }

@@ -50,6 +50,12 @@ pub struct ConfigEcho {
     /// nodes).
     #[serde(default)]
     pub replicas: Option<usize>,
+    /// `--mode`: the LDR apply modes run, in order (`immediate`, `validated`); the first
+    /// mode's figures are the top-level `catchup.ldr_*`, `steady.*`, `conflicts.*` and
+    /// `replication.*`; every mode's are in `ldr_modes`. Empty in reports written before the
+    /// option existed (they ran immediate mode).
+    #[serde(default)]
+    pub ldr_modes: Vec<String>,
 }
 
 /// The durability both systems ran with (same on both: the comparison is only fair then).
@@ -256,6 +262,9 @@ pub struct Timelines {
     pub catchup_ldr_applied: Vec<(f64, f64)>,
     pub catchup_postgres_applied: Vec<(f64, f64)>,
     pub steady: Vec<SteadySeries>,
+    /// The catch-up curves of the apply modes after the first (`--mode=both`).
+    #[serde(default)]
+    pub catchup_ldr_other_modes: Vec<ModeSeries>,
 }
 
 /// Output files of a run.
@@ -263,6 +272,131 @@ pub struct Timelines {
 pub struct Files {
     pub json: String,
     pub svg: String,
+}
+
+/// One steady rate of one LDR apply mode.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LdrModeSteady {
+    pub rate_rows_per_s: u64,
+    pub achieved_rows_per_s: Option<f64>,
+    /// Per heartbeat row: source commit → destination commit (as `steady.commit_latency_ms`).
+    pub commit_latency_ms: Percentiles,
+    /// now − replicated time, sampled every 100 ms (as `steady.lag_ms`).
+    pub lag_ms: Percentiles,
+    /// This mode's p50 / immediate mode's p50 at the same rate (`null` without immediate).
+    pub commit_latency_p50_ratio_vs_immediate: Option<f64>,
+    pub commit_latency_p99_ratio_vs_immediate: Option<f64>,
+    /// This mode's p99 / PostgreSQL's per-row lag p99 at the same rate.
+    pub commit_latency_p99_ratio_vs_postgres: Option<f64>,
+}
+
+/// The ldr figures of one apply mode (`--mode`). Each mode runs the whole LDR side (fresh
+/// source and destination clusters, catch-up, steady rates, conflicts) with its streams
+/// created `WITH mode = '<mode>'` (immediate: no option, the default).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LdrModeReport {
+    /// `immediate` or `validated`.
+    pub mode: String,
+    /// The one-way job's `command` in `SHOW LOGICAL REPLICATION JOBS WITH DETAILS`: the
+    /// statement that ran, so the report shows the mode the destination really used.
+    pub job_command: Option<String>,
+    /// What failed in this mode's phases (also in the report's `failures`).
+    pub failures: Vec<String>,
+    pub catchup_rows_per_s: Option<f64>,
+    pub catchup_secs: Option<f64>,
+    /// CPU microseconds per row over every node of both clusters, catch-up.
+    pub catchup_cpu_us_per_row: Option<f64>,
+    /// The destination cluster's share.
+    pub catchup_cpu_us_per_row_destination: Option<f64>,
+    /// This mode's catch-up rate / immediate mode's.
+    pub catchup_ratio_vs_immediate: Option<f64>,
+    /// This mode's catch-up rate / PostgreSQL's.
+    pub catchup_ratio_vs_postgres: Option<f64>,
+    pub steady: Vec<LdrModeSteady>,
+    pub conflicts_ran: bool,
+    pub conflicts_converged: bool,
+    /// `logical_replication_kv_update_too_old` over both clusters during the conflict phase.
+    pub conflicts_lww_losses: u64,
+    /// `logical_replication_events_dlqed` over both clusters during the conflict phase.
+    pub conflicts_dlq_rows: u64,
+    /// Over the whole LDR side of this mode, every node of both clusters (`null`: not read):
+    /// failed apply attempts, first attempts and re-attempts
+    /// (`logical_replication_events_initial_failure + _retry_failure`); each row that failed
+    /// went to the retry queue, or to the DLQ.
+    pub retries: Option<u64>,
+    /// Attempts a constraint refused (`logical_replication_validated_constraint_failures`,
+    /// validated mode only).
+    pub constraint_failures: Option<u64>,
+    /// Rows dead-lettered (`logical_replication_events_dlqed`).
+    pub dlq_rows: Option<u64>,
+    /// Rows lost to last-write-wins (`logical_replication_kv_update_too_old`).
+    pub lww_losses: Option<u64>,
+    /// Rows applied (`logical_replication_events_ingested`).
+    pub rows_applied: Option<u64>,
+}
+
+/// Counters of one LDR side, summed over every node of both clusters at its end.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ApplyCounters {
+    pub retries: Option<u64>,
+    pub constraint_failures: Option<u64>,
+    pub dlq_rows: Option<u64>,
+    pub lww_losses: Option<u64>,
+    pub rows_applied: Option<u64>,
+}
+
+impl LdrModeReport {
+    pub fn new(mode: &str) -> LdrModeReport {
+        LdrModeReport {
+            mode: mode.to_string(),
+            ..LdrModeReport::default()
+        }
+    }
+
+    /// Copies this mode's figures from a report its LDR side ran into (after
+    /// [`BenchReport::finalize`]); `failures` are the ones this side added.
+    pub fn fill_from(&mut self, report: &BenchReport, failures: Vec<String>) {
+        let c = &report.catchup;
+        self.failures = failures;
+        self.catchup_rows_per_s = c.ldr_rows_per_s;
+        self.catchup_secs = c.ldr_secs;
+        self.catchup_cpu_us_per_row = report.replication.cpu_us_per_row_catchup;
+        self.catchup_cpu_us_per_row_destination =
+            report.replication.cpu_us_per_row_catchup_destination;
+        self.steady = report
+            .steady
+            .rates
+            .iter()
+            .map(|r| LdrModeSteady {
+                rate_rows_per_s: r.rate_rows_per_s,
+                achieved_rows_per_s: r.ldr_achieved_rows_per_s,
+                commit_latency_ms: r.commit_latency_ms,
+                lag_ms: r.lag_ms,
+                ..LdrModeSteady::default()
+            })
+            .collect();
+        let k = &report.conflicts;
+        self.conflicts_ran = k.ran;
+        self.conflicts_converged = k.converged;
+        self.conflicts_lww_losses = k.lww_losses;
+        self.conflicts_dlq_rows = k.dlq_rows;
+    }
+
+    pub fn set_counters(&mut self, counters: ApplyCounters) {
+        self.retries = counters.retries;
+        self.constraint_failures = counters.constraint_failures;
+        self.dlq_rows = counters.dlq_rows;
+        self.lww_losses = counters.lww_losses;
+        self.rows_applied = counters.rows_applied;
+    }
+}
+
+/// The catch-up curve of an apply mode after the first (the first mode's is
+/// `catchup_ldr_applied`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModeSeries {
+    pub mode: String,
+    pub points: Vec<(f64, f64)>,
 }
 
 /// The whole report.
@@ -287,6 +421,10 @@ pub struct BenchReport {
     pub steady: SteadyReport,
     pub conflicts: ConflictReport,
     pub rocksdb: RocksdbReport,
+    /// Every LDR apply mode that ran (`--mode`), in order, with its ratios to immediate mode
+    /// and to PostgreSQL.
+    #[serde(default)]
+    pub ldr_modes: Vec<LdrModeReport>,
     pub series: Timelines,
     pub files: Files,
 }
@@ -347,6 +485,7 @@ impl BenchReport {
         r.cpu_us_per_row_steady_destination = us_per_row(self.steady.first.ldr_cpu, true);
         r.commit_latency_ms = self.steady.first.commit_latency_ms;
         r.write_latency_ms = self.steady.first.ldr_write_latency_ms;
+        self.finalize_modes();
         if self.conflicts.ran && !self.conflicts.converged {
             let message = "bidirectional conflicts: the clusters did not converge".to_string();
             if !self.failures.contains(&message) {
@@ -362,6 +501,34 @@ impl BenchReport {
 
     pub fn ok(&self) -> bool {
         self.status == "ok"
+    }
+
+    /// Each mode's ratios to immediate mode (when it ran) and to PostgreSQL.
+    fn finalize_modes(&mut self) {
+        let immediate = self
+            .ldr_modes
+            .iter()
+            .find(|m| m.mode == "immediate")
+            .cloned();
+        for mode in &mut self.ldr_modes {
+            mode.catchup_ratio_vs_postgres =
+                ratio(mode.catchup_rows_per_s, self.catchup.postgres_rows_per_s);
+            mode.catchup_ratio_vs_immediate = immediate
+                .as_ref()
+                .and_then(|i| ratio(mode.catchup_rows_per_s, i.catchup_rows_per_s));
+            for (index, steady) in mode.steady.iter_mut().enumerate() {
+                let base = immediate.as_ref().and_then(|i| i.steady.get(index));
+                steady.commit_latency_p50_ratio_vs_immediate =
+                    base.and_then(|b| ratio(steady.commit_latency_ms.p50, b.commit_latency_ms.p50));
+                steady.commit_latency_p99_ratio_vs_immediate =
+                    base.and_then(|b| ratio(steady.commit_latency_ms.p99, b.commit_latency_ms.p99));
+                steady.commit_latency_p99_ratio_vs_postgres = self
+                    .steady
+                    .rates
+                    .get(index)
+                    .and_then(|r| ratio(steady.commit_latency_ms.p99, r.postgres_lag_ms.p99));
+            }
+        }
     }
 }
 
@@ -490,6 +657,154 @@ fn opt_ms(v: Option<f64>) -> String {
     v.map(fmt_ms).unwrap_or_else(|| "-".into())
 }
 
+/// The apply modes side by side (`--mode=validated` or `both`): one column per mode, then each
+/// other mode's ratio to immediate mode and to PostgreSQL. `None` for an immediate-only run
+/// (the main table is that already).
+/// A figure of one mode in the modes block, and its ratios (to immediate, to PostgreSQL).
+type ModeCell<'a> = &'a dyn Fn(&LdrModeReport) -> String;
+type ModeRatios<'a> = &'a dyn Fn(&LdrModeReport) -> (Option<f64>, Option<f64>);
+
+fn modes_block(report: &BenchReport) -> Option<String> {
+    let modes = &report.ldr_modes;
+    if modes.iter().all(|m| m.mode == "immediate") {
+        return None;
+    }
+    let others: Vec<&LdrModeReport> = modes.iter().filter(|m| m.mode != "immediate").collect();
+    let mut out = String::new();
+    let row = |out: &mut String, name: &str, cells: Vec<String>| {
+        let _ = write!(out, "{name:<44}");
+        for cell in cells {
+            let _ = write!(out, " {cell:>14}");
+        }
+        out.push('\n');
+    };
+    let mut header: Vec<String> = modes.iter().map(|m| m.mode.clone()).collect();
+    for m in &others {
+        header.push(format!("{}/imm", short_mode(&m.mode)));
+        header.push(format!("{}/pg", short_mode(&m.mode)));
+    }
+    row(&mut out, "ldr apply modes (fresh clusters each)", header);
+    // A figure's cells: one value per mode, then per other mode its two ratios.
+    let cells = |value: ModeCell<'_>, ratios: ModeRatios<'_>| {
+        let mut cells: Vec<String> = modes.iter().map(value).collect();
+        for m in &others {
+            let (imm, pg) = ratios(m);
+            cells.push(ratio_text(imm));
+            cells.push(ratio_text(pg));
+        }
+        cells
+    };
+    row(
+        &mut out,
+        "  catch-up apply (rows/s)",
+        cells(&|m| rate_text(m.catchup_rows_per_s), &|m| {
+            (m.catchup_ratio_vs_immediate, m.catchup_ratio_vs_postgres)
+        }),
+    );
+    row(
+        &mut out,
+        "  catch-up CPU us per row (total)",
+        cells(
+            &|m| {
+                m.catchup_cpu_us_per_row
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or_else(|| "-".into())
+            },
+            &|m| {
+                let base = modes.iter().find(|b| b.mode == "immediate");
+                (
+                    base.and_then(|b| ratio(m.catchup_cpu_us_per_row, b.catchup_cpu_us_per_row)),
+                    None,
+                )
+            },
+        ),
+    );
+    let rates = modes.iter().map(|m| m.steady.len()).max().unwrap_or(0);
+    for index in 0..rates {
+        let rate = modes
+            .iter()
+            .find_map(|m| m.steady.get(index))
+            .map(|s| s.rate_rows_per_s)
+            .unwrap_or(0);
+        let steady = |m: &LdrModeReport| m.steady.get(index).cloned().unwrap_or_default();
+        row(
+            &mut out,
+            &format!("  @{rate} rows/s: commit latency p50 (ms)"),
+            cells(&|m| opt_ms(steady(m).commit_latency_ms.p50), &|m| {
+                (steady(m).commit_latency_p50_ratio_vs_immediate, {
+                    let pg = report
+                        .steady
+                        .rates
+                        .get(index)
+                        .map(|r| r.postgres_lag_ms.p50);
+                    ratio(steady(m).commit_latency_ms.p50, pg.flatten())
+                })
+            }),
+        );
+        row(
+            &mut out,
+            &format!("  @{rate} rows/s: commit latency p99 (ms)"),
+            cells(&|m| opt_ms(steady(m).commit_latency_ms.p99), &|m| {
+                (
+                    steady(m).commit_latency_p99_ratio_vs_immediate,
+                    steady(m).commit_latency_p99_ratio_vs_postgres,
+                )
+            }),
+        );
+        row(
+            &mut out,
+            &format!("  @{rate} rows/s: replicated-time lag p99 (ms)"),
+            cells(&|m| opt_ms(steady(m).lag_ms.p99), &|_| (None, None)),
+        );
+    }
+    let count = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    row(
+        &mut out,
+        "  conflicts: LWW losses / DLQ rows / converged",
+        cells(
+            &|m| {
+                if m.conflicts_ran {
+                    format!(
+                        "{}/{}/{}",
+                        m.conflicts_lww_losses,
+                        m.conflicts_dlq_rows,
+                        if m.conflicts_converged { "yes" } else { "NO" }
+                    )
+                } else {
+                    "not run".into()
+                }
+            },
+            &|_| (None, None),
+        ),
+    );
+    row(
+        &mut out,
+        "  whole run: retries / constraint fails",
+        cells(
+            &|m| format!("{}/{}", count(m.retries), count(m.constraint_failures)),
+            &|_| (None, None),
+        ),
+    );
+    row(
+        &mut out,
+        "  whole run: DLQ rows / LWW losses",
+        cells(
+            &|m| format!("{}/{}", count(m.dlq_rows), count(m.lww_losses)),
+            &|_| (None, None),
+        ),
+    );
+    Some(out)
+}
+
+/// `val` for `validated`, `imm` for `immediate` (column headers).
+fn short_mode(mode: &str) -> &str {
+    match mode {
+        "validated" => "val",
+        "immediate" => "imm",
+        other => other,
+    }
+}
+
 /// The terminal table.
 pub fn render_table(report: &BenchReport) -> String {
     let mut out = String::new();
@@ -501,6 +816,14 @@ pub fn render_table(report: &BenchReport) -> String {
         cfg.nodes, cfg.rows, cfg.duration_s, cfg.steady_rates, m.cores, m.memory, cfg.ldr_build
     );
     let _ = writeln!(out, "{}", durability_line(report));
+    if !cfg.ldr_modes.is_empty() {
+        let _ = writeln!(
+            out,
+            "ldr apply mode: {} (the ldr column below is {} mode)",
+            cfg.ldr_modes.join(", "),
+            cfg.ldr_modes[0]
+        );
+    }
     let line = |out: &mut String, name: &str, ldr: String, pg: String, r: String| {
         let _ = writeln!(out, "{name:<44} {ldr:>18} {pg:>18} {r:>9}");
     };
@@ -590,6 +913,9 @@ pub fn render_table(report: &BenchReport) -> String {
     }
     if let Some(line) = replication_cost_line(report) {
         let _ = writeln!(out, "{line}");
+    }
+    if let Some(block) = modes_block(report) {
+        out.push_str(&block);
     }
     let k = &report.conflicts;
     if k.ran {
@@ -689,6 +1015,22 @@ pub fn build_plot(report: &BenchReport) -> Plot {
         ],
         markers: Vec::new(),
     };
+    let mut catchup = catchup;
+    for other in &s.catchup_ldr_other_modes {
+        let rate = report
+            .ldr_modes
+            .iter()
+            .find(|m| m.mode == other.mode)
+            .and_then(|m| m.catchup_rows_per_s);
+        catchup.series.push(
+            Series::line(
+                format!("ldr {} mode ({} rows/s)", other.mode, rate_text(rate)),
+                LDR_COLOR,
+                other.points.clone(),
+            )
+            .dashed(),
+        );
+    }
     let offsets = steady_offsets(report);
     let mut throughput = Panel {
         title: "Steady state: rows applied per second at the destination (heartbeats included)"
@@ -962,6 +1304,122 @@ mod tests {
         let back: BenchReport = serde_json::from_value(old).expect("old report reads");
         assert_eq!(back.durability, DurabilityReport::default());
         assert!(render_table(&back).contains("raft log sync not recorded"));
+    }
+
+    /// A `--mode=both` report: immediate in the top-level fields and `ldr_modes[0]`,
+    /// validated in `ldr_modes[1]` with its catch-up curve.
+    fn both_modes_report() -> BenchReport {
+        let mut report = sample_report();
+        report.config.ldr_modes = vec!["immediate".into(), "validated".into()];
+        let mut immediate = LdrModeReport::new("immediate");
+        immediate.fill_from(&report, Vec::new());
+        immediate.set_counters(ApplyCounters {
+            retries: Some(0),
+            constraint_failures: Some(0),
+            dlq_rows: Some(0),
+            lww_losses: Some(40),
+            rows_applied: Some(3000),
+        });
+        let mut validated = LdrModeReport {
+            job_command: Some("CREATE … WITH mode = 'validated'".into()),
+            ..LdrModeReport::new("validated")
+        };
+        let mut copy = report.clone();
+        copy.catchup.ldr_rows_per_s = Some(10_000.0);
+        for rate in &mut copy.steady.rates {
+            rate.commit_latency_ms = Percentiles::of(&[2.0, 4.0, 90.0]);
+        }
+        validated.fill_from(&copy, Vec::new());
+        validated.set_counters(ApplyCounters {
+            retries: Some(3),
+            constraint_failures: Some(0),
+            dlq_rows: Some(0),
+            lww_losses: Some(38),
+            rows_applied: Some(3000),
+        });
+        report.ldr_modes = vec![immediate, validated];
+        report.series.catchup_ldr_other_modes = vec![ModeSeries {
+            mode: "validated".into(),
+            points: vec![(0.0, 0.0), (0.1, 1000.0)],
+        }];
+        report
+    }
+
+    #[test]
+    fn validated_mode_is_reported_as_ratios_to_immediate_and_postgres() {
+        let mut report = both_modes_report();
+        report.finalize();
+        assert!(report.ok(), "{:?}", report.failures);
+        let [immediate, validated] = &report.ldr_modes[..] else {
+            panic!("two modes: {:?}", report.ldr_modes);
+        };
+        assert_eq!(immediate.catchup_ratio_vs_immediate, Some(1.0));
+        assert_eq!(immediate.catchup_ratio_vs_postgres, Some(0.5));
+        // 10,000 rows/s against immediate's 50,000 and PostgreSQL's 100,000.
+        assert_eq!(validated.catchup_ratio_vs_immediate, Some(0.2));
+        assert_eq!(validated.catchup_ratio_vs_postgres, Some(0.1));
+        // p50 4 vs 2 ms, p99 90 vs 30 ms, PostgreSQL's p99 15 ms.
+        let steady = &validated.steady[1];
+        assert_eq!(steady.rate_rows_per_s, 400);
+        assert_eq!(steady.commit_latency_p50_ratio_vs_immediate, Some(2.0));
+        assert_eq!(steady.commit_latency_p99_ratio_vs_immediate, Some(3.0));
+        assert_eq!(steady.commit_latency_p99_ratio_vs_postgres, Some(6.0));
+        // The top-level figures stay immediate mode's.
+        assert_eq!(report.catchup.ldr_rows_per_s, Some(50_000.0));
+
+        let table = render_table(&report);
+        assert!(
+            table.contains(
+                "ldr apply mode: immediate, validated (the ldr column below is immediate mode)"
+            ),
+            "{table}"
+        );
+        for needle in [
+            "immediate      validated        val/imm         val/pg",
+            "  catch-up apply (rows/s)",
+            "50,000         10,000          0.20x          0.10x",
+            "  @400 rows/s: commit latency p99 (ms)",
+            "3.00x          6.00x",
+            "  whole run: retries / constraint fails",
+            "0/0            3/0",
+        ] {
+            assert!(table.contains(needle), "{needle:?} not in\n{table}");
+        }
+        let svg = render_svg(&report);
+        assert!(svg.contains("ldr validated mode (10,000 rows/s)"), "{svg}");
+
+        // The JSON keeps every mode, and reads back.
+        let json = serde_json::to_value(&report).expect("serialize");
+        assert_eq!(json["ldr_modes"][1]["mode"], "validated");
+        assert_eq!(json["ldr_modes"][1]["catchup_ratio_vs_immediate"], 0.2);
+        assert_eq!(json["config"]["ldr_modes"][1], "validated");
+        let back: BenchReport = serde_json::from_value(json.clone()).expect("deserialize");
+        assert_eq!(back, report);
+        // A report written before modes existed still reads, and shows no modes block.
+        let mut old = json;
+        old.as_object_mut().expect("object").remove("ldr_modes");
+        old["config"]
+            .as_object_mut()
+            .expect("config")
+            .remove("ldr_modes");
+        old["series"]
+            .as_object_mut()
+            .expect("series")
+            .remove("catchup_ldr_other_modes");
+        let back: BenchReport = serde_json::from_value(old).expect("old report reads");
+        assert!(back.ldr_modes.is_empty());
+        assert!(!render_table(&back).contains("ldr apply mode"));
+
+        // An immediate-only run prints no modes block.
+        let mut only = sample_report();
+        only.config.ldr_modes = vec!["immediate".into()];
+        only.ldr_modes = vec![LdrModeReport::new("immediate")];
+        only.finalize();
+        let table = render_table(&only);
+        assert!(
+            table.contains("ldr apply mode: immediate (the ldr column below is immediate mode)")
+        );
+        assert!(!table.contains("ldr apply modes"), "{table}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Seeded conflict fuzzing: [`Scenario`]s generated from a seed (same seed, same writes and
 //! fault schedule), saved as JSON, and run by the [`Runner`] against two ldr clusters with
-//! bidirectional LDR, then checked: convergence, LWW oracle, monotonic replicated time and
-//! accounting. Every run prints its seed; a failure prints the fault timeline and each wrong
+//! bidirectional LDR (immediate or validated [`ApplyMode`]), then checked: convergence, LWW
+//! oracle, monotonic replicated time and accounting. Every run prints its seed; a failure prints the fault timeline and each wrong
 //! key's history. `ldr sim run` / `ldr sim fuzz` are the command-line front end.
 //!
 //! ```no_run
@@ -18,5 +18,8 @@
 mod runner;
 mod scenario;
 
-pub use runner::{RunReport, Runner, RunnerConfig, setup_bidirectional, start_clusters};
+pub use crate::ldr::ApplyMode;
+pub use runner::{
+    RunReport, Runner, RunnerConfig, setup_bidirectional, setup_bidirectional_mode, start_clusters,
+};
 pub use scenario::{FaultKind, GenConfig, Op, SCENARIO_VERSION, Scenario, Side, Step};

@@ -36,7 +36,7 @@ use crate::check::lww::LwwOracle;
 use crate::check::replicated_time::{MonotonicReport, ReplicatedTimeWatcher};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::error::{Result, SimError};
-use crate::ldr;
+use crate::ldr::{self, ApplyMode};
 use crate::proxy::Fault;
 use crate::sql::{self, DecimalText};
 use crate::workload::kv::{self, KvConfig};
@@ -153,12 +153,24 @@ pub async fn start_clusters(
 /// Creates `table` (`k INT8 PRIMARY KEY, v STRING`) on both clusters and bidirectional LDR
 /// between them (see [`crate::ldr::setup_bidirectional`]); returns the job ids.
 pub async fn setup_bidirectional(a: &Cluster, b: &Cluster, table: &str) -> Result<(i64, i64)> {
+    setup_bidirectional_mode(a, b, table, ApplyMode::Immediate).await
+}
+
+/// [`setup_bidirectional`] with both streams in `mode` (`validated`: `WITH mode =
+/// 'validated'`, every replicated row through the destination's SQL write path).
+pub async fn setup_bidirectional_mode(
+    a: &Cluster,
+    b: &Cluster,
+    table: &str,
+    mode: ApplyMode,
+) -> Result<(i64, i64)> {
     kv::check_identifier(table)?;
-    crate::ldr::setup_bidirectional(
+    crate::ldr::setup_bidirectional_with(
         a,
         b,
         table,
         &format!("CREATE TABLE IF NOT EXISTS {table} (k INT8 PRIMARY KEY, v STRING)"),
+        mode.stream_options(),
     )
     .await
 }

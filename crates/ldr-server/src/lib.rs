@@ -10,6 +10,7 @@ pub mod http;
 pub mod listener;
 mod node;
 mod sql;
+pub mod ttl;
 
 pub use listener::{PgHandler, Protocol, accept_loop, classify, sniff};
 pub use node::{CLOCK_OFFSET_ENV, Node, ServerConfig, run};

@@ -113,13 +113,15 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     tokio::spawn(listener::accept_loop(listener, grpc_tx, pg));
 
     let metrics = Arc::new(ldr_ingest::metrics::Metrics::new());
+    let ttl_metrics = Arc::new(crate::ttl::TtlMetrics::default());
     let http_state = HttpState {
         ready: ready.clone(),
         metrics: {
-            let metrics = metrics.clone();
+            let (metrics, ttl_metrics) = (metrics.clone(), ttl_metrics.clone());
             Arc::new(move || {
                 let mut out = String::new();
                 metrics.render(&mut out);
+                ttl_metrics.render(&mut out);
                 out
             })
         },
@@ -233,7 +235,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             tables: sql.destination_tables(),
         }),
     );
-    sql.register_jobs(&registry, flows.clone());
+    sql.register_jobs(&registry, ttl_metrics);
     kv_node.set_drain_hook(Arc::new(JobsDrain(registry.clone())));
     let node = Arc::new(Node {
         kv,

@@ -9,8 +9,8 @@ use anyhow::Result;
 use async_trait::async_trait;
 use ldr_ingest::metrics::Metrics;
 use ldr_ingest::{
-    ApplierFactory, CreateContext, DestinationTables, FlowRunner, ImmediateApplierFactory,
-    InternalSql, ModeApplierFactory,
+    ApplierFactory, CreateContext, DestinationTables, ImmediateApplierFactory, InternalSql,
+    ModeApplierFactory,
 };
 use ldr_jobs::Registry;
 use ldr_kv::KvClient;
@@ -133,6 +133,20 @@ impl SqlWiring {
         })
     }
 
-    /// Registers job types implemented on top of SQL (row-level TTL).
-    pub fn register_jobs(&self, _registry: &Arc<Registry>, _flows: Arc<FlowRunner>) {}
+    /// Registers job types implemented on top of SQL (row-level TTL) and starts the TTL
+    /// scheduler.
+    pub fn register_jobs(
+        &self,
+        registry: &Arc<Registry>,
+        ttl_metrics: Arc<crate::ttl::TtlMetrics>,
+    ) {
+        registry.register_resumer(
+            ldr_jobs::JobType::RowLevelTtl,
+            Arc::new(crate::ttl::TtlResumer {
+                server: self.server.clone(),
+                metrics: ttl_metrics,
+            }),
+        );
+        crate::ttl::spawn_scheduler(self.server.clone(), registry.clone(), self.kv.clone());
+    }
 }

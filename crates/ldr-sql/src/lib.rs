@@ -46,6 +46,7 @@ pub mod budget;
 pub mod catalog;
 pub mod connection_guard;
 pub mod copy;
+pub mod cron;
 pub mod datum;
 pub mod encoding;
 pub mod error;

@@ -335,6 +335,18 @@ fn storage_params(params: &[(String, crate::parser::Expr)]) -> Result<Vec<(Strin
                 out.push((key, b.to_string()));
                 continue;
             }
+            "ttl_job_cron" => {
+                crate::cron::Cron::parse(&v)
+                    .map_err(|e| SqlError::new(sqlstate::INVALID_PARAMETER_VALUE, e))?;
+            }
+            "ttl_expiration_expression" => {
+                crate::parser::parse_expr(&v).map_err(|e| {
+                    SqlError::new(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        format!("ttl_expiration_expression \"{v}\" does not parse: {e}"),
+                    )
+                })?;
+            }
             "ttl_select_batch_size"
             | "ttl_delete_batch_size"
             | "ttl_select_rate_limit"

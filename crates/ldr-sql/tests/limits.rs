@@ -143,8 +143,14 @@ fn statement_timeout_values_read_like_postgres() {
     assert_eq!(parse_statement_timeout("250").expect("valid"), ms(250));
     assert_eq!(parse_statement_timeout("250ms").expect("valid"), ms(250));
     assert_eq!(parse_statement_timeout("2s").expect("valid"), ms(2000));
-    assert_eq!(parse_statement_timeout("'1min'").expect("valid"), ms(60_000));
-    assert_eq!(parse_statement_timeout("1 minute").expect("valid"), ms(60_000));
+    assert_eq!(
+        parse_statement_timeout("'1min'").expect("valid"),
+        ms(60_000)
+    );
+    assert_eq!(
+        parse_statement_timeout("1 minute").expect("valid"),
+        ms(60_000)
+    );
     assert!(parse_statement_timeout("-5").is_err());
     assert!(parse_statement_timeout("x").is_err());
 }

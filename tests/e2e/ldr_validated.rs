@@ -7,7 +7,8 @@
 //!   the same transactions as their parents) converge with no DLQ row;
 //! - a child whose parent never arrives (deleted on the destination), and a row whose UNIQUE
 //!   value a destination row holds, are retried for `retry_queue_duration` and then
-//!   dead-lettered with the constraint's message and `(age limit)`; the job keeps running;
+//!   dead-lettered with the constraint's message and `(age limit)`, as is a row a stricter
+//!   destination CHECK refuses; the job keeps running;
 //! - the mode is in `SHOW LOGICAL REPLICATION JOBS WITH DETAILS`, and constraint failures are
 //!   counted in `logical_replication_validated_constraint_failures`.
 
@@ -203,6 +204,40 @@ async fn validated_mode_enforces_the_destinations_constraints() -> Result<()> {
     phase(
         started,
         "orphan child and unique clash dead-lettered after the retry window",
+    );
+
+    // A CHECK the source's rows can never meet (a stricter destination, accepted with
+    // `skip schema check`): dead-lettered with the CHECK's text; rows that meet it apply.
+    a.exec(
+        1,
+        "CREATE TABLE scored (id INT8 PRIMARY KEY, n INT8 CHECK (n < 1000))",
+    )
+    .await?;
+    b.exec(
+        1,
+        "CREATE TABLE scored (id INT8 PRIMARY KEY, n INT8 CHECK (n < 100))",
+    )
+    .await?;
+    let scored = ldr_sim::ldr::create_stream(
+        &b,
+        "a",
+        &["defaultdb.public.scored"],
+        &["defaultdb.public.scored"],
+        Some("mode = 'validated', skip schema check"),
+    )
+    .await?;
+    a.exec(1, "INSERT INTO scored VALUES (1, 500), (2, 5)")
+        .await?;
+    wait_replicated(&b, scored, now(&a).await?, CATCH_UP).await?;
+    ensure!(
+        rows(&b, "SELECT id, n FROM scored").await? == vec![vec!["2", "5"]],
+        "scored on B: {:?}",
+        rows(&b, "SELECT id, n FROM scored").await?
+    );
+    let dlq = dlq_rows(&b, "scored").await?;
+    ensure!(
+        dlq.len() == 1 && dlq[0].0 == "failed to satisfy CHECK constraint (n < 100) (age limit)",
+        "DLQ rows for scored: {dlq:?}"
     );
 
     // The job keeps running.

@@ -1,12 +1,14 @@
 //! The validated-mode applier: every replicated row goes through the destination's SQL write
 //! path ([`SqlServer::apply_validated`]), so NOT NULL, CHECK, FOREIGN KEY (both directions)
-//! and UNIQUE constraints are enforced as for a SQL write, still under last-write-wins: the
-//! row's LWW write decides first (a losing row is an LWW loss, not checked), and the row, its
-//! index entries and the checks are one KV transaction. A row that fails a constraint comes
-//! back with its SQLSTATE (23502, 23503, 23505, 23514), so the processor keeps it in the retry
-//! queue and dead-letters it once it is older than `retry_queue_duration`; a child row whose
-//! parent arrives later applies on retry. Written rows carry the source's origin id and
-//! timestamp, as in immediate mode, so they are not streamed back.
+//! and UNIQUE constraints are enforced as for a SQL write, still under last-write-wins. A row
+//! of a table without unique indexes is checked against the current row and then written
+//! with one LWW conditional write; a row with unique index entries, or one that failed a
+//! check, is one KV transaction in which the LWW write decides first (a losing row is an LWW
+//! loss, not checked). A row that fails a constraint comes back with its SQLSTATE (23502,
+//! 23503, 23505, 23514), so the processor keeps it in the retry queue and dead-letters it once
+//! it is older than `retry_queue_duration`; a child row whose parent arrives later applies on
+//! retry. Written rows carry the source's origin id and timestamp, as in immediate mode, so
+//! they are not streamed back.
 
 use std::sync::Arc;
 

@@ -959,6 +959,18 @@ pub(crate) async fn apply_validated(
     let pk = encoding::encode_key_tuple(w.pk.iter());
     let key = rowcodec::primary_key_from_pk(desc, &pk);
     let children = referencing_tables(&server.catalog, desc).await?;
+    // A table without unique indexes writes one key per row: no transaction is needed when
+    // the checks pass (they run first). A failed check goes the transactional way, which lets
+    // LWW decide first, so a row that would lose is an LWW loss, not a constraint failure.
+    if !desc.indexes.iter().any(|i| i.unique) {
+        for _ in 0..VALIDATED_ATTEMPTS {
+            match validated_single_write(server, &w, &key, &pk, &children).await? {
+                SingleWrite::Done(outcome) => return Ok(outcome),
+                SingleWrite::Changed => continue,
+                SingleWrite::CheckFailed => break,
+            }
+        }
+    }
     for _ in 0..VALIDATED_ATTEMPTS {
         let txn = server.kv.begin_txn(&key).await?;
         let tkv = txn.client().clone();
@@ -988,6 +1000,80 @@ pub(crate) async fn apply_validated(
         sqlstate::SERIALIZATION_FAILURE,
         "restart transaction: the row kept changing concurrently",
     ))
+}
+
+/// What [`validated_single_write`] did.
+enum SingleWrite {
+    Done(ValidatedOutcome),
+    /// A constraint refused the row.
+    CheckFailed,
+    /// The row changed between its read and its write.
+    Changed,
+}
+
+/// [`apply_validated`] for a row whose table has no unique index: the checks against the
+/// current row, then one LWW write conditional on that row.
+async fn validated_single_write(
+    server: &SqlServer,
+    w: &ValidatedWrite,
+    key: &[u8],
+    pk: &[u8],
+    children: &[(Arc<TableDescriptor>, ForeignKeyDescriptor)],
+) -> Result<SingleWrite> {
+    let desc = &w.table;
+    let kv = &server.kv;
+    let ts = kv.clock().now();
+    let old = match kv.get(key, Some(ts)).await? {
+        Some(v) => scan::decode_version(desc, key, &v)?,
+        None => None,
+    };
+    let old_values = old.as_ref().map(|o| o.values.as_slice());
+    let checks = async {
+        if let Some(new) = &w.new {
+            check_row(desc, new, &EvalCtx::default())?;
+            check_fk_parents(&server.catalog, desc, new, old_values, "insert", ts, None).await?;
+        }
+        if let Some(old) = old_values {
+            check_fk_children(
+                &server.catalog,
+                children,
+                desc,
+                old,
+                w.new.as_deref(),
+                ts,
+                None,
+            )
+            .await?;
+        }
+        Ok::<(), SqlError>(())
+    };
+    match checks.await {
+        Ok(()) => {}
+        Err(e) if e.code().starts_with("23") => return Ok(SingleWrite::CheckFailed),
+        Err(e) => return Err(e),
+    }
+    let row = RowWrite {
+        key: key.to_vec(),
+        value: w.new.as_ref().map(|n| rowcodec::encode_row(desc, n)),
+        condition: Condition::Lww {
+            expected_prev: Some(old.as_ref().map(|o| o.raw.clone())),
+            local_origin_id: w.local_origin_id,
+        },
+        header: w.header,
+        dependents: rowcodec::secondary_dependents(desc, w.new.as_deref(), old_values, pk),
+    };
+    Ok(match kv.write(vec![row], true).await?.pop() {
+        Some((ts, RowOutcome::Written { .. })) => SingleWrite::Done(ValidatedOutcome::Applied(ts)),
+        Some((_, RowOutcome::LwwLost { existing })) => {
+            SingleWrite::Done(ValidatedOutcome::LwwLost(existing))
+        }
+        Some((_, RowOutcome::LwwUnexpected { .. })) => SingleWrite::Changed,
+        other => {
+            return Err(SqlError::internal(format!(
+                "unexpected outcome of a validated write: {other:?}"
+            )));
+        }
+    })
 }
 
 /// One try of [`apply_validated`] inside a transaction whose client is `tkv`: `Ok(None)` when

@@ -1,6 +1,8 @@
-//! The PostgreSQL wire protocol front end (pgwire): startup without TLS (an SSLRequest is
-//! answered 'N', so `sslmode=prefer`/`disable` work and `require` fails clearly), login
-//! (insecure: the user must exist; secure: cleartext password), the simple query protocol
+//! The PostgreSQL wire protocol front end (pgwire): startup (on an insecure node an
+//! SSLRequest is answered 'N', so `sslmode=prefer`/`disable` work and `require` fails
+//! clearly; on a secure node it is answered 'S' and TLS follows, and a plain-text startup is
+//! refused), login (insecure: the user must exist; secure: a client certificate whose CN is
+//! the user, or SCRAM-SHA-256 against the user's stored verifier), the simple query protocol
 //! (several statements per string) and the extended protocol (Parse/Bind/Describe/Execute
 //! with parameters in text or binary, results in the formats the client asks for).
 //!
@@ -23,6 +25,9 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use futures::future::{self, Either};
 use futures::{Sink, SinkExt, stream};
+use pgwire::api::auth::sasl::scram::{
+    ScramSecret, ScramServerAuth, ScramServerAuthWaitingForClientFinal,
+};
 use pgwire::api::auth::{
     ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
@@ -52,7 +57,7 @@ use pgwire::messages::data::DataRow;
 use pgwire::messages::extendedquery::{Describe, Execute, Parse, ParseComplete, Sync as PgSync};
 use pgwire::messages::response::{EmptyQueryResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
-use pgwire::messages::startup::{Authentication, SecretKey};
+use pgwire::messages::startup::{Authentication, PasswordMessageFamily, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::server::{process_error, process_message};
 use tokio::net::TcpStream;
@@ -80,13 +85,26 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// [`crate::frontend_frame`] before pgwire decodes it: a malformed frame gets a FATAL
 /// `08P01` and the connection closes, where pgwire's decoder would panic or misread.
 pub async fn serve_connection(socket: TcpStream, server: Arc<SqlServer>) -> std::io::Result<()> {
+    serve_connection_tls(socket, server, None).await
+}
+
+/// [`serve_connection`] on a node that serves TLS: an SSLRequest is answered 'S' and the
+/// TLS handshake (with `tls`, which may ask for a client certificate) follows.
+pub async fn serve_connection_tls(
+    socket: TcpStream,
+    server: Arc<SqlServer>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
     let handlers = Handlers::new(server);
     let startup_deadline = Instant::now() + STARTUP_TIMEOUT;
-    // SSLRequest and GSSENCRequest are answered 'N' by pgwire (no TLS acceptor); its
-    // decoder reads nothing there but the fixed 8-byte requests.
+    // SSLRequest and GSSENCRequest are answered by pgwire ('N' without a TLS acceptor); its
+    // decoder reads nothing there but the fixed 8-byte requests. A failed TLS handshake
+    // (garbage after SSLRequest, a truncated ClientHello, an untrusted client certificate)
+    // is an error of this connection only.
+    let acceptor = tls.map(pgwire::tokio::TlsAcceptor::from);
     let negotiated = tokio::time::timeout_at(
         startup_deadline,
-        pgwire::tokio::server::negotiate_tls(socket, None),
+        pgwire::tokio::server::negotiate_tls(socket, acceptor),
     )
     .await;
     let mut socket = match negotiated {
@@ -216,6 +234,9 @@ struct Conn {
     session: Mutex<Option<Session>>,
     /// (user, database) waiting for a password.
     pending: Mutex<Option<(String, String)>>,
+    /// A SCRAM exchange after the client's first message: the server's state, and whether
+    /// the user has a verifier (if not, the exchange runs on a random one and fails).
+    scram: Mutex<Option<(ScramServerAuthWaitingForClientFinal, bool)>>,
     /// Names of the statements prepared with the extended protocol's Parse, so that
     /// `DEALLOCATE ALL` can forget them (the portal store cannot list them).
     prepared_names: std::sync::Mutex<BTreeSet<String>>,
@@ -250,6 +271,7 @@ impl Handlers {
             server,
             session: Mutex::new(None),
             pending: Mutex::new(None),
+            scram: Mutex::new(None),
             prepared_names: std::sync::Mutex::new(BTreeSet::new()),
             copy_in: std::sync::Mutex::new(None),
         });
@@ -283,6 +305,25 @@ impl PgWireServerHandlers for Handlers {
 struct ConnHandler {
     conn: Arc<Conn>,
     parser: Arc<ConnParser>,
+}
+
+/// The only SASL mechanism offered (no channel binding: SCRAM-SHA-256-PLUS is not offered).
+const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+
+/// An error that ends the connection during startup.
+fn fatal(e: &SqlError) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(e, "FATAL")))
+}
+
+/// A random verifier for users without one: the exchange proceeds as for a real user (so
+/// the client cannot tell) and fails.
+fn decoy_secret() -> ScramSecret {
+    ScramSecret::Verifier {
+        salt: rand::random::<[u8; 16]>().to_vec(),
+        iterations: crate::catalog::SCRAM_ITERATIONS,
+        stored_key: rand::random::<[u8; 32]>().to_vec(),
+        server_key: rand::random::<[u8; 32]>().to_vec(),
+    }
 }
 
 fn user_error(e: &SqlError) -> PgWireError {
@@ -382,6 +423,120 @@ impl ConnHandler {
     }
 }
 
+impl ConnHandler {
+    /// A login on a secure node: TLS is required; a client certificate for the user logs in
+    /// at once, anyone else gets a SCRAM-SHA-256 challenge.
+    async fn start_secure_login<C>(
+        &self,
+        client: &mut C,
+        user: String,
+        database: String,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !client.is_secure() {
+            debug!(%user, "refusing a plain-text login on a secure node");
+            return Err(fatal(
+                &SqlError::new(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    format!(
+                        "no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\", no encryption",
+                        client.socket_addr().ip()
+                    ),
+                )
+                .with_hint("This node runs in secure mode: connect with sslmode=verify-full (or require)."),
+            ));
+        }
+        let certificate_user = client
+            .client_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| ldr_security::certs::common_name(cert.as_ref()));
+        if certificate_user.as_deref() == Some(user.as_str()) {
+            self.conn
+                .server
+                .login_record(&user)
+                .await
+                .map_err(|e| fatal(&e))?;
+            return self.finish_login(client, user, database).await;
+        }
+        *self.conn.pending.lock().await = Some((user, database));
+        client.set_state(PgWireConnectionState::AuthenticationInProgress);
+        client
+            .send(PgWireBackendMessage::Authentication(Authentication::SASL(
+                vec![SCRAM_SHA_256.to_string()],
+            )))
+            .await?;
+        Ok(())
+    }
+
+    /// The client's first SCRAM message: answer with the salt, iterations and nonce.
+    async fn scram_first<C>(
+        &self,
+        client: &mut C,
+        user: &str,
+        message: PasswordMessageFamily,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let initial = message.into_sasl_initial_response()?;
+        if initial.auth_method != SCRAM_SHA_256 {
+            return Err(fatal(&SqlError::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "unsupported SASL mechanism {:?}: only {SCRAM_SHA_256} is offered",
+                    initial.auth_method
+                ),
+            )));
+        }
+        let Some(data) = initial.data else {
+            return Err(fatal(&SqlError::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "malformed SCRAM message: empty client-first message",
+            )));
+        };
+        let record = self
+            .conn
+            .server
+            .catalog()
+            .user(user)
+            .await
+            .map_err(|e| fatal(&e))?;
+        let (secret, known) = match record.as_ref().and_then(|r| r.scram_secret()) {
+            Some(v) => (
+                ScramSecret::Verifier {
+                    salt: v.salt,
+                    iterations: v.iterations,
+                    stored_key: v.stored_key,
+                    server_key: v.server_key,
+                },
+                true,
+            ),
+            None => (decoy_secret(), false),
+        };
+        let (server_first, waiting) = ScramServerAuth::new()
+            .on_client_first_message_with_secret(&data, secret)
+            .map_err(|e| {
+                fatal(&SqlError::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("malformed SCRAM message: {e}"),
+                ))
+            })?;
+        *self.conn.scram.lock().await = Some((waiting, known));
+        client
+            .send(PgWireBackendMessage::Authentication(
+                Authentication::SASLContinue(server_first.into()),
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl StartupHandler for ConnHandler {
     async fn on_startup<C>(
@@ -411,33 +566,51 @@ impl StartupHandler for ConnHandler {
                     .filter(|d| !d.is_empty())
                     .unwrap_or_else(|| "defaultdb".into());
                 if self.conn.server.requires_password() {
-                    *self.conn.pending.lock().await = Some((user, database));
-                    client.set_state(PgWireConnectionState::AuthenticationInProgress);
-                    client
-                        .send(PgWireBackendMessage::Authentication(
-                            Authentication::CleartextPassword,
-                        ))
-                        .await?;
-                    return Ok(());
+                    return self.start_secure_login(client, user, database).await;
                 }
                 self.conn
                     .server
                     .authenticate(&user, None)
                     .await
-                    .map_err(|e| PgWireError::UserError(Box::new(error_info(&e, "FATAL"))))?;
+                    .map_err(|e| fatal(&e))?;
                 self.finish_login(client, user, database).await
             }
-            PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
-                let Some((user, database)) = self.conn.pending.lock().await.take() else {
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
+                let Some((user, database)) = self.conn.pending.lock().await.clone() else {
                     return Err(PgWireError::NoAuthenticationInProgress);
                 };
-                let password = pwd.into_password()?.password;
-                self.conn
-                    .server
-                    .authenticate(&user, Some(&password))
-                    .await
-                    .map_err(|e| PgWireError::UserError(Box::new(error_info(&e, "FATAL"))))?;
-                self.finish_login(client, user, database).await
+                let waiting = self.conn.scram.lock().await.take();
+                match waiting {
+                    None => self.scram_first(client, &user, message).await,
+                    Some((waiting, known)) => {
+                        self.conn.pending.lock().await.take();
+                        let response = message.into_sasl_response()?;
+                        let server_final = match waiting.on_client_final_message(&response.data) {
+                            Ok(server_final) if known => server_final,
+                            Ok(_) | Err(PgWireError::InvalidPassword(_)) => {
+                                debug!(%user, "password authentication failed");
+                                return Err(fatal(&crate::exec::password_failed(&user)));
+                            }
+                            Err(e) => {
+                                return Err(fatal(&SqlError::new(
+                                    sqlstate::PROTOCOL_VIOLATION,
+                                    format!("malformed SCRAM message: {e}"),
+                                )));
+                            }
+                        };
+                        self.conn
+                            .server
+                            .login_record(&user)
+                            .await
+                            .map_err(|e| fatal(&e))?;
+                        client
+                            .send(PgWireBackendMessage::Authentication(
+                                Authentication::SASLFinal(server_final.into()),
+                            ))
+                            .await?;
+                        self.finish_login(client, user, database).await
+                    }
+                }
             }
             _ => Ok(()),
         }

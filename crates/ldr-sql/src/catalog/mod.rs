@@ -3,4 +3,7 @@ pub mod descriptor;
 pub mod store;
 
 pub use descriptor::*;
-pub use store::{Catalog, ExternalConnection, UserRecord};
+pub use store::{
+    Catalog, ExternalConnection, SCRAM_ITERATIONS, ScramVerifier, UserRecord, parse_scram_verifier,
+    scram_verifier,
+};

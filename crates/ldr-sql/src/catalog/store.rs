@@ -42,6 +42,10 @@ pub struct UserRecord {
     pub password_hash: Option<String>,
     #[serde(default)]
     pub password_salt: Option<String>,
+    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (base64), PostgreSQL's
+    /// format; `None`: no password.
+    #[serde(default)]
+    pub scram_verifier: Option<String>,
     #[serde(default = "default_true")]
     pub login: bool,
     /// System privileges (`REPLICATION`, `VIEWJOB`, …), upper-case.
@@ -62,31 +66,42 @@ impl UserRecord {
             name: name.to_string(),
             password_hash: None,
             password_salt: None,
+            scram_verifier: None,
             login: true,
             system_privileges: BTreeSet::new(),
             roles: BTreeSet::new(),
         }
     }
 
+    /// Sets or clears the password. Only a salted SCRAM-SHA-256 verifier is kept (as
+    /// PostgreSQL stores it), never the password.
     pub fn set_password(&mut self, password: Option<&str>) {
-        match password {
-            None => {
-                self.password_hash = None;
-                self.password_salt = None;
-            }
-            Some(p) => {
-                let salt = hex::encode(rand::random::<[u8; 16]>());
-                self.password_hash = Some(hash_password(&salt, p));
-                self.password_salt = Some(salt);
-            }
-        }
+        self.password_hash = None;
+        self.password_salt = None;
+        self.scram_verifier = password.map(scram_verifier);
     }
 
+    /// Whether the user has a password.
+    pub fn has_password(&self) -> bool {
+        self.scram_verifier.is_some() || self.password_hash.is_some()
+    }
+
+    /// Checks a cleartext password (replication streams send one over TLS).
     pub fn check_password(&self, password: &str) -> bool {
+        if let Some(v) = self.scram_secret() {
+            return verifier_matches(&v, password);
+        }
         match (&self.password_hash, &self.password_salt) {
             (Some(h), Some(s)) => hash_password(s, password) == *h,
             _ => false,
         }
+    }
+
+    /// The SCRAM secret of the user's password, for a SCRAM-SHA-256 login.
+    pub fn scram_secret(&self) -> Option<ScramVerifier> {
+        self.scram_verifier
+            .as_deref()
+            .and_then(parse_scram_verifier)
     }
 
     pub fn is_admin(&self) -> bool {
@@ -94,6 +109,99 @@ impl UserRecord {
     }
 }
 
+/// PBKDF2 iterations of new verifiers (PostgreSQL's `scram_iterations` default).
+pub const SCRAM_ITERATIONS: usize = 4096;
+const SCRAM_PREFIX: &str = "SCRAM-SHA-256$";
+
+/// A parsed SCRAM-SHA-256 verifier.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramVerifier {
+    pub iterations: usize,
+    pub salt: Vec<u8>,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ScramVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramVerifier")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+fn derive_verifier(password: &str, salt: Vec<u8>, iterations: usize) -> ScramVerifier {
+    use pgwire::api::auth::sasl::scram::{ScramSecret, gen_salted_password};
+    let salted = gen_salted_password(password, &salt, iterations);
+    match ScramSecret::verifier_from_salted_password(salt, salted, iterations) {
+        ScramSecret::Verifier {
+            salt,
+            iterations,
+            stored_key,
+            server_key,
+        } => ScramVerifier {
+            iterations,
+            salt,
+            stored_key,
+            server_key,
+        },
+        ScramSecret::SaltedPassword { .. } => {
+            unreachable!("verifier_from_salted_password returns a verifier")
+        }
+    }
+}
+
+/// A new verifier of `password` with a random 16-byte salt.
+pub fn scram_verifier(password: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let v = derive_verifier(
+        password,
+        rand::random::<[u8; 16]>().to_vec(),
+        SCRAM_ITERATIONS,
+    );
+    format!(
+        "{SCRAM_PREFIX}{}:{}${}:{}",
+        v.iterations,
+        b64.encode(&v.salt),
+        b64.encode(&v.stored_key),
+        b64.encode(&v.server_key)
+    )
+}
+
+/// Parses PostgreSQL's verifier text; `None` if it is not one.
+pub fn parse_scram_verifier(text: &str) -> Option<ScramVerifier> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let rest = text.strip_prefix(SCRAM_PREFIX)?;
+    let (params, keys) = rest.split_once('$')?;
+    let (iterations, salt) = params.split_once(':')?;
+    let (stored, server) = keys.split_once(':')?;
+    let v = ScramVerifier {
+        iterations: iterations
+            .parse()
+            .ok()
+            .filter(|i| *i > 0 && *i <= 1 << 20)?,
+        salt: b64.decode(salt).ok()?,
+        stored_key: b64.decode(stored).ok()?,
+        server_key: b64.decode(server).ok()?,
+    };
+    (v.stored_key.len() == 32 && v.server_key.len() == 32).then_some(v)
+}
+
+/// Whether `password` derives `verifier` (constant-time comparison of the stored key).
+fn verifier_matches(verifier: &ScramVerifier, password: &str) -> bool {
+    let derived = derive_verifier(password, verifier.salt.clone(), verifier.iterations);
+    derived.stored_key.len() == verifier.stored_key.len()
+        && derived
+            .stored_key
+            .iter()
+            .zip(&verifier.stored_key)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The pre-SCRAM format (still read for records written before it).
 fn hash_password(salt: &str, password: &str) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
@@ -573,10 +681,13 @@ mod tests {
         u.set_password(Some("secret"));
         assert!(u.check_password("secret"));
         assert!(!u.check_password("Secret"));
-        assert_ne!(u.password_hash.as_deref(), Some("secret"));
+        let stored = u.scram_verifier.clone().expect("verifier");
+        assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
+        assert!(!stored.contains("secret"), "{stored}");
+        assert_eq!(u.password_hash, None);
         let mut v = UserRecord::new("other");
         v.set_password(Some("secret"));
-        assert_ne!(u.password_hash, v.password_hash, "salts differ");
+        assert_ne!(u.scram_verifier, v.scram_verifier, "salts differ");
         u.set_password(None);
         assert!(!u.check_password("secret"));
         assert!(UserRecord::new("root").is_admin());

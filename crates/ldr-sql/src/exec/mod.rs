@@ -143,10 +143,21 @@ impl QueryResult {
     }
 }
 
+/// PostgreSQL's text for a failed password login (28P01): the same for an unknown user, a
+/// wrong password and a user without one, so a client learns nothing about which.
+pub fn password_failed(user: &str) -> SqlError {
+    SqlError::new(
+        sqlstate::INVALID_PASSWORD,
+        format!("password authentication failed for user \"{user}\""),
+    )
+}
+
 /// Server options.
 #[derive(Debug, Clone)]
 pub struct SqlConfig {
-    /// `--insecure`: passwords are not checked at login.
+    /// `--insecure`: passwords are not checked at login, and connections are plain text.
+    /// Otherwise (secure mode) a client must use TLS and log in with a client certificate or
+    /// a password (SCRAM-SHA-256).
     pub insecure: bool,
 }
 
@@ -233,28 +244,34 @@ impl SqlServer {
     }
 
     /// Checks a login: the user must exist and may log in; outside insecure mode the password
-    /// must match. Errors are 28000/28P01 as PostgreSQL.
+    /// must match (a user without a password, root included, cannot log in by password).
+    /// Errors are 28000/28P01 as PostgreSQL.
     pub async fn authenticate(&self, user: &str, password: Option<&str>) -> Result<()> {
-        let fail = || {
-            SqlError::new(
-                sqlstate::INVALID_PASSWORD,
-                format!("password authentication failed for user {user}"),
-            )
-        };
-        let record = self.catalog.user(user).await?.ok_or_else(fail)?;
-        if !record.login {
-            return Err(SqlError::new(
-                sqlstate::INVALID_AUTHORIZATION,
-                format!("{user} does not have login privilege"),
-            ));
-        }
-        if self.config.insecure || user == "root" && record.password_hash.is_none() {
+        let record = self.login_record(user).await?;
+        if self.config.insecure {
             return Ok(());
         }
         match password {
             Some(p) if record.check_password(p) => Ok(()),
-            _ => Err(fail()),
+            _ => Err(password_failed(user)),
         }
+    }
+
+    /// The record of a user who may log in (28P01 if unknown, 28000 without LOGIN), for a
+    /// login whose credentials were checked elsewhere (a client certificate, SCRAM).
+    pub async fn login_record(&self, user: &str) -> Result<UserRecord> {
+        let record = self
+            .catalog
+            .user(user)
+            .await?
+            .ok_or_else(|| password_failed(user))?;
+        if !record.login {
+            return Err(SqlError::new(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("role \"{user}\" is not permitted to log in"),
+            ));
+        }
+        Ok(record)
     }
 
     /// Whether a login needs a password (not in insecure mode).
@@ -283,12 +300,11 @@ impl SqlServer {
     }
 
     pub async fn session(self: &Arc<Self>, user: &str, database: &str) -> Result<Session> {
-        let record = self.catalog.user(user).await?.ok_or_else(|| {
-            SqlError::new(
-                sqlstate::INVALID_PASSWORD,
-                format!("password authentication failed for user {user}"),
-            )
-        })?;
+        let record = self
+            .catalog
+            .user(user)
+            .await?
+            .ok_or_else(|| password_failed(user))?;
         let db = if database.is_empty() {
             "defaultdb"
         } else {

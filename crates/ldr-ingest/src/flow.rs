@@ -157,12 +157,14 @@ impl FlowRunner {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(10));
-        let channel = endpoint.connect().await.map_err(|e| {
-            IngestError::Retryable(format!(
-                "cannot reach destination node {}: {e}",
-                node.node_id
-            ))
-        })?;
+        let channel = ldr_security::dial::node_channel(endpoint)
+            .await
+            .map_err(|e| {
+                IngestError::Retryable(format!(
+                    "cannot reach destination node {}: {e}",
+                    node.node_id
+                ))
+            })?;
         let mut client = pb::ingest_client::IngestClient::new(channel);
         let mut stream = client.run_processor(spec).await?.into_inner();
         loop {

@@ -57,7 +57,8 @@ impl Transport {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(false);
-        let channel = endpoint.connect_lazy();
+        // TLS with the node certificate when this process runs secure.
+        let channel = ldr_security::dial::node_channel_lazy(endpoint);
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

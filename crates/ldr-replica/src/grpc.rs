@@ -101,7 +101,8 @@ impl GrpcTransport {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let client = RaftTransportClient::new(endpoint.connect_lazy())
+        // TLS with the node certificate when this process runs secure.
+        let client = RaftTransportClient::new(ldr_security::dial::node_channel_lazy(endpoint))
             .max_decoding_message_size(BATCH_BYTES_MAX)
             .max_encoding_message_size(BATCH_BYTES_MAX);
         let (tx, rx) = mpsc::channel(QUEUE_MESSAGES_MAX);

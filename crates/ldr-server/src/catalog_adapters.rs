@@ -13,6 +13,8 @@ use ldr_types::{JobId, TableId};
 /// [`SourceCatalog`] over the node's catalog.
 pub struct SqlSourceCatalog {
     pub catalog: Arc<Catalog>,
+    /// A secure node checks the password of every stream request.
+    pub secure: bool,
 }
 
 fn sql_to_stream(e: ldr_sql::SqlError) -> StreamError {
@@ -78,6 +80,28 @@ impl SqlSourceCatalog {
 
 #[async_trait]
 impl SourceCatalog for SqlSourceCatalog {
+    async fn authenticate(&self, user: &str, password: &str) -> Result<(), StreamError> {
+        if !self.secure {
+            return Ok(());
+        }
+        let failed = || {
+            StreamError::Unauthenticated(format!(
+                "password authentication failed for user \"{user}\""
+            ))
+        };
+        let record = self
+            .catalog
+            .user(user)
+            .await
+            .map_err(sql_to_stream)?
+            .ok_or_else(failed)?;
+        if record.login && record.check_password(password) {
+            Ok(())
+        } else {
+            Err(failed())
+        }
+    }
+
     async fn resolve_for_replication(
         &self,
         user: &str,

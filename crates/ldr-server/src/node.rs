@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use ldr_ingest::{FlowRunner, IngestService, LdrResumer};
 use ldr_jobs::{JobType, Registry};
 use ldr_kv::{KvClient, KvNode, NodeConfig};
+use ldr_security::NodeTls;
 use ldr_stream::{Producer, ProducerResumer, ReplicationStreamService};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -35,8 +36,17 @@ pub struct Node {
     pub sql: SqlWiring,
 }
 
-/// Runs a node until SIGINT/SIGTERM.
-pub async fn run(config: ServerConfig) -> Result<()> {
+/// Runs a node until SIGINT/SIGTERM: insecure (`tls` is `None`, `--insecure`) or secure
+/// (`--certs-dir`: TLS on the one port, node certificates between nodes, logins by client
+/// certificate or password).
+pub async fn run(config: ServerConfig, tls: Option<NodeTls>) -> Result<()> {
+    if let Some(tls) = &tls {
+        // Every dialer of this process (KV, Raft, remote processors) now uses TLS.
+        ldr_security::dial::set_node_client(tls.node_client.clone());
+        info!(certs_dir = %tls.certs_dir.display(), "secure mode");
+    } else {
+        warn!("running in insecure mode: no TLS, no password checks; anyone can connect as root");
+    }
     let listener = TcpListener::bind(&config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
@@ -70,13 +80,20 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     let stream_service = ReplicationStreamService::deferred();
     let ingest_service = IngestService::deferred();
     let (grpc_tx, grpc_rx) = mpsc::channel(128);
+    // The cluster-internal services want a node certificate on TLS connections; the
+    // replication stream service is for other clusters (they log in with a password).
+    use ldr_security::conn::require_node_certificate as node_only;
+    use tonic::service::interceptor::InterceptedService;
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .add_service(kv_node.grpc_service())
-        .add_service(kv_node.raft_service())
+        .add_service(InterceptedService::new(kv_node.grpc_service(), node_only))
+        .add_service(InterceptedService::new(kv_node.raft_service(), node_only))
         .add_service(stream_service.clone().into_server())
-        .add_service(ingest_service.clone().into_server())
+        .add_service(InterceptedService::new(
+            ingest_service.clone().into_server(),
+            node_only,
+        ))
         .serve_with_incoming(ReceiverStream::new(grpc_rx));
     tokio::spawn(async move {
         if let Err(e) = grpc.await {
@@ -110,7 +127,12 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             })
         })
     };
-    tokio::spawn(listener::accept_loop(listener, grpc_tx, pg));
+    tokio::spawn(listener::accept_loop(
+        listener,
+        grpc_tx,
+        pg,
+        tls.as_ref().map(|t| t.grpc_server.clone()),
+    ));
 
     let metrics = Arc::new(ldr_ingest::metrics::Metrics::new());
     let ttl_metrics = Arc::new(crate::ttl::TtlMetrics::default());
@@ -197,7 +219,14 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     let sql = {
         let mut backoff = Duration::from_millis(250);
         loop {
-            match SqlWiring::start(kv.clone(), registry.clone(), metrics.clone()).await {
+            match SqlWiring::start(
+                kv.clone(),
+                registry.clone(),
+                metrics.clone(),
+                tls.as_ref().map(|t| t.sql_server.clone()),
+            )
+            .await
+            {
                 Ok(sql) => break sql,
                 Err(e) => {
                     warn!(error = %e, ?backoff, "cannot start SQL yet (is node 1 reachable?); retrying");

@@ -31,6 +31,8 @@ pub struct SqlWiring {
     internal: Arc<NodeSql>,
     metrics: Arc<Metrics>,
     kv: KvClient,
+    /// TLS for SQL clients (secure mode).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The internal executor: statements run as the internal user `node`, one session per call.
@@ -73,9 +75,12 @@ impl SqlWiring {
         kv: KvClient,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<SqlWiring> {
-        let server =
-            SqlServer::start(kv.clone(), registry.clone(), SqlConfig { insecure: true }).await?;
+        let config = SqlConfig {
+            insecure: tls.is_none(),
+        };
+        let server = SqlServer::start(kv.clone(), registry.clone(), config).await?;
         let catalog = Arc::new(Catalog::new(kv.clone()));
         let internal = Arc::new(NodeSql {
             server: server.clone(),
@@ -94,6 +99,7 @@ impl SqlWiring {
             internal,
             metrics,
             kv,
+            tls,
         })
     }
 
@@ -101,8 +107,9 @@ impl SqlWiring {
     /// (with a FATAL XX000 error to the client, see [`ldr_sql::connection_guard`]).
     pub async fn serve(&self, stream: TcpStream, peer: SocketAddr) {
         let server = self.server.clone();
+        let tls = self.tls.clone();
         ldr_sql::connection_guard::serve_guarded(stream, peer, move |stream| async move {
-            if let Err(e) = ldr_sql::protocol::serve_connection(stream, server).await {
+            if let Err(e) = ldr_sql::protocol::serve_connection_tls(stream, server, tls).await {
                 debug!(%peer, error = %e, "sql connection ended with an error");
             }
         })
@@ -112,6 +119,7 @@ impl SqlWiring {
     pub fn source_catalog(&self) -> Arc<dyn SourceCatalog> {
         Arc::new(SqlSourceCatalog {
             catalog: self.catalog.clone(),
+            secure: self.tls.is_some(),
         })
     }
 

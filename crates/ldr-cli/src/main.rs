@@ -1,6 +1,7 @@
 //! The `ldr` binary: run nodes, initialize clusters, open a SQL shell, and drive the testbed.
 
 mod bench;
+mod cert_cmd;
 mod demo;
 mod lincheck_cmd;
 mod node_cmd;
@@ -31,6 +32,9 @@ enum Command {
     Init {
         #[arg(long)]
         insecure: bool,
+        /// Secure cluster: dial with client.root.crt (or node.crt) from this directory.
+        #[arg(long, value_name = "DIR", conflicts_with = "insecure")]
+        certs_dir: Option<std::path::PathBuf>,
         /// HOST:PORT of the node to make node 1.
         #[arg(long)]
         host: String,
@@ -50,14 +54,20 @@ enum Command {
     /// linearizability check of replicated ranges (`sim lincheck`).
     #[command(subcommand)]
     Sim(sim_cmd::SimCommand),
+    /// Create and list certificates of a secure cluster (as `cockroach cert`).
+    #[command(subcommand)]
+    Cert(cert_cmd::CertCommand),
+    /// Print a connection URI with TLS parameters (for CREATE EXTERNAL CONNECTION).
+    EncodeUri(cert_cmd::EncodeUriArgs),
     /// Open a SQL shell (or run statements with -e).
     Sql {
-        /// Accepted for CockroachDB compatibility; ldr always runs without TLS.
-        #[arg(long)]
+        /// Connect without TLS (an insecure node); TLS parameters of --url are dropped.
+        #[arg(long, conflicts_with = "certs_dir")]
         insecure: bool,
-        /// Accepted for CockroachDB compatibility and ignored: ldr runs without TLS.
+        /// Secure node: verify it with DIR/ca.crt and log in with DIR/client.<user>.crt if
+        /// present (else by password, from the URL).
         #[arg(long, value_name = "DIR")]
-        certs_dir: Option<String>,
+        certs_dir: Option<std::path::PathBuf>,
         /// HOST:PORT of any node.
         #[arg(long, conflicts_with = "url")]
         host: Option<String>,
@@ -82,6 +92,8 @@ enum NodeCommand {
     Status {
         #[arg(long)]
         insecure: bool,
+        #[arg(long, value_name = "DIR", conflicts_with = "insecure")]
+        certs_dir: Option<std::path::PathBuf>,
         #[arg(long)]
         host: String,
         /// Also show replica and lease counts.
@@ -100,6 +112,8 @@ enum NodeCommand {
     Drain {
         #[arg(long)]
         insecure: bool,
+        #[arg(long, value_name = "DIR", conflicts_with = "insecure")]
+        certs_dir: Option<std::path::PathBuf>,
         /// HOST:PORT of the node to drain.
         #[arg(long)]
         host: String,
@@ -117,6 +131,8 @@ enum NodeCommand {
         node_ids: Vec<u32>,
         #[arg(long)]
         insecure: bool,
+        #[arg(long, value_name = "DIR", conflicts_with = "insecure")]
+        certs_dir: Option<std::path::PathBuf>,
         /// HOST:PORT of any live node.
         #[arg(long)]
         host: String,
@@ -133,6 +149,8 @@ enum NodeCommand {
         node_ids: Vec<u32>,
         #[arg(long)]
         insecure: bool,
+        #[arg(long, value_name = "DIR", conflicts_with = "insecure")]
+        certs_dir: Option<std::path::PathBuf>,
         #[arg(long)]
         host: String,
     },
@@ -145,22 +163,34 @@ fn main() -> Result<()> {
             if args.background {
                 return start::start_background(&args);
             }
+            let tls = args.security()?;
             init_logging();
-            runtime()?.block_on(ldr_server::run(args.config()))
+            runtime()?.block_on(ldr_server::run(args.config(), tls))
         }
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Workload(command) => runtime()?.block_on(workload_cmd::run(command)),
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
         Command::Sim(command) => runtime()?.block_on(sim_cmd::run(command)),
-        Command::Init { insecure: _, host } => runtime()?.block_on(node_cmd::init(&host)),
+        Command::Cert(command) => cert_cmd::run(command),
+        Command::EncodeUri(args) => cert_cmd::encode(args),
+        Command::Init {
+            insecure: _,
+            certs_dir,
+            host,
+        } => {
+            dial_securely(certs_dir.as_deref())?;
+            runtime()?.block_on(node_cmd::init(&host))
+        }
         Command::Node(NodeCommand::Status {
             insecure: _,
+            certs_dir,
             host,
             ranges,
             decommission,
             all,
             format,
         }) => {
+            dial_securely(certs_dir.as_deref())?;
             let columns = node_cmd::Columns {
                 ranges: ranges || all,
                 decommission: decommission || all,
@@ -169,29 +199,41 @@ fn main() -> Result<()> {
         }
         Command::Node(NodeCommand::Drain {
             insecure: _,
+            certs_dir,
             host,
             no_shutdown,
             drain_wait,
-        }) => runtime()?.block_on(node_cmd::drain(
-            &host,
-            !no_shutdown,
-            std::time::Duration::from_secs(drain_wait),
-        )),
+        }) => {
+            dial_securely(certs_dir.as_deref())?;
+            runtime()?.block_on(node_cmd::drain(
+                &host,
+                !no_shutdown,
+                std::time::Duration::from_secs(drain_wait),
+            ))
+        }
         Command::Node(NodeCommand::Decommission {
             node_ids,
             insecure: _,
+            certs_dir,
             host,
             wait,
             format,
-        }) => runtime()?.block_on(node_cmd::decommission(&host, &node_ids, wait, format)),
+        }) => {
+            dial_securely(certs_dir.as_deref())?;
+            runtime()?.block_on(node_cmd::decommission(&host, &node_ids, wait, format))
+        }
         Command::Node(NodeCommand::Recommission {
             node_ids,
             insecure: _,
+            certs_dir,
             host,
-        }) => runtime()?.block_on(node_cmd::recommission(&host, &node_ids)),
+        }) => {
+            dial_securely(certs_dir.as_deref())?;
+            runtime()?.block_on(node_cmd::recommission(&host, &node_ids))
+        }
         Command::Sql {
-            insecure: _,
-            certs_dir: _,
+            insecure,
+            certs_dir,
             host,
             url,
             database,
@@ -199,10 +241,26 @@ fn main() -> Result<()> {
             execute,
             format,
         } => {
-            let target = sql::Target::new(url, host, database, &user)?;
+            let security = sql::Security {
+                insecure,
+                certs_dir,
+            };
+            let target = sql::Target::new(url, host, database, &user, &security)?;
             runtime()?.block_on(sql::run(&target, &execute, format))
         }
     }
+}
+
+/// With `--certs-dir`, node commands (which speak gRPC to a node) dial over TLS with
+/// `client.root.crt` (or the node certificate) of that directory.
+fn dial_securely(certs_dir: Option<&std::path::Path>) -> Result<()> {
+    if let Some(dir) = certs_dir {
+        let config = ldr_security::tls::cli_client(dir).map_err(|e| {
+            anyhow::anyhow!("cannot load the certificates of {}: {e}", dir.display())
+        })?;
+        ldr_security::dial::set_node_client(config);
+    }
+    Ok(())
 }
 
 fn init_logging() {

@@ -5,6 +5,8 @@
 //! CSV or TSV. Works against any PostgreSQL-compatible server.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use tokio_postgres::{NoTls, SimpleQueryMessage};
@@ -20,49 +22,159 @@ pub enum Format {
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The URL tokio-postgres connects with: certificate parameters removed (they are in
+    /// `tls`), `sslmode=require` when TLS is used (the verification is `tls`'s).
     pub url: String,
+    /// Verified TLS (`sslmode=verify-full` and a CA, from `--url` or `--certs-dir`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// How `ldr sql` and friends reach a node.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// `--insecure`: plain text; TLS parameters of a URL are dropped (with a note).
+    pub insecure: bool,
+    /// `--certs-dir`: trust its `ca.crt`, log in with its `client.<user>.crt` if present.
+    pub certs_dir: Option<PathBuf>,
 }
 
 impl Target {
-    /// Builds the connection URL from `--url` or `--host` (+ `--database`, `--user`).
+    /// Builds the connection from `--url` or `--host` (+ `--database`, `--user`).
     pub fn new(
         url: Option<String>,
         host: Option<String>,
         database: Option<String>,
         user: &str,
+        security: &Security,
     ) -> Result<Target> {
-        let url = match (url, host) {
+        let mut parsed = match (url, host) {
             (Some(url), _) => {
                 let mut parsed =
                     url::Url::parse(&url).with_context(|| format!("invalid --url {url:?}"))?;
                 if let Some(db) = database {
                     parsed.set_path(&format!("/{db}"));
                 }
-                without_tls(&mut parsed);
-                parsed.to_string()
+                parsed
             }
             (None, Some(host)) => {
                 let db = database.unwrap_or_else(|| "defaultdb".to_string());
-                format!("postgresql://{user}@{host}/{db}?sslmode=disable")
+                let text = format!("postgresql://{user}@{host}/{db}");
+                url::Url::parse(&text).with_context(|| format!("invalid --host {host:?}"))?
             }
             (None, None) => bail!("one of --host or --url is required"),
         };
-        Ok(Target { url })
+        if security.insecure {
+            without_tls(&mut parsed);
+            return Ok(Target {
+                url: parsed.to_string(),
+                tls: None,
+            });
+        }
+        let mut pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let has = |pairs: &[(String, String)], key: &str| pairs.iter().any(|(k, _)| k == key);
+        if let Some(dir) = &security.certs_dir {
+            let login = if parsed.username().is_empty() {
+                user.to_string()
+            } else {
+                parsed.username().to_string()
+            };
+            if !has(&pairs, "sslmode") {
+                pairs.push(("sslmode".into(), "verify-full".into()));
+            }
+            if !has(&pairs, "sslrootcert") {
+                let ca = dir.join(ldr_security::certs::CA_CERT);
+                pairs.push(("sslrootcert".into(), ca.display().to_string()));
+            }
+            let cert = dir.join(ldr_security::certs::client_cert_file(&login));
+            if !has(&pairs, "sslcert") && cert.exists() {
+                let key = dir.join(ldr_security::certs::client_key_file(&login));
+                pairs.push(("sslcert".into(), cert.display().to_string()));
+                pairs.push(("sslkey".into(), key.display().to_string()));
+            }
+        }
+        let tls_requested = pairs
+            .iter()
+            .any(|(k, _)| ldr_security::uri::TLS_PARAMS.contains(&k.as_str()));
+        if !tls_requested {
+            // No TLS asked for: plain text, as before (an insecure node).
+            pairs.push(("sslmode".into(), "disable".into()));
+        }
+        let params = ldr_security::uri::TlsParams::from_query(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            ldr_security::uri::SslMode::Disable,
+        )?;
+        let tls = params.client_config(&[])?;
+        let mut query = parsed.query_pairs_mut();
+        query.clear();
+        for (k, v) in pairs
+            .iter()
+            .filter(|(k, _)| !ldr_security::uri::TLS_PARAMS.contains(&k.as_str()))
+        {
+            query.append_pair(k, v);
+        }
+        let mode = if tls.is_some() {
+            "require"
+        } else {
+            params.mode.as_str()
+        };
+        query.append_pair("sslmode", mode);
+        drop(query);
+        Ok(Target {
+            url: parsed.to_string(),
+            tls,
+        })
+    }
+
+    /// The URL without its password, for messages.
+    pub fn shown(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("redacted"));
+                u.to_string()
+            }
+            _ => self.url.clone(),
+        }
+    }
+
+    /// Connects (TLS as configured) and spawns the connection's task.
+    pub async fn connect(&self) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+        let shown = self.shown();
+        let (client, task) = match &self.tls {
+            None => {
+                let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+                    .await
+                    .with_context(|| format!("cannot connect to {shown}"))?;
+                (client, tokio::spawn(report_connection_end(connection)))
+            }
+            Some(config) => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**config).clone());
+                let (client, connection) = tokio_postgres::connect(&self.url, tls)
+                    .await
+                    .with_context(|| format!("cannot connect to {shown}"))?;
+                (client, tokio::spawn(report_connection_end(connection)))
+            }
+        };
+        Ok((client, task))
     }
 }
 
-/// ldr serves SQL without TLS: TLS parameters of a CockroachDB-style URL (`sslmode=verify-full`,
+async fn report_connection_end<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>>,
+{
+    if let Err(e) = connection.await {
+        eprintln!("connection error: {e}");
+    }
+}
+
+/// `--insecure` with a CockroachDB-style URL: the TLS parameters (`sslmode=verify-full`,
 /// `sslrootcert`, …) are dropped and `sslmode=disable` is used, with a note on stderr, so the
-/// URLs of CockroachDB's tutorials work as written.
+/// URLs of CockroachDB's tutorials work against insecure nodes.
 fn without_tls(url: &mut url::Url) {
-    const TLS_PARAMS: [&str; 6] = [
-        "sslmode",
-        "sslrootcert",
-        "sslcert",
-        "sslkey",
-        "sslinline",
-        "sslpassword",
-    ];
+    use ldr_security::uri::TLS_PARAMS;
     let pairs: Vec<(String, String)> = url
         .query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -72,7 +184,7 @@ fn without_tls(url: &mut url::Url) {
             || (k != "sslmode" && TLS_PARAMS.contains(&k.as_str()))
     });
     if tls_requested {
-        eprintln!("# note: ldr runs without TLS; connecting with sslmode=disable");
+        eprintln!("# note: --insecure: connecting without TLS (sslmode=disable)");
     }
     let mut query = url.query_pairs_mut();
     query.clear();
@@ -96,14 +208,7 @@ pub struct StatementResult {
 
 /// Runs the shell: `-e` statements if any, else stdin.
 pub async fn run(target: &Target, statements: &[String], format: Format) -> Result<()> {
-    let (client, connection) = tokio_postgres::connect(&target.url, NoTls)
-        .await
-        .with_context(|| format!("cannot connect to {}", target.url))?;
-    let conn_task = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            eprintln!("connection error: {e}");
-        }
-    });
+    let (client, conn_task) = target.connect().await?;
     let mut stdout = std::io::stdout().lock();
     let mut failed = false;
     if !statements.is_empty() {
@@ -120,7 +225,7 @@ pub async fn run(target: &Target, statements: &[String], format: Format) -> Resu
         if interactive {
             eprintln!(
                 "# connected to {}; end statements with ';', \\q to quit",
-                target.url
+                target.shown()
             );
             eprint!("> ");
         }
@@ -365,30 +470,85 @@ mod tests {
 
     #[test]
     fn target_from_host_or_url() {
-        let t = Target::new(None, Some("127.0.0.1:26257".into()), None, "root").expect("valid");
+        let plain = Security::default();
+        let t =
+            Target::new(None, Some("127.0.0.1:26257".into()), None, "root", &plain).expect("valid");
         assert_eq!(
             t.url,
             "postgresql://root@127.0.0.1:26257/defaultdb?sslmode=disable"
         );
+        assert!(t.tls.is_none());
         let t = Target::new(
             Some("postgresql://u@h:1/x?sslmode=disable".into()),
             None,
             Some("y".into()),
             "root",
+            &plain,
         )
         .expect("valid");
         assert_eq!(t.url, "postgresql://u@h:1/y?sslmode=disable");
+        // --insecure drops a URL's TLS parameters (insecure nodes, CockroachDB's tutorials).
+        let insecure = Security {
+            insecure: true,
+            certs_dir: None,
+        };
         let t = Target::new(
             Some("postgresql://root@h:26257?sslmode=verify-full&sslrootcert=certs/ca.crt&application_name=x".into()),
             None,
             None,
             "root",
+            &insecure,
         )
-        .expect("TLS parameters are accepted");
+        .expect("TLS parameters are dropped");
         assert_eq!(
             t.url,
             "postgresql://root@h:26257?application_name=x&sslmode=disable"
         );
-        assert!(Target::new(None, None, None, "root").is_err());
+        assert!(Target::new(None, None, None, "root", &plain).is_err());
+    }
+
+    #[test]
+    fn secure_targets_verify_with_the_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        let ca_key = dir.path().join("ca.key");
+        ldr_security::certs::create_ca(&certs, &ca_key, false).expect("ca");
+        ldr_security::certs::create_client(&certs, &ca_key, "root", false).expect("client");
+        let secure = Security {
+            insecure: false,
+            certs_dir: Some(certs.clone()),
+        };
+        let t = Target::new(None, Some("127.0.0.1:26257".into()), None, "root", &secure)
+            .expect("valid");
+        assert!(t.tls.is_some());
+        assert_eq!(
+            t.url,
+            "postgresql://root@127.0.0.1:26257/defaultdb?sslmode=require"
+        );
+        // A URL with verify-full and a CA file needs no --certs-dir.
+        let url = format!(
+            "postgresql://alice:pw@localhost:26257/defaultdb?sslmode=verify-full&sslrootcert={}",
+            certs.join("ca.crt").display()
+        );
+        let t = Target::new(Some(url), None, None, "root", &Security::default()).expect("valid");
+        assert!(t.tls.is_some());
+        assert_eq!(
+            t.url,
+            "postgresql://alice:pw@localhost:26257/defaultdb?sslmode=require"
+        );
+        assert_eq!(
+            t.shown(),
+            "postgresql://alice:redacted@localhost:26257/defaultdb?sslmode=require"
+        );
+        // verify-full without a CA is refused before connecting.
+        let e = Target::new(
+            Some("postgresql://root@h:1/?sslmode=verify-full".into()),
+            None,
+            None,
+            "root",
+            &Security::default(),
+        )
+        .expect_err("no CA");
+        assert!(e.to_string().contains("sslrootcert"), "{e}");
     }
 }

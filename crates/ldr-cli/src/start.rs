@@ -10,9 +10,12 @@ use anyhow::{Context, Result, bail};
 /// Flags of `ldr start`, with CockroachDB's names.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StartArgs {
-    /// Accepted for CockroachDB compatibility; ldr always runs without TLS.
-    #[arg(long)]
+    /// Run without TLS and without password checks (anyone can connect as root).
+    #[arg(long, conflicts_with = "certs_dir")]
     pub insecure: bool,
+    /// Secure mode: the directory with `ca.crt`, `node.crt` and `node.key` (see `ldr cert`).
+    #[arg(long, value_name = "DIR")]
+    pub certs_dir: Option<PathBuf>,
     /// The store directory (`DIR` or CockroachDB's `path=DIR`).
     #[arg(long)]
     pub store: String,
@@ -42,6 +45,22 @@ pub struct StartArgs {
 }
 
 impl StartArgs {
+    /// The node's TLS set-up: `None` with `--insecure`, loaded from `--certs-dir` otherwise;
+    /// a node started with neither refuses to start, as CockroachDB's does.
+    pub fn security(&self) -> Result<Option<ldr_security::NodeTls>> {
+        match (&self.certs_dir, self.insecure) {
+            (_, true) => Ok(None),
+            (Some(dir), false) => ldr_security::NodeTls::load(dir)
+                .map(Some)
+                .with_context(|| format!("cannot load the certificates of {}", dir.display())),
+            (None, false) => bail!(
+                "neither --insecure nor --certs-dir was given: start a secure node with \
+                 --certs-dir=DIR (create it with `ldr cert create-ca` and `ldr cert create-node`), \
+                 or an insecure one (no TLS, no passwords) with --insecure"
+            ),
+        }
+    }
+
     pub fn store_dir(&self) -> PathBuf {
         let store = self.store.strip_prefix("path=").unwrap_or(&self.store);
         // `path=DIR,size=...`: only the path matters here.
@@ -150,6 +169,7 @@ mod tests {
     fn store_accepts_cockroach_forms() {
         let mk = |s: &str| StartArgs {
             insecure: true,
+            certs_dir: None,
             store: s.to_string(),
             listen_addr: "127.0.0.1:1".into(),
             http_addr: "127.0.0.1:2".into(),
@@ -166,6 +186,42 @@ mod tests {
             mk("path=/tmp/n1,size=10GiB").store_dir(),
             PathBuf::from("/tmp/n1")
         );
+    }
+
+    #[test]
+    fn a_node_needs_insecure_or_certificates() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: StartArgs,
+        }
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from(["ldr", "--store=/tmp/x"].iter().chain(extra)).map(|c| c.args)
+        };
+        let neither = parse(&[]).expect("parses").security().expect_err("refused");
+        assert!(
+            neither
+                .to_string()
+                .contains("neither --insecure nor --certs-dir"),
+            "{neither}"
+        );
+        assert!(
+            parse(&["--insecure"])
+                .expect("parses")
+                .security()
+                .expect("ok")
+                .is_none()
+        );
+        assert!(
+            parse(&["--insecure", "--certs-dir=/tmp/c"]).is_err(),
+            "conflicting flags"
+        );
+        let missing = parse(&["--certs-dir=/nonexistent-ldr-certs"])
+            .expect("parses")
+            .security()
+            .expect_err("no certificates");
+        assert!(format!("{missing:#}").contains("ca.crt"), "{missing:#}");
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl Attempt<'_> {
                 .cloned(),
         );
         for address in addresses {
-            match StreamClient::connect(&address, &uri.user, &uri.password).await {
+            match StreamClient::connect_to(&address, &uri).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last_error = Some(e),
             }
@@ -278,6 +278,7 @@ impl Attempt<'_> {
                 tables: table_mappings(self.payload, &plan)?,
                 mode: self.payload.mode.as_str().to_string(),
                 label: self.payload.label.clone().unwrap_or_default(),
+                source_uri: self.payload.source_uri.clone(),
             };
             handles.push(self.flows.spawn(node.node.clone(), spec, tx.clone()));
         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ldr_kv::KvClient;
 use ldr_proto::pb;
-use ldr_stream::StreamClient;
+use ldr_stream::{SourceUri, StreamClient};
 use ldr_types::{Clock, ResolvedSpan, Span, SpanFrontier, Timestamp};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -86,12 +86,18 @@ impl Processor {
             let r = ResolvedSpan::from(r.clone());
             frontier.forward(&r.span, r.ts);
         }
-        let mut client = StreamClient::connect(
-            &spec.source_address,
-            &spec.source_user,
-            &spec.source_password,
-        )
-        .await?;
+        let mut client = if spec.source_uri.is_empty() {
+            StreamClient::connect(
+                &spec.source_address,
+                &spec.source_user,
+                &spec.source_password,
+            )
+            .await?
+        } else {
+            // The URI's TLS parameters say how to dial and verify the source node.
+            let uri = SourceUri::parse(&spec.source_uri)?;
+            StreamClient::connect_to(&spec.source_address, &uri).await?
+        };
         let mut stream = client
             .stream_partition(pb::StreamPartitionRequest {
                 stream_id: spec.stream_id,

@@ -18,6 +18,12 @@ pub struct SourceTable {
 
 #[async_trait]
 pub trait SourceCatalog: Send + Sync {
+    /// Checks the credentials of a stream request: a secure source requires the user's
+    /// password (sent over TLS); the default, for insecure sources, accepts the name.
+    async fn authenticate(&self, _user: &str, _password: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Resolves `names` (as the user wrote them; `db.public.t`, `db.t`, `t` in defaultdb) and
     /// checks that `user` may replicate from each (REPLICATIONSOURCE or the deprecated
     /// REPLICATION, system-wide or on the table). Errors name the first failing table.

@@ -8,20 +8,27 @@ use ldr_proto::pb::replication_stream_client::ReplicationStreamClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use ldr_security::uri::{SslMode, TlsParams};
+
 use crate::error::{Result, StreamError};
 
 /// The default port of a `postgresql://` URI without one (CockroachDB's).
 pub const DEFAULT_PORT: u16 = 26257;
 
 /// A source cluster connection URI: `postgresql://user[:password]@host[:port][/db][?options]`.
-/// TLS options (`sslmode`, `sslrootcert`, `sslinline`, …) and `options=-ccluster=…` are
-/// accepted and ignored: ldr runs without TLS.
+/// With `sslmode=verify-full` (or `verify-ca`, `require`) and `sslrootcert` (a file, or the
+/// PEM itself with `sslinline=true`, as `ldr encode-uri --inline` writes it) the destination
+/// dials every source node over TLS and verifies its certificate against that CA and its
+/// address; without TLS parameters it dials in plain text (an insecure source).
+/// `options=-ccluster=…` is accepted and ignored.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SourceUri {
     pub user: String,
     pub password: String,
     pub host: String,
     pub port: u16,
+    /// The TLS parameters (certificates resolved); `None`: plain text.
+    pub tls: Option<TlsParams>,
 }
 
 impl std::fmt::Debug for SourceUri {
@@ -53,11 +60,24 @@ impl SourceUri {
             return Err(bad("missing user"));
         }
         let password = parsed.password().map(percent_decode).unwrap_or_default();
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let tls = TlsParams::from_query(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SslMode::Disable,
+        )
+        .map_err(|e| bad(&e.to_string()))?;
+        // Check the certificates now: a bad CA is an error of the statement, not of a job.
+        tls.client_config(&[ldr_security::tls::ALPN_H2])
+            .map_err(|e| bad(&e.to_string()))?;
         Ok(SourceUri {
             user,
             password,
             host,
             port: parsed.port().unwrap_or(DEFAULT_PORT),
+            tls: (tls.mode != SslMode::Disable && tls.root_cert.is_some()).then_some(tls),
         })
     }
 
@@ -79,6 +99,21 @@ impl SourceUri {
         };
         format!("postgresql://{}{}@{}", self.user, password, self.address())
     }
+}
+
+/// An error with its sources (a TLS failure is several levels below tonic's "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn percent_decode(s: &str) -> String {
@@ -116,8 +151,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl StreamClient {
-    /// Connects to `address` (`host:port`, a source node's sql address) as the URI's user.
+    /// Connects to `address` (`host:port`, a source node's sql address) as the URI's user,
+    /// in plain text.
     pub async fn connect(address: &str, user: &str, password: &str) -> Result<StreamClient> {
+        StreamClient::connect_with(address, user, password, None).await
+    }
+
+    /// Connects to `address` as the URI's user, over TLS if the URI asks for it.
+    pub async fn connect_to(address: &str, uri: &SourceUri) -> Result<StreamClient> {
+        StreamClient::connect_with(address, &uri.user, &uri.password, uri.tls.as_ref()).await
+    }
+
+    async fn connect_with(
+        address: &str,
+        user: &str,
+        password: &str,
+        tls: Option<&TlsParams>,
+    ) -> Result<StreamClient> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| {
                 StreamError::InvalidArgument(format!("invalid source address {address:?}: {e}"))
@@ -127,8 +177,21 @@ impl StreamClient {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(|e| {
-            StreamError::Unavailable(format!("cannot connect to source node {address}: {e}"))
+        let config = match tls {
+            None => None,
+            Some(tls) => tls
+                .client_config(&[ldr_security::tls::ALPN_H2])
+                .map_err(|e| StreamError::InvalidArgument(format!("invalid source URI: {e}")))?,
+        };
+        let connected = match config {
+            None => endpoint.connect().await,
+            Some(config) => ldr_security::dial::tls_channel(endpoint, config, None).await,
+        };
+        let channel = connected.map_err(|e| {
+            StreamError::Unavailable(format!(
+                "cannot connect to source node {address}: {}",
+                error_chain(&e)
+            ))
         })?;
         let inner = ReplicationStreamClient::new(channel).max_decoding_message_size(256 << 20);
         Ok(StreamClient {
@@ -141,7 +204,7 @@ impl StreamClient {
 
     /// Connects to the node a URI names.
     pub async fn connect_uri(uri: &SourceUri) -> Result<StreamClient> {
-        StreamClient::connect(&uri.address(), &uri.user, &uri.password).await
+        StreamClient::connect_to(&uri.address(), uri).await
     }
 
     pub fn address(&self) -> &str {

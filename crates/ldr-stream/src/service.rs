@@ -398,13 +398,31 @@ impl ReplicationStreamService {
 
 type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<pb::StreamEvent, Status>> + Send>>;
 
+impl ReplicationStreamService {
+    /// The user a request names, once its password checks out (on a secure source; an
+    /// insecure one trusts the name, as its SQL logins do).
+    async fn caller<T>(&self, request: &Request<T>) -> std::result::Result<String, Status> {
+        let user = user_of(request)?;
+        let password = request
+            .metadata()
+            .get(ldr_proto::metadata::PASSWORD)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        self.producer()?
+            .catalog
+            .authenticate(&user, password)
+            .await?;
+        Ok(user)
+    }
+}
+
 #[tonic::async_trait]
 impl pb::replication_stream_server::ReplicationStream for ReplicationStreamService {
     async fn start_stream(
         &self,
         request: Request<pb::StartStreamRequest>,
     ) -> std::result::Result<Response<pb::StartStreamResponse>, Status> {
-        let user = user_of(&request)?;
+        let user = self.caller(&request).await?;
         Ok(Response::new(
             self.producer()?
                 .start_stream(&user, request.into_inner())
@@ -416,7 +434,7 @@ impl pb::replication_stream_server::ReplicationStream for ReplicationStreamServi
         &self,
         request: Request<pb::PlanStreamRequest>,
     ) -> std::result::Result<Response<pb::PlanStreamResponse>, Status> {
-        let user = user_of(&request)?;
+        let user = self.caller(&request).await?;
         Ok(Response::new(
             self.producer()?
                 .plan_stream(&user, request.into_inner().stream_id)
@@ -430,7 +448,7 @@ impl pb::replication_stream_server::ReplicationStream for ReplicationStreamServi
         &self,
         request: Request<pb::StreamPartitionRequest>,
     ) -> std::result::Result<Response<Self::StreamPartitionStream>, Status> {
-        let user = user_of(&request)?;
+        let user = self.caller(&request).await?;
         let stream = self
             .producer()?
             .stream_partition(&user, request.into_inner())
@@ -442,7 +460,7 @@ impl pb::replication_stream_server::ReplicationStream for ReplicationStreamServi
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> std::result::Result<Response<pb::HeartbeatResponse>, Status> {
-        let user = user_of(&request)?;
+        let user = self.caller(&request).await?;
         Ok(Response::new(
             self.producer()?
                 .heartbeat(&user, request.into_inner())
@@ -454,7 +472,7 @@ impl pb::replication_stream_server::ReplicationStream for ReplicationStreamServi
         &self,
         request: Request<pb::CompleteStreamRequest>,
     ) -> std::result::Result<Response<pb::CompleteStreamResponse>, Status> {
-        let user = user_of(&request)?;
+        let user = self.caller(&request).await?;
         self.producer()?
             .complete_stream(&user, request.into_inner())
             .await?;

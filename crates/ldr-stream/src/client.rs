@@ -294,11 +294,34 @@ mod tests {
             u.redacted(),
             "postgresql://ldr_user:redacted@127.0.0.1:26257"
         );
-        let u = SourceUri::parse(
+        // A CA that is not a certificate is an error of the URI, said at once.
+        let e = SourceUri::parse(
             "postgresql://u:p@10.0.0.1:26257?options=-ccluster%3Dsystem&sslinline=true&sslmode=verify-full&sslrootcert=-----BEGIN+CERTIFICATE-----abc",
         )
-        .expect("TLS options are accepted");
+        .expect_err("not a certificate");
+        assert!(e.to_string().contains("certificate"), "{e}");
+        // `ldr encode-uri --inline`'s form: TLS with the inline CA.
+        let dir = tempfile::tempdir().expect("tempdir");
+        ldr_security::certs::create_ca(dir.path(), &dir.path().join("ca.key"), false).expect("ca");
+        let pem = std::fs::read_to_string(dir.path().join("ca.crt")).expect("ca.crt");
+        let uri = ldr_security::uri::encode_uri(&ldr_security::uri::EncodeUri {
+            target: "u:p@10.0.0.1:26257".into(),
+            ca_cert: Some(("ca.crt".into(), pem.clone())),
+            inline: true,
+            cluster: "system".into(),
+            ..Default::default()
+        })
+        .expect("uri");
+        let u = SourceUri::parse(&uri).expect("TLS options are accepted");
         assert_eq!(u.address(), "10.0.0.1:26257");
+        let tls = u.tls.as_ref().expect("tls");
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+        assert_eq!(tls.root_cert.as_deref(), Some(pem.as_str()));
+        assert!(!format!("{u:?}").contains(":p@"), "redacted: {u:?}");
+        assert!(
+            SourceUri::parse("postgresql://u:p@h:1?sslmode=verify-full").is_err(),
+            "verify-full needs a CA"
+        );
         let u = SourceUri::parse("postgres://root@localhost/defaultdb").expect("valid");
         assert_eq!((u.port, u.password.as_str()), (DEFAULT_PORT, ""));
     }

@@ -160,12 +160,13 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Start(args) => {
+            let max_sql_memory = args.max_sql_memory()?;
             if args.background {
                 return start::start_background(&args);
             }
             let tls = args.security()?;
             init_logging();
-            runtime()?.block_on(ldr_server::run(args.config(), tls))
+            runtime()?.block_on(ldr_server::run(args.config(), tls, max_sql_memory))
         }
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Workload(command) => runtime()?.block_on(workload_cmd::run(command)),

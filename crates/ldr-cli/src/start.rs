@@ -39,6 +39,10 @@ pub struct StartArgs {
     /// Maximum tolerated clock offset between nodes.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub max_offset: Duration,
+    /// Memory for SQL statements' rows, shared by the node's statements: a percentage or
+    /// fraction of the machine's memory (`25%`, `.25`) or a size (`4GiB`) [default: 25%].
+    #[arg(long)]
+    pub max_sql_memory: Option<String>,
     /// Start detached and return once the node accepts connections.
     #[arg(long)]
     pub background: bool,
@@ -59,6 +63,17 @@ impl StartArgs {
                  or an insecure one (no TLS, no passwords) with --insecure"
             ),
         }
+    }
+
+    /// `--max-sql-memory` in bytes (`None`: the default, a quarter of the machine's memory).
+    pub fn max_sql_memory(&self) -> Result<Option<u64>> {
+        let Some(text) = &self.max_sql_memory else {
+            return Ok(None);
+        };
+        let total = ldr_sql::budget::NodeMemory::machine_memory().unwrap_or(16 << 30);
+        ldr_sql::budget::parse_memory_size(text, total)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("--max-sql-memory: {e}"))
     }
 
     pub fn store_dir(&self) -> PathBuf {
@@ -178,6 +193,7 @@ mod tests {
             advertise_sql_addr: None,
             cluster_name: None,
             max_offset: Duration::from_millis(500),
+            max_sql_memory: None,
             background: false,
         };
         assert_eq!(mk("/tmp/n1").store_dir(), PathBuf::from("/tmp/n1"));

@@ -39,7 +39,13 @@ pub struct Node {
 /// Runs a node until SIGINT/SIGTERM: insecure (`tls` is `None`, `--insecure`) or secure
 /// (`--certs-dir`: TLS on the one port, node certificates between nodes, logins by client
 /// certificate or password).
-pub async fn run(config: ServerConfig, tls: Option<NodeTls>) -> Result<()> {
+/// Runs a node until it is asked to stop. `max_sql_memory`: the node's SQL memory in bytes
+/// (default: a quarter of the machine's).
+pub async fn run(
+    config: ServerConfig,
+    tls: Option<NodeTls>,
+    max_sql_memory: Option<u64>,
+) -> Result<()> {
     if let Some(tls) = &tls {
         // Every dialer of this process (KV, Raft, remote processors) now uses TLS.
         ldr_security::dial::set_node_client(tls.node_client.clone());
@@ -242,6 +248,9 @@ pub async fn run(config: ServerConfig, tls: Option<NodeTls>) -> Result<()> {
             }
         }
     };
+    if let Some(bytes) = max_sql_memory {
+        sql.server.set_max_sql_memory(bytes);
+    }
     let producer = Arc::new(Producer {
         kv: kv.clone(),
         registry: registry.clone(),

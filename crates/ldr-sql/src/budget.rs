@@ -18,15 +18,34 @@ use crate::error::{Result, SqlError, sqlstate};
 /// The SQL memory of one node, shared by its statements.
 #[derive(Debug)]
 pub struct NodeMemory {
-    limit: u64,
+    limit: AtomicU64,
     used: AtomicU64,
 }
 
 impl NodeMemory {
     pub fn new(limit: u64) -> Arc<NodeMemory> {
         Arc::new(NodeMemory {
-            limit,
+            limit: AtomicU64::new(limit),
             used: AtomicU64::new(0),
+        })
+    }
+
+    /// Sets the limit (`ldr start --max-sql-memory`).
+    pub fn set_limit(&self, bytes: u64) {
+        self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// The machine's memory in bytes, if it can be read.
+    pub fn machine_memory() -> Option<u64> {
+        std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .map(|kib| kib * 1024)
         })
     }
 
@@ -46,9 +65,10 @@ impl NodeMemory {
 
     fn reserve(&self, bytes: u64) -> std::result::Result<(), u64> {
         let mut current = self.used.load(Ordering::Relaxed);
+        let limit = self.limit();
         loop {
             let next = current.saturating_add(bytes);
-            if next > self.limit {
+            if next > limit {
                 return Err(current);
             }
             match self.used.compare_exchange_weak(
@@ -99,7 +119,7 @@ impl StmtLimits {
             return Err(budget_exceeded("sql", bytes, used, self.limit));
         }
         if let Err(node_used) = self.node.reserve(bytes) {
-            return Err(budget_exceeded("root", bytes, node_used, self.node.limit));
+            return Err(budget_exceeded("root", bytes, node_used, self.node.limit()));
         }
         self.used.fetch_add(bytes, Ordering::Relaxed);
         self.tick()
@@ -143,6 +163,49 @@ impl Drop for StmtLimits {
     fn drop(&mut self) {
         self.node.release(self.used.load(Ordering::Relaxed));
     }
+}
+
+/// `--max-sql-memory` as CockroachDB takes it: a percentage (`25%`) or fraction (`.25`) of the
+/// machine's memory (`total`), or a byte size (`4GiB`, `512MB`, `1000000`).
+pub fn parse_memory_size(text: &str, total: u64) -> Result<u64, String> {
+    let t = text.trim();
+    let invalid = || format!("invalid memory size \"{text}\"");
+    let fraction = if let Some(p) = t.strip_suffix('%') {
+        Some(p.trim().parse::<f64>().map_err(|_| invalid())? / 100.0)
+    } else if t.contains('.') && t.parse::<f64>().is_ok() {
+        t.parse::<f64>().ok()
+    } else {
+        None
+    };
+    if let Some(f) = fraction {
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(format!(
+                "{} (a share of memory must be in (0, 100%])",
+                invalid()
+            ));
+        }
+        return Ok((total as f64 * f) as u64);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| invalid())?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" => 1 << 10,
+        "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "tb" => 1000u64.pow(4),
+        "tib" => 1 << 40,
+        _ => return Err(invalid()),
+    };
+    let bytes = n.checked_mul(scale).ok_or_else(invalid)?;
+    if bytes == 0 {
+        return Err(format!("{} (must be positive)", invalid()));
+    }
+    Ok(bytes)
 }
 
 /// PostgreSQL's text for a statement stopped by `statement_timeout` (CockroachDB's wording).
@@ -226,6 +289,19 @@ mod tests {
         let l = StmtLimits::new(NodeMemory::new(u64::MAX), u64::MAX, None);
         for _ in 0..5000 {
             l.tick().expect("no deadline");
+        }
+    }
+
+    #[test]
+    fn memory_sizes_read_like_cockroach() {
+        let gib = 1u64 << 30;
+        assert_eq!(parse_memory_size("25%", 8 * gib), Ok(2 * gib));
+        assert_eq!(parse_memory_size(".5", 8 * gib), Ok(4 * gib));
+        assert_eq!(parse_memory_size("4GiB", 0), Ok(4 * gib));
+        assert_eq!(parse_memory_size("512MB", 0), Ok(512_000_000));
+        assert_eq!(parse_memory_size("1000000", 0), Ok(1_000_000));
+        for bad in ["", "0", "150%", "-1GiB", "lots", "4 parsecs", "0.0"] {
+            assert!(parse_memory_size(bad, gib).is_err(), "{bad:?} accepted");
         }
     }
 

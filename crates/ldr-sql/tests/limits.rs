@@ -56,6 +56,31 @@ async fn a_statement_over_its_memory_budget_fails_and_the_session_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_sql_memory_bounds_every_statement() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    table_of(&mut s, "t", 200).await;
+    // `ldr start --max-sql-memory=1MiB`: below the statement budget, so the node's refuses.
+    node.server.set_max_sql_memory(1 << 20);
+    let e = exec_err(&mut s, "SELECT count(*) FROM t a, t b").await;
+    assert_eq!(e.code(), "53200", "{e}");
+    assert!(
+        e.to_string().starts_with("root: memory budget exceeded"),
+        "{e}"
+    );
+    // Memory comes back when the statement ends.
+    assert_eq!(
+        rows(&mut s, "SELECT count(*) FROM t").await,
+        vec![vec!["200".to_string()]]
+    );
+    node.server.set_max_sql_memory(1 << 30);
+    assert_eq!(
+        rows(&mut s, "SELECT count(*) FROM t a, t b").await,
+        vec![vec!["40000".to_string()]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_without_order_stops_scans_and_joins_early() {
     let node = TestNode::start().await;
     let mut s = node.session().await;

@@ -376,6 +376,11 @@ impl SqlServer {
         crate::validation::lock(&self.catalog, table_id, job_id).await
     }
 
+    /// Sets the node's SQL memory (`ldr start --max-sql-memory`), shared by its statements.
+    pub fn set_max_sql_memory(&self, bytes: u64) {
+        self.memory.set_limit(bytes);
+    }
+
     /// Releases an LDR job's schema lock on a table (idempotent; a dropped table is fine).
     pub async fn unlock_table_schema(
         &self,

@@ -1002,6 +1002,35 @@ pub(crate) async fn apply_validated(
     ))
 }
 
+/// The checks of a validated write against the row it replaces (`old`, read at `ts`): NOT
+/// NULL and CHECK, the parents the new row references, the children of the old row's values.
+async fn validated_checks(
+    server: &SqlServer,
+    w: &ValidatedWrite,
+    old: Option<&[Datum]>,
+    children: &[(Arc<TableDescriptor>, ForeignKeyDescriptor)],
+    ts: Timestamp,
+) -> Result<()> {
+    let desc = &w.table;
+    if let Some(new) = &w.new {
+        check_row(desc, new, &EvalCtx::default())?;
+        check_fk_parents(&server.catalog, desc, new, old, "insert", ts, None).await?;
+    }
+    if let Some(old) = old {
+        check_fk_children(
+            &server.catalog,
+            children,
+            desc,
+            old,
+            w.new.as_deref(),
+            ts,
+            None,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// What [`validated_single_write`] did.
 enum SingleWrite {
     Done(ValidatedOutcome),
@@ -1028,26 +1057,7 @@ async fn validated_single_write(
         None => None,
     };
     let old_values = old.as_ref().map(|o| o.values.as_slice());
-    let checks = async {
-        if let Some(new) = &w.new {
-            check_row(desc, new, &EvalCtx::default())?;
-            check_fk_parents(&server.catalog, desc, new, old_values, "insert", ts, None).await?;
-        }
-        if let Some(old) = old_values {
-            check_fk_children(
-                &server.catalog,
-                children,
-                desc,
-                old,
-                w.new.as_deref(),
-                ts,
-                None,
-            )
-            .await?;
-        }
-        Ok::<(), SqlError>(())
-    };
-    match checks.await {
+    match validated_checks(server, w, old_values, children, ts).await {
         Ok(()) => {}
         Err(e) if e.code().starts_with("23") => return Ok(SingleWrite::CheckFailed),
         Err(e) => return Err(e),
@@ -1119,24 +1129,8 @@ async fn validated_attempt(
             )));
         }
     }
-    let ctx = EvalCtx::default();
     let old_values = old.as_ref().map(|o| o.values.as_slice());
-    if let Some(new) = &w.new {
-        check_row(desc, new, &ctx)?;
-        check_fk_parents(&server.catalog, desc, new, old_values, "insert", ts, None).await?;
-    }
-    if let Some(old) = old_values {
-        check_fk_children(
-            &server.catalog,
-            children,
-            desc,
-            old,
-            w.new.as_deref(),
-            ts,
-            None,
-        )
-        .await?;
-    }
+    validated_checks(server, w, old_values, children, ts).await?;
     for index in desc.indexes.iter().filter(|i| i.unique) {
         let new_vals = w
             .new

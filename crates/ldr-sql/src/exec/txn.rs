@@ -32,8 +32,11 @@
 //!    written key) and writes every buffered row as an intent, conditional on the value the
 //!    transaction read (`Condition::Expect`); a failed condition is 40001 and the KV
 //!    transaction is rolled back (its intents disappear);
-//! 3. with every intent in place, re-reads the keys it read but did not write; any change is
-//!    40001;
+//! 3. with every intent in place, re-reads the keys it read but did not write, and re-scans
+//!    the spans it scanned (a primary-key range, a whole table, a secondary-index prefix):
+//!    any change of a key read, or any row version in a scanned span newer than the
+//!    transaction's snapshot that it did not write (a phantom), is 40001 (CockroachDB's
+//!    refresh of read spans, done once at COMMIT);
 //! 4. commits the record: from that instant all of the transaction is visible and none of it
 //!    before. Intents are resolved in the background. A pusher that aborted the transaction
 //!    makes the COMMIT fail with 40001 (`TransactionAbortedError`), nothing applied; a record
@@ -43,17 +46,16 @@
 //! commit, no record). See docs/architecture.md, "Transactions across ranges".
 //!
 //! Limits (documented departures from CockroachDB's serializable isolation):
-//! - phantoms: a scan records the rows it found, not the absence of others, so a row inserted
-//!   concurrently into a range the transaction scanned is not detected (point lookups by
-//!   primary key or unique index do record absence);
 //! - read-only transactions are not validated (they read one snapshot);
-//! - the read set holds at most [`READ_SET_MAX`] keys; reads beyond are not validated.
+//! - the read set holds at most [`READ_SET_MAX`] keys; point reads beyond are not validated
+//!   (rows read by scans still are, through their spans, except a scanned row deleted since).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::future::join_all;
 use ldr_kv::KvClient;
+use ldr_types::{Span, Timestamp};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::write::{self, Applied, Change, TxnBuffer};
@@ -63,6 +65,8 @@ use crate::parser::Statement;
 
 /// Keys a transaction's read set holds at most.
 pub(crate) const READ_SET_MAX: usize = 100_000;
+/// Scanned spans a transaction remembers one by one; beyond, whole tables.
+const READ_SPANS_MAX: usize = 1024;
 /// Number of lock stripes per gateway.
 const STRIPES: usize = 4096;
 /// How long a writer waits for this gateway's row locks.
@@ -78,11 +82,30 @@ pub(crate) fn read_conflict() -> SqlError {
     .with_hint("retry the transaction")
 }
 
-/// The first value a transaction saw for each key it read.
+/// The 40001 a transaction gets when its COMMIT finds a row written, since its snapshot,
+/// into a span it scanned (a phantom, or a scanned row changed), as CockroachDB's failed
+/// refresh reads.
+pub(crate) fn refresh_conflict(key: &[u8]) -> SqlError {
+    SqlError::new(
+        sqlstate::SERIALIZATION_FAILURE,
+        format!(
+            "restart transaction: TransactionRetryWithProtoRefreshError: TransactionRetryError: \
+             retry txn (RETRY_SERIALIZABLE - failed preemptive refresh due to a conflict: \
+             committed value on key {})",
+            ldr_types::keys::pretty_key(key)
+        ),
+    )
+    .with_hint("retry the transaction")
+}
+
+/// The first value a transaction saw for each key it read, and the spans it scanned.
 #[derive(Debug, Default)]
 pub(crate) struct ReadSet {
     rows: HashMap<Vec<u8>, Option<Vec<u8>>>,
     overflowed: bool,
+    /// Spans scanned (refreshed at COMMIT, see [`refresh_spans`]); past [`READ_SPANS_MAX`]
+    /// they are condensed to the whole tables they touch (coarser, still correct).
+    spans: Vec<Span>,
 }
 
 impl ReadSet {
@@ -113,13 +136,63 @@ impl ReadSet {
         self.rows.len()
     }
 
+    /// Records that the transaction scanned `span`: a row written into it after the
+    /// transaction's snapshot fails the COMMIT.
+    pub fn observe_span(&mut self, span: Span) {
+        if self.spans.contains(&span) {
+            return;
+        }
+        self.spans.push(span);
+        if self.spans.len() > READ_SPANS_MAX {
+            self.spans = condense(std::mem::take(&mut self.spans));
+        }
+    }
+
     pub fn overflowed(&self) -> bool {
         self.overflowed
     }
 
-    pub fn into_rows(self) -> HashMap<Vec<u8>, Option<Vec<u8>>> {
-        self.rows
+    /// The keys read with their values, and the spans scanned.
+    pub fn into_parts(self) -> (HashMap<Vec<u8>, Option<Vec<u8>>>, Vec<Span>) {
+        (self.rows, self.spans)
     }
+}
+
+/// Spans widened to the whole tables they touch, without duplicates (a span outside every
+/// table is kept as it is).
+fn condense(spans: Vec<Span>) -> Vec<Span> {
+    let mut out: Vec<Span> = Vec::new();
+    for s in spans {
+        let wide = match ldr_types::keys::decode_table_key(&s.start) {
+            Some(k) => ldr_types::keys::table_span(k.table_id),
+            None => s,
+        };
+        if !out.contains(&wide) {
+            out.push(wide);
+        }
+    }
+    out
+}
+
+/// Re-scans the spans a transaction scanned, at the latest timestamp and with its intents in
+/// place: a row version newer than the transaction's snapshot `read_ts` that the transaction
+/// did not write itself (an insert into a scanned range, or an update of a scanned row) is a
+/// conflict (40001), as CockroachDB's refresh of read spans. Another transaction's intent in
+/// a span is pushed or waited for by the scan like any read.
+async fn refresh_spans(
+    kv: &KvClient,
+    spans: &[Span],
+    read_ts: Timestamp,
+    wrote: impl Fn(&[u8]) -> bool,
+) -> Result<()> {
+    for span in spans {
+        for kvv in super::scan::scan_all(kv, span, None).await? {
+            if kvv.version.ts > read_ts && !wrote(&kvv.key) {
+                return Err(refresh_conflict(&kvv.key));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a COMMIT must find before it writes: every key's expected latest value. Fails with
@@ -223,7 +296,7 @@ async fn validate(kv: &KvClient, expected: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) 
 
 /// Applies a transaction's buffered writes at COMMIT (see the module doc).
 pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
-    let (changes, reads) = buf.into_parts();
+    let (changes, reads, read_ts) = buf.into_parts();
     if changes.is_empty() {
         return Ok(());
     }
@@ -233,7 +306,8 @@ pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
         reads_overflowed = reads.overflowed(),
         "committing a transaction"
     );
-    let mut expected = expectations(reads.into_rows(), &changes)?;
+    let (rows, spans) = reads.into_parts();
+    let mut expected = expectations(rows, &changes)?;
     let _locks = server
         .row_locks
         .lock(expected.keys().map(Vec::as_slice), true)
@@ -243,7 +317,7 @@ pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
     for ch in &changes {
         expected.remove(&ch.key);
     }
-    if expected.is_empty() && !write::spans_ranges(&changes) {
+    if expected.is_empty() && spans.is_empty() && !write::spans_ranges(&changes) {
         // One range, nothing else read: one atomic batch, no record (one-phase commit).
         let applied = write::apply_unlocked(kv, &changes).await?;
         if !applied.iter().all(|a| matches!(a, Applied::Written(_))) {
@@ -261,7 +335,11 @@ pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
         // the writes covered, unique index entries included, were checked by their
         // conditions).
         expected.retain(|k, _| !txn.wrote(k));
-        validate(txn.client(), &expected).await
+        validate(txn.client(), &expected).await?;
+        match read_ts {
+            Some(read_ts) => refresh_spans(txn.client(), &spans, read_ts, |k| txn.wrote(k)).await,
+            None => Ok(()),
+        }
     }
     .await;
     match result {

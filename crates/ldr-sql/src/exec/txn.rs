@@ -98,6 +98,9 @@ pub(crate) fn refresh_conflict(key: &[u8]) -> SqlError {
     .with_hint("retry the transaction")
 }
 
+/// Each key read and the value first seen (`None`: absent).
+pub(crate) type ReadRows = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// The first value a transaction saw for each key it read, and the spans it scanned.
 #[derive(Debug, Default)]
 pub(crate) struct ReadSet {
@@ -153,7 +156,7 @@ impl ReadSet {
     }
 
     /// The keys read with their values, and the spans scanned.
-    pub fn into_parts(self) -> (HashMap<Vec<u8>, Option<Vec<u8>>>, Vec<Span>) {
+    pub fn into_parts(self) -> (ReadRows, Vec<Span>) {
         (self.rows, self.spans)
     }
 }

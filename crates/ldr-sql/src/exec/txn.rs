@@ -47,8 +47,8 @@
 //!
 //! Limits (documented departures from CockroachDB's serializable isolation):
 //! - read-only transactions are not validated (they read one snapshot);
-//! - the read set holds at most [`READ_SET_MAX`] keys; point reads beyond are not validated
-//!   (rows read by scans still are, through their spans, except a scanned row deleted since).
+//! - the read set holds at most [`READ_SET_MAX`] keys; keys read beyond are refreshed as
+//!   spans (any newer version of them is a conflict, even one that wrote the same value).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -120,12 +120,17 @@ impl ReadSet {
             Some(_) => Err(read_conflict()),
             None if self.rows.len() >= READ_SET_MAX => {
                 if !self.overflowed {
-                    tracing::warn!(
+                    tracing::debug!(
                         max = READ_SET_MAX,
-                        "transaction read set is full; further reads are not validated"
+                        "transaction read set is full; further reads are refreshed as spans"
                     );
                     self.overflowed = true;
                 }
+                // Validated by the refresh of read spans instead (any newer version of the
+                // key, tombstones included, is a conflict).
+                let mut end = key.to_vec();
+                end.push(0);
+                self.observe_span(Span::new(key.to_vec(), end));
                 Ok(())
             }
             None => {
@@ -590,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_read_set_stops_recording() {
+    fn a_full_read_set_records_further_reads_as_spans() {
         let mut r = ReadSet::default();
         for i in 0..READ_SET_MAX {
             r.observe(&(i as u64).to_be_bytes(), None).expect("fits");
@@ -599,8 +604,39 @@ mod tests {
         r.observe(b"one more", Some(b"v")).expect("not an error");
         assert!(r.overflowed());
         assert_eq!(r.len(), READ_SET_MAX);
+        // ... but the key is refreshed as a span at COMMIT.
+        let (_, spans) = r.into_parts();
+        assert_eq!(
+            spans,
+            vec![Span::new(b"one more".to_vec(), b"one more\0".to_vec())]
+        );
+        let mut r = ReadSet::default();
+        for i in 0..READ_SET_MAX {
+            r.observe(&(i as u64).to_be_bytes(), None).expect("fits");
+        }
         // Keys already recorded are still checked.
         assert!(r.observe(&0u64.to_be_bytes(), Some(b"v")).is_err());
+    }
+
+    #[test]
+    fn many_scanned_spans_condense_to_their_tables() {
+        let mut r = ReadSet::default();
+        for i in 0..=READ_SPANS_MAX as u64 {
+            let table = 100 + (i % 2) as u32;
+            let mut start = ldr_types::keys::index_prefix(table, 0, 1);
+            start.extend_from_slice(&i.to_be_bytes());
+            let mut end = start.clone();
+            end.push(0);
+            r.observe_span(Span::new(start, end));
+        }
+        let (_, spans) = r.into_parts();
+        assert_eq!(
+            spans,
+            vec![
+                ldr_types::keys::table_span(100),
+                ldr_types::keys::table_span(101)
+            ]
+        );
     }
 
     #[test]

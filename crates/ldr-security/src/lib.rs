@@ -30,6 +30,8 @@ pub mod uri;
 
 pub use conn::{GrpcConn, GrpcConnInfo};
 pub use tls::NodeTls;
+/// The TLS library, for callers that hold its configurations.
+pub use rustls;
 
 use std::path::Path;
 

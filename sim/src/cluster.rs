@@ -798,7 +798,10 @@ impl Cluster {
 
     /// Direct URLs of every node.
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| self.url_of(n.listen_addr)).collect()
+        self.nodes
+            .iter()
+            .map(|n| self.url_of(n.listen_addr))
+            .collect()
     }
 
     pub fn proxy(&self, index: usize) -> Result<Option<&FaultProxy>> {

@@ -64,7 +64,9 @@ type ConnectionFuture =
 
 /// For a `postgresql://` URL asking for TLS: the URL without its TLS parameters (tokio-postgres
 /// does not know them) and the client configuration they describe.
-fn tls_of(url: &str) -> Result<Option<(String, std::sync::Arc<ldr_security::rustls::ClientConfig>)>> {
+fn tls_of(
+    url: &str,
+) -> Result<Option<(String, std::sync::Arc<ldr_security::rustls::ClientConfig>)>> {
     if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
         return Ok(None);
     }

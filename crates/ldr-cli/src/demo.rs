@@ -70,8 +70,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     )
     .context("cannot start the demo clusters")?;
 
-    a.exec(1, &user_sql()).await.context("preparing cluster a")?;
-    b.exec(1, &user_sql()).await.context("preparing cluster b")?;
+    a.exec(1, &user_sql())
+        .await
+        .context("preparing cluster a")?;
+    b.exec(1, &user_sql())
+        .await
+        .context("preparing cluster b")?;
     a.exec(1, &connection_sql(&b, "cluster_b")?)
         .await
         .context("preparing cluster a")?;

@@ -29,9 +29,9 @@ pub mod tls;
 pub mod uri;
 
 pub use conn::{GrpcConn, GrpcConnInfo};
-pub use tls::NodeTls;
 /// The TLS library, for callers that hold its configurations.
 pub use rustls;
+pub use tls::NodeTls;
 
 use std::path::Path;
 

@@ -341,7 +341,15 @@ async fn demo_runs_replicates_and_cleans_up() -> Result<()> {
     // over verify-full connections (rows applied on both sides).
     let run = run_demo(
         started,
-        &["--nodes", "1", "--rate", "5", "--duration", "10m", "--secure"],
+        &[
+            "--nodes",
+            "1",
+            "--rate",
+            "5",
+            "--duration",
+            "10m",
+            "--secure",
+        ],
         Some(3),
     )
     .await?;

@@ -733,3 +733,57 @@ async fn a_stream_reports_an_untrusted_source_certificate_and_recovers() -> Resu
     ldr_e2e::phase(started, "source trusted again: the job caught up");
     Ok(())
 }
+
+/// Password guessing does not stall anyone else: 200 wrong-password logins (SCRAM over TLS,
+/// 8 at a time) while another session keeps querying; every guess gets 28P01, every query
+/// answers, the right password still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_guessing_does_not_stall_other_sessions() -> Result<()> {
+    use ldr_sim::{Cluster, ClusterSpec};
+    let c = Cluster::start(ClusterSpec::new("guess", 1)?.secure(true)).await?;
+    c.exec(1, "CREATE USER alice WITH PASSWORD 'right-password'")
+        .await?;
+    let root = c.url(1)?;
+    let ca = c.certs_dir().join("ca.crt");
+    let addr = c.node_info(1)?.listen_addr;
+    let as_alice = |password: &str| {
+        format!(
+            "postgresql://alice:{password}@{addr}/defaultdb?sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        )
+    };
+    let wrong = as_alice("guess");
+    let attack = tokio::spawn(async move {
+        let mut refused = 0;
+        let mut other = Vec::new();
+        for _ in 0..25 {
+            let tries = (0..8).map(|_| connect_tls(&wrong));
+            for r in futures::future::join_all(tries).await {
+                match r {
+                    Err(e) if sqlstate(&e) == "28P01" => refused += 1,
+                    Err(e) => other.push(e.to_string()),
+                    Ok(_) => other.push("a wrong password was accepted".into()),
+                }
+            }
+        }
+        (refused, other)
+    });
+    let client = ldr_sim::sql::connect(&root, ldr_sim::sql::CONNECT_TIMEOUT).await?;
+    let mut answered = 0;
+    while !attack.is_finished() && answered < 10_000 {
+        tokio::time::timeout(Duration::from_secs(10), client.simple_query("SELECT 1"))
+            .await
+            .context("a query stalled for 10 s during the password guessing")??;
+        answered += 1;
+    }
+    let (refused, other) = attack.await?;
+    ensure!(other.is_empty(), "unexpected outcomes: {other:?}");
+    ensure!(refused == 200, "{refused} of 200 guesses refused");
+    ensure!(answered > 0, "no query answered during the guessing");
+    let alice = connect_tls(&as_alice("right-password")).await?;
+    alice.simple_query("SELECT 1").await?;
+    eprintln!(
+        "200 wrong passwords refused (28P01) while another session answered {answered} queries"
+    );
+    Ok(())
+}

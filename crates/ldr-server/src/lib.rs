@@ -6,6 +6,8 @@
 
 mod catalog_adapters;
 pub mod console;
+pub mod console_auth;
+pub mod console_dashboards;
 pub mod http;
 pub mod listener;
 mod node;

@@ -146,8 +146,12 @@ pub async fn run(
     let ts_gauges: Arc<std::sync::OnceLock<Arc<crate::timeseries::Timeseries>>> =
         Arc::new(std::sync::OnceLock::new());
     let render_metrics: http::MetricsRenderer = {
-        let (metrics, ttl_metrics, ts_gauges) =
-            (metrics.clone(), ttl_metrics.clone(), ts_gauges.clone());
+        let (metrics, ttl_metrics, ts_gauges, node_cell) = (
+            metrics.clone(),
+            ttl_metrics.clone(),
+            ts_gauges.clone(),
+            node_cell.clone(),
+        );
         Arc::new(move || {
             let mut out = String::new();
             metrics.render(&mut out);
@@ -155,6 +159,10 @@ pub async fn run(
             if let Some(ts) = ts_gauges.get() {
                 ts.render_gauges(&mut out);
             }
+            crate::timeseries::render_sql_stats(
+                node_cell.get().map(|n| n.sql.server.stats()),
+                &mut out,
+            );
             out
         })
     };
@@ -181,19 +189,8 @@ pub async fn run(
         ts,
         node: node_cell.clone(),
         metrics: render_metrics,
-        console: {
-            let node_cell = node_cell.clone();
-            Arc::new(move |query| {
-                let node_cell = node_cell.clone();
-                Box::pin(async move {
-                    match node_cell.get() {
-                        Some(node) => crate::console::render(node, query.as_deref()).await,
-                        None => "<html><body><h1>ldr</h1><p>node not initialized</p></body></html>"
-                            .to_string(),
-                    }
-                })
-            })
-        },
+        secure: tls.is_some(),
+        sessions: Arc::new(crate::console_auth::Sessions::default()),
         nodes_json: {
             let node_cell = node_cell.clone();
             Arc::new(move |_| {

@@ -50,6 +50,36 @@ pub fn config_from_env() -> TsConfig {
     config
 }
 
+/// Appends the SQL gateway's `sql_query_count` and `sql_service_latency` (zero before the
+/// node serves SQL, so the families always exist).
+pub fn render_sql_stats(stats: Option<&ldr_sql::stats::SqlStats>, out: &mut String) {
+    use std::fmt::Write as _;
+    let (count, sum, buckets) = match stats {
+        Some(s) => (s.statements(), s.sum_ns(), s.cumulative()),
+        None => (0, 0, ldr_sql::stats::SqlStats::default().cumulative()),
+    };
+    out.push_str(
+        "# HELP sql_query_count Number of SQL queries executed\n# TYPE sql_query_count counter\n",
+    );
+    let _ = writeln!(out, "sql_query_count {count}");
+    out.push_str("# HELP sql_service_latency Latency of SQL request execution (nanoseconds)\n# TYPE sql_service_latency histogram\n");
+    for (le, c) in &buckets {
+        match le {
+            Some(le) => {
+                let _ = writeln!(out, "sql_service_latency_bucket{{le=\"{le}\"}} {c}");
+            }
+            None => {
+                let _ = writeln!(out, "sql_service_latency_bucket{{le=\"+Inf\"}} {c}");
+            }
+        }
+    }
+    let total = buckets.last().map_or(0, |b| b.1);
+    let _ = writeln!(
+        out,
+        "sql_service_latency_sum {sum}\nsql_service_latency_count {total}"
+    );
+}
+
 /// The time series of one node.
 pub struct Timeseries {
     pub store: TsStore,

@@ -320,7 +320,7 @@ pub async fn render(node: &Node, query: Option<&str>, viewer: &Viewer) -> String
         "Overview",
         Nav::Overview,
         viewer,
-        "<meta http-equiv=refresh content=5>",
+        "<meta http-equiv=refresh content=10>",
         &html,
     )
 }
@@ -417,7 +417,7 @@ pub async fn jobs_page(node: &Node, query: Option<&str>, viewer: &Viewer) -> Str
         "Jobs",
         Nav::Jobs,
         viewer,
-        "<meta http-equiv=refresh content=5>",
+        "<meta http-equiv=refresh content=30>",
         &body,
     )
 }

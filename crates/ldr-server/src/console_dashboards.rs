@@ -306,4 +306,56 @@ mod tests {
         assert_eq!(find("Logical Data Replication").map(|d| d.id), Some("ldr"));
         assert!(find("nope").is_none());
     }
+
+    /// monitoring/grafana-ldr.json parses, draws the console's graphs, and every metric its
+    /// queries name is a sample of `/metrics`.
+    #[test]
+    fn grafana_dashboard_uses_metrics_that_exist() {
+        let json: serde_json::Value =
+            serde_json::from_str(include_str!("../../../monitoring/grafana-ldr.json"))
+                .expect("grafana-ldr.json is JSON");
+        let metrics = ldr_ingest::metrics::Metrics::new();
+        metrics.label("east").events_ingested.inc(1);
+        metrics.set_replicated_time(1, Some("east"), ldr_types::Timestamp::new(1, 0));
+        let mut text = String::new();
+        metrics.render(&mut text);
+        crate::ttl::TtlMetrics::default().render(&mut text);
+        crate::timeseries::render_sql_stats(None, &mut text);
+        text.push_str("liveness_livenodes 1\n");
+        let samples: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split([' ', '{']).next())
+            .collect();
+        let panels = json["panels"].as_array().expect("panels");
+        let mut names = 0;
+        for panel in panels {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("expr");
+                for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if ["logical_replication_", "sql_", "liveness_"]
+                        .iter()
+                        .any(|p| token.starts_with(p))
+                    {
+                        names += 1;
+                        assert!(
+                            samples.contains(token),
+                            "{token} (in {expr:?}) is not in /metrics"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(names >= 15, "only {names} metric names found");
+        let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+        for d in &DASHBOARDS {
+            for c in d.charts {
+                assert!(
+                    titles.contains(&c.title),
+                    "grafana lacks the graph {:?}",
+                    c.title
+                );
+            }
+        }
+    }
 }

@@ -255,15 +255,26 @@ impl TsStore {
         start: u64,
         end: u64,
     ) -> Result<BTreeMap<String, Points>, TsError> {
-        let wanted: HashMap<u32, &String> = {
+        // Slot of each wanted id (ids are dense, below SERIES_MAX).
+        let mut slot_of: Vec<Option<usize>> = Vec::new();
+        let mut slots: Vec<&String> = Vec::new();
+        {
             let s = self.state.lock();
-            names
-                .iter()
-                .filter_map(|n| s.ids.get(n).map(|id| (*id, n)))
-                .collect()
-        };
+            for n in names {
+                if let Some(id) = s.ids.get(n) {
+                    let id = *id as usize;
+                    if slot_of.len() <= id {
+                        slot_of.resize(id + 1, None);
+                    }
+                    if slot_of[id].is_none() {
+                        slot_of[id] = Some(slots.len());
+                        slots.push(n);
+                    }
+                }
+            }
+        }
         let mut out: BTreeMap<String, Points> = BTreeMap::new();
-        if wanted.is_empty() {
+        if slots.is_empty() {
             return Ok(out);
         }
         let oldest_raw = self
@@ -276,11 +287,17 @@ impl TsStore {
             rows.extend(self.rows(Resolution::Rollup, start, end.min(oldest_raw), 0)?);
         }
         rows.extend(self.rows(Resolution::Raw, start.max(oldest_raw), end, 0)?);
-        for (ts, value) in rows {
-            for (id, v) in decode_row(&value) {
-                if let Some(name) = wanted.get(&id) {
-                    out.entry((*name).clone()).or_default().push((ts, v));
+        let mut points: Vec<Points> = vec![Vec::with_capacity(rows.len()); slots.len()];
+        for (ts, value) in &rows {
+            for (id, v) in decode_row(value) {
+                if let Some(Some(slot)) = slot_of.get(id as usize) {
+                    points[*slot].push((*ts, v));
                 }
+            }
+        }
+        for (name, p) in slots.into_iter().zip(points) {
+            if !p.is_empty() {
+                out.insert(name.clone(), p);
             }
         }
         Ok(out)

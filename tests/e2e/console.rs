@@ -528,6 +528,39 @@ async fn console_jobs_and_ldr_dashboard_in_headless_chromium() -> Result<()> {
         bad.body
     );
     phase(started, "stopped node skipped; bad names refused");
+
+    // Restarted, node 2 still has the points it sampled before it stopped (they live in its
+    // store).
+    let stopped_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    b.start_node(2)?;
+    b.wait_ready(2).await?;
+    let ans = http(
+        &b2,
+        "GET",
+        &format!(
+            "/ts/local?names=logical_replication_events_ingested&start={}&end={stopped_at}",
+            stopped_at - 600
+        ),
+        None,
+        "",
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_str(&ans.body)?;
+    let before = v["series"]["logical_replication_events_ingested"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    ensure!(
+        before > 5,
+        "node 2 lost its points across the restart: {}",
+        ans.body
+    );
+    phase(
+        started,
+        &format!("node 2 restarted with its {before} earlier points"),
+    );
     Ok(())
 }
 

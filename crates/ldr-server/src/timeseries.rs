@@ -126,24 +126,22 @@ impl Timeseries {
         self.store.record(ts_secs, &samples)
     }
 
-    /// Whether `base` names a series: a family `/metrics` declares, a label family, or a
-    /// series this node has recorded.
-    pub fn known(&self, base: &str) -> bool {
-        ts_query::LABEL_FAMILIES.contains(&base)
-            || ts_sampler::families(&(self.render)())
-                .iter()
-                .any(|f| f == base)
-            || self
-                .store
-                .names()
-                .iter()
-                .any(|n| ts_query::base_name(n) == base)
-    }
-
     fn parse(&self, query: &str) -> Result<TsRequest, TsError> {
+        // The known names, computed once per request.
+        let families = ts_sampler::families(&(self.render)());
+        let recorded: std::collections::HashSet<String> = self
+            .store
+            .names()
+            .iter()
+            .map(|n| ts_query::base_name(n).to_string())
+            .collect();
         ts_query::parse_request(
             query,
-            &|b| self.known(b),
+            &|b| {
+                ts_query::LABEL_FAMILIES.contains(&b)
+                    || families.iter().any(|f| f == b)
+                    || recorded.contains(b)
+            },
             now_secs(),
             self.store.config().interval_secs.ceil() as u64,
         )

@@ -323,6 +323,18 @@ impl TsStore {
             let mut from = last_rollup.unwrap_or(0).max(first_raw / window * window);
             let complete_until = now_secs / window * window;
             while from + window <= complete_until {
+                // Jump over windows without raw rows (a node that was down for days).
+                let Some((next, _)) = self
+                    .rows(Resolution::Raw, from, complete_until, 1)?
+                    .into_iter()
+                    .next()
+                else {
+                    break;
+                };
+                from = next / window * window;
+                if from + window > complete_until {
+                    break;
+                }
                 self.roll_up(from, from + window)?;
                 from += window;
             }
@@ -486,6 +498,30 @@ pub(crate) mod tests {
         store.maintain(1120).expect("maintain");
         let got = store.read(&["a".into()], 0, 2000).expect("read")["a"].clone();
         assert!(got.iter().all(|(ts, _)| *ts >= 120), "{got:?}");
+    }
+
+    #[test]
+    fn rollups_skip_a_long_gap_without_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = TsConfig {
+            raw_retention_secs: 3 * 24 * 3600,
+            ..TsConfig::default()
+        };
+        let store = TsStore::open(engine(dir.path()), config).expect("open");
+        // A node down for two days between two bursts of samples.
+        let day = 24 * 3600;
+        for i in 0..6u64 {
+            store.record(10 * i, &samples(1.0)).expect("record");
+            store
+                .record(2 * day + 10 * i, &samples(3.0))
+                .expect("record");
+        }
+        store.maintain(2 * day + 3600).expect("maintain");
+        let rollups = store
+            .rows(Resolution::Rollup, 0, u64::MAX, 0)
+            .expect("rows");
+        let times: Vec<u64> = rollups.iter().map(|r| r.0).collect();
+        assert_eq!(times, vec![0, 2 * day], "one rollup per window with rows");
     }
 
     #[test]

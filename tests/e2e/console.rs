@@ -257,7 +257,8 @@ async fn console_jobs_and_ldr_dashboard_in_headless_chromium() -> Result<()> {
     )
     .await?;
     a.set_node_fault(1, Fault::Drop)?;
-    let job = ldr_sim::ldr::create_stream(&b, "a", &["t"], &["t"], None).await?;
+    let job =
+        ldr_sim::ldr::create_stream(&b, "a", &["t"], &["t"], Some("label = 'console'")).await?;
     phase(started, &format!("LDR job {job} created on B"));
 
     // Jobs page on B, Type = Logical Replication Ingestion: the job with its progress bar.
@@ -470,6 +471,18 @@ async fn console_jobs_and_ldr_dashboard_in_headless_chromium() -> Result<()> {
     ensure!(
         (metric - charted).abs() < 15.0 && charted > 0.0,
         "replicated time: chart {charted}, /metrics {metric}"
+    );
+    // The job has a label: its by-label graphs are drawn.
+    let by_label = drawn
+        .iter()
+        .find(|c| c.title == "Replication Lag by Label")
+        .context("by-label chart")?;
+    ensure!(
+        by_label.state == "drawn"
+            && by_label.lasts.iter().any(
+                |(s, _)| s == "logical_replication_replicated_time_by_label{label=\"console\"}"
+            ),
+        "by-label lag chart: {by_label:?}"
     );
     let applied = drawn
         .iter()

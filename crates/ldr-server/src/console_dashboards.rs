@@ -226,7 +226,7 @@ pub const DASHBOARDS: [Dashboard; 2] = [
             },
             Chart {
                 title: "Replication Lag by Label",
-                help: "Jobs created with WITH LABEL = '…' (metrics.*.labels.enabled): their lag.",
+                help: "Jobs created WITH label = '…': their lag.",
                 unit: "s",
                 series: &[lag("lag", "logical_replication_replicated_time_by_label")],
             },

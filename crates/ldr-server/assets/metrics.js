@@ -32,6 +32,11 @@
     }
   }
 
+  // Lag in seconds at sample time x of a replicated time v (0: none yet, the initial scan).
+  function lag(x, v) {
+    return v > 0 ? Math.max(0, x - v) : null;
+  }
+
   function esc(s) {
     return String(s).replace(/[&<>"']/g, function (c) {
       return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
@@ -93,12 +98,12 @@
       data.push(xs.map(function (x) {
         var v = byTs[x];
         if (v === undefined) return null;
-        return l.transform === "lag" ? Math.max(0, x - v) : v;
+        return l.transform === "lag" ? lag(x, v) : v;
       }));
       points += l.points.length;
       var last = l.points[l.points.length - 1];
       if (last) {
-        var shown = l.transform === "lag" ? Math.max(0, last[0] - last[1]) : last[1];
+        var shown = l.transform === "lag" ? lag(last[0], last[1]) : last[1];
         legend += "<span class=last data-series=\"" + esc(l.name) + "\"" +
           (l.node !== undefined ? " data-node=\"" + l.node + "\"" : "") +
           " data-ts=\"" + last[0] + "\" data-value=\"" + last[1] + "\">" + esc(l.label) + ": " + esc(fmt(spec.unit, shown)) + "</span>";

@@ -314,7 +314,8 @@ pub async fn render(node: &Node, query: Option<&str>, viewer: &Viewer) -> String
     }
     html.push_str("</table>");
     html.push_str("<h2>Jobs</h2>");
-    html.push_str(&jobs_table(&jobs, filter.as_deref(), None, ""));
+    let status = query_param(query, "status").filter(|t| !t.eq_ignore_ascii_case("all"));
+    html.push_str(&jobs_table(&jobs, filter.as_deref(), status.as_deref(), ""));
     html.push_str("<p><a href=/metrics>Prometheus metrics</a></p>");
     layout(
         "Overview",
@@ -519,9 +520,15 @@ pub async fn job_page(
             ("resume", "Resume"),
             ("cancel", "Cancel"),
         ] {
+            // Canceling cannot be undone: the browser asks first.
+            let confirm = if action == "cancel" {
+                " onsubmit=\"return confirm('Cancel this job? This cannot be undone.')\""
+            } else {
+                ""
+            };
             let _ = write!(
                 html,
-                "<form method=post action=/console/jobs/{}/{action} style=display:inline><button id={action}>{label}</button></form>",
+                "<form method=post action=/console/jobs/{}/{action} style=display:inline{confirm}><button id={action}>{label}</button></form>",
                 job.id
             );
         }

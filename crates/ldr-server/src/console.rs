@@ -584,9 +584,18 @@ pub async fn job_action(
 
 /// The Metrics page (`GET /console/metrics?dashboard=…&range=…&agg=…`).
 pub fn metrics_page(query: Option<&str>, viewer: &Viewer) -> String {
-    let dashboard = query_param(query, "dashboard")
-        .and_then(|d| console_dashboards::find(&d))
-        .unwrap_or(&console_dashboards::DASHBOARDS[0]);
+    let asked = query_param(query, "dashboard");
+    let found = asked.as_deref().and_then(console_dashboards::find);
+    let dashboard = found.unwrap_or(&console_dashboards::DASHBOARDS[0]);
+    // An unknown dashboard (an old bookmark, a typo) says so and shows the default one.
+    let unknown = match (&asked, found) {
+        (Some(name), None) => format!(
+            "<div class=msg id=message>unknown dashboard {:?}: showing {}</div>",
+            escape(name),
+            escape(dashboard.title)
+        ),
+        _ => String::new(),
+    };
     let range = query_param(query, "range")
         .filter(|r| console_dashboards::RANGES.iter().any(|(k, _, _)| k == r))
         .unwrap_or_else(|| "10m".to_string());
@@ -620,6 +629,7 @@ pub fn metrics_page(query: Option<&str>, viewer: &Viewer) -> String {
         let _ = write!(html, "<option value={key}{selected}>{label}</option>");
     }
     html.push_str("</select><noscript><button>Show</button></noscript></form>");
+    html.push_str(&unknown);
     html.push_str(&charts_html(dashboard, &range, &agg));
     layout(
         "Metrics",
@@ -731,6 +741,74 @@ mod tests {
         assert_eq!(quantile(&b, 0.99), Some(100));
         assert_eq!(quantile(&b, 1.0), Some(1000));
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn metrics_page_names_its_dashboard_and_refuses_unknown_ones_clearly() {
+        let viewer = Viewer::insecure_root();
+        let page = metrics_page(Some("dashboard=ldr&range=1d&agg=node"), &viewer);
+        assert!(page.contains("<option value=ldr selected>Logical Data Replication</option>"));
+        assert!(page.contains("data-range-secs=86400 data-agg=node"));
+        assert!(page.contains("Replication Lag by Label"));
+        let page = metrics_page(Some("dashboard=%3Cscript%3E&range=99y"), &viewer);
+        assert!(
+            page.contains("unknown dashboard \"&lt;script&gt;\": showing Overview"),
+            "{page}"
+        );
+        assert!(page.contains("data-range-secs=600"));
+        assert!(!page.contains("<script>\""));
+    }
+
+    #[test]
+    fn jobs_table_filters_by_type_and_status_and_shows_scan_progress() {
+        let job = |id: i64,
+                   ty: ldr_jobs::JobType,
+                   status: JobStatus,
+                   progress: serde_json::Value| JobRecord {
+            id,
+            job_type: ty,
+            description: format!("job {id}"),
+            user_name: "root".to_string(),
+            status,
+            running_status: None,
+            created: Timestamp::new(id as u64 * 1_000_000_000, 0),
+            finished: None,
+            fraction_completed: 0.25,
+            error: None,
+            coordinator_id: Some(1),
+            payload: serde_json::json!({}),
+            progress,
+        };
+        let jobs = vec![
+            job(
+                1,
+                ldr_jobs::JobType::LogicalReplication,
+                JobStatus::Running,
+                serde_json::json!({}),
+            ),
+            job(
+                2,
+                ldr_jobs::JobType::LogicalReplication,
+                JobStatus::Paused,
+                serde_json::json!({"replicated_time": "1700000000000000000.0000000000"}),
+            ),
+            job(
+                3,
+                ldr_jobs::JobType::ReplicationStreamProducer,
+                JobStatus::Running,
+                serde_json::json!({}),
+            ),
+        ];
+        let html = jobs_table(&jobs, Some("Logical Replication Ingestion"), None, "");
+        assert!(html.contains("data-job-id=1 ") && html.contains("data-job-id=2 "));
+        assert!(!html.contains("data-job-id=3 "));
+        // Job 1 is in its initial scan (no replicated time): a 25% bar; job 2 is past it.
+        assert_eq!(html.matches("data-job-progress=25").count(), 1, "{html}");
+        let html = jobs_table(&jobs, None, Some("paused"), "");
+        assert!(html.contains("data-job-id=2 ") && !html.contains("data-job-id=1 "));
+        let html = jobs_table(&jobs, Some("replication producer"), None, "");
+        assert!(html.contains("data-job-id=3 ") && html.contains("1 of 3 jobs"));
+        assert_eq!(type_label("CHANGEFEED"), "Changefeed");
     }
 
     #[test]

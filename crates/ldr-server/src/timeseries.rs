@@ -175,7 +175,7 @@ impl Timeseries {
         query: &str,
     ) -> Result<TsAnswer, TsError> {
         let req = self.parse(query)?;
-        let me = self.node_id.load(Ordering::Relaxed);
+        let me = node.map_or_else(|| self.node_id.load(Ordering::Relaxed), |n| n.kv.node_id());
         let mut per_node: BTreeMap<u32, BTreeMap<String, Points>> = BTreeMap::new();
         let mut skipped = Vec::new();
         per_node.insert(me, self.read_local(req.clone()).await?);

@@ -96,6 +96,46 @@ pub struct StmtLimits {
     used: AtomicU64,
     deadline: Option<Instant>,
     ticks: AtomicU64,
+    /// The connection's cancel flag (a pgwire CancelRequest, psql's Ctrl-C).
+    cancel: Option<Arc<Canceler>>,
+}
+
+/// A connection's cancel flag: set by a CancelRequest carrying the connection's process id
+/// and secret key, cleared when a statement starts; statements check it where they check
+/// their deadline, and reads also stop wherever they wait.
+#[derive(Debug, Default)]
+pub struct Canceler {
+    canceled: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Canceler {
+    /// Cancels the running statement (if any).
+    pub fn cancel(&self) {
+        self.canceled.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// A new statement starts: earlier cancel requests are forgotten (as in PostgreSQL, a
+    /// cancel request only affects the statement running when it arrives).
+    pub fn reset(&self) {
+        self.canceled.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_canceled(&self) -> bool {
+        self.canceled.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the running statement is canceled.
+    pub async fn canceled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_canceled() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Rows between two deadline checks in a tight loop.
@@ -109,7 +149,14 @@ impl StmtLimits {
             used: AtomicU64::new(0),
             deadline,
             ticks: AtomicU64::new(0),
+            cancel: None,
         }
+    }
+
+    /// These limits also stop the statement when `cancel` fires.
+    pub fn with_cancel(mut self, cancel: Option<Arc<Canceler>>) -> StmtLimits {
+        self.cancel = cancel;
+        self
     }
 
     /// Charges `bytes` more; `53200` over the statement's or the node's budget.
@@ -142,8 +189,11 @@ impl StmtLimits {
         Ok(())
     }
 
-    /// `57014` once the statement is past its `statement_timeout`.
+    /// `57014` once the statement is past its `statement_timeout`, or canceled.
     pub fn check_deadline(&self) -> Result<()> {
+        if self.cancel.as_ref().is_some_and(|c| c.is_canceled()) {
+            return Err(query_canceled());
+        }
         match self.deadline {
             Some(d) if Instant::now() >= d => Err(statement_timeout()),
             _ => Ok(()),
@@ -206,6 +256,11 @@ pub fn parse_memory_size(text: &str, total: u64) -> Result<u64, String> {
         return Err(format!("{} (must be positive)", invalid()));
     }
     Ok(bytes)
+}
+
+/// A statement stopped by a cancel request (CockroachDB's wording).
+pub fn query_canceled() -> SqlError {
+    SqlError::new(sqlstate::QUERY_CANCELED, "query execution canceled")
 }
 
 /// PostgreSQL's text for a statement stopped by `statement_timeout` (CockroachDB's wording).

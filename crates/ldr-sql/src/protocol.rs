@@ -23,7 +23,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
-use futures::future::{self, Either};
 use futures::{Sink, SinkExt, stream};
 use pgwire::api::auth::sasl::scram::{
     ScramSecret, ScramServerAuth, ScramServerAuthWaitingForClientFinal,
@@ -47,8 +46,8 @@ use pgwire::api::results::{
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionHandle, DEFAULT_NAME, ErrorHandler, METADATA_DATABASE,
-    METADATA_USER, PgWireConnectionState, PgWireServerHandlers, Type,
+    ClientInfo, ClientPortalStore, DEFAULT_NAME, ErrorHandler, METADATA_DATABASE, METADATA_USER,
+    PgWireConnectionState, PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::DecodeContext;
@@ -242,6 +241,8 @@ struct Conn {
     prepared_names: std::sync::Mutex<BTreeSet<String>>,
     /// The `COPY … FROM STDIN` in progress, collecting the client's data.
     copy_in: std::sync::Mutex<Option<CopyIn>>,
+    /// This connection's entry in [`CANCELS`] (from login to the end of the connection).
+    cancel_key: std::sync::Mutex<Option<CancelRegistration>>,
 }
 
 /// A `COPY … FROM STDIN` between its statement and the client's CopyDone.
@@ -274,6 +275,7 @@ impl Handlers {
             scram: Mutex::new(None),
             prepared_names: std::sync::Mutex::new(BTreeSet::new()),
             copy_in: std::sync::Mutex::new(None),
+            cancel_key: std::sync::Mutex::new(None),
         });
         Handlers {
             handler: Arc::new(ConnHandler {
@@ -284,7 +286,74 @@ impl Handlers {
     }
 }
 
+/// Logged-in connections by (process id, secret key) as BackendKeyData gave them, for
+/// CancelRequests (psql's Ctrl-C opens a new connection and sends one).
+static CANCELS: std::sync::LazyLock<
+    std::sync::Mutex<HashMap<(i32, i32), std::sync::Weak<crate::budget::Canceler>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// A connection's entry in [`CANCELS`], removed when the connection ends.
+struct CancelRegistration {
+    key: (i32, i32),
+}
+
+impl CancelRegistration {
+    /// Registers `canceler` under a fresh (process id, secret key).
+    fn new(canceler: &Arc<crate::budget::Canceler>) -> CancelRegistration {
+        let mut map = CANCELS.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let key = (
+                (std::process::id() as i32 ^ rand::random::<i32>()).abs(),
+                rand::random::<i32>(),
+            );
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry(key) {
+                e.insert(Arc::downgrade(canceler));
+                return CancelRegistration { key };
+            }
+        }
+    }
+}
+
+impl Drop for CancelRegistration {
+    fn drop(&mut self) {
+        CANCELS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// Answers CancelRequests: the statement running on the connection with that process id and
+/// secret key stops with 57014 `query execution canceled` (a read wherever it waits, a write
+/// at its next check). Unknown keys are ignored, as PostgreSQL ignores them.
+struct CancelRequests;
+
+#[async_trait]
+impl pgwire::api::cancel::CancelHandler for CancelRequests {
+    async fn on_cancel_request(&self, request: pgwire::messages::cancel::CancelRequest) {
+        // The key arrives as the 4 bytes BackendKeyData sent (decoded as bytes or as an
+        // integer, depending on what pgwire knows of the cancel connection's protocol).
+        let Ok(bytes) = <[u8; 4]>::try_from(request.secret_key.to_bytes().as_ref()) else {
+            return;
+        };
+        let secret = i32::from_be_bytes(bytes);
+        let canceler = CANCELS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(request.pid, secret))
+            .and_then(std::sync::Weak::upgrade);
+        if let Some(c) = canceler {
+            debug!(pid = request.pid, "cancel request");
+            c.cancel();
+        }
+    }
+}
+
 impl PgWireServerHandlers for Handlers {
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::new(CancelRequests)
+    }
+
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         self.handler.clone()
     }
@@ -400,17 +469,20 @@ impl ConnHandler {
             .map(|v| v == "on")
             .unwrap_or(false);
         let application_name = client.metadata().get("application_name").cloned();
+        let mut session = session;
         if let Some(app) = &application_name {
-            let mut s = session;
-            let _ = s.vars.set("application_name", app);
-            *self.conn.session.lock().await = Some(s);
-        } else {
-            *self.conn.session.lock().await = Some(session);
+            let _ = session.vars.set("application_name", app);
         }
-        client.set_pid_and_secret_key(
-            std::process::id() as i32 ^ rand::random::<i32>().abs(),
-            SecretKey::I32(rand::random()),
-        );
+        let canceler = Arc::new(crate::budget::Canceler::default());
+        session.set_canceler(canceler.clone());
+        let registration = CancelRegistration::new(&canceler);
+        client.set_pid_and_secret_key(registration.key.0, SecretKey::I32(registration.key.1));
+        *self
+            .conn
+            .cancel_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(registration);
+        *self.conn.session.lock().await = Some(session);
         finish_authentication(
             client,
             &Params {
@@ -884,22 +956,8 @@ impl SimpleQueryHandler for ConnHandler {
                 ))
                 .await?;
         } else {
-            // A cancel request (when pgwire's cancel handle is installed) ends the query.
-            let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
-                Some(handle) => Some(handle.start_query().await),
-                None => None,
-            };
-            let answers = match cancel {
-                Some(cancel) => {
-                    let run = std::pin::pin!(self.simple_query(client, &query.query));
-                    match future::select(run, cancel).await {
-                        Either::Left((answers, _)) => answers,
-                        Either::Right(_) => Err(PgWireError::QueryCanceled),
-                    }
-                }
-                None => self.simple_query(client, &query.query).await,
-            };
-            let answers = match answers {
+            // A cancel request stops the running statement inside the session (57014).
+            let answers = match self.simple_query(client, &query.query).await {
                 Ok(answers) => answers,
                 Err(e) => {
                     // pgwire reports it (and a ReadyForQuery from the client's status).

@@ -179,3 +179,63 @@ fn statement_timeout_values_read_like_postgres() {
     assert!(parse_statement_timeout("-5").is_err());
     assert!(parse_statement_timeout("x").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_stops_the_running_statement() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    table_of(&mut s, "t", 100).await;
+    let port = listen(node.server.clone()).await;
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=root dbname=defaultdb"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connects");
+    tokio::spawn(connection);
+    let token = client.cancel_token();
+    // 10^8 joined rows: minutes of CPU unless canceled. A cancel request only stops the
+    // statement running when it arrives, so it is sent until the statement answers.
+    let started = Instant::now();
+    let query = client
+        .simple_query("SELECT count(*) FROM t a, t b, t c, t d WHERE a.k + b.k + c.k + d.k < 0");
+    let cancel = async {
+        loop {
+            token
+                .cancel_query(tokio_postgres::NoTls)
+                .await
+                .expect("cancel request sent");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let result = tokio::select! {
+        r = query => r,
+        _ = cancel => unreachable!("the cancel loop never ends"),
+    };
+    let e = result.expect_err("canceled");
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "57014", "{db}");
+    assert_eq!(db.message(), "query execution canceled");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The connection goes on; a cancel request with a wrong key is ignored.
+    let rows = client.simple_query("SELECT 1").await.expect("next query");
+    assert!(!rows.is_empty());
+    let (other, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=root dbname=defaultdb"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connects");
+    tokio::spawn(connection);
+    other
+        .cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel of an idle connection");
+    drop(other);
+    let rows = client
+        .simple_query("SELECT count(*) FROM t a, t b WHERE a.k < b.k")
+        .await
+        .expect("not canceled by another connection's key");
+    assert!(!rows.is_empty());
+}

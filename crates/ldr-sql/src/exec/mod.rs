@@ -304,6 +304,7 @@ impl SqlServer {
             txn: Txn::Idle,
             show_sources: vec![],
             limits: None,
+            cancel: None,
         }
     }
 
@@ -325,6 +326,7 @@ impl SqlServer {
             txn: Txn::Idle,
             show_sources: vec![],
             limits: None,
+            cancel: None,
         })
     }
 
@@ -438,6 +440,8 @@ pub struct Session {
     pub(crate) show_sources: Vec<Statement>,
     /// The running statement's memory budget and deadline.
     pub(crate) limits: Option<Arc<crate::budget::StmtLimits>>,
+    /// The connection's cancel flag (set by the wire protocol; `None` for internal sessions).
+    pub(crate) cancel: Option<Arc<crate::budget::Canceler>>,
 }
 
 impl Session {
@@ -472,7 +476,13 @@ impl Session {
                 .settings()
                 .bytes("sql.distsql.temp_storage.workmem"),
             timeout.map(|t| std::time::Instant::now() + t),
-        ))
+        )
+        .with_cancel(self.cancel.clone()))
+    }
+
+    /// Lets `canceler` stop this session's statements (a pgwire CancelRequest).
+    pub fn set_canceler(&mut self, canceler: Arc<crate::budget::Canceler>) {
+        self.cancel = Some(canceler);
     }
 
     pub(crate) fn eval_ctx(&self, params: Vec<Datum>) -> EvalCtx {
@@ -580,18 +590,38 @@ impl Session {
     ) -> Result<QueryResult> {
         let started = std::time::Instant::now();
         self.check_txn_state(stmt)?;
+        if let Some(c) = &self.cancel {
+            c.reset();
+        }
         let limits = Arc::new(self.statement_limits()?);
         let deadline = limits.deadline();
         self.limits = Some(limits);
-        // A read past its deadline stops wherever it waits; other statements stop at their
-        // next check (a write is never abandoned halfway).
-        let r = match (deadline, stmt) {
-            (Some(d), Statement::Select(_) | Statement::SelectFromShow { .. }) => {
-                tokio::time::timeout_at(d.into(), self.dispatch(stmt, params, in_batch))
-                    .await
-                    .unwrap_or_else(|_| Err(crate::budget::statement_timeout()))
+        // A read past its deadline or canceled stops wherever it waits; other statements stop
+        // at their next check (a write is never abandoned halfway).
+        let r = if matches!(
+            stmt,
+            Statement::Select(_) | Statement::SelectFromShow { .. }
+        ) {
+            let cancel = self.cancel.clone();
+            let canceled = async move {
+                match cancel {
+                    Some(c) => c.canceled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let timeout = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.dispatch(stmt, params, in_batch) => r,
+                _ = canceled => Err(crate::budget::query_canceled()),
+                _ = timeout => Err(crate::budget::statement_timeout()),
             }
-            _ => self.dispatch(stmt, params, in_batch).await,
+        } else {
+            self.dispatch(stmt, params, in_batch).await
         };
         self.limits = None;
         if r.is_err() {

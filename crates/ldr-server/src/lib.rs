@@ -5,6 +5,7 @@
 #![recursion_limit = "256"]
 
 mod catalog_adapters;
+mod changefeed;
 pub mod console;
 pub mod http;
 pub mod listener;

@@ -369,7 +369,367 @@ async fn bad_changefeeds_are_refused() -> Result<()> {
     Ok(())
 }
 
-#[allow(dead_code)]
-fn unused(_: Arc<()>, _: BTreeSet<()>, _: (Cluster, Cluster)) {
-    let _ = cluster_pair;
+/// The union of the nodelocal sinks `nodelocal://self/<path>` wrote on every node of `c`.
+fn read_sinks(c: &Cluster, path: &str) -> Result<SinkContents> {
+    let mut all = SinkContents::default();
+    for node in c.node_ids() {
+        let s = read_sink(&nodelocal(c, node, path)?)?;
+        all.messages.extend(s.messages);
+        all.resolved.extend(s.resolved);
+        all.data_files.extend(s.data_files);
+    }
+    Ok(all)
+}
+
+/// The keys whose latest message (by `updated`) is an upsert with `after.v`, per key.
+fn latest_values(messages: &[Value]) -> Result<BTreeMap<i64, Option<String>>> {
+    let mut latest: BTreeMap<i64, (Timestamp, Option<String>)> = BTreeMap::new();
+    for m in messages {
+        let key = m["key"][0].as_i64().with_context(|| format!("{m}"))?;
+        let ts = ts_of(&m["updated"])?;
+        let v = m["after"]["v"].as_str().map(str::to_string);
+        match latest.get(&key) {
+            Some((t, _)) if *t > ts => {}
+            _ => {
+                latest.insert(key, (ts, v));
+            }
+        }
+    }
+    Ok(latest.into_iter().map(|(k, (_, v))| (k, v)).collect())
+}
+
+/// Upserts `(k, 'v<k>')` for `keys` on any running node of `c`, retrying each until it
+/// commits (nodes may be dying).
+async fn write_keys(c: &Cluster, keys: std::ops::RangeInclusive<i64>, avoid: usize) -> Result<()> {
+    let deadline = Instant::now() + CATCH_UP;
+    let mut first = if avoid == 1 { 2 } else { 1 };
+    let mut client = ldr_e2e::any_sql(c, first).await?;
+    for k in keys {
+        loop {
+            ensure!(Instant::now() < deadline, "could not write key {k}");
+            let sql = format!("UPSERT INTO t VALUES ({k}, 'v{k}')");
+            match tokio::time::timeout(Duration::from_secs(10), client.batch_execute(&sql)).await {
+                Ok(Ok(())) => break,
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    first = first % c.node_count() + 1;
+                    if first == avoid {
+                        first = first % c.node_count() + 1;
+                    }
+                    if let Ok(cl) = ldr_e2e::any_sql(c, first).await {
+                        client = cl;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_resume_and_coordinator_kill_lose_no_change() -> Result<()> {
+    let started = Instant::now();
+    let c = cluster("cfkill", 3).await?;
+    enable_rangefeeds(&c).await?;
+    c.exec(1, "CREATE TABLE t (k INT8 PRIMARY KEY, v STRING)")
+        .await?;
+    write_keys(&c, 1..=40, 0).await?;
+    // Created through node 2: node 2 claims and coordinates it. `self`: each coordinator
+    // writes below its own store, so the files of a killed coordinator stay readable.
+    let job = create_changefeed(
+        &c,
+        2,
+        "CREATE CHANGEFEED FOR TABLE t INTO 'nodelocal://self/cf' WITH updated, resolved = '200ms', min_checkpoint_frequency = '200ms'",
+    )
+    .await?;
+    write_keys(&c, 41..=80, 0).await?;
+    phase(started, "pausing");
+    c.exec(1, &format!("PAUSE JOB {job}")).await?;
+    wait_job_status(&c, job, "paused", CATCH_UP).await?;
+    write_keys(&c, 81..=120, 0).await?;
+    c.exec(1, &format!("RESUME JOB {job}")).await?;
+    wait_job_status(&c, job, "running", CATCH_UP).await?;
+    let after_resume = now(&c).await?;
+    poll(
+        "the resumed changefeed to resolve past the writes made while paused",
+        CATCH_UP,
+        Duration::from_millis(200),
+        || async {
+            let s = read_sinks(&c, "cf").map_err(|e| e.to_string())?;
+            if s.resolved.iter().any(|r| *r >= after_resume) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", s.resolved.iter().max()))
+            }
+        },
+    )
+    .await?;
+
+    phase(started, "killing the coordinator under writes");
+    let coordinator: usize = poll(
+        "a coordinator",
+        CATCH_UP,
+        Duration::from_millis(200),
+        || async {
+            let row = ldr_e2e::job_row(&c, job).await.map_err(|e| e.to_string())?;
+            row.get("coordinator_id")
+                .cloned()
+                .flatten()
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .ok_or_else(|| format!("{row:?}"))
+        },
+    )
+    .await?;
+    let writer = {
+        let c2 = &c;
+        async move { write_keys(c2, 121..=240, coordinator).await }
+    };
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.kill(coordinator)
+    };
+    let (w, k) = tokio::join!(writer, killer);
+    w?;
+    k?;
+    let after = now(&c).await?;
+    phase(
+        started,
+        &format!("node {coordinator} killed; waiting for another node to resume"),
+    );
+    let sinks = poll(
+        "a new coordinator to resolve past every write",
+        CATCH_UP,
+        Duration::from_millis(250),
+        || async {
+            let s = read_sinks(&c, "cf").map_err(|e| e.to_string())?;
+            if s.resolved.iter().any(|r| *r >= after) {
+                Ok(s)
+            } else {
+                Err(format!("{:?}", s.resolved.iter().max()))
+            }
+        },
+    )
+    .await?;
+    let row = ldr_e2e::job_row(&c, job).await?;
+    ensure!(
+        row["coordinator_id"].as_deref().map(str::trim) != Some(&coordinator.to_string()),
+        "another node coordinates now: {row:?}"
+    );
+    // Every row written is in the sinks with its value (duplicates allowed: at least once).
+    let latest = latest_values(&sinks.messages)?;
+    let missing: Vec<i64> = (1..=240)
+        .filter(|k| latest.get(k).cloned().flatten() != Some(format!("v{k}")))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "keys missing from the changefeed: {missing:?} ({} messages)",
+        sinks.messages.len()
+    );
+    let rows = query_any(&c, "SELECT count(*) FROM t").await?;
+    ensure!(
+        ldr_e2e::scalar(&rows).as_deref() == Some("240"),
+        "{:?}",
+        rows.rows
+    );
+    phase(started, "done");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changefeed_on_a_emits_ldr_writes_once_b_replicates_into_a() -> Result<()> {
+    let started = Instant::now();
+    let (a, b) = cluster_pair(1, false).await?;
+    for c in [&a, &b] {
+        c.exec(1, "CREATE TABLE test_table (k INT8 PRIMARY KEY, v STRING)")
+            .await?;
+        enable_rangefeeds(c).await?;
+    }
+    phase(started, "1. a changefeed watching test_table on cluster A");
+    let job = create_changefeed(
+        &a,
+        1,
+        "CREATE CHANGEFEED FOR TABLE test_table INTO 'nodelocal://1/cf' WITH updated, resolved = '200ms', min_checkpoint_frequency = '200ms'",
+    )
+    .await?;
+    ensure!(job > 0);
+    let dir = nodelocal(&a, 1, "cf")?;
+    phase(started, "2. LDR A -> B, writes on both clusters");
+    ldr_sim::ldr::create_external_connection(&b, "a", &a).await?;
+    let table = ["defaultdb.public.test_table"];
+    let a_to_b = ldr_sim::ldr::create_stream(&b, "a", &table, &table, None).await?;
+    a.exec(
+        1,
+        "INSERT INTO test_table VALUES (1, 'a1'), (2, 'a2'), (3, 'a3')",
+    )
+    .await?;
+    b.exec(1, "INSERT INTO test_table VALUES (101, 'b1'), (102, 'b2')")
+        .await?;
+    ldr_e2e::wait_replicated(&b, a_to_b, now(&a).await?, CATCH_UP).await?;
+    let sink = wait_resolved(&dir, now(&a).await?, CATCH_UP).await?;
+    let keys: BTreeSet<i64> = latest_values(&sink.messages)?.into_keys().collect();
+    ensure!(
+        keys == BTreeSet::from([1, 2, 3]),
+        "while LDR runs only A -> B, the changefeed on A emits A's writes only: {keys:?}"
+    );
+    phase(
+        started,
+        "3. LDR B -> A too: B's writes reach A and its changefeed",
+    );
+    ldr_sim::ldr::create_external_connection(&a, "b", &b).await?;
+    let b_to_a = ldr_sim::ldr::create_stream(&a, "b", &table, &table, None).await?;
+    b.exec(1, "INSERT INTO test_table VALUES (103, 'b3')")
+        .await?;
+    a.exec(1, "INSERT INTO test_table VALUES (4, 'a4')").await?;
+    ldr_e2e::wait_replicated(&a, b_to_a, now(&b).await?, CATCH_UP).await?;
+    let sink = wait_resolved(&dir, now(&a).await?, CATCH_UP).await?;
+    let latest = latest_values(&sink.messages)?;
+    let want: BTreeMap<i64, Option<String>> = [
+        (1, "a1"),
+        (2, "a2"),
+        (3, "a3"),
+        (4, "a4"),
+        (101, "b1"),
+        (102, "b2"),
+        (103, "b3"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, Some(v.to_string())))
+    .collect();
+    ensure!(
+        latest == want,
+        "the changefeed on A emits A's writes and B's writes arriving through LDR: {latest:?}"
+    );
+    phase(started, "done");
+    Ok(())
+}
+
+/// A minimal webhook receiver: records every POST body; answers 200.
+async fn start_receiver(
+    listener: tokio::net::TcpListener,
+    bodies: Arc<std::sync::Mutex<Vec<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let bodies = bodies.clone();
+            async move {
+                if let Ok(mut b) = bodies.lock() {
+                    b.push(body);
+                }
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_receiver_down_then_up_gets_every_message() -> Result<()> {
+    let started = Instant::now();
+    let c = cluster("cfhook", 1).await?;
+    enable_rangefeeds(&c).await?;
+    c.exec(1, "CREATE TABLE t (k INT8 PRIMARY KEY, v STRING)")
+        .await?;
+    write_keys(&c, 1..=20, 0).await?;
+    // A port nothing listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let job = create_changefeed(
+        &c,
+        1,
+        &format!(
+            "CREATE CHANGEFEED FOR TABLE t INTO 'webhook-http://127.0.0.1:{port}/hook' WITH updated, resolved = '500ms', min_checkpoint_frequency = '200ms'"
+        ),
+    )
+    .await?;
+    phase(
+        started,
+        "receiver down: the job reports the error and keeps retrying",
+    );
+    poll(
+        "the sink error in SHOW CHANGEFEED JOBS",
+        CATCH_UP,
+        Duration::from_millis(200),
+        || async {
+            let row = changefeed_row(&c, job).await.map_err(|e| e.to_string())?;
+            match row.get("running_status").cloned().flatten() {
+                Some(s) if s.contains("retryable error") && s.contains("127.0.0.1") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
+    write_keys(&c, 21..=40, 0).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let row = changefeed_row(&c, job).await?;
+    ensure!(row["status"].as_deref() == Some("running"), "{row:?}");
+    phase(started, "receiver up");
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let server = start_receiver(listener, bodies.clone()).await;
+    write_keys(&c, 41..=50, 0).await?;
+    let after = now(&c).await?;
+    let (messages, resolved) = poll(
+        "every message and a resolved message past the writes",
+        CATCH_UP,
+        Duration::from_millis(200),
+        || async {
+            let bodies = bodies.lock().map_err(|e| e.to_string())?.clone();
+            let mut messages = Vec::new();
+            let mut resolved = Vec::new();
+            for b in &bodies {
+                let v: Value = serde_json::from_str(b).map_err(|e| format!("{b}: {e}"))?;
+                if let Some(r) = v.get("resolved") {
+                    resolved.push(ts_of(r).map_err(|e| e.to_string())?);
+                    continue;
+                }
+                let payload = v["payload"]
+                    .as_array()
+                    .ok_or_else(|| format!("no payload: {b}"))?;
+                if v["length"].as_u64() != Some(payload.len() as u64) {
+                    return Err(format!("length does not match: {b}"));
+                }
+                messages.extend(payload.iter().cloned());
+            }
+            if resolved.iter().any(|r| *r >= after) {
+                Ok((messages, resolved))
+            } else {
+                Err(format!(
+                    "{} messages, resolved {:?}",
+                    messages.len(),
+                    resolved.last()
+                ))
+            }
+        },
+    )
+    .await?;
+    let latest = latest_values(&messages)?;
+    let missing: Vec<i64> = (1..=50)
+        .filter(|k| latest.get(k).cloned().flatten() != Some(format!("v{k}")))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "missing after the receiver came up: {missing:?}"
+    );
+    for m in &messages {
+        ensure!(
+            m["topic"] == "t" && m["key"].is_array() && m["updated"].is_string(),
+            "webhook messages carry key, topic and updated: {m}"
+        );
+    }
+    ensure!(!resolved.is_empty());
+    let row = changefeed_row(&c, job).await?;
+    ensure!(
+        !row["running_status"]
+            .clone()
+            .unwrap_or_default()
+            .contains("retryable error"),
+        "the error clears once the receiver answers: {row:?}"
+    );
+    server.abort();
+    phase(started, "done");
+    Ok(())
 }

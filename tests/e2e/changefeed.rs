@@ -290,6 +290,61 @@ async fn nodelocal_sink_gets_exactly_the_changes() -> Result<()> {
         },
     )
     .await?;
+
+    phase(
+        started,
+        "initial_scan = 'only': the rows as of now, then the job succeeds",
+    );
+    let only = create_changefeed(
+        &c,
+        1,
+        "CREATE CHANGEFEED FOR TABLE t INTO 'nodelocal://1/only' WITH initial_scan = 'only'",
+    )
+    .await?;
+    wait_job_status(&c, only, "succeeded", CATCH_UP).await?;
+    let scan = read_sink(&nodelocal(&c, 1, "only")?)?;
+    let mut rows: Vec<String> = scan.messages.iter().map(|m| m.to_string()).collect();
+    rows.sort();
+    ensure!(
+        rows == vec![
+            r#"{"after":{"id":1,"v":"a2"},"key":[1]}"#.to_string(),
+            r#"{"after":{"id":3,"v":"c"},"key":[3]}"#.to_string(),
+        ] && scan.resolved.is_empty(),
+        "initial scan only: {rows:?} {:?}",
+        scan.resolved
+    );
+    ensure!(
+        !protected_timestamps(&c)
+            .await?
+            .contains(&format!("changefeed-{only}")),
+        "a finished changefeed releases its protected timestamp"
+    );
+
+    phase(
+        started,
+        "cursor and the bare envelope: only changes after the cursor",
+    );
+    let cursor = now(&c).await?;
+    c.exec(1, "UPDATE t SET v = 'c2' WHERE id = 3").await?;
+    let bare = create_changefeed(
+        &c,
+        1,
+        &format!(
+            "CREATE CHANGEFEED FOR TABLE t INTO 'nodelocal://1/bare' WITH cursor = '{}', envelope = bare, updated, resolved, min_checkpoint_frequency = '200ms'",
+            cursor.to_decimal_string()
+        ),
+    )
+    .await?;
+    let sink = wait_resolved(&nodelocal(&c, 1, "bare")?, now(&c).await?, CATCH_UP).await?;
+    ensure!(
+        sink.messages.len() == 1
+            && sink.messages[0]["id"] == 3
+            && sink.messages[0]["v"] == "c2"
+            && ts_of(&sink.messages[0]["__crdb__"]["updated"])? > cursor,
+        "{:?}",
+        sink.messages
+    );
+    c.exec(1, &format!("CANCEL JOB {bare}")).await?;
     phase(started, "done");
     Ok(())
 }

@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::encode::{Encoder, RowChange};
 use crate::options::{ChangefeedOptions, InitialScan, SinkSpec};
+use crate::pacing::{AfterFlush, Pacing};
 use crate::sink::{CloudStorageSink, LocalFiles, RemoteFiles, Sink, SinkError, WebhookSink};
 
 /// The immutable details of a changefeed job.
@@ -91,12 +92,10 @@ impl From<SinkError> for RunError {
 
 /// What a job keeps between runs on this node.
 struct RunState {
-    /// The last flushed frontier's minimum: every change at or below it reached the sink.
-    high_water: Timestamp,
+    /// The high-water mark and when to flush, emit resolved messages and checkpoint.
+    pacing: Pacing,
     /// The last flushed frontier, per span (a restart catches up from here).
     durable: Vec<ResolvedSpan>,
-    last_persisted: Option<Instant>,
-    last_resolved: Option<Instant>,
 }
 
 /// Runs changefeed jobs on this node.
@@ -126,10 +125,8 @@ impl Resumer for ChangefeedResumer {
             .map(decimal)
             .unwrap_or(Timestamp::ZERO);
         let mut state = RunState {
-            high_water,
+            pacing: Pacing::new(&payload.options, high_water),
             durable: Vec::new(),
-            last_persisted: None,
-            last_resolved: None,
         };
         info!(job_id = ctx.job_id, %high_water, "changefeed resuming");
         let mut backoff = RETRY_BACKOFF_INITIAL;
@@ -157,6 +154,7 @@ impl Resumer for ChangefeedResumer {
                         backoff = RETRY_BACKOFF_INITIAL;
                     }
                     warn!(job_id = ctx.job_id, error = %e, ?backoff, "changefeed run ended; retrying from the high-water mark");
+                    state.pacing.error_shown();
                     let status = format!("retryable error: {e}");
                     let _ = ctx
                         .registry
@@ -296,13 +294,14 @@ impl ChangefeedResumer {
             .collect();
         // The initial scan runs until the first flush after it: until then there is no
         // high-water mark and a restart scans again.
-        let scanning = state.high_water.is_zero() && options.initial_scan != InitialScan::No;
+        let high_water = state.pacing.high_water();
+        let scanning = high_water.is_zero() && options.initial_scan != InitialScan::No;
         let base = if scanning {
             Timestamp::ZERO
-        } else if state.high_water.is_zero() {
+        } else if high_water.is_zero() {
             start_ts
         } else {
-            state.high_water
+            high_water
         };
         let mut frontier = SpanFrontier::new(spans.clone(), base);
         if !scanning {
@@ -349,11 +348,7 @@ impl ChangefeedResumer {
         let _abort = AbortOnDrop(readers);
         debug!(job_id = ctx.job_id, partitions = partitions.len(), scanning, %base, "changefeed run started");
 
-        let flush_interval = match options.resolved_interval() {
-            Some(r) if !r.is_zero() => r.min(options.min_checkpoint_frequency()),
-            _ => options.min_checkpoint_frequency(),
-        };
-        let mut last_flush = Instant::now();
+        state.pacing.run_started(Instant::now());
         let mut stop = ctx.stop.clone();
         loop {
             let (node_id, event) = tokio::select! {
@@ -405,14 +400,13 @@ impl ChangefeedResumer {
                         }
                         continue;
                     }
-                    if resolved <= state.high_water || last_flush.elapsed() < flush_interval {
+                    if !state.pacing.should_flush(resolved, Instant::now()) {
                         continue;
                     }
                     sink.flush(resolved).await?;
-                    last_flush = Instant::now();
-                    state.high_water = resolved;
                     state.durable = frontier.entries();
-                    self.after_flush(ctx, payload, state, &encoder, sink.as_mut())
+                    let after = state.pacing.flushed(resolved, Instant::now());
+                    self.after_flush(ctx, resolved, after, &encoder, sink.as_mut())
                         .await?;
                 }
                 None => {}
@@ -420,27 +414,19 @@ impl ChangefeedResumer {
         }
     }
 
-    /// After a flush: a resolved message and a checkpoint when due.
+    /// After a flush to `hw`: a resolved message and a checkpoint when due.
     async fn after_flush(
         &self,
         ctx: &JobContext,
-        payload: &ChangefeedPayload,
-        state: &mut RunState,
+        hw: Timestamp,
+        after: AfterFlush,
         encoder: &Encoder,
         sink: &mut dyn Sink,
     ) -> Result<(), RunError> {
-        let options = &payload.options;
-        let hw = state.high_water;
-        if let Some(interval) = options.resolved_interval()
-            && state.last_resolved.is_none_or(|t| t.elapsed() >= interval)
-        {
+        if after.emit_resolved {
             sink.emit_resolved(&encoder.encode_resolved(hw), hw).await?;
-            state.last_resolved = Some(Instant::now());
         }
-        if state
-            .last_persisted
-            .is_none_or(|t| t.elapsed() >= options.min_checkpoint_frequency())
-        {
+        if after.checkpoint {
             let text = hw.to_decimal_string();
             let r = ctx
                 .registry
@@ -459,7 +445,6 @@ impl ChangefeedResumer {
             if let Err(e) = self.kv.update_protection(&pts_id(ctx.job_id), hw).await {
                 debug!(job_id = ctx.job_id, error = %e, "could not advance protected timestamp");
             }
-            state.last_persisted = Some(Instant::now());
         }
         Ok(())
     }

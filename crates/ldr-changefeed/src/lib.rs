@@ -3,6 +3,7 @@
 //!
 //! - [`options`]: the `WITH` options and sink URIs, with CockroachDB's errors (pure).
 //! - [`encode`]: CockroachDB's JSON messages (wrapped, bare, key_only; resolved) (pure).
+//! - [`pacing`]: when to flush, emit resolved messages and checkpoint (pure).
 //! - [`sink`]: `nodelocal://` files (CockroachDB's cloud storage sink naming) and webhooks.
 //! - [`service`]: the node-to-node `Changefeed` gRPC service: a node streams the spans it
 //!   serves (the replication partition loop, every origin) and writes nodelocal files.
@@ -28,6 +29,7 @@ pub mod create;
 pub mod encode;
 pub mod job;
 pub mod options;
+pub mod pacing;
 pub mod service;
 pub mod sink;
 

@@ -18,21 +18,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ldr_jobs::{JobContext, JobRecord, ResumeOutcome, Resumer};
+use ldr_jobs::{JobContext, JobRecord, Registry, ResumeOutcome, Resumer};
 use ldr_kv::KvClient;
 use ldr_proto::pb;
 use ldr_sql::catalog::{Catalog, TableDescriptor};
 use ldr_stream::Producer;
 use ldr_types::{ResolvedSpan, Span, SpanFrontier, TableId, Timestamp, keys};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::encode::{Encoder, RowChange};
 use crate::options::{ChangefeedOptions, InitialScan, SinkSpec};
 use crate::pacing::{AfterFlush, Pacing};
-use crate::sink::{CloudStorageSink, LocalFiles, RemoteFiles, Sink, SinkError, WebhookSink};
+use crate::sink::{
+    CloudStorageSink, CollectSink, Collected, LocalFiles, RemoteFiles, Sink, SinkError, WebhookSink,
+};
 
 /// The immutable details of a changefeed job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,7 +69,7 @@ const EVENTS_BUFFERED_MAX: usize = 64;
 
 /// Why a run ended.
 #[derive(Debug)]
-enum RunEnd {
+pub(crate) enum RunEnd {
     /// `initial_scan = 'only'` finished.
     Done,
     /// The job was asked to stop here.
@@ -74,11 +77,17 @@ enum RunEnd {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum RunError {
+pub(crate) enum RunError {
     #[error("{0}")]
     Retryable(String),
     #[error("{0}")]
     Permanent(String),
+}
+
+impl RunError {
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(self, RunError::Retryable(_))
+    }
 }
 
 impl From<SinkError> for RunError {
@@ -90,8 +99,19 @@ impl From<SinkError> for RunError {
     }
 }
 
+/// Who a run works for: a job (checkpoints to its record and protected timestamp) or a
+/// sinkless changefeed (rows collected for the SQL client).
+pub(crate) struct RunContext {
+    pub(crate) job_id: i64,
+    pub(crate) stop: watch::Receiver<bool>,
+    /// `None`: a sinkless changefeed (no job record, no protected timestamp).
+    pub(crate) registry: Option<Arc<Registry>>,
+    /// Where a sinkless changefeed's rows go.
+    pub(crate) collected: Option<Arc<Mutex<Collected>>>,
+}
+
 /// What a job keeps between runs on this node.
-struct RunState {
+pub(crate) struct RunState {
     /// The high-water mark and when to flush, emit resolved messages and checkpoint.
     pacing: Pacing,
     /// The last flushed frontier, per span (a restart catches up from here).
@@ -124,10 +144,7 @@ impl Resumer for ChangefeedResumer {
             .and_then(|v| v.as_str())
             .map(decimal)
             .unwrap_or(Timestamp::ZERO);
-        let mut state = RunState {
-            pacing: Pacing::new(&payload.options, high_water),
-            durable: Vec::new(),
-        };
+        let mut state = self.new_state(&payload, high_water);
         info!(job_id = ctx.job_id, %high_water, "changefeed resuming");
         let mut backoff = RETRY_BACKOFF_INITIAL;
         let mut stop = ctx.stop.clone();
@@ -136,13 +153,22 @@ impl Resumer for ChangefeedResumer {
                 return ResumeOutcome::Succeeded;
             }
             let started = Instant::now();
-            match self.run_once(&ctx, &payload, &mut state).await {
+            let run = RunContext {
+                job_id: ctx.job_id,
+                stop: ctx.stop.clone(),
+                registry: Some(ctx.registry.clone()),
+                collected: None,
+            };
+            match self.run_once(&run, &payload, &mut state).await {
                 Ok(RunEnd::Stopped) => return ResumeOutcome::Succeeded,
                 Ok(RunEnd::Done) => {
                     if let Err(e) = self.kv.release_protection(&pts_id(ctx.job_id)).await {
                         debug!(job_id = ctx.job_id, error = %e, "could not release protected timestamp");
                     }
-                    info!(job_id = ctx.job_id, "changefeed initial scan done");
+                    info!(
+                        job_id = ctx.job_id,
+                        "changefeed done (initial scan only, or end_time reached)"
+                    );
                     return ResumeOutcome::Succeeded;
                 }
                 Err(RunError::Permanent(e)) => return ResumeOutcome::Failed(e),
@@ -192,10 +218,19 @@ struct Watched {
 }
 
 impl ChangefeedResumer {
+    /// The state of a new resume from `high_water` (zero: none yet).
+    pub(crate) fn new_state(&self, payload: &ChangefeedPayload, high_water: Timestamp) -> RunState {
+        RunState {
+            pacing: Pacing::new(&payload.options, high_water),
+            durable: Vec::new(),
+        }
+    }
+
     async fn make_sink(
         &self,
         payload: &ChangefeedPayload,
         start: Timestamp,
+        run: &RunContext,
     ) -> Result<Box<dyn Sink>, RunError> {
         let me = self.kv.node_id();
         match &payload.sink {
@@ -241,9 +276,14 @@ impl ChangefeedResumer {
                 ca_cert.as_deref(),
                 *insecure_tls_skip_verify,
             )?)),
-            SinkSpec::Sinkless => Err(RunError::Permanent(
-                "a sinkless changefeed cannot run as a job".into(),
-            )),
+            SinkSpec::Sinkless => match &run.collected {
+                Some(c) => Ok(Box::new(CollectSink {
+                    collected: c.clone(),
+                })),
+                None => Err(RunError::Permanent(
+                    "a sinkless changefeed cannot run as a job".into(),
+                )),
+            },
         }
     }
 
@@ -273,9 +313,9 @@ impl ChangefeedResumer {
         Ok(out)
     }
 
-    async fn run_once(
+    pub(crate) async fn run_once(
         &self,
-        ctx: &JobContext,
+        ctx: &RunContext,
         payload: &ChangefeedPayload,
         state: &mut RunState,
     ) -> Result<RunEnd, RunError> {
@@ -312,7 +352,7 @@ impl ChangefeedResumer {
         let initial_at = scanning.then_some(statement_time);
         let only = options.initial_scan == InitialScan::Only;
         let mut sink = self
-            .make_sink(payload, if scanning { statement_time } else { base })
+            .make_sink(payload, if scanning { statement_time } else { base }, ctx)
             .await?;
         let encoder = Encoder::new(options.clone());
         let with_filtering = !options.ignore_disable_changefeed_replication;
@@ -368,6 +408,9 @@ impl ChangefeedResumer {
                         if only && initial_at.is_some_and(|at| ts > at) {
                             continue;
                         }
+                        if options.end_time.is_some_and(|end| ts > end) {
+                            continue;
+                        }
                         let updated = match initial_at {
                             Some(at) if ts <= at => at,
                             _ => ts,
@@ -400,6 +443,13 @@ impl ChangefeedResumer {
                         }
                         continue;
                     }
+                    if let Some(end) = options.end_time
+                        && resolved >= end
+                    {
+                        // Every change up to the end time was emitted.
+                        sink.flush(end).await?;
+                        return Ok(RunEnd::Done);
+                    }
                     if !state.pacing.should_flush(resolved, Instant::now()) {
                         continue;
                     }
@@ -417,7 +467,7 @@ impl ChangefeedResumer {
     /// After a flush to `hw`: a resolved message and a checkpoint when due.
     async fn after_flush(
         &self,
-        ctx: &JobContext,
+        ctx: &RunContext,
         hw: Timestamp,
         after: AfterFlush,
         encoder: &Encoder,
@@ -426,10 +476,11 @@ impl ChangefeedResumer {
         if after.emit_resolved {
             sink.emit_resolved(&encoder.encode_resolved(hw), hw).await?;
         }
-        if after.checkpoint {
+        if after.checkpoint
+            && let Some(registry) = &ctx.registry
+        {
             let text = hw.to_decimal_string();
-            let r = ctx
-                .registry
+            let r = registry
                 .update_progress(ctx.job_id, &move |r| {
                     r.progress = serde_json::json!({ "high_water": text.clone() });
                     r.running_status = Some(format!("running: resolved={}", text.clone()));

@@ -54,6 +54,7 @@ const KNOWN_OPTIONS: &[&str] = &[
 /// Options accepted and honoured, or accepted as no-ops because they change nothing here.
 const SUPPORTED_OPTIONS: &[&str] = &[
     "cursor",
+    "end_time",
     "envelope",
     "format",
     "full_table_name",
@@ -138,6 +139,9 @@ pub struct ChangefeedOptions {
     pub min_checkpoint_frequency_ms: u64,
     /// `cursor = '<decimal>'`: start here instead of at the statement time.
     pub cursor: Option<Timestamp>,
+    /// `end_time = '<decimal>'`: emit every change up to this time, then finish.
+    #[serde(default)]
+    pub end_time: Option<Timestamp>,
     /// `full_table_name`: topics are `db.public.t` instead of `t`.
     pub full_table_name: bool,
     /// `key_in_value` / `topic_in_value` (the webhook sink turns both on).
@@ -158,6 +162,7 @@ impl Default for ChangefeedOptions {
             resolved_ms: None,
             min_checkpoint_frequency_ms: 30_000,
             cursor: None,
+            end_time: None,
             full_table_name: false,
             key_in_value: false,
             topic_in_value: false,
@@ -292,6 +297,24 @@ pub fn parse_options(
             ))
         })?;
         o.cursor = Some(ts);
+    }
+    if let Some(v) = get("end_time") {
+        let text = v.unwrap_or_default();
+        let ts = text.parse::<Timestamp>().map_err(|_| {
+            invalid(format!(
+                "end_time: could not parse \"{text}\" as a decimal timestamp (such as cluster_logical_timestamp() returns)"
+            ))
+        })?;
+        if let Some(cursor) = o.cursor
+            && ts < cursor
+        {
+            return Err(invalid(format!(
+                "specified end time {} cannot be less than statement time {}",
+                ts.to_decimal_string(),
+                cursor.to_decimal_string()
+            )));
+        }
+        o.end_time = Some(ts);
     }
     let initial = get("initial_scan");
     let none = flag("no_initial_scan")?;
@@ -574,7 +597,21 @@ mod tests {
                 .initial_scan,
             InitialScan::Only
         );
-        let o = opts(&[("cursor", Some("1700000000000000000.0000000002"))]).expect("cursor");
+        let o = opts(&[
+            ("cursor", Some("1700000000000000000.0000000002")),
+            ("end_time", Some("1700000000000000001.0000000000")),
+        ])
+        .expect("cursor");
+        assert_eq!(
+            o.end_time,
+            Some(Timestamp::new(1_700_000_000_000_000_001, 0))
+        );
+        let e = opts(&[
+            ("cursor", Some("1700000000000000002.0000000000")),
+            ("end_time", Some("1700000000000000001.0000000000")),
+        ])
+        .expect_err("end before cursor");
+        assert!(e.message.starts_with("specified end time"), "{e}");
         assert_eq!(o.cursor, Some(Timestamp::new(1_700_000_000_000_000_000, 2)));
         // A cursor means no initial scan unless asked for.
         assert_eq!(o.initial_scan, InitialScan::No);

@@ -25,18 +25,17 @@ pub(crate) fn register(
         rangefeeds: kv_node.rangefeeds().clone(),
         extern_dir: extern_dir.clone(),
     }));
-    registry.register_resumer(
-        JobType::Changefeed,
-        Arc::new(ChangefeedResumer {
-            kv: kv.clone(),
-            catalog: sql.catalog.clone(),
-            producer,
-            extern_dir,
-        }),
-    );
+    let runner = Arc::new(ChangefeedResumer {
+        kv: kv.clone(),
+        catalog: sql.catalog.clone(),
+        producer,
+        extern_dir,
+    });
+    registry.register_resumer(JobType::Changefeed, runner.clone());
     sql.server
         .set_changefeed_statements(Arc::new(ChangefeedCreator {
             kv: kv.clone(),
             registry: registry.clone(),
+            runner,
         }));
 }

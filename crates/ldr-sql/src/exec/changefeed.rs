@@ -29,10 +29,22 @@ pub struct ChangefeedRequest {
 }
 
 /// Implemented by the server (with `ldr-changefeed`): validates the options and the sink,
-/// creates the changefeed job and returns its id.
+/// creates the changefeed job and returns its id; or runs a (bounded) sinkless changefeed and
+/// returns its `table, key, value` rows.
 #[async_trait::async_trait]
 pub trait ChangefeedStatements: Send + Sync {
     async fn create_changefeed(&self, request: ChangefeedRequest) -> Result<JobId>;
+    async fn sinkless_changefeed(&self, request: ChangefeedRequest) -> Result<Vec<Vec<Datum>>>;
+}
+
+/// The columns of a sinkless changefeed (CockroachDB's core changefeed; text rather than
+/// BYTES so psql shows the JSON).
+pub(crate) fn sinkless_columns() -> Vec<ColumnInfo> {
+    vec![
+        col("table", SqlType::String),
+        col("key", SqlType::String),
+        col("value", SqlType::String),
+    ]
 }
 
 pub(crate) async fn create(
@@ -80,14 +92,17 @@ pub(crate) async fn create(
             "changefeeds are not available on this node",
         ));
     };
-    let job_id = hook
-        .create_changefeed(ChangefeedRequest {
-            statement: stmt.clone(),
-            targets,
-            user: sess.user.clone(),
-            database: sess.database().to_string(),
-        })
-        .await?;
+    let request = ChangefeedRequest {
+        statement: stmt.clone(),
+        targets,
+        user: sess.user.clone(),
+        database: sess.database().to_string(),
+    };
+    if stmt.sink.is_none() {
+        let rows = hook.sinkless_changefeed(request).await?;
+        return Ok(QueryResult::rows(sinkless_columns(), rows));
+    }
+    let job_id = hook.create_changefeed(request).await?;
     Ok(QueryResult::rows(
         vec![col("job_id", SqlType::Int8)],
         vec![vec![Datum::Int(job_id)]],

@@ -174,6 +174,7 @@ pub(crate) async fn describe(sess: &Session, stmt: &Statement) -> Vec<ColumnInfo
             col("value", SqlType::String),
         ],
         S::CreateLogicalReplicationStream(_) => vec![col("job_id", SqlType::Int8)],
+        S::CreateChangefeed(c) if c.sink.is_none() => super::changefeed::sinkless_columns(),
         S::CreateChangefeed(_) => vec![col("job_id", SqlType::Int8)],
         S::ShowChangefeedJobs(_) => super::changefeed::show_columns(),
         _ => vec![],

@@ -505,6 +505,12 @@ pub fn parse_sink(
             })
         }
         "" => Err(invalid(format!("no scheme found for sink URL \"{uri}\""))),
+        // CockroachDB's other sinks: real schemes this implementation does not have.
+        "kafka" | "confluent-cloud" | "azure-event-hub" | "s3" | "gs" | "azure" | "file-http"
+        | "file-https" | "gcpubsub" | "pulsar" | "external" | "null" | "experimental-sql"
+        | "iceberg" | "http" | "https" => Err(unsupported(format!(
+            "sink scheme {scheme} is not supported; use nodelocal:// or webhook-https://"
+        ))),
         other => Err(invalid(format!("unsupported sink: {other}"))),
     }
 }
@@ -702,6 +708,7 @@ mod tests {
         assert_eq!(parse_sink(None, &mut o), Ok(SinkSpec::Sinkless));
         for (uri, want) in [
             ("kafka2://h:1", "unsupported sink: kafka2"),
+            ("kafka://h:9092", "sink scheme kafka is not supported"),
             ("s4://bucket/x", "unsupported sink: s4"),
             ("just-a-path", "no scheme found for sink URL"),
             (

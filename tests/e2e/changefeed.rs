@@ -277,6 +277,27 @@ async fn nodelocal_sink_gets_exactly_the_changes() -> Result<()> {
     )
     .await?;
     ensure!(hw >= after);
+    // The protected timestamp follows the high-water mark (GC may remove what is below it).
+    poll(
+        "the protected timestamp to reach the writes",
+        CATCH_UP,
+        Duration::from_millis(200),
+        || async {
+            let pts = protected_timestamps(&c).await.map_err(|e| e.to_string())?;
+            let records: Vec<Value> = serde_json::from_str(&pts).map_err(|e| e.to_string())?;
+            let ts = records
+                .iter()
+                .find(|r| r["id"] == format!("changefeed-{job}"))
+                .map(|r| ts_of(&r["ts"]))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            match ts {
+                Some(ts) if ts >= after => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
     c.exec(1, &format!("CANCEL JOB {job}")).await?;
     wait_job_status(&c, job, "canceled", CATCH_UP).await?;
     poll(

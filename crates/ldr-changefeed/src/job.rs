@@ -355,7 +355,7 @@ impl ChangefeedResumer {
             .make_sink(payload, if scanning { statement_time } else { base }, ctx)
             .await?;
         let encoder = Encoder::new(options.clone());
-        let with_filtering = !options.ignore_disable_changefeed_replication;
+        let with_filtering = options.drops_omitted();
         let progress: Vec<pb::ResolvedSpan> = frontier
             .entries()
             .into_iter()

@@ -179,6 +179,13 @@ impl ChangefeedOptions {
     pub fn resolved_interval(&self) -> Option<Duration> {
         self.resolved_ms.map(Duration::from_millis)
     }
+
+    /// Whether versions marked `omit_in_rangefeeds` (TTL deletes of tables with
+    /// `ttl_disable_changefeed_replication`) are left out: unless
+    /// `ignore_disable_changefeed_replication`.
+    pub fn drops_omitted(&self) -> bool {
+        !self.ignore_disable_changefeed_replication
+    }
 }
 
 /// The sink a URI names.
@@ -563,6 +570,12 @@ mod tests {
         assert_eq!(o.resolved_ms, None);
         assert_eq!(o.min_checkpoint_frequency(), Duration::from_secs(30));
         assert!(!o.updated && !o.diff);
+        assert!(
+            o.drops_omitted(),
+            "TTL deletes marked omitted are left out by default"
+        );
+        let o = opts(&[("ignore_disable_changefeed_replication", None)]).expect("valid");
+        assert!(!o.drops_omitted());
     }
 
     #[test]

@@ -453,6 +453,19 @@ async fn bad_changefeeds_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// The node id (`crdb_internal.node_id()`) of the harness's node `index` (they differ: ids
+/// follow the order nodes joined).
+async fn node_id_of(c: &Cluster, index: usize) -> Result<usize> {
+    let rows = c
+        .query_text(index, "SELECT crdb_internal.node_id()")
+        .await?;
+    ldr_e2e::scalar(&rows)
+        .context("node id")?
+        .trim()
+        .parse()
+        .context("node id")
+}
+
 /// The union of the nodelocal sinks `nodelocal://self/<path>` wrote on every node of `c`.
 fn read_sinks(c: &Cluster, path: &str) -> Result<SinkContents> {
     let mut all = SinkContents::default();
@@ -470,7 +483,11 @@ fn latest_values(messages: &[Value]) -> Result<BTreeMap<i64, Option<String>>> {
     let mut latest: BTreeMap<i64, (Timestamp, Option<String>)> = BTreeMap::new();
     for m in messages {
         let key = m["key"][0].as_i64().with_context(|| format!("{m}"))?;
-        let ts = ts_of(&m["updated"])?;
+        // Without `updated` (an initial scan only) every message is as of one time.
+        let ts = match m.get("updated") {
+            Some(u) => ts_of(u)?,
+            None => Timestamp::ZERO,
+        };
         let v = m["after"]["v"].as_str().map(str::to_string);
         match latest.get(&key) {
             Some((t, _)) if *t > ts => {}
@@ -550,7 +567,11 @@ async fn pause_resume_and_coordinator_kill_lose_no_change() -> Result<()> {
     .await?;
 
     phase(started, "killing the coordinator under writes");
-    let coordinator: usize = poll(
+    let mut index_of = BTreeMap::new();
+    for index in c.node_ids() {
+        index_of.insert(node_id_of(&c, index).await?, index);
+    }
+    let coordinator_id: usize = poll(
         "a coordinator",
         CATCH_UP,
         Duration::from_millis(200),
@@ -564,6 +585,9 @@ async fn pause_resume_and_coordinator_kill_lose_no_change() -> Result<()> {
         },
     )
     .await?;
+    let coordinator = *index_of
+        .get(&coordinator_id)
+        .with_context(|| format!("node id {coordinator_id} in {index_of:?}"))?;
     let writer = {
         let c2 = &c;
         async move { write_keys(c2, 121..=240, coordinator).await }
@@ -578,7 +602,7 @@ async fn pause_resume_and_coordinator_kill_lose_no_change() -> Result<()> {
     let after = now(&c).await?;
     phase(
         started,
-        &format!("node {coordinator} killed; waiting for another node to resume"),
+        &format!("node {coordinator_id} killed; waiting for another node to resume"),
     );
     let sinks = poll(
         "a new coordinator to resolve past every write",
@@ -596,7 +620,7 @@ async fn pause_resume_and_coordinator_kill_lose_no_change() -> Result<()> {
     .await?;
     let row = ldr_e2e::job_row(&c, job).await?;
     ensure!(
-        row["coordinator_id"].as_deref().map(str::trim) != Some(&coordinator.to_string()),
+        row["coordinator_id"].as_deref().map(str::trim) != Some(&coordinator_id.to_string()),
         "another node coordinates now: {row:?}"
     );
     // Every row written is in the sinks with its value (duplicates allowed: at least once).
@@ -614,6 +638,39 @@ async fn pause_resume_and_coordinator_kill_lose_no_change() -> Result<()> {
         ldr_e2e::scalar(&rows).as_deref() == Some("240"),
         "{:?}",
         rows.rows
+    );
+
+    phase(
+        started,
+        "a nodelocal sink on another node than the coordinator",
+    );
+    let live: Vec<usize> = c.node_ids().filter(|n| *n != coordinator).collect();
+    let (creator, target) = (live[0], live[1]);
+    let creator_id = node_id_of(&c, creator).await?;
+    let target_id = node_id_of(&c, target).await?;
+    let only = create_changefeed(
+        &c,
+        creator,
+        &format!(
+            "CREATE CHANGEFEED FOR TABLE t INTO 'nodelocal://{target_id}/remote' WITH initial_scan = 'only'"
+        ),
+    )
+    .await?;
+    wait_job_status(&c, only, "succeeded", CATCH_UP).await?;
+    let remote = read_sink(&nodelocal(&c, target, "remote")?)?;
+    let keys: BTreeSet<i64> = latest_values(&remote.messages)?.into_keys().collect();
+    ensure!(
+        keys == (1..=240).collect::<BTreeSet<i64>>(),
+        "node {target_id}'s sink has every row ({} keys)",
+        keys.len()
+    );
+    ensure!(
+        remote
+            .data_files
+            .iter()
+            .all(|f| f.split('-').nth(2) == Some(&creator_id.to_string())),
+        "files name their writer, node {creator_id}: {:?}",
+        remote.data_files
     );
     phase(started, "done");
     Ok(())

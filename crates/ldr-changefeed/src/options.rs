@@ -489,6 +489,12 @@ pub fn parse_sink(
             if scheme == "webhook-http" && ca_cert.is_some() {
                 return Err(invalid("ca_cert is only usable with webhook-https"));
             }
+            if scheme == "webhook-https" && ca_cert.is_none() && !insecure {
+                // No system trust store here: the receiver's CA must be given.
+                return Err(unsupported(
+                    "webhook-https needs ca_cert=<base64 PEM of the receiver's CA> (ldr has no system trust store) or insecure_tls_skip_verify=true",
+                ));
+            }
             let mut target = parsed.clone();
             target.set_query(None);
             let plain = if scheme == "webhook-https" {
@@ -737,6 +743,7 @@ mod tests {
                 "webhook-https://h/x?ca_cert=***",
                 "param ca_cert must be base 64 encoded",
             ),
+            ("webhook-https://h/x", "webhook-https needs ca_cert"),
         ] {
             let e = parse_sink(Some(uri), &mut ChangefeedOptions::default()).expect_err(uri);
             assert!(e.message.starts_with(want), "{uri}: {e}");

@@ -282,6 +282,130 @@ mod tests {
         );
     }
 
+    /// A one-connection-at-a-time HTTPS receiver with a certificate for 127.0.0.1 signed by
+    /// a fresh CA; returns its port, the CA (PEM) and the bodies it received.
+    async fn https_receiver(
+        dir: &std::path::Path,
+    ) -> (u16, String, Arc<parking_lot::Mutex<Vec<String>>>) {
+        use ldr_security::certs;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ca_key = dir.join("ca.key");
+        certs::create_ca(dir, &ca_key, false).expect("ca");
+        certs::create_node(dir, &ca_key, &["127.0.0.1".to_string()], false).expect("node cert");
+        let chain =
+            ldr_security::tls::read_certificates(&dir.join(certs::NODE_CERT)).expect("chain");
+        let key = ldr_security::tls::read_private_key(&dir.join(certs::NODE_KEY)).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(ldr_security::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let bodies = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                // Headers, then a Content-Length body.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    let Ok(n) = tls.read(&mut chunk).await else {
+                        break None;
+                    };
+                    if n == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                            })
+                            .unwrap_or(0);
+                        if rest.len() >= len {
+                            break Some(rest[..len].to_string());
+                        }
+                    }
+                };
+                if let Some(b) = body {
+                    seen.lock().push(b);
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let ca = std::fs::read_to_string(dir.join(certs::CA_CERT)).expect("ca pem");
+        (port, ca, bodies)
+    }
+
+    #[tokio::test]
+    async fn https_with_a_ca_or_skipping_verification() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, ca, bodies) = https_receiver(dir.path()).await;
+        let url = format!("https://127.0.0.1:{port}/hook");
+        let message = Message {
+            key: "[1]".into(),
+            value: Some(r#"{"after": {"a": 1}}"#.into()),
+        };
+        // Trusting the receiver's CA (`ca_cert`): verified, delivered.
+        let mut sink = WebhookSink::new(&url, Some(&ca), false).expect("sink");
+        sink.emit_row("t", 1, &message, Timestamp::ZERO)
+            .await
+            .expect("emit");
+        sink.flush(Timestamp::ZERO)
+            .await
+            .expect("delivered over TLS");
+        // `insecure_tls_skip_verify`: delivered without the CA.
+        let mut sink = WebhookSink::new(&url, None, true).expect("sink");
+        sink.emit_resolved(r#"{"resolved":"1.0000000000"}"#, Timestamp::ZERO)
+            .await
+            .expect("delivered without verification");
+        assert_eq!(
+            bodies.lock().clone(),
+            vec![
+                r#"{"payload":[{"after": {"a": 1}}],"length":1}"#.to_string(),
+                r#"{"resolved":"1.0000000000"}"#.to_string(),
+            ]
+        );
+        // A CA that did not sign the receiver's certificate: refused (retryably: the job
+        // keeps trying and shows the error).
+        let other = tempfile::tempdir().expect("tempdir");
+        ldr_security::certs::create_ca(other.path(), &other.path().join("ca.key"), false)
+            .expect("other ca");
+        let other_ca = std::fs::read_to_string(other.path().join(ldr_security::certs::CA_CERT))
+            .expect("other ca pem");
+        let mut sink = WebhookSink::new(&url, Some(&other_ca), false).expect("sink");
+        let e = sink
+            .emit_resolved("{}", Timestamp::ZERO)
+            .await
+            .expect_err("an unknown issuer");
+        assert!(
+            e.is_retryable() && e.to_string().contains("certificate"),
+            "{e}"
+        );
+        assert_eq!(
+            bodies.lock().len(),
+            2,
+            "nothing delivered without verification"
+        );
+        // Neither a CA nor skip-verify: no trust anchors (`CREATE CHANGEFEED` refuses it).
+        assert!(WebhookSink::new(&url, None, false).is_err());
+    }
+
     #[tokio::test]
     async fn unreachable_receiver_is_a_retryable_error() {
         // A port nothing listens on (bound, then closed).

@@ -151,7 +151,13 @@ async fn span_streams_carry_every_origin_and_drop_omitted_versions_unless_asked(
     // The default (`ttl_disable_changefeed_replication` honoured): the marked delete is left
     // out; the LDR-written row is in.
     let defaults = parse_options(&[]).expect("options");
-    let got = stream_keys(&node, &[span.clone()], defaults.drops_omitted(), after).await;
+    let got = stream_keys(
+        &node,
+        std::slice::from_ref(&span),
+        defaults.drops_omitted(),
+        after,
+    )
+    .await;
     assert!(got.contains(&(key(1), true)), "{got:?}");
     assert!(
         got.contains(&(key(2), true)),

@@ -50,6 +50,28 @@ pub fn sql_url(addr: SocketAddr) -> String {
     format!("postgresql://root@{addr}/defaultdb?sslmode=disable")
 }
 
+/// Creates a secure cluster's certificates in `<dir>/certs` (CA key beside it, outside the
+/// certificates directory, as the tutorial keeps it): the CA, a node certificate for
+/// 127.0.0.1 and localhost (every node of the harness listens on loopback), and root's
+/// client certificate.
+fn create_certificates(dir: &Path) -> Result<()> {
+    let certs = dir.join("certs");
+    let ca_key = dir.join("ca.key");
+    let fail = |what: &str, e: ldr_security::SecurityError| {
+        SimError::InvalidArgument(format!("creating the cluster's {what}: {e}"))
+    };
+    ldr_security::certs::create_ca(&certs, &ca_key, false).map_err(|e| fail("CA", e))?;
+    ldr_security::certs::create_node(
+        &certs,
+        &ca_key,
+        &["127.0.0.1".to_string(), "localhost".to_string()],
+        false,
+    )
+    .map_err(|e| fail("node certificate", e))?;
+    ldr_security::certs::create_client(&certs, &ca_key, "root", false)
+        .map_err(|e| fail("root client certificate", e))
+}
+
 /// Finds the `ldr` binary: `$LDR_BIN`, else `$CARGO_TARGET_DIR/debug/ldr`, else
 /// `<workspace>/target/debug/ldr`, else next to the running executable (tests run from
 /// `<target>/debug/deps/`).
@@ -110,7 +132,16 @@ pub struct ClusterSpec {
     pub ready_timeout: Duration,
     /// Where the temp directory is created (default: the system temp dir).
     pub base_dir: Option<PathBuf>,
+    /// A secure cluster: certificates of its own CA (`<dir>/certs`), nodes started with
+    /// `--certs-dir`, SQL over TLS (root by client certificate), and other clusters dial it as
+    /// [`STREAM_USER`] with a password over verify-full TLS.
+    pub secure: bool,
 }
+
+/// The replication user a secure cluster creates for the streams other clusters open.
+pub const STREAM_USER: &str = "ldr_stream";
+/// Its password.
+pub const STREAM_PASSWORD: &str = "ldr-stream-password";
 
 impl ClusterSpec {
     /// A spec using [`find_ldr_binary`], unproxied, with a 90 s readiness deadline.
@@ -132,7 +163,13 @@ impl ClusterSpec {
             extra_start_args: Vec::new(),
             ready_timeout: Duration::from_secs(90),
             base_dir: None,
+            secure: false,
         }
+    }
+
+    pub fn secure(mut self, secure: bool) -> ClusterSpec {
+        self.secure = secure;
+        self
     }
 
     pub fn proxied(mut self, proxied: bool) -> ClusterSpec {
@@ -251,6 +288,9 @@ impl Cluster {
         }
         .map_err(|e| SimError::io("creating the cluster temp dir", e))?;
         let dir_path = dir.path().to_path_buf();
+        if spec.secure {
+            create_certificates(&dir_path)?;
+        }
         let mut cluster = Cluster {
             spec,
             dir: Some(dir),
@@ -332,6 +372,16 @@ impl Cluster {
             self.wait_ready_until(index, deadline).await?;
         }
         self.wait_system_replicated_until(deadline).await?;
+        if self.spec.secure {
+            self.exec(
+                1,
+                &format!(
+                    "CREATE USER IF NOT EXISTS {STREAM_USER} WITH PASSWORD '{STREAM_PASSWORD}';
+                     GRANT SYSTEM REPLICATION TO {STREAM_USER};"
+                ),
+            )
+            .await?;
+        }
         tracing::info!(cluster = %self.spec.name, nodes = self.nodes.len(), dir = %self.dir_path.display(), "cluster ready");
         Ok(())
     }
@@ -372,7 +422,7 @@ impl Cluster {
         let mut command = Command::new(&self.spec.ldr_binary);
         command
             .arg("start")
-            .arg("--insecure")
+            .arg(self.security_flag())
             .arg(format!("--store={}", node.store_dir.display()))
             .arg(format!("--listen-addr={}", node.listen_addr))
             .arg(format!("--http-addr={}", node.http_addr))
@@ -424,7 +474,7 @@ impl Cluster {
             let mut command = Command::new(&self.spec.ldr_binary);
             command
                 .arg("init")
-                .arg("--insecure")
+                .arg(self.security_flag())
                 .arg(format!("--host={}", first.listen_addr))
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(out))
@@ -512,7 +562,7 @@ impl Cluster {
             }
             Err(e) => return Err(format!("/health: {e}")),
         }
-        let client = sql::connect(&sql_url(node.listen_addr), Duration::from_secs(5))
+        let client = sql::connect(&self.url_of(node.listen_addr), Duration::from_secs(5))
             .await
             .map_err(|e| format!("sql connect: {e}"))?;
         client
@@ -668,25 +718,90 @@ impl Cluster {
             .collect()
     }
 
+    /// `--insecure`, or `--certs-dir=<dir>/certs` for a secure cluster.
+    fn security_flag(&self) -> String {
+        if self.spec.secure {
+            format!("--certs-dir={}", self.certs_dir().display())
+        } else {
+            "--insecure".into()
+        }
+    }
+
+    /// The certificates directory of a secure cluster (`ca.crt`, `node.*`, `client.root.*`).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir_path.join("certs")
+    }
+
+    /// The SQL URL of `addr` as root: [`sql_url`], or for a secure cluster verify-full TLS
+    /// with root's client certificate (a URL psql takes as it is).
+    pub fn url_of(&self, addr: SocketAddr) -> String {
+        if !self.spec.secure {
+            return sql_url(addr);
+        }
+        let certs = self.certs_dir();
+        format!(
+            "postgresql://root@{addr}/defaultdb?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+            certs.join("ca.crt").display(),
+            certs.join("client.root.crt").display(),
+            certs.join("client.root.key").display()
+        )
+    }
+
     /// Direct SQL URL of a node (intra-cluster path, never through the proxy).
     pub fn url(&self, index: usize) -> Result<String> {
-        Ok(sql_url(self.node(index)?.listen_addr))
+        Ok(self.url_of(self.node(index)?.listen_addr))
     }
 
     /// SQL URL through the node's fault proxy, if the cluster is proxied.
     pub fn proxied_url(&self, index: usize) -> Result<Option<String>> {
-        Ok(self.node(index)?.proxy.as_ref().map(|p| sql_url(p.addr())))
+        Ok(self
+            .node(index)?
+            .proxy
+            .as_ref()
+            .map(|p| self.url_of(p.addr())))
     }
 
     /// The URL another cluster should use for this node (for `CREATE EXTERNAL CONNECTION`):
-    /// through the proxy when proxied, else direct.
+    /// through the proxy when proxied, else direct. For a secure cluster, the form
+    /// `ldr encode-uri … --inline` prints: [`STREAM_USER`] with its password, verify-full TLS,
+    /// this cluster's CA inline.
     pub fn external_url(&self, index: usize) -> Result<String> {
-        Ok(sql_url(self.node(index)?.advertised_sql_addr()))
+        if !self.spec.secure {
+            return Ok(sql_url(self.node(index)?.advertised_sql_addr()));
+        }
+        self.external_url_as(index, STREAM_USER, STREAM_PASSWORD)
+    }
+
+    /// [`Cluster::external_url`] for another user that logs in with `password` (it must
+    /// exist, with the privileges the stream needs).
+    pub fn external_url_as(&self, index: usize, user: &str, password: &str) -> Result<String> {
+        let addr = self.node(index)?.advertised_sql_addr();
+        if !self.spec.secure {
+            return Ok(format!(
+                "postgresql://{user}:{password}@{addr}/defaultdb?sslmode=disable"
+            ));
+        }
+        let ca_path = self.certs_dir().join("ca.crt");
+        let ca = ldr_security::uri::read_for_uri(&ca_path)
+            .map_err(|e| SimError::InvalidArgument(format!("reading the cluster's CA: {e}")))?;
+        ldr_security::uri::encode_uri(&ldr_security::uri::EncodeUri {
+            target: format!("{user}:{password}@{addr}"),
+            database: Some("defaultdb".into()),
+            ca_cert: Some(ca),
+            cert: None,
+            key: None,
+            inline: true,
+            cluster: "system".into(),
+        })
+        .map_err(|e| SimError::InvalidArgument(format!("encoding the external URL: {e}")))
     }
 
     /// Direct URLs of every node.
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| sql_url(n.listen_addr)).collect()
+        self.nodes
+            .iter()
+            .map(|n| self.url_of(n.listen_addr))
+            .collect()
     }
 
     pub fn proxy(&self, index: usize) -> Result<Option<&FaultProxy>> {

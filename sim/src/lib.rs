@@ -44,7 +44,9 @@ mod proxy;
 pub mod sql;
 pub mod workload;
 
-pub use cluster::{Cluster, ClusterSpec, NodeInfo, find_ldr_binary, sql_url};
+pub use cluster::{
+    Cluster, ClusterSpec, NodeInfo, STREAM_PASSWORD, STREAM_USER, find_ldr_binary, sql_url,
+};
 pub use error::{Result, SimError, describe_sql_error};
 pub use http::{HttpResponse, http_get};
 pub use ports::free_loopback_addr;

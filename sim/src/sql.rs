@@ -19,8 +19,25 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Opens a connection to `url` (a `postgresql://` URL or a key=value string), failing after
 /// `timeout`. The connection's driver task runs on the current tokio runtime and ends when the
 /// returned client is dropped.
+///
+/// A URL whose `sslmode` asks for TLS (`require`, `verify-ca`, `verify-full`) connects over
+/// TLS, verifying the server with `sslrootcert` and presenting `sslcert`/`sslkey` if given
+/// (file paths, or PEM with `sslinline=true`), as psql would.
 pub async fn connect(url: &str, timeout: Duration) -> Result<Client> {
-    let attempt = tokio_postgres::connect(url, NoTls);
+    let tls = tls_of(url)?;
+    let attempt = async {
+        match tls {
+            Some((plain, config)) => {
+                let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*config).clone());
+                tokio_postgres::connect(&plain, connector)
+                    .await
+                    .map(|(c, conn)| (c, Box::pin(conn) as ConnectionFuture))
+            }
+            None => tokio_postgres::connect(url, NoTls)
+                .await
+                .map(|(c, conn)| (c, Box::pin(conn) as ConnectionFuture)),
+        }
+    };
     let (client, connection) = match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return Err(SimError::sql(format!("connecting to {url}"), e)),
@@ -39,6 +56,49 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<Client> {
         }
     });
     Ok(client)
+}
+
+/// The driver task of a connection, plain or TLS.
+type ConnectionFuture =
+    std::pin::Pin<Box<dyn Future<Output = std::result::Result<(), tokio_postgres::Error>> + Send>>;
+
+/// For a `postgresql://` URL asking for TLS: the URL without its TLS parameters (tokio-postgres
+/// does not know them) and the client configuration they describe.
+fn tls_of(
+    url: &str,
+) -> Result<Option<(String, std::sync::Arc<ldr_security::rustls::ClientConfig>)>> {
+    if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+        return Ok(None);
+    }
+    let parsed = url::Url::parse(url)
+        .map_err(|e| SimError::InvalidArgument(format!("invalid SQL URL {url}: {e}")))?;
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let params = ldr_security::uri::TlsParams::from_query(
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ldr_security::uri::SslMode::Disable,
+    )
+    .map_err(|e| SimError::InvalidArgument(format!("TLS parameters of {url}: {e}")))?;
+    let Some(config) = params
+        .client_config(&[])
+        .map_err(|e| SimError::InvalidArgument(format!("TLS parameters of {url}: {e}")))?
+    else {
+        return Ok(None);
+    };
+    let mut plain = parsed.clone();
+    {
+        let mut query = plain.query_pairs_mut();
+        query.clear();
+        for (k, v) in &pairs {
+            if !ldr_security::uri::TLS_PARAMS.contains(&k.as_str()) {
+                query.append_pair(k, v);
+            }
+        }
+        query.append_pair("sslmode", "require");
+    }
+    Ok(Some((plain.to_string(), config)))
 }
 
 /// A text-mode result: column names and rows of optional strings (NULL = `None`).

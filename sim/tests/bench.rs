@@ -37,7 +37,7 @@ fn options(out: &std::path::Path) -> BenchOptions {
 
 /// Runs the benchmark with an overall deadline (a hang must fail the test, not block CI).
 async fn run(options: BenchOptions) -> bench::BenchOutcome {
-    tokio::time::timeout(Duration::from_secs(900), bench::run(options))
+    tokio::time::timeout(Duration::from_secs(900), Box::pin(bench::run(options)))
         .await
         .expect("the tiny benchmark finishes within 15 minutes")
         .expect("bench runs")
@@ -312,6 +312,46 @@ async fn bench_ldr_validated_mode() {
         table.contains("ldr apply mode: validated") && table.contains("ldr apply modes"),
         "{table}"
     );
+}
+
+/// `--secure=both`: every phase once on insecure clusters, then once on secure ones
+/// (certificates, TLS for SQL and between nodes, the stream over verify-full TLS with a
+/// password); the report has `immediate` and `immediate+tls` with the TLS run's ratio to the
+/// insecure one (the cost of TLS), and both converge without a DLQ row.
+#[tokio::test]
+async fn bench_ldr_secure_against_insecure() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let outcome = run(BenchOptions {
+        skip_postgres: true,
+        security: vec![false, true],
+        rows: 500,
+        duration: Duration::from_secs(2),
+        steady_rates: vec![50],
+        conflict_keys: 10,
+        conflict_rate: 20,
+        ..options(out.path())
+    })
+    .await;
+    let report = &outcome.report;
+    let table = bench::render_table(report);
+    eprintln!("{table}");
+    assert!(report.ok(), "{:?}", report.failures);
+    let json = check_contract(&outcome.json_path);
+    assert_eq!(
+        json["config"]["ldr_modes"],
+        serde_json::json!(["immediate", "immediate+tls"]),
+        "{json}"
+    );
+    let modes = &report.ldr_modes;
+    assert_eq!(modes.len(), 2, "{modes:?}");
+    assert_eq!(modes[1].mode, "immediate+tls");
+    for m in modes {
+        assert!(m.catchup_rows_per_s > Some(0.0), "{m:?}");
+        assert_eq!(m.dlq_rows, Some(0), "{m:?}");
+        assert!(m.rows_applied >= Some(report.config.rows), "{m:?}");
+    }
+    assert!(modes[1].catchup_ratio_vs_immediate > Some(0.0), "{modes:?}");
+    assert!(table.contains("immediate+tls"), "{table}");
 }
 
 #[tokio::test]

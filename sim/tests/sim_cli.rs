@@ -308,3 +308,53 @@ async fn fuzz_in_validated_mode_runs_validated_jobs_and_says_so() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzz_on_secure_clusters_passes_and_says_so() {
+    let seed = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(FIXED_SEED)
+        .to_string();
+    eprintln!("SEED={seed} (set SEED to run another seed)");
+    // One node per cluster and one cut of the streams' connections (through the fault proxy,
+    // so the streams must dial the source over verify-full TLS again).
+    let output = ldr_sim(
+        &[
+            "fuzz",
+            "--seed",
+            &seed,
+            "--runs",
+            "1",
+            "--nodes",
+            "1",
+            "--duration",
+            "4s",
+            "--keys",
+            "5",
+            "--faults",
+            "1",
+            "--fault-kinds",
+            "cut",
+            "--secure",
+        ],
+        Duration::from_secs(300),
+    )
+    .await;
+    let out = stdout(&output);
+    assert!(
+        output.status.success(),
+        "SEED={seed}: exit {}\n{out}",
+        output.status
+    );
+    assert!(out.contains("each, secure) ready"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("reproduce: ldr sim fuzz") && l.ends_with("--secure")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("PASS seed {seed} passed")), "{out}");
+    // The streams' password is in the external connections only, never in what is printed
+    // (the jobs' commands name the connections).
+    assert!(!out.contains(ldr_sim::STREAM_PASSWORD), "{out}");
+}

@@ -171,6 +171,32 @@ async fn run_demo(
                         "no running LDR job behind {url}: {jobs:?}"
                     );
                     ldr_sim::sql::exec(&client, "SELECT count(*) FROM kv").await?;
+                    if url.contains("sslmode=verify-full") {
+                        // psql takes the printed URL as it is ...
+                        let out = std::process::Command::new("psql")
+                            .arg(url)
+                            .args(["-X", "-A", "-t", "-c", "SELECT count(*) >= 0 FROM kv"])
+                            .output()
+                            .context("running psql")?;
+                        ensure!(
+                            out.status.success()
+                                && String::from_utf8_lossy(&out.stdout).trim() == "t",
+                            "psql with the secure demo's URL failed: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                        // ... and plain text is refused.
+                        let plain = url
+                            .split('?')
+                            .next()
+                            .map(|base| format!("{base}?sslmode=disable"))
+                            .unwrap_or_default();
+                        ensure!(
+                            ldr_sim::sql::connect(&plain, ldr_sim::sql::CONNECT_TIMEOUT)
+                                .await
+                                .is_err(),
+                            "a secure demo node accepted a plain-text connection"
+                        );
+                    }
                 }
                 checked_sql = true;
             }
@@ -307,6 +333,43 @@ async fn demo_runs_replicates_and_cleans_up() -> Result<()> {
         &format!(
             "demo stopped by SIGINT after {} status lines; processes and stores gone",
             run.statuses.len()
+        ),
+    );
+
+    // --secure: TLS everywhere; the printed URLs work in psql as they are (verify-full with
+    // the cluster's CA and root's client certificate), plain text is refused, and LDR runs
+    // over verify-full connections (rows applied on both sides).
+    let run = run_demo(
+        started,
+        &[
+            "--nodes",
+            "1",
+            "--rate",
+            "5",
+            "--duration",
+            "10m",
+            "--secure",
+        ],
+        Some(3),
+    )
+    .await?;
+    for url in &run.urls {
+        ensure!(
+            url.contains("sslmode=verify-full") && url.contains("sslrootcert="),
+            "secure demo printed a URL without verify-full TLS: {url}"
+        );
+    }
+    ensure!(
+        run.stdout.iter().any(|l| l.contains("secure clusters")),
+        "the secure demo does not say it is secure:\n{}",
+        run.stdout.join("\n")
+    );
+    phase(
+        started,
+        &format!(
+            "secure demo: {} status lines, applied {:?}; processes, stores and certificates gone",
+            run.statuses.len(),
+            run.statuses.last()
         ),
     );
     Ok(())

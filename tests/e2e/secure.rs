@@ -626,3 +626,164 @@ fn tempfile_dir(name: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// The row `k` of `t` on cluster `c` node 1, if present.
+async fn value_of(c: &ldr_sim::Cluster, k: i64) -> std::result::Result<String, String> {
+    let rows = c
+        .query_text(1, &format!("SELECT v FROM t WHERE k = {k}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    rows.rows
+        .first()
+        .and_then(|r| r[0].clone())
+        .ok_or_else(|| format!("row {k} not there yet"))
+}
+
+/// A running stream whose source starts presenting a certificate of another CA: the job stays
+/// running, says why it cannot replicate (the certificate error, in `SHOW JOBS`'
+/// `running_status`) and retries; once the source has its own certificate back, replication
+/// resumes and nothing written meanwhile is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_reports_an_untrusted_source_certificate_and_recovers() -> Result<()> {
+    use ldr_sim::{Cluster, ClusterSpec};
+    let started = Instant::now();
+    let a = Cluster::start(ClusterSpec::new("cert-a", 1)?.secure(true)).await?;
+    let b = Cluster::start(ClusterSpec::new("cert-b", 1)?.secure(true)).await?;
+    for c in [&a, &b] {
+        c.exec(
+            1,
+            "SET CLUSTER SETTING kv.rangefeed.enabled = true;
+             CREATE TABLE t (k INT8 PRIMARY KEY, v STRING)",
+        )
+        .await?;
+    }
+    ldr_sim::ldr::create_external_connection(&b, "a", &a).await?;
+    let job = ldr_sim::ldr::create_stream(&b, "a", &["t"], &["t"], None).await?;
+    a.exec(1, "INSERT INTO t VALUES (1, 'before')").await?;
+    ldr_e2e::poll("row 1 on b", READY, Duration::from_millis(200), || {
+        value_of(&b, 1)
+    })
+    .await?;
+    ldr_e2e::phase(started, "stream a -> b replicating over verify-full TLS");
+
+    // A's identity replaced by one of another CA (its CA certificate too, so that it starts).
+    let certs = a.certs_dir();
+    let saved = tempfile::tempdir()?;
+    let rogue = tempfile::tempdir()?;
+    let rogue_certs = rogue.path().join("certs");
+    let rogue_key = rogue.path().join("ca.key");
+    ldr_security::certs::create_ca(&rogue_certs, &rogue_key, false)?;
+    ldr_security::certs::create_node(
+        &rogue_certs,
+        &rogue_key,
+        &["127.0.0.1".to_string(), "localhost".to_string()],
+        false,
+    )?;
+    let identity = ["ca.crt", "node.crt", "node.key"];
+    for f in identity {
+        std::fs::copy(certs.join(f), saved.path().join(f))?;
+    }
+    a.stop(1).await?;
+    for f in identity {
+        std::fs::copy(rogue_certs.join(f), certs.join(f))?;
+    }
+    a.start_node(1)?;
+    let status = ldr_e2e::poll(
+        "b's job to report the untrusted certificate",
+        READY,
+        Duration::from_millis(250),
+        || async {
+            let row = ldr_e2e::job_row(&b, job).await.map_err(|e| e.to_string())?;
+            let status = row.get("status").cloned().flatten().unwrap_or_default();
+            let running = row
+                .get("running_status")
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
+            if status != "running" {
+                return Err(format!("job is {status}: {row:?}"));
+            }
+            if running.to_lowercase().contains("certificate") {
+                Ok(running)
+            } else {
+                Err(format!("running_status {running:?}"))
+            }
+        },
+    )
+    .await?;
+    ldr_e2e::phase(started, &format!("job running, reports: {status}"));
+
+    // A's own certificates back: the job catches up, the row written before included.
+    a.stop(1).await?;
+    for f in identity {
+        std::fs::copy(saved.path().join(f), certs.join(f))?;
+    }
+    a.restart(1).await?;
+    a.exec(1, "INSERT INTO t VALUES (2, 'after')").await?;
+    let v = ldr_e2e::poll("row 2 on b", READY, Duration::from_millis(200), || {
+        value_of(&b, 2)
+    })
+    .await?;
+    ensure!(v == "after", "row 2 on b is {v}");
+    let row = ldr_e2e::job_row(&b, job).await?;
+    ensure!(
+        row.get("status").cloned().flatten().as_deref() == Some("running"),
+        "{row:?}"
+    );
+    ldr_e2e::phase(started, "source trusted again: the job caught up");
+    Ok(())
+}
+
+/// Password guessing does not stall anyone else: 200 wrong-password logins (SCRAM over TLS,
+/// 8 at a time) while another session keeps querying; every guess gets 28P01, every query
+/// answers, the right password still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_guessing_does_not_stall_other_sessions() -> Result<()> {
+    use ldr_sim::{Cluster, ClusterSpec};
+    let c = Cluster::start(ClusterSpec::new("guess", 1)?.secure(true)).await?;
+    c.exec(1, "CREATE USER alice WITH PASSWORD 'right-password'")
+        .await?;
+    let root = c.url(1)?;
+    let ca = c.certs_dir().join("ca.crt");
+    let addr = c.node_info(1)?.listen_addr;
+    let as_alice = |password: &str| {
+        format!(
+            "postgresql://alice:{password}@{addr}/defaultdb?sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        )
+    };
+    let wrong = as_alice("guess");
+    let attack = tokio::spawn(async move {
+        let mut refused = 0;
+        let mut other = Vec::new();
+        for _ in 0..25 {
+            let tries = (0..8).map(|_| connect_tls(&wrong));
+            for r in futures::future::join_all(tries).await {
+                match r {
+                    Err(e) if sqlstate(&e) == "28P01" => refused += 1,
+                    Err(e) => other.push(e.to_string()),
+                    Ok(_) => other.push("a wrong password was accepted".into()),
+                }
+            }
+        }
+        (refused, other)
+    });
+    let client = ldr_sim::sql::connect(&root, ldr_sim::sql::CONNECT_TIMEOUT).await?;
+    let mut answered = 0;
+    while !attack.is_finished() && answered < 10_000 {
+        tokio::time::timeout(Duration::from_secs(10), client.simple_query("SELECT 1"))
+            .await
+            .context("a query stalled for 10 s during the password guessing")??;
+        answered += 1;
+    }
+    let (refused, other) = attack.await?;
+    ensure!(other.is_empty(), "unexpected outcomes: {other:?}");
+    ensure!(refused == 200, "{refused} of 200 guesses refused");
+    ensure!(answered > 0, "no query answered during the guessing");
+    let alice = connect_tls(&as_alice("right-password")).await?;
+    alice.simple_query("SELECT 1").await?;
+    eprintln!(
+        "200 wrong passwords refused (28P01) while another session answered {answered} queries"
+    );
+    Ok(())
+}

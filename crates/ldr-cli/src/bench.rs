@@ -6,8 +6,8 @@
 //!
 //! Contract (scripts and CI rely on it): `ldr bench [--nodes=N] [--rows=N]
 //! [--duration=SECONDS] [--steady-rate=R[,R...]] [--out=DIR] [--skip-postgres]
-//! [--raft-log-sync=on|off] [--replicas=N] [--mode=immediate|validated|both]`; the JSON
-//! report's keys are listed in `docs/benchmarks.md`.
+//! [--raft-log-sync=on|off] [--replicas=N] [--mode=immediate|validated|both]
+//! [--secure=off|on|both]`; the JSON report's keys are listed in `docs/benchmarks.md`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +24,25 @@ use crate::workload_cmd::parse_duration;
 pub enum SyncMode {
     On,
     Off,
+}
+
+/// `--secure`: which cluster security to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SecureMode {
+    Off,
+    On,
+    Both,
+}
+
+impl SecureMode {
+    /// The security of each run, insecure first.
+    pub fn security(self) -> Vec<bool> {
+        match self {
+            SecureMode::Off => vec![false],
+            SecureMode::On => vec![true],
+            SecureMode::Both => vec![false, true],
+        }
+    }
 }
 
 /// `--mode`: which LDR apply modes to measure.
@@ -85,6 +104,12 @@ pub struct BenchArgs {
     /// immediate and PostgreSQL).
     #[arg(long, value_enum, default_value = "immediate")]
     pub mode: BenchMode,
+    /// Cluster security of the ldr phases: `off` (insecure, the default), `on` (secure
+    /// clusters: certificates, TLS for SQL and between nodes, the stream over verify-full TLS
+    /// with a password) or `both` (every mode once insecure, then once secure, on fresh
+    /// clusters: `<mode>+tls` against `<mode>` is the cost of TLS).
+    #[arg(long, value_enum, default_value = "off")]
+    pub secure: SecureMode,
     /// Do not run ldr (measures only PostgreSQL and RocksDB; for testing the harness).
     #[arg(long, hide = true)]
     pub skip_ldr: bool,
@@ -174,6 +199,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         raft_log_sync: args.raft_log_sync == SyncMode::On,
         replicas: args.replicas,
         modes: args.mode.modes(),
+        security: args.secure.security(),
         ..BenchOptions::default()
     };
     if let Some(seed) = args.seed {

@@ -1,7 +1,8 @@
 //! `ldr demo`: two local clusters with bidirectional logical replication and a light write
 //! load on both sides. Prints the SQL URLs of both clusters and a line per second with each
 //! side's replicated time, lag and rows applied; Ctrl-C stops everything and removes the
-//! temporary directories.
+//! temporary directories. With `--secure` each cluster gets its own CA and certificates, SQL
+//! runs over TLS and the streams dial the other cluster with verify-full TLS and a password.
 
 use std::time::{Duration, Instant};
 
@@ -26,20 +27,31 @@ pub struct DemoArgs {
     /// Stop by itself after this long.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Secure clusters: each with its own CA and certificates (in its directory), SQL over
+    /// TLS, and the streams dialing the other cluster with verify-full TLS and a password.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 const USER: &str = "ldr_user";
 const PASSWORD: &str = "ldr_password";
 
-/// The statements that prepare one side: the tutorial's steps 1 and 2.
-fn prepare_sql(other: &Cluster, other_name: &str) -> Result<String> {
-    let other_addr = other.node_info(1)?.advertised_sql_addr;
-    Ok(format!(
+/// The statements that prepare one side: the tutorial's steps 1 and 2 (the replication
+/// user, the table, and the external connection to the other cluster: with the other
+/// cluster's CA inline and verify-full TLS when secure, as `ldr encode-uri --inline` prints).
+fn user_sql() -> String {
+    format!(
         "SET CLUSTER SETTING kv.rangefeed.enabled = true;
          CREATE USER IF NOT EXISTS {USER} WITH PASSWORD '{PASSWORD}';
          GRANT SYSTEM REPLICATION TO {USER};
-         CREATE TABLE IF NOT EXISTS defaultdb.public.kv (k INT8 PRIMARY KEY, v STRING);
-         CREATE EXTERNAL CONNECTION IF NOT EXISTS {other_name} AS 'postgresql://{USER}:{PASSWORD}@{other_addr}/defaultdb?sslmode=disable';"
+         CREATE TABLE IF NOT EXISTS defaultdb.public.kv (k INT8 PRIMARY KEY, v STRING);"
+    )
+}
+
+fn connection_sql(other: &Cluster, other_name: &str) -> Result<String> {
+    let url = other.external_url_as(1, USER, PASSWORD)?;
+    Ok(format!(
+        "CREATE EXTERNAL CONNECTION IF NOT EXISTS {other_name} AS '{url}';"
     ))
 }
 
@@ -48,19 +60,26 @@ const CREATE_STREAM: &str = "CREATE LOGICAL REPLICATION STREAM FROM TABLE defaul
 pub async fn run(args: DemoArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the ldr binary")?;
     println!(
-        "starting two {}-node clusters (a and b) on 127.0.0.1 ...",
-        args.nodes
+        "starting two {}-node {} clusters (a and b) on 127.0.0.1 ...",
+        args.nodes,
+        if args.secure { "secure" } else { "insecure" }
     );
     let (a, b) = tokio::try_join!(
-        Cluster::start(ClusterSpec::with_binary("a", args.nodes, &exe)),
-        Cluster::start(ClusterSpec::with_binary("b", args.nodes, &exe)),
+        Cluster::start(ClusterSpec::with_binary("a", args.nodes, &exe).secure(args.secure)),
+        Cluster::start(ClusterSpec::with_binary("b", args.nodes, &exe).secure(args.secure)),
     )
     .context("cannot start the demo clusters")?;
 
-    a.exec(1, &prepare_sql(&b, "cluster_b")?)
+    a.exec(1, &user_sql())
         .await
         .context("preparing cluster a")?;
-    b.exec(1, &prepare_sql(&a, "cluster_a")?)
+    b.exec(1, &user_sql())
+        .await
+        .context("preparing cluster b")?;
+    a.exec(1, &connection_sql(&b, "cluster_b")?)
+        .await
+        .context("preparing cluster a")?;
+    b.exec(1, &connection_sql(&a, "cluster_a")?)
         .await
         .context("preparing cluster b")?;
     b.exec(1, &CREATE_STREAM.replace("{SOURCE}", "cluster_a"))
@@ -77,7 +96,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         for info in cluster.nodes() {
             println!(
                 "  psql \"{}\"    (console http://{})",
-                ldr_sim::sql_url(info.listen_addr),
+                cluster.url_of(info.listen_addr),
                 info.http_addr
             );
         }

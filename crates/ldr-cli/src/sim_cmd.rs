@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// LDR apply mode of both streams.
     #[arg(long, value_enum, default_value = "immediate")]
     pub mode: ModeArg,
+    /// Secure clusters: each with its own CA, TLS for SQL and between nodes, both streams
+    /// over verify-full TLS with a password.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -125,6 +129,10 @@ pub struct FuzzArgs {
     /// 'validated'). The scenario is the same in both; the checks are too.
     #[arg(long, value_enum, default_value = "immediate")]
     pub mode: ModeArg,
+    /// Secure clusters: each with its own CA, TLS for SQL and between nodes, both streams
+    /// over verify-full TLS with a password.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 impl FuzzArgs {
@@ -167,7 +175,7 @@ impl FuzzArgs {
             .map(|k| fault_kind_name(*k))
             .collect();
         Ok(format!(
-            "ldr sim fuzz --seed {seed} --runs 1 --nodes {} --duration {}ms --keys {} --writes {} --faults {} --fault-kinds {} --delete-percent {} --max-clock-skew-ms {} --mode {}",
+            "ldr sim fuzz --seed {seed} --runs 1 --nodes {} --duration {}ms --keys {} --writes {} --faults {} --fault-kinds {} --delete-percent {} --max-clock-skew-ms {} --mode {}{}",
             config.nodes_per_cluster,
             config.duration_ms,
             config.keys,
@@ -176,7 +184,8 @@ impl FuzzArgs {
             kinds.join(","),
             config.delete_percent,
             config.max_clock_skew_ms,
-            self.mode.mode()
+            self.mode.mode(),
+            if self.secure { " --secure" } else { "" }
         ))
     }
 }
@@ -232,10 +241,11 @@ async fn run_file(args: &RunArgs) -> Result<()> {
         nodes
     );
     let reproduce = format!(
-        "ldr sim run {} --nodes {nodes} --mode {mode}",
-        args.scenario.display()
+        "ldr sim run {} --nodes {nodes} --mode {mode}{}",
+        args.scenario.display(),
+        if args.secure { " --secure" } else { "" }
     );
-    match execute(&scenario, nodes, mode, args.keep, &reproduce).await? {
+    match execute(&scenario, nodes, mode, args.secure, args.keep, &reproduce).await? {
         Outcome::Passed => Ok(()),
         Outcome::Failed => bail!(
             "scenario {} (seed {}) failed",
@@ -298,6 +308,7 @@ async fn fuzz(args: &FuzzArgs) -> Result<()> {
             &scenario,
             config.nodes_per_cluster,
             args.mode.mode(),
+            args.secure,
             args.keep,
             &reproduce,
         )
@@ -356,6 +367,7 @@ async fn execute(
     scenario: &Scenario,
     nodes: usize,
     mode: ApplyMode,
+    secure: bool,
     keep: bool,
     reproduce: &str,
 ) -> Result<Outcome> {
@@ -364,6 +376,7 @@ async fn execute(
     let spec = |name: &str| {
         ClusterSpec::with_binary(name, nodes, binary.clone())
             .proxied(true)
+            .secure(secure)
             .ready_timeout(READY_TIMEOUT)
     };
     let (mut a, mut b) = tokio::try_join!(Cluster::start(spec("a")), Cluster::start(spec("b")))?;
@@ -371,7 +384,8 @@ async fn execute(
         .await
         .context("setting up bidirectional LDR")?;
     println!(
-        "clusters a and b ({nodes} node(s) each) ready with bidirectional LDR ({mode} mode) in {:.1}s",
+        "clusters a and b ({nodes} node(s) each, {}) ready with bidirectional LDR ({mode} mode) in {:.1}s",
+        if secure { "secure" } else { "insecure" },
         started.elapsed().as_secs_f64()
     );
     // What the clusters say they run (the mode is in the command), not what was asked.

@@ -297,26 +297,78 @@ impl KvClient {
             }
             SpanTarget::Many => routing::split_span(span, &self.all_ranges().await?),
         };
-        let scans = pieces.iter().map(|(range, piece)| async move {
-            self.past_intents(
-                |_| None,
-                || async move {
-                    match self.scan_in_range(range, piece, read_ts, limit).await {
-                        Err(KvError::RangeNotFound { .. }) if range.table_id.is_some() => {
-                            let fresh = self.refreshed_range(range).await?;
-                            self.scan_in_range(&fresh, piece, read_ts, limit).await
-                        }
-                        other => other,
-                    }
-                },
-            )
-            .await
-        });
+        let scans = pieces
+            .iter()
+            .map(|(range, piece)| self.scan_piece(range, piece, read_ts, limit));
         let parts = join_all(scans)
             .await
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
         Ok(routing::merge_scans(parts, limit))
+    }
+
+    /// Scans one range's piece of a span past other transactions' intents (pushed out of
+    /// the way). A transaction's client reads its own intents as their provisional values:
+    /// the scan stops at one, so the piece is read in parts around it.
+    async fn scan_piece(
+        &self,
+        range: &RangeDescriptor,
+        piece: &Span,
+        read_ts: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<KeyVersion>> {
+        // `limit` 0: no limit (as the storage engine takes it).
+        let room = |n: usize| limit == 0 || n < limit;
+        let mut out: Vec<KeyVersion> = Vec::new();
+        let mut start = piece.start.clone();
+        while room(out.len()) {
+            let sub = Span::new(start.clone(), piece.end.clone());
+            let want = if limit == 0 { 0 } else { limit - out.len() };
+            let got = self
+                .past_intents(
+                    |own| Some(Err(own.clone())),
+                    || async {
+                        match self.scan_in_range(range, &sub, read_ts, want).await {
+                            Err(KvError::RangeNotFound { .. }) if range.table_id.is_some() => {
+                                let fresh = self.refreshed_range(range).await?;
+                                self.scan_in_range(&fresh, &sub, read_ts, want).await
+                            }
+                            other => other,
+                        }
+                        .map(Ok)
+                    },
+                )
+                .await?;
+            let own = match got {
+                Ok(rows) => {
+                    out.extend(rows);
+                    break;
+                }
+                Err(own) => own,
+            };
+            // Our own intent at `own.key`: what lies before it, then the intent itself.
+            let before = Span::new(start.clone(), own.key.clone());
+            if !before.is_empty() {
+                let rows = Box::pin(self.scan_piece(range, &before, read_ts, want)).await?;
+                out.extend(rows);
+            }
+            if room(out.len()) {
+                out.push(KeyVersion {
+                    key: own.key.clone(),
+                    version: Version {
+                        ts: own.write_ts,
+                        header: ValueHeader::default(),
+                        value: own.value.clone(),
+                    },
+                });
+            }
+            start = own.key;
+            start.push(0);
+            if !piece.end.is_empty() && start >= piece.end {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Routes each row (with its dependents, which must live in the same range) to its range

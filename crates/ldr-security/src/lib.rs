@@ -29,6 +29,8 @@ pub mod tls;
 pub mod uri;
 
 pub use conn::{GrpcConn, GrpcConnInfo};
+/// The TLS library, for callers that hold its configurations.
+pub use rustls;
 pub use tls::NodeTls;
 
 use std::path::Path;

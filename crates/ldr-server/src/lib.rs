@@ -7,10 +7,16 @@
 mod catalog_adapters;
 mod changefeed;
 pub mod console;
+pub mod console_auth;
+pub mod console_dashboards;
 pub mod http;
 pub mod listener;
 mod node;
 mod sql;
+pub mod timeseries;
+pub mod ts_query;
+pub mod ts_sampler;
+pub mod ts_store;
 pub mod ttl;
 
 pub use listener::{PgHandler, Protocol, accept_loop, classify, sniff};

@@ -147,30 +147,55 @@ pub async fn run(
 
     let metrics = Arc::new(ldr_ingest::metrics::Metrics::new());
     let ttl_metrics = Arc::new(crate::ttl::TtlMetrics::default());
+    // The time series sampler renders what `/metrics` renders (plus its own gauges).
+    let ts_gauges: Arc<std::sync::OnceLock<Arc<crate::timeseries::Timeseries>>> =
+        Arc::new(std::sync::OnceLock::new());
+    let render_metrics: http::MetricsRenderer = {
+        let (metrics, ttl_metrics, ts_gauges, node_cell) = (
+            metrics.clone(),
+            ttl_metrics.clone(),
+            ts_gauges.clone(),
+            node_cell.clone(),
+        );
+        Arc::new(move || {
+            let mut out = String::new();
+            metrics.render(&mut out);
+            ttl_metrics.render(&mut out);
+            if let Some(ts) = ts_gauges.get() {
+                ts.render_gauges(&mut out);
+            }
+            crate::timeseries::render_sql_stats(
+                node_cell.get().map(|n| n.sql.server.stats()),
+                &mut out,
+            );
+            out
+        })
+    };
+    let ts = match crate::ts_store::TsStore::open(
+        kv_node.engine().clone(),
+        crate::timeseries::config_from_env(),
+    ) {
+        Ok(store) => {
+            let ts = Arc::new(crate::timeseries::Timeseries::new(
+                store,
+                render_metrics.clone(),
+            ));
+            let _ = ts_gauges.set(ts.clone());
+            ts.clone().spawn(node_cell.clone());
+            Some(ts)
+        }
+        Err(e) => {
+            warn!(error = %e, "time series store unavailable");
+            None
+        }
+    };
     let http_state = HttpState {
         ready: ready.clone(),
-        metrics: {
-            let (metrics, ttl_metrics) = (metrics.clone(), ttl_metrics.clone());
-            Arc::new(move || {
-                let mut out = String::new();
-                metrics.render(&mut out);
-                ttl_metrics.render(&mut out);
-                out
-            })
-        },
-        console: {
-            let node_cell = node_cell.clone();
-            Arc::new(move |query| {
-                let node_cell = node_cell.clone();
-                Box::pin(async move {
-                    match node_cell.get() {
-                        Some(node) => crate::console::render(node, query.as_deref()).await,
-                        None => "<html><body><h1>ldr</h1><p>node not initialized</p></body></html>"
-                            .to_string(),
-                    }
-                })
-            })
-        },
+        ts,
+        node: node_cell.clone(),
+        metrics: render_metrics,
+        secure: tls.is_some(),
+        sessions: Arc::new(crate::console_auth::Sessions::default()),
         nodes_json: {
             let node_cell = node_cell.clone();
             Arc::new(move |_| {

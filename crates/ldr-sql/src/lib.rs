@@ -58,6 +58,7 @@ pub mod parser;
 pub mod protocol;
 pub mod rowcodec;
 pub mod stack;
+pub mod stats;
 pub mod types;
 pub mod validation;
 pub mod wire;

@@ -5,6 +5,7 @@
 //! - a bank of accounts keeps its total under many concurrent transfers (clients retry
 //!   40001), on one node and on two nodes, for `balance = balance + x` updates and for
 //!   SELECT-then-UPDATE read-modify-write;
+//! - a row inserted into a range a transaction scanned (a phantom) fails its COMMIT;
 //! - implicit single statements that read and write (`n = n + 1`) lose no increment;
 //! - concurrent `INSERT … ON CONFLICT DO UPDATE` on the same keys never fails with 21000.
 //!
@@ -326,6 +327,65 @@ async fn a_read_then_write_that_lost_a_race_is_a_serialization_failure() {
     assert_eq!(
         int(&one(&mut a, "SELECT balance FROM bank WHERE id = 7").await),
         1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_inserted_into_a_scanned_range_fails_the_commit() {
+    let node = TestNode::start().await;
+    let mut a = node.session().await;
+    let mut b = node.session().await;
+    exec(
+        &mut a,
+        "CREATE TABLE oncall (id INT PRIMARY KEY, shift INT NOT NULL, INDEX (shift))",
+    )
+    .await;
+
+    // Write skew through a phantom: each transaction checks that nobody is on shift 1 (a
+    // scan), then puts itself on it. Serially only one could; the second COMMIT must fail.
+    for (filter, shift) in [
+        ("shift = 1", 1),              // through the secondary index
+        ("id >= 200 AND id < 300", 2), // a primary-key range
+        ("shift + 0 = 3", 3),          // a whole-table scan
+    ] {
+        let count = format!("SELECT count(*) FROM oncall WHERE {filter}");
+        exec(&mut a, "BEGIN").await;
+        exec(&mut b, "BEGIN").await;
+        assert_eq!(int(&one(&mut a, &count).await), 0);
+        assert_eq!(int(&one(&mut b, &count).await), 0);
+        exec(
+            &mut a,
+            &format!("INSERT INTO oncall VALUES ({}, {shift})", shift * 100),
+        )
+        .await;
+        exec(
+            &mut b,
+            &format!("INSERT INTO oncall VALUES ({}, {shift})", shift * 100 + 1),
+        )
+        .await;
+        exec(&mut a, "COMMIT").await;
+        let e = exec_err(&mut b, "COMMIT").await;
+        assert_eq!(e.code(), "40001", "{filter}: {}", e.message());
+        assert!(
+            e.message().contains("failed preemptive refresh"),
+            "{filter}: {}",
+            e.message()
+        );
+        assert_eq!(int(&one(&mut a, &count).await), 1, "{filter}");
+    }
+
+    // A scan whose range nobody else wrote commits, with its own inserts into that range.
+    exec(&mut a, "BEGIN").await;
+    assert_eq!(
+        int(&one(&mut a, "SELECT count(*) FROM oncall WHERE shift = 9").await),
+        0
+    );
+    exec(&mut a, "INSERT INTO oncall VALUES (900, 9), (901, 9)").await;
+    exec(&mut b, "INSERT INTO oncall VALUES (50, 4)").await; // outside the scanned span
+    exec(&mut a, "COMMIT").await;
+    assert_eq!(
+        int(&one(&mut b, "SELECT count(*) FROM oncall WHERE shift = 9").await),
+        2
     );
 }
 

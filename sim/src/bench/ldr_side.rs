@@ -38,14 +38,14 @@ use super::progress::Reporter;
 use super::report::{ApplyCounters, BenchReport, CpuUse, LdrModeReport};
 use super::stats::Percentiles;
 use super::{
-    BenchOptions, CONFLICT_TABLE, HB_TABLE, Heartbeats, KV_TABLE, Sampler, epoch_now, load_rows,
-    or_cancel, polled, procfs, steady_workload, watch,
+    BenchOptions, CONFLICT_TABLE, HB_TABLE, Heartbeats, KV_TABLE, Sampler, Variant, epoch_now,
+    load_rows, or_cancel, polled, procfs, steady_workload, watch,
 };
 use crate::check::convergence::wait_converged;
 use crate::check::replicated_time::{parse_replicated_time, sample_jobs};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::error::{Result, SimError};
-use crate::ldr::{self, ApplyMode};
+use crate::ldr;
 use crate::sql::{self, CONNECT_TIMEOUT};
 use crate::workload::kv::{self as kvw, KeyDistribution, KvConfig};
 use crate::workload::{LoadOptions, Progress};
@@ -56,8 +56,8 @@ const DEST_CONNECTION: &str = "bench_dst";
 struct LdrSide {
     src: Cluster,
     dst: Cluster,
-    /// How every stream of this side applies rows (`WITH mode = …`).
-    mode: ApplyMode,
+    /// How every stream of this side applies rows (`WITH mode = …`), over which clusters.
+    variant: Variant,
     job: i64,
     /// The job's `command` in `SHOW LOGICAL REPLICATION JOBS WITH DETAILS` (`None` if it
     /// could not be read).
@@ -245,16 +245,18 @@ fn parse_ts(text: Option<&String>, what: &str) -> Result<Timestamp> {
 impl LdrSide {
     async fn start(
         options: &BenchOptions,
-        mode: ApplyMode,
+        variant: Variant,
         binary: &std::path::Path,
         reporter: &Reporter,
     ) -> Result<LdrSide> {
+        let mode = variant;
         reporter.step(&format!(
             "ldr ({mode} mode): starting a source and a destination cluster of {} node(s) each",
             options.nodes
         ));
         let spec = |name: &str| {
             ClusterSpec::with_binary(name, options.nodes, binary)
+                .secure(variant.secure)
                 .env("LDR_LOG", "warn")
                 .ready_timeout(Duration::from_secs(120))
         };
@@ -322,7 +324,7 @@ impl LdrSide {
             SOURCE_CONNECTION,
             &[KV_TABLE, HB_TABLE],
             &[KV_TABLE, HB_TABLE],
-            mode.stream_options(),
+            variant.mode.stream_options(),
         )
         .await?;
         let job_command = match ldr::job_command(&dst, job).await {
@@ -339,7 +341,7 @@ impl LdrSide {
         Ok(LdrSide {
             src,
             dst,
-            mode,
+            variant,
             job,
             job_command,
             dst_client,
@@ -374,19 +376,20 @@ impl LdrSide {
 /// the caller copies the figures into it).
 pub(super) async fn run(
     options: &BenchOptions,
-    mode: ApplyMode,
+    variant: Variant,
     binary: &std::path::Path,
     reporter: &Reporter,
     report: &mut BenchReport,
 ) -> Result<()> {
+    let mode = variant;
     let side = or_cancel(
         &options.cancel,
-        LdrSide::start(options, mode, binary, reporter),
+        LdrSide::start(options, variant, binary, reporter),
     )
     .await?;
     report.ldr_modes.push(LdrModeReport {
         job_command: side.job_command.clone(),
-        ..LdrModeReport::new(mode.as_str())
+        ..LdrModeReport::new(&variant.to_string())
     });
     report.durability.disable_synchronization_unsafe = Some(!options.raft_log_sync);
     let (fewest, most, kv_ranges) = side.factor;
@@ -813,7 +816,7 @@ async fn conflicts(
         DEST_CONNECTION,
         &[CONFLICT_TABLE],
         &[CONFLICT_TABLE],
-        side.mode.stream_options(),
+        side.variant.mode.stream_options(),
     )
     .await?;
     let job_b = ldr::create_stream(
@@ -821,7 +824,7 @@ async fn conflicts(
         SOURCE_CONNECTION,
         &[CONFLICT_TABLE],
         &[CONFLICT_TABLE],
-        side.mode.stream_options(),
+        side.variant.mode.stream_options(),
     )
     .await?;
     let now = newest_clock(&side.src)

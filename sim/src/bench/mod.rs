@@ -109,6 +109,32 @@ pub struct BenchOptions {
     /// (`--mode`: `[Immediate]` by default, `[Immediate, Validated]` for `both`). The first
     /// mode's figures fill the report's top-level ldr fields; every mode's are in `ldr_modes`.
     pub modes: Vec<ApplyMode>,
+    /// Cluster security to measure, in order (`--secure`: `[false]` by default, `[true]` for
+    /// `on`, `[false, true]` for `both`): each apply mode runs once per entry, on fresh
+    /// clusters; a secure run's clusters have their own CAs, SQL and node-to-node traffic
+    /// over TLS, and the stream dials the source with verify-full TLS and a password. Its
+    /// `ldr_modes` entry is `<mode>+tls`, so `immediate+tls` against `immediate` is the cost
+    /// of TLS.
+    pub security: Vec<bool>,
+}
+
+/// One LDR configuration the benchmark measures: an apply mode over insecure or secure
+/// (TLS) clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    pub mode: ApplyMode,
+    pub secure: bool,
+}
+
+impl std::fmt::Display for Variant {
+    /// `immediate`, `validated`, `immediate+tls`, …: its name in `ldr_modes`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.secure {
+            write!(f, "{}+tls", self.mode)
+        } else {
+            write!(f, "{}", self.mode)
+        }
+    }
 }
 
 impl Default for BenchOptions {
@@ -137,11 +163,21 @@ impl Default for BenchOptions {
             raft_log_sync: false,
             replicas: None,
             modes: vec![ApplyMode::Immediate],
+            security: vec![false],
         }
     }
 }
 
 impl BenchOptions {
+    /// Every (apply mode, security) pair to run, in order: security outermost, so the
+    /// insecure runs come first and the first variant is the baseline.
+    pub fn variants(&self) -> Vec<Variant> {
+        self.security
+            .iter()
+            .flat_map(|&secure| self.modes.iter().map(move |&mode| Variant { mode, secure }))
+            .collect()
+    }
+
     fn validate(&mut self) -> Result<()> {
         let bad = |m: &str| Err(SimError::InvalidArgument(m.to_string()));
         if self.nodes == 0 || self.nodes > 9 {
@@ -182,6 +218,12 @@ impl BenchOptions {
             .any(|(i, m)| self.modes[..i].contains(m))
         {
             return bad("--mode lists a mode twice");
+        }
+        if self.security.is_empty()
+            || (self.security.len() == 2 && self.security[0] == self.security[1])
+            || self.security.len() > 2
+        {
+            return bad("--secure needs off, on or both");
         }
         if let Some(r) = self.replicas
             && (r == 0 || r > self.nodes)
@@ -551,7 +593,7 @@ pub async fn run(mut options: BenchOptions) -> Result<BenchOutcome> {
             ldr_modes: if options.skip_ldr {
                 Vec::new()
             } else {
-                options.modes.iter().map(|m| m.to_string()).collect()
+                options.variants().iter().map(|v| v.to_string()).collect()
             },
         },
         durability: report::DurabilityReport {
@@ -658,12 +700,12 @@ pub async fn run(mut options: BenchOptions) -> Result<BenchOutcome> {
     })
 }
 
-/// The LDR side once per mode of `options.modes`, in order, each on fresh clusters. The
-/// first mode runs into `report` itself (its figures are the top-level ldr fields, as before
-/// modes existed); every later mode runs into a copy of the report as it was before the first
-/// (PostgreSQL's figures included, so its ratios are computed alike), and only its
-/// `ldr_modes` entry, its catch-up curve, and its failures and notes (prefixed with the mode)
-/// come back.
+/// The LDR side once per variant of `options.variants()` (apply mode × security), in order,
+/// each on fresh clusters. The first variant runs into `report` itself (its figures are the
+/// top-level ldr fields, as before modes existed); every later one runs into a copy of the
+/// report as it was before the first (PostgreSQL's figures included, so its ratios are
+/// computed alike), and only its `ldr_modes` entry, its catch-up curve, and its failures and
+/// notes (prefixed with the variant) come back.
 async fn run_ldr_modes(
     options: &BenchOptions,
     ldr_binary: &Path,
@@ -671,7 +713,7 @@ async fn run_ldr_modes(
     report: &mut BenchReport,
 ) {
     let before = report.clone();
-    for (index, &mode) in options.modes.iter().enumerate() {
+    for (index, variant) in options.variants().into_iter().enumerate() {
         if options.cancel.is_cancelled() {
             return;
         }
@@ -680,12 +722,20 @@ async fn run_ldr_modes(
             Some(copy) => copy,
             None => &mut *report,
         };
-        if let Err(e) = ldr_side::run(options, mode, ldr_binary, reporter, target).await {
-            target.failures.push(match mode {
-                // The text of a run before modes existed.
-                ApplyMode::Immediate => format!("ldr: {e}"),
-                ApplyMode::Validated => format!("ldr {mode} mode: {e}"),
-            });
+        // Boxed: the side's future is large, and each variant adds to the caller's stack.
+        if let Err(e) = Box::pin(ldr_side::run(
+            options, variant, ldr_binary, reporter, target,
+        ))
+        .await
+        {
+            target
+                .failures
+                .push(if index == 0 && variant.mode == ApplyMode::Immediate {
+                    // The text of a run before modes existed.
+                    format!("ldr: {e}")
+                } else {
+                    format!("ldr {variant} mode: {e}")
+                });
         }
         target.finalize();
         let failures: Vec<String> = target
@@ -694,12 +744,13 @@ async fn run_ldr_modes(
             .filter(|f| !before.failures.contains(f))
             .cloned()
             .collect();
+        let label = variant.to_string();
         let mut entry = match target.ldr_modes.pop() {
-            Some(entry) if entry.mode == mode.as_str() => entry,
+            Some(entry) if entry.mode == label => entry,
             other => {
                 // The side failed before its streams existed.
                 target.ldr_modes.extend(other);
-                report::LdrModeReport::new(mode.as_str())
+                report::LdrModeReport::new(&label)
             }
         };
         entry.fill_from(target, failures.clone());
@@ -708,16 +759,16 @@ async fn run_ldr_modes(
             continue;
         };
         for failure in failures {
-            report.failures.push(format!("{mode} mode: {failure}"));
+            report.failures.push(format!("{variant} mode: {failure}"));
         }
         for note in copy.notes.iter().filter(|n| !before.notes.contains(n)) {
-            report.notes.push(format!("{mode} mode: {note}"));
+            report.notes.push(format!("{variant} mode: {note}"));
         }
         report
             .series
             .catchup_ldr_other_modes
             .push(report::ModeSeries {
-                mode: mode.to_string(),
+                mode: label,
                 points: std::mem::take(&mut copy.series.catchup_ldr_applied),
             });
         report.ldr_modes.push(entry);

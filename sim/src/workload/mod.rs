@@ -329,20 +329,14 @@ impl Conn {
     pub(crate) async fn client(&mut self) -> std::result::Result<(&mut Client, u64), String> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            let attempt = tokio_postgres::connect(&self.url, tokio_postgres::NoTls);
-            let (client, connection) = match tokio::time::timeout(Duration::from_secs(5), attempt)
-                .await
-            {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => {
-                    tracing::debug!(url = %self.url, error = %crate::error::describe_sql_error(&e), "workload connect failed");
+            let client = match sql::connect(&self.url, Duration::from_secs(5)).await {
+                Ok(client) => client,
+                Err(SimError::Timeout { .. }) => return Err("connect timeout".into()),
+                Err(e) => {
+                    tracing::debug!(url = %self.url, error = %e, "workload connect failed");
                     return Err("connect".into());
                 }
-                Err(_) => return Err("connect timeout".into()),
             };
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
             self.client = Some(client);
             self.generation += 1;
         }

@@ -181,6 +181,8 @@ pub struct SqlServer {
     pub(crate) row_locks: txn::RowLocks,
     /// The node's SQL memory, shared by its statements (see [`crate::budget`]).
     pub(crate) memory: Arc<crate::budget::NodeMemory>,
+    /// Statement counts and latency (`/metrics`, the DB Console).
+    stats: crate::stats::SqlStats,
 }
 
 impl SqlServer {
@@ -201,6 +203,7 @@ impl SqlServer {
             config,
             row_locks: txn::RowLocks::default(),
             memory: crate::budget::NodeMemory::new(crate::budget::NodeMemory::default_limit()),
+            stats: crate::stats::SqlStats::default(),
         });
         server.bootstrap().await?;
         Ok(server)
@@ -250,6 +253,11 @@ impl SqlServer {
 
     pub fn jobs(&self) -> &Arc<Registry> {
         &self.jobs
+    }
+
+    /// Statement counts and latency of this gateway.
+    pub fn stats(&self) -> &crate::stats::SqlStats {
+        &self.stats
     }
 
     pub fn config(&self) -> &SqlConfig {
@@ -583,6 +591,7 @@ impl Session {
         params: Vec<Datum>,
         in_batch: bool,
     ) -> Result<QueryResult> {
+        let started = std::time::Instant::now();
         self.check_txn_state(stmt)?;
         let limits = Arc::new(self.statement_limits()?);
         let deadline = limits.deadline();
@@ -600,6 +609,9 @@ impl Session {
         self.limits = None;
         if r.is_err() {
             self.abort_txn();
+        }
+        if self.user != "node" {
+            self.server.stats.record(started.elapsed());
         }
         r
     }

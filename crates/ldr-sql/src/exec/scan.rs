@@ -381,8 +381,13 @@ pub(crate) fn plan_access(
     Access::Full
 }
 
-/// Every live version in `span` at `ts`, paged.
-pub(crate) async fn scan_all(kv: &KvClient, span: &Span, ts: Timestamp) -> Result<Vec<KeyVersion>> {
+/// Every live version in `span` at `ts` (`None`: the latest), paged.
+pub(crate) async fn scan_all(
+    kv: &KvClient,
+    span: &Span,
+    ts: impl Into<Option<Timestamp>>,
+) -> Result<Vec<KeyVersion>> {
+    let ts = ts.into();
     let mut out = Vec::new();
     let mut start = span.start.clone();
     loop {
@@ -390,7 +395,7 @@ pub(crate) async fn scan_all(kv: &KvClient, span: &Span, ts: Timestamp) -> Resul
             break;
         }
         let page = kv
-            .scan(&Span::new(start.clone(), span.end.clone()), Some(ts), PAGE)
+            .scan(&Span::new(start.clone(), span.end.clone()), ts, PAGE)
             .await?;
         let n = page.len();
         if let Some(last) = page.last() {
@@ -589,6 +594,9 @@ pub(crate) async fn read(
                     }
                 })
                 .collect();
+            if let Some(buf) = txn {
+                spans.iter().for_each(|sp| buf.observe_span(sp));
+            }
             let parts = join_all(spans.iter().map(|sp| scan_all(kv, sp, ts))).await;
             let mut out = Vec::new();
             for p in parts {
@@ -633,6 +641,9 @@ pub(crate) async fn read(
                     k.extend_from_slice(p);
                     spans.push(Span::prefix(&k));
                 }
+            }
+            if let Some(buf) = txn {
+                spans.iter().for_each(|sp| buf.observe_span(sp));
             }
             let parts = join_all(spans.iter().map(|sp| scan_all(kv, sp, ts))).await;
             let mut pks = Vec::new();

@@ -32,8 +32,11 @@
 //!    written key) and writes every buffered row as an intent, conditional on the value the
 //!    transaction read (`Condition::Expect`); a failed condition is 40001 and the KV
 //!    transaction is rolled back (its intents disappear);
-//! 3. with every intent in place, re-reads the keys it read but did not write; any change is
-//!    40001;
+//! 3. with every intent in place, re-reads the keys it read but did not write, and re-scans
+//!    the spans it scanned (a primary-key range, a whole table, a secondary-index prefix):
+//!    any change of a key read, or any row version in a scanned span newer than the
+//!    transaction's snapshot that it did not write (a phantom), is 40001 (CockroachDB's
+//!    refresh of read spans, done once at COMMIT);
 //! 4. commits the record: from that instant all of the transaction is visible and none of it
 //!    before. Intents are resolved in the background. A pusher that aborted the transaction
 //!    makes the COMMIT fail with 40001 (`TransactionAbortedError`), nothing applied; a record
@@ -43,17 +46,16 @@
 //! commit, no record). See docs/architecture.md, "Transactions across ranges".
 //!
 //! Limits (documented departures from CockroachDB's serializable isolation):
-//! - phantoms: a scan records the rows it found, not the absence of others, so a row inserted
-//!   concurrently into a range the transaction scanned is not detected (point lookups by
-//!   primary key or unique index do record absence);
 //! - read-only transactions are not validated (they read one snapshot);
-//! - the read set holds at most [`READ_SET_MAX`] keys; reads beyond are not validated.
+//! - the read set holds at most [`READ_SET_MAX`] keys; keys read beyond are refreshed as
+//!   spans (any newer version of them is a conflict, even one that wrote the same value).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::future::join_all;
 use ldr_kv::KvClient;
+use ldr_types::{Span, Timestamp};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::write::{self, Applied, Change, TxnBuffer};
@@ -63,6 +65,8 @@ use crate::parser::Statement;
 
 /// Keys a transaction's read set holds at most.
 pub(crate) const READ_SET_MAX: usize = 100_000;
+/// Scanned spans a transaction remembers one by one; beyond, whole tables.
+const READ_SPANS_MAX: usize = 1024;
 /// Number of lock stripes per gateway.
 const STRIPES: usize = 4096;
 /// How long a writer waits for this gateway's row locks.
@@ -78,11 +82,33 @@ pub(crate) fn read_conflict() -> SqlError {
     .with_hint("retry the transaction")
 }
 
-/// The first value a transaction saw for each key it read.
+/// The 40001 a transaction gets when its COMMIT finds a row written, since its snapshot,
+/// into a span it scanned (a phantom, or a scanned row changed), as CockroachDB's failed
+/// refresh reads.
+pub(crate) fn refresh_conflict(key: &[u8]) -> SqlError {
+    SqlError::new(
+        sqlstate::SERIALIZATION_FAILURE,
+        format!(
+            "restart transaction: TransactionRetryWithProtoRefreshError: TransactionRetryError: \
+             retry txn (RETRY_SERIALIZABLE - failed preemptive refresh due to a conflict: \
+             committed value on key {})",
+            ldr_types::keys::pretty_key(key)
+        ),
+    )
+    .with_hint("retry the transaction")
+}
+
+/// Each key read and the value first seen (`None`: absent).
+pub(crate) type ReadRows = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The first value a transaction saw for each key it read, and the spans it scanned.
 #[derive(Debug, Default)]
 pub(crate) struct ReadSet {
     rows: HashMap<Vec<u8>, Option<Vec<u8>>>,
     overflowed: bool,
+    /// Spans scanned (refreshed at COMMIT, see [`refresh_spans`]); past [`READ_SPANS_MAX`]
+    /// they are condensed to the whole tables they touch (coarser, still correct).
+    spans: Vec<Span>,
 }
 
 impl ReadSet {
@@ -94,12 +120,17 @@ impl ReadSet {
             Some(_) => Err(read_conflict()),
             None if self.rows.len() >= READ_SET_MAX => {
                 if !self.overflowed {
-                    tracing::warn!(
+                    tracing::debug!(
                         max = READ_SET_MAX,
-                        "transaction read set is full; further reads are not validated"
+                        "transaction read set is full; further reads are refreshed as spans"
                     );
                     self.overflowed = true;
                 }
+                // Validated by the refresh of read spans instead (any newer version of the
+                // key, tombstones included, is a conflict).
+                let mut end = key.to_vec();
+                end.push(0);
+                self.observe_span(Span::new(key.to_vec(), end));
                 Ok(())
             }
             None => {
@@ -113,13 +144,63 @@ impl ReadSet {
         self.rows.len()
     }
 
+    /// Records that the transaction scanned `span`: a row written into it after the
+    /// transaction's snapshot fails the COMMIT.
+    pub fn observe_span(&mut self, span: Span) {
+        if self.spans.contains(&span) {
+            return;
+        }
+        self.spans.push(span);
+        if self.spans.len() > READ_SPANS_MAX {
+            self.spans = condense(std::mem::take(&mut self.spans));
+        }
+    }
+
     pub fn overflowed(&self) -> bool {
         self.overflowed
     }
 
-    pub fn into_rows(self) -> HashMap<Vec<u8>, Option<Vec<u8>>> {
-        self.rows
+    /// The keys read with their values, and the spans scanned.
+    pub fn into_parts(self) -> (ReadRows, Vec<Span>) {
+        (self.rows, self.spans)
     }
+}
+
+/// Spans widened to the whole tables they touch, without duplicates (a span outside every
+/// table is kept as it is).
+fn condense(spans: Vec<Span>) -> Vec<Span> {
+    let mut out: Vec<Span> = Vec::new();
+    for s in spans {
+        let wide = match ldr_types::keys::decode_table_key(&s.start) {
+            Some(k) => ldr_types::keys::table_span(k.table_id),
+            None => s,
+        };
+        if !out.contains(&wide) {
+            out.push(wide);
+        }
+    }
+    out
+}
+
+/// Re-scans the spans a transaction scanned, at the latest timestamp and with its intents in
+/// place: a row version newer than the transaction's snapshot `read_ts` that the transaction
+/// did not write itself (an insert into a scanned range, or an update of a scanned row) is a
+/// conflict (40001), as CockroachDB's refresh of read spans. Another transaction's intent in
+/// a span is pushed or waited for by the scan like any read.
+async fn refresh_spans(
+    kv: &KvClient,
+    spans: &[Span],
+    read_ts: Timestamp,
+    wrote: impl Fn(&[u8]) -> bool,
+) -> Result<()> {
+    for span in spans {
+        for kvv in super::scan::scan_all(kv, span, None).await? {
+            if kvv.version.ts > read_ts && !wrote(&kvv.key) {
+                return Err(refresh_conflict(&kvv.key));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a COMMIT must find before it writes: every key's expected latest value. Fails with
@@ -223,7 +304,7 @@ async fn validate(kv: &KvClient, expected: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) 
 
 /// Applies a transaction's buffered writes at COMMIT (see the module doc).
 pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
-    let (changes, reads) = buf.into_parts();
+    let (changes, reads, read_ts) = buf.into_parts();
     if changes.is_empty() {
         return Ok(());
     }
@@ -233,7 +314,8 @@ pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
         reads_overflowed = reads.overflowed(),
         "committing a transaction"
     );
-    let mut expected = expectations(reads.into_rows(), &changes)?;
+    let (rows, spans) = reads.into_parts();
+    let mut expected = expectations(rows, &changes)?;
     let _locks = server
         .row_locks
         .lock(expected.keys().map(Vec::as_slice), true)
@@ -243,7 +325,7 @@ pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
     for ch in &changes {
         expected.remove(&ch.key);
     }
-    if expected.is_empty() && !write::spans_ranges(&changes) {
+    if expected.is_empty() && spans.is_empty() && !write::spans_ranges(&changes) {
         // One range, nothing else read: one atomic batch, no record (one-phase commit).
         let applied = write::apply_unlocked(kv, &changes).await?;
         if !applied.iter().all(|a| matches!(a, Applied::Written(_))) {
@@ -261,7 +343,11 @@ pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
         // the writes covered, unique index entries included, were checked by their
         // conditions).
         expected.retain(|k, _| !txn.wrote(k));
-        validate(txn.client(), &expected).await
+        validate(txn.client(), &expected).await?;
+        match read_ts {
+            Some(read_ts) => refresh_spans(txn.client(), &spans, read_ts, |k| txn.wrote(k)).await,
+            None => Ok(()),
+        }
     }
     .await;
     match result {
@@ -509,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_read_set_stops_recording() {
+    fn a_full_read_set_records_further_reads_as_spans() {
         let mut r = ReadSet::default();
         for i in 0..READ_SET_MAX {
             r.observe(&(i as u64).to_be_bytes(), None).expect("fits");
@@ -518,8 +604,39 @@ mod tests {
         r.observe(b"one more", Some(b"v")).expect("not an error");
         assert!(r.overflowed());
         assert_eq!(r.len(), READ_SET_MAX);
+        // ... but the key is refreshed as a span at COMMIT.
+        let (_, spans) = r.into_parts();
+        assert_eq!(
+            spans,
+            vec![Span::new(b"one more".to_vec(), b"one more\0".to_vec())]
+        );
+        let mut r = ReadSet::default();
+        for i in 0..READ_SET_MAX {
+            r.observe(&(i as u64).to_be_bytes(), None).expect("fits");
+        }
         // Keys already recorded are still checked.
         assert!(r.observe(&0u64.to_be_bytes(), Some(b"v")).is_err());
+    }
+
+    #[test]
+    fn many_scanned_spans_condense_to_their_tables() {
+        let mut r = ReadSet::default();
+        for i in 0..=READ_SPANS_MAX as u64 {
+            let table = 100 + (i % 2) as u32;
+            let mut start = ldr_types::keys::index_prefix(table, 0, 1);
+            start.extend_from_slice(&i.to_be_bytes());
+            let mut end = start.clone();
+            end.push(0);
+            r.observe_span(Span::new(start, end));
+        }
+        let (_, spans) = r.into_parts();
+        assert_eq!(
+            spans,
+            vec![
+                ldr_types::keys::table_span(100),
+                ldr_types::keys::table_span(101)
+            ]
+        );
     }
 
     #[test]

@@ -85,6 +85,11 @@ impl TxnBuffer {
         self.reads.lock().observe(key, value)
     }
 
+    /// Records a span scanned from the KV layer (refreshed at COMMIT: phantoms are conflicts).
+    pub fn observe_span(&self, span: &ldr_types::Span) {
+        self.reads.lock().observe_span(span.clone());
+    }
+
     pub fn get(&self, table: TableId, key: &[u8]) -> Option<&Change> {
         self.changes.get(&(table, key.to_vec()))
     }
@@ -154,11 +159,13 @@ impl TxnBuffer {
         Ok(())
     }
 
-    /// The changes to apply (in key order) and the read set.
-    pub fn into_parts(self) -> (Vec<Change>, ReadSet) {
+    /// The changes to apply (in key order), the read set and the snapshot read (`None`:
+    /// nothing read).
+    pub fn into_parts(self) -> (Vec<Change>, ReadSet, Option<Timestamp>) {
         (
             self.changes.into_values().collect(),
             self.reads.into_inner(),
+            self.read_ts,
         )
     }
 }

@@ -6,9 +6,11 @@
 //!   canceled;
 //! - the seed's story: a changefeed on A emits A's writes while LDR runs A→B, and B's writes
 //!   too once LDR runs B→A;
-//! - pause/resume and a `kill -9` of the coordinator's node under writes lose no change;
+//! - pause/resume, a graceful restart and a `kill -9` of the coordinator's node under writes
+//!   lose no change; a nodelocal sink on another node than the coordinator gets every row;
 //! - a webhook receiver that is down for a while then comes up gets every message;
-//! - bad input is refused with CockroachDB's texts.
+//! - bad input is refused with CockroachDB's texts;
+//! - a sinkless changefeed returns its `table, key, value` rows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -566,31 +568,63 @@ async fn pause_resume_and_coordinator_kill_lose_no_change() -> Result<()> {
     )
     .await?;
 
-    phase(started, "killing the coordinator under writes");
     let mut index_of = BTreeMap::new();
     for index in c.node_ids() {
         index_of.insert(node_id_of(&c, index).await?, index);
     }
-    let coordinator_id: usize = poll(
-        "a coordinator",
+    // The node running the job (a node id) and its harness index.
+    let coordinator_of = || async {
+        let id: usize = poll(
+            "a coordinator",
+            CATCH_UP,
+            Duration::from_millis(200),
+            || async {
+                let row = ldr_e2e::job_row(&c, job).await.map_err(|e| e.to_string())?;
+                row.get("coordinator_id")
+                    .cloned()
+                    .flatten()
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                    .ok_or_else(|| format!("{row:?}"))
+            },
+        )
+        .await?;
+        let index = *index_of
+            .get(&id)
+            .with_context(|| format!("node id {id} in {index_of:?}"))?;
+        anyhow::Ok((id, index))
+    };
+
+    phase(
+        started,
+        "restarting the coordinator's node (graceful) under writes",
+    );
+    let (restarted_id, restarted) = coordinator_of().await?;
+    c.stop(restarted).await?;
+    write_keys(&c, 121..=160, restarted).await?;
+    c.start_node(restarted)?;
+    c.wait_ready(restarted).await?;
+    let after_restart = now(&c).await?;
+    poll(
+        "the changefeed to resolve past the writes made during the restart",
         CATCH_UP,
         Duration::from_millis(200),
         || async {
-            let row = ldr_e2e::job_row(&c, job).await.map_err(|e| e.to_string())?;
-            row.get("coordinator_id")
-                .cloned()
-                .flatten()
-                .and_then(|n| n.trim().parse::<usize>().ok())
-                .ok_or_else(|| format!("{row:?}"))
+            let s = read_sinks(&c, "cf").map_err(|e| e.to_string())?;
+            if s.resolved.iter().any(|r| *r >= after_restart) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", s.resolved.iter().max()))
+            }
         },
     )
     .await?;
-    let coordinator = *index_of
-        .get(&coordinator_id)
-        .with_context(|| format!("node id {coordinator_id} in {index_of:?}"))?;
+    phase(started, &format!("node {restarted_id} restarted"));
+
+    phase(started, "killing the coordinator under writes");
+    let (coordinator_id, coordinator) = coordinator_of().await?;
     let writer = {
         let c2 = &c;
-        async move { write_keys(c2, 121..=240, coordinator).await }
+        async move { write_keys(c2, 161..=240, coordinator).await }
     };
     let killer = async {
         tokio::time::sleep(Duration::from_millis(300)).await;

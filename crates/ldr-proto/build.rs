@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "../../proto/stream.proto",
         "../../proto/ingest.proto",
         "../../proto/raft.proto",
+        "../../proto/changefeed.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -50,6 +50,8 @@ pub enum JobType {
     ReplicationStreamProducer,
     /// "ROW LEVEL TTL"
     RowLevelTtl,
+    /// "CHANGEFEED"
+    Changefeed,
 }
 
 impl JobType {
@@ -58,6 +60,7 @@ impl JobType {
             JobType::LogicalReplication => "LOGICAL REPLICATION",
             JobType::ReplicationStreamProducer => "REPLICATION STREAM PRODUCER",
             JobType::RowLevelTtl => "ROW LEVEL TTL",
+            JobType::Changefeed => "CHANGEFEED",
         }
     }
 }

@@ -15,7 +15,13 @@ use prost::Message;
 
 /// The proto files whose messages [`every_message!`] lists.
 // `proto/raft.proto` joins this list (and its messages the macro) when it lands.
-const PROTO_FILES: [&str; 4] = ["common.proto", "kv.proto", "stream.proto", "ingest.proto"];
+const PROTO_FILES: [&str; 5] = [
+    "common.proto",
+    "kv.proto",
+    "stream.proto",
+    "ingest.proto",
+    "changefeed.proto",
+];
 
 /// Runs `$body` with `M` bound to each top-level message type, and lists their names.
 macro_rules! every_message {
@@ -126,6 +132,10 @@ every_message!(
     TableMapping,
     ProcessorSpec,
     ProcessorUpdate,
+    // changefeed.proto
+    ChangefeedSpansRequest,
+    NodelocalWriteRequest,
+    NodelocalWriteResponse,
 );
 
 fn config(default: u32) -> Config {

@@ -5,6 +5,7 @@
 #![recursion_limit = "256"]
 
 mod catalog_adapters;
+mod changefeed;
 pub mod console;
 pub mod console_auth;
 pub mod console_dashboards;

@@ -85,6 +85,7 @@ pub async fn run(
     // "unavailable" until the node is initialized.
     let stream_service = ReplicationStreamService::deferred();
     let ingest_service = IngestService::deferred();
+    let changefeed_service = ldr_changefeed::ChangefeedService::deferred();
     let (grpc_tx, grpc_rx) = mpsc::channel(128);
     // The cluster-internal services want a node certificate on TLS connections; the
     // replication stream service is for other clusters (they log in with a password).
@@ -98,6 +99,10 @@ pub async fn run(
         .add_service(stream_service.clone().into_server())
         .add_service(InterceptedService::new(
             ingest_service.clone().into_server(),
+            node_only,
+        ))
+        .add_service(InterceptedService::new(
+            changefeed_service.clone().into_server(),
             node_only,
         ))
         .serve_with_incoming(ReceiverStream::new(grpc_rx));
@@ -282,7 +287,16 @@ pub async fn run(
         catalog: sql.source_catalog(),
         rangefeeds: kv_node.rangefeeds().clone(),
     });
-    stream_service.set(producer);
+    stream_service.set(producer.clone());
+    crate::changefeed::register(
+        &changefeed_service,
+        &kv,
+        &kv_node,
+        &registry,
+        &sql,
+        producer,
+        config.store_dir.join("extern"),
+    );
     let flows = FlowRunner::new(kv.clone(), sql.applier_factory(), metrics.clone());
     ingest_service.set(flows.clone());
     registry.register_resumer(

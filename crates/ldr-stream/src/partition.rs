@@ -2,7 +2,8 @@
 //! event batches and checkpoints.
 //!
 //! Loop prevention: only versions written locally (`origin_id == 0`) are emitted, so rows that
-//! replication wrote here never travel back. Data always precedes the checkpoint that covers
+//! replication wrote here never travel back (changefeeds, which reuse this loop, ask for every
+//! origin with [`PartitionOptions::only_local_origin`] off). Data always precedes the checkpoint that covers
 //! it: a checkpoint flushes the pending batch first. A batch is flushed when it reaches
 //! `batch_bytes_max`, or as soon as the consumer is waiting (the outgoing channel is empty), so
 //! a light load sees low latency and a heavy one large batches. Checkpoints are sent when the
@@ -32,6 +33,9 @@ pub struct PartitionOptions {
     pub spans: Vec<Span>,
     pub start: StartFrom,
     pub with_filtering: bool,
+    /// Only versions written locally (`origin_id == 0`): true for replication streams (loop
+    /// prevention); false for changefeeds, which emit rows LDR wrote too.
+    pub only_local_origin: bool,
     pub batch_bytes_max: usize,
     pub min_checkpoint_frequency: Duration,
 }
@@ -71,6 +75,7 @@ impl PartitionOptions {
             spans,
             start,
             with_filtering: request.with_filtering,
+            only_local_origin: true,
             batch_bytes_max,
             min_checkpoint_frequency: kv
                 .settings()
@@ -153,7 +158,7 @@ pub async fn run_partition(
         spans: options.spans.clone(),
         start: options.start.clone(),
         filter: Filter {
-            only_local_origin: true,
+            only_local_origin: options.only_local_origin,
             drop_omitted: options.with_filtering,
         },
         with_diff: true,

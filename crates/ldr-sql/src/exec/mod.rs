@@ -15,6 +15,7 @@
 //! takes effect immediately and is not undone by ROLLBACK; a query string with several
 //! statements is not an implicit transaction (statements before a failing one stay applied).
 
+mod changefeed;
 mod consistency;
 mod ddl;
 mod dml;
@@ -38,6 +39,7 @@ use ldr_kv::KvClient;
 use ldr_types::JobId;
 use parking_lot::RwLock;
 
+pub use self::changefeed::{ChangefeedRequest, ChangefeedStatements};
 pub use self::ldr::{LdrStreamRequest, ReplicationStatements, ResolvedTable};
 pub use self::privilege::{SYSTEM_PRIVILEGES, TABLE_PRIVILEGES};
 pub use self::session::SessionVars;
@@ -173,6 +175,7 @@ pub struct SqlServer {
     pub(crate) catalog: Catalog,
     pub(crate) jobs: Arc<Registry>,
     replication: RwLock<Option<Arc<dyn ReplicationStatements>>>,
+    changefeeds: RwLock<Option<Arc<dyn ChangefeedStatements>>>,
     config: SqlConfig,
     /// This gateway's row locks (see `txn.rs`).
     pub(crate) row_locks: txn::RowLocks,
@@ -196,6 +199,7 @@ impl SqlServer {
             kv,
             jobs,
             replication: RwLock::new(None),
+            changefeeds: RwLock::new(None),
             config,
             row_locks: txn::RowLocks::default(),
             memory: crate::budget::NodeMemory::new(crate::budget::NodeMemory::default_limit()),
@@ -228,6 +232,15 @@ impl SqlServer {
 
     pub(crate) fn replication(&self) -> Option<Arc<dyn ReplicationStatements>> {
         self.replication.read().clone()
+    }
+
+    /// Installs the implementation of `CREATE CHANGEFEED`.
+    pub fn set_changefeed_statements(&self, c: Arc<dyn ChangefeedStatements>) {
+        *self.changefeeds.write() = Some(c);
+    }
+
+    pub(crate) fn changefeeds(&self) -> Option<Arc<dyn ChangefeedStatements>> {
+        self.changefeeds.read().clone()
     }
 
     pub fn kv(&self) -> &KvClient {
@@ -662,6 +675,8 @@ impl Session {
             S::CreateLogicalReplicationStream(s) => {
                 ldr::create_stream_with_params(self, s, in_batch, &params).await
             }
+            S::CreateChangefeed(c) => changefeed::create(self, c, in_batch).await,
+            S::ShowChangefeedJobs(id) => changefeed::show_jobs(self, id.as_ref(), &params).await,
             S::NoOp { tag } => Ok(QueryResult::command(tag)),
             S::ConfigureRangeZone { range, options } => {
                 ddl::configure_range_zone(self, range, options).await
@@ -718,7 +733,11 @@ impl Session {
                 let scope = crate::expr::Scope::default();
                 let mut b = crate::expr::Binder::new(&scope, params);
                 match other {
-                    S::PauseJob(e) | S::ResumeJob(e) | S::CancelJob(e) | S::ShowJob(e) => {
+                    S::PauseJob(e)
+                    | S::ResumeJob(e)
+                    | S::CancelJob(e)
+                    | S::ShowJob(e)
+                    | S::ShowChangefeedJobs(Some(e)) => {
                         b.bind_typed(e, &SqlType::Int8)?;
                     }
                     S::CreateExternalConnection { uri, .. } => {

@@ -174,6 +174,9 @@ pub(crate) async fn describe(sess: &Session, stmt: &Statement) -> Vec<ColumnInfo
             col("value", SqlType::String),
         ],
         S::CreateLogicalReplicationStream(_) => vec![col("job_id", SqlType::Int8)],
+        S::CreateChangefeed(c) if c.sink.is_none() => super::changefeed::sinkless_columns(),
+        S::CreateChangefeed(_) => vec![col("job_id", SqlType::Int8)],
+        S::ShowChangefeedJobs(_) => super::changefeed::show_columns(),
         _ => vec![],
     }
 }
@@ -1122,7 +1125,7 @@ async fn show_grants(
 
 // ---- jobs ----
 
-fn job_id(sess: &Session, e: &Expr, params: &[Datum]) -> Result<i64> {
+pub(super) fn job_id(sess: &Session, e: &Expr, params: &[Datum]) -> Result<i64> {
     match eval_const(sess, e, Some(&SqlType::Int8), params)? {
         Datum::Int(i) => Ok(i),
         Datum::Decimal(d) => rust_decimal::prelude::ToPrimitive::to_i64(&d)
@@ -1134,7 +1137,7 @@ fn job_id(sess: &Session, e: &Expr, params: &[Datum]) -> Result<i64> {
     }
 }
 
-async fn visible_jobs(sess: &Session) -> Result<Vec<JobRecord>> {
+pub(super) async fn visible_jobs(sess: &Session) -> Result<Vec<JobRecord>> {
     let all = sess.server.jobs.list().await?;
     if privilege::has_system_privilege(&sess.server.catalog, &sess.user, "VIEWJOB").await? {
         return Ok(all);
@@ -1145,7 +1148,7 @@ async fn visible_jobs(sess: &Session) -> Result<Vec<JobRecord>> {
         .collect())
 }
 
-async fn check_job_visible(sess: &Session, job: &JobRecord) -> Result<()> {
+pub(super) async fn check_job_visible(sess: &Session, job: &JobRecord) -> Result<()> {
     if job.user_name == sess.user
         || privilege::has_system_privilege(&sess.server.catalog, &sess.user, "VIEWJOB").await?
     {

@@ -178,6 +178,11 @@ pub enum Statement {
 
     CreateLogicalReplicationStream(CreateLogicalReplicationStream),
 
+    /// `CREATE CHANGEFEED FOR TABLE … [INTO '…'] [WITH …]`.
+    CreateChangefeed(CreateChangefeed),
+    /// `SHOW CHANGEFEED JOBS` / `SHOW CHANGEFEED JOB <id>`.
+    ShowChangefeedJobs(Option<Expr>),
+
     /// `ALTER RANGE <name> CONFIGURE ZONE USING key = value, …` (or `DISCARD`: no options).
     ConfigureRangeZone {
         range: String,
@@ -434,4 +439,17 @@ pub enum RangesFrom {
     Database(Option<String>),
     /// `SHOW CLUSTER RANGES`: every range, the system range included.
     Cluster,
+}
+
+/// `CREATE CHANGEFEED FOR TABLE t [, …] [INTO 'sink'] [WITH opt [= value], …]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CreateChangefeed {
+    /// The watched tables as written.
+    pub targets: Vec<ObjectName>,
+    /// The sink URI; `None`: a sinkless changefeed (rows go to the client).
+    pub sink: Option<String>,
+    /// Options in order, names lowercased; `None` for a bare option (`updated`, `resolved`).
+    pub options: Vec<(String, Option<String>)>,
+    /// The statement's text.
+    pub statement: String,
 }

@@ -630,9 +630,11 @@ fn statement_children<'a>(s: &'a Statement, out: &mut Vec<Node<'a>>) {
             }
         }
         S::SetClusterSetting { value, .. } => opt(value.as_ref(), out),
-        S::ShowJob(e) | S::PauseJob(e) | S::ResumeJob(e) | S::CancelJob(e) => {
-            out.push(Node::Expr(e))
-        }
+        S::ShowJob(e)
+        | S::PauseJob(e)
+        | S::ResumeJob(e)
+        | S::CancelJob(e)
+        | S::ShowChangefeedJobs(Some(e)) => out.push(Node::Expr(e)),
         S::CreateExternalConnection { uri, .. } => out.push(Node::Expr(uri)),
         S::Truncate { .. }
         | S::CreateDatabase { .. }
@@ -685,6 +687,8 @@ fn statement_children<'a>(s: &'a Statement, out: &mut Vec<Node<'a>>) {
         | S::RevokeRole { .. }
         | S::DropExternalConnection { .. }
         | S::CreateLogicalReplicationStream(_)
+        | S::CreateChangefeed(_)
+        | S::ShowChangefeedJobs(None)
         | S::NoOp { .. }
         | S::ConfigureRangeZone { .. } => {}
     }

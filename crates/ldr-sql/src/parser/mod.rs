@@ -8,6 +8,7 @@
 //! CockroachDB's `at or near "x": syntax error` message.
 
 pub mod ast;
+mod changefeed;
 mod depth;
 
 pub use depth::MAX_EXPR_DEPTH;
@@ -91,6 +92,13 @@ fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
         }
         let end = p.offset_here();
         if let Statement::CreateLogicalReplicationStream(s) = &mut stmt {
+            s.statement = text[start..end.max(start)]
+                .trim()
+                .trim_end_matches(';')
+                .trim()
+                .to_string();
+        }
+        if let Statement::CreateChangefeed(s) = &mut stmt {
             s.statement = text[start..end.max(start)]
                 .trim()
                 .trim_end_matches(';')
@@ -863,6 +871,14 @@ impl<'a> P<'a> {
                 self.p.next_token();
                 Ok(Statement::ShowJob(self.expr()?))
             }
+            "CHANGEFEED" => {
+                self.p.next_token();
+                if self.eat("JOBS") {
+                    return Ok(Statement::ShowChangefeedJobs(None));
+                }
+                self.expect("JOB")?;
+                Ok(Statement::ShowChangefeedJobs(Some(self.expr()?)))
+            }
             "LOGICAL" => {
                 self.p.next_token();
                 self.expect("REPLICATION")?;
@@ -1095,6 +1111,9 @@ impl<'a> P<'a> {
         if self.eat_seq(&["LOGICAL", "REPLICATION", "STREAM"]) {
             return self.create_ldr_stream();
         }
+        if self.eat("CHANGEFEED") {
+            return self.create_changefeed();
+        }
         if self.eat_seq(&["LOGICALLY", "REPLICATED"]) {
             return Err(SqlError::unsupported(
                 "CREATE LOGICALLY REPLICATED is not supported; create the destination table and use CREATE LOGICAL REPLICATION STREAM",
@@ -1112,7 +1131,7 @@ impl<'a> P<'a> {
         }
         if matches!(
             self.peek_word().as_deref(),
-            Some("TEMP" | "TEMPORARY" | "UNLOGGED" | "CHANGEFEED")
+            Some("TEMP" | "TEMPORARY" | "UNLOGGED")
         ) {
             return Err(SqlError::unsupported(format!(
                 "CREATE {} is not supported",

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// How long a cluster-wide query waits for the list of nodes.
+const NODE_LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
@@ -180,7 +183,16 @@ impl Timeseries {
         let mut skipped = Vec::new();
         per_node.insert(me, self.read_local(req.clone()).await?);
         if let Some(node) = node {
-            match node.kv.nodes().await {
+            // The node list lives in the system range: without its quorum, answer with this
+            // node's points (and say so) instead of waiting.
+            let nodes = tokio::time::timeout(NODE_LIST_TIMEOUT, node.kv.nodes())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ldr_kv::KvError::Internal(format!(
+                        "no answer within {NODE_LIST_TIMEOUT:?}"
+                    )))
+                });
+            match nodes {
                 Ok(nodes) => {
                     let path = format!("/ts/local?{}", ts_query::local_query_string(&req));
                     let peers: Vec<_> =

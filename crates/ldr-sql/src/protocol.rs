@@ -96,6 +96,9 @@ pub async fn serve_connection_tls(
 ) -> std::io::Result<()> {
     let handlers = Handlers::new(server);
     let startup_deadline = Instant::now() + STARTUP_TIMEOUT;
+    // A second handle on the same socket notices a client that goes away while a statement
+    // runs (the connection itself is read only between statements).
+    let (socket, hangup) = hangup_watcher(socket)?;
     // SSLRequest and GSSENCRequest are answered by pgwire ('N' without a TLS acceptor); its
     // decoder reads nothing there but the fixed 8-byte requests. A failed TLS handshake
     // (garbage after SSLRequest, a truncated ClientHello, an untrusted client certificate)
@@ -169,7 +172,7 @@ pub async fn serve_connection_tls(
         };
         // `process_message` closes a CancelRequest's dedicated connection.
         let is_cancel_request = matches!(message, PgWireFrontendMessage::CancelRequest(_));
-        if let Err(mut e) = process_message(
+        let work = process_message(
             message,
             &mut socket,
             startup_handler.clone(),
@@ -177,9 +180,26 @@ pub async fn serve_connection_tls(
             extended_query_handler.clone(),
             copy_handler.clone(),
             cancel_handler.clone(),
-        )
-        .await
-        {
+        );
+        let result = match (&hangup, handlers.canceler()) {
+            (Some(hangup), Some(canceler)) => {
+                // A client that disconnects mid-statement cancels it (as a cancel request
+                // would: a read stops at once, a write at its next check). The watch is its
+                // own task: a statement busy computing does not let this one run.
+                let hangup = hangup.clone();
+                let watch = tokio::spawn(async move {
+                    if client_gone(&hangup).await {
+                        debug!("sql client disconnected during a statement; canceling it");
+                        canceler.cancel();
+                    }
+                });
+                let r = work.await;
+                watch.abort();
+                r
+            }
+            _ => work.await,
+        };
+        if let Err(mut e) = result {
             error_handler.on_error(&socket, &mut e);
             // A FATAL error ends the session, as in PostgreSQL.
             let is_fatal = e.is_fatal();
@@ -190,6 +210,34 @@ pub async fn serve_connection_tls(
         }
         if is_cancel_request {
             return Ok(());
+        }
+    }
+}
+
+/// The socket, and a second handle on it (a duplicated descriptor) that only peeks, for
+/// [`client_gone`]. `None` if the descriptor cannot be duplicated (the connection is served
+/// without the watch).
+fn hangup_watcher(socket: TcpStream) -> std::io::Result<(TcpStream, Option<Arc<TcpStream>>)> {
+    let std_socket = socket.into_std()?;
+    let watcher = std_socket
+        .try_clone()
+        .ok()
+        .and_then(|w| TcpStream::from_std(w).ok())
+        .map(Arc::new);
+    Ok((TcpStream::from_std(std_socket)?, watcher))
+}
+
+/// Resolves `true` once the client has closed its end (end of stream or a reset). Bytes the
+/// client sent meanwhile (a pipelined next message) are left for the connection to read;
+/// the watch then looks again a moment later.
+async fn client_gone(watcher: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match watcher.peek(&mut byte).await {
+            Ok(0) => return true,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
         }
     }
 }
@@ -243,6 +291,8 @@ struct Conn {
     copy_in: std::sync::Mutex<Option<CopyIn>>,
     /// This connection's entry in [`CANCELS`] (from login to the end of the connection).
     cancel_key: std::sync::Mutex<Option<CancelRegistration>>,
+    /// The session's cancel flag, once logged in.
+    canceler: std::sync::Mutex<Option<Arc<crate::budget::Canceler>>>,
 }
 
 /// A `COPY … FROM STDIN` between its statement and the client's CopyDone.
@@ -276,6 +326,7 @@ impl Handlers {
             prepared_names: std::sync::Mutex::new(BTreeSet::new()),
             copy_in: std::sync::Mutex::new(None),
             cancel_key: std::sync::Mutex::new(None),
+            canceler: std::sync::Mutex::new(None),
         });
         Handlers {
             handler: Arc::new(ConnHandler {
@@ -346,6 +397,18 @@ impl pgwire::api::cancel::CancelHandler for CancelRequests {
             debug!(pid = request.pid, "cancel request");
             c.cancel();
         }
+    }
+}
+
+impl Handlers {
+    /// The logged-in session's cancel flag (`None` before login).
+    fn canceler(&self) -> Option<Arc<crate::budget::Canceler>> {
+        self.handler
+            .conn
+            .canceler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -482,6 +545,7 @@ impl ConnHandler {
             .cancel_key
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(registration);
+        *self.conn.canceler.lock().unwrap_or_else(|p| p.into_inner()) = Some(canceler);
         *self.conn.session.lock().await = Some(session);
         finish_authentication(
             client,

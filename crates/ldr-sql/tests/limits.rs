@@ -239,3 +239,52 @@ async fn a_cancel_request_stops_the_running_statement() {
         .expect("not canceled by another connection's key");
     assert!(!rows.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_stops_its_running_statement() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    table_of(&mut s, "t", 100).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("bound").port();
+    let server = node.server.clone();
+    // The server side of exactly one connection: it ends when its statement has stopped.
+    let served = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("accept");
+        ldr_sql::protocol::serve_connection(socket, server).await
+    });
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=root dbname=defaultdb"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connects");
+    let driver = tokio::spawn(connection);
+    // 10^8 joined rows: minutes of CPU if nobody stops it.
+    let query = tokio::spawn(async move {
+        let _ = client
+            .simple_query("SELECT count(*) FROM t a, t b, t c, t d WHERE a.k + b.k + c.k + d.k < 0")
+            .await;
+    });
+    // Once the statement runs (it holds the joined tables' rows) ...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.server.sql_memory_used() == 0 {
+        assert!(Instant::now() < deadline, "the statement never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ... the client goes away (its process dies: the socket closes).
+    driver.abort();
+    query.abort();
+    tokio::time::timeout(Duration::from_secs(30), served)
+        .await
+        .expect("the statement of a disconnected client stopped (its connection ended)")
+        .expect("served")
+        .expect("no I/O error");
+    assert_eq!(
+        node.server.sql_memory_used(),
+        0,
+        "the statement's memory released"
+    );
+}

@@ -404,6 +404,11 @@ impl SqlServer {
         self.memory.set_limit(bytes);
     }
 
+    /// Bytes the node's running statements hold now.
+    pub fn sql_memory_used(&self) -> u64 {
+        self.memory.used()
+    }
+
     /// Releases an LDR job's schema lock on a table (idempotent; a dropped table is fine).
     pub async fn unlock_table_schema(
         &self,

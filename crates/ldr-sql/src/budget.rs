@@ -96,6 +96,8 @@ pub struct StmtLimits {
     used: AtomicU64,
     deadline: Option<Instant>,
     ticks: AtomicU64,
+    /// Bytes charged to the node's memory only ([`StmtLimits::grow_row_streamed`]).
+    streamed: AtomicU64,
     /// The connection's cancel flag (a pgwire CancelRequest, psql's Ctrl-C).
     cancel: Option<Arc<Canceler>>,
 }
@@ -149,6 +151,7 @@ impl StmtLimits {
             used: AtomicU64::new(0),
             deadline,
             ticks: AtomicU64::new(0),
+            streamed: AtomicU64::new(0),
             cancel: None,
         }
     }
@@ -175,6 +178,19 @@ impl StmtLimits {
     /// Charges a row (see [`row_bytes`]).
     pub fn grow_row(&self, row: &[Datum]) -> Result<()> {
         self.grow(row_bytes(row))
+    }
+
+    /// Charges a row a scan passes through to the node's SQL memory only: as in CockroachDB,
+    /// `sql.distsql.temp_storage.workmem` bounds what a statement buffers (join results,
+    /// sorts, groups), not the rows it scans, so `SELECT count(*)` of a big table fits; the
+    /// node's budget still bounds everything held.
+    pub fn grow_row_streamed(&self, row: &[Datum]) -> Result<()> {
+        let bytes = row_bytes(row);
+        if let Err(node_used) = self.node.reserve(bytes) {
+            return Err(budget_exceeded("root", bytes, node_used, self.node.limit()));
+        }
+        self.streamed.fetch_add(bytes, Ordering::Relaxed);
+        self.tick()
     }
 
     /// Counts one unit of work; every [`TICK_EVERY`] checks the deadline (`57014` past it).
@@ -211,7 +227,8 @@ impl StmtLimits {
 
 impl Drop for StmtLimits {
     fn drop(&mut self) {
-        self.node.release(self.used.load(Ordering::Relaxed));
+        self.node
+            .release(self.used.load(Ordering::Relaxed) + self.streamed.load(Ordering::Relaxed));
     }
 }
 

@@ -835,7 +835,7 @@ async fn source_rows(
         };
         if let Some(l) = &ctx.limits {
             for r in &rows {
-                l.grow_row(&r.values)?;
+                l.grow_row_streamed(&r.values)?;
             }
         }
         tables.push(rows);
@@ -881,7 +881,13 @@ impl NestedLoop<'_> {
                 return Ok(false);
             }
             if let Some(l) = &ctx.limits {
-                l.grow_row(&row)?;
+                // A join's rows are built here (the statement's budget); a single table's
+                // are the scanned rows passing through.
+                if plan.joins.is_empty() {
+                    l.grow_row_streamed(&row)?;
+                } else {
+                    l.grow_row(&row)?;
+                }
             }
             self.out.push(row);
             return Ok(self.out.len() >= self.wanted);

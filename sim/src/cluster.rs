@@ -136,6 +136,10 @@ pub struct ClusterSpec {
     /// `--certs-dir`, SQL over TLS (root by client certificate), and other clusters dial it as
     /// [`STREAM_USER`] with a password over verify-full TLS.
     pub secure: bool,
+    /// How many nodes `start` runs (the first ones); the others are created (ports, stores,
+    /// `--join` lists) but started later with [`Cluster::start_node`], as nodes that join a
+    /// running cluster. `None`: all of them.
+    pub initially_running: Option<usize>,
 }
 
 /// The replication user a secure cluster creates for the streams other clusters open.
@@ -164,7 +168,14 @@ impl ClusterSpec {
             ready_timeout: Duration::from_secs(90),
             base_dir: None,
             secure: false,
+            initially_running: None,
         }
+    }
+
+    /// Starts only the first `n` nodes (see [`ClusterSpec::initially_running`]).
+    pub fn initially_running(mut self, n: usize) -> ClusterSpec {
+        self.initially_running = Some(n);
+        self
     }
 
     pub fn secure(mut self, secure: bool) -> ClusterSpec {
@@ -363,12 +374,13 @@ impl Cluster {
             });
         }
         self.nodes = nodes;
-        for node in &self.nodes {
+        let running = self.initially_running();
+        for node in &self.nodes[..running] {
             self.spawn_node(node)?;
         }
         let deadline = Instant::now() + self.spec.ready_timeout;
         self.run_init(deadline).await?;
-        for index in 1..=self.nodes.len() {
+        for index in 1..=running {
             self.wait_ready_until(index, deadline).await?;
         }
         self.wait_system_replicated_until(deadline).await?;
@@ -600,8 +612,16 @@ impl Cluster {
     /// Waits until the system range has a replica on every node (up to three): a new
     /// cluster's system range starts on node 1 alone, and the nodes that join become its
     /// replicas within seconds. Until then, losing node 1 would stop the cluster.
+    /// How many nodes `start` runs.
+    fn initially_running(&self) -> usize {
+        self.spec
+            .initially_running
+            .unwrap_or(self.nodes.len())
+            .clamp(1, self.nodes.len())
+    }
+
     async fn wait_system_replicated_until(&self, deadline: Instant) -> Result<()> {
-        let want = self.nodes.len().min(3);
+        let want = self.initially_running().min(3);
         let start = Instant::now();
         loop {
             let last = match self.query_text(1, "SHOW CLUSTER RANGES").await {
@@ -949,6 +969,81 @@ impl Cluster {
     pub fn start_node(&self, index: usize) -> Result<()> {
         let node = self.node(index)?;
         self.spawn_node(node)
+    }
+
+    /// A network partition inside the cluster: the nodes of each group reach only the nodes
+    /// of their own group (node-to-node requests and Raft messages; SQL clients still reach
+    /// every node). Every running node is told through `ldr debug partition`; nodes in no
+    /// group are cut off from everyone. [`Cluster::heal`] ends it.
+    pub async fn partition(&self, groups: &[&[usize]]) -> Result<()> {
+        for node in &self.nodes {
+            if !node
+                .state()
+                .process
+                .as_mut()
+                .is_some_and(|p| p.is_running())
+            {
+                continue;
+            }
+            let group = groups.iter().find(|g| g.contains(&node.index));
+            let blocked: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|other| {
+                    other.index != node.index && !group.is_some_and(|g| g.contains(&other.index))
+                })
+                .map(|other| other.listen_addr.to_string())
+                .collect();
+            self.debug_partition(node, &blocked).await?;
+        }
+        tracing::info!(cluster = %self.spec.name, ?groups, "network partitioned");
+        Ok(())
+    }
+
+    /// Ends a [`Cluster::partition`]: every running node reaches every other again.
+    pub async fn heal(&self) -> Result<()> {
+        for node in &self.nodes {
+            if node
+                .state()
+                .process
+                .as_mut()
+                .is_some_and(|p| p.is_running())
+            {
+                self.debug_partition(node, &[]).await?;
+            }
+        }
+        tracing::info!(cluster = %self.spec.name, "network partition healed");
+        Ok(())
+    }
+
+    async fn debug_partition(&self, node: &Node, blocked: &[String]) -> Result<()> {
+        let mut command = tokio::process::Command::new(&self.spec.ldr_binary);
+        command
+            .arg("debug")
+            .arg("partition")
+            .arg(self.security_flag())
+            .arg(format!("--host={}", node.listen_addr))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if !blocked.is_empty() {
+            command.arg(format!("--from={}", blocked.join(",")));
+        }
+        let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .map_err(|_| SimError::Timeout {
+                what: format!("ldr debug partition on node {}", node.index),
+                waited_ms: 30_000,
+                details: String::new(),
+            })?
+            .map_err(|e| SimError::io("running ldr debug partition", e))?;
+        if !output.status.success() {
+            return Err(SimError::Process(format!(
+                "ldr debug partition on node {} failed: {}",
+                node.index,
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        Ok(())
     }
 
     /// SIGSTOP node `index`: it keeps its sockets but does nothing.

@@ -410,3 +410,213 @@ async fn drain_decommission_and_rebalance() -> Result<()> {
     ensure!(rows.iter().all(|(k, v)| *v == format!("v99-{k}")));
     Ok(())
 }
+
+/// A user starts one node, runs `ldr init`, creates a table and writes to it, then starts two
+/// more nodes that join: the table's ranges (one copy each, made while the cluster had one
+/// node) become three-replica Raft groups, and the rows survive `kill -9` of the first node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tables_created_on_one_node_are_replicated_when_nodes_join() -> Result<()> {
+    let spec = ldr_sim::ClusterSpec::new("rjoin", 3)?.initially_running(1);
+    let c = ldr_sim::Cluster::start(spec).await?;
+    c.exec(1, "CREATE TABLE kv (k INT8 PRIMARY KEY, v STRING NOT NULL)")
+        .await?;
+    c.exec(1, &upsert_all(0)).await?;
+    let replicas = column_values(
+        &c.query_text(1, "SHOW RANGES FROM TABLE kv").await?,
+        "replicas",
+    )?;
+    ensure!(
+        !replicas.is_empty() && replicas.iter().all(|r| r.split(',').count() == 1),
+        "one copy per range on a one-node cluster: {replicas:?}"
+    );
+    let before = read_all(&c, 1).await?;
+    ensure!(before.len() == KEYS as usize, "{} rows", before.len());
+
+    let joined = Instant::now();
+    for index in [2, 3] {
+        c.start_node(index)?;
+    }
+    for index in [2, 3] {
+        c.wait_ready(index).await?;
+    }
+    poll(
+        "every range of kv on three nodes",
+        Duration::from_secs(240),
+        Duration::from_millis(500),
+        || {
+            let c = &c;
+            async move {
+                let rows = c
+                    .query_text(2, "SHOW RANGES FROM TABLE kv")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let replicas = column_values(&rows, "replicas").map_err(|e| e.to_string())?;
+                if replicas.iter().all(|r| r.split(',').count() == 3) {
+                    Ok(())
+                } else {
+                    Err(format!("{replicas:?}"))
+                }
+            }
+        },
+    )
+    .await?;
+    eprintln!(
+        "every range of kv had three replicas {:?} after the nodes started",
+        joined.elapsed()
+    );
+    // The copies are the same data (a replica still catching up is indeterminate: wait).
+    let consistent = poll(
+        "every range consistent",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let c = &c;
+            async move {
+                let rows = c
+                    .query_text(
+                        2,
+                        "SELECT status, detail FROM crdb_internal.check_consistency(false, '', '')",
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let statuses = column_values(&rows, "status").map_err(|e| e.to_string())?;
+                let details = column_values(&rows, "detail").map_err(|e| e.to_string())?;
+                if statuses.iter().all(|s| s == "RANGE_CONSISTENT") {
+                    Ok(Ok(()))
+                } else if statuses.iter().any(|s| s == "RANGE_INCONSISTENT") {
+                    Ok(Err(format!("inconsistent: {statuses:?} {details:?}")))
+                } else {
+                    Err(format!("not yet: {statuses:?} {details:?}"))
+                }
+            }
+        },
+    )
+    .await?;
+    consistent.map_err(anyhow::Error::msg)?;
+
+    // kill -9 of node 1, which held the only copy before: nodes 2 and 3 serve every row and
+    // take writes.
+    c.kill(1)?;
+    let killed = Instant::now();
+    let took = first_success(&c, 2, &upsert_all(1), killed).await?;
+    eprintln!("every key writable through node 2 {took:?} after node 1 was killed");
+    let after = read_all(&c, 3).await?;
+    ensure!(after.len() == KEYS as usize, "{} rows", after.len());
+    ensure!(
+        after.iter().all(|(k, v)| *v == format!("v1-{k}")),
+        "rows after the kill differ"
+    );
+    Ok(())
+}
+
+/// A network partition inside a 3-node cluster (`ldr debug partition` on every node): the
+/// majority side keeps serving reads and writes, the minority node refuses writes with an
+/// unavailable or ambiguous error (never a silent success), and after the partition heals
+/// the minority catches up and no replica diverges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_minority_stops_writing_and_nothing_diverges_when_it_heals() -> Result<()> {
+    let c = cluster("rpart", 3).await?;
+    c.exec(1, "CREATE TABLE kv (k INT8 PRIMARY KEY, v STRING NOT NULL)")
+        .await?;
+    c.exec(1, &upsert_all(0)).await?;
+    let minority = c.sql(3).await?;
+
+    c.partition(&[&[1, 2], &[3]]).await?;
+    let cut = Instant::now();
+    // The majority serves every key (after at most an election for ranges node 3 led).
+    let took = first_success(&c, 1, &upsert_all(1), cut).await?;
+    eprintln!("the majority wrote every key {took:?} after the partition");
+    let majority = read_all(&c, 2).await?;
+    ensure!(
+        majority.len() == KEYS as usize && majority.values().all(|v| v.starts_with("v1-")),
+        "the majority reads its writes"
+    );
+
+    // The minority cannot write: the statement fails with an unavailable (58C00) or
+    // ambiguous (40003) error within its deadlines, never a success.
+    let started = Instant::now();
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(120),
+        minority.simple_query("UPSERT INTO kv VALUES (100000, 'minority'), (1, 'minority')"),
+    )
+    .await
+    .context("the minority's write did not end within 120 s")?;
+    let error = match attempt {
+        Ok(_) => anyhow::bail!("a write through the partitioned minority succeeded"),
+        Err(e) => e,
+    };
+    let code = ldr_e2e::code_of(&error);
+    eprintln!(
+        "the minority's write failed after {:?}: {code} {error}",
+        started.elapsed()
+    );
+    ensure!(
+        ["58C00", "40003", "40001"].contains(&code.as_str()),
+        "unexpected error from the minority: {code} {error}"
+    );
+
+    // Healed: node 3 catches up and serves the majority's writes; nothing diverges.
+    c.heal().await?;
+    let healed = Instant::now();
+    poll(
+        "node 3 to read what the majority wrote",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || {
+            let c = &c;
+            let majority = &majority;
+            let code = &code;
+            async move {
+                let mut seen = read_all(c, 3).await.map_err(|e| e.to_string())?;
+                if code != "40003" {
+                    // Not ambiguous: the minority's write was never applied.
+                    if seen.contains_key(&100000) {
+                        return Ok(Err("the minority's failed write was applied".to_string()));
+                    }
+                } else if seen.get(&1).is_some_and(|v| v == "minority") {
+                    seen.insert(1, "v1-1".into());
+                    seen.remove(&100000);
+                }
+                if &seen == majority {
+                    Ok(Ok(()))
+                } else {
+                    Err(format!("{} rows, not yet the majority's", seen.len()))
+                }
+            }
+        },
+    )
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    eprintln!("node 3 caught up {:?} after the heal", healed.elapsed());
+    let took = first_success(&c, 3, &upsert_all(2), healed).await?;
+    eprintln!("node 3 wrote every key {took:?} after the heal");
+    let consistent = poll(
+        "every range consistent after the heal",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let c = &c;
+            async move {
+                let rows = c
+                    .query_text(
+                        1,
+                        "SELECT status, detail FROM crdb_internal.check_consistency(false, '', '')",
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let statuses = column_values(&rows, "status").map_err(|e| e.to_string())?;
+                let details = column_values(&rows, "detail").map_err(|e| e.to_string())?;
+                if statuses.iter().all(|s| s == "RANGE_CONSISTENT") {
+                    Ok(Ok(()))
+                } else if statuses.iter().any(|s| s == "RANGE_INCONSISTENT") {
+                    Ok(Err(format!("inconsistent: {statuses:?} {details:?}")))
+                } else {
+                    Err(format!("not yet: {statuses:?} {details:?}"))
+                }
+            }
+        },
+    )
+    .await?;
+    consistent.map_err(anyhow::Error::msg)?;
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //!
 //! Each run starts a fresh 3-node cluster of this very binary (or of `LDR_BIN`), makes the table's ranges
 //! Raft groups on all three nodes, runs seeded clients (reads, writes, compare-and-sets on a
-//! few keys) while a seeded nemesis kills and pauses nodes, then checks the history key by
+//! few keys) while a seeded nemesis kills, pauses and partitions nodes, then checks the history key by
 //! key. It prints the fault schedule, the command that reproduces it, per-key counts and the
 //! verdict; a violation prints the key's shrunk history, saves the whole history as JSON
 //! and keeps the cluster's stores and logs. A violation or an inconclusive check makes the
@@ -41,7 +41,7 @@ pub struct LincheckArgs {
     /// Fault episodes to attempt (default: one per 5 s of --duration).
     #[arg(long)]
     pub faults: Option<usize>,
-    /// Fault kinds, comma separated: kill, pause (default: both).
+    /// Fault kinds, comma separated: kill, pause, partition (default: all three).
     #[arg(long, value_delimiter = ',')]
     pub fault_kinds: Vec<String>,
     /// Nodes the nemesis may hit, comma separated (any: the system range is replicated too).
@@ -77,7 +77,7 @@ impl LincheckArgs {
                 .iter()
                 .map(|k| {
                     FaultKind::parse(k).with_context(|| {
-                        format!("unknown fault kind {k:?} (expected kill or pause)")
+                        format!("unknown fault kind {k:?} (expected kill, pause or partition)")
                     })
                 })
                 .collect::<Result<Vec<_>>>()?

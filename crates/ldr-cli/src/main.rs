@@ -59,6 +59,9 @@ enum Command {
     Cert(cert_cmd::CertCommand),
     /// Print a connection URI with TLS parameters (for CREATE EXTERNAL CONNECTION).
     EncodeUri(cert_cmd::EncodeUriArgs),
+    /// Testbed fault knobs.
+    #[command(subcommand)]
+    Debug(DebugCommand),
     /// Open a SQL shell (or run statements with -e).
     Sql {
         /// Connect without TLS (an insecure node); TLS parameters of --url are dropped.
@@ -83,6 +86,25 @@ enum Command {
         execute: Vec<String>,
         #[arg(long, value_enum, default_value_t = sql::Format::Table)]
         format: sql::Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// Cut a node off from other nodes of its cluster (a network partition inside the
+    /// cluster): its requests and Raft messages to them fail as unreachable. Run it on every
+    /// node of each side for a symmetric partition; without --from it heals.
+    Partition {
+        #[arg(long)]
+        insecure: bool,
+        #[arg(long, value_name = "DIR", conflicts_with = "insecure")]
+        certs_dir: Option<std::path::PathBuf>,
+        /// HOST:PORT of the node to cut off.
+        #[arg(long)]
+        host: String,
+        /// Node addresses (HOST:PORT, as they advertise them) it no longer reaches.
+        #[arg(long, value_delimiter = ',')]
+        from: Vec<String>,
     },
 }
 
@@ -231,6 +253,15 @@ fn main() -> Result<()> {
         }) => {
             dial_securely(certs_dir.as_deref())?;
             runtime()?.block_on(node_cmd::recommission(&host, &node_ids))
+        }
+        Command::Debug(DebugCommand::Partition {
+            insecure: _,
+            certs_dir,
+            host,
+            from,
+        }) => {
+            dial_securely(certs_dir.as_deref())?;
+            runtime()?.block_on(node_cmd::partition(&host, &from))
         }
         Command::Sql {
             insecure,

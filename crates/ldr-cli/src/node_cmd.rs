@@ -1,4 +1,5 @@
-//! `ldr init` and the `ldr node` commands (status, drain, decommission, recommission).
+//! `ldr init`, the `ldr node` commands (status, drain, decommission, recommission), and the
+//! testbed's `ldr debug partition`.
 
 use std::time::Duration;
 
@@ -15,6 +16,25 @@ pub async fn init(host: &str) -> Result<()> {
         Err(ldr_kv::KvError::AlreadyInitialized) => bail!("cluster has already been initialized"),
         Err(e) => Err(e).with_context(|| format!("cannot initialize the cluster through {host}")),
     }
+}
+
+/// `ldr debug partition --host H [--from A,B]`: cuts the node at `host` off from the nodes at
+/// `from` (an empty list heals it).
+pub async fn partition(host: &str, from: &[String]) -> Result<()> {
+    for address in from {
+        if address.parse::<std::net::SocketAddr>().is_err() && !address.contains(':') {
+            bail!("--from takes HOST:PORT addresses, not {address:?}");
+        }
+    }
+    ldr_kv::set_remote_partition(host, from)
+        .await
+        .with_context(|| format!("cannot reach the node at {host}"))?;
+    if from.is_empty() {
+        println!("{host}: partition healed");
+    } else {
+        println!("{host}: cut off from {}", from.join(", "));
+    }
+    Ok(())
 }
 
 /// One row of `/_status/nodes`.

@@ -617,9 +617,8 @@ impl KvClient {
     }
 
     /// `ALTER TABLE t CONFIGURE ZONE USING num_replicas = N` (`None`: `DISCARD`, back to the
-    /// default zone's). The replicate queue changes the table's ranges one replica at a time.
-    /// A table whose ranges have a single copy (created on a one-node cluster or with
-    /// `num_replicas = 1`) cannot be replicated afterwards.
+    /// default zone's). The replicate queue changes the table's ranges one replica at a time
+    /// (single-copy ranges first become Raft groups on their owner).
     pub async fn set_table_num_replicas(&self, table_id: TableId, n: Option<u32>) -> Result<()> {
         let key = table_zone_key(table_id);
         let Some(n) = n else {
@@ -631,18 +630,6 @@ impl KvClient {
                 value: n.to_string(),
                 detail: format!("must be between 1 and {NUM_REPLICAS_MAX}"),
             });
-        }
-        let ranges = match self.load_table_ranges(table_id).await {
-            Ok(r) => r,
-            Err(KvError::NoRanges { .. }) => Vec::new().into(),
-            Err(e) => return Err(e),
-        };
-        if n > 1 && ranges.iter().any(|r| !r.is_replicated()) {
-            return Err(KvError::InvalidRequest(
-                "the table's ranges have a single copy (created on a one-node cluster or with \
-                 num_replicas = 1) and cannot be replicated; create the table again"
-                    .into(),
-            ));
         }
         self.sys_put(system::ZONES, &key, &system::encode_counter(i64::from(n)))
             .await
@@ -839,8 +826,8 @@ impl KvClient {
                 .find(|r| r.replicas.is_empty() && node_ids.contains(&r.node_id))
             {
                 return Err(KvError::InvalidRequest(format!(
-                    "cannot decommission node {}: it holds range {}, a single-copy range that \
-                     cannot move",
+                    "cannot decommission node {}: it holds range {}, which has a single copy \
+                     (num_replicas = 1); raise num_replicas first",
                     r.node_id, r.range_id
                 )));
             }
@@ -1243,7 +1230,12 @@ impl KvClient {
                 .zip(versions)
                 .collect::<Vec<_>>()
         };
-        match self.read_on_node(node_id, &groups, keys, read_ts).await {
+        let read = self.read_on_node(node_id, &groups, keys, read_ts).await;
+        // The groups are single-copy ranges (replicated ones are read through their leases).
+        match read.map_err(|e| match groups.first() {
+            Some((range, _)) => stale_single_copy(range, e),
+            None => e,
+        }) {
             Ok(versions) => return Ok(zip(groups, versions)),
             Err(KvError::RangeNotFound { .. })
                 if groups.iter().all(|(r, _)| r.table_id.is_some()) => {}
@@ -1259,14 +1251,17 @@ impl KvClient {
             } else {
                 Some(self.read_on_node(node_id, &group, keys, read_ts).await)
             };
-            match alone {
+            match alone.map(|r| r.map_err(|e| stale_single_copy(&group[0].0, e))) {
                 Some(Ok(versions)) => out.extend(zip(group, versions)),
                 Some(Err(e)) if !matches!(e, KvError::RangeNotFound { .. }) => return Err(e),
                 _ => {
                     let (range, indexes) = group.into_iter().next().expect("one group");
-                    let fresh = vec![(self.refreshed_range(&range).await?, indexes)];
+                    let range = self.refreshed_range(&range).await?;
+                    let fresh = vec![(range.clone(), indexes)];
                     let versions = self
-                        .read_on_node(fresh[0].0.node_id, &fresh, keys, read_ts)
+                        .on_leaseholder(&range, |node| {
+                            self.read_on_node(node, &fresh, keys, read_ts)
+                        })
                         .await?;
                     out.extend(zip(fresh, versions));
                 }
@@ -1419,7 +1414,10 @@ impl KvClient {
         atomic: bool,
     ) -> Result<ApplyResult> {
         if !range.is_replicated() {
-            return self.write_on(range.node_id, range, rows, atomic).await;
+            return self
+                .write_on(range.node_id, range, rows, atomic)
+                .await
+                .map_err(|e| stale_single_copy(range, e));
         }
         self.on_leaseholder(range, |node_id| {
             self.write_on(node_id, range, rows.clone(), atomic)
@@ -1509,7 +1507,9 @@ impl KvClient {
         Fut: std::future::Future<Output = Result<T>>,
     {
         if !range.is_replicated() {
-            return f(range.node_id).await;
+            return f(range.node_id)
+                .await
+                .map_err(|e| stale_single_copy(range, e));
         }
         let deadline = std::time::Instant::now() + LEASE_SEARCH_TIMEOUT;
         let mut target = self
@@ -1640,6 +1640,19 @@ fn locate(
 }
 
 /// "node 3" or "nodes 3, 4".
+/// An error from the node a single-copy descriptor names as the range's owner. A
+/// `NotLeaseholder` there means the range became a Raft group whose lease moved on (see
+/// `replication::up_replicate`): the descriptor is stale, which callers learn from
+/// `RangeNotFound` (they then reload it).
+fn stale_single_copy(range: &RangeDescriptor, error: KvError) -> KvError {
+    match error {
+        KvError::NotLeaseholder { .. } if !range.is_replicated() => KvError::RangeNotFound {
+            range_id: range.range_id,
+        },
+        e => e,
+    }
+}
+
 fn node_list(ids: &[NodeId]) -> String {
     let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     match ids.len() {

@@ -86,8 +86,10 @@ impl NodeInner {
         let Some(span) = span_of(&keys) else {
             return Ok(0);
         };
+        let gate = self.single_copy_gate(range_id).await;
         let desc = self.check_owner(range_id, &span).await?;
         let resolved = if desc.is_replicated() {
+            drop(gate);
             self.replicated_resolve(&desc, txn_id, keys, resolution)
                 .await?
         } else {

@@ -63,7 +63,7 @@ use ldr_types::{NodeId, RangeId, Span, TableId, Timestamp};
 pub use node::KvNode;
 pub use remote::{
     RemoteNodeInfo, bootstrap_remote, drain_remote, remote_node_info, set_remote_clock_offset,
-    set_remote_membership,
+    set_remote_membership, set_remote_partition,
 };
 use serde::{Deserialize, Serialize};
 pub use service::{KvGrpcServer, KvService};

@@ -104,6 +104,11 @@ pub(crate) struct NodeInner {
     pub(crate) shutdown_requested: watch::Sender<bool>,
     /// Unresolved intents this node wrote as leaseholder (see `intents.rs`).
     pub(crate) intent_holds: crate::intents::IntentHolds,
+    /// Writes this node applies to a single-copy range without Raft hold it shared from
+    /// before their owner check until they are applied; making such a range a Raft group
+    /// holds it exclusively while the descriptor changes, so no such write lands after
+    /// (see `replication::up_replicate`).
+    pub(crate) promotion_gate: tokio::sync::RwLock<()>,
 }
 
 impl NodeInner {
@@ -744,7 +749,7 @@ impl NodeInner {
             } else if range.is_replicated() {
                 replicated.push(range);
             } else if range.node_id == me && range.table_id.is_some() {
-                spans.push(range.span);
+                spans.push((range.range_id, range.span));
             }
         }
         let mut total = GcStats::default();
@@ -754,7 +759,12 @@ impl NodeInner {
                 self.replicated_gc(&range, threshold).await?;
             }
         }
-        for span in spans {
+        for (range_id, span) in spans {
+            // A range made a Raft group since the scan is collected through Raft (next pass).
+            let _gate = self.promotion_gate.read().await;
+            if self.holds_replica(range_id) {
+                continue;
+            }
             let stats = self.blocking(move |e| e.gc(&span, threshold)).await?;
             total.versions_removed += stats.versions_removed;
             total.keys_visited += stats.keys_visited;
@@ -857,6 +867,7 @@ impl KvNode {
             raft_slot: Arc::new(OnceLock::new()),
             range_latches: Mutex::new(HashMap::new()),
             intent_holds: Default::default(),
+            promotion_gate: tokio::sync::RwLock::new(()),
             leaseholders: RwLock::new(HashMap::new()),
             unlisted_replicas: Mutex::new(HashMap::new()),
             side_closed: Arc::default(),

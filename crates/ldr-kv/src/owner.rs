@@ -42,14 +42,23 @@ impl NodeInner {
         };
         let lookup =
             |ranges: &[RangeDescriptor]| ranges.iter().find(|r| r.range_id == range_id).cloned();
+        let load = || async {
+            match self.client().load_table_ranges(table_id).await {
+                Ok(ranges) => Ok(lookup(&ranges)),
+                Err(KvError::NoRanges { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
         let cached = self.ranges.read().get(table_id).and_then(|r| lookup(&r));
         let desc = match cached {
+            // A single-copy range this node is making a Raft group, or made one: the copy of
+            // its descriptor cached here may predate the change.
+            Some(d) if !d.is_replicated() && d.node_id == me && self.holds_replica(range_id) => {
+                self.ranges.write().remove(table_id);
+                load().await?
+            }
             Some(d) => Some(d),
-            None => match self.client().load_table_ranges(table_id).await {
-                Ok(ranges) => lookup(&ranges),
-                Err(KvError::NoRanges { .. }) => None,
-                Err(e) => return Err(e),
-            },
+            None => load().await?,
         };
         match desc {
             Some(d) if d.is_replicated() => {
@@ -59,6 +68,26 @@ impl NodeInner {
             Some(d) if d.node_id == me => contains(d, span),
             _ => Err(KvError::RangeNotFound { range_id }),
         }
+    }
+
+    /// The promotion gate, shared, for a request that may write `range_id` without Raft
+    /// (see `NodeInner::promotion_gate`). Not for the system range: it is always a Raft
+    /// group, and the promotion itself writes it while holding the gate.
+    pub(crate) async fn single_copy_gate(
+        &self,
+        range_id: RangeId,
+    ) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        if range_id == SYSTEM_RANGE_ID {
+            return None;
+        }
+        Some(self.promotion_gate.read().await)
+    }
+
+    /// Whether this node holds a Raft replica of `range_id`.
+    pub(crate) fn holds_replica(&self, range_id: RangeId) -> bool {
+        self.replica_store
+            .get()
+            .is_some_and(|s| s.replica(range_id).is_some())
     }
 
     /// The timestamp a read is served at. A read at a given timestamp moves this node's
@@ -167,8 +196,10 @@ impl NodeInner {
             max.expect("rows are not empty"),
         );
         let span = Span::new(min.clone(), keys_after(max));
+        let gate = self.single_copy_gate(range_id).await;
         let desc = self.check_owner(range_id, &span).await?;
         if desc.is_replicated() {
+            drop(gate);
             return self.replicated_write(&desc, rows, atomic, txn).await;
         }
         if let Some(txn) = txn {
@@ -198,8 +229,10 @@ impl NodeInner {
         range_id: RangeId,
         span: Span,
     ) -> Result<u64> {
+        let gate = self.single_copy_gate(range_id).await;
         let desc = self.check_owner(range_id, &span).await?;
         if desc.is_replicated() {
+            drop(gate);
             let mut cleared = 0u64;
             loop {
                 let scan_span = span.clone();

@@ -126,3 +126,18 @@ pub async fn set_remote_clock_offset(address: &str, offset_ns: i64) -> Result<Ti
         .await?;
     Ok(ldr_proto::ts_or_zero(r.now))
 }
+
+/// Cuts the node at `address` off from the nodes at `blocked` (testbed partitions; empty
+/// heals). Only the receiving node's outgoing traffic is cut: a symmetric partition sets
+/// every node of each side.
+pub async fn set_remote_partition(address: &str, blocked: &[String]) -> Result<()> {
+    let request = pb::KvSetPartitionRequest {
+        blocked_addresses: blocked.to_vec(),
+    };
+    transport()
+        .call(0, address, None, None, request, |mut c, r| async move {
+            c.set_partition(r).await
+        })
+        .await?;
+    Ok(())
+}

@@ -12,6 +12,13 @@
 //! 3. evaluate (conditions, LWW) into exact versions and propose them with the closed
 //!    timestamp; the call returns once a quorum logged the command and this replica applied
 //!    it; every replica applies the same versions.
+//!
+//! A range created with one copy (a table created while the cluster had one node, or under
+//! `num_replicas = 1`) is written without Raft by its owner. Once its zone wants more copies
+//! and another live node can hold one, the owner makes it a Raft group of one voter on the
+//! data it already has (`up_replicate`), and the replicate queue then adds voters as for
+//! any range (snapshots carry the data), as CockroachDB up-replicates a cluster's ranges
+//! when nodes join.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
@@ -53,6 +60,8 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const TIME_UNTIL_STORE_DEAD: &str = "server.time_until_store_dead";
 /// How long a node that just bootstrapped a group waits for its lease.
 const LEASE_WAIT: Duration = Duration::from_secs(10);
+/// Single-copy ranges a node makes Raft groups per replicate-queue pass.
+const UP_REPLICATIONS_PER_PASS: usize = 32;
 /// `kv.raft_log.disable_synchronization_unsafe`.
 pub(crate) const RAFT_LOG_SYNC_SETTING: &str = "kv.raft_log.disable_synchronization_unsafe";
 
@@ -73,11 +82,18 @@ impl RaftTransport for KvRaftTransport {
         timeout: Duration,
     ) -> std::result::Result<Vec<u8>, TransportError> {
         // Never a lookup that needs the system range: its own messages travel here.
-        let resolved = match (self.inner.upgrade(), NodeId::try_from(to)) {
+        let inner = self.inner.upgrade();
+        let resolved = match (&inner, NodeId::try_from(to)) {
             (Some(inner), Ok(node_id)) => inner.known_address(node_id),
             _ => None,
         };
         let address = resolved.as_deref().unwrap_or(address);
+        if inner.is_some_and(|i| i.transport.is_blocked(address)) {
+            return Err(TransportError::Unreachable {
+                node: to,
+                detail: "cut off by a network partition (testbed fault)".into(),
+            });
+        }
         self.grpc.send(to, address, envelope, timeout).await
     }
 }
@@ -401,9 +417,15 @@ impl NodeInner {
         let store = self.replicas()?.clone();
         let mut listed: HashMap<RangeId, RangeDescriptor> = HashMap::new();
         let mut existing: std::collections::HashSet<RangeId> = Default::default();
+        // Single-copy ranges this node owns: a replica of one is a group being made of it
+        // (see `up_replicate`) and holds the range's only copy of the data.
+        let mut owned_single: std::collections::HashSet<RangeId> = Default::default();
         for (_, value) in self.client().sys_scan(system::RANGES).await? {
             let range: RangeDescriptor = system::decode_json("range descriptor", &value)?;
             existing.insert(range.range_id);
+            if !range.is_replicated() && range.node_id == me {
+                owned_single.insert(range.range_id);
+            }
             if range.replicas.contains(&me) && range.range_id != system::SYSTEM_RANGE_ID {
                 listed.insert(range.range_id, range);
             }
@@ -428,7 +450,10 @@ impl NodeInner {
             });
             let mut removals = Vec::new();
             for (range_id, replica) in &held {
-                if *range_id == system::SYSTEM_RANGE_ID || listed.contains_key(range_id) {
+                if *range_id == system::SYSTEM_RANGE_ID
+                    || listed.contains_key(range_id)
+                    || owned_single.contains(range_id)
+                {
                     continue;
                 }
                 let since = *unlisted.entry(*range_id).or_insert(now);
@@ -490,9 +515,6 @@ impl NodeInner {
             .into_iter()
             .filter(|r| r.lease_status() == ldr_replica::LeaseStatus::Valid)
             .collect();
-        if leading.is_empty() {
-            return Ok(());
-        }
         let client = self.client();
         let (default_replicas, table_replicas) = client.zone_num_replicas().await?;
         let now = self.clock.now();
@@ -506,22 +528,36 @@ impl NodeInner {
             }
             descriptors.insert(range.range_id, (key, value, range));
         }
+        let num_replicas_of = |desc: &RangeDescriptor| {
+            desc.table_id
+                .and_then(|t| table_replicas.get(&t))
+                .copied()
+                .unwrap_or(default_replicas) as usize
+        };
+        let single: Vec<(Vec<u8>, Vec<u8>, RangeDescriptor)> = descriptors
+            .values()
+            .filter(|(_, _, d)| routing::should_up_replicate(d, me, num_replicas_of(d), &placement))
+            .take(UP_REPLICATIONS_PER_PASS)
+            .cloned()
+            .collect();
+        if !single.is_empty() {
+            self.up_replicate(single).await?;
+        }
         let mut rebalances = 0;
         for replica in leading {
             let Some((key, stored, desc)) = descriptors.get(&replica.range_id()) else {
                 continue; // dropped
             };
+            if !desc.is_replicated() {
+                continue; // a single-copy range being made a group (see `up_replicate`)
+            }
             if replica.lease_status() != ldr_replica::LeaseStatus::Valid {
                 continue; // a transfer of an earlier step moved it
             }
             // One step, or two when the first added a voter (the surplus one it replaces is
             // removed at once instead of a pass later); the descriptor follows each change at
             // once (a replica its descriptor does not list is eventually deleted).
-            let num_replicas = desc
-                .table_id
-                .and_then(|t| table_replicas.get(&t))
-                .copied()
-                .unwrap_or(default_replicas) as usize;
+            let num_replicas = num_replicas_of(desc);
             let mut current = Some((stored.clone(), desc.clone()));
             for _ in 0..2 {
                 let Some((stored, desc)) = current.clone() else {
@@ -592,6 +628,97 @@ impl NodeInner {
             }
         }
         Ok(())
+    }
+
+    /// Makes single-copy ranges this node owns (`(key, stored value, descriptor)` as read
+    /// from the system keyspace) Raft groups with this node as their one voter, on the data
+    /// already here: the group is created and bootstrapped, and once this node holds its
+    /// lease, its log is compacted (so a voter added later gets a snapshot of the data, taken
+    /// when sent, instead of the log), then the descriptor is changed to list it, under the
+    /// promotion gate, so no write
+    /// without Raft is applied afterwards (writes that checked the old descriptor finish
+    /// first; later ones see the new one). Every node then drops its cached descriptors.
+    /// A range whose change fails stays single-copy and is tried again next pass (its
+    /// replica is kept: see `reconcile_replicas`). Returns how many ranges changed.
+    async fn up_replicate(
+        self: &Arc<Self>,
+        ranges: Vec<(Vec<u8>, Vec<u8>, RangeDescriptor)>,
+    ) -> Result<usize> {
+        let me = self.require_identity()?.node_id;
+        let store = self.replicas()?.clone();
+        let address = self.address_of(me).await?;
+        let bootstrapped = futures::future::join_all(ranges.iter().map(|(_, _, desc)| {
+            let store = store.clone();
+            let address = address.clone();
+            async move {
+                store
+                    .create_replica(desc.range_id, desc.span.clone())
+                    .await
+                    .map_err(|e| kv_error(e, me))?;
+                store
+                    .bootstrap(
+                        desc.range_id,
+                        BTreeMap::from([(u64::from(me), ReplicaNode::new(address))]),
+                    )
+                    .await
+                    .map_err(|e| kv_error(e, me))?;
+                self.wait_for_lease(desc).await?;
+                // Voters added later must start from a snapshot: the log holds none of the
+                // data written before the group existed.
+                let replica = store.replica(desc.range_id).ok_or(KvError::RangeNotFound {
+                    range_id: desc.range_id,
+                })?;
+                replica
+                    .compact_log(LEASE_WAIT)
+                    .await
+                    .map_err(|e| kv_error(e, me))
+                    .map(|_| ())
+            }
+        }))
+        .await;
+        let client = self.client();
+        let mut changed = 0;
+        let gate = self.promotion_gate.write().await;
+        for ((key, stored, desc), bootstrapped) in ranges.iter().zip(bootstrapped) {
+            if let Err(e) = bootstrapped {
+                info!(range_id = desc.range_id, error = %e, "could not make a single-copy range a raft group");
+                continue;
+            }
+            let mut updated = desc.clone();
+            updated.node_id = me;
+            updated.replicas = vec![me];
+            updated.generation = desc.generation + 1;
+            let value = system::encode_json(&updated);
+            match client
+                .sys_cput(system::RANGES, key, Some(&value), Some(stored))
+                .await
+            {
+                Ok(Ok(())) => {
+                    changed += 1;
+                    info!(
+                        range_id = desc.range_id,
+                        "single-copy range is now a raft group"
+                    );
+                }
+                Ok(Err(_)) => {
+                    debug!(
+                        range_id = desc.range_id,
+                        "range descriptor changed meanwhile"
+                    )
+                }
+                Err(e) => {
+                    info!(range_id = desc.range_id, error = %e, "range descriptor update failed")
+                }
+            }
+            if let Some(table_id) = desc.table_id {
+                self.ranges.write().remove(table_id);
+            }
+        }
+        drop(gate);
+        if changed > 0 {
+            client.bump_catalog_generation().await?;
+        }
+        Ok(changed)
     }
 
     /// Adds `node` to the group: its (empty) replica is created, then it joins as a learner,

@@ -280,6 +280,27 @@ impl Placement {
     }
 }
 
+/// Whether this node (`me`), owner of the single-copy range `range`, should make it a Raft
+/// group so the replicate queue can add replicas: its zone wants more than one copy, and a
+/// live node other than this one could take a replica. (A table created while the cluster
+/// had one node gets single-copy ranges; CockroachDB up-replicates them once nodes join.)
+pub(crate) fn should_up_replicate(
+    range: &RangeDescriptor,
+    me: NodeId,
+    num_replicas: usize,
+    placement: &Placement,
+) -> bool {
+    range.table_id.is_some()
+        && !range.is_replicated()
+        && range.node_id == me
+        && num_replicas > 1
+        && !placement.draining.contains(&me)
+        && placement
+            .eligible
+            .iter()
+            .any(|n| *n != me && !placement.no_leases.contains(n))
+}
+
 /// The next membership change of a range with `voters` (one at a time, as CockroachDB's
 /// replicate queue): add a replica while fewer than `num_replicas` (capped by the eligible
 /// nodes) are on nodes that stay, on the least loaded eligible node; remove one while there
@@ -689,6 +710,50 @@ mod tests {
             load: load.iter().copied().collect(),
             ..Placement::default()
         }
+    }
+
+    #[test]
+    fn single_copy_ranges_up_replicate_once_another_live_node_can_hold_a_copy() {
+        let single = RangeDescriptor {
+            range_id: 7,
+            table_id: Some(100),
+            shard: 0,
+            span: keys::table_span(100),
+            node_id: 1,
+            replicas: Vec::new(),
+            generation: 0,
+        };
+        let three = placement(&[1, 2, 3], &[], &[]);
+        assert!(should_up_replicate(&single, 1, 3, &three));
+        // Only its owner does it, only for a zone that wants copies.
+        assert!(!should_up_replicate(&single, 2, 3, &three));
+        assert!(!should_up_replicate(&single, 1, 1, &three));
+        // A one-node cluster, or one whose other nodes are down or leaving: nowhere to go.
+        assert!(!should_up_replicate(
+            &single,
+            1,
+            3,
+            &placement(&[1], &[], &[])
+        ));
+        let mut others_down = placement(&[1, 2], &[3], &[]);
+        others_down.no_leases = vec![2];
+        assert!(!should_up_replicate(&single, 1, 3, &others_down));
+        // A draining owner hands nothing new out.
+        let mut draining = three.clone();
+        draining.draining = vec![1];
+        assert!(!should_up_replicate(&single, 1, 3, &draining));
+        // A range that is a Raft group already, and the system range, are the queue's.
+        let group = RangeDescriptor {
+            replicas: vec![1],
+            generation: 1,
+            ..single.clone()
+        };
+        assert!(!should_up_replicate(&group, 1, 3, &three));
+        let system = RangeDescriptor {
+            table_id: None,
+            ..single
+        };
+        assert!(!should_up_replicate(&system, 1, 3, &three));
     }
 
     #[test]

@@ -411,6 +411,25 @@ impl Kv for KvService {
         reply(&node, Ok(pb::KvNotifyResponse {}))
     }
 
+    async fn set_partition(
+        &self,
+        request: Request<pb::KvSetPartitionRequest>,
+    ) -> Result<Response<pb::KvSetPartitionResponse>, Status> {
+        // A test knob, like the clock offset: it exists to break the network.
+        let Some(node) = self.node.upgrade().filter(|n| !n.is_stopped()) else {
+            return Err(stopping());
+        };
+        let blocked: std::collections::HashSet<String> =
+            request.into_inner().blocked_addresses.into_iter().collect();
+        if blocked.is_empty() {
+            info!("network partition healed by test knob");
+        } else {
+            info!(?blocked, "network partition set by test knob");
+        }
+        node.transport.set_blocked(blocked);
+        reply(&node, Ok(pb::KvSetPartitionResponse {}))
+    }
+
     async fn set_clock_offset(
         &self,
         request: Request<pb::KvSetClockOffsetRequest>,

@@ -3,14 +3,15 @@
 //! clock back in). Every failure maps to a [`KvError`]; unreachable peers are
 //! [`KvError::NodeUnavailable`] (retryable).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ldr_proto::pb::kv_client::KvClient as PbKvClient;
 use ldr_types::{Clock, NodeId};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::wire;
@@ -30,6 +31,9 @@ pub(crate) type PbClient = PbKvClient<Channel>;
 pub(crate) struct Transport {
     clock: Arc<Clock>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Peers this node is cut off from by the testbed's partition knob (`SetPartition`).
+    blocked: RwLock<HashSet<String>>,
+    any_blocked: AtomicBool,
 }
 
 impl Transport {
@@ -37,7 +41,22 @@ impl Transport {
         Transport {
             clock,
             channels: Mutex::new(HashMap::new()),
+            blocked: RwLock::new(HashSet::new()),
+            any_blocked: AtomicBool::new(false),
         }
+    }
+
+    /// Cuts this node off from the peers at `addresses` (empty: heals).
+    pub(crate) fn set_blocked(&self, addresses: HashSet<String>) {
+        let mut blocked = self.blocked.write();
+        self.any_blocked
+            .store(!addresses.is_empty(), Ordering::Relaxed);
+        *blocked = addresses;
+    }
+
+    /// Whether a partition cuts this node off from the peer at `address`.
+    pub(crate) fn is_blocked(&self, address: &str) -> bool {
+        self.any_blocked.load(Ordering::Relaxed) && self.blocked.read().contains(address)
     }
 
     fn channel(&self, node_id: NodeId, address: &str) -> Result<Channel> {
@@ -79,6 +98,9 @@ impl Transport {
         F: FnOnce(PbClient, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
+        if self.is_blocked(address) {
+            return Err(partitioned(node_id, address));
+        }
         let client = PbKvClient::new(self.channel(node_id, address)?)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -115,5 +137,15 @@ impl Transport {
                 Err(wire::status_to_error(&status, node_id, address))
             }
         }
+    }
+}
+
+/// The error of a request to a peer the partition knob cut this node off from: what an
+/// unreachable peer gives.
+pub(crate) fn partitioned(node_id: NodeId, address: &str) -> KvError {
+    KvError::NodeUnavailable {
+        node_id,
+        address: address.to_string(),
+        detail: "unreachable: cut off by a network partition (testbed fault)".into(),
     }
 }

@@ -1326,3 +1326,110 @@ async fn consistency_checks_compare_replicas_at_one_applied_index_and_name_a_cor
         assert!(c.detail.contains("n3"), "{c:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_copy_ranges_become_raft_groups_under_writes_when_the_zone_wants_copies() {
+    let mut cluster = TestCluster::start(3).await;
+    let n1 = cluster.client(1);
+
+    // Ranges created under num_replicas = 1 have one copy, written without Raft (as a table
+    // created while the cluster had one node).
+    n1.set_default_num_replicas(1).await.expect("zone");
+    let table: TableId = 500;
+    let ranges = n1
+        .create_table_ranges(table, Some(3))
+        .await
+        .expect("ranges");
+    assert!(ranges.iter().all(|r| !r.is_replicated()), "{ranges:?}");
+    let key = |i: u32| row_key(table, 3, &i.to_be_bytes());
+    let rows: Vec<RowWrite> = (0..90u32)
+        .map(|i| put(key(i), format!("v{i}").as_bytes()))
+        .collect();
+    n1.write(rows, true).await.expect("write");
+
+    // A writer on node 2 keeps writing new keys while the ranges change; every write it
+    // was told succeeded must be there afterwards, on every replica.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let client = cluster.client(2);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut failed = 0u32;
+            for i in 1000..6000u32 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let row = put(
+                    row_key(table, 3, &i.to_be_bytes()),
+                    format!("w{i}").as_bytes(),
+                );
+                match client.write(vec![row], true).await {
+                    Ok(_) => acked.push(i),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("write {i} failed: {e}");
+                    }
+                }
+            }
+            (acked, failed)
+        })
+    };
+
+    // The zone wants three copies: each owner makes its ranges Raft groups of one voter on
+    // the data it has, and the replicate queue grows them to three voters.
+    n1.set_default_num_replicas(3).await.expect("zone");
+    let mut grown = Vec::new();
+    for range in &ranges {
+        let r = eventually("the single-copy range to grow to three voters", || async {
+            let r = stored_range(&n1, range.range_id).await?;
+            (r.replicas.len() == 3).then_some(r)
+        })
+        .await;
+        assert!(r.generation > range.generation, "{r:?}");
+        grown.push(r);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, failed) = writer.await.expect("writer");
+    eprintln!(
+        "{} writes acknowledged and {failed} failed while the ranges changed",
+        acked.len()
+    );
+    assert!(!acked.is_empty());
+    for range in &grown {
+        replica_checksums_agree(&cluster, range).await;
+    }
+    let n3 = cluster.client(3);
+    let keys: Vec<Vec<u8>> = (0..90u32).chain(acked.iter().copied()).map(key).collect();
+    let read = n3.get_many(&keys, None).await.expect("read");
+    for (k, v) in keys.iter().zip(read) {
+        assert!(v.and_then(|v| v.value).is_some(), "key {k:?} lost");
+    }
+
+    // The copies are real: with the original owner of a range stopped, its rows are still
+    // read (and written) through the other nodes.
+    let owner = ranges[0].node_id;
+    let survivor = if owner == 3 { 2 } else { 3 };
+    let mut stopped = cluster.nodes.remove(owner as usize - 1);
+    stopped.stop().await;
+    let survivor = cluster
+        .nodes
+        .iter()
+        .find(|n| n.node_id() == survivor)
+        .expect("survivor")
+        .client();
+    let first: Vec<Vec<u8>> = (0..90u32)
+        .map(key)
+        .filter(|k| ranges[0].span.contains_key(k))
+        .collect();
+    assert!(!first.is_empty());
+    let read = eventually("the rows of the stopped owner's range", || async {
+        survivor.get_many(&first, None).await.ok()
+    })
+    .await;
+    assert!(read.iter().all(|v| v.is_some()));
+    survivor
+        .write(vec![put(first[0].clone(), b"after")], true)
+        .await
+        .expect("write without the original owner");
+}

@@ -96,6 +96,8 @@ every_message!(
     KvNotifyResponse,
     KvSetClockOffsetRequest,
     KvSetClockOffsetResponse,
+    KvSetPartitionRequest,
+    KvSetPartitionResponse,
     KvCreateReplicaRequest,
     KvCreateReplicaResponse,
     KvClosedRange,

@@ -306,6 +306,59 @@ impl Replica {
         Ok(())
     }
 
+    /// Builds a snapshot at the applied index and purges the log up to it, waiting at most
+    /// `timeout`; returns the purged index. Replicas added afterwards start from a snapshot
+    /// of the span's data (taken when it is sent), never by replaying the log from its
+    /// start: a group made on data written without Raft has none of that data in its log.
+    pub async fn compact_log(&self, timeout: Duration) -> Result<u64, ReplicaError> {
+        let raft_error = |e: String| ReplicaError::Raft {
+            range_id: self.range_id,
+            detail: e,
+        };
+        let applied = self.applied_index();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut metrics = self.raft.metrics();
+        let purged = |m: &openraft::RaftMetrics<RaftNodeId, ReplicaNode>| {
+            m.purged.is_some_and(|p| p.index >= applied)
+        };
+        if purged(&metrics.borrow()) {
+            return Ok(applied);
+        }
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| raft_error(e.to_string()))?;
+        let built = matches!(
+            tokio::time::timeout_at(
+                deadline,
+                metrics.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= applied)),
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if !built {
+            return Err(raft_error(format!(
+                "no snapshot at index {applied} within {timeout:?}"
+            )));
+        }
+        self.raft
+            .trigger()
+            .purge_log(applied)
+            .await
+            .map_err(|e| raft_error(e.to_string()))?;
+        let done = matches!(
+            tokio::time::timeout_at(deadline, metrics.wait_for(purged)).await,
+            Ok(Ok(_))
+        );
+        if !done {
+            return Err(raft_error(format!(
+                "the log was not purged to index {applied} within {timeout:?}"
+            )));
+        }
+        Ok(applied)
+    }
+
     /// Asks this replica to campaign now (the target of a lease transfer).
     pub async fn campaign(&self) -> Result<(), ReplicaError> {
         self.raft

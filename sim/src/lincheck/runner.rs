@@ -17,11 +17,10 @@
 //!    every other error, a lost connection and a timeout after sending are indeterminate
 //!    (the connection is dropped and the client reconnects, to another node if that fails).
 //! 4. **Nemesis**: fault episodes generated from the seed ([`Episode::schedule`]), one at a
-//!    time so a quorum stays up: `kill` (SIGKILL, later restart on the same store) or
-//!    `pause` (SIGSTOP, later SIGCONT: the node keeps its sockets and answers nobody, which
-//!    is the closest the harness comes to partitioning one node — its fault proxies sit
-//!    only on inter-cluster paths, so intra-cluster partitions are not available). Node 1 is
-//!    spared by default: it alone holds the system range (not replicated yet).
+//!    time so a quorum stays up: `kill` (SIGKILL, later restart on the same store), `pause`
+//!    (SIGSTOP, later SIGCONT: the node keeps its sockets and answers nobody) or
+//!    `partition` (the node is cut off from the other two by `ldr debug partition` on every
+//!    node, later healed; SQL clients still reach it, so the minority side is exercised).
 //! 5. **Heal and final reads**: every node back, then each key read through every node and
 //!    added to the history (so a lost acknowledged write shows up).
 //! 6. **Check**: [`check`] per key. On a violation that involves refused operations, the
@@ -65,15 +64,19 @@ pub enum FaultKind {
     Kill,
     /// SIGSTOP, then SIGCONT.
     Pause,
+    /// A network partition cuts the node off from the others (`ldr debug partition`), then
+    /// heals.
+    Partition,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 2] = [FaultKind::Kill, FaultKind::Pause];
+    pub const ALL: [FaultKind; 3] = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition];
 
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
         }
     }
 
@@ -81,6 +84,7 @@ impl FaultKind {
         match text.trim().to_ascii_lowercase().as_str() {
             "kill" => Some(FaultKind::Kill),
             "pause" => Some(FaultKind::Pause),
+            "partition" => Some(FaultKind::Partition),
             _ => None,
         }
     }
@@ -178,6 +182,7 @@ impl fmt::Display for Episode {
             match self.kind {
                 FaultKind::Kill => "restart",
                 FaultKind::Pause => "resume",
+                FaultKind::Partition => "heal",
             }
         )
     }
@@ -517,6 +522,10 @@ async fn nemesis(
         match episode.kind {
             FaultKind::Kill => cluster.kill(node)?,
             FaultKind::Pause => cluster.pause(node)?,
+            FaultKind::Partition => {
+                let others: Vec<usize> = cluster.node_ids().filter(|n| *n != node).collect();
+                cluster.partition(&[&others, &[node]]).await?
+            }
         }
         timeline.push(format!(
             "{} {} node {node}",
@@ -541,6 +550,10 @@ async fn nemesis(
             FaultKind::Pause => {
                 cluster.resume(node)?;
                 timeline.push(format!("{} resume node {node}", at(origin)));
+            }
+            FaultKind::Partition => {
+                cluster.heal().await?;
+                timeline.push(format!("{} heal the partition of node {node}", at(origin)));
             }
         }
     }
@@ -569,6 +582,8 @@ async fn heal(cluster: &Cluster) -> Result<Vec<String>> {
     for node in cluster.node_ids() {
         cluster.wait_ready(node).await?;
     }
+    // Partitions end too (a no-op for nodes that are not cut off).
+    cluster.heal().await?;
     Ok(repairs)
 }
 

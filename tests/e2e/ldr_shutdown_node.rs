@@ -1,7 +1,8 @@
 //! CockroachDB's `ldr/kv0/workload=both/shutdown_node`, on replicated ranges: two 3-node
 //! clusters with bidirectional LDR and writes on both sides. While the loads run, `kill -9` of
-//! the node coordinating B's job (which applies A's changes), then of a node of the source
-//! cluster A; neither comes back until the loads are over. Each time the jobs stay `running`
+//! the node coordinating B's job (which applies A's changes; restarted once the job was
+//! adopted), then of a node of the source cluster A, then of a worker node of B (both stay
+//! down until the loads are over). Each time the jobs stay `running`
 //! and B's replicated time passes the moment of the kill within 30 s (the target is
 //! 15 s; CI runs several clusters at once on two cores). At the end both tables converge,
 //! every key holds its LWW winner on both clusters, and nothing went to a dead-letter queue.
@@ -146,31 +147,46 @@ async fn jobs_survive_the_loss_of_their_coordinator_and_of_a_source_node() -> Re
             ),
         );
         wait_job_status(&b, job_on_b, "running", CATCH_UP).await?;
+        b.restart(coordinator).await?;
         let d2 = kill_and_time_recovery(&a, source, &a, &b, job_on_b).await?;
         phase(
             started,
             &format!("B's job replicated past the kill of A's node {source} after {d2:?}"),
         );
-        anyhow::Ok((d1, d2))
+        // A destination worker: a node of B that is not (now) the job's coordinator; its
+        // processors are re-planned on the others.
+        let now_coordinator = coordinator_index(&b, job_on_b).await?;
+        let worker = b
+            .node_ids()
+            .find(|i| *i != now_coordinator)
+            .context("a worker")?;
+        let d3 = kill_and_time_recovery(&b, worker, &a, &b, job_on_b).await?;
+        phase(
+            started,
+            &format!(
+                "B's job replicated past the kill of its worker (B node {worker}) after {d3:?}"
+            ),
+        );
+        anyhow::Ok((d1, d2, d3, worker))
     };
     let (run_a, run_b, recovered) = tokio::join!(
         load(&a, "a", seed ^ 0xa, LOAD),
         load(&b, "b", seed ^ 0xb, LOAD),
         faults
     );
-    let (d1, d2) = recovered?;
+    let (d1, d2, d3, worker) = recovered?;
     let (run_a, run_b) = (run_a?, run_b?);
     eprintln!("A: {}\nB: {}", run_a.summary, run_b.summary);
     ensure!(
-        d1 < RECOVERY_MAX && d2 < RECOVERY_MAX,
-        "replicated time passed the kills only after {d1:?} and {d2:?}"
+        d1 < RECOVERY_MAX && d2 < RECOVERY_MAX && d3 < RECOVERY_MAX,
+        "replicated time passed the kills only after {d1:?}, {d2:?} and {d3:?}"
     );
     for (c, job) in [(&a, job_on_a), (&b, job_on_b)] {
         wait_job_status(c, job, "running", CATCH_UP).await?;
     }
 
     // Both killed nodes come back; both directions catch up and converge.
-    b.restart(coordinator).await?;
+    b.restart(worker).await?;
     a.restart(source).await?;
     let (end_a, end_b) = (now(&a).await?, now(&b).await?);
     wait_replicated(&b, job_on_b, end_a, CATCH_UP).await?;

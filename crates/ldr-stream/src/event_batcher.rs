@@ -144,12 +144,23 @@ impl<E> EventBatcher<E> {
 
     /// Whether a checkpoint carrying `frontier` should be sent now.
     pub fn checkpoint_due(&self, frontier: Timestamp, now: Instant) -> bool {
+        let advanced = self
+            .last_checkpoint
+            .is_none_or(|(_, last_frontier)| frontier > last_frontier);
+        self.checkpoint_due_after(advanced, now)
+    }
+
+    /// Whether a checkpoint should be sent now, when the resolved spans `progressed` since
+    /// the last one (the frontier, or any one span: a checkpoint carries every span's
+    /// resolved timestamp, so a span's progress is worth sending even while the slowest
+    /// span holds the frontier back).
+    pub fn checkpoint_due_after(&self, progressed: bool, now: Instant) -> bool {
         match self.last_checkpoint {
             None => true,
-            Some((at, last_frontier)) => {
+            Some((at, _)) => {
                 let age = now.saturating_duration_since(at);
                 let min = self.config.min_checkpoint_frequency;
-                (frontier > last_frontier && age >= min) || age >= min.saturating_mul(2)
+                (progressed && age >= min) || age >= min.saturating_mul(2)
             }
         }
     }
@@ -386,5 +397,21 @@ mod tests {
             }
             assert_eq!(sent, pushed, "{ctx}: every event exactly once, in order");
         }
+    }
+
+    #[test]
+    fn a_span_that_progressed_makes_a_checkpoint_due_even_if_the_frontier_did_not() {
+        let mut b: EventBatcher<&str> = EventBatcher::new(config(100, 0, 200));
+        let t0 = Instant::now();
+        assert!(
+            b.checkpoint_due_after(false, t0),
+            "the first one is always due"
+        );
+        b.checkpoint(ts(5), t0);
+        let later = t0 + Duration::from_millis(250);
+        assert!(!b.checkpoint_due_after(false, later));
+        assert!(b.checkpoint_due_after(true, later));
+        assert!(!b.checkpoint_due_after(true, t0 + Duration::from_millis(100)));
+        assert!(b.checkpoint_due_after(false, t0 + Duration::from_millis(400)));
     }
 }

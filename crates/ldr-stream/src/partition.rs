@@ -6,9 +6,10 @@
 //! origin with [`PartitionOptions::only_local_origin`] off). Data always precedes the checkpoint that covers
 //! it: a checkpoint flushes the pending batch first. A batch is flushed when it reaches
 //! `batch_bytes_max`, or as soon as the consumer is waiting (the outgoing channel is empty), so
-//! a light load sees low latency and a heavy one large batches. Checkpoints are sent when the
-//! frontier advanced and the last one is older than `min_checkpoint_frequency`, or at the
-//! latest after twice that.
+//! a light load sees low latency and a heavy one large batches. Checkpoints are sent when a
+//! span's resolved timestamp advanced and the last one is older than
+//! `min_checkpoint_frequency`, or at the latest after twice that. Those decisions and the
+//! sequence numbers are the unit-tested [`crate::event_batcher::EventBatcher`]'s.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,6 +23,7 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::error::{Result, StreamError};
+use crate::event_batcher::{Batch, BatcherConfig, EventBatcher};
 
 /// Bytes of live events a registration may buffer before it overflows.
 const RANGEFEED_BUFFER_BYTES: usize = 64 << 20;
@@ -92,12 +94,10 @@ fn unix_nanos() -> u64 {
         .unwrap_or(0)
 }
 
-/// Accumulates events and checkpoints into the outgoing stream.
+/// The outgoing stream of one partition: messages as the batcher hands them out.
 struct Emitter {
     tx: mpsc::Sender<std::result::Result<pb::StreamEvent, Status>>,
-    seq: u64,
-    batch: Vec<pb::KvEvent>,
-    batch_bytes: usize,
+    batcher: EventBatcher<pb::KvEvent>,
 }
 
 impl Emitter {
@@ -105,24 +105,32 @@ impl Emitter {
         self.tx.capacity() == self.tx.max_capacity()
     }
 
-    async fn send(&mut self, event: pb::stream_event::Event) -> bool {
-        self.seq += 1;
+    async fn send(&mut self, seq: u64, event: pb::stream_event::Event) -> bool {
         let message = pb::StreamEvent {
-            stream_seq: self.seq,
+            stream_seq: seq,
             emit_unix_nanos: unix_nanos(),
             event: Some(event),
         };
         self.tx.send(Ok(message)).await.is_ok()
     }
 
-    async fn flush(&mut self) -> bool {
-        if self.batch.is_empty() {
-            return true;
+    /// Sends `batch` if there is one; false when the consumer went away.
+    async fn send_batch(&mut self, batch: Option<Batch<pb::KvEvent>>) -> bool {
+        match batch {
+            None => true,
+            Some(b) => {
+                self.send(
+                    b.seq,
+                    pb::stream_event::Event::Batch(pb::EventBatch { kvs: b.events }),
+                )
+                .await
+            }
         }
-        let kvs = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
-        self.send(pb::stream_event::Event::Batch(pb::EventBatch { kvs }))
-            .await
+    }
+
+    async fn flush(&mut self) -> bool {
+        let batch = self.batcher.flush();
+        self.send_batch(batch).await
     }
 }
 
@@ -137,9 +145,13 @@ pub async fn run_partition(
     let stream_id = options.stream_id;
     let mut emitter = Emitter {
         tx,
-        seq: 0,
-        batch: Vec::new(),
-        batch_bytes: 0,
+        batcher: EventBatcher::new(BatcherConfig {
+            batch_bytes_max: options.batch_bytes_max,
+            // Any pending event goes as soon as the consumer waits: low latency under light
+            // load, large batches under heavy load.
+            ready_flush_bytes_min: 0,
+            min_checkpoint_frequency: options.min_checkpoint_frequency,
+        }),
     };
     if let Err(e) = check_ownership(&kv, &options.spans).await {
         let _ = emitter.tx.send(Err(e.into())).await;
@@ -178,7 +190,8 @@ pub async fn run_partition(
     info!(stream_id, spans = options.spans.len(), start = ?options.start, "partition stream started");
 
     let mut scanning = !matches!(options.start, StartFrom::Now);
-    let mut last_checkpoint: Option<(Instant, Timestamp)> = None;
+    // Whether a span's resolved timestamp advanced since the last checkpoint.
+    let mut progressed = false;
     loop {
         let event = tokio::select! {
             event = registration.next() => event,
@@ -193,16 +206,20 @@ pub async fn run_partition(
                     + v.value.as_ref().map_or(0, Vec::len)
                     + v.prev_value.as_ref().map_or(0, Vec::len)
                     + 32;
-                emitter.batch.push(pb::KvEvent {
+                let event = pb::KvEvent {
                     key: v.key,
                     ts: Some(v.ts.into()),
                     value: v.value,
                     prev_value: v.prev_value,
-                });
-                emitter.batch_bytes += bytes;
-                if (emitter.batch_bytes >= options.batch_bytes_max || emitter.consumer_waiting())
-                    && !emitter.flush().await
-                {
+                };
+                let batch = match emitter.batcher.push(event, bytes) {
+                    Some(full) => Some(full),
+                    None => {
+                        let waiting = emitter.consumer_waiting();
+                        emitter.batcher.flush_if_ready(waiting)
+                    }
+                };
+                if !emitter.send_batch(batch).await {
                     return;
                 }
             }
@@ -213,23 +230,15 @@ pub async fn run_partition(
                 }
             }
             Ok(RangefeedEvent::Checkpoint { spans, resolved }) => {
-                let mut advanced = false;
                 for span in &spans {
-                    advanced |= frontier.forward(span, resolved);
+                    progressed |= frontier.forward(span, resolved);
                 }
                 let now = Instant::now();
-                let due = match last_checkpoint {
-                    None => true,
-                    Some((at, ts)) => {
-                        let elapsed = now.duration_since(at);
-                        (frontier.frontier() > ts || advanced)
-                            && elapsed >= options.min_checkpoint_frequency
-                            || elapsed >= options.min_checkpoint_frequency * 2
-                    }
-                };
-                if due {
+                if emitter.batcher.checkpoint_due_after(progressed, now) {
                     // Data first: the checkpoint promises everything at or below it was sent.
-                    if !emitter.flush().await {
+                    let emit = emitter.batcher.checkpoint(frontier.frontier(), now);
+                    progressed = false;
+                    if !emitter.send_batch(emit.batch).await {
                         return;
                     }
                     let checkpoint = pb::Checkpoint {
@@ -245,14 +254,17 @@ pub async fn run_partition(
                         }),
                     };
                     if !emitter
-                        .send(pb::stream_event::Event::Checkpoint(checkpoint))
+                        .send(emit.seq, pb::stream_event::Event::Checkpoint(checkpoint))
                         .await
                     {
                         return;
                     }
-                    last_checkpoint = Some((now, frontier.frontier()));
-                } else if emitter.consumer_waiting() && !emitter.flush().await {
-                    return;
+                } else {
+                    let waiting = emitter.consumer_waiting();
+                    let batch = emitter.batcher.flush_if_ready(waiting);
+                    if !emitter.send_batch(batch).await {
+                        return;
+                    }
                 }
             }
             Err(e) => {

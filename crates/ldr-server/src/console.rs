@@ -681,10 +681,7 @@ pub fn login_page(error: Option<&str>, next: &str) -> String {
 
 /// A query-string parameter, percent-decoded.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| crate::ts_query::percent_decode(v))
-    })
+    form_urlencoded::parse(query?.as_bytes()).find_map(|(k, v)| (k == name).then(|| v.into_owned()))
 }
 
 /// The `q` quantile from cumulative histogram buckets (`(upper bound, count)`; `None` = +Inf).

@@ -88,9 +88,8 @@ pub fn parse_request(
             ))
         })
     };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let (k, v) = (k.as_ref(), v.as_ref());
         match k {
             "names" | "name" => names.extend(
                 v.split(',')
@@ -107,7 +106,7 @@ pub fn parse_request(
                 )
             }
             "agg" => {
-                agg = match v.as_str() {
+                agg = match v {
                     "sum" => Agg::Sum,
                     "max" => Agg::Max,
                     "avg" => Agg::Avg,
@@ -119,7 +118,7 @@ pub fn parse_request(
                     }
                 }
             }
-            "rate" => rate = matches!(v.as_str(), "1" | "true"),
+            "rate" => rate = matches!(v, "1" | "true"),
             other => return Err(bad(format!("unknown parameter {other:?}"))),
         }
     }
@@ -163,32 +162,6 @@ pub fn parse_request(
         agg,
         rate,
     })
-}
-
-pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// This node's points for a request: every stored series matching a requested name, aligned

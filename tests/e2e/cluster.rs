@@ -278,3 +278,58 @@ async fn three_node_cluster_behaves_like_a_database() -> Result<()> {
     );
     Ok(())
 }
+
+/// A node whose store belongs to one cluster, restarted with `--join` addresses of another
+/// cluster, refuses to start and says why (as CockroachDB's does); with its own cluster's
+/// address it starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_of_another_cluster_refuses_to_join() -> Result<()> {
+    let (a, b) = tokio::try_join!(cluster("wca", 1), cluster("wcb", 1))?;
+    let store = a.node_info(1)?.store_dir;
+    let own_join = a.node_info(1)?.listen_addr.to_string();
+    a.kill(1)?;
+    let other = b.node_info(1)?.listen_addr.to_string();
+    let listen = "127.0.0.1:0";
+    let run = |join: String| {
+        let store = store.clone();
+        async move {
+            let bin = ldr_sim::find_ldr_binary()?;
+            let mut child = tokio::process::Command::new(bin)
+                .args([
+                    "start",
+                    "--insecure",
+                    &format!("--store={}", store.display()),
+                    &format!("--listen-addr={listen}"),
+                    "--http-addr=127.0.0.1:0",
+                    &format!("--join={join}"),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), e.read_to_string(&mut err)).await;
+            }
+            anyhow::Ok((status.ok().transpose()?, err))
+        }
+    };
+    let (status, err) = run(other.clone()).await?;
+    let status = status.context("the node kept running with another cluster's --join")?;
+    ensure!(!status.success(), "it exited successfully: {err}");
+    ensure!(
+        err.contains("belongs to cluster") && err.contains(&other),
+        "the refusal does not say why: {err}"
+    );
+    // Its own cluster's address: it runs (still running after a few seconds).
+    let (status, err) = tokio::time::timeout(Duration::from_secs(8), run(own_join))
+        .await
+        .unwrap_or(Ok((None, String::new())))?;
+    ensure!(
+        status.is_none(),
+        "it did not start with its own cluster's address: {status:?} {err}"
+    );
+    Ok(())
+}

@@ -297,7 +297,9 @@ fn dial_securely(certs_dir: Option<&std::path::Path>) -> Result<()> {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LDR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // openraft logs every triggered heartbeat and vote at INFO: hundreds of lines a second
+        // on a node with many ranges. Its warnings and errors stay.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     // Colours only on a terminal: `ldr start > node.log` and --background write plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt()

@@ -34,6 +34,8 @@ use crate::transport::Transport;
 use crate::wire;
 use crate::{KvError, NodeConfig, NodeDescriptor, RangeDescriptor, Result};
 
+/// How long a restarting node waits for each `--join` address to say which cluster it is of.
+const JOIN_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a node re-reads the catalog generation.
 const CATALOG_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a node re-reads the cluster settings (besides change notifications).
@@ -366,6 +368,39 @@ impl NodeInner {
 
     /// Asks `--join` addresses for a node id until one answers (or the node gets an identity
     /// another way).
+    /// A store of one cluster started with `--join` addresses of another: refused, as
+    /// CockroachDB refuses a node whose store belongs to another cluster than the one it
+    /// joins. Every `--join` address but this node's own is asked (briefly, at once) which
+    /// cluster it belongs to; those that do not answer are not held against the node.
+    async fn check_join_cluster(&self, cluster_id: &str) -> Result<()> {
+        let own = self.self_descriptor().address;
+        let listen = system::dialable_address(&self.config.listen_addr);
+        let others: Vec<String> = self
+            .join_addresses()
+            .into_iter()
+            .filter(|a| system::dialable_address(a) != own && system::dialable_address(a) != listen)
+            .collect();
+        let answers = futures::future::join_all(others.iter().map(|address| async move {
+            tokio::time::timeout(JOIN_CHECK_TIMEOUT, crate::remote::remote_node_info(address))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .map(|info| (address.clone(), info))
+        }))
+        .await;
+        for (address, info) in answers.into_iter().flatten() {
+            if info.initialized && info.cluster_id != cluster_id {
+                return Err(KvError::InvalidRequest(format!(
+                    "this node's store belongs to cluster {cluster_id}, but the --join address \
+                     {address} is a node of cluster {}; start it with its own cluster's \
+                     addresses or an empty store",
+                    info.cluster_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn join_loop(self: Arc<Self>) {
         let peers = self.join_addresses();
         if peers.is_empty() {
@@ -881,6 +916,7 @@ impl KvNode {
                     node_id = identity.node_id,
                     "resuming with the identity in the store"
                 );
+                inner.check_join_cluster(&identity.cluster_id).await?;
                 inner.adopt_identity(identity, false)?;
             }
             None => inner.spawn(inner.clone().join_loop()),

@@ -179,6 +179,17 @@ async fn nodelocal_sink_gets_exactly_the_changes() -> Result<()> {
     let after = now(&c).await?;
     let sink = wait_resolved(&dir, after, CATCH_UP).await?;
     phase(started, "changes written");
+    // The node's changefeed metrics count what reached the sink (CockroachDB's names).
+    let m = ldr_e2e::cluster_metrics(&c).await?;
+    let emitted = m.sum("changefeed_emitted_messages").unwrap_or(0.0);
+    ensure!(
+        emitted >= sink.messages.len() as f64
+            && m.sum("changefeed_emitted_bytes").unwrap_or(0.0) > 0.0
+            && m.sum("changefeed_flushes").unwrap_or(0.0) >= 1.0
+            && m.sum("changefeed_running") == Some(1.0),
+        "changefeed metrics: emitted {emitted} for {} messages; {m:?}",
+        sink.messages.len()
+    );
 
     // Exactly the expected messages (a repeat of the same message would be allowed: delivery
     // is at least once).

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::encode::{Encoder, RowChange};
+use crate::metrics::ChangefeedMetrics;
 use crate::options::{ChangefeedOptions, InitialScan, SinkSpec};
 use crate::pacing::{AfterFlush, Pacing};
 use crate::sink::{
@@ -125,6 +126,60 @@ pub struct ChangefeedResumer {
     pub producer: Arc<Producer>,
     /// This node's `<store>/extern`.
     pub extern_dir: PathBuf,
+    /// This node's changefeed metrics (`/metrics`).
+    pub metrics: Arc<ChangefeedMetrics>,
+}
+
+/// Counts what passes through a sink into the node's metrics.
+struct CountingSink {
+    inner: Box<dyn Sink>,
+    metrics: Arc<ChangefeedMetrics>,
+}
+
+#[async_trait]
+impl Sink for CountingSink {
+    async fn emit_row(
+        &mut self,
+        topic: &str,
+        schema_version: u64,
+        message: &crate::encode::Message,
+        mvcc: Timestamp,
+    ) -> Result<(), SinkError> {
+        self.inner
+            .emit_row(topic, schema_version, message, mvcc)
+            .await?;
+        let bytes = message.key.len() + message.value.as_ref().map_or(0, String::len);
+        self.metrics.emitted(1, bytes as u64);
+        Ok(())
+    }
+
+    async fn flush(&mut self, frontier: Timestamp) -> Result<(), SinkError> {
+        self.inner.flush(frontier).await?;
+        self.metrics.flushed();
+        Ok(())
+    }
+
+    async fn emit_resolved(&mut self, payload: &str, ts: Timestamp) -> Result<(), SinkError> {
+        self.inner.emit_resolved(payload, ts).await?;
+        self.metrics.emitted(1, payload.len() as u64);
+        Ok(())
+    }
+
+    fn flush_per_batch(&self) -> bool {
+        self.inner.flush_per_batch()
+    }
+}
+
+/// Takes a job out of the running changefeeds' metrics when its resume ends.
+struct Running<'a> {
+    metrics: &'a ChangefeedMetrics,
+    job_id: i64,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.metrics.stopped(self.job_id);
+    }
 }
 
 fn decimal(ts: &str) -> Timestamp {
@@ -146,6 +201,11 @@ impl Resumer for ChangefeedResumer {
             .unwrap_or(Timestamp::ZERO);
         let mut state = self.new_state(&payload, high_water);
         info!(job_id = ctx.job_id, %high_water, "changefeed resuming");
+        self.metrics.set_high_water(ctx.job_id, high_water);
+        let _running = Running {
+            metrics: &self.metrics,
+            job_id: ctx.job_id,
+        };
         let mut backoff = RETRY_BACKOFF_INITIAL;
         let mut stop = ctx.stop.clone();
         loop {
@@ -180,6 +240,7 @@ impl Resumer for ChangefeedResumer {
                         backoff = RETRY_BACKOFF_INITIAL;
                     }
                     warn!(job_id = ctx.job_id, error = %e, ?backoff, "changefeed run ended; retrying from the high-water mark");
+                    self.metrics.retried();
                     state.pacing.error_shown();
                     let status = format!("retryable error: {e}");
                     let _ = ctx
@@ -351,9 +412,12 @@ impl ChangefeedResumer {
         }
         let initial_at = scanning.then_some(statement_time);
         let only = options.initial_scan == InitialScan::Only;
-        let mut sink = self
-            .make_sink(payload, if scanning { statement_time } else { base }, ctx)
-            .await?;
+        let mut sink: Box<dyn Sink> = Box::new(CountingSink {
+            inner: self
+                .make_sink(payload, if scanning { statement_time } else { base }, ctx)
+                .await?,
+            metrics: self.metrics.clone(),
+        });
         let encoder = Encoder::new(options.clone());
         let with_filtering = options.drops_omitted();
         let progress: Vec<pb::ResolvedSpan> = frontier
@@ -475,6 +539,9 @@ impl ChangefeedResumer {
     ) -> Result<(), RunError> {
         if after.emit_resolved {
             sink.emit_resolved(&encoder.encode_resolved(hw), hw).await?;
+        }
+        if ctx.registry.is_some() {
+            self.metrics.set_high_water(ctx.job_id, hw);
         }
         if after.checkpoint
             && let Some(registry) = &ctx.registry

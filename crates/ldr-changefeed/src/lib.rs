@@ -11,6 +11,7 @@
 //!   flushes the sink and checkpoints the high-water mark (job record and protected
 //!   timestamp); restarts from the last flushed frontier on any error.
 //! - [`create`]: the `CREATE CHANGEFEED` hook the SQL layer calls.
+//! - [`metrics`]: CockroachDB's `changefeed.*` metrics of the node.
 //!
 //! Jargon: the *high-water mark* is the frontier's minimum after a sink flush: every change
 //! at or below it reached the sink. Delivery is at least once; a change is never skipped
@@ -28,6 +29,7 @@
 pub mod create;
 pub mod encode;
 pub mod job;
+pub mod metrics;
 pub mod options;
 pub mod pacing;
 pub mod service;

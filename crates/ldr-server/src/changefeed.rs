@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ldr_changefeed::metrics::ChangefeedMetrics;
 use ldr_changefeed::{ChangefeedCreator, ChangefeedResumer, ChangefeedService, NodeChangefeeds};
 use ldr_jobs::{JobType, Registry};
 use ldr_kv::{KvClient, KvNode};
@@ -19,6 +20,7 @@ pub(crate) fn register(
     sql: &SqlWiring,
     producer: Arc<Producer>,
     extern_dir: PathBuf,
+    metrics: Arc<ChangefeedMetrics>,
 ) {
     service.set(Arc::new(NodeChangefeeds {
         kv: kv.clone(),
@@ -30,6 +32,7 @@ pub(crate) fn register(
         catalog: sql.catalog.clone(),
         producer,
         extern_dir,
+        metrics,
     });
     registry.register_resumer(JobType::Changefeed, runner.clone());
     sql.server

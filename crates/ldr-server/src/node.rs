@@ -147,13 +147,15 @@ pub async fn run(
 
     let metrics = Arc::new(ldr_ingest::metrics::Metrics::new());
     let ttl_metrics = Arc::new(crate::ttl::TtlMetrics::default());
+    let changefeed_metrics = Arc::new(ldr_changefeed::metrics::ChangefeedMetrics::default());
     // The time series sampler renders what `/metrics` renders (plus its own gauges).
     let ts_gauges: Arc<std::sync::OnceLock<Arc<crate::timeseries::Timeseries>>> =
         Arc::new(std::sync::OnceLock::new());
     let render_metrics: http::MetricsRenderer = {
-        let (metrics, ttl_metrics, ts_gauges, node_cell) = (
+        let (metrics, ttl_metrics, changefeed_metrics, ts_gauges, node_cell) = (
             metrics.clone(),
             ttl_metrics.clone(),
+            changefeed_metrics.clone(),
             ts_gauges.clone(),
             node_cell.clone(),
         );
@@ -161,6 +163,10 @@ pub async fn run(
             let mut out = String::new();
             metrics.render(&mut out);
             ttl_metrics.render(&mut out);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            changefeed_metrics.render(&mut out, now);
             if let Some(ts) = ts_gauges.get() {
                 ts.render_gauges(&mut out);
             }
@@ -296,6 +302,7 @@ pub async fn run(
         &sql,
         producer,
         config.store_dir.join("extern"),
+        changefeed_metrics.clone(),
     );
     let flows = FlowRunner::new(kv.clone(), sql.applier_factory(), metrics.clone());
     ingest_service.set(flows.clone());

@@ -61,8 +61,10 @@ async fn single_key_histories_stay_linearizable_through_kills_and_pauses() -> Re
             report.timeline
         );
         let totals = report.check.totals();
+        // (A run alone completes 600–1,500; a CI machine shared with builds completed 248 of
+        // 259 once, so the floor only catches a cluster that stopped serving.)
         ensure!(
-            totals.determinate() >= 300,
+            totals.determinate() >= 150,
             "seed {seed}: only {} operations completed: {totals}",
             totals.determinate()
         );

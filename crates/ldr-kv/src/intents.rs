@@ -343,7 +343,7 @@ impl KvClient {
                 .map(|b| TxnRecord::decode(&b))
                 .transpose()?;
             let now_ns = self.clock().physical_now_ns();
-            match decide_push(&Pusher::Recovery, record.as_ref(), now_ns) {
+            match decide_push(&Pusher::Recovery, record.as_ref(), now_ns, Duration::ZERO) {
                 PushDecision::Resolve(resolution) => {
                     self.resolve_on_range(range, &txn.txn_id, keys, resolution)
                         .await?;

@@ -18,10 +18,11 @@
 //! - a finished transaction's intent is resolved at once;
 //! - a PENDING one whose coordinator stopped heartbeating for [`EXPIRY`] is aborted (its
 //!   record made ABORTED by a conditional write, which a late COMMIT then fails against);
-//! - a reader at `read_ts` pushes a live transaction's **timestamp** (PUSH_TIMESTAMP): the
-//!   record's `pushed_ts` becomes at least `read_ts.next()`, so the transaction commits above
-//!   the read, and the intent is moved up to it (`Resolution::Push`); the reader then reads
-//!   past it (the previous committed value) without waiting;
+//! - a reader at `read_ts` that still finds a live transaction after [`READER_PUSH_DELAY`]
+//!   pushes its **timestamp** (PUSH_TIMESTAMP): the record's `pushed_ts` becomes at least
+//!   `read_ts.next()`, so the transaction commits above the read, and the intent is moved up
+//!   to it (`Resolution::Push`); the reader then reads past it (the previous committed
+//!   value) instead of waiting for the transaction to end;
 //! - a writer waits, polling the record, at most [`PUSH_WAIT_MAX`] (then 40001 naming the
 //!   holder). A waiting transaction records the edge "I wait for X" in its own record and
 //!   periodically walks the waits-for graph through the records (`txnwait.rs`): a cycle is a
@@ -62,6 +63,11 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 pub const EXPIRY: Duration = Duration::from_secs(5);
 /// How long a writer waits for a live transaction's intent before giving up (40001).
 pub const PUSH_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long a reader waits for a live transaction's intent before pushing its timestamp
+/// (CockroachDB's `kv.lock_table.coordinator_liveness_push_delay`, 50 ms): most
+/// transactions finish sooner, and a push costs two replicated writes (the record and the
+/// intent moved) and a refresh of the pushed transaction's reads.
+pub const READER_PUSH_DELAY: Duration = Duration::from_millis(50);
 /// Pause between looks at a PENDING record, first and largest.
 const POLL_MIN: Duration = Duration::from_millis(2);
 const POLL_MAX: Duration = Duration::from_millis(100);
@@ -191,8 +197,14 @@ pub enum PushDecision {
 
 /// The push rule. `record` is the holder's record (`None`: gone, which happens only after
 /// every intent of a finished transaction was resolved, or for a transaction whose record
-/// was never written: either way the intent is dead).
-pub fn decide_push(pusher: &Pusher, record: Option<&TxnRecord>, now_ns: u64) -> PushDecision {
+/// was never written: either way the intent is dead); `waited` is how long the pusher has
+/// waited for it so far.
+pub fn decide_push(
+    pusher: &Pusher,
+    record: Option<&TxnRecord>,
+    now_ns: u64,
+    waited: Duration,
+) -> PushDecision {
     let Some(record) = record else {
         return PushDecision::Resolve(Resolution::Abort);
     };
@@ -209,7 +221,8 @@ pub fn decide_push(pusher: &Pusher, record: Option<&TxnRecord>, now_ns: u64) -> 
                 Some(pushed) if pushed > *read_ts => {
                     PushDecision::Resolve(Resolution::Push(pushed))
                 }
-                _ => PushDecision::PushTimestamp(read_ts.next()),
+                _ if waited >= READER_PUSH_DELAY => PushDecision::PushTimestamp(read_ts.next()),
+                _ => PushDecision::Wait,
             },
             _ => PushDecision::Wait,
         },
@@ -498,7 +511,7 @@ impl KvClient {
         loop {
             let record = self.read_record(&conflict.txn.record_key).await?;
             let now_ns = self.clock().physical_now_ns();
-            match decide_push(pusher, record.as_ref(), now_ns) {
+            match decide_push(pusher, record.as_ref(), now_ns, started.elapsed()) {
                 PushDecision::Resolve(resolution) => {
                     self.resolve_keys(&conflict.txn.txn_id, vec![conflict.key.clone()], resolution)
                         .await?;
@@ -974,6 +987,8 @@ mod tests {
     }
 
     const NOW: u64 = 100_000_000_000;
+    const ZERO: Duration = Duration::ZERO;
+    const LONG: Duration = Duration::from_secs(60);
 
     fn reader(wall: u64) -> Pusher {
         Pusher::Reader {
@@ -986,17 +1001,17 @@ mod tests {
         let c = record(TxnStatus::Committed, 1, NOW);
         for pusher in [Pusher::NonTxn, Pusher::Txn, reader(5), Pusher::Recovery] {
             assert_eq!(
-                decide_push(&pusher, Some(&c), NOW),
+                decide_push(&pusher, Some(&c), NOW, LONG),
                 PushDecision::Resolve(Resolution::Commit(Timestamp::new(11, 0)))
             );
         }
         let a = record(TxnStatus::Aborted, 1, NOW);
         assert_eq!(
-            decide_push(&Pusher::NonTxn, Some(&a), NOW),
+            decide_push(&Pusher::NonTxn, Some(&a), NOW, ZERO),
             PushDecision::Resolve(Resolution::Abort)
         );
         assert_eq!(
-            decide_push(&Pusher::Recovery, None, NOW),
+            decide_push(&Pusher::Recovery, None, NOW, ZERO),
             PushDecision::Resolve(Resolution::Abort),
             "an intent without a record is dead"
         );
@@ -1008,13 +1023,13 @@ mod tests {
         let p = record(TxnStatus::Pending, 1, stale);
         for pusher in [Pusher::NonTxn, Pusher::Txn, reader(5), Pusher::Recovery] {
             assert_eq!(
-                decide_push(&pusher, Some(&p), NOW),
+                decide_push(&pusher, Some(&p), NOW, ZERO),
                 PushDecision::Abort(ABORT_REASON_EXPIRED)
             );
         }
         let fresh = record(TxnStatus::Pending, 1, NOW - EXPIRY.as_nanos() as u64);
         assert_eq!(
-            decide_push(&Pusher::NonTxn, Some(&fresh), NOW),
+            decide_push(&Pusher::NonTxn, Some(&fresh), NOW, LONG),
             PushDecision::Wait
         );
     }
@@ -1025,10 +1040,13 @@ mod tests {
         // found and broken by `txnwait`).
         let holder = record(TxnStatus::Pending, 50, NOW);
         for pusher in [Pusher::NonTxn, Pusher::Txn] {
-            assert_eq!(decide_push(&pusher, Some(&holder), NOW), PushDecision::Wait);
+            assert_eq!(
+                decide_push(&pusher, Some(&holder), NOW, LONG),
+                PushDecision::Wait
+            );
         }
         assert_eq!(
-            decide_push(&Pusher::Recovery, Some(&holder), NOW),
+            decide_push(&Pusher::Recovery, Some(&holder), NOW, LONG),
             PushDecision::Wait,
             "recovery leaves live holders alone"
         );
@@ -1037,27 +1055,32 @@ mod tests {
     #[test]
     fn readers_push_live_holders_above_their_read() {
         let mut holder = record(TxnStatus::Pending, 50, NOW);
-        // Not pushed yet: push to just above the read.
+        // Not pushed yet: wait a little (most transactions finish), then push to just above
+        // the read.
         assert_eq!(
-            decide_push(&reader(70), Some(&holder), NOW),
+            decide_push(&reader(70), Some(&holder), NOW, ZERO),
+            PushDecision::Wait
+        );
+        assert_eq!(
+            decide_push(&reader(70), Some(&holder), NOW, READER_PUSH_DELAY),
             PushDecision::PushTimestamp(Timestamp::new(70, 1))
         );
         // Pushed above the read already: move the intent up and read past it.
         holder.pushed_ts = Some(Timestamp::new(80, 0));
         assert_eq!(
-            decide_push(&reader(70), Some(&holder), NOW),
+            decide_push(&reader(70), Some(&holder), NOW, ZERO),
             PushDecision::Resolve(Resolution::Push(Timestamp::new(80, 0)))
         );
         // Pushed, but not above this (later) read: push further.
         assert_eq!(
-            decide_push(&reader(80), Some(&holder), NOW),
+            decide_push(&reader(80), Some(&holder), NOW, LONG),
             PushDecision::PushTimestamp(Timestamp::new(80, 1))
         );
         // A committed holder is never pushed: the reader sees its commit.
         let mut c = record(TxnStatus::Committed, 50, NOW);
         c.pushed_ts = Some(Timestamp::new(90, 0));
         assert_eq!(
-            decide_push(&reader(95), Some(&c), NOW),
+            decide_push(&reader(95), Some(&c), NOW, ZERO),
             PushDecision::Resolve(Resolution::Commit(Timestamp::new(60, 0)))
         );
     }

@@ -833,3 +833,87 @@ async fn a_reader_pushes_a_pending_writer_and_returns_the_old_value_at_once() {
         vec![vec!["100".to_string()]]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_transactions_lists_the_open_transactions_of_other_sessions() {
+    let node = TestNode::start().await;
+    let mut a = node.session().await;
+    let mut b = node.session().await;
+    create_bank(&mut a, 2, 100).await;
+    assert!(
+        rows(&mut b, "SHOW TRANSACTIONS").await.is_empty(),
+        "none open"
+    );
+
+    // A opens a transaction and runs two statements in it.
+    exec(&mut a, "SET application_name = 'teller'").await;
+    exec(&mut a, "BEGIN").await;
+    exec(&mut a, "SELECT balance FROM bank WHERE id = 0").await;
+    exec(&mut a, "UPDATE bank SET balance = 1 WHERE id = 1").await;
+
+    // B sees it, with CockroachDB's columns.
+    let shown = exec(&mut b, "SHOW TRANSACTIONS").await;
+    let names: Vec<&str> = shown.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "node_id",
+            "id",
+            "application_name",
+            "num_stmts",
+            "num_retries",
+            "num_auto_retries",
+            "last_auto_retry_reason",
+            "isolation_level",
+            "priority",
+            "quality_of_service"
+        ]
+    );
+    let r = rows(
+        &mut b,
+        "SELECT node_id, application_name, num_stmts, num_retries, isolation_level \
+         FROM [SHOW TRANSACTIONS]",
+    )
+    .await;
+    assert_eq!(
+        r,
+        vec![vec!["1", "teller", "3", "0", "SERIALIZABLE"]],
+        "BEGIN and two statements"
+    );
+    let r = rows(
+        &mut b,
+        "SELECT node_id, session_id, txn_string, application_name, num_stmts \
+         FROM crdb_internal.node_transactions",
+    )
+    .await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0][1].len(), 32, "a session id: {r:?}");
+    assert!(
+        r[0][2].starts_with("\"sql txn\" meta={id=") && r[0][2].contains("stat=PENDING"),
+        "{r:?}"
+    );
+    assert_eq!((r[0][3].as_str(), r[0][4].as_str()), ("teller", "3"));
+    // SHOW LOCAL TRANSACTIONS is the same list; the cluster-wide one is not served.
+    assert_eq!(rows(&mut b, "SHOW LOCAL TRANSACTIONS").await.len(), 1);
+    let e = exec_err(&mut b, "SHOW CLUSTER TRANSACTIONS").await;
+    assert_eq!(e.code(), "0A000", "{}", e.message());
+
+    // A user without admin sees only its own transactions.
+    exec(&mut b, "CREATE USER viewer").await;
+    let mut v = node
+        .server
+        .session("viewer", "defaultdb")
+        .await
+        .expect("viewer session");
+    assert!(rows(&mut v, "SHOW TRANSACTIONS").await.is_empty());
+
+    // Once A commits, it is gone.
+    exec(&mut a, "COMMIT").await;
+    assert!(rows(&mut b, "SHOW TRANSACTIONS").await.is_empty());
+    // A failed block is listed until it ends; a session that goes away takes it along.
+    exec(&mut a, "BEGIN").await;
+    assert!(run(&mut a, "SELECT 1/0").await.is_err());
+    assert_eq!(rows(&mut b, "SHOW TRANSACTIONS").await.len(), 1);
+    drop(a);
+    assert!(rows(&mut b, "SHOW TRANSACTIONS").await.is_empty());
+}

@@ -61,20 +61,24 @@ impl KvClient {
         KvClient { inner, txn: None }
     }
 
-    /// Who this client is when it meets an intent.
-    fn pusher(&self) -> crate::txn::Pusher {
-        match &self.txn {
-            Some(t) => t.pusher(),
-            None => crate::txn::Pusher::NonTxn,
+    /// Who this client is when it meets an intent: a transaction, a reader at `read_ts`
+    /// (pushes the holder's timestamp above it), or a writer.
+    fn pusher(&self, read_ts: Option<Timestamp>) -> crate::txn::Pusher {
+        match (&self.txn, read_ts) {
+            (Some(_), _) => crate::txn::Pusher::Txn,
+            (None, Some(read_ts)) => crate::txn::Pusher::Reader { read_ts },
+            (None, None) => crate::txn::Pusher::NonTxn,
         }
     }
 
     /// Runs `op` until it meets no other transaction's intent: each intent met is pushed out
-    /// of the way first (see `txn.rs`). An intent of this client's own transaction is
+    /// of the way first (see `txn.rs`; `read_ts` is the timestamp of a read, `None` for a
+    /// write or a read at the owner's now). An intent of this client's own transaction is
     /// answered by `own` (a read of its own write), or is an internal error where that cannot
     /// happen.
     async fn past_intents<T, F, Fut>(
         &self,
+        read_ts: Option<Timestamp>,
         own: impl Fn(&ldr_storage::IntentConflict) -> Option<T>,
         op: F,
     ) -> Result<T>
@@ -92,7 +96,7 @@ impl KvClient {
                             KvError::Internal(format!("a transaction met its own intent: {c}"))
                         });
                     }
-                    self.push_intent(&c, &self.pusher()).await?;
+                    self.push_intent(&c, &self.pusher(read_ts)).await?;
                 }
                 other => return other,
             }
@@ -143,6 +147,7 @@ impl KvClient {
     pub async fn get(&self, key: &[u8], read_ts: Option<Timestamp>) -> Result<Option<Version>> {
         self.inner.require_identity()?;
         self.past_intents(
+            read_ts,
             |c| {
                 Some(Some(Version {
                     ts: c.write_ts,
@@ -215,7 +220,7 @@ impl KvClient {
             return Ok(Vec::new());
         }
         match self
-            .past_intents(|_| None, || self.get_many_once(keys, read_ts))
+            .past_intents(read_ts, |_| None, || self.get_many_once(keys, read_ts))
             .await
         {
             // A transaction reading keys it wrote: one at a time, its own intents included.
@@ -326,6 +331,7 @@ impl KvClient {
             let want = if limit == 0 { 0 } else { limit - out.len() };
             let got = self
                 .past_intents(
+                    read_ts,
                     |own| Some(Err(own.clone())),
                     || async {
                         match self.scan_in_range(range, &sub, read_ts, want).await {
@@ -1374,6 +1380,7 @@ impl KvClient {
         };
         let applied = self
             .past_intents(
+                None,
                 |_| None,
                 || self.write_to_range_once(range, rows.clone(), atomic),
             )

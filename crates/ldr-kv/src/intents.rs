@@ -96,7 +96,11 @@ impl NodeInner {
             self.blocking(move |e| e.apply_resolve(&keys, &txn_id, resolution))
                 .await? as u64
         };
-        // Holds end with the transaction (a partial resolution keeps the hold until expiry).
+        // Holds end with the transaction (a partial resolution keeps the hold until expiry);
+        // a pushed transaction is still pending.
+        if matches!(resolution, Resolution::Push(_)) {
+            return Ok(resolved);
+        }
         let mut holds = self.intent_holds.lock();
         if let Some(h) = holds.get_mut(&txn_id) {
             h.retain(|x| x.range.range_id != range_id);
@@ -307,9 +311,10 @@ impl KvClient {
                     txn_id: txn_id.to_vec(),
                     keys,
                     commit_ts: match resolution {
-                        Resolution::Commit(ts) => Some(ts.into()),
+                        Resolution::Commit(ts) | Resolution::Push(ts) => Some(ts.into()),
                         Resolution::Abort => None,
                     },
+                    push: matches!(resolution, Resolution::Push(_)),
                 };
                 let response = self
                     .call_owner(node_id, request, |mut c, r| async move {
@@ -340,7 +345,7 @@ impl KvClient {
                 .map(|b| TxnRecord::decode(&b))
                 .transpose()?;
             let now_ns = self.clock().physical_now_ns();
-            match decide_push(&Pusher::Recovery, &txn.txn_id, record.as_ref(), now_ns) {
+            match decide_push(&Pusher::Recovery, record.as_ref(), now_ns, Duration::ZERO) {
                 PushDecision::Resolve(resolution) => {
                     self.resolve_on_range(range, &txn.txn_id, keys, resolution)
                         .await?;
@@ -357,7 +362,7 @@ impl KvClient {
                     };
                     self.push_intent(&conflict, &Pusher::Recovery).await?;
                 }
-                PushDecision::Wait => return Ok(()),
+                PushDecision::Wait | PushDecision::PushTimestamp(_) => return Ok(()),
             }
         }
     }

@@ -48,6 +48,7 @@ mod settings;
 mod system;
 mod transport;
 mod txn;
+mod txnwait;
 mod wire;
 
 use std::path::PathBuf;
@@ -68,7 +69,8 @@ pub use remote::{
 use serde::{Deserialize, Serialize};
 pub use service::{KvGrpcServer, KvService};
 pub use settings::Settings;
-pub use txn::{KvTxn, TxnRecord, TxnStatus};
+pub use txn::{CommitAttempt, KvTxn, TxnRecord, TxnStatus, WaitingFor};
+pub use txnwait::{Deadlock, WaitNode, find_deadlock};
 
 /// Errors of the cluster layer.
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +133,16 @@ pub enum KvError {
     InvalidRequest(String),
     /// The transaction was aborted (by a pusher, or because its coordinator stopped
     /// heartbeating): nothing of it is applied. SQL: 40001.
+    /// `conflicting` names the transaction whose push aborted it, when known.
     #[error(
-        "restart transaction: TransactionRetryWithProtoRefreshError: TransactionAbortedError({reason}): transaction {txn_id}"
+        "restart transaction: TransactionRetryWithProtoRefreshError: TransactionAbortedError({reason}): transaction {txn_id}{}",
+        .conflicting.as_deref().map(|c| format!(" (conflicting transaction {c})")).unwrap_or_default()
     )]
-    TxnAborted { txn_id: String, reason: String },
+    TxnAborted {
+        txn_id: String,
+        reason: String,
+        conflicting: Option<String>,
+    },
     /// Another transaction's intent stayed in the way (it is alive, and older). SQL: 40001.
     #[error("restart transaction: TransactionRetryWithProtoRefreshError: WriteIntentError: {0}")]
     TxnConflict(String),

@@ -192,9 +192,15 @@ impl Kv for KvService {
         let r = request.into_inner();
         let result = async {
             let txn_id = wire::txn_id_from_pb(&r.txn_id)?;
-            let resolution = match r.commit_ts {
-                Some(ts) => ldr_storage::Resolution::Commit(ts.into()),
-                None => ldr_storage::Resolution::Abort,
+            let resolution = match (r.commit_ts, r.push) {
+                (Some(ts), true) => ldr_storage::Resolution::Push(ts.into()),
+                (Some(ts), false) => ldr_storage::Resolution::Commit(ts.into()),
+                (None, true) => {
+                    return Err(KvError::InvalidRequest(
+                        "a push of intents needs a timestamp".into(),
+                    ));
+                }
+                (None, false) => ldr_storage::Resolution::Abort,
             };
             let resolved = node
                 .serve_resolve(r.range_id, txn_id, r.keys, resolution)

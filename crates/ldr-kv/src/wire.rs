@@ -296,6 +296,8 @@ enum WireError {
     TxnAborted {
         txn_id: String,
         reason: String,
+        #[serde(default)]
+        conflicting: Option<String>,
     },
     TxnConflict(String),
     Internal(String),
@@ -423,11 +425,16 @@ impl WireError {
             ),
             KvError::PtsNotFound(id) => (Code::NotFound, WireError::PtsNotFound(id.clone())),
             KvError::Rpc(m) => (Code::Unknown, WireError::Rpc(m.clone())),
-            KvError::TxnAborted { txn_id, reason } => (
+            KvError::TxnAborted {
+                txn_id,
+                reason,
+                conflicting,
+            } => (
                 Code::Aborted,
                 WireError::TxnAborted {
                     txn_id: txn_id.clone(),
                     reason: reason.clone(),
+                    conflicting: conflicting.clone(),
                 },
             ),
             KvError::TxnConflict(m) => (Code::Aborted, WireError::TxnConflict(m.clone())),
@@ -518,7 +525,15 @@ impl WireError {
             WireError::PtsNotFound(id) => KvError::PtsNotFound(id),
             WireError::Rpc(m) => KvError::Rpc(m),
             WireError::InvalidRequest(m) => KvError::InvalidRequest(m),
-            WireError::TxnAborted { txn_id, reason } => KvError::TxnAborted { txn_id, reason },
+            WireError::TxnAborted {
+                txn_id,
+                reason,
+                conflicting,
+            } => KvError::TxnAborted {
+                txn_id,
+                reason,
+                conflicting,
+            },
             WireError::TxnConflict(m) => KvError::TxnConflict(m),
             WireError::Internal(m) => KvError::Internal(m),
         }

@@ -561,3 +561,359 @@ async fn concurrent_on_conflict_do_update_never_reports_affecting_a_row_twice() 
         ]
     );
 }
+
+// ---- waits, deadlocks and pushes between transactions ----
+
+/// The KV write of bank row `(id, balance)`, unconditional.
+fn bank_row(desc: &ldr_sql::catalog::TableDescriptor, id: i64, balance: i64) -> ldr_kv::RowWrite {
+    let row = [Datum::Int(id), Datum::Int(balance)];
+    ldr_kv::RowWrite {
+        key: ldr_sql::rowcodec::primary_key(desc, &row),
+        value: Some(ldr_sql::rowcodec::encode_row(desc, &row)),
+        condition: ldr_kv::Condition::None,
+        header: ldr_kv::ValueHeader::default(),
+        dependents: vec![],
+    }
+}
+
+/// Two accounts of `bank` whose rows are in different ranges.
+async fn accounts_in_two_ranges(
+    server: &SqlServer,
+    desc: &ldr_sql::catalog::TableDescriptor,
+    accounts: i64,
+) -> (i64, i64) {
+    let kv = server.kv();
+    let range_of = |id: i64| {
+        let key = bank_row(desc, id, 0).key;
+        async move { kv.range_for_key(&key).await.expect("range").range_id }
+    };
+    let first = range_of(0).await;
+    for id in 1..accounts {
+        if range_of(id).await != first {
+            return (0, id);
+        }
+    }
+    panic!("all {accounts} accounts are in range {first}");
+}
+
+/// `wall.logical` of an HLC timestamp as SQL shows it (`cluster_logical_timestamp()`,
+/// `crdb_internal_mvcc_timestamp`).
+fn hlc(text: &str) -> (u64, u32) {
+    let (wall, logical) = text.split_once('.').unwrap_or((text, "0"));
+    (
+        wall.parse().expect("wall time"),
+        logical.parse().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_locking_rows_in_opposite_order_are_a_deadlock_broken_at_once() {
+    let (_nodes, servers, _dir) = start_cluster(2).await;
+    let mut s = servers[0]
+        .session("root", "defaultdb")
+        .await
+        .expect("session");
+    const ACCOUNTS: i64 = 6;
+    create_bank(&mut s, ACCOUNTS, 100).await;
+    let desc = servers[0]
+        .resolve_table("defaultdb", &["bank".to_string()])
+        .await
+        .expect("table");
+    let (x, y) = accounts_in_two_ranges(&servers[0], &desc, ACCOUNTS).await;
+
+    // T1 (older, coordinated by node 1) locks x; T2 (younger, node 2) locks y.
+    let (kv1, kv2) = (servers[0].kv(), servers[1].kv());
+    let t1 = kv1
+        .begin_txn(&bank_row(&desc, x, 0).key)
+        .await
+        .expect("begin t1");
+    let t2 = kv2
+        .begin_txn(&bank_row(&desc, y, 0).key)
+        .await
+        .expect("begin t2");
+    assert!(t1.start_ts() < t2.start_ts(), "t1 is the older one");
+    t1.client()
+        .write(vec![bank_row(&desc, x, 1)], true)
+        .await
+        .expect("t1 locks x");
+    t2.client()
+        .write(vec![bank_row(&desc, y, 2)], true)
+        .await
+        .expect("t2 locks y");
+
+    // Each now writes the other's row: T1 waits for T2 and T2 for T1. The cycle is found
+    // through the records and its youngest member, T2, is aborted, well before a wait would
+    // time out (10 s).
+    let started = Instant::now();
+    let w1 = {
+        let c = t1.client().clone();
+        let row = bank_row(&desc, y, 1);
+        tokio::spawn(async move { c.write(vec![row], true).await })
+    };
+    let w2 = {
+        let c = t2.client().clone();
+        let row = bank_row(&desc, x, 2);
+        tokio::spawn(async move { c.write(vec![row], true).await })
+    };
+    let (r1, r2) = tokio::time::timeout(Duration::from_secs(30), async {
+        (w1.await.expect("t1 task"), w2.await.expect("t2 task"))
+    })
+    .await
+    .expect("the deadlock is broken");
+    let took = started.elapsed();
+    let e = r2.expect_err("t2, the younger, is the deadlock's victim");
+    match &e {
+        ldr_kv::KvError::TxnAborted {
+            reason,
+            conflicting,
+            ..
+        } => {
+            assert_eq!(reason, "ABORT_REASON_PUSHER_ABORTED", "{e}");
+            assert_eq!(conflicting.as_deref(), Some(t1.id().as_str()), "{e}");
+        }
+        other => panic!("expected TxnAborted, got {other}"),
+    }
+    let sql = SqlError::from(e);
+    assert_eq!(sql.code(), "40001");
+    assert!(
+        sql.message().starts_with(
+            "restart transaction: TransactionRetryWithProtoRefreshError: TransactionAbortedError(ABORT_REASON_PUSHER_ABORTED)"
+        ),
+        "{}",
+        sql.message()
+    );
+    r1.expect("t1, the older, goes on");
+    assert!(
+        took < Duration::from_secs(8),
+        "the deadlock took {took:?} to break (a wait timeout is 10 s)"
+    );
+    t2.rollback().await;
+    t1.commit().await.expect("t1 commits");
+    assert_eq!(
+        rows(
+            &mut s,
+            &format!("SELECT id, balance FROM bank WHERE id IN ({x}, {y}) ORDER BY id")
+        )
+        .await,
+        vec![
+            vec![x.to_string(), "1".to_string()],
+            vec![y.to_string(), "1".to_string()]
+        ],
+        "all of t1, none of t2"
+    );
+
+    // The same through SQL: two transactions on two gateways update the two rows in
+    // opposite order and commit at once. Whether their intents deadlock or one commits
+    // first (the other's reads are then stale), exactly one gets 40001, within seconds.
+    for round in 0..3 {
+        let mut a = servers[0].session("root", "defaultdb").await.expect("a");
+        let mut b = servers[1].session("root", "defaultdb").await.expect("b");
+        exec(&mut a, "BEGIN").await;
+        exec(&mut b, "BEGIN").await;
+        exec(
+            &mut a,
+            &format!("UPDATE bank SET balance = balance + 1 WHERE id = {x}"),
+        )
+        .await;
+        exec(
+            &mut b,
+            &format!("UPDATE bank SET balance = balance + 1 WHERE id = {y}"),
+        )
+        .await;
+        exec(
+            &mut a,
+            &format!("UPDATE bank SET balance = balance + 1 WHERE id = {y}"),
+        )
+        .await;
+        exec(
+            &mut b,
+            &format!("UPDATE bank SET balance = balance + 1 WHERE id = {x}"),
+        )
+        .await;
+        let started = Instant::now();
+        let ca = tokio::spawn(async move { run(&mut a, "COMMIT").await.map(|_| ()) });
+        let cb = tokio::spawn(async move { run(&mut b, "COMMIT").await.map(|_| ()) });
+        let (ra, rb) = (ca.await.expect("a"), cb.await.expect("b"));
+        let took = started.elapsed();
+        let failed: Vec<&SqlError> = [&ra, &rb]
+            .into_iter()
+            .filter_map(|r| r.as_ref().err())
+            .collect();
+        assert_eq!(failed.len(), 1, "round {round}: {ra:?} {rb:?}");
+        assert_eq!(
+            failed[0].code(),
+            "40001",
+            "round {round}: {}",
+            failed[0].message()
+        );
+        assert!(took < Duration::from_secs(8), "round {round} took {took:?}");
+    }
+    let total = rows(&mut s, "SELECT sum(balance) FROM bank").await;
+    assert_eq!(total[0][0], (ACCOUNTS * 100 - 200 + 2 + 6).to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_pushes_a_pending_writer_and_returns_the_old_value_at_once() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    create_bank(&mut s, 4, 100).await;
+    let desc = node
+        .server
+        .resolve_table("defaultdb", &["bank".to_string()])
+        .await
+        .expect("table");
+    let kv = node.server.kv();
+
+    // A transaction writes account 1 and stays open: its intent is there, uncommitted.
+    let txn = kv
+        .begin_txn(&bank_row(&desc, 1, 0).key)
+        .await
+        .expect("begin");
+    txn.client()
+        .write(vec![bank_row(&desc, 1, 555)], true)
+        .await
+        .expect("intent");
+
+    // A reader does not wait for it: it pushes the transaction above its read (which is at
+    // or above `before`) and returns the committed value.
+    let write_ts = txn.max_write_ts();
+    let before = kv.clock().now();
+    assert!(write_ts < before, "the intent is below the read");
+    let started = Instant::now();
+    let r = rows(&mut s, "SELECT balance FROM bank WHERE id = 1").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the reader waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r[0][0], "100", "the value before the pending write");
+    // So does a scan over it.
+    assert_eq!(bank_total(&mut s).await, (4, 400));
+
+    // The writer commits above the read (not at its write timestamp), and its value is
+    // there at that timestamp.
+    let commit_ts = txn.commit().await.expect("commits");
+    assert!(
+        commit_ts > before,
+        "commit {commit_ts} not above the read (at or after {before}; written at {write_ts})"
+    );
+    let r = rows(
+        &mut s,
+        "SELECT balance, crdb_internal_mvcc_timestamp FROM bank WHERE id = 1",
+    )
+    .await;
+    assert_eq!(r[0][0], "555");
+    assert_eq!(
+        hlc(&r[0][1]),
+        (commit_ts.wall_time_ns, commit_ts.logical),
+        "the row's MVCC timestamp is the pushed commit timestamp"
+    );
+
+    // A transaction that read something must refresh it when pushed: its commit reports
+    // the push (to a timestamp above the read) and stays open.
+    let txn = kv
+        .begin_txn(&bank_row(&desc, 2, 0).key)
+        .await
+        .expect("begin");
+    txn.client()
+        .write(vec![bank_row(&desc, 2, 7)], true)
+        .await
+        .expect("intent");
+    let validated_at = txn.max_write_ts();
+    let before = kv.clock().now();
+    let r = rows(&mut s, "SELECT balance FROM bank WHERE id = 2").await;
+    assert_eq!(r[0][0], "100");
+    match txn.try_commit(validated_at).await.expect("try commit") {
+        ldr_kv::CommitAttempt::Pushed(ts) => assert!(ts > before, "{ts} vs {before}"),
+        other => panic!("expected a push, got {other:?}"),
+    }
+    txn.rollback().await;
+    assert_eq!(
+        rows(&mut s, "SELECT balance FROM bank WHERE id = 2").await,
+        vec![vec!["100".to_string()]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_transactions_lists_the_open_transactions_of_other_sessions() {
+    let node = TestNode::start().await;
+    let mut a = node.session().await;
+    let mut b = node.session().await;
+    create_bank(&mut a, 2, 100).await;
+    assert!(
+        rows(&mut b, "SHOW TRANSACTIONS").await.is_empty(),
+        "none open"
+    );
+
+    // A opens a transaction and runs two statements in it.
+    exec(&mut a, "SET application_name = 'teller'").await;
+    exec(&mut a, "BEGIN").await;
+    exec(&mut a, "SELECT balance FROM bank WHERE id = 0").await;
+    exec(&mut a, "UPDATE bank SET balance = 1 WHERE id = 1").await;
+
+    // B sees it, with CockroachDB's columns.
+    let shown = exec(&mut b, "SHOW TRANSACTIONS").await;
+    let names: Vec<&str> = shown.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "node_id",
+            "id",
+            "application_name",
+            "num_stmts",
+            "num_retries",
+            "num_auto_retries",
+            "last_auto_retry_reason",
+            "isolation_level",
+            "priority",
+            "quality_of_service"
+        ]
+    );
+    let r = rows(
+        &mut b,
+        "SELECT node_id, application_name, num_stmts, num_retries, isolation_level \
+         FROM [SHOW TRANSACTIONS]",
+    )
+    .await;
+    assert_eq!(
+        r,
+        vec![vec!["1", "teller", "3", "0", "SERIALIZABLE"]],
+        "BEGIN and two statements"
+    );
+    let r = rows(
+        &mut b,
+        "SELECT node_id, session_id, txn_string, application_name, num_stmts \
+         FROM crdb_internal.node_transactions",
+    )
+    .await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0][1].len(), 32, "a session id: {r:?}");
+    assert!(
+        r[0][2].starts_with("\"sql txn\" meta={id=") && r[0][2].contains("stat=PENDING"),
+        "{r:?}"
+    );
+    assert_eq!((r[0][3].as_str(), r[0][4].as_str()), ("teller", "3"));
+    // SHOW LOCAL TRANSACTIONS is the same list; the cluster-wide one is not served.
+    assert_eq!(rows(&mut b, "SHOW LOCAL TRANSACTIONS").await.len(), 1);
+    let e = exec_err(&mut b, "SHOW CLUSTER TRANSACTIONS").await;
+    assert_eq!(e.code(), "0A000", "{}", e.message());
+
+    // A user without admin sees only its own transactions.
+    exec(&mut b, "CREATE USER viewer").await;
+    let mut v = node
+        .server
+        .session("viewer", "defaultdb")
+        .await
+        .expect("viewer session");
+    assert!(rows(&mut v, "SHOW TRANSACTIONS").await.is_empty());
+
+    // Once A commits, it is gone.
+    exec(&mut a, "COMMIT").await;
+    assert!(rows(&mut b, "SHOW TRANSACTIONS").await.is_empty());
+    // A failed block is listed until it ends; a session that goes away takes it along.
+    exec(&mut a, "BEGIN").await;
+    assert!(run(&mut a, "SELECT 1/0").await.is_err());
+    assert_eq!(rows(&mut b, "SHOW TRANSACTIONS").await.len(), 1);
+    drop(a);
+    assert!(rows(&mut b, "SHOW TRANSACTIONS").await.is_empty());
+}

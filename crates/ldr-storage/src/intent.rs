@@ -168,6 +168,9 @@ pub enum Resolution {
     Commit(Timestamp),
     /// Aborted: the intent disappears.
     Abort,
+    /// Still pending, but pushed to commit at or above this timestamp (a reader pushed it
+    /// above its read): the intent stays, moved up to it, so reads below it pass it.
+    Push(Timestamp),
 }
 
 impl Engine {
@@ -195,8 +198,9 @@ impl Engine {
     }
 
     /// The versions that resolve `txn_id`'s intents on `keys`: for each key that holds one, its
-    /// removal and, for a commit, its value at the commit timestamp. Keys without an intent of
-    /// this transaction yield nothing (resolution is idempotent).
+    /// removal and, for a commit, its value at the commit timestamp; for a push, the intent
+    /// rewritten at the pushed write timestamp (when that is higher). Keys without an intent
+    /// of this transaction yield nothing (resolution is idempotent).
     pub fn evaluate_resolve(
         &self,
         keys: &[Vec<u8>],
@@ -212,6 +216,24 @@ impl Engine {
             let (newest, intent) = read_key(&mut it, &prefix, key, INTENT_TS)?;
             let Some(intent) = intent else { continue };
             if intent.txn.txn_id != *txn_id {
+                continue;
+            }
+            if let Resolution::Push(pushed_ts) = resolution {
+                if intent.write_ts < pushed_ts {
+                    let header = intent.header;
+                    let moved = Intent {
+                        write_ts: pushed_ts,
+                        ..intent
+                    };
+                    out.push(VersionWrite {
+                        key: key.clone(),
+                        version: Version {
+                            ts: INTENT_TS,
+                            header,
+                            value: Some(moved.encode()),
+                        },
+                    });
+                }
                 continue;
             }
             out.push(VersionWrite {

@@ -15,6 +15,7 @@
 //! takes effect immediately and is not undone by ROLLBACK; a query string with several
 //! statements is not an implicit transaction (statements before a failing one stay applied).
 
+mod activity;
 mod changefeed;
 mod consistency;
 mod ddl;
@@ -183,6 +184,8 @@ pub struct SqlServer {
     pub(crate) memory: Arc<crate::budget::NodeMemory>,
     /// Statement counts and latency (`/metrics`, the DB Console).
     stats: crate::stats::SqlStats,
+    /// The sessions' open transactions (`SHOW TRANSACTIONS`).
+    pub(crate) open_txns: Arc<activity::OpenTxns>,
 }
 
 impl SqlServer {
@@ -202,6 +205,7 @@ impl SqlServer {
             changefeeds: RwLock::new(None),
             config,
             row_locks: txn::RowLocks::default(),
+            open_txns: Arc::default(),
             memory: crate::budget::NodeMemory::new(crate::budget::NodeMemory::default_limit()),
             stats: crate::stats::SqlStats::default(),
         });
@@ -318,6 +322,8 @@ impl SqlServer {
             show_sources: vec![],
             limits: None,
             cancel: None,
+            session_id: uuid::Uuid::new_v4().simple().to_string(),
+            open_txn: None,
         }
     }
 
@@ -340,6 +346,8 @@ impl SqlServer {
             show_sources: vec![],
             limits: None,
             cancel: None,
+            session_id: uuid::Uuid::new_v4().simple().to_string(),
+            open_txn: None,
         })
     }
 
@@ -460,6 +468,10 @@ pub struct Session {
     pub(crate) limits: Option<Arc<crate::budget::StmtLimits>>,
     /// The connection's cancel flag (set by the wire protocol; `None` for internal sessions).
     pub(crate) cancel: Option<Arc<crate::budget::Canceler>>,
+    /// CockroachDB's session id (32 hex digits).
+    pub(crate) session_id: String,
+    /// The open transaction's entry in `SHOW TRANSACTIONS` (see `activity.rs`).
+    pub(crate) open_txn: Option<activity::OpenTxnGuard>,
 }
 
 impl Session {
@@ -645,6 +657,7 @@ impl Session {
         if r.is_err() {
             self.abort_txn();
         }
+        self.track_txn(stmt);
         if self.user != "node" {
             self.server.stats.record(started.elapsed());
         }
@@ -795,6 +808,63 @@ impl Session {
             Some(buf) => buf.read_ts(now),
             None => now,
         }
+    }
+
+    /// Keeps this session's `SHOW TRANSACTIONS` entry in step with its transaction block
+    /// after `stmt` ran: registered at BEGIN, counted per statement and client-side restart,
+    /// gone when the block ends.
+    fn track_txn(&mut self, stmt: &Statement) {
+        let snapshot = match &self.txn {
+            Txn::Idle => {
+                self.open_txn = None;
+                return;
+            }
+            Txn::Open(buf) | Txn::Failed(buf) => buf.snapshot_ts(),
+            Txn::CommitWait => None,
+        };
+        let application_name = self.vars.get("application_name").unwrap_or_default();
+        match &self.open_txn {
+            Some(guard) => {
+                let mut a = guard.activity.lock();
+                a.num_stmts += 1;
+                if matches!(stmt, Statement::RollbackToSavepoint(name) if name == txn::RESTART_SAVEPOINT)
+                {
+                    a.num_retries += 1;
+                }
+                if snapshot.is_some() {
+                    a.read_ts = snapshot;
+                }
+                a.application_name = application_name;
+            }
+            None => {
+                let start_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as i64)
+                    .unwrap_or(0);
+                self.open_txn = Some(self.server.open_txns.register(activity::TxnActivity {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    session_id: self.session_id.clone(),
+                    user: self.user.clone(),
+                    start_us,
+                    application_name,
+                    num_stmts: 1,
+                    num_retries: 0,
+                    read_ts: snapshot,
+                }));
+            }
+        }
+    }
+
+    /// The open transactions this session may see: every one for an admin, else its user's
+    /// (CockroachDB: VIEWACTIVITY).
+    pub(crate) fn visible_transactions(&self) -> Vec<activity::TxnActivity> {
+        let admin = self.vars.get("is_superuser").is_ok_and(|v| v == "on");
+        self.server
+            .open_txns
+            .list()
+            .into_iter()
+            .filter(|t| admin || t.user == self.user)
+            .collect()
     }
 
     pub(crate) fn in_txn(&self) -> bool {

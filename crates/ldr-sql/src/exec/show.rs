@@ -155,6 +155,7 @@ pub(crate) async fn describe(sess: &Session, stmt: &Statement) -> Vec<ColumnInfo
             col("fingerprint", SqlType::Int8),
         ],
         S::ShowJobs | S::ShowJob(_) => jobs_columns(),
+        S::ShowTransactions => super::activity::show_columns(),
         S::ShowLogicalReplicationJobs { with_details } => ldr_jobs_columns(*with_details),
         S::ShowUsers => users_columns(),
         S::ShowGrants { .. } => grants_columns(),
@@ -509,6 +510,13 @@ pub(crate) async fn execute(
                 out,
             ))
         }
+        S::ShowTransactions => Ok(QueryResult::rows(
+            super::activity::show_columns(),
+            super::activity::show_rows(
+                i64::from(sess.server.kv.node_id()),
+                &sess.visible_transactions(),
+            ),
+        )),
         S::ShowJobs => {
             let jobs = visible_jobs(sess).await?;
             Ok(QueryResult::rows(

@@ -182,8 +182,8 @@ fn condense(spans: Vec<Span>) -> Vec<Span> {
     out
 }
 
-/// Re-scans the spans a transaction scanned, at the latest timestamp and with its intents in
-/// place: a row version newer than the transaction's snapshot `read_ts` that the transaction
+/// Re-scans the spans a transaction scanned, at `refresh_ts` (at or above its commit
+/// timestamp) and with its intents in place: a row version newer than the transaction's snapshot `read_ts` that the transaction
 /// did not write itself (an insert into a scanned range, or an update of a scanned row) is a
 /// conflict (40001), as CockroachDB's refresh of read spans. Another transaction's intent in
 /// a span is pushed or waited for by the scan like any read.
@@ -191,10 +191,11 @@ async fn refresh_spans(
     kv: &KvClient,
     spans: &[Span],
     read_ts: Timestamp,
+    refresh_ts: Timestamp,
     wrote: impl Fn(&[u8]) -> bool,
 ) -> Result<()> {
     for span in spans {
-        for kvv in super::scan::scan_all(kv, span, None).await? {
+        for kvv in super::scan::scan_all(kv, span, refresh_ts).await? {
             if kvv.version.ts > read_ts && !wrote(&kvv.key) {
                 return Err(refresh_conflict(&kvv.key));
             }
@@ -283,24 +284,38 @@ impl RowLocks {
     }
 }
 
-/// Whether `key`'s latest value is `want`.
-async fn unchanged(kv: &KvClient, key: &[u8], want: &Option<Vec<u8>>) -> Result<bool> {
-    Ok(kv.get(key, None).await?.and_then(|v| v.value) == *want)
+/// Whether `key`'s value at `ts` is `want`.
+async fn unchanged(
+    kv: &KvClient,
+    key: &[u8],
+    want: &Option<Vec<u8>>,
+    ts: Timestamp,
+) -> Result<bool> {
+    Ok(kv.get(key, Some(ts)).await?.and_then(|v| v.value) == *want)
 }
 
-/// Re-reads every expected key, a bounded number at a time; 40001 at the first that changed.
-async fn validate(kv: &KvClient, expected: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<()> {
+/// Re-reads every expected key at `ts`, a bounded number at a time: the first key that
+/// changed, if any.
+async fn changed_key(
+    kv: &KvClient,
+    expected: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    ts: Timestamp,
+) -> Result<Option<Vec<u8>>> {
     let all: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = expected.iter().collect();
     for chunk in all.chunks(VALIDATION_CONCURRENCY) {
-        let checks = join_all(chunk.iter().map(|(k, want)| unchanged(kv, k, want))).await;
-        for c in checks {
+        let checks = join_all(chunk.iter().map(|(k, want)| unchanged(kv, k, want, ts))).await;
+        for (c, (k, _)) in checks.into_iter().zip(chunk) {
             if !c? {
-                return Err(read_conflict());
+                return Ok(Some((*k).clone()));
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
+
+/// How often a COMMIT refreshes its reads because readers pushed it, before giving up
+/// (40001).
+const PUSHED_REFRESHES_MAX: usize = 8;
 
 /// Applies a transaction's buffered writes at COMMIT (see the module doc).
 pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
@@ -341,20 +356,53 @@ pub(crate) async fn commit(server: &SqlServer, buf: TxnBuffer) -> Result<()> {
         }
         // After every intent is in place: a key read that changed since is a conflict (keys
         // the writes covered, unique index entries included, were checked by their
-        // conditions).
+        // conditions). The reads are validated at a timestamp at or above every intent's
+        // (the write responses moved this gateway's clock past them), so they cover the
+        // commit unless a reader pushes the transaction higher.
         expected.retain(|k, _| !txn.wrote(k));
-        validate(txn.client(), &expected).await?;
-        match read_ts {
-            Some(read_ts) => refresh_spans(txn.client(), &spans, read_ts, |k| txn.wrote(k)).await,
-            None => Ok(()),
+        let mut refreshed_to = kv.clock().now().max(txn.max_write_ts());
+        if changed_key(txn.client(), &expected, refreshed_to)
+            .await?
+            .is_some()
+        {
+            return Err(read_conflict());
         }
+        if let Some(read_ts) = read_ts {
+            refresh_spans(txn.client(), &spans, read_ts, refreshed_to, |k| {
+                txn.wrote(k)
+            })
+            .await?;
+        }
+        // Commit; a reader that pushed the transaction above `refreshed_to` (it met one of
+        // its intents) makes it refresh its reads up to the pushed timestamp first
+        // (CockroachDB's refresh at commit), or fail with 40001 if one became stale.
+        for _ in 0..PUSHED_REFRESHES_MAX {
+            match txn.try_commit(refreshed_to).await? {
+                ldr_kv::CommitAttempt::Committed(_) => return Ok(()),
+                ldr_kv::CommitAttempt::Pushed(pushed_ts) => {
+                    tracing::debug!(txn = %txn.id(), %pushed_ts, "refreshing the reads of a pushed transaction");
+                    if let Some(key) = changed_key(txn.client(), &expected, pushed_ts).await? {
+                        return Err(refresh_conflict(&key));
+                    }
+                    if let Some(read_ts) = read_ts {
+                        refresh_spans(txn.client(), &spans, read_ts, pushed_ts, |k| {
+                            txn.wrote(k)
+                        })
+                        .await?;
+                    }
+                    refreshed_to = pushed_ts;
+                }
+            }
+        }
+        Err(SqlError::new(
+            sqlstate::SERIALIZATION_FAILURE,
+            "restart transaction: TransactionRetryWithProtoRefreshError: the transaction kept being pushed by readers",
+        )
+        .with_hint("retry the transaction"))
     }
     .await;
     match result {
-        Ok(()) => {
-            txn.commit().await?;
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(e) => {
             txn.rollback().await;
             Err(e)
@@ -781,7 +829,9 @@ mod tests {
             .expect("rows in several ranges")
             .clone();
 
-        // Readers wait for a pending transaction's intents, then see all of it.
+        // Readers do not wait for a pending transaction's intents: they push its timestamp
+        // above their read and read past them (the previous committed values, none of the
+        // transaction); the transaction then commits above the read, all of it at once.
         let txn = kv.begin_txn(&a.key).await.expect("begin");
         let outcomes = txn
             .client()
@@ -796,19 +846,21 @@ mod tests {
                 .iter()
                 .all(|(_, o)| matches!(o, RowOutcome::Written { .. }))
         );
-        let reader = {
-            let server = server.clone();
-            tokio::spawn(async move { balances(&server).await })
-        };
-        tokio::pin!(reader);
+        let read_at = kv.clock().now();
+        let seen = tokio::time::timeout(Duration::from_secs(5), balances(&server))
+            .await
+            .expect("a reader does not wait for the pending transaction");
         assert!(
-            tokio::time::timeout(Duration::from_millis(300), &mut reader)
-                .await
-                .is_err(),
-            "a reader waits for the pending transaction"
+            seen.iter().all(|(_, b)| *b == 100),
+            "none of the pending transaction: {seen:?}"
         );
-        txn.commit().await.expect("commits");
-        let seen = reader.await.expect("reader");
+        let write_ts = txn.max_write_ts();
+        let commit_ts = txn.commit().await.expect("commits");
+        assert!(
+            commit_ts > read_at && commit_ts > write_ts,
+            "pushed above the read: commit {commit_ts}, read after {read_at}, written {write_ts}"
+        );
+        let seen = balances(&server).await;
         assert_eq!(seen.iter().map(|(_, b)| b).sum::<i64>(), 1200);
         let moved_rows: Vec<i64> = seen
             .iter()
@@ -841,7 +893,8 @@ mod tests {
             "nothing of the aborted transaction"
         );
 
-        // Wound-wait: an older transaction aborts a younger one holding a row it writes.
+        // No wound-wait: an older transaction waits for a younger one holding a row it
+        // writes; when the younger one commits, the older one's write finds the row changed.
         let old = kv.begin_txn(&a.key).await.expect("begin old");
         let young = kv.begin_txn(&a.key).await.expect("begin young");
         young
@@ -849,20 +902,27 @@ mod tests {
             .write(vec![moved(&desc, &a, 1, &a.raw)], true)
             .await
             .expect("young writes");
-        let o = old
-            .client()
-            .write(vec![moved(&desc, &a, 2, &a.raw)], true)
-            .await
-            .expect("old pushes the young one out of the way");
-        assert!(matches!(o[0].1, RowOutcome::Written { .. }), "{o:?}");
-        let err = young.commit().await.expect_err("the young one was aborted");
+        let old_write = {
+            let client = old.client().clone();
+            let w = moved(&desc, &a, 2, &a.raw);
+            tokio::spawn(async move { client.write(vec![w], true).await })
+        };
+        tokio::pin!(old_write);
         assert!(
-            matches!(err, ldr_kv::KvError::TxnAborted { ref reason, .. } if reason == "ABORT_REASON_PUSHER_ABORTED"),
-            "{err}"
+            tokio::time::timeout(Duration::from_millis(300), &mut old_write)
+                .await
+                .is_err(),
+            "the older transaction waits for the younger holder"
         );
-        old.commit().await.expect("the old one commits");
+        young.commit().await.expect("the young one commits");
+        let o = old_write.await.expect("task").expect("old writes");
+        assert!(
+            matches!(o[0].1, RowOutcome::ConditionFailed { .. }),
+            "{o:?}"
+        );
+        old.rollback().await;
         let after = balances(&server).await;
-        assert_eq!(after.iter().map(|(_, b)| b).sum::<i64>(), 1202);
+        assert_eq!(after.iter().map(|(_, b)| b).sum::<i64>(), 1201);
 
         // A coordinator that dies: its record expires, the next reader aborts it and its
         // intents disappear (readers wait for the expiry, then see none of it).
@@ -884,18 +944,23 @@ mod tests {
             before,
             "nothing of the dead transaction"
         );
-        assert!(
-            abandoned_at.elapsed() >= Duration::from_secs(4),
-            "the reader waited for the record to expire ({:?})",
-            abandoned_at.elapsed()
-        );
-        // The intents are gone: a non-transactional write goes straight through.
+        // A writer waits for the record to expire, aborts it, and goes through.
         let rows = read_keys(kv, &desc, vec![a.key.clone()]).await;
         let w = kv
             .write(vec![moved(&desc, &rows[0], 0, &rows[0].raw)], true)
             .await
             .expect("write");
         assert!(matches!(w[0].1, RowOutcome::Written { .. }));
+        assert!(
+            abandoned_at.elapsed() >= Duration::from_secs(4),
+            "the writer waited for the record to expire ({:?})",
+            abandoned_at.elapsed()
+        );
+        assert_eq!(
+            balances(&server).await,
+            before,
+            "the dead transaction's intents are gone"
+        );
 
         // SQL: a transfer across ranges commits through the same path.
         server
@@ -910,7 +975,7 @@ mod tests {
             .expect("transfer");
         assert_eq!(
             balances(&server).await.iter().map(|(_, b)| b).sum::<i64>(),
-            1202
+            1201
         );
     }
 

@@ -62,6 +62,7 @@ pub(crate) fn columns(table: VirtualTable) -> Vec<ColumnInfo> {
             col("crdb_sql_type", String),
             col("is_hidden", String),
         ],
+        VirtualTable::CrdbInternalNodeTransactions => super::activity::table_columns(),
         VirtualTable::PgTables => vec![
             col("schemaname", String),
             col("tablename", String),
@@ -80,6 +81,15 @@ pub(crate) async fn rows(
     table: VirtualTable,
     database: Option<&str>,
 ) -> Result<QueryResult> {
+    if table == VirtualTable::CrdbInternalNodeTransactions {
+        return Ok(QueryResult::rows(
+            super::activity::table_columns(),
+            super::activity::table_rows(
+                i64::from(sess.server.kv.node_id()),
+                &sess.visible_transactions(),
+            ),
+        ));
+    }
     let catalog = &sess.server.catalog;
     let db = catalog
         .require_database(database.unwrap_or(sess.database()))
@@ -150,7 +160,8 @@ pub(crate) async fn rows(
                 Datum::Bool(false),
                 Datum::Bool(false),
             ]),
-            VirtualTable::InformationSchemaSchemata => unreachable!("answered above"),
+            VirtualTable::InformationSchemaSchemata
+            | VirtualTable::CrdbInternalNodeTransactions => unreachable!("answered above"),
         }
     }
     Ok(QueryResult::rows(columns(table), rows))

@@ -74,6 +74,11 @@ pub(crate) struct TxnBuffer {
 }
 
 impl TxnBuffer {
+    /// The snapshot the transaction reads, once it has read.
+    pub fn snapshot_ts(&self) -> Option<Timestamp> {
+        self.read_ts
+    }
+
     /// The snapshot the transaction reads, fixed at the first call.
     pub fn read_ts(&mut self, now: Timestamp) -> Timestamp {
         *self.read_ts.get_or_insert(now)

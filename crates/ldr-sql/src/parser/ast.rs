@@ -90,6 +90,8 @@ pub enum Statement {
     ShowRanges(RangesFrom),
     ShowFingerprints(ObjectName),
     ShowJobs,
+    /// `SHOW [LOCAL] TRANSACTIONS`: this node's open explicit transactions.
+    ShowTransactions,
     ShowJob(Expr),
     ShowLogicalReplicationJobs {
         with_details: bool,
@@ -214,6 +216,7 @@ impl Statement {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VirtualTable {
     InformationSchemaSchemata,
+    CrdbInternalNodeTransactions,
     InformationSchemaTables,
     InformationSchemaColumns,
     PgTables,
@@ -227,6 +230,7 @@ impl VirtualTable {
             ("information_schema", "tables") => VirtualTable::InformationSchemaTables,
             ("information_schema", "columns") => VirtualTable::InformationSchemaColumns,
             ("pg_catalog", "pg_tables") => VirtualTable::PgTables,
+            ("crdb_internal", "node_transactions") => VirtualTable::CrdbInternalNodeTransactions,
             _ => return None,
         })
     }

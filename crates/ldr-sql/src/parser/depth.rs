@@ -667,6 +667,7 @@ fn statement_children<'a>(s: &'a Statement, out: &mut Vec<Node<'a>>) {
         | S::ShowRanges(_)
         | S::ShowFingerprints(_)
         | S::ShowJobs
+        | S::ShowTransactions
         | S::ShowLogicalReplicationJobs { .. }
         | S::ShowUsers
         | S::ShowGrants { .. }

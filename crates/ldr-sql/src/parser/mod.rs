@@ -867,6 +867,15 @@ impl<'a> P<'a> {
                 self.p.next_token();
                 Ok(Statement::ShowJobs)
             }
+            "TRANSACTIONS" => {
+                self.p.next_token();
+                Ok(Statement::ShowTransactions)
+            }
+            "LOCAL" if matches!(self.word_at(1).as_deref(), Some("TRANSACTIONS")) => {
+                self.p.next_token();
+                self.p.next_token();
+                Ok(Statement::ShowTransactions)
+            }
             "JOB" => {
                 self.p.next_token();
                 Ok(Statement::ShowJob(self.expr()?))
@@ -893,6 +902,11 @@ impl<'a> P<'a> {
                 }
                 if self.eat("SETTINGS") {
                     return Ok(Statement::ShowClusterSettings);
+                }
+                if self.eat("TRANSACTIONS") {
+                    return Err(SqlError::unsupported(
+                        "SHOW CLUSTER TRANSACTIONS (use SHOW LOCAL TRANSACTIONS on each node)",
+                    ));
                 }
                 self.expect("SETTING")?;
                 Ok(Statement::ShowClusterSetting(self.setting_name()?))

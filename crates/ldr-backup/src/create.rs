@@ -382,6 +382,27 @@ impl BackupStatements for BackupCreator {
                 }
             }
         }
+        // A foreign key to a table this restore does not bring needs the user's consent.
+        let skip_missing = stmt
+            .options
+            .iter()
+            .any(|(k, _)| k == "skip_missing_foreign_keys");
+        for t in &tables {
+            let Some(source) = last.table(t.backup_id) else {
+                continue;
+            };
+            for fk in &source.descriptor.foreign_keys {
+                if !skip_missing && !tables.iter().any(|o| o.backup_id == fk.ref_table_id) {
+                    return Err(SqlError::new(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        format!(
+                            "cannot restore table \"{}\" without referenced table {} (or \"skip_missing_foreign_keys\" option)",
+                            t.name, fk.ref_table_id
+                        ),
+                    ));
+                }
+            }
+        }
         // Target databases exist (unless the restore creates them); names are free.
         for t in &tables {
             if create_databases.contains(&t.database) {

@@ -34,8 +34,7 @@ pub struct BackupRequest {
 #[derive(Debug, Clone)]
 pub struct RestoreRequest {
     pub statement: RestoreStmt,
-    /// The session's database (where `RESTORE TABLE t` puts `t` when the backup names it
-    /// without a database is not a case: backups always hold qualified names).
+    /// The session's database: `RESTORE TABLE t` names the backed-up `t` of this database.
     pub database: String,
     pub user: String,
 }
@@ -249,6 +248,7 @@ pub(crate) async fn restore(
 }
 
 pub(crate) async fn show_backups(sess: &mut Session, collection: &str) -> Result<QueryResult> {
+    privilege::require_admin(sess, "SHOW BACKUPS").await?;
     let hook = hook(sess)?;
     let rows = hook.show_backups(collection).await?;
     Ok(QueryResult::rows(show_backups_columns(), rows))
@@ -259,6 +259,7 @@ pub(crate) async fn show_backup(
     subdir: &str,
     collection: &str,
 ) -> Result<QueryResult> {
+    privilege::require_admin(sess, "SHOW BACKUP").await?;
     let hook = hook(sess)?;
     let rows = hook.show_backup(subdir, collection).await?;
     Ok(QueryResult::rows(show_backup_columns(), rows))

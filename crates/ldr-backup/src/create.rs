@@ -225,6 +225,7 @@ impl BackupStatements for BackupCreator {
             (BackupType::Full, subdir, rel, Timestamp::ZERO, vec![])
         };
         let payload = BackupPayload {
+            node_id: self.kv.node_id(),
             collection_uri: stmt.collection.clone(),
             collection_path: collection.path.clone(),
             layer_dir,
@@ -430,6 +431,7 @@ impl BackupStatements for BackupCreator {
             }
         }
         let payload = RestorePayload {
+            node_id: self.kv.node_id(),
             collection_uri: stmt.collection.clone(),
             collection_path: collection.path.clone(),
             full_subdir: full,

@@ -52,6 +52,9 @@ pub fn pts_id(job_id: i64) -> String {
 /// The immutable details of a backup job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupPayload {
+    /// The node whose `<store>/extern` holds the collection (the gateway's).
+    #[serde(default)]
+    pub node_id: ldr_types::NodeId,
     pub collection_uri: String,
     /// The collection's path below the extern directory.
     pub collection_path: String,
@@ -90,6 +93,9 @@ pub struct RestoreTable {
 /// The immutable details of a restore job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestorePayload {
+    /// The node whose `<store>/extern` holds the collection (the gateway's).
+    #[serde(default)]
+    pub node_id: ldr_types::NodeId,
     pub collection_uri: String,
     pub collection_path: String,
     /// The full backup's subdirectory (`/2026/12/07-…`).
@@ -109,6 +115,17 @@ pub struct RestoreProgress {
     pub created_tables: Vec<TableId>,
     #[serde(default)]
     pub created_databases: Vec<String>,
+}
+
+/// A job adopted by another node than the one holding its files cannot reach them.
+fn check_node(kv: &KvClient, node_id: ldr_types::NodeId, uri: &str) -> Result<(), BackupError> {
+    let me = kv.node_id();
+    if node_id != 0 && node_id != me {
+        return Err(BackupError::Unsupported(format!(
+            "{uri} is on node {node_id}; this job was adopted by node {me}, which cannot reach it"
+        )));
+    }
+    Ok(())
 }
 
 /// Records the SQLSTATE of a failure in the job's progress (the waiting statement reports it)
@@ -230,6 +247,7 @@ impl Resumer for BackupResumer {
 
 impl BackupResumer {
     async fn run(&self, ctx: &JobContext, p: &BackupPayload) -> Result<Counts, BackupError> {
+        check_node(&self.kv, p.node_id, &p.collection_uri)?;
         let dir = CollectionDir::new(&self.extern_dir, &p.collection_path);
         let start: Timestamp = p.start_time.parse().unwrap_or(Timestamp::ZERO);
         let end: Timestamp = p
@@ -456,6 +474,7 @@ impl RestoreResumer {
         p: &RestorePayload,
         mut progress: RestoreProgress,
     ) -> Result<Counts, BackupError> {
+        check_node(&self.kv, p.node_id, &p.collection_uri)?;
         let dir = CollectionDir::new(&self.extern_dir, &p.collection_path);
         let layers = chain::load_chain(&dir, &p.full_subdir, &p.collection_uri).await?;
         let last = &layers.last().expect("a chain has its full layer").manifest;
@@ -477,9 +496,10 @@ impl RestoreResumer {
             self.save(ctx, &progress, counts, 0.0).await;
         }
         for t in &p.tables {
-            if !progress.new_ids.contains_key(&t.backup_id) {
-                let id = self.catalog.allocate_id().await?;
-                progress.new_ids.insert(t.backup_id, id);
+            if let std::collections::btree_map::Entry::Vacant(e) =
+                progress.new_ids.entry(t.backup_id)
+            {
+                e.insert(self.catalog.allocate_id().await?);
             }
         }
         self.save(ctx, &progress, counts, 0.0).await;

@@ -403,3 +403,70 @@ async fn backup_of_an_ldr_destination_restores_ldr_rows_unlocked() -> Result<()>
     phase(started, "done");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backups_reach_the_storage_of_the_node_the_uri_names() -> Result<()> {
+    let started = Instant::now();
+    let c = cluster("bkn", 2).await?;
+    // `nodelocal://1` names node id 1: the harness's first node.
+    let node1_id = scalar_of(&c, 1, "SHOW node_id").await?;
+    ensure!(node1_id == "1", "the first node has id 1, not {node1_id}");
+    phase(started, "1. on node 2, a backup into nodelocal://1");
+    let client = c.sql(2).await?;
+    client
+        .batch_execute(
+            "CREATE TABLE r (k INT8 PRIMARY KEY, v STRING); INSERT INTO r VALUES (1, 'x'), (2, 'y')",
+        )
+        .await?;
+    let rows = client
+        .query("BACKUP TABLE r INTO 'nodelocal://1/remote'", &[])
+        .await?;
+    ensure!(rows.len() == 1, "one result row");
+    let dir = c.node_info(1)?.store_dir.join("extern/remote");
+    ensure!(
+        dir.join("LATEST").is_file(),
+        "the files are on node 1: {}",
+        dir.display()
+    );
+    ensure!(
+        !c.node_info(2)?.store_dir.join("extern/remote").exists(),
+        "nothing on node 2"
+    );
+
+    phase(
+        started,
+        "2. from node 2: SHOW BACKUPS, SHOW BACKUP and RESTORE read node 1's files",
+    );
+    let paths: Vec<String> = client
+        .query("SHOW BACKUPS IN 'nodelocal://1/remote'", &[])
+        .await?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    ensure!(paths.len() == 1, "{paths:?}");
+    let shown = client
+        .query("SHOW BACKUP FROM LATEST IN 'nodelocal://1/remote'", &[])
+        .await?;
+    ensure!(shown.len() == 1, "one table row");
+    client.batch_execute("DROP TABLE r").await?;
+    client
+        .batch_execute("RESTORE TABLE r FROM LATEST IN 'nodelocal://1/remote'")
+        .await?;
+    let rows = read_kv(&c, "r").await?;
+    ensure!(rows == kv(&[(1, "x"), (2, "y")]), "{rows:?}");
+    expect_error(
+        &client,
+        "BACKUP TABLE r INTO 'nodelocal://9/x'",
+        "22023",
+        "node 9 is not a member of this cluster",
+    )
+    .await?;
+    phase(started, "done");
+    Ok(())
+}
+
+async fn scalar_of(c: &Cluster, node: usize, sql: &str) -> Result<String> {
+    let client = c.sql(node).await?;
+    let rows = ldr_sim::sql::query_text(&client, sql).await?;
+    ldr_e2e::scalar(&rows).context("no value")
+}

@@ -74,19 +74,16 @@ fn ts_datum(ts: Timestamp) -> Datum {
 }
 
 impl BackupCreator {
-    /// This node's directory of a collection URI (only this node's storage is reachable).
-    fn collection(&self, uri: &str) -> Result<(Collection, CollectionDir), BackupError> {
+    /// The directory of a collection URI, on the node it names (`self`: this node), and
+    /// that node's id.
+    async fn collection(
+        &self,
+        uri: &str,
+    ) -> Result<(Collection, CollectionDir, NodeId), BackupError> {
         let c = layout::parse_collection(uri)?;
-        let me: NodeId = self.kv.node_id();
-        if let Some(node) = c.node
-            && node != me
-        {
-            return Err(BackupError::Unsupported(format!(
-                "nodelocal://{node}: this statement runs on node {me}, which can only reach its own external storage; connect to node {node} or use nodelocal://{me} or nodelocal://self"
-            )));
-        }
-        let dir = CollectionDir::new(&self.extern_dir, &c.path);
-        Ok((c, dir))
+        let node: NodeId = c.node.unwrap_or(self.kv.node_id());
+        let dir = CollectionDir::on_node(&self.kv, &self.extern_dir, Some(node), &c.path).await?;
+        Ok((c, dir, node))
     }
 
     /// Waits for a job to finish: its result row, or its error with its SQLSTATE.
@@ -181,7 +178,8 @@ impl BackupStatements for BackupCreator {
             ],
         )
         .map_err(sql)?;
-        let (collection, dir) = self.collection(&stmt.collection).map_err(sql)?;
+        let (collection, dir, storage_node) =
+            self.collection(&stmt.collection).await.map_err(sql)?;
         let end = request.end_time;
         let table_ids: Vec<_> = request.tables.iter().map(|t| t.descriptor.id).collect();
         let (backup_type, full_subdir, layer_dir, start, previous) = if stmt.incremental {
@@ -213,10 +211,16 @@ impl BackupStatements for BackupCreator {
             let mut subdir = layout::full_subdir(end);
             let base = subdir.clone();
             let mut n = 0;
+            // A name taken by a complete backup (another in the same hundredth of a second).
             while dir
-                .exists(subdir.trim_start_matches('/'))
+                .read(&format!(
+                    "{}/{}",
+                    subdir.trim_start_matches('/'),
+                    layout::MANIFEST_FILE
+                ))
                 .await
                 .map_err(sql)?
+                .is_some()
             {
                 n += 1;
                 subdir = format!("{base}.{n}");
@@ -225,7 +229,7 @@ impl BackupStatements for BackupCreator {
             (BackupType::Full, subdir, rel, Timestamp::ZERO, vec![])
         };
         let payload = BackupPayload {
-            node_id: self.kv.node_id(),
+            node_id: storage_node,
             collection_uri: stmt.collection.clone(),
             collection_path: collection.path.clone(),
             layer_dir,
@@ -289,7 +293,8 @@ impl BackupStatements for BackupCreator {
             ],
         )
         .map_err(sql)?;
-        let (collection, dir) = self.collection(&stmt.collection).map_err(sql)?;
+        let (collection, dir, storage_node) =
+            self.collection(&stmt.collection).await.map_err(sql)?;
         let (full, layers) = self
             .chain(&dir, &stmt.subdir, &stmt.collection)
             .await
@@ -431,7 +436,7 @@ impl BackupStatements for BackupCreator {
             }
         }
         let payload = RestorePayload {
-            node_id: self.kv.node_id(),
+            node_id: storage_node,
             collection_uri: stmt.collection.clone(),
             collection_path: collection.path.clone(),
             full_subdir: full,
@@ -459,7 +464,7 @@ impl BackupStatements for BackupCreator {
     }
 
     async fn show_backups(&self, collection: &str) -> ldr_sql::Result<Vec<Vec<Datum>>> {
-        let (_, dir) = self.collection(collection).map_err(sql)?;
+        let (_, dir, _) = self.collection(collection).await.map_err(sql)?;
         let found = dir
             .dirs_with("", layout::MANIFEST_FILE, 3)
             .await
@@ -476,7 +481,7 @@ impl BackupStatements for BackupCreator {
         subdir: &str,
         collection: &str,
     ) -> ldr_sql::Result<Vec<Vec<Datum>>> {
-        let (_, dir) = self.collection(collection).map_err(sql)?;
+        let (_, dir, _) = self.collection(collection).await.map_err(sql)?;
         let (_, layers) = self.chain(&dir, subdir, collection).await.map_err(sql)?;
         let mut rows = Vec::new();
         for layer in &layers {

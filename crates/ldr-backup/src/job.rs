@@ -52,7 +52,7 @@ pub fn pts_id(job_id: i64) -> String {
 /// The immutable details of a backup job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupPayload {
-    /// The node whose `<store>/extern` holds the collection (the gateway's).
+    /// The node whose `<store>/extern` holds the collection (any node reaches it).
     #[serde(default)]
     pub node_id: ldr_types::NodeId,
     pub collection_uri: String,
@@ -93,7 +93,7 @@ pub struct RestoreTable {
 /// The immutable details of a restore job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestorePayload {
-    /// The node whose `<store>/extern` holds the collection (the gateway's).
+    /// The node whose `<store>/extern` holds the collection (any node reaches it).
     #[serde(default)]
     pub node_id: ldr_types::NodeId,
     pub collection_uri: String,
@@ -115,17 +115,6 @@ pub struct RestoreProgress {
     pub created_tables: Vec<TableId>,
     #[serde(default)]
     pub created_databases: Vec<String>,
-}
-
-/// A job adopted by another node than the one holding its files cannot reach them.
-fn check_node(kv: &KvClient, node_id: ldr_types::NodeId, uri: &str) -> Result<(), BackupError> {
-    let me = kv.node_id();
-    if node_id != 0 && node_id != me {
-        return Err(BackupError::Unsupported(format!(
-            "{uri} is on node {node_id}; this job was adopted by node {me}, which cannot reach it"
-        )));
-    }
-    Ok(())
 }
 
 /// Records the SQLSTATE of a failure in the job's progress (the waiting statement reports it)
@@ -247,8 +236,9 @@ impl Resumer for BackupResumer {
 
 impl BackupResumer {
     async fn run(&self, ctx: &JobContext, p: &BackupPayload) -> Result<Counts, BackupError> {
-        check_node(&self.kv, p.node_id, &p.collection_uri)?;
-        let dir = CollectionDir::new(&self.extern_dir, &p.collection_path);
+        let node = (p.node_id != 0).then_some(p.node_id);
+        let dir =
+            CollectionDir::on_node(&self.kv, &self.extern_dir, node, &p.collection_path).await?;
         let start: Timestamp = p.start_time.parse().unwrap_or(Timestamp::ZERO);
         let end: Timestamp = p
             .end_time
@@ -474,8 +464,9 @@ impl RestoreResumer {
         p: &RestorePayload,
         mut progress: RestoreProgress,
     ) -> Result<Counts, BackupError> {
-        check_node(&self.kv, p.node_id, &p.collection_uri)?;
-        let dir = CollectionDir::new(&self.extern_dir, &p.collection_path);
+        let node = (p.node_id != 0).then_some(p.node_id);
+        let dir =
+            CollectionDir::on_node(&self.kv, &self.extern_dir, node, &p.collection_path).await?;
         let layers = chain::load_chain(&dir, &p.full_subdir, &p.collection_uri).await?;
         let last = &layers.last().expect("a chain has its full layer").manifest;
         let mut counts = Counts::default();

@@ -266,6 +266,30 @@ async fn backup_restore_incremental_as_of_and_bad_input() -> Result<()> {
 
     phase(
         started,
+        "7b. nodelocal needs admin or EXTERNALIOIMPLICITACCESS (CockroachDB's rule)",
+    );
+    client
+        .batch_execute("CREATE USER u WITH PASSWORD 'pw'; GRANT SELECT ON TABLE t TO u")
+        .await?;
+    let (user, connection) =
+        tokio_postgres::connect(&c.external_url_as(1, "u", "pw")?, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    expect_error(
+        &user,
+        "BACKUP TABLE t INTO 'nodelocal://1/by-u'",
+        "42501",
+        "only users with the admin role or the EXTERNALIOIMPLICITACCESS system privilege",
+    )
+    .await?;
+    client
+        .batch_execute("GRANT SYSTEM EXTERNALIOIMPLICITACCESS TO u")
+        .await?;
+    user.batch_execute("BACKUP TABLE t INTO 'nodelocal://1/by-u'")
+        .await
+        .context("with the privilege, u backs up a table it may read")?;
+
+    phase(
+        started,
         "8. a corrupted data file is detected by SHOW BACKUP and RESTORE",
     );
     let data = dir.join(path.trim_start_matches('/')).join("data/0.ldrbak");
@@ -306,10 +330,11 @@ async fn backup_restore_incremental_as_of_and_bad_input() -> Result<()> {
     ensure!(
         column_values(&jobs, "job_type")?
             == [
-                "BACKUP", "BACKUP", "RESTORE", "BACKUP", "RESTORE", "RESTORE"
+                "BACKUP", "BACKUP", "RESTORE", "BACKUP", "RESTORE", "BACKUP", "RESTORE"
             ]
             && column_values(&jobs, "status")?
                 == [
+                    "succeeded",
                     "succeeded",
                     "succeeded",
                     "succeeded",

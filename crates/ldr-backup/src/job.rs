@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use crate::chain::{self, Layer};
 use crate::error::BackupError;
+use crate::layer::{Previous, Scanned, cut_files, entry_bytes, layer_entries};
 use crate::layout;
 use crate::manifest::{
     BackupType, Entry, FORMAT_VERSION, Manifest, ManifestFile, ManifestTable, decode_data,
@@ -262,57 +263,43 @@ impl BackupResumer {
             // A restored table holds no schema lock and no reference to an LDR job.
             desc.ldr_job_ids.clear();
             let whole = p.backup_type == BackupType::Full || !p.previous_table_ids.contains(id);
-            let mut entries: Vec<Entry> = Vec::new();
-            let mut live_keys: Vec<Vec<u8>> = Vec::new();
+            let mut at_end: Vec<Scanned> = Vec::new();
             for span in primary_spans(&desc) {
                 scan_pages(&self.kv, &span, end, &mut |page| {
-                    for kv in page {
-                        if !whole {
-                            live_keys.push(kv.key.clone());
-                            if kv.version.ts <= start {
-                                continue;
-                            }
-                        }
-                        entries.push(Entry {
+                    at_end.extend(page.into_iter().filter_map(|kv| {
+                        kv.version.value.map(|value| Scanned {
                             key: kv.key,
-                            value: kv.version.value,
-                        });
-                    }
+                            ts: kv.version.ts,
+                            value,
+                        })
+                    }));
                 })
                 .await?;
             }
-            let mut deleted = 0u64;
-            if !whole {
-                // Rows live at the previous layer's end and gone now: tombstones.
-                live_keys.sort();
-                let mut gone = Vec::new();
+            let previous = if whole {
+                None
+            } else {
+                // The rows live at the previous layer's end: those gone now are tombstones.
+                let mut live_keys = Vec::new();
                 for span in primary_spans(&desc) {
                     scan_pages(&self.kv, &span, start, &mut |page| {
-                        for kv in page {
-                            if live_keys.binary_search(&kv.key).is_err() {
-                                gone.push(Entry {
-                                    key: kv.key,
-                                    value: None,
-                                });
-                            }
-                        }
+                        live_keys.extend(page.into_iter().map(|kv| kv.key));
                     })
                     .await?;
                 }
-                deleted = gone.len() as u64;
-                entries.extend(gone);
-                entries.sort_by(|a, b| a.key.cmp(&b.key));
-            }
-            let live = entries.iter().filter(|e| e.value.is_some()).count() as u64;
-            let bytes: u64 = entries
-                .iter()
-                .map(|e| (e.key.len() + e.value.as_ref().map_or(0, Vec::len)) as u64)
-                .sum();
-            // Cut into files of bounded size.
-            let mut chunk: Vec<Entry> = Vec::new();
-            let mut chunk_bytes = 0usize;
-            let mut flush = |chunk: &mut Vec<Entry>| {
-                let (data, sha256) = encode_data(chunk);
+                live_keys.sort();
+                live_keys.dedup();
+                Some(Previous {
+                    end: start,
+                    live_keys,
+                })
+            };
+            let (entries, deleted) = layer_entries(at_end, previous.as_ref());
+            let live = entries.len() as u64 - deleted;
+            let bytes: u64 = entries.iter().map(|e| entry_bytes(e) as u64).sum();
+            let mut writes = Vec::new();
+            for chunk in cut_files(entries, DATA_FILE_BYTES_MAX) {
+                let (data, sha256) = encode_data(&chunk);
                 let path = layout::data_file(files.len());
                 files.push(ManifestFile {
                     path: path.clone(),
@@ -321,20 +308,7 @@ impl BackupResumer {
                     size_bytes: data.len() as u64,
                     entries: chunk.len() as u64,
                 });
-                chunk.clear();
-                (path, data)
-            };
-            let mut writes = Vec::new();
-            for e in entries {
-                chunk_bytes += e.key.len() + e.value.as_ref().map_or(0, Vec::len);
-                chunk.push(e);
-                if chunk_bytes >= DATA_FILE_BYTES_MAX {
-                    writes.push(flush(&mut chunk));
-                    chunk_bytes = 0;
-                }
-            }
-            if !chunk.is_empty() {
-                writes.push(flush(&mut chunk));
+                writes.push((path, data));
             }
             for (path, data) in writes {
                 dir.write(&format!("{layer}/{path}"), &data).await?;

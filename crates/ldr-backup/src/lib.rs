@@ -4,6 +4,7 @@
 //!
 //! - [`layout`]: the collection's directories and file names, as CockroachDB lays them out
 //!   (dated full backup subdirectories, `LATEST`, `incrementals/…`) (pure).
+//! - [`layer`]: what a full or incremental layer holds, and its cut into files (pure).
 //! - [`manifest`]: a layer's manifest (tables, descriptors, files with SHA-256) and the data
 //!   file format; checksums verified on decode (pure).
 //! - [`storage`]: the collection's files below this node's `<store>/extern`.
@@ -31,6 +32,7 @@ pub mod chain;
 pub mod create;
 pub mod error;
 pub mod job;
+pub mod layer;
 pub mod layout;
 pub mod manifest;
 pub mod storage;

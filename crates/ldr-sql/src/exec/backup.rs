@@ -104,6 +104,19 @@ pub(crate) fn describe(stmt: &crate::parser::Statement) -> Option<Vec<ColumnInfo
     })
 }
 
+/// CockroachDB: a `nodelocal://` URI needs the admin role or EXTERNALIOIMPLICITACCESS.
+async fn require_nodelocal_access(sess: &Session) -> Result<()> {
+    let catalog = &sess.server.catalog;
+    if privilege::is_admin(catalog, &sess.user).await?
+        || privilege::has_system_privilege(catalog, &sess.user, "EXTERNALIOIMPLICITACCESS").await?
+    {
+        return Ok(());
+    }
+    Err(SqlError::insufficient_privilege(
+        "only users with the admin role or the EXTERNALIOIMPLICITACCESS system privilege are allowed to access the specified nodelocal URI",
+    ))
+}
+
 fn hook(sess: &Session) -> Result<std::sync::Arc<dyn BackupStatements>> {
     sess.server
         .backups()
@@ -158,6 +171,7 @@ pub(crate) async fn backup(
     in_batch: bool,
 ) -> Result<QueryResult> {
     refuse_in_txn(sess, in_batch, "BACKUP")?;
+    require_nodelocal_access(sess).await?;
     let catalog = &sess.server.catalog;
     let mut tables: Vec<ResolvedTable> = Vec::new();
     let mut databases = Vec::new();
@@ -248,7 +262,7 @@ pub(crate) async fn restore(
 }
 
 pub(crate) async fn show_backups(sess: &mut Session, collection: &str) -> Result<QueryResult> {
-    privilege::require_admin(sess, "SHOW BACKUPS").await?;
+    require_nodelocal_access(sess).await?;
     let hook = hook(sess)?;
     let rows = hook.show_backups(collection).await?;
     Ok(QueryResult::rows(show_backups_columns(), rows))
@@ -259,7 +273,7 @@ pub(crate) async fn show_backup(
     subdir: &str,
     collection: &str,
 ) -> Result<QueryResult> {
-    privilege::require_admin(sess, "SHOW BACKUP").await?;
+    require_nodelocal_access(sess).await?;
     let hook = hook(sess)?;
     let rows = hook.show_backup(subdir, collection).await?;
     Ok(QueryResult::rows(show_backup_columns(), rows))

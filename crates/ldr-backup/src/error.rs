@@ -30,6 +30,9 @@ pub enum BackupError {
     Sql(SqlError),
     #[error("{0}")]
     InvalidOption(String),
+    /// The job was asked to stop here (pause, cancel, shutdown): not a failure.
+    #[error("job stopped")]
+    Stopped,
 }
 
 impl BackupError {
@@ -44,6 +47,7 @@ impl BackupError {
             BackupError::NotFound(_) => UNDEFINED_FILE,
             BackupError::Corrupt(_) => DATA_CORRUPTED,
             BackupError::Io(_) => IO_ERROR,
+            BackupError::Stopped => sqlstate::QUERY_CANCELED,
             BackupError::Sql(e) => e.code(),
         }
     }

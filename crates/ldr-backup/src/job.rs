@@ -118,6 +118,36 @@ pub struct RestoreProgress {
     pub created_databases: Vec<String>,
 }
 
+/// Attempts of a job run after retryable errors (a range without a leaseholder for a moment).
+const RUN_ATTEMPTS_MAX: u32 = 5;
+const RETRY_BACKOFF_INITIAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Runs `run` again after retryable errors, with backoff, at most [`RUN_ATTEMPTS_MAX`] times;
+/// a stop request ends the wait.
+async fn with_retries<T, F, Fut>(ctx: &JobContext, mut run: F) -> Result<T, BackupError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BackupError>>,
+{
+    let mut backoff = RETRY_BACKOFF_INITIAL;
+    let mut attempt = 1;
+    loop {
+        match run().await {
+            Err(e) if e.is_retryable() && attempt < RUN_ATTEMPTS_MAX => {
+                warn!(job_id = ctx.job_id, error = %e, attempt, "backup job run failed; retrying");
+                let mut stop = ctx.stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return Err(BackupError::Stopped),
+                }
+                backoff *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Records the SQLSTATE of a failure in the job's progress (the waiting statement reports it)
 /// and fails the job.
 async fn fail(ctx: &JobContext, e: BackupError) -> ResumeOutcome {
@@ -210,7 +240,12 @@ impl Resumer for BackupResumer {
             Ok(p) => p,
             Err(e) => return ResumeOutcome::Failed(format!("corrupt backup payload: {e}")),
         };
-        let outcome = self.run(&ctx, &payload).await;
+        let outcome = with_retries(&ctx, || self.run(&ctx, &payload)).await;
+        if matches!(outcome, Err(BackupError::Stopped)) {
+            // Paused, canceled (on_fail_or_cancel releases the protection) or handed to
+            // another node, which runs it again at the same end time: keep the protection.
+            return ResumeOutcome::Succeeded;
+        }
         if let Err(e) = self.kv.release_protection(&pts_id(ctx.job_id)).await {
             warn!(job_id = ctx.job_id, error = %e, "could not release the backup's protected timestamp");
         }
@@ -252,7 +287,7 @@ impl BackupResumer {
         let total = p.table_ids.len().max(1) as f64;
         for (i, id) in p.table_ids.iter().enumerate() {
             if *ctx.stop.borrow() {
-                return Err(BackupError::Io("backup stopped".into()));
+                return Err(BackupError::Stopped);
             }
             let Some(desc) = self.catalog.table_by_id(*id).await? else {
                 return Err(BackupError::Sql(ldr_sql::SqlError::undefined_table(
@@ -376,16 +411,12 @@ impl Resumer for RestoreResumer {
             Ok(p) => p,
             Err(e) => return ResumeOutcome::Failed(format!("corrupt restore payload: {e}")),
         };
-        let progress: RestoreProgress = record
-            .progress
-            .get("created")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default();
-        match self.run(&ctx, &payload, progress).await {
+        match with_retries(&ctx, || self.run(&ctx, &payload)).await {
             Ok(counts) => {
                 info!(job_id = ctx.job_id, rows = counts.rows, "restore done");
                 ResumeOutcome::Succeeded
             }
+            Err(BackupError::Stopped) => ResumeOutcome::Succeeded,
             Err(e) => fail(&ctx, e).await,
         }
     }
@@ -432,12 +463,18 @@ impl RestoreResumer {
         .await;
     }
 
-    async fn run(
-        &self,
-        ctx: &JobContext,
-        p: &RestorePayload,
-        mut progress: RestoreProgress,
-    ) -> Result<Counts, BackupError> {
+    async fn run(&self, ctx: &JobContext, p: &RestorePayload) -> Result<Counts, BackupError> {
+        // What an earlier run (on this node or another) already created.
+        let record = ctx
+            .registry
+            .get(ctx.job_id)
+            .await
+            .map_err(|e| BackupError::Sql(ldr_sql::SqlError::internal(e.to_string())))?;
+        let mut progress: RestoreProgress = record
+            .progress
+            .get("created")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
         let node = (p.node_id != 0).then_some(p.node_id);
         let dir =
             CollectionDir::on_node(&self.kv, &self.extern_dir, node, &p.collection_path).await?;
@@ -528,6 +565,9 @@ impl RestoreResumer {
             .sum();
         let mut files_done = 0usize;
         for t in &p.tables {
+            if *ctx.stop.borrow() {
+                return Err(BackupError::Stopped);
+            }
             let target = targets[&t.backup_id].clone();
             let mut overlay: BTreeMap<Vec<u8>, Versioned<'_>> = BTreeMap::new();
             for layer in layers.iter().skip(1) {

@@ -662,6 +662,9 @@ impl Session {
             self.dispatch(stmt, params, in_batch).await
         };
         self.limits = None;
+        // A statement stopped mid-way (timeout, cancel) must not leave its AS OF SYSTEM TIME
+        // behind for the next one.
+        self.as_of = None;
         if r.is_err() {
             self.abort_txn();
         }

@@ -241,6 +241,18 @@ async fn bench_ldr_with_postgres() {
     positive(&json, "/catchup/postgres_rows_per_s");
     positive(&json, "/catchup/ratio_vs_postgres");
     positive(&json, "/steady/postgres_lag_ms/p99");
+    // A backup of the destination's kv and its restore, beside the RocksDB scan rate.
+    positive(&json, "/rocksdb/scan_per_s");
+    positive(&json, "/backup/backup_rows_per_s");
+    positive(&json, "/backup/restore_rows_per_s");
+    positive(&json, "/backup/backup_fraction_of_rocksdb_scan");
+    assert!(
+        json.pointer("/backup/rows")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+            > 0,
+        "the backup wrote the rows LDR applied"
+    );
     // The default: no sync on either side, single-copy ranges on one node.
     check_durability(&json, false, true, Some(1));
     let table = bench::render_table(report);

@@ -1,7 +1,8 @@
 //! The `Changefeed` gRPC service every node serves to the coordinators of its cluster:
 //! `StreamSpans` runs the replication partition loop ([`ldr_stream::run_partition`]) over
 //! spans this node serves, with every origin (rows LDR wrote are changes too), and
-//! `WriteNodelocal` writes a sink file below this node's `<store>/extern`.
+//! `WriteNodelocal` / `ReadNodelocal` / `ListNodelocal` give other nodes this node's
+//! `<store>/extern` (changefeed sink files, backup collections).
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -124,12 +125,7 @@ impl pb::changefeed_server::Changefeed for ChangefeedService {
     ) -> Result<Response<pb::NodelocalWriteResponse>, Status> {
         let node = self.node()?.clone();
         let request = request.into_inner();
-        if request.path.split('/').any(|p| p == "..") || request.path.starts_with('/') {
-            return Err(Status::invalid_argument(format!(
-                "local file access to paths outside of external-io-dir is not allowed: {}",
-                request.path
-            )));
-        }
+        check_nodelocal_path(&request.path)?;
         let dir = node.extern_dir.clone();
         let path = request.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -139,6 +135,58 @@ impl pb::changefeed_server::Changefeed for ChangefeedService {
         .map_err(|e| Status::internal(format!("write task failed: {e}")))?
         .map_err(|e| Status::unavailable(format!("cannot write {}: {e}", request.path)))?;
         Ok(Response::new(pb::NodelocalWriteResponse {}))
+    }
+
+    async fn read_nodelocal(
+        &self,
+        request: Request<pb::NodelocalReadRequest>,
+    ) -> Result<Response<pb::NodelocalReadResponse>, Status> {
+        let node = self.node()?.clone();
+        let request = request.into_inner();
+        check_nodelocal_path(&request.path)?;
+        let contents = ldr_backup::storage::read_local(&node.extern_dir, &request.path)
+            .await
+            .map_err(nodelocal_status)?;
+        Ok(Response::new(pb::NodelocalReadResponse {
+            found: contents.is_some(),
+            contents: contents.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_nodelocal(
+        &self,
+        request: Request<pb::NodelocalListRequest>,
+    ) -> Result<Response<pb::NodelocalListResponse>, Status> {
+        let node = self.node()?.clone();
+        let request = request.into_inner();
+        check_nodelocal_path(&request.path)?;
+        let dirs = ldr_backup::storage::list_local(
+            node.extern_dir.join(&request.path),
+            request.marker,
+            request.depth as usize,
+        )
+        .await
+        .map_err(nodelocal_status)?;
+        Ok(Response::new(pb::NodelocalListResponse { dirs }))
+    }
+}
+
+/// Refuses a path that leaves the external I/O directory (CockroachDB's text).
+fn check_nodelocal_path(path: &str) -> Result<(), Status> {
+    if path.split('/').any(|p| p == "..") || path.starts_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "local file access to paths outside of external-io-dir is not allowed: {path}"
+        )));
+    }
+    Ok(())
+}
+
+fn nodelocal_status(e: ldr_backup::BackupError) -> Status {
+    match e {
+        ldr_backup::BackupError::OutsideExternDir(_) | ldr_backup::BackupError::InvalidUri(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        other => Status::unavailable(other.to_string()),
     }
 }
 

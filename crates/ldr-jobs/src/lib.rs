@@ -52,6 +52,10 @@ pub enum JobType {
     RowLevelTtl,
     /// "CHANGEFEED"
     Changefeed,
+    /// "BACKUP"
+    Backup,
+    /// "RESTORE"
+    Restore,
 }
 
 impl JobType {
@@ -61,6 +65,8 @@ impl JobType {
             JobType::ReplicationStreamProducer => "REPLICATION STREAM PRODUCER",
             JobType::RowLevelTtl => "ROW LEVEL TTL",
             JobType::Changefeed => "CHANGEFEED",
+            JobType::Backup => "BACKUP",
+            JobType::Restore => "RESTORE",
         }
     }
 }

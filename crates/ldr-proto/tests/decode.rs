@@ -138,6 +138,10 @@ every_message!(
     ChangefeedSpansRequest,
     NodelocalWriteRequest,
     NodelocalWriteResponse,
+    NodelocalReadRequest,
+    NodelocalReadResponse,
+    NodelocalListRequest,
+    NodelocalListResponse,
 );
 
 fn config(default: u32) -> Config {

@@ -4,6 +4,7 @@
 // The SQL connection future nests the KV client's intent handling deeply.
 #![recursion_limit = "256"]
 
+mod backup;
 mod catalog_adapters;
 mod changefeed;
 pub mod console;

@@ -294,6 +294,7 @@ pub async fn run(
         rangefeeds: kv_node.rangefeeds().clone(),
     });
     stream_service.set(producer.clone());
+    crate::backup::register(&kv, &registry, &sql, config.store_dir.join("extern"));
     crate::changefeed::register(
         &changefeed_service,
         &kv,

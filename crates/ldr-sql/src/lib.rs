@@ -42,6 +42,7 @@
 // The pgwire handlers' futures nest deeply (session, executor, KV client, retries).
 #![recursion_limit = "256"]
 
+pub mod asof;
 pub mod budget;
 pub mod catalog;
 pub mod connection_guard;

@@ -296,3 +296,30 @@ async fn a_client_that_disconnects_stops_its_running_statement() {
         "the statement's memory released"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_as_of_system_time_statement_stopped_by_its_timeout_leaves_no_timestamp_behind() {
+    let node = TestNode::start().await;
+    let mut s = node.session().await;
+    table_of(&mut s, "t", 100).await;
+    let before = rows(&mut s, "SELECT cluster_logical_timestamp()").await[0][0].clone();
+    exec(&mut s, "INSERT INTO t VALUES (1000, 'new')").await;
+    // Read in the past: the row inserted since is not there.
+    let past = format!("SELECT v FROM t AS OF SYSTEM TIME '{before}' WHERE k = 1000");
+    assert!(rows(&mut s, &past).await.is_empty());
+    exec(&mut s, "SET statement_timeout = '100ms'").await;
+    let e = exec_err(
+        &mut s,
+        &format!(
+            "SELECT count(*) FROM t a, t b, t c AS OF SYSTEM TIME '{before}' WHERE a.k + b.k + c.k < 0"
+        ),
+    )
+    .await;
+    assert_eq!(e.code(), "57014", "{e}");
+    exec(&mut s, "SET statement_timeout = 0").await;
+    // The next statement reads now again.
+    assert_eq!(
+        rows(&mut s, "SELECT v FROM t WHERE k = 1000").await,
+        vec![vec!["new".to_string()]]
+    );
+}

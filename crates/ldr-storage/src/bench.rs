@@ -63,6 +63,9 @@ pub struct RawLimits {
     pub put_per_s: f64,
     pub read_check_write_secs: f64,
     pub read_check_write_per_s: f64,
+    /// A forward scan of every key after the put phase (what a backup reads).
+    pub scan_secs: f64,
+    pub scan_per_s: f64,
     /// Fraction of read-check-write `get`s that found a value.
     pub read_hit_fraction: f64,
 }
@@ -157,6 +160,19 @@ pub fn measure_raw_limits(
     }
     let put_secs = begin.elapsed().as_secs_f64();
 
+    // Phase 1b: a forward scan of every key (the rate a backup's read cannot beat).
+    let begin = Instant::now();
+    let mut scanned = 0usize;
+    let mut it = db.raw_iterator();
+    it.seek_to_first();
+    while it.valid() {
+        scanned += 1;
+        it.next();
+    }
+    it.status().map_err(|e| rocks("raw scan", e))?;
+    let scan_secs = begin.elapsed().as_secs_f64();
+    drop(it);
+
     // Phase 2: get, compare the stored "timestamp" (first 8 bytes), put a newer one.
     let space = (config.keys as u64 * 4 / 3).max(1);
     let mut state = splitmix64(config.seed ^ 0xabcd);
@@ -205,6 +221,8 @@ pub fn measure_raw_limits(
         put_per_s: per_s(config.keys, put_secs),
         read_check_write_secs,
         read_check_write_per_s: per_s(config.keys, read_check_write_secs),
+        scan_secs,
+        scan_per_s: per_s(scanned, scan_secs),
         read_hit_fraction: hits as f64 / config.keys as f64,
     })
 }
@@ -247,6 +265,10 @@ mod tests {
         )
         .expect("measure");
         assert!(limits.put_per_s > 0.0 && limits.read_check_write_per_s > 0.0);
+        assert!(
+            limits.scan_per_s > 0.0 && limits.scan_secs > 0.0,
+            "{limits:?}"
+        );
         // About three quarters of the reads find a key (the space is 4/3 of the keys).
         assert!((0.6..0.9).contains(&limits.read_hit_fraction), "{limits:?}");
         assert_eq!(calls.first(), Some(&(RawPhase::Put, 500, 5000)));

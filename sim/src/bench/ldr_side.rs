@@ -490,6 +490,61 @@ async fn phases(
             report.conflicts.converged = false;
         }
     }
+    if !options.cancel.is_cancelled() {
+        report.backup.ran = true;
+        if let Err(e) = backup_restore(reporter, report, side).await {
+            report.backup.error = Some(e.to_string());
+            report.failures.push(format!("backup: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// BACKUP of the destination's `kv` table (rows LDR wrote), then RESTORE of it into another
+/// database, through SQL on the destination's node 1: rows per second of each.
+async fn backup_restore(
+    reporter: &Reporter,
+    report: &mut BenchReport,
+    side: &LdrSide,
+) -> Result<()> {
+    reporter.step("backup: BACKUP and RESTORE of the destination's kv table");
+    let client = side.dst.sql(1).await?;
+    let collection = "nodelocal://1/bench-backup";
+    let statement = format!("BACKUP TABLE {KV_TABLE} INTO '{collection}'");
+    let begin = Instant::now();
+    let rows = client
+        .query(statement.as_str(), &[])
+        .await
+        .map_err(|e| SimError::sql(statement.clone(), e))?;
+    let backup_secs = begin.elapsed().as_secs_f64();
+    let row = rows
+        .first()
+        .ok_or_else(|| SimError::Process("BACKUP returned no row".into()))?;
+    let backed_up: i64 = row.get("rows");
+    let bytes: i64 = row.get("bytes");
+    let b = &mut report.backup;
+    b.rows = u64::try_from(backed_up).unwrap_or(0);
+    b.bytes = u64::try_from(bytes).unwrap_or(0);
+    b.backup_secs = Some(backup_secs);
+    b.backup_rows_per_s = Some(backed_up as f64 / backup_secs.max(1e-9));
+    client
+        .batch_execute("CREATE DATABASE IF NOT EXISTS bench_restore")
+        .await
+        .map_err(|e| SimError::sql("CREATE DATABASE bench_restore", e))?;
+    let statement = format!(
+        "RESTORE TABLE {KV_TABLE} FROM LATEST IN '{collection}' WITH into_db = 'bench_restore'"
+    );
+    let begin = Instant::now();
+    client
+        .batch_execute(statement.as_str())
+        .await
+        .map_err(|e| SimError::sql(statement.clone(), e))?;
+    let restore_secs = begin.elapsed().as_secs_f64();
+    b.restore_secs = Some(restore_secs);
+    b.restore_rows_per_s = Some(backed_up as f64 / restore_secs.max(1e-9));
+    reporter.note(&format!(
+        "backup {backed_up} rows in {backup_secs:.2}s, restore in {restore_secs:.2}s"
+    ));
     Ok(())
 }
 

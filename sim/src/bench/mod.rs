@@ -854,6 +854,7 @@ async fn run_rocksdb(
         read_hit_fraction: Some(limits.read_hit_fraction),
         put_secs: Some(limits.put_secs),
         read_check_write_secs: Some(limits.read_check_write_secs),
+        scan_per_s: Some(limits.scan_per_s),
     };
     reporter.note(&format!(
         "put {:.0} keys/s, read-check-write {:.0} ops/s ({:.0}% hits)",

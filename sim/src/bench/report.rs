@@ -239,6 +239,28 @@ pub struct RocksdbReport {
     pub read_hit_fraction: Option<f64>,
     pub put_secs: Option<f64>,
     pub read_check_write_secs: Option<f64>,
+    /// A forward scan of every key (what a backup's read is bounded by).
+    #[serde(default)]
+    pub scan_per_s: Option<f64>,
+}
+
+/// BACKUP and RESTORE of the destination's `kv` table after the LDR phases (a backup of an
+/// LDR destination table), through SQL on node 1 of the destination cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackupReport {
+    pub ran: bool,
+    /// Rows the backup wrote (its statement's `rows`).
+    pub rows: u64,
+    pub bytes: u64,
+    pub backup_secs: Option<f64>,
+    pub backup_rows_per_s: Option<f64>,
+    pub restore_secs: Option<f64>,
+    pub restore_rows_per_s: Option<f64>,
+    /// `backup_rows_per_s / rocksdb.scan_per_s`.
+    pub backup_fraction_of_rocksdb_scan: Option<f64>,
+    /// `restore_rows_per_s / rocksdb.put_per_s`.
+    pub restore_fraction_of_rocksdb_put: Option<f64>,
+    pub error: Option<String>,
 }
 
 /// Time series of one steady rate (seconds since the phase started).
@@ -421,6 +443,8 @@ pub struct BenchReport {
     pub steady: SteadyReport,
     pub conflicts: ConflictReport,
     pub rocksdb: RocksdbReport,
+    #[serde(default)]
+    pub backup: BackupReport,
     /// Every LDR apply mode that ran (`--mode`), in order, with its ratios to immediate mode
     /// and to PostgreSQL.
     #[serde(default)]
@@ -442,6 +466,10 @@ impl BenchReport {
             c.ldr_rows_per_s_per_dest_node,
             self.rocksdb.read_check_write_per_s,
         );
+        self.backup.backup_fraction_of_rocksdb_scan =
+            ratio(self.backup.backup_rows_per_s, self.rocksdb.scan_per_s);
+        self.backup.restore_fraction_of_rocksdb_put =
+            ratio(self.backup.restore_rows_per_s, self.rocksdb.put_per_s);
         for rate in &mut self.steady.rates {
             rate.postgres_commit_latency_ms = rate.postgres_lag_ms;
             rate.commit_latency_p99_ratio_vs_postgres =
@@ -945,6 +973,23 @@ pub fn render_table(report: &BenchReport) -> String {
         pct_text(c.ldr_fraction_of_rocksdb_put),
         pct_text(c.ldr_fraction_of_rocksdb_read_check_write)
     );
+    let b = &report.backup;
+    if b.ran {
+        let _ = writeln!(
+            out,
+            "backup of the destination's kv ({} rows): backup {} rows/s ({} of rocksdb scan {} /s), restore {} rows/s ({} of put){}",
+            b.rows,
+            rate_text(b.backup_rows_per_s),
+            pct_text(b.backup_fraction_of_rocksdb_scan),
+            rate_text(r.scan_per_s),
+            rate_text(b.restore_rows_per_s),
+            pct_text(b.restore_fraction_of_rocksdb_put),
+            b.error
+                .as_ref()
+                .map(|e| format!("; error: {e}"))
+                .unwrap_or_default()
+        );
+    }
     for note in &report.notes {
         let _ = writeln!(out, "note: {note}");
     }

@@ -16,6 +16,7 @@
 //! statements is not an implicit transaction (statements before a failing one stay applied).
 
 mod activity;
+mod backup;
 mod changefeed;
 mod consistency;
 mod ddl;
@@ -40,6 +41,10 @@ use ldr_kv::KvClient;
 use ldr_types::JobId;
 use parking_lot::RwLock;
 
+pub use self::backup::{
+    BackupRequest, BackupStatements, RestoreRequest, backup_columns, detached_columns,
+    show_backup_columns, show_backups_columns,
+};
 pub use self::changefeed::{ChangefeedRequest, ChangefeedStatements};
 pub use self::ldr::{LdrStreamRequest, ReplicationStatements, ResolvedTable};
 pub use self::privilege::{SYSTEM_PRIVILEGES, TABLE_PRIVILEGES};
@@ -177,6 +182,7 @@ pub struct SqlServer {
     pub(crate) jobs: Arc<Registry>,
     replication: RwLock<Option<Arc<dyn ReplicationStatements>>>,
     changefeeds: RwLock<Option<Arc<dyn ChangefeedStatements>>>,
+    backups: RwLock<Option<Arc<dyn BackupStatements>>>,
     config: SqlConfig,
     /// This gateway's row locks (see `txn.rs`).
     pub(crate) row_locks: txn::RowLocks,
@@ -203,6 +209,7 @@ impl SqlServer {
             jobs,
             replication: RwLock::new(None),
             changefeeds: RwLock::new(None),
+            backups: RwLock::new(None),
             config,
             row_locks: txn::RowLocks::default(),
             open_txns: Arc::default(),
@@ -245,6 +252,15 @@ impl SqlServer {
 
     pub(crate) fn changefeeds(&self) -> Option<Arc<dyn ChangefeedStatements>> {
         self.changefeeds.read().clone()
+    }
+
+    /// Installs the implementation of BACKUP, RESTORE and SHOW BACKUP(S).
+    pub fn set_backup_statements(&self, b: Arc<dyn BackupStatements>) {
+        *self.backups.write() = Some(b);
+    }
+
+    pub(crate) fn backups(&self) -> Option<Arc<dyn BackupStatements>> {
+        self.backups.read().clone()
     }
 
     pub fn kv(&self) -> &KvClient {
@@ -320,6 +336,7 @@ impl SqlServer {
             vars: SessionVars::new("node", db, true, self.kv.node_id()),
             txn: Txn::Idle,
             show_sources: vec![],
+            as_of: None,
             limits: None,
             cancel: None,
             session_id: uuid::Uuid::new_v4().simple().to_string(),
@@ -344,6 +361,7 @@ impl SqlServer {
             vars: SessionVars::new(user, db, record.is_admin(), self.kv.node_id()),
             txn: Txn::Idle,
             show_sources: vec![],
+            as_of: None,
             limits: None,
             cancel: None,
             session_id: uuid::Uuid::new_v4().simple().to_string(),
@@ -464,6 +482,8 @@ pub struct Session {
     pub(crate) txn: Txn,
     /// The `[SHOW …]` sources of the statement being planned or run.
     pub(crate) show_sources: Vec<Statement>,
+    /// The running statement's `AS OF SYSTEM TIME` timestamp: it reads there.
+    pub(crate) as_of: Option<ldr_types::Timestamp>,
     /// The running statement's memory budget and deadline.
     pub(crate) limits: Option<Arc<crate::budget::StmtLimits>>,
     /// The connection's cancel flag (set by the wire protocol; `None` for internal sessions).
@@ -630,7 +650,7 @@ impl Session {
         // at their next check (a write is never abandoned halfway).
         let r = if matches!(
             stmt,
-            Statement::Select(_) | Statement::SelectFromShow { .. }
+            Statement::Select(_) | Statement::SelectFromShow { .. } | Statement::SelectAsOf { .. }
         ) {
             let cancel = self.cancel.clone();
             let canceled = async move {
@@ -654,6 +674,9 @@ impl Session {
             self.dispatch(stmt, params, in_batch).await
         };
         self.limits = None;
+        // A statement stopped mid-way (timeout, cancel) must not leave its AS OF SYSTEM TIME
+        // behind for the next one.
+        self.as_of = None;
         if r.is_err() {
             self.abort_txn();
         }
@@ -680,6 +703,15 @@ impl Session {
             S::RollbackToSavepoint(name) => self.rollback_to_savepoint(name),
             S::SetTransaction => Ok(QueryResult::command("SET TRANSACTION")),
             S::Select(q) => select::execute_query(self, q, params).await,
+            S::SelectAsOf { query, as_of } => {
+                backup::select_as_of(self, query, as_of, params).await
+            }
+            S::Backup(b) => backup::backup(self, b, in_batch).await,
+            S::Restore(r) => backup::restore(self, r, in_batch).await,
+            S::ShowBackups { collection } => backup::show_backups(self, collection).await,
+            S::ShowBackup { subdir, collection } => {
+                backup::show_backup(self, subdir, collection).await
+            }
             S::SelectFromShow { query, shows } => {
                 self.show_sources = shows.clone();
                 let r = select::execute_query(self, query, params).await;
@@ -736,7 +768,12 @@ impl Session {
     ) -> Result<Vec<ColumnInfo>> {
         use Statement as S;
         match stmt {
-            S::Select(q) => select::describe_query(self, q, params).await,
+            S::Select(q) | S::SelectAsOf { query: q, .. } => {
+                select::describe_query(self, q, params).await
+            }
+            S::Backup(_) | S::Restore(_) | S::ShowBackups { .. } | S::ShowBackup { .. } => {
+                Ok(backup::describe(stmt).unwrap_or_default())
+            }
             S::SelectFromShow { query, shows } => {
                 self.show_sources = shows.clone();
                 let r = select::describe_query(self, query, params).await;
@@ -803,6 +840,9 @@ impl Session {
     /// The timestamp a statement reads at: the transaction's snapshot inside an explicit
     /// transaction (so its statements see one consistent state), else now.
     pub(crate) fn stmt_ts(&mut self) -> ldr_types::Timestamp {
+        if let Some(ts) = self.as_of {
+            return ts;
+        }
         let now = self.server.kv.clock().now();
         match self.txn_buffer() {
             Some(buf) => buf.read_ts(now),

@@ -185,6 +185,25 @@ pub enum Statement {
     /// `SHOW CHANGEFEED JOBS` / `SHOW CHANGEFEED JOB <id>`.
     ShowChangefeedJobs(Option<Expr>),
 
+    /// `SELECT … FROM … AS OF SYSTEM TIME …`: the query read at a past timestamp.
+    SelectAsOf {
+        query: Box<Query>,
+        as_of: AsOf,
+    },
+    /// `BACKUP … INTO [LATEST IN] '…' [AS OF SYSTEM TIME …] [WITH …]`.
+    Backup(BackupStmt),
+    /// `RESTORE … FROM <LATEST | 'subdir'> IN '…' [WITH …]`.
+    Restore(RestoreStmt),
+    /// `SHOW BACKUPS IN '…'`.
+    ShowBackups {
+        collection: String,
+    },
+    /// `SHOW BACKUP FROM <LATEST | 'subdir'> IN '…'`.
+    ShowBackup {
+        subdir: String,
+        collection: String,
+    },
+
     /// `ALTER RANGE <name> CONFIGURE ZONE USING key = value, …` (or `DISCARD`: no options).
     ConfigureRangeZone {
         range: String,
@@ -455,5 +474,50 @@ pub struct CreateChangefeed {
     /// Options in order, names lowercased; `None` for a bare option (`updated`, `resolved`).
     pub options: Vec<(String, Option<String>)>,
     /// The statement's text.
+    pub statement: String,
+}
+
+/// What follows `AS OF SYSTEM TIME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsOf {
+    /// A string literal: a decimal, an interval or a timestamp.
+    Text(String),
+    /// A bare number: a decimal timestamp.
+    Number(String),
+    /// `follower_read_timestamp()`.
+    FollowerReadTimestamp,
+}
+
+/// What a BACKUP or RESTORE covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupTargets {
+    Tables(Vec<ObjectName>),
+    Databases(Vec<String>),
+}
+
+/// `BACKUP` as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupStmt {
+    pub targets: BackupTargets,
+    /// The collection URI (`INTO '…'` or `INTO LATEST IN '…'`).
+    pub collection: String,
+    /// `INTO LATEST IN`: an incremental backup on top of the latest full backup.
+    pub incremental: bool,
+    pub as_of: Option<AsOf>,
+    /// Options in order, names lowercased.
+    pub options: Vec<(String, Option<String>)>,
+    /// The statement's text (the job's description).
+    pub statement: String,
+}
+
+/// `RESTORE` as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreStmt {
+    pub targets: BackupTargets,
+    /// `LATEST` or a subdirectory such as `/2026/12/07-123456.78`.
+    pub subdir: String,
+    pub collection: String,
+    pub as_of: Option<AsOf>,
+    pub options: Vec<(String, Option<String>)>,
     pub statement: String,
 }

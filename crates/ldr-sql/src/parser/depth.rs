@@ -562,7 +562,7 @@ fn element_children<'a>(e: &'a TableElement, out: &mut Vec<Node<'a>>) {
 fn statement_children<'a>(s: &'a Statement, out: &mut Vec<Node<'a>>) {
     use Statement as S;
     match s {
-        S::Select(q) => out.push(Node::Query(q)),
+        S::Select(q) | S::SelectAsOf { query: q, .. } => out.push(Node::Query(q)),
         S::SelectFromShow { query, shows } => {
             out.push(Node::Query(query));
             out.extend(shows.iter().map(Node::Statement));
@@ -690,6 +690,10 @@ fn statement_children<'a>(s: &'a Statement, out: &mut Vec<Node<'a>>) {
         | S::CreateLogicalReplicationStream(_)
         | S::CreateChangefeed(_)
         | S::ShowChangefeedJobs(None)
+        | S::Backup(_)
+        | S::Restore(_)
+        | S::ShowBackups { .. }
+        | S::ShowBackup { .. }
         | S::NoOp { .. }
         | S::ConfigureRangeZone { .. } => {}
     }

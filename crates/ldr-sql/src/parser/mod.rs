@@ -8,6 +8,7 @@
 //! CockroachDB's `at or near "x": syntax error` message.
 
 pub mod ast;
+mod backup;
 mod changefeed;
 mod depth;
 
@@ -66,7 +67,8 @@ fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
     for t in &show_texts {
         shows.push(parse_one(t)?);
     }
-    let text = rewrite_typed_annotations(&sql);
+    let original = rewrite_typed_annotations(&sql);
+    let (text, mut as_ofs) = backup::extract_as_of(&original)?;
     let dialect = PostgreSqlDialect {};
     let parser = new_parser(&dialect, &text)?;
     let mut p = P {
@@ -104,6 +106,26 @@ fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
                 .trim_end_matches(';')
                 .trim()
                 .to_string();
+        }
+        // The statement's text as written (its AS OF SYSTEM TIME clause included).
+        let written = original
+            .get(start..end.max(start))
+            .unwrap_or_default()
+            .trim()
+            .trim_end_matches(';')
+            .trim()
+            .to_string();
+        match &mut stmt {
+            Statement::Backup(b) => b.statement = written,
+            Statement::Restore(r) => r.statement = written,
+            _ => {}
+        }
+        while let Some(found) = as_ofs.first() {
+            if found.offset >= end.max(start) && !p.peek_is(&Token::EOF) {
+                break;
+            }
+            let found = as_ofs.remove(0);
+            stmt = backup::attach_as_of(stmt, found.as_of)?;
         }
         out.push(stmt);
         if !p.p.consume_token(&Token::SemiColon) && !p.peek_is(&Token::EOF) {
@@ -610,7 +632,13 @@ impl<'a> P<'a> {
                 }
                 Ok(Statement::ResetVar(self.setting_name()?))
             }
+            "SHOW" if matches!(self.word_at(1).as_deref(), Some("BACKUP" | "BACKUPS")) => {
+                self.p.next_token();
+                self.show_backup()
+            }
             "SHOW" => self.show(),
+            "BACKUP" => self.backup(),
+            "RESTORE" => self.restore(),
             "USE" => {
                 self.p.next_token();
                 Ok(Statement::Use(self.ident()?))
@@ -631,9 +659,9 @@ impl<'a> P<'a> {
             "GRANT" => self.grant(true),
             "REVOKE" => self.grant(false),
             "EXPLAIN" | "PREPARE" | "EXECUTE" | "DEALLOCATE" | "COPY" | "COMMENT" | "IMPORT"
-            | "BACKUP" | "RESTORE" | "EXPORT" | "DECLARE" | "FETCH" | "CLOSE" | "LISTEN"
-            | "NOTIFY" | "ANALYZE" | "VACUUM" | "LOCK" | "DISCARD" | "CALL" | "DO" | "REFRESH"
-            | "RENAME" | "SCRUB" | "SPLIT" | "UNSPLIT" => {
+            | "EXPORT" | "DECLARE" | "FETCH" | "CLOSE" | "LISTEN" | "NOTIFY" | "ANALYZE"
+            | "VACUUM" | "LOCK" | "DISCARD" | "CALL" | "DO" | "REFRESH" | "RENAME" | "SCRUB"
+            | "SPLIT" | "UNSPLIT" => {
                 Err(SqlError::unsupported(format!("{} is not supported", first)))
             }
             _ => Err(self.unexpected()),

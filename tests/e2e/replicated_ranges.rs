@@ -464,35 +464,8 @@ async fn tables_created_on_one_node_are_replicated_when_nodes_join() -> Result<(
         "every range of kv had three replicas {:?} after the nodes started",
         joined.elapsed()
     );
-    // The copies are the same data (a replica still catching up is indeterminate: wait).
-    let consistent = poll(
-        "every range consistent",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || {
-            let c = &c;
-            async move {
-                let rows = c
-                    .query_text(
-                        2,
-                        "SELECT status, detail FROM crdb_internal.check_consistency(false, '', '')",
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let statuses = column_values(&rows, "status").map_err(|e| e.to_string())?;
-                let details = column_values(&rows, "detail").map_err(|e| e.to_string())?;
-                if statuses.iter().all(|s| s == "RANGE_CONSISTENT") {
-                    Ok(Ok(()))
-                } else if statuses.iter().any(|s| s == "RANGE_INCONSISTENT") {
-                    Ok(Err(format!("inconsistent: {statuses:?} {details:?}")))
-                } else {
-                    Err(format!("not yet: {statuses:?} {details:?}"))
-                }
-            }
-        },
-    )
-    .await?;
-    consistent.map_err(anyhow::Error::msg)?;
+    // The copies are the same data.
+    wait_consistent(&c, 2).await?;
 
     // kill -9 of node 1, which held the only copy before: nodes 2 and 3 serve every row and
     // take writes.
@@ -590,33 +563,37 @@ async fn a_partitioned_minority_stops_writing_and_nothing_diverges_when_it_heals
     eprintln!("node 3 caught up {:?} after the heal", healed.elapsed());
     let took = first_success(&c, 3, &upsert_all(2), healed).await?;
     eprintln!("node 3 wrote every key {took:?} after the heal");
+    wait_consistent(&c, 1).await?;
+    Ok(())
+}
+
+/// Waits until `crdb_internal.check_consistency` (through `node`) finds every range
+/// consistent; fails at once if one is inconsistent (a replica still catching up is
+/// indeterminate: it waits).
+async fn wait_consistent(c: &ldr_sim::Cluster, node: usize) -> Result<()> {
     let consistent = poll(
-        "every range consistent after the heal",
+        "every range consistent",
         Duration::from_secs(60),
         Duration::from_millis(500),
-        || {
-            let c = &c;
-            async move {
-                let rows = c
-                    .query_text(
-                        1,
-                        "SELECT status, detail FROM crdb_internal.check_consistency(false, '', '')",
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let statuses = column_values(&rows, "status").map_err(|e| e.to_string())?;
-                let details = column_values(&rows, "detail").map_err(|e| e.to_string())?;
-                if statuses.iter().all(|s| s == "RANGE_CONSISTENT") {
-                    Ok(Ok(()))
-                } else if statuses.iter().any(|s| s == "RANGE_INCONSISTENT") {
-                    Ok(Err(format!("inconsistent: {statuses:?} {details:?}")))
-                } else {
-                    Err(format!("not yet: {statuses:?} {details:?}"))
-                }
+        || async move {
+            let rows = c
+                .query_text(
+                    node,
+                    "SELECT status, detail FROM crdb_internal.check_consistency(false, '', '')",
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let statuses = column_values(&rows, "status").map_err(|e| e.to_string())?;
+            let details = column_values(&rows, "detail").map_err(|e| e.to_string())?;
+            if statuses.iter().all(|s| s == "RANGE_CONSISTENT") {
+                Ok(Ok(()))
+            } else if statuses.iter().any(|s| s == "RANGE_INCONSISTENT") {
+                Ok(Err(format!("inconsistent: {statuses:?} {details:?}")))
+            } else {
+                Err(format!("not yet: {statuses:?} {details:?}"))
             }
         },
     )
     .await?;
-    consistent.map_err(anyhow::Error::msg)?;
-    Ok(())
+    consistent.map_err(anyhow::Error::msg)
 }

@@ -97,6 +97,15 @@ fn arithmetic_and_comparisons() {
 #[test]
 fn strings_and_functions() {
     assert_eq!(text("length(s)"), "5");
+    // RFC 1321's test suite.
+    assert_eq!(text("md5('')"), "d41d8cd98f00b204e9800998ecf8427e");
+    assert_eq!(text("md5('abc')"), "900150983cd24fb0d6963f7d28e17f72");
+    assert_eq!(
+        text(
+            "md5('12345678901234567890123456789012345678901234567890123456789012345678901234567890')"
+        ),
+        "57edf4a22be3c955ac49da2e2107b67a"
+    );
     assert_eq!(text("lower(s) || upper(s)"), "helloHELLO");
     assert_eq!(text("concat(s, ' ', id, NULL)"), "Hello 7");
     assert_eq!(text("coalesce(b, true)"), "t");

@@ -280,27 +280,7 @@ async fn drain_decommission_and_rebalance() -> Result<()> {
         ("ALTER TABLE kv CONFIGURE ZONE DISCARD", 3),
     ] {
         c.exec(1, sql).await?;
-        poll(
-            &format!("every range of kv with {want} replicas after `{sql}`"),
-            Duration::from_secs(240),
-            Duration::from_millis(500),
-            || {
-                let c = &c;
-                async move {
-                    let rows = c
-                        .query_text(2, "SHOW RANGES FROM TABLE kv")
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let replicas = column_values(&rows, "replicas").map_err(|e| e.to_string())?;
-                    if replicas.iter().all(|r| r.split(',').count() == want) {
-                        Ok(())
-                    } else {
-                        Err(format!("{replicas:?}"))
-                    }
-                }
-            },
-        )
-        .await?;
+        wait_kv_replicas(&c, want, &format!("after `{sql}`")).await?;
     }
     let total_ranges =
         column_values(&c.query_text(1, "SHOW CLUSTER RANGES").await?, "range_id")?.len();
@@ -439,27 +419,7 @@ async fn tables_created_on_one_node_are_replicated_when_nodes_join() -> Result<(
     for index in [2, 3] {
         c.wait_ready(index).await?;
     }
-    poll(
-        "every range of kv on three nodes",
-        Duration::from_secs(240),
-        Duration::from_millis(500),
-        || {
-            let c = &c;
-            async move {
-                let rows = c
-                    .query_text(2, "SHOW RANGES FROM TABLE kv")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let replicas = column_values(&rows, "replicas").map_err(|e| e.to_string())?;
-                if replicas.iter().all(|r| r.split(',').count() == 3) {
-                    Ok(())
-                } else {
-                    Err(format!("{replicas:?}"))
-                }
-            }
-        },
-    )
-    .await?;
+    wait_kv_replicas(&c, 3, "after nodes 2 and 3 joined").await?;
     eprintln!(
         "every range of kv had three replicas {:?} after the nodes started",
         joined.elapsed()
@@ -596,4 +556,26 @@ async fn wait_consistent(c: &ldr_sim::Cluster, node: usize) -> Result<()> {
     )
     .await?;
     consistent.map_err(anyhow::Error::msg)
+}
+
+/// Waits (through node 2) until every range of table `kv` has `want` replicas.
+async fn wait_kv_replicas(c: &ldr_sim::Cluster, want: usize, when: &str) -> Result<()> {
+    poll(
+        &format!("every range of kv with {want} replicas {when}"),
+        Duration::from_secs(240),
+        Duration::from_millis(500),
+        || async move {
+            let rows = c
+                .query_text(2, "SHOW RANGES FROM TABLE kv")
+                .await
+                .map_err(|e| e.to_string())?;
+            let replicas = column_values(&rows, "replicas").map_err(|e| e.to_string())?;
+            if replicas.iter().all(|r| r.split(',').count() == want) {
+                Ok(())
+            } else {
+                Err(format!("{replicas:?}"))
+            }
+        },
+    )
+    .await
 }

@@ -12,7 +12,7 @@ use ldr_proto::pb;
 use ldr_storage::{ApplyResult, Condition, KeyVersion, RowOutcome, RowWrite, ValueHeader, Version};
 use ldr_types::{Clock, NodeId, OriginId, RangeId, Span, TableId, Timestamp, keys};
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::liveness::{self, LivenessRecord};
 use crate::node::{NOTIFY_TIMEOUT, NodeInner};
@@ -519,22 +519,47 @@ impl KvClient {
     /// Creates the replicas of new replicated ranges on their nodes (each node's reconcile
     /// loop would too, within seconds) and waits until every range has a leaseholder.
     async fn create_replicas(&self, ranges: &[RangeDescriptor]) -> Result<()> {
+        let request = |range: &RangeDescriptor, bootstrap: bool| pb::KvCreateReplicaRequest {
+            range_descriptor: system::encode_json(range),
+            new_member: false,
+            bootstrap,
+        };
         let creations = ranges
             .iter()
             .filter(|r| r.is_replicated())
             .flat_map(|r| r.replicas.iter().map(move |n| (r, *n)))
             .map(|(range, node_id)| async move {
-                let request = pb::KvCreateReplicaRequest {
-                    range_descriptor: system::encode_json(range),
-                    new_member: false,
-                };
-                let result = self.create_replica_on(node_id, request).await;
-                if let Err(e) = result {
+                let result = self.create_replica_on(node_id, request(range, false)).await;
+                if let Err(e) = &result {
                     // A node that is down gets its replica from its reconcile loop later.
                     debug!(range_id = range.range_id, node_id, error = %e, "replica not created now");
                 }
+                (range, node_id, result.is_ok())
             });
-        join_all(creations).await;
+        let created = join_all(creations).await;
+        // A range whose first replica (its bootstrapper) was not created is bootstrapped by
+        // the first one that was: a node that died moments ago may still count as live.
+        let bootstraps = ranges
+            .iter()
+            .filter(|r| r.is_replicated())
+            .filter_map(|range| {
+                // `created` lists each range's replicas in order.
+                let first_created = created
+                    .iter()
+                    .find(|(c, _, ok)| c.range_id == range.range_id && *ok)
+                    .map(|(_, n, _)| *n)?;
+                (range.replicas.first() != Some(&first_created)).then_some((range, first_created))
+            })
+            .map(|(range, node_id)| async move {
+                info!(
+                    range_id = range.range_id,
+                    node_id, "the range's first replica was not created; another bootstraps it"
+                );
+                if let Err(e) = self.create_replica_on(node_id, request(range, true)).await {
+                    debug!(range_id = range.range_id, node_id, error = %e, "could not bootstrap");
+                }
+            });
+        join_all(bootstraps).await;
         let ready = ranges.iter().filter(|r| r.is_replicated()).map(|range| {
             self.on_leaseholder(range, |node_id| {
                 self.scan_on(node_id, range, &range.span, None, 1)
@@ -555,10 +580,8 @@ impl KvClient {
     ) -> Result<()> {
         if node_id == self.node_id() {
             let range = system::decode_json("range descriptor", &request.range_descriptor)?;
-            return self
-                .inner
-                .serve_create_replica(range, request.new_member)
-                .await;
+            let creation = crate::replication::ReplicaCreation::from_request(&request);
+            return self.inner.serve_create_replica(range, creation).await;
         }
         self.call_owner(node_id, request, |mut c, r| async move {
             c.create_replica(r).await

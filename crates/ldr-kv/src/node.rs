@@ -23,6 +23,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::replication::ReplicaCreation;
+
 use crate::client::KvClient;
 use crate::gc::{gc_interval, gc_threshold};
 use crate::liveness::{HEARTBEAT_INTERVAL, LivenessRecord};
@@ -96,6 +98,9 @@ pub(crate) struct NodeInner {
     pub(crate) side_closed: Arc<crate::replication::SideClosed>,
     /// Replicas whose range stopped listing this node, since when (see `reconcile_replicas`).
     pub(crate) unlisted_replicas: Mutex<HashMap<ldr_types::RangeId, std::time::Instant>>,
+    /// Replicas of ranges as created that are not initialized yet, since when (see
+    /// `reconcile_replicas`).
+    pub(crate) pristine_replicas: Mutex<HashMap<ldr_types::RangeId, std::time::Instant>>,
     /// Where each replicated range's lease was last found.
     pub(crate) leaseholders: RwLock<HashMap<ldr_types::RangeId, NodeId>>,
     /// The node is draining (see `drain.rs`).
@@ -353,7 +358,7 @@ impl NodeInner {
         self.set_identity(&identity);
         self.start_replication().await?;
         let system_range = system::system_range_descriptor(vec![SYSTEM_NODE_ID]);
-        self.serve_create_replica(system_range.clone(), false)
+        self.serve_create_replica(system_range.clone(), ReplicaCreation::Original)
             .await?;
         self.wait_for_lease(&system_range).await?;
         self.replicated_write(&system_range, system::bootstrap_rows(&node1), true, None)
@@ -905,6 +910,7 @@ impl KvNode {
             promotion_gate: tokio::sync::RwLock::new(()),
             leaseholders: RwLock::new(HashMap::new()),
             unlisted_replicas: Mutex::new(HashMap::new()),
+            pristine_replicas: Mutex::new(HashMap::new()),
             side_closed: Arc::default(),
             draining: AtomicBool::new(false),
             drain_hook: RwLock::new(None),

@@ -36,6 +36,30 @@ use tracing::{debug, info};
 use ldr_proto::pb;
 
 use crate::node::NodeInner;
+
+/// How a replica is being created (`serve_create_replica`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReplicaCreation {
+    /// One of the replicas a range was created with; the first listed bootstraps the group.
+    Original,
+    /// One of those, bootstrapping the group because the first listed did not answer.
+    Bootstrap,
+    /// A member being added to the running group (the replicate queue): a replica of the
+    /// range it still holds is left from an earlier membership and is replaced.
+    NewMember,
+}
+
+impl ReplicaCreation {
+    pub(crate) fn from_request(request: &pb::KvCreateReplicaRequest) -> Self {
+        if request.new_member {
+            ReplicaCreation::NewMember
+        } else if request.bootstrap {
+            ReplicaCreation::Bootstrap
+        } else {
+            ReplicaCreation::Original
+        }
+    }
+}
 use crate::{KvError, RangeDescriptor, Result};
 use crate::{routing, system};
 
@@ -43,6 +67,9 @@ use crate::{routing, system};
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a node's replicate queue looks at the ranges it holds the lease of.
 const REPLICATE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long the replica of a range as created stays uninitialized before its node
+/// bootstraps the group itself (see `reconcile_replicas`).
+const PRISTINE_GRACE: Duration = Duration::from_secs(4);
 /// A replica whose range does not list this node is removed after this long...
 const UNLISTED_GRACE: Duration = Duration::from_secs(10);
 /// ...or after this long if the replica still counts itself a member (a removed voter
@@ -278,11 +305,12 @@ impl NodeInner {
     }
 
     /// Creates this node's replica of `range` (idempotent); the first replica of a range as
-    /// created (generation 0) also bootstraps the group with every replica as a voter.
+    /// created (generation 0), or another one told to, also bootstraps the group with every
+    /// replica as a voter.
     pub(crate) async fn serve_create_replica(
         self: &Arc<Self>,
         range: RangeDescriptor,
-        new_member: bool,
+        creation: ReplicaCreation,
     ) -> Result<()> {
         let me = self.require_identity()?.node_id;
         if !range.replicas.contains(&me) {
@@ -296,7 +324,7 @@ impl NodeInner {
         // with its stale log and term: the leader adding this node as a new member is
         // authoritative that it holds nothing the group needs, so it starts empty (as
         // CockroachDB gives a re-added replica a new replica id).
-        if new_member && store.replica(range.range_id).is_some() {
+        if creation == ReplicaCreation::NewMember && store.replica(range.range_id).is_some() {
             info!(
                 range_id = range.range_id,
                 "replacing a replica left from an earlier membership"
@@ -311,20 +339,38 @@ impl NodeInner {
             .create_replica(range.range_id, range.span.clone())
             .await
             .map_err(|e| kv_error(e, me))?;
-        // Only a group as created is bootstrapped (by its first replica); after a membership
-        // change, a replica created again joins the running group.
-        if range.generation == 0 && range.replicas.first() == Some(&me) {
-            let mut members = BTreeMap::new();
-            for node in &range.replicas {
-                let address = self.address_of(*node).await.unwrap_or_default();
-                members.insert(u64::from(*node), ReplicaNode::new(address));
-            }
-            store
-                .bootstrap(range.range_id, members)
-                .await
-                .map_err(|e| kv_error(e, me))?;
+        // Only a group as created is bootstrapped (by its first replica, or another when the
+        // first did not answer); after a membership change, a replica created again joins the
+        // running group.
+        let bootstrap = match creation {
+            ReplicaCreation::Original => range.replicas.first() == Some(&me),
+            ReplicaCreation::Bootstrap => true,
+            ReplicaCreation::NewMember => false,
+        };
+        if range.generation == 0 && bootstrap {
+            self.bootstrap_as_created(&store, &range).await?;
         }
         Ok(())
+    }
+
+    /// Initializes this node's replica of a range as created (generation 0) with every
+    /// listed replica as a voter. openraft allows several members to do this with the same
+    /// membership: a group whose first replica's node is down is bootstrapped by another.
+    async fn bootstrap_as_created(
+        self: &Arc<Self>,
+        store: &ReplicaStore,
+        range: &RangeDescriptor,
+    ) -> Result<()> {
+        let me = self.node_id();
+        let mut members = BTreeMap::new();
+        for node in &range.replicas {
+            let address = self.address_of(*node).await.unwrap_or_default();
+            members.insert(u64::from(*node), ReplicaNode::new(address));
+        }
+        store
+            .bootstrap(range.range_id, members)
+            .await
+            .map_err(|e| kv_error(e, me))
     }
 
     /// The per-range write latch.
@@ -437,12 +483,44 @@ impl NodeInner {
             .collect();
         for (range_id, range) in &listed {
             if !held.contains_key(range_id)
-                && let Err(e) = self.serve_create_replica(range.clone(), false).await
+                && let Err(e) = self
+                    .serve_create_replica(range.clone(), ReplicaCreation::Original)
+                    .await
             {
                 debug!(range_id, error = %e, "could not create a replica");
             }
         }
+        // A range as created whose bootstrapping replica never ran (its node died before
+        // it was created there, or the creating node died in between) gets bootstrapped by
+        // the other members once their replicas stayed uninitialized for `PRISTINE_GRACE`.
         let now = std::time::Instant::now();
+        let overdue: Vec<RangeDescriptor> = {
+            let mut pristine = self.pristine_replicas.lock();
+            pristine
+                .retain(|range_id, _| held.get(range_id).is_some_and(|r| r.members().is_empty()));
+            listed
+                .values()
+                .filter(|range| range.generation == 0)
+                .filter(|range| {
+                    held.get(&range.range_id)
+                        .is_some_and(|r| r.members().is_empty())
+                })
+                .filter(|range| {
+                    let since = *pristine.entry(range.range_id).or_insert(now);
+                    now.duration_since(since) >= PRISTINE_GRACE
+                })
+                .cloned()
+                .collect()
+        };
+        for range in overdue {
+            info!(
+                range_id = range.range_id,
+                "bootstrapping a range whose first replica did not"
+            );
+            if let Err(e) = self.bootstrap_as_created(&store, &range).await {
+                debug!(range_id = range.range_id, error = %e, "could not bootstrap");
+            }
+        }
         let removals = {
             let mut unlisted = self.unlisted_replicas.lock();
             unlisted.retain(|range_id, _| {
@@ -738,6 +816,7 @@ impl NodeInner {
         let request = pb::KvCreateReplicaRequest {
             range_descriptor: system::encode_json(&target),
             new_member: true,
+            bootstrap: false,
         };
         self.client().create_replica_on(node, request).await?;
         let address = self.address_of(node).await?;

@@ -248,7 +248,8 @@ impl Kv for KvService {
         let result = async {
             let range: crate::RangeDescriptor =
                 crate::system::decode_json("range descriptor", &r.range_descriptor)?;
-            node.serve_create_replica(range, r.new_member).await
+            node.serve_create_replica(range, crate::replication::ReplicaCreation::from_request(&r))
+                .await
         }
         .await
         .map(|()| pb::KvCreateReplicaResponse {});

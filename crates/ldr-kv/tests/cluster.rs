@@ -952,6 +952,27 @@ async fn replicated_ranges_keep_serving_when_a_node_stops_and_it_catches_up_on_r
     node3.stop().await;
     let stopped = std::time::Instant::now();
     let n2 = cluster.client(2);
+
+    // A table created right away, while node 3 still counts as live, lists it among the
+    // replicas, first for some ranges: those are bootstrapped by another replica, so every
+    // range serves (it used to wait for node 3 to come back).
+    let later: TableId = 301;
+    let later_ranges = n2
+        .create_table_ranges(later, Some(6))
+        .await
+        .expect("ranges created while a node is down");
+    assert!(
+        later_ranges.iter().any(|r| r.replicas.first() == Some(&3)),
+        "node 3 no longer counted as live when the table was created ({:?} after it stopped): {later_ranges:?}",
+        stopped.elapsed()
+    );
+    let later_key = |i: u32| row_key(later, 6, &i.to_be_bytes());
+    n2.write(
+        (0..60u32).map(|i| put(later_key(i), b"x")).collect(),
+        true,
+    )
+    .await
+    .expect("every range of the new table is writable without node 3");
     let rows: Vec<RowWrite> = (0..300u32)
         .map(|i| put(key(i), format!("w{i}").as_bytes()))
         .collect();
@@ -984,7 +1005,7 @@ async fn replicated_ranges_keep_serving_when_a_node_stops_and_it_catches_up_on_r
     // Node 3 restarts on its store and catches up from the others' logs.
     cluster.nodes.push(node3.restart().await);
     cluster.wait_all_live().await;
-    for range in &ranges {
+    for range in ranges.iter().chain(&later_ranges) {
         replica_checksums_agree(&cluster, range).await;
     }
     let on3 = cluster

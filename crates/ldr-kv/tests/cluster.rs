@@ -967,12 +967,9 @@ async fn replicated_ranges_keep_serving_when_a_node_stops_and_it_catches_up_on_r
         stopped.elapsed()
     );
     let later_key = |i: u32| row_key(later, 6, &i.to_be_bytes());
-    n2.write(
-        (0..60u32).map(|i| put(later_key(i), b"x")).collect(),
-        true,
-    )
-    .await
-    .expect("every range of the new table is writable without node 3");
+    n2.write((0..60u32).map(|i| put(later_key(i), b"x")).collect(), true)
+        .await
+        .expect("every range of the new table is writable without node 3");
     let rows: Vec<RowWrite> = (0..300u32)
         .map(|i| put(key(i), format!("w{i}").as_bytes()))
         .collect();

@@ -1,9 +1,12 @@
-//! A tiny seeded random generator for randomized tests: prints its seed and takes `SEED=` to
-//! reproduce a failure (splitmix64; no dependency, stable across versions).
+//! The seeded random generator of randomized tests: prints its seed and takes `SEED=` to
+//! reproduce a failure (ChaCha8, whose output `rand_chacha` keeps stable across versions).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 pub(crate) struct TestRng {
     seed: u64,
-    state: u64,
+    rng: ChaCha8Rng,
 }
 
 impl TestRng {
@@ -19,20 +22,15 @@ impl TestRng {
                     .unwrap_or(0x5eed)
             });
         eprintln!("{test}: SEED={seed}");
-        TestRng { seed, state: seed }
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        TestRng {
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     /// Uniform in `0..n` (`n` > 0).
     pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
+        self.rng.random_range(0..n.max(1))
     }
 
     /// `true` with probability `percent`/100.

@@ -19,31 +19,10 @@ use crate::node::Node;
 
 /// `2026-11-22 03:18:19.123456+00` from an HLC timestamp (UTC, as SHOW JOBS prints).
 pub fn format_ts(ts: Timestamp) -> String {
-    let secs = (ts.wall_time_ns / 1_000_000_000) as i64;
-    let micros = (ts.wall_time_ns % 1_000_000_000) / 1_000;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{micros:06}+00",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let nanos = i64::try_from(ts.wall_time_ns).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp_nanos(nanos)
+        .format("%Y-%m-%d %H:%M:%S%.6f+00")
+        .to_string()
 }
 
 pub fn escape(s: &str) -> String {

@@ -18,6 +18,10 @@
 use std::path::Path;
 use std::time::Instant;
 
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
 use crate::{EngineOptions, Result, StorageError};
 
 /// What to measure.
@@ -70,7 +74,8 @@ pub struct RawLimits {
     pub read_hit_fraction: f64,
 }
 
-/// SplitMix64: a tiny, good-enough pseudo-random permutation step (no dependency needed).
+/// SplitMix64's finaliser, used as a bijection on `u64` (not as a random generator): distinct
+/// ids map to distinct, well-spread keys. The random streams below use `rand_chacha`.
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -88,15 +93,10 @@ fn key_of(id: u64) -> [u8; 24] {
     key
 }
 
-/// A pseudo-random permutation of `0..n` (Fisher–Yates driven by SplitMix64).
+/// A pseudo-random permutation of `0..n`, the same for the same seed.
 fn permutation(n: usize, seed: u64) -> Vec<u64> {
     let mut ids: Vec<u64> = (0..n as u64).collect();
-    let mut state = seed;
-    for i in (1..ids.len()).rev() {
-        state = splitmix64(state);
-        let j = (state % (i as u64 + 1)) as usize;
-        ids.swap(i, j);
-    }
+    ids.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     ids
 }
 
@@ -175,7 +175,7 @@ pub fn measure_raw_limits(
 
     // Phase 2: get, compare the stored "timestamp" (first 8 bytes), put a newer one.
     let space = (config.keys as u64 * 4 / 3).max(1);
-    let mut state = splitmix64(config.seed ^ 0xabcd);
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xabcd);
     let mut hits = 0usize;
     let mut incoming = value.clone();
     let begin = Instant::now();
@@ -185,8 +185,7 @@ pub fn measure_raw_limits(
         let n = config.batch.min(config.keys - done);
         let mut batch = rocksdb::WriteBatch::default();
         for _ in 0..n {
-            state = splitmix64(state);
-            let key = key_of(state % space);
+            let key = key_of(rng.random_range(0..space));
             let existing = db.get(key).map_err(|e| rocks("raw get", e))?;
             let newer = match &existing {
                 Some(old) => {

@@ -186,6 +186,8 @@ impl<E> EventBatcher<E> {
 
 #[cfg(test)]
 mod tests {
+    use rand::{Rng, SeedableRng};
+
     use super::*;
 
     fn config(max: usize, ready_min: usize, freq_ms: u64) -> BatcherConfig {
@@ -312,13 +314,8 @@ mod tests {
                     .unwrap_or(7)
             });
         eprintln!("event_batcher: SEED={seed}");
-        let mut state = seed;
-        let mut next = move |n: u64| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) % n.max(1)
-        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut next = move |n: u64| rng.random_range(0..n.max(1));
         for round in 0..200 {
             let max = 1 + next(500) as usize;
             let ready_min = next(3) as usize * 50;

@@ -153,6 +153,8 @@ impl SpanFrontier {
 
 #[cfg(test)]
 mod tests {
+    use rand::{Rng, SeedableRng};
+
     use super::*;
 
     fn sp(a: &str, b: &str) -> Span {
@@ -217,13 +219,8 @@ mod tests {
     #[test]
     fn randomized_against_a_per_key_model() {
         // Keys are single letters; the model holds one timestamp per letter.
-        let mut seed: u64 = 0x5eed;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            seed >> 33
-        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5eed);
+        let mut next = || rng.random::<u32>() as u64;
         for _ in 0..200 {
             let mut f = SpanFrontier::new([sp("a", "m"), sp("p", "t")], ts(0));
             let mut model = std::collections::BTreeMap::new();

@@ -9,45 +9,11 @@ use std::time::Duration;
 
 use ldr_changefeed::options::parse_options;
 use ldr_changefeed::service::partition_options;
-use ldr_kv::{Condition, KvNode, NodeConfig, RowWrite, ValueHeader};
+use ldr_kv::{Condition, KvNode, RowWrite, ValueHeader};
 use ldr_proto::pb;
 use ldr_types::{PRIMARY_INDEX_ID, Span, Timestamp, keys};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// One initialized node with its gRPC server.
-async fn one_node(dir: &std::path::Path) -> Arc<KvNode> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("bound").to_string();
-    let node = KvNode::start(NodeConfig {
-        store_dir: dir.to_path_buf(),
-        listen_addr: address.clone(),
-        advertise_addr: None,
-        advertise_sql_addr: None,
-        http_addr: "127.0.0.1:0".to_string(),
-        join: vec![address.clone()],
-        cluster_name: None,
-        max_clock_offset: Duration::from_millis(500),
-    })
-    .await
-    .expect("node starts");
-    let (service, raft) = (node.grpc_service(), node.raft_service());
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(service)
-            .add_service(raft)
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await;
-    });
-    ldr_kv::bootstrap_remote(&address).await.expect("bootstrap");
-    tokio::time::timeout(DEADLINE, node.wait_initialized())
-        .await
-        .expect("initialized in time")
-        .expect("initialized");
-    node
-}
 
 /// Every key a span stream delivers until its frontier passes `until`.
 async fn stream_keys(
@@ -103,7 +69,8 @@ async fn stream_keys(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn span_streams_carry_every_origin_and_drop_omitted_versions_unless_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = one_node(dir.path()).await;
+    let node = ldr_testkit::TestNode::start_bootstrapped(dir.path().to_path_buf()).await;
+    let node = &node.node;
     let kv = node.client();
     let table = 200;
     let ranges = kv

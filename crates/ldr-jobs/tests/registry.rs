@@ -4,40 +4,24 @@
 //! two nodes at once.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ldr_jobs::{JobContext, JobRecord, JobStatus, JobType, Registry, ResumeOutcome, Resumer};
-use ldr_kv::{KvNode, NodeConfig};
 use ldr_types::{JobId, NodeId};
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// Generous: the suite runs on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(45);
 
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    ldr_testkit::eventually_within(what, DEADLINE, f).await
 }
 
 // ---------------------------------------------------------------- the test resumer
@@ -177,137 +161,43 @@ impl Resumer for TestResumer {
 // ---------------------------------------------------------------- nodes
 
 /// One node, its gRPC server, and its job registry.
-struct TestNode {
-    node: Arc<KvNode>,
-    registry: Option<Arc<Registry>>,
-    server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
-}
-
-impl TestNode {
-    async fn start(dir: PathBuf, listener: TcpListener, join: Vec<String>) -> TestNode {
-        let address = listener.local_addr().expect("bound").to_string();
-        let config = NodeConfig {
-            store_dir: dir,
-            listen_addr: address,
-            advertise_addr: None,
-            advertise_sql_addr: None,
-            http_addr: "127.0.0.1:0".to_string(),
-            join,
-            cluster_name: None,
-            max_clock_offset: Duration::from_millis(500),
-        };
-        let node = KvNode::start(config).await.expect("node starts");
-        let service = node.grpc_service();
-        let raft = node.raft_service();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .add_service(raft)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-        });
-        TestNode {
-            node,
-            registry: None,
-            server: Some((stop_tx, handle)),
-        }
-    }
-
-    fn node_id(&self) -> NodeId {
-        self.node.client().node_id()
-    }
-
-    /// Stops the node abruptly: its registry is not shut down (it must fence itself once the
-    /// job records are unreadable); the KV node and its server go away.
-    async fn kill(&mut self) {
-        self.node.stop().await;
-        if let Some((tx, handle)) = self.server.take() {
-            let _ = tx.send(());
-            let _ = tokio::time::timeout(DEADLINE, handle).await;
-        }
-    }
-}
-
 struct TestCluster {
-    /// `nodes[i]` is node `i + 1`.
-    nodes: Vec<TestNode>,
+    kv: ldr_testkit::TestCluster,
+    /// `registries[i]` is node `i + 1`'s.
+    registries: Vec<Arc<Registry>>,
     resumer: Arc<TestResumer>,
-    _dir: tempfile::TempDir,
 }
 
 impl TestCluster {
-    /// Starts `n` nodes, bootstraps the cluster, waits until every node is live, then starts a
-    /// registry with the test resumer (for `ROW LEVEL TTL` jobs) on every node.
+    /// Starts `n` nodes (every node live, the system range replicated), then a registry
+    /// with the test resumer (for `ROW LEVEL TTL` jobs) on every node.
     async fn start(n: usize) -> TestCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut listeners = Vec::new();
-        for _ in 0..n {
-            listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
-        }
-        let addresses: Vec<String> = listeners
-            .iter()
-            .map(|l| l.local_addr().expect("bound").to_string())
-            .collect();
-        let mut nodes = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
-            nodes.push(
-                TestNode::start(
-                    dir.path().join(format!("n{i}")),
-                    listener,
-                    addresses.clone(),
-                )
-                .await,
-            );
-        }
-        ldr_kv::bootstrap_remote(&addresses[0])
-            .await
-            .expect("bootstrap");
-        for node in &nodes {
-            tokio::time::timeout(DEADLINE, node.node.wait_initialized())
-                .await
-                .expect("every node joins in time")
-                .expect("initialized");
-        }
-        nodes.sort_by_key(|n| n.node_id());
-        let client = nodes[0].node.client();
-        eventually("every node to be live", || {
-            let client = client.clone();
-            async move {
-                let statuses = client.nodes().await.ok()?;
-                (statuses.iter().filter(|s| s.is_live).count() == n).then_some(())
-            }
-        })
-        .await;
-        // The system range starts on node 1 alone; the replicate queue adds the others.
-        eventually("the system range to be replicated", || {
-            let client = client.clone();
-            async move {
-                let voters = client.local_replica_status(1)?.voters.len();
-                (voters == n.min(3)).then_some(())
-            }
-        })
-        .await;
+        let kv = ldr_testkit::TestCluster::start(n).await;
         let resumer = Arc::new(TestResumer::default());
-        for node in &mut nodes {
-            let registry = Registry::start(node.node.client());
-            registry.register_resumer(JobType::RowLevelTtl, resumer.clone());
-            node.registry = Some(registry);
-        }
+        let registries = kv
+            .nodes
+            .iter()
+            .map(|node| {
+                let registry = Registry::start(node.client());
+                registry.register_resumer(JobType::RowLevelTtl, resumer.clone());
+                registry
+            })
+            .collect();
         TestCluster {
-            nodes,
+            kv,
+            registries,
             resumer,
-            _dir: dir,
         }
     }
 
+    /// Stops node `node_id` abruptly: its registry is not shut down (it must fence itself
+    /// once the job records are unreadable); the KV node and its server go away.
+    async fn kill(&mut self, node_id: NodeId) {
+        self.kv.nodes[node_id as usize - 1].stop().await;
+    }
+
     fn registry(&self, node_id: NodeId) -> Arc<Registry> {
-        self.nodes[node_id as usize - 1]
-            .registry
-            .clone()
-            .expect("started")
+        self.registries[node_id as usize - 1].clone()
     }
 
     async fn create(&self, on: NodeId, payload: serde_json::Value) -> JobId {
@@ -595,7 +485,7 @@ async fn job_is_adopted_when_its_node_dies() {
     assert_eq!(cluster.resumer.resumes(job), vec![2]);
 
     let killed_at = Instant::now();
-    cluster.nodes[1].kill().await;
+    cluster.kill(2).await;
 
     let rec = cluster
         .wait_for(1, job, "another node to adopt the job", |r| {

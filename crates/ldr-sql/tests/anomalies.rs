@@ -290,7 +290,7 @@ async fn list_append_histories_have_no_anomalies() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::rng().random());
     println!("SEED={seed}");
-    let (_nodes, servers, _dir) = start_cluster(2).await;
+    let (_cluster, servers) = start_cluster(2).await;
     let mut admin = servers[0]
         .session("root", "defaultdb")
         .await

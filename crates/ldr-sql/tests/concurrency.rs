@@ -449,7 +449,7 @@ async fn bank_total_holds_under_concurrent_transfers_on_one_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_total_holds_under_concurrent_transfers_on_two_nodes() {
     let seed = seed();
-    let (_nodes, servers, _dir) = start_cluster(2).await;
+    let (_cluster, servers) = start_cluster(2).await;
     let mut s = servers[0]
         .session("root", "defaultdb")
         .await
@@ -608,7 +608,7 @@ fn hlc(text: &str) -> (u64, u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_locking_rows_in_opposite_order_are_a_deadlock_broken_at_once() {
-    let (_nodes, servers, _dir) = start_cluster(2).await;
+    let (_cluster, servers) = start_cluster(2).await;
     let mut s = servers[0]
         .session("root", "defaultdb")
         .await

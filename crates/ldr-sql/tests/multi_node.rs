@@ -11,7 +11,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_one_catalog_and_data() {
-    let (_nodes, servers, _dir) = start_cluster(2).await;
+    let (_cluster, servers) = start_cluster(2).await;
     let mut s1 = servers[0]
         .session("root", "defaultdb")
         .await

@@ -642,13 +642,8 @@ const TRANSFERS: usize = 25;
 const DRIVER_DEADLINE: Duration = Duration::from_secs(180);
 
 /// Two nodes serving SQL with `bank` holding [`ACCOUNTS`] accounts; their ports.
-async fn bank_cluster() -> (
-    Vec<Arc<SqlServer>>,
-    tempfile::TempDir,
-    Vec<Arc<ldr_kv::KvNode>>,
-    Vec<u16>,
-) {
-    let (nodes, servers, dir) = start_cluster(2).await;
+async fn bank_cluster() -> (Vec<Arc<SqlServer>>, ldr_testkit::TestCluster, Vec<u16>) {
+    let (cluster, servers) = start_cluster(2).await;
     let mut ports = Vec::new();
     for s in &servers {
         ports.push(listen(s.clone()).await);
@@ -663,7 +658,7 @@ async fn bank_cluster() -> (
     ))
     .await
     .expect("bank", 'I', &[]);
-    (servers, dir, nodes, ports)
+    (servers, cluster, ports)
 }
 
 async fn bank_total(port: u16) -> i64 {
@@ -684,7 +679,7 @@ fn transfers_of(w: usize) -> Vec<(i64, i64, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_postgres_transfers_commit_or_retry() {
-    let (_servers, _dir, _nodes, ports) = bank_cluster().await;
+    let (_servers, _cluster, ports) = bank_cluster().await;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..WORKERS {
@@ -832,7 +827,7 @@ fn run_bounded(mut cmd: std::process::Command, deadline: Duration) -> std::proce
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_transfers_commit_or_retry() {
-    let (_servers, _dir, _nodes, ports) = bank_cluster().await;
+    let (_servers, _cluster, ports) = bank_cluster().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/psycopg_bank.py");
     let mut cmd = std::process::Command::new(python());
     cmd.arg(script)

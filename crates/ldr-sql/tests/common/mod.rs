@@ -3,17 +3,16 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use ldr_kv::{KvNode, NodeConfig};
+use ldr_kv::KvNode;
 use ldr_sql::exec::{QueryResult, Session, SqlConfig, SqlServer};
 use ldr_sql::{Datum, SqlError};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub struct TestNode {
     pub node: Arc<KvNode>,
     pub server: Arc<SqlServer>,
+    _kv_node: ldr_testkit::TestNode,
     _dir: tempfile::TempDir,
 }
 
@@ -24,31 +23,8 @@ impl TestNode {
 
     pub async fn start_with(config: SqlConfig) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("bound").to_string();
-        let node = KvNode::start(NodeConfig {
-            store_dir: dir.path().to_path_buf(),
-            listen_addr: address,
-            advertise_addr: None,
-            advertise_sql_addr: None,
-            http_addr: "127.0.0.1:0".into(),
-            join: vec![],
-            cluster_name: None,
-            max_clock_offset: Duration::from_millis(500),
-        })
-        .await
-        .expect("node starts");
-        let service = node.grpc_service();
-        let raft = node.raft_service();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .add_service(raft)
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await;
-        });
-        node.bootstrap().await.expect("bootstrap");
-        node.wait_initialized().await.expect("initialized");
+        let kv_node = ldr_testkit::TestNode::start_bootstrapped(dir.path().to_path_buf()).await;
+        let node = kv_node.node.clone();
         let kv = node.client();
         let jobs = ldr_jobs::Registry::start(kv.clone());
         let server = SqlServer::start(kv, jobs, config)
@@ -57,6 +33,7 @@ impl TestNode {
         TestNode {
             node,
             server,
+            _kv_node: kv_node,
             _dir: dir,
         }
     }
@@ -115,86 +92,11 @@ pub async fn one(s: &mut Session, sql: &str) -> Datum {
     r.rows[0][0].clone()
 }
 
-/// How long a cluster may take to form.
-const CLUSTER_DEADLINE: Duration = Duration::from_secs(60);
-
 /// `n` in-process nodes of one cluster (every node live), each with its own SQL server.
-pub async fn start_cluster(n: usize) -> (Vec<Arc<KvNode>>, Vec<Arc<SqlServer>>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut listeners = Vec::new();
-    for _ in 0..n {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
-    }
-    let addresses: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound").to_string())
-        .collect();
-    let mut nodes = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let node = KvNode::start(NodeConfig {
-            store_dir: dir.path().join(format!("n{i}")),
-            listen_addr: addresses[i].clone(),
-            advertise_addr: None,
-            advertise_sql_addr: None,
-            http_addr: "127.0.0.1:0".into(),
-            join: addresses.clone(),
-            cluster_name: None,
-            max_clock_offset: Duration::from_millis(500),
-        })
-        .await
-        .expect("node starts");
-        let service = node.grpc_service();
-        let raft = node.raft_service();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .add_service(raft)
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await;
-        });
-        nodes.push(node);
-    }
-    ldr_kv::bootstrap_remote(&addresses[0])
-        .await
-        .expect("bootstrap");
-    for node in &nodes {
-        tokio::time::timeout(CLUSTER_DEADLINE, node.wait_initialized())
-            .await
-            .expect("joins in time")
-            .expect("initialized");
-    }
-    // Every node live before tables are created (their ranges spread over live nodes).
-    let client = nodes[0].client();
-    let deadline = std::time::Instant::now() + CLUSTER_DEADLINE;
-    loop {
-        let live = client
-            .nodes()
-            .await
-            .map(|s| s.iter().filter(|s| s.is_live).count())
-            .unwrap_or(0);
-        if live == n {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {live} of {n} nodes live"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The system range starts on node 1 alone; the replicate queue adds the others.
-    loop {
-        let voters = client.local_replica_status(1).map_or(0, |s| s.voters.len());
-        if voters == n.min(3) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the system range has {voters} voters"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+pub async fn start_cluster(n: usize) -> (ldr_testkit::TestCluster, Vec<Arc<SqlServer>>) {
+    let cluster = ldr_testkit::TestCluster::start(n).await;
     // Start the SQL servers concurrently: their bootstraps race on the same objects.
-    let starts = nodes.iter().map(|node| {
+    let starts = cluster.nodes.iter().map(|node| {
         let kv = node.client();
         async move {
             let jobs = ldr_jobs::Registry::start(kv.clone());
@@ -204,7 +106,7 @@ pub async fn start_cluster(n: usize) -> (Vec<Arc<KvNode>>, Vec<Arc<SqlServer>>, 
         }
     });
     let servers = futures::future::join_all(starts).await;
-    (nodes, servers, dir)
+    (cluster, servers)
 }
 
 /// Serves pgwire for `server` on an ephemeral 127.0.0.1 port (as the node's listener does for

@@ -159,6 +159,29 @@ impl ElleReport {
     pub fn passed(&self) -> bool {
         self.check.is_valid() && self.lost.is_empty()
     }
+
+    /// Failed and indeterminate transactions by outcome, statement and SQLSTATE (or the
+    /// start of the error text when there is none), most frequent first.
+    pub fn causes(&self) -> Vec<(String, usize)> {
+        let mut causes: BTreeMap<String, usize> = BTreeMap::new();
+        for txn in self.history.iter().filter(|t| t.outcome != TxnOutcome::Ok) {
+            // Details read "<statement>: <error>".
+            let (statement, error) = txn.detail.split_once(": ").unwrap_or(("", &txn.detail));
+            let cause = match error.split_once("(SQLSTATE ") {
+                Some((_, rest)) => format!("SQLSTATE {}", rest.get(..5).unwrap_or(rest)),
+                None => error
+                    .char_indices()
+                    .take_while(|(i, _)| *i < 60)
+                    .map(|(_, c)| c)
+                    .collect(),
+            };
+            let key = format!("{} at {statement}: {cause}", txn.outcome.name());
+            *causes.entry(key).or_insert(0) += 1;
+        }
+        let mut causes: Vec<(String, usize)> = causes.into_iter().collect();
+        causes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        causes
+    }
 }
 
 impl fmt::Display for ElleReport {
@@ -181,6 +204,15 @@ impl fmt::Display for ElleReport {
         }
         for line in &self.timeline {
             writeln!(f, "  {line}")?;
+        }
+        let causes = self.causes();
+        if !causes.is_empty() {
+            let shown: Vec<String> = causes
+                .iter()
+                .take(6)
+                .map(|(cause, n)| format!("{n} {cause}"))
+                .collect();
+            writeln!(f, "not committed: {}", shown.join("; "))?;
         }
         write!(f, "{}", self.check)?;
         for lost in self.lost.iter().take(10) {
@@ -682,6 +714,47 @@ mod tests {
         lin.faults = config.faults;
         assert_eq!(config.schedule(), Episode::schedule(&lin));
         assert!(!config.schedule().is_empty());
+    }
+
+    #[test]
+    fn causes_group_by_outcome_statement_and_sqlstate() {
+        let txn = |outcome, detail: &str| Txn {
+            client: 1,
+            ops: Vec::new(),
+            outcome,
+            invoke_ns: 0,
+            complete_ns: 1,
+            node: 1,
+            detail: detail.to_string(),
+        };
+        let report = ElleReport {
+            seed: 1,
+            planned: Vec::new(),
+            timeline: Vec::new(),
+            history: vec![
+                txn(TxnOutcome::Ok, ""),
+                txn(
+                    TxnOutcome::Failed,
+                    "COMMIT: ERROR: restart transaction: x (SQLSTATE 40001)",
+                ),
+                txn(
+                    TxnOutcome::Failed,
+                    "COMMIT: ERROR: restart transaction: y (SQLSTATE 40001)",
+                ),
+                txn(TxnOutcome::Info, "COMMIT: connection closed"),
+            ],
+            check: CheckReport::default(),
+            lost: Vec::new(),
+            workload_time: Duration::ZERO,
+            check_time: Duration::ZERO,
+        };
+        assert_eq!(
+            report.causes(),
+            vec![
+                ("failed at COMMIT: SQLSTATE 40001".to_string(), 2),
+                ("info at COMMIT: connection closed".to_string(), 1)
+            ]
+        );
     }
 
     #[test]

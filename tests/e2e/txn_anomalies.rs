@@ -9,7 +9,8 @@
 //! healing, and enough committed transactions to mean something.
 //!
 //! `SEED=n` runs that one seed instead of the fixed ones; `ldr sim elle --seed n` runs the
-//! same schedule from the command line.
+//! same schedule from the command line. (`crates/ldr-sql/tests/anomalies.rs` is the
+//! in-process, fault-free sibling of this test.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +20,8 @@ use ldr_e2e::cluster;
 use ldr_sim::elle::{EdgeKind, ElleConfig, TxnCounts, run};
 use ldr_sim::lincheck::FaultKind;
 
-/// Seeds run when `SEED` is not set; each runs 15 s of workload (about 20 s with setup,
-/// healing and the final reads), so the test stays near 75 s on two cores.
+/// Seeds run when `SEED` is not set; each runs 15 s of workload (about 18 s with setup,
+/// healing and the final reads), so the test stays near a minute on two cores.
 const SEEDS: [u64; 3] = [1, 2, 3];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -45,7 +46,7 @@ async fn list_append_histories_show_no_anomaly_through_kills_and_pauses() -> Res
         config.op_timeout = Duration::from_secs(2);
         config.table = format!("append{i}");
         let reproduce = format!(
-            "SEED={seed} cargo nextest run --workspace -E 'binary(anomalies)', or: ldr sim elle --seed {seed} --duration 15s --faults 3 --fault-kinds kill,pause --op-timeout 2s"
+            "SEED={seed} cargo nextest run --workspace -E 'binary(txn_anomalies)', or: ldr sim elle --seed {seed} --duration 15s --faults 3 --fault-kinds kill,pause --op-timeout 2s"
         );
         eprintln!(
             "[{:>6.1}s] seed {seed}: running ({reproduce})",
@@ -61,14 +62,16 @@ async fn list_append_histories_show_no_anomaly_through_kills_and_pauses() -> Res
         );
         // The run exercised something: faults happened, transactions committed, and
         // committed reads saw other transactions' appends.
+        // (A debug build on a loaded two-core machine commits 70-75 in 15 s, faults or not:
+        // conflicts on six keys refuse a third; the floors only catch a stalled cluster.)
         let counts = report.check.counts;
         ensure!(
-            counts.ok >= 100,
+            counts.ok >= 25,
             "seed {seed}: only {} transactions committed (a stalled cluster?): {counts}",
             counts.ok
         );
         ensure!(
-            report.check.edges.get(&EdgeKind::Wr).copied().unwrap_or(0) >= 50
+            report.check.edges.get(&EdgeKind::Wr).copied().unwrap_or(0) >= 20
                 && report.check.edges.get(&EdgeKind::Rw).copied().unwrap_or(0) >= 10,
             "seed {seed}: too few dependencies to find a cycle: {:?}",
             report.check.edges

@@ -62,8 +62,9 @@ async fn list_append_histories_show_no_anomaly_through_kills_and_pauses() -> Res
         );
         // The run exercised something: faults happened, transactions committed, and
         // committed reads saw other transactions' appends.
-        // (A debug build on a loaded two-core machine commits 70-75 in 15 s, faults or not:
-        // conflicts on six keys refuse a third; the floors only catch a stalled cluster.)
+        // (A debug build on a loaded two-core machine committed 38-88 in 15 s with faults,
+        // with 27-68 rw edges; conflicts on six keys refuse about a third. The floors only
+        // catch a stalled cluster.)
         let counts = report.check.counts;
         ensure!(
             counts.ok >= 25,
@@ -71,8 +72,8 @@ async fn list_append_histories_show_no_anomaly_through_kills_and_pauses() -> Res
             counts.ok
         );
         ensure!(
-            report.check.edges.get(&EdgeKind::Wr).copied().unwrap_or(0) >= 20
-                && report.check.edges.get(&EdgeKind::Rw).copied().unwrap_or(0) >= 10,
+            report.check.edges.get(&EdgeKind::Wr).copied().unwrap_or(0) >= 10
+                && report.check.edges.get(&EdgeKind::Rw).copied().unwrap_or(0) >= 5,
             "seed {seed}: too few dependencies to find a cycle: {:?}",
             report.check.edges
         );

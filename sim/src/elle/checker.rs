@@ -891,7 +891,7 @@ fn shortest_cycle(
         let mut found: Option<(usize, usize, EdgeKind)> = None;
         'search: while let Some((t, flags)) = queue.pop_front() {
             let here = local[&t] * Flags::STATES + flags.index();
-            for (&(to, kind), _) in &graph.out[t] {
+            for &(to, kind) in graph.out[t].keys() {
                 if kind.bit() & class.allowed == 0 {
                     continue;
                 }

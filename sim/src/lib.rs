@@ -12,6 +12,8 @@
 //! - [`check`]: convergence (fingerprints), LWW oracle, accounting (metrics), monotonic
 //!   replicated time;
 //! - [`fuzz`]: seeded scenarios (same seed, same operations and faults) and their runner;
+//! - [`lincheck`] and [`elle`]: linearizability of single-key histories and transactional
+//!   anomalies (Elle's list-append analysis) of one replicated cluster under faults;
 //! - [`ldr`]: external connections, streams, waiting for replicated time (ldr SQL);
 //! - [`pg`]: two local PostgreSQL 15 servers with a publication/subscription, the peer of the
 //!   benchmark.
@@ -31,6 +33,7 @@
 pub mod bench;
 pub mod check;
 mod cluster;
+pub mod elle;
 mod error;
 pub mod fuzz;
 mod http;

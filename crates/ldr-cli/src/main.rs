@@ -3,6 +3,7 @@
 mod bench;
 mod cert_cmd;
 mod demo;
+mod elle_cmd;
 mod lincheck_cmd;
 mod node_cmd;
 mod sim_cmd;
@@ -51,7 +52,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Conflict fuzzing: seeded scenarios (writes and faults) on two clusters with
     /// bidirectional LDR, checked for convergence and last-write-wins; and a
-    /// linearizability check of replicated ranges (`sim lincheck`).
+    /// linearizability check of replicated ranges (`sim lincheck`) and a transactional
+    /// anomaly check (`sim elle`).
     #[command(subcommand)]
     Sim(sim_cmd::SimCommand),
     /// Create and list certificates of a secure cluster (as `cockroach cert`).

@@ -18,6 +18,10 @@
 //! 3-node cluster with replicated ranges, seeded clients reading, writing and
 //! compare-and-setting a few keys while nodes are killed and paused, then a check of the
 //! history key by key; a violation (or an inconclusive check) exits non-zero.
+//!
+//! `ldr sim elle --seed S` is the transactional anomaly check of `ldr_sim::elle`: the same
+//! cluster and nemesis, with clients running explicit transactions of list appends and reads
+//! over keys in several ranges, then Elle's analysis; an anomaly exits non-zero.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,6 +48,10 @@ pub enum SimCommand {
     /// Linearizability of single-key histories: seeded reads, writes and compare-and-sets on
     /// a replicated 3-node cluster while nodes are killed and paused.
     Lincheck(crate::lincheck_cmd::LincheckArgs),
+    /// Transactional anomalies (Elle's list-append analysis): seeded explicit transactions
+    /// of appends and reads over keys in several ranges while nodes are killed and paused;
+    /// G0, G1a/b/c, G-single (lost update) and G2 fail the run.
+    Elle(crate::elle_cmd::ElleArgs),
 }
 
 /// `--mode`: how both streams apply replicated rows.
@@ -213,6 +221,7 @@ pub async fn run(command: SimCommand) -> Result<()> {
         SimCommand::Run(args) => run_file(&args).await,
         SimCommand::Fuzz(args) => fuzz(&args).await,
         SimCommand::Lincheck(args) => crate::lincheck_cmd::run(&args).await,
+        SimCommand::Elle(args) => crate::elle_cmd::run(&args).await,
     }
 }
 

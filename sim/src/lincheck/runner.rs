@@ -48,13 +48,13 @@ use crate::error::{Result, SimError, describe_sql_error};
 use crate::sql;
 
 /// Deadline for one connection attempt (a paused node accepts and never answers).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause before a client tries the nodes again when none answered.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// How long a restarted node may take to serve before the schedule goes on.
 const RESTART_READY_WAIT: Duration = Duration::from_secs(30);
 /// Deadline for setup and for the final reads after healing.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the nemesis does to a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -201,12 +201,30 @@ impl Episode {
     /// second before the slot does (a restarted node gets time to catch up before the next
     /// episode), so episodes never overlap. Slots shorter than 2.5 s are dropped.
     pub fn schedule(config: &LincheckConfig) -> Vec<Episode> {
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x006e_656d_6573_6973);
-        let total_ms = u64::try_from(config.duration.as_millis()).unwrap_or(u64::MAX);
+        Episode::plan(
+            config.seed,
+            config.duration,
+            config.faults,
+            &config.fault_kinds,
+            &config.fault_nodes,
+        )
+    }
+
+    /// The same schedule from its inputs alone (for other workloads: the list-append
+    /// anomaly check runs the same nemesis).
+    pub fn plan(
+        seed: u64,
+        duration: Duration,
+        faults: usize,
+        fault_kinds: &[FaultKind],
+        fault_nodes: &[usize],
+    ) -> Vec<Episode> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x006e_656d_6573_6973);
+        let total_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         let window = total_ms.saturating_sub(2 * QUIET_MS);
         let slot_min = EPISODE_MIN_MS + QUIET_MS + QUIET_MS / 2;
-        let slots = (config.faults as u64).min(window / slot_min);
-        if slots == 0 || config.fault_kinds.is_empty() || config.fault_nodes.is_empty() {
+        let slots = (faults as u64).min(window / slot_min);
+        if slots == 0 || fault_kinds.is_empty() || fault_nodes.is_empty() {
             return Vec::new();
         }
         let slot = window / slots;
@@ -216,8 +234,8 @@ impl Episode {
                 let longest = (slot - QUIET_MS).min(EPISODE_MAX_MS);
                 let length = rng.random_range(EPISODE_MIN_MS..=longest);
                 let start = slot_start + rng.random_range(0..=slot - QUIET_MS - length);
-                let kind = config.fault_kinds[rng.random_range(0..config.fault_kinds.len())];
-                let node = config.fault_nodes[rng.random_range(0..config.fault_nodes.len())];
+                let kind = fault_kinds[rng.random_range(0..fault_kinds.len())];
+                let node = fault_nodes[rng.random_range(0..fault_nodes.len())];
                 Episode {
                     kind,
                     node,
@@ -503,13 +521,13 @@ async fn client_loop(
     ops
 }
 
-fn nanos_since(origin: Instant) -> u64 {
+pub(crate) fn nanos_since(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Runs the schedule's episodes in order (each starts at its time, never earlier; a slow
 /// restart delays the ones after it); returns the executed timeline.
-async fn nemesis(
+pub(crate) async fn nemesis(
     cluster: Arc<Cluster>,
     plan: Vec<Episode>,
     origin: Instant,
@@ -561,13 +579,13 @@ async fn nemesis(
 }
 
 /// Resumes paused nodes and starts stopped ones, then waits until every node serves; fails
-/// with the node logs if one exited on its own.
-async fn heal(cluster: &Cluster) -> Result<Vec<String>> {
+/// with the node logs if one exited on its own (`during` names the run in that report).
+pub(crate) async fn heal(cluster: &Cluster, during: &str) -> Result<Vec<String>> {
     let mut repairs = Vec::new();
     for info in cluster.nodes() {
         if let Some(status) = &info.exited {
             return Err(SimError::Process(cluster.failure_report(&format!(
-                "node {} exited on its own ({status}) during the linearizability run",
+                "node {} exited on its own ({status}) during the {during}",
                 info.index
             ))));
         }
@@ -692,7 +710,7 @@ pub async fn run(cluster: Arc<Cluster>, config: LincheckConfig) -> Result<Linche
         .await
         .map_err(|e| SimError::Process(format!("the nemesis task failed: {e}")))??;
     let workload_time = origin.elapsed();
-    timeline.extend(heal(&cluster).await?);
+    timeline.extend(heal(&cluster, "linearizability run").await?);
     history.extend(final_reads(&cluster, &config, config.clients + 1, origin).await?);
 
     let started = Instant::now();

@@ -1249,14 +1249,17 @@ async fn sinkless_changefeeds_stream_live_changes_until_the_client_leaves() -> R
     // psycopg 3, as CockroachDB's docs show (`for row in cur.stream(…)`): a change made
     // after the feed started arrives; leaving the loop cancels the statement.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/psycopg_changefeed.py");
-    let python = if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
+    // The interpreter python3-psycopg is installed for (docs/development.md).
+    let python = std::env::var("LDR_PYTHON").unwrap_or_else(|_| {
+        if std::path::Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3".into()
+        } else {
+            "python3".into()
+        }
+    });
     let output = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new(python)
+        tokio::process::Command::new(&python)
             .arg(script)
             .args(["--key", "100", "--deadline-s", "60"])
             .arg(c.url(1)?)

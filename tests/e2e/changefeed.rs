@@ -987,6 +987,40 @@ async fn sinkless_changefeeds_return_table_key_value_rows() -> Result<()> {
             ],
         "changes in (cursor, end_time] only: {values:?}"
     );
+    // The other message options work alike: a bare envelope (the row at the top level) in
+    // JSON, and key_only (no value: NULL).
+    let rows = query_any(
+        &c,
+        "CREATE CHANGEFEED FOR TABLE t WITH initial_scan = 'only', envelope = 'bare', format = json",
+    )
+    .await?;
+    let mut got: Vec<Vec<Option<String>>> = rows.rows.clone();
+    got.sort();
+    let row = |k: &str, v: Option<&str>| {
+        vec![
+            Some("t".to_string()),
+            Some(k.to_string()),
+            v.map(String::from),
+        ]
+    };
+    ensure!(
+        got == vec![
+            row("[1]", Some(r#"{"id": 1, "v": "a2"}"#)),
+            row("[3]", Some(r#"{"id": 3, "v": "late"}"#)),
+        ],
+        "bare: {got:?}"
+    );
+    let rows = query_any(
+        &c,
+        "CREATE CHANGEFEED FOR TABLE t WITH initial_scan = 'only', envelope = 'key_only'",
+    )
+    .await?;
+    let mut got: Vec<Vec<Option<String>>> = rows.rows.clone();
+    got.sort();
+    ensure!(
+        got == vec![row("[1]", None), row("[3]", None)],
+        "key_only: {got:?}"
+    );
     // No job is left behind.
     let rows = query_any(&c, "SHOW CHANGEFEED JOBS").await?;
     ensure!(rows.rows.is_empty(), "{:?}", rows.rows);

@@ -246,6 +246,12 @@ async fn bench_ldr_with_postgres() {
     positive(&json, "/backup/backup_rows_per_s");
     positive(&json, "/backup/restore_rows_per_s");
     positive(&json, "/backup/backup_fraction_of_rocksdb_scan");
+    // Changefeeds on the destination's kv: an initial scan and live changes under a load.
+    positive(&json, "/changefeed/initial_scan_messages_per_s");
+    positive(&json, "/changefeed/initial_scan_mb_per_s");
+    positive(&json, "/changefeed/initial_scan_fraction_of_rocksdb_scan");
+    positive(&json, "/changefeed/live_messages_per_s");
+    positive(&json, "/changefeed/live_fraction_of_rocksdb_scan");
     assert!(
         json.pointer("/backup/rows")
             .and_then(|v| v.as_u64())

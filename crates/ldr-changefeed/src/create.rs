@@ -1,6 +1,7 @@
 //! `CREATE CHANGEFEED`'s changefeed half ([`ChangefeedStatements`]): checks the options and
 //! the sink, creates the `CHANGEFEED` job (claimed and started by this node) and protects the
-//! history from its start time.
+//! history from its start time; or runs a sinkless changefeed whose rows stream to the SQL
+//! client for as long as it reads them.
 
 use std::sync::Arc;
 
@@ -10,16 +11,15 @@ use ldr_kv::{KvClient, PtsRecord};
 use ldr_sql::exec::{ChangefeedRequest, ChangefeedStatements};
 use ldr_sql::{SqlError, sqlstate};
 use ldr_types::JobId;
-use tracing::info;
+use tracing::{info, warn};
 
 use std::time::{Duration, Instant};
 
-use ldr_sql::Datum;
+use ldr_sql::exec::{RowSender, RowStream};
 
-use crate::job::{ChangefeedPayload, ChangefeedResumer, RunContext, pts_id};
-use crate::options::InitialScan;
+use crate::job::{ChangefeedPayload, ChangefeedResumer, RunContext, RunEnd, Running, pts_id};
 use crate::options::{OptionError, SinkSpec, parse_options, parse_sink};
-use crate::sink::Collected;
+use crate::sink::CLIENT_ROWS_BUFFERED_MAX;
 
 /// Creates changefeed jobs on this node, and runs sinkless changefeeds.
 pub struct ChangefeedCreator {
@@ -29,8 +29,66 @@ pub struct ChangefeedCreator {
     pub runner: Arc<ChangefeedResumer>,
 }
 
-/// How long a sinkless changefeed keeps retrying after errors before it fails.
+/// How long a sinkless changefeed keeps retrying after errors, without a run that lasted
+/// [`SINKLESS_HEALTHY_RUN`], before it fails.
 const SINKLESS_RETRY_DEADLINE: Duration = Duration::from_secs(60);
+/// A run that lasted this long was healthy: the retry deadline and backoff start again.
+const SINKLESS_HEALTHY_RUN: Duration = Duration::from_secs(30);
+const SINKLESS_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+const SINKLESS_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Runs a sinkless changefeed until it ends (`initial_scan = 'only'`, `end_time`) or fails.
+/// A retryable error (a lease moved, a node went away) restarts it from its last high-water
+/// mark (rows since then may come again: at least once, as CockroachDB's core changefeeds),
+/// until errors keep coming for [`SINKLESS_RETRY_DEADLINE`].
+async fn run_sinkless(
+    runner: &ChangefeedResumer,
+    payload: &ChangefeedPayload,
+    metrics_id: i64,
+    rows: RowSender,
+) -> ldr_sql::Result<()> {
+    // Never set: the statement stops by being dropped (see `sinkless_changefeed`).
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut state = runner.new_state(payload, ldr_types::Timestamp::ZERO);
+    let mut failing_since: Option<Instant> = None;
+    let mut backoff = SINKLESS_BACKOFF_INITIAL;
+    loop {
+        let run = RunContext {
+            job_id: 0,
+            metrics_id,
+            stop: stop.clone(),
+            registry: None,
+            rows: Some(rows.clone()),
+        };
+        let started = Instant::now();
+        match runner.run_once(&run, payload, &mut state).await {
+            Ok(RunEnd::Done) | Ok(RunEnd::Stopped) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                if started.elapsed() >= SINKLESS_HEALTHY_RUN {
+                    failing_since = None;
+                    backoff = SINKLESS_BACKOFF_INITIAL;
+                }
+                let since = *failing_since.get_or_insert(started);
+                if since.elapsed() >= SINKLESS_RETRY_DEADLINE {
+                    return Err(SqlError::new(
+                        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        e.to_string(),
+                    ));
+                }
+                warn!(metrics_id, error = %e, ?backoff, "sinkless changefeed run ended; retrying from its high-water mark");
+                runner.metrics.retried();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(SINKLESS_BACKOFF_MAX);
+            }
+            Err(e) => {
+                return Err(SqlError::new(
+                    sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+}
 
 fn option_error(e: OptionError) -> SqlError {
     let code = if e.feature_not_supported {
@@ -43,49 +101,37 @@ fn option_error(e: OptionError) -> SqlError {
 
 #[async_trait]
 impl ChangefeedStatements for ChangefeedCreator {
-    async fn sinkless_changefeed(
-        &self,
-        request: ChangefeedRequest,
-    ) -> ldr_sql::Result<Vec<Vec<Datum>>> {
+    /// Checks the statement, then runs the changefeed in a task of its own that sends its
+    /// rows into the returned stream until the changefeed ends, fails (the error is the
+    /// stream's last item) or the stream is dropped (the client went away or canceled: the
+    /// task stops at once, and with it the partition readers and their rangefeeds).
+    async fn sinkless_changefeed(&self, request: ChangefeedRequest) -> ldr_sql::Result<RowStream> {
         let (payload, _) = self.check(&request).await?;
-        let o = &payload.options;
-        if o.initial_scan != InitialScan::Only && o.end_time.is_none() {
-            return Err(SqlError::unsupported(
-                "a sinkless changefeed returns its rows when it ends: use WITH initial_scan = 'only' or end_time = '<decimal timestamp>', or a sink (INTO 'nodelocal://…')",
-            ));
-        }
-        let collected = Arc::new(parking_lot::Mutex::new(Collected::default()));
-        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-        let mut state = self.runner.new_state(&payload, ldr_types::Timestamp::ZERO);
-        let deadline = Instant::now() + SINKLESS_RETRY_DEADLINE;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let run = RunContext {
-                job_id: 0,
-                stop: stop.clone(),
-                registry: None,
-                collected: Some(collected.clone()),
+        let (rows, stream) = RowStream::channel(CLIENT_ROWS_BUFFERED_MAX);
+        let runner = self.runner.clone();
+        tokio::spawn(async move {
+            let id = runner.metrics.sinkless_started();
+            let _running = Running {
+                metrics: &runner.metrics,
+                job_id: id,
             };
-            match self.runner.run_once(&run, &payload, &mut state).await {
-                Ok(_) => break,
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+            info!(metrics_id = id, initial_scan = ?payload.options.initial_scan, "sinkless changefeed started");
+            let ended = tokio::select! {
+                r = run_sinkless(&runner, &payload, id, rows.clone()) => r,
+                _ = rows.closed() => Err(SqlError::new(sqlstate::QUERY_CANCELED, "the client went away")),
+            };
+            match ended {
+                Ok(()) => info!(metrics_id = id, "sinkless changefeed done"),
+                Err(e) if rows.is_closed() => {
+                    info!(metrics_id = id, error = %e.message(), "sinkless changefeed stopped: its client went away or canceled");
                 }
                 Err(e) => {
-                    return Err(SqlError::new(
-                        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-                        e.to_string(),
-                    ));
+                    info!(metrics_id = id, error = %e.message(), "sinkless changefeed failed");
+                    let _ = rows.send(Err(e)).await;
                 }
             }
-        }
-        let rows = std::mem::take(&mut collected.lock().rows);
-        let text = |v: Option<String>| v.map(Datum::String).unwrap_or(Datum::Null);
-        Ok(rows
-            .into_iter()
-            .map(|(t, k, v)| vec![text(t), text(k), text(v)])
-            .collect())
+        });
+        Ok(stream)
     }
 
     async fn create_changefeed(&self, request: ChangefeedRequest) -> ldr_sql::Result<JobId> {

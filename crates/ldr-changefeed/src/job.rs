@@ -24,7 +24,6 @@ use ldr_proto::pb;
 use ldr_sql::catalog::{Catalog, TableDescriptor};
 use ldr_stream::Producer;
 use ldr_types::{ResolvedSpan, Span, SpanFrontier, TableId, Timestamp, keys};
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
@@ -35,7 +34,7 @@ use crate::metrics::ChangefeedMetrics;
 use crate::options::{ChangefeedOptions, InitialScan, SinkSpec};
 use crate::pacing::{AfterFlush, Pacing};
 use crate::sink::{
-    CloudStorageSink, CollectSink, Collected, LocalFiles, RemoteFiles, Sink, SinkError, WebhookSink,
+    ClientSink, CloudStorageSink, LocalFiles, RemoteFiles, Sink, SinkError, WebhookSink,
 };
 
 /// The immutable details of a changefeed job.
@@ -101,14 +100,17 @@ impl From<SinkError> for RunError {
 }
 
 /// Who a run works for: a job (checkpoints to its record and protected timestamp) or a
-/// sinkless changefeed (rows collected for the SQL client).
+/// sinkless changefeed (rows streamed to the SQL client).
 pub(crate) struct RunContext {
     pub(crate) job_id: i64,
+    /// The changefeed's entry in the node's metrics: the job id, or a sinkless
+    /// changefeed's negative id ([`ChangefeedMetrics::sinkless_started`]).
+    pub(crate) metrics_id: i64,
     pub(crate) stop: watch::Receiver<bool>,
     /// `None`: a sinkless changefeed (no job record, no protected timestamp).
     pub(crate) registry: Option<Arc<Registry>>,
-    /// Where a sinkless changefeed's rows go.
-    pub(crate) collected: Option<Arc<Mutex<Collected>>>,
+    /// Where a sinkless changefeed's rows go: the statement's bounded row channel.
+    pub(crate) rows: Option<ldr_sql::exec::RowSender>,
 }
 
 /// What a job keeps between runs on this node.
@@ -170,10 +172,11 @@ impl Sink for CountingSink {
     }
 }
 
-/// Takes a job out of the running changefeeds' metrics when its resume ends.
-struct Running<'a> {
-    metrics: &'a ChangefeedMetrics,
-    job_id: i64,
+/// Takes a changefeed out of the running changefeeds' metrics when its resume (or a
+/// sinkless changefeed's statement) ends.
+pub(crate) struct Running<'a> {
+    pub(crate) metrics: &'a ChangefeedMetrics,
+    pub(crate) job_id: i64,
 }
 
 impl Drop for Running<'_> {
@@ -215,9 +218,10 @@ impl Resumer for ChangefeedResumer {
             let started = Instant::now();
             let run = RunContext {
                 job_id: ctx.job_id,
+                metrics_id: ctx.job_id,
                 stop: ctx.stop.clone(),
                 registry: Some(ctx.registry.clone()),
-                collected: None,
+                rows: None,
             };
             match self.run_once(&run, &payload, &mut state).await {
                 Ok(RunEnd::Stopped) => return ResumeOutcome::Succeeded,
@@ -337,10 +341,8 @@ impl ChangefeedResumer {
                 ca_cert.as_deref(),
                 *insecure_tls_skip_verify,
             )?)),
-            SinkSpec::Sinkless => match &run.collected {
-                Some(c) => Ok(Box::new(CollectSink {
-                    collected: c.clone(),
-                })),
+            SinkSpec::Sinkless => match &run.rows {
+                Some(rows) => Ok(Box::new(ClientSink { rows: rows.clone() })),
                 None => Err(RunError::Permanent(
                     "a sinkless changefeed cannot run as a job".into(),
                 )),
@@ -540,9 +542,7 @@ impl ChangefeedResumer {
         if after.emit_resolved {
             sink.emit_resolved(&encoder.encode_resolved(hw), hw).await?;
         }
-        if ctx.registry.is_some() {
-            self.metrics.set_high_water(ctx.job_id, hw);
-        }
+        self.metrics.set_high_water(ctx.metrics_id, hw);
         if after.checkpoint
             && let Some(registry) = &ctx.registry
         {

@@ -4,13 +4,15 @@
 //! - [`options`]: the `WITH` options and sink URIs, with CockroachDB's errors (pure).
 //! - [`encode`]: CockroachDB's JSON messages (wrapped, bare, key_only; resolved) (pure).
 //! - [`pacing`]: when to flush, emit resolved messages and checkpoint (pure).
-//! - [`sink`]: `nodelocal://` files (CockroachDB's cloud storage sink naming) and webhooks.
+//! - [`sink`]: `nodelocal://` files (CockroachDB's cloud storage sink naming), webhooks, and
+//!   the SQL client of a sinkless changefeed (rows streamed through a bounded channel).
 //! - [`service`]: the node-to-node `Changefeed` gRPC service: a node streams the spans it
 //!   serves (the replication partition loop, every origin) and writes nodelocal files.
 //! - [`job`]: the resumer: plans the ranges, merges the node streams into a span frontier,
 //!   flushes the sink and checkpoints the high-water mark (job record and protected
 //!   timestamp); restarts from the last flushed frontier on any error.
-//! - [`create`]: the `CREATE CHANGEFEED` hook the SQL layer calls.
+//! - [`create`]: the `CREATE CHANGEFEED` hook the SQL layer calls; it also runs sinkless
+//!   changefeeds, in a task per statement that stops when the client stops reading.
 //! - [`metrics`]: CockroachDB's `changefeed.*` metrics of the node.
 //!
 //! Jargon: the *high-water mark* is the frontier's minimum after a sink flush: every change

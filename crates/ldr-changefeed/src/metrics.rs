@@ -27,9 +27,12 @@ pub struct ChangefeedMetrics {
     emitted_bytes: AtomicU64,
     flushes: AtomicU64,
     error_retries: AtomicU64,
-    /// The high-water mark of each changefeed running here (job id; sinkless feeds use 0
-    /// and are not tracked).
+    /// The high-water mark of each changefeed running here (job id; a sinkless changefeed
+    /// has a negative id of its own, see [`ChangefeedMetrics::sinkless_started`]; zero: no
+    /// high-water mark yet).
     high_water: Mutex<BTreeMap<i64, Timestamp>>,
+    /// The last id given to a sinkless changefeed (counting down from -1).
+    sinkless_ids: std::sync::atomic::AtomicI64,
 }
 
 impl ChangefeedMetrics {
@@ -53,7 +56,15 @@ impl ChangefeedMetrics {
         self.high_water.lock().insert(job_id, high_water);
     }
 
-    /// The job stopped running here.
+    /// A sinkless changefeed starts running here: its id in these metrics (negative, so it
+    /// never meets a job id), to pass to [`Self::stopped`] when it ends.
+    pub fn sinkless_started(&self) -> i64 {
+        let id = -1 - self.sinkless_ids.fetch_add(1, Ordering::Relaxed);
+        self.set_high_water(id, Timestamp::ZERO);
+        id
+    }
+
+    /// The job (or sinkless changefeed) stopped running here.
     pub fn stopped(&self, job_id: i64) {
         self.high_water.lock().remove(&job_id);
     }
@@ -148,5 +159,12 @@ mod tests {
         m.render(&mut text, 5_000);
         assert!(text.contains("changefeed_running 1\n"));
         assert!(text.contains("changefeed_max_behind_nanos 1000\n"));
+        // Sinkless changefeeds count as running (distinct ids), and stop counting.
+        let (a, b) = (m.sinkless_started(), m.sinkless_started());
+        assert!(a < 0 && b < 0 && a != b, "{a} {b}");
+        assert_eq!(m.running(), 3);
+        m.stopped(a);
+        m.stopped(b);
+        assert_eq!(m.running(), 1);
     }
 }

@@ -44,7 +44,7 @@ use pgwire::api::results::{
     QueryResponse, Response, Tag,
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
-use pgwire::api::store::PortalStore;
+use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{
     ClientInfo, ClientPortalStore, DEFAULT_NAME, ErrorHandler, METADATA_DATABASE, METADATA_USER,
     PgWireConnectionState, PgWireServerHandlers, Type,
@@ -52,7 +52,7 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::DecodeContext;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::data::DataRow;
+use pgwire::messages::data::{DataRow, RowDescription};
 use pgwire::messages::extendedquery::{Describe, Execute, Parse, ParseComplete, Sync as PgSync};
 use pgwire::messages::response::{EmptyQueryResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
@@ -67,7 +67,9 @@ use tracing::debug;
 use crate::copy::CopySpec;
 use crate::datum::Datum;
 use crate::error::{PgError, SqlError, sqlstate};
-use crate::exec::{ColumnInfo, Prepared, QueryResult, Session, SqlServer, TxnEffect, TxnStatus};
+use crate::exec::{
+    ColumnInfo, Prepared, QueryResult, RowStream, Session, SqlServer, TxnEffect, TxnStatus,
+};
 use crate::frontend_frame::{self, FrameKind, FrameReader};
 use crate::types::SqlType;
 use crate::wire;
@@ -228,14 +230,23 @@ fn hangup_watcher(socket: TcpStream) -> std::io::Result<(TcpStream, Option<Arc<T
 }
 
 /// Resolves `true` once the client has closed its end (end of stream or a reset). Bytes the
-/// client sent meanwhile (a pipelined next message) are left for the connection to read;
-/// the watch then looks again a moment later.
+/// client sent meanwhile (a pipelined next message, such as the Sync a driver sends right
+/// after Execute) are left for the connection to read: a peek shows them, not the end of
+/// stream behind them, which the socket's read-closed readiness shows instead; the watch
+/// looks again a moment later.
 async fn client_gone(watcher: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     loop {
         match watcher.peek(&mut byte).await {
             Ok(0) => return true,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(_) => {
+                match watcher.ready(tokio::io::Interest::READABLE).await {
+                    Ok(ready) if ready.is_read_closed() => return true,
+                    Ok(_) => {}
+                    Err(_) => return true,
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return true,
         }
@@ -403,12 +414,7 @@ impl pgwire::api::cancel::CancelHandler for CancelRequests {
 impl Handlers {
     /// The logged-in session's cancel flag (`None` before login).
     fn canceler(&self) -> Option<Arc<crate::budget::Canceler>> {
-        self.handler
-            .conn
-            .canceler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.handler.canceler()
     }
 }
 
@@ -780,27 +786,34 @@ fn encode_rows(
 ) -> PgWireResult<Vec<PgWireResult<DataRow>>> {
     let mut out = Vec::with_capacity(result.rows.len());
     for row in &result.rows {
-        let mut buf = BytesMut::with_capacity(64);
-        for (i, d) in row.iter().enumerate() {
-            let ty = result
-                .columns
-                .get(i)
-                .map(|c| &c.ty)
-                .unwrap_or(&SqlType::String);
-            let binary = fields
-                .get(i)
-                .is_some_and(|f| f.format() == FieldFormat::Binary);
-            match wire::encode(d, ty, binary, tz).map_err(|e| user_error(&e))? {
-                None => buf.put_i32(-1),
-                Some(bytes) => {
-                    buf.put_i32(bytes.len() as i32);
-                    buf.put_slice(&bytes);
-                }
-            }
-        }
-        out.push(Ok(DataRow::new(buf, row.len() as i16)));
+        let data = encode_row(row, &result.columns, fields, tz).map_err(|e| user_error(&e))?;
+        out.push(Ok(data));
     }
     Ok(out)
+}
+
+/// One row in the formats `fields` ask for.
+fn encode_row(
+    row: &[Datum],
+    columns: &[ColumnInfo],
+    fields: &[FieldInfo],
+    tz: i32,
+) -> Result<DataRow, SqlError> {
+    let mut buf = BytesMut::with_capacity(64);
+    for (i, d) in row.iter().enumerate() {
+        let ty = columns.get(i).map(|c| &c.ty).unwrap_or(&SqlType::String);
+        let binary = fields
+            .get(i)
+            .is_some_and(|f| f.format() == FieldFormat::Binary);
+        match wire::encode(d, ty, binary, tz)? {
+            None => buf.put_i32(-1),
+            Some(bytes) => {
+                buf.put_i32(bytes.len() as i32);
+                buf.put_slice(&bytes);
+            }
+        }
+    }
+    Ok(DataRow::new(buf, row.len() as i16))
 }
 
 fn tag_of(result: &QueryResult) -> Tag {
@@ -812,8 +825,18 @@ fn tag_of(result: &QueryResult) -> Tag {
     }
 }
 
-/// Turns a statement result into pgwire's response.
-fn to_response(result: QueryResult, format: Option<&Format>, tz: i32) -> PgWireResult<Response> {
+/// Turns a statement result into pgwire's response. A streamed result becomes a response
+/// whose rows pgwire sends as they come but flushes only with the statement's end: the
+/// connection's own paths take the stream first ([`Streamed::take`]) and send it with
+/// [`send_streamed`], which flushes every row.
+fn to_response(
+    mut result: QueryResult,
+    format: Option<&Format>,
+    tz: i32,
+) -> PgWireResult<Response> {
+    if let Some(streamed) = Streamed::take(&mut result, format, tz) {
+        return Ok(Response::Query(streamed.into_response()));
+    }
     if result.returns_rows {
         let fields = Arc::new(field_infos(&result.columns, format));
         let rows = encode_rows(&result, &fields, tz)?;
@@ -849,6 +872,9 @@ async fn with_session<T>(conn: &Conn, f: impl AsyncFnOnce(&mut Session) -> T) ->
 struct Answer {
     notices: Vec<PgError>,
     response: Response,
+    /// Rows still to come (a sinkless changefeed): sent after `response`'s place, which is
+    /// then unused.
+    streamed: Option<Streamed>,
 }
 
 impl Answer {
@@ -856,8 +882,145 @@ impl Answer {
         Answer {
             notices: vec![],
             response,
+            streamed: None,
         }
     }
+}
+
+/// A streamed result ready to send: its rows, their columns and wire formats.
+struct Streamed {
+    rows: RowStream,
+    columns: Vec<ColumnInfo>,
+    fields: Arc<Vec<FieldInfo>>,
+    tz: i32,
+}
+
+impl Streamed {
+    /// The stream of a result that has one, with the formats the client asked for.
+    fn take(result: &mut QueryResult, format: Option<&Format>, tz: i32) -> Option<Streamed> {
+        let rows = result.stream.take()?;
+        Some(Streamed {
+            rows,
+            fields: Arc::new(field_infos(&result.columns, format)),
+            columns: std::mem::take(&mut result.columns),
+            tz,
+        })
+    }
+
+    /// As pgwire's response (rows sent as they come, flushed at the end): only for callers
+    /// outside the connection's own paths (see [`to_response`]).
+    fn into_response(self) -> QueryResponse {
+        let Streamed {
+            rows,
+            columns,
+            fields,
+            tz,
+        } = self;
+        let row_fields = fields.clone();
+        let data = stream::unfold(rows, move |mut rows| {
+            let columns = columns.clone();
+            let fields = row_fields.clone();
+            async move {
+                let row = rows.next().await?;
+                let data = row
+                    .and_then(|row| encode_row(&row, &columns, &fields, tz))
+                    .map_err(|e| user_error(&e));
+                Some((data, rows))
+            }
+        });
+        QueryResponse::new(fields, data)
+    }
+}
+
+/// Sends a streamed result: the rows as they arrive, each flushed to the client as soon as
+/// no further row is waiting (a live changefeed's rows must not sit in a buffer), then
+/// CommandComplete with the count. It stops early when the connection's statement is
+/// canceled (a CancelRequest, or the client disconnecting: 57014) or its `statement_timeout`
+/// passes; the stream is dropped before anything else is sent, which stops its producer.
+/// Returns the error that ended the rows, for the caller to report after them (an
+/// ErrorResponse in place of CommandComplete). A slow client makes `feed` wait, and with it
+/// the producer (its channel is bounded): nothing is buffered beyond that.
+async fn send_streamed<C>(
+    client: &mut C,
+    streamed: Streamed,
+    send_describe: bool,
+    canceler: Option<Arc<crate::budget::Canceler>>,
+) -> PgWireResult<Option<SqlError>>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let Streamed {
+        mut rows,
+        columns,
+        fields,
+        tz,
+    } = streamed;
+    if send_describe {
+        let description = RowDescription::new(fields.iter().map(Into::into).collect());
+        client
+            .feed(PgWireBackendMessage::RowDescription(description))
+            .await?;
+    }
+    let deadline = rows.deadline();
+    let canceled = async move {
+        match canceler {
+            Some(c) => c.canceled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let timeout = async move {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(canceled);
+    tokio::pin!(timeout);
+    let mut sent = 0usize;
+    let ended: Option<SqlError> = loop {
+        let next = match rows.try_next() {
+            Ok(Some(row)) => Some(row),
+            Err(()) => None,
+            Ok(None) => {
+                // Nothing waiting: what was fed reaches the client before we wait.
+                tokio::select! {
+                    r = client.flush() => r?,
+                    _ = &mut canceled => break Some(crate::budget::query_canceled()),
+                    _ = &mut timeout => break Some(crate::budget::statement_timeout()),
+                }
+                tokio::select! {
+                    row = rows.next() => row,
+                    _ = &mut canceled => break Some(crate::budget::query_canceled()),
+                    _ = &mut timeout => break Some(crate::budget::statement_timeout()),
+                }
+            }
+        };
+        let row = match next {
+            None => break None,
+            Some(Err(e)) => break Some(e),
+            Some(Ok(row)) => row,
+        };
+        let data = match encode_row(&row, &columns, &fields, tz) {
+            Ok(data) => data,
+            Err(e) => break Some(e),
+        };
+        tokio::select! {
+            r = client.feed(PgWireBackendMessage::DataRow(data)) => r?,
+            _ = &mut canceled => break Some(crate::budget::query_canceled()),
+            _ = &mut timeout => break Some(crate::budget::statement_timeout()),
+        }
+        sent += 1;
+    };
+    drop(rows);
+    if ended.is_none() {
+        let tag = Tag::new("SELECT").with_rows(sent);
+        client
+            .feed(PgWireBackendMessage::CommandComplete(tag.into()))
+            .await?;
+    }
+    Ok(ended)
 }
 
 /// A query string of only semicolons and whitespace is empty (PostgreSQL answers it with
@@ -888,6 +1051,15 @@ fn notice(n: &PgError) -> PgWireBackendMessage {
 /// wrong: it would report `E` for a block that is over). Any error reported to the client
 /// aborts an open block first, as in PostgreSQL, also one that never reached the executor.
 impl ConnHandler {
+    /// The logged-in session's cancel flag (`None` before login).
+    fn canceler(&self) -> Option<Arc<crate::budget::Canceler>> {
+        self.conn
+            .canceler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The session's transaction status as ReadyForQuery reports it.
     async fn txn_status(&self) -> TransactionStatus {
         let guard = self.conn.session.lock().await;
@@ -937,9 +1109,18 @@ impl ConnHandler {
             match r {
                 Ok(mut result) => {
                     let notices = std::mem::take(&mut result.notices);
+                    if let Some(streamed) = Streamed::take(&mut result, None, tz) {
+                        out.push(Answer {
+                            notices,
+                            response: Response::EmptyQuery,
+                            streamed: Some(streamed),
+                        });
+                        continue;
+                    }
                     out.push(Answer {
                         notices,
                         response: to_response(result, None, tz)?,
+                        streamed: None,
                     });
                 }
                 Err(e) => {
@@ -963,6 +1144,19 @@ impl ConnHandler {
         for answer in answers {
             for n in &answer.notices {
                 client.feed(notice(n)).await?;
+            }
+            if let Some(streamed) = answer.streamed {
+                if let Some(e) = send_streamed(client, streamed, true, self.canceler()).await? {
+                    debug!(code = e.code(), error = %e.message(), "streamed statement ended with an error");
+                    client
+                        .feed(PgWireBackendMessage::ErrorResponse(
+                            error_info(&e, "ERROR").into(),
+                        ))
+                        .await?;
+                    self.abort_txn().await;
+                    break;
+                }
+                continue;
             }
             match answer.response {
                 Response::EmptyQuery => {
@@ -1052,7 +1246,13 @@ impl SimpleQueryHandler for ConnHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let answers = self.simple_query(client, query).await?;
-        Ok(answers.into_iter().map(|a| a.response).collect())
+        Ok(answers
+            .into_iter()
+            .map(|a| match a.streamed {
+                Some(streamed) => Response::Query(streamed.into_response()),
+                None => a.response,
+            })
+            .collect())
     }
 }
 
@@ -1465,7 +1665,10 @@ impl ExtendedQueryHandler for ConnHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let r = self._on_execute(client, message).await;
+        let r = match streaming_portal(client, &message) {
+            Some(portal) => self.execute_streaming(client, &portal).await,
+            None => self._on_execute(client, message).await,
+        };
         if r.is_err() {
             self.abort_txn().await;
         }
@@ -1579,22 +1782,7 @@ impl ExtendedQueryHandler for ConnHandler {
             }
             return Ok(response);
         }
-        let mut params = Vec::with_capacity(portal.parameters.len());
-        for (i, p) in portal.parameters.iter().enumerate() {
-            let ty = prepared
-                .param_types
-                .get(i)
-                .cloned()
-                .unwrap_or(SqlType::String);
-            match p {
-                None => params.push(Datum::Null),
-                Some(bytes) => {
-                    let binary = portal.parameter_format.is_binary(i);
-                    params
-                        .push(wire::decode_param(bytes, &ty, binary).map_err(|e| user_error(&e))?);
-                }
-            }
-        }
+        let params = portal_params(portal)?;
         let (result, tz) = with_session(&self.conn, async |s: &mut Session| {
             let r = s.execute_prepared(&prepared, params).await;
             (r, s.vars.tz_offset_secs)
@@ -1609,6 +1797,100 @@ impl ExtendedQueryHandler for ConnHandler {
             }
             Err(e) => Err(user_error(&e)),
         }
+    }
+}
+
+/// A portal's parameters, decoded as its statement's parameter types.
+fn portal_params(portal: &Portal<Arc<Prepared>>) -> PgWireResult<Vec<Datum>> {
+    let prepared = &portal.statement.statement;
+    let mut params = Vec::with_capacity(portal.parameters.len());
+    for (i, p) in portal.parameters.iter().enumerate() {
+        let ty = prepared
+            .param_types
+            .get(i)
+            .cloned()
+            .unwrap_or(SqlType::String);
+        match p {
+            None => params.push(Datum::Null),
+            Some(bytes) => {
+                let binary = portal.parameter_format.is_binary(i);
+                params.push(wire::decode_param(bytes, &ty, binary).map_err(|e| user_error(&e))?);
+            }
+        }
+    }
+    Ok(params)
+}
+
+/// The portal an Execute names, if its statement streams its rows (a sinkless changefeed):
+/// such a portal runs in [`ConnHandler::execute_streaming`], not in pgwire's `_on_execute`,
+/// whose loop would hold the rows in the connection's buffer until the statement ends.
+fn streaming_portal<C>(client: &C, message: &Execute) -> Option<Arc<Portal<Arc<Prepared>>>>
+where
+    C: ClientPortalStore,
+    C::PortalStore: PortalStore<Statement = Arc<Prepared>>,
+{
+    let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+    match client.portal_store().get_portal(name)? {
+        Entry::Value(portal) => {
+            let streams = matches!(
+                &portal.statement.statement.statement,
+                Some(crate::parser::Statement::CreateChangefeed(c)) if c.sink.is_none()
+            );
+            streams.then_some(portal)
+        }
+        Entry::Empty => None,
+    }
+}
+
+impl ConnHandler {
+    /// Executes a portal whose rows stream ([`streaming_portal`]): runs the statement, then
+    /// sends its rows as they arrive. `max_rows` is not honoured: the rows go on until the
+    /// statement ends (no PortalSuspended), as drivers that stream rows expect (they ask for
+    /// all rows; a changefeed runs outside transaction blocks, where JDBC does not fetch in
+    /// batches). An error after rows is reported after them; the caller aborts the block
+    /// and pgwire then waits for Sync.
+    async fn execute_streaming<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Arc<Prepared>>,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let prepared = portal.statement.statement.clone();
+        let params = portal_params(portal)?;
+        let (result, tz) = with_session(&self.conn, async |s: &mut Session| {
+            let r = s.execute_prepared(&prepared, params).await;
+            (r, s.vars.tz_offset_secs)
+        })
+        .await?;
+        let mut result = result.map_err(|e| user_error(&e))?;
+        for n in std::mem::take(&mut result.notices) {
+            client.feed(notice(&n)).await?;
+        }
+        match Streamed::take(&mut result, Some(&portal.result_column_format), tz) {
+            Some(streamed) => {
+                if let Some(e) = send_streamed(client, streamed, false, self.canceler()).await? {
+                    debug!(code = e.code(), error = %e.message(), "streamed statement ended with an error");
+                    return Err(user_error(&e));
+                }
+            }
+            None => match to_response(result, Some(&portal.result_column_format), tz)? {
+                Response::Query(rows) => send_query_response(client, rows, false).await?,
+                Response::Execution(tag)
+                | Response::TransactionStart(tag)
+                | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+                _ => {}
+            },
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        Ok(())
     }
 }
 

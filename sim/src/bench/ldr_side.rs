@@ -27,6 +27,10 @@
 //!   applies it to its Raft log writer when its settings cache refreshes); `--replicas` sets
 //!   the default zone's `num_replicas` first; the factor reported is what `SHOW RANGES FROM
 //!   TABLE kv` lists as voters on both clusters before the load.
+//! - **changefeed emit rate** (after the backup phase): a nodelocal changefeed's initial scan
+//!   of the destination's `kv`, create to `succeeded`, and a live one under an unthrottled
+//!   write load until its high-water mark passes the load; messages and bytes from the
+//!   `changefeed_emitted_*` counters (see `changefeed_emit`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -497,6 +501,199 @@ async fn phases(
             report.failures.push(format!("backup: {e}"));
         }
     }
+    if !options.cancel.is_cancelled() {
+        report.changefeed.ran = true;
+        if let Err(e) = changefeed_emit(options, reporter, report, side).await {
+            report.changefeed.error = Some(e.to_string());
+            report.failures.push(format!("changefeed: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// `changefeed_emitted_messages` and `changefeed_emitted_bytes` summed over a cluster.
+async fn changefeed_emitted(cluster: &Cluster) -> (f64, f64) {
+    (
+        counter_sum(cluster, "changefeed_emitted_messages")
+            .await
+            .unwrap_or(0.0),
+        counter_sum(cluster, "changefeed_emitted_bytes")
+            .await
+            .unwrap_or(0.0),
+    )
+}
+
+/// `(status, high-water mark)` of a changefeed job (`SHOW CHANGEFEED JOB`).
+async fn changefeed_state(
+    client: &Client,
+    job: i64,
+) -> std::result::Result<(String, Option<Timestamp>), String> {
+    let rows = sql::query_text(client, &format!("SHOW CHANGEFEED JOB {job}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let value = |name: &str| {
+        rows.column(name)
+            .and_then(|i| rows.rows.first().and_then(|r| r[i].clone()))
+    };
+    let status = value("status").ok_or_else(|| format!("no changefeed job {job}"))?;
+    let high_water = value("high_water_timestamp").and_then(|t| t.parse::<Timestamp>().ok());
+    Ok((status, high_water))
+}
+
+/// Polls a changefeed job every 50 ms until `done` holds for its state, failing when it
+/// failed or was canceled, or after `deadline_in`.
+async fn wait_changefeed(
+    options: &BenchOptions,
+    client: &Client,
+    job: i64,
+    what: &str,
+    deadline_in: Duration,
+    done: impl Fn(&str, Option<Timestamp>) -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + deadline_in;
+    let mut last_seen;
+    loop {
+        if options.cancel.is_cancelled() {
+            return Err(super::cancelled());
+        }
+        match polled(changefeed_state(client, job)).await {
+            Ok((status, hw)) if done(&status, hw) => return Ok(()),
+            Ok((status, _)) if status == "failed" || status == "canceled" => {
+                return Err(SimError::Process(format!(
+                    "changefeed job {job} is {status} while waiting for {what}"
+                )));
+            }
+            Ok((status, hw)) => last_seen = format!("status {status}, high-water {hw:?}"),
+            Err(e) => last_seen = e,
+        }
+        if Instant::now() >= deadline {
+            return Err(SimError::Timeout {
+                what: format!("changefeed job {job}: {what}"),
+                waited_ms: deadline_in.as_millis(),
+                details: format!("; last: {last_seen}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Changefeeds on the destination's `kv` (the rows LDR wrote), coordinated by its node 1,
+/// into nodelocal sinks: the emit rate of an initial scan, then of live changes under a
+/// write load. Messages and bytes are the increase of the cluster's
+/// `changefeed_emitted_messages` / `_bytes` (JSON key and value of each message handed to
+/// the sink, resolved messages included).
+/// - initial scan: `WITH initial_scan = 'only'`, timed from the statement to the job's
+///   `succeeded` (the scan, encoding, the files written, the job record);
+/// - live: `WITH initial_scan = 'no', resolved = '1s', min_checkpoint_frequency = '1s'`;
+///   once it runs, `--duration` of unthrottled `--steady-batch`-row upserts on the
+///   destination (bounded by a row count too), then wait for the job's high-water mark to
+///   pass the newest clock after the load (every change emitted and flushed); timed from the
+///   load's start to then.
+async fn changefeed_emit(
+    options: &BenchOptions,
+    reporter: &Reporter,
+    report: &mut BenchReport,
+    side: &LdrSide,
+) -> Result<()> {
+    reporter.step("changefeed: initial scan of the destination's kv into nodelocal, then live changes under a write load");
+    side.dst
+        .exec(1, "SET CLUSTER SETTING kv.rangefeed.enabled = true")
+        .await?;
+    let client = side.dst.sql(1).await?;
+    let create = async |statement: &str| -> Result<i64> {
+        let row = client
+            .query_one(statement, &[])
+            .await
+            .map_err(|e| SimError::sql(statement.to_string(), e))?;
+        Ok(row.get::<_, i64>(0))
+    };
+
+    let (messages0, bytes0) = changefeed_emitted(&side.dst).await;
+    let begin = Instant::now();
+    let job = create(&format!(
+        "CREATE CHANGEFEED FOR TABLE {KV_TABLE} INTO 'nodelocal://1/bench-changefeed-scan' WITH initial_scan = 'only'"
+    ))
+    .await?;
+    wait_changefeed(
+        options,
+        &client,
+        job,
+        "its initial scan to finish",
+        options.apply_deadline(options.rows),
+        |status, _| status == "succeeded",
+    )
+    .await?;
+    let secs = begin.elapsed().as_secs_f64();
+    let (messages1, bytes1) = changefeed_emitted(&side.dst).await;
+    {
+        let c = &mut report.changefeed;
+        c.initial_scan_messages = (messages1 - messages0).max(0.0) as u64;
+        c.initial_scan_bytes = (bytes1 - bytes0).max(0.0) as u64;
+        c.initial_scan_secs = Some(secs);
+        c.initial_scan_messages_per_s = Some(c.initial_scan_messages as f64 / secs.max(1e-9));
+        c.initial_scan_mb_per_s = Some(c.initial_scan_bytes as f64 / 1e6 / secs.max(1e-9));
+        reporter.note(&format!(
+            "changefeed initial scan: {} messages, {:.1} MB in {secs:.2}s",
+            c.initial_scan_messages,
+            c.initial_scan_bytes as f64 / 1e6
+        ));
+    }
+    if options.cancel.is_cancelled() {
+        return Ok(());
+    }
+
+    let job = create(&format!(
+        "CREATE CHANGEFEED FOR TABLE {KV_TABLE} INTO 'nodelocal://1/bench-changefeed-live' WITH initial_scan = 'no', resolved = '1s', min_checkpoint_frequency = '1s'"
+    ))
+    .await?;
+    wait_changefeed(
+        options,
+        &client,
+        job,
+        "it to run",
+        Duration::from_secs(60),
+        |status, hw| status == "running" && hw.is_some(),
+    )
+    .await?;
+    let (messages0, bytes0) = changefeed_emitted(&side.dst).await;
+    let begin = Instant::now();
+    let config = options.kv_config(options.steady_batch, KeyDistribution::Uniform);
+    let statements_max = options.rows.max(1000) / options.steady_batch.max(1) as u64 * 10;
+    let load = LoadOptions::new(side.dst.urls())
+        .concurrency(options.concurrency)
+        .duration(options.duration)
+        .max_ops(statements_max)
+        .seed(options.seed.wrapping_add(0xcf))
+        .progress(Progress::Silent)
+        .cancel(options.cancel.clone());
+    let written = kvw::run(&config, &load).await?.summary;
+    let load_secs = begin.elapsed().as_secs_f64();
+    let bound = newest_clock(&side.dst).await?;
+    let waited = wait_changefeed(
+        options,
+        &client,
+        job,
+        "its high-water mark to pass the load",
+        options.apply_deadline(written.rows_written),
+        |_, hw| hw.is_some_and(|hw| hw >= bound),
+    )
+    .await;
+    let secs = begin.elapsed().as_secs_f64();
+    let (messages1, bytes1) = changefeed_emitted(&side.dst).await;
+    let _ = client.batch_execute(&format!("CANCEL JOB {job}")).await;
+    waited?;
+    let c = &mut report.changefeed;
+    c.live_rows_written = written.rows_written;
+    c.live_write_rows_per_s = Some(written.rows_written as f64 / load_secs.max(1e-9));
+    c.live_messages = (messages1 - messages0).max(0.0) as u64;
+    c.live_bytes = (bytes1 - bytes0).max(0.0) as u64;
+    c.live_secs = Some(secs);
+    c.live_messages_per_s = Some(c.live_messages as f64 / secs.max(1e-9));
+    c.live_mb_per_s = Some(c.live_bytes as f64 / 1e6 / secs.max(1e-9));
+    reporter.note(&format!(
+        "changefeed live: {} rows written in {load_secs:.2}s, {} messages emitted by {secs:.2}s",
+        written.rows_written, c.live_messages
+    ));
     Ok(())
 }
 

@@ -18,6 +18,8 @@
 //!    Once per LDR apply mode of `--mode` (`immediate`, `validated`, or `both`: immediate then
 //!    validated, each on fresh clusters); the first mode fills the top-level ldr figures, and
 //!    every mode has an entry in `ldr_modes` with its ratios to immediate mode and PostgreSQL.
+//!    After them, a BACKUP and RESTORE of the destination's `kv`, then changefeeds on it (the
+//!    emit rate of an initial scan and of live changes, beside the RocksDB scan rate).
 //!
 //! Every wait polls a condition with a deadline; every load is bounded by a row count or a
 //! duration; the run stops early (and still reports) when its cancellation token fires.

@@ -263,6 +263,37 @@ pub struct BackupReport {
     pub error: Option<String>,
 }
 
+/// Changefeeds on the destination's `kv` after the backup phase, into nodelocal sinks on
+/// node 1 of the destination: the emit rate of an initial scan and of live changes under a
+/// write load, beside the RocksDB scan rate of the same run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangefeedReport {
+    pub ran: bool,
+    /// Messages (and their JSON key and value bytes) the initial scan emitted.
+    pub initial_scan_messages: u64,
+    pub initial_scan_bytes: u64,
+    /// From `CREATE CHANGEFEED … WITH initial_scan = 'only'` to the job's `succeeded`.
+    pub initial_scan_secs: Option<f64>,
+    pub initial_scan_messages_per_s: Option<f64>,
+    /// Megabytes (10^6) per second.
+    pub initial_scan_mb_per_s: Option<f64>,
+    /// `initial_scan_messages_per_s / rocksdb.scan_per_s`.
+    pub initial_scan_fraction_of_rocksdb_scan: Option<f64>,
+    /// Rows the write load upserted while the live changefeed ran, and at what rate.
+    pub live_rows_written: u64,
+    pub live_write_rows_per_s: Option<f64>,
+    /// Messages (resolved ones included) and bytes the live changefeed emitted from the
+    /// load's start until its high-water mark passed the load.
+    pub live_messages: u64,
+    pub live_bytes: u64,
+    pub live_secs: Option<f64>,
+    pub live_messages_per_s: Option<f64>,
+    pub live_mb_per_s: Option<f64>,
+    /// `live_messages_per_s / rocksdb.scan_per_s`.
+    pub live_fraction_of_rocksdb_scan: Option<f64>,
+    pub error: Option<String>,
+}
+
 /// Time series of one steady rate (seconds since the phase started).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SteadySeries {
@@ -445,6 +476,8 @@ pub struct BenchReport {
     pub rocksdb: RocksdbReport,
     #[serde(default)]
     pub backup: BackupReport,
+    #[serde(default)]
+    pub changefeed: ChangefeedReport,
     /// Every LDR apply mode that ran (`--mode`), in order, with its ratios to immediate mode
     /// and to PostgreSQL.
     #[serde(default)]
@@ -470,6 +503,10 @@ impl BenchReport {
             ratio(self.backup.backup_rows_per_s, self.rocksdb.scan_per_s);
         self.backup.restore_fraction_of_rocksdb_put =
             ratio(self.backup.restore_rows_per_s, self.rocksdb.put_per_s);
+        let cf = &mut self.changefeed;
+        cf.initial_scan_fraction_of_rocksdb_scan =
+            ratio(cf.initial_scan_messages_per_s, self.rocksdb.scan_per_s);
+        cf.live_fraction_of_rocksdb_scan = ratio(cf.live_messages_per_s, self.rocksdb.scan_per_s);
         for rate in &mut self.steady.rates {
             rate.postgres_commit_latency_ms = rate.postgres_lag_ms;
             rate.commit_latency_p99_ratio_vs_postgres =
@@ -594,6 +631,18 @@ fn cpu_text(c: Option<CpuUse>) -> String {
         ),
         None => "-".into(),
     }
+}
+
+/// A fraction as a percentage with one decimal (changefeed rates are a few percent of the
+/// scan rate, or less: whole percents would round them to 0%).
+fn pct1_text(v: Option<f64>) -> String {
+    v.map(|f| format!("{:.1}%", f * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Megabytes per second, one decimal.
+fn mb_text(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
 }
 
 fn pct_text(v: Option<f64>) -> String {
@@ -990,6 +1039,24 @@ pub fn render_table(report: &BenchReport) -> String {
                 .unwrap_or_default()
         );
     }
+    let cf = &report.changefeed;
+    if cf.ran {
+        let _ = writeln!(
+            out,
+            "changefeed on the destination's kv: initial scan {} messages/s, {} MB/s ({} of rocksdb scan); live {} messages/s, {} MB/s ({} of rocksdb scan) under {} rows/s written{}",
+            rate_text(cf.initial_scan_messages_per_s),
+            mb_text(cf.initial_scan_mb_per_s),
+            pct1_text(cf.initial_scan_fraction_of_rocksdb_scan),
+            rate_text(cf.live_messages_per_s),
+            mb_text(cf.live_mb_per_s),
+            pct1_text(cf.live_fraction_of_rocksdb_scan),
+            rate_text(cf.live_write_rows_per_s),
+            cf.error
+                .as_ref()
+                .map(|e| format!("; error: {e}"))
+                .unwrap_or_default()
+        );
+    }
     for note in &report.notes {
         let _ = writeln!(out, "note: {note}");
     }
@@ -1262,6 +1329,12 @@ mod tests {
             "/rocksdb/read_check_write_per_s",
             "/machine/cores",
             "/machine/memory",
+            "/changefeed/initial_scan_messages_per_s",
+            "/changefeed/initial_scan_mb_per_s",
+            "/changefeed/initial_scan_fraction_of_rocksdb_scan",
+            "/changefeed/live_messages_per_s",
+            "/changefeed/live_mb_per_s",
+            "/changefeed/live_fraction_of_rocksdb_scan",
         ] {
             assert!(json.pointer(path).is_some(), "missing {path}");
         }
@@ -1291,6 +1364,39 @@ mod tests {
         // And the document reads back.
         let back: BenchReport = serde_json::from_value(json).expect("deserialize");
         assert_eq!(back, report);
+    }
+
+    #[test]
+    fn changefeed_rates_are_reported_beside_the_rocksdb_scan() {
+        let mut report = sample_report();
+        report.rocksdb.scan_per_s = Some(1_000_000.0);
+        report.changefeed = ChangefeedReport {
+            ran: true,
+            initial_scan_messages: 100_000,
+            initial_scan_bytes: 20_000_000,
+            initial_scan_secs: Some(2.0),
+            initial_scan_messages_per_s: Some(50_000.0),
+            initial_scan_mb_per_s: Some(10.0),
+            live_rows_written: 30_000,
+            live_write_rows_per_s: Some(3_000.0),
+            live_messages: 30_010,
+            live_bytes: 6_000_000,
+            live_secs: Some(11.0),
+            live_messages_per_s: Some(2_728.0),
+            live_mb_per_s: Some(0.5),
+            ..ChangefeedReport::default()
+        };
+        report.finalize();
+        let cf = &report.changefeed;
+        assert_eq!(cf.initial_scan_fraction_of_rocksdb_scan, Some(0.05));
+        assert_eq!(cf.live_fraction_of_rocksdb_scan, Some(0.002728));
+        let table = render_table(&report);
+        assert!(
+            table.contains(
+                "changefeed on the destination's kv: initial scan 50,000 messages/s, 10.0 MB/s (5.0% of rocksdb scan); live 2,728 messages/s, 0.5 MB/s (0.3% of rocksdb scan) under 3,000 rows/s written"
+            ),
+            "{table}"
+        );
     }
 
     #[test]

@@ -3,15 +3,15 @@
 //! past timestamps whose messages a flush returned for (at-least-once: a failed flush restarts
 //! the changefeed from the last high-water mark, re-emitting what may have been lost).
 
+mod client;
 mod cloudstorage;
-mod collect;
 mod webhook;
 
+pub use client::{CLIENT_ROWS_BUFFERED_MAX, ClientSink};
 pub use cloudstorage::{
     CloudStorageSink, FileWriter, LocalFiles, RemoteFiles, file_name, format_time, partition_dir,
     write_file as write_file_at,
 };
-pub use collect::{COLLECTED_BYTES_MAX, CollectSink, Collected};
 pub use webhook::WebhookSink;
 
 use ldr_types::Timestamp;

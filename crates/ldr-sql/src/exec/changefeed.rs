@@ -1,7 +1,8 @@
 //! `CREATE CHANGEFEED` and `SHOW CHANGEFEED JOBS`: the SQL layer's half (single statement,
 //! the watched tables resolved and the user's CHANGEFEED/SELECT privilege checked), then the
 //! [`ChangefeedStatements`] hook, which the server implements with the changefeed crate
-//! (options, the sink, the job and its protected timestamp).
+//! (options, the sink, the job and its protected timestamp). A sinkless changefeed's rows
+//! come back as a [`RowStream`] the wire protocol sends as messages are emitted.
 
 use std::str::FromStr;
 
@@ -10,7 +11,7 @@ use ldr_types::JobId;
 
 use super::ldr::ResolvedTable;
 use super::show::{col, s};
-use super::{ColumnInfo, QueryResult, Session, privilege, resolve};
+use super::{ColumnInfo, QueryResult, RowStream, Session, privilege, resolve};
 use crate::datum::Datum;
 use crate::error::{Result, SqlError, sqlstate};
 use crate::parser::{CreateChangefeed, Expr};
@@ -29,12 +30,14 @@ pub struct ChangefeedRequest {
 }
 
 /// Implemented by the server (with `ldr-changefeed`): validates the options and the sink,
-/// creates the changefeed job and returns its id; or runs a (bounded) sinkless changefeed and
-/// returns its `table, key, value` rows.
+/// creates the changefeed job and returns its id; or starts a sinkless changefeed and
+/// returns the stream of its `table, key, value` rows. The feed runs until the stream is
+/// dropped (the client went away or canceled), it ends (`initial_scan = 'only'`,
+/// `end_time`), or it fails (an error as the stream's last item).
 #[async_trait::async_trait]
 pub trait ChangefeedStatements: Send + Sync {
     async fn create_changefeed(&self, request: ChangefeedRequest) -> Result<JobId>;
-    async fn sinkless_changefeed(&self, request: ChangefeedRequest) -> Result<Vec<Vec<Datum>>>;
+    async fn sinkless_changefeed(&self, request: ChangefeedRequest) -> Result<RowStream>;
 }
 
 /// The columns of a sinkless changefeed (CockroachDB's core changefeed; text rather than
@@ -100,7 +103,7 @@ pub(crate) async fn create(
     };
     if stmt.sink.is_none() {
         let rows = hook.sinkless_changefeed(request).await?;
-        return Ok(QueryResult::rows(sinkless_columns(), rows));
+        return Ok(QueryResult::streamed(sinkless_columns(), rows));
     }
     let job_id = hook.create_changefeed(request).await?;
     Ok(QueryResult::rows(

@@ -129,6 +129,7 @@ fn finish(tag: &str, n: usize, returning: Option<Returning>, rows: Vec<Vec<Datum
             returns_rows: true,
             txn: super::TxnEffect::None,
             notices: vec![],
+            stream: None,
         },
         None => QueryResult::count(tag, n),
     }

@@ -24,6 +24,7 @@ mod dml;
 mod ldr;
 mod privilege;
 mod resolve;
+mod row_stream;
 mod scan;
 mod select;
 pub mod session;
@@ -48,6 +49,7 @@ pub use self::backup::{
 pub use self::changefeed::{ChangefeedRequest, ChangefeedStatements};
 pub use self::ldr::{LdrStreamRequest, ReplicationStatements, ResolvedTable};
 pub use self::privilege::{SYSTEM_PRIVILEGES, TABLE_PRIVILEGES};
+pub use self::row_stream::{RowSender, RowStream};
 pub use self::session::SessionVars;
 pub use self::show::{fingerprints, redact_uri};
 pub use self::ttl::{TtlStats, TtlTable};
@@ -92,7 +94,7 @@ pub enum TxnStatus {
 }
 
 /// The result of one statement.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct QueryResult {
     /// The command tag without the row count (`SELECT`, `INSERT`, `CREATE TABLE`, …).
     pub tag: String,
@@ -106,6 +108,10 @@ pub struct QueryResult {
     /// Warnings for the client, sent before the command completes (PostgreSQL's
     /// NoticeResponse with severity WARNING), e.g. `COMMIT` outside a transaction block.
     pub notices: Vec<crate::error::PgError>,
+    /// Rows that keep coming after the statement returned (a sinkless changefeed): the wire
+    /// protocol sends them as they arrive, after `rows` (empty then). `None` for every
+    /// other statement.
+    pub stream: Option<RowStream>,
 }
 
 impl QueryResult {
@@ -118,6 +124,7 @@ impl QueryResult {
             returns_rows: false,
             txn: TxnEffect::None,
             notices: vec![],
+            stream: None,
         }
     }
 
@@ -138,6 +145,17 @@ impl QueryResult {
             returns_rows: true,
             txn: TxnEffect::None,
             notices: vec![],
+            stream: None,
+        }
+    }
+
+    /// A result whose rows arrive on `stream` while the client reads them (the row count
+    /// of its command tag is known only at the end).
+    pub fn streamed(columns: Vec<ColumnInfo>, stream: RowStream) -> QueryResult {
+        QueryResult {
+            rows_affected: None,
+            stream: Some(stream),
+            ..QueryResult::rows(columns, vec![])
         }
     }
 
@@ -674,6 +692,15 @@ impl Session {
             self.dispatch(stmt, params, in_batch).await
         };
         self.limits = None;
+        // A streamed result keeps the statement's deadline: its rows are still to come.
+        let mut r = r;
+        if let Ok(QueryResult {
+            stream: Some(stream),
+            ..
+        }) = &mut r
+        {
+            stream.set_deadline(deadline);
+        }
         // A statement stopped mid-way (timeout, cancel) must not leave its AS OF SYSTEM TIME
         // behind for the next one.
         self.as_of = None;

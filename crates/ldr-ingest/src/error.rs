@@ -42,9 +42,9 @@ impl IngestError {
 
     /// A SQL-layer error: statement errors keep their SQLSTATE; anything else (KV trouble)
     /// is retryable.
-    pub fn from_sql(e: ldr_sql::SqlError) -> IngestError {
+    pub fn from_sql(e: ldr_catalog::SqlError) -> IngestError {
         match e {
-            ldr_sql::SqlError::Pg(p) => IngestError::Sql {
+            ldr_catalog::SqlError::Pg(p) => IngestError::Sql {
                 code: p.code,
                 message: p.message,
                 detail: p.detail,

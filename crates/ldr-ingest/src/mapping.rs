@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ldr_catalog::catalog::{Catalog, IndexDescriptor, TableDescriptor};
+use ldr_catalog::{Datum, SqlError, rowcodec, sqlstate};
 use ldr_proto::pb;
-use ldr_sql::catalog::{Catalog, IndexDescriptor, TableDescriptor};
-use ldr_sql::{Datum, SqlError, rowcodec, sqlstate};
 use ldr_types::{TableId, keys};
 use prost::Message;
 

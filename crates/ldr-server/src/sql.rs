@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use ldr_ingest::metrics::Metrics;
 use ldr_ingest::{
     ApplierFactory, CreateContext, DestinationTables, ImmediateApplierFactory, InternalSql,
-    ModeApplierFactory,
+    ModeApplierFactory, StreamRequest,
 };
 use ldr_jobs::Registry;
 use ldr_kv::KvClient;
@@ -66,7 +66,37 @@ impl ReplicationStatements for Hook {
         &self,
         request: LdrStreamRequest,
     ) -> ldr_sql::Result<JobId> {
-        ldr_ingest::create_stream(&self.ctx, request).await
+        ldr_ingest::create_stream(&self.ctx, stream_request(request)).await
+    }
+}
+
+/// The SQL layer's request, as the replication layer takes it (no parser types).
+fn stream_request(request: LdrStreamRequest) -> StreamRequest {
+    let LdrStreamRequest {
+        statement,
+        external_connection,
+        source_uri,
+        into,
+        user,
+        database: _,
+        validated,
+        cursor,
+        default_function,
+        discard,
+    } = request;
+    StreamRequest {
+        command: statement.statement,
+        source_tables: statement.from_tables,
+        external_connection,
+        source_uri,
+        destinations: into.into_iter().map(|t| t.descriptor).collect(),
+        user,
+        validated,
+        cursor,
+        default_function,
+        discard,
+        label: statement.options.label,
+        skip_schema_check: statement.options.skip_schema_check,
     }
 }
 
@@ -137,7 +167,7 @@ impl SqlWiring {
                 sql: self.internal.clone(),
                 metrics: self.metrics.clone(),
             },
-            server: self.server.clone(),
+            writer: self.server.clone(),
         })
     }
 

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::error::{IngestError, Result};
 use crate::flow::{FlowRunner, FlowUpdate};
 use crate::job::{Discard, LdrPayload, LdrProgress};
-use crate::retry::JobRetry;
+use crate::retry::{FlowFailureAction, JobRetry};
 
 /// How often the replicated time is persisted (the full checkpoint follows
 /// `logical_replication.consumer.job_checkpoint_frequency`).
@@ -74,18 +74,25 @@ impl Resumer for LdrResumer {
             };
             let error = match attempt.run().await {
                 Ok(()) => return ResumeOutcome::Succeeded,
-                Err(e) if e.is_permanent() => return ResumeOutcome::Failed(e.to_string()),
                 Err(e) => e,
             };
-            if *ctx.stop.borrow() {
-                return ResumeOutcome::Succeeded;
-            }
-            let after = current_replicated_time(&ctx, job_id).await;
-            if after > before {
-                retry.reset();
-            }
-            let Some(backoff) = retry.next_backoff() else {
-                return ResumeOutcome::PauseWithError(error.to_string());
+            // A stop request ends a retryable failure quietly; a permanent or non-retryable
+            // one is still reported.
+            let progressed = if error.is_retryable() {
+                if *ctx.stop.borrow() {
+                    return ResumeOutcome::Succeeded;
+                }
+                current_replicated_time(&ctx, job_id).await > before
+            } else {
+                false
+            };
+            let backoff = match retry.on_flow_error(&error, progressed) {
+                FlowFailureAction::Fail { error } => return ResumeOutcome::Failed(error),
+                FlowFailureAction::Pause { error } => {
+                    warn!(job_id, %error, "logical replication flow failed; pausing the job");
+                    return ResumeOutcome::PauseWithError(error);
+                }
+                FlowFailureAction::Retry { backoff } => backoff,
             };
             warn!(job_id, error = %error, ?backoff, "logical replication flow failed; retrying");
             let status = format!("retrying after error: {error}");
@@ -339,11 +346,7 @@ impl Attempt<'_> {
                         }
                     }
                     Some(FlowUpdate::Failed { processor_id, error }) => {
-                        break Err(match error {
-                            IngestError::Permanent(m) => IngestError::Permanent(m),
-                            IngestError::Protocol(m) => IngestError::Protocol(format!("processor {processor_id}: {m}")),
-                            other => IngestError::Retryable(format!("processor {processor_id}: {other}")),
-                        });
+                        break Err(error.context(format!("processor {processor_id}")));
                     }
                     None => break Err(IngestError::Retryable("every processor stopped".to_string())),
                 },

@@ -47,19 +47,11 @@ pub struct LdrResumer {
     pub tables: Arc<dyn DestinationTables>,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(
-    v: &serde_json::Value,
-    what: &str,
-) -> std::result::Result<T, String> {
-    serde_json::from_value(v.clone())
-        .map_err(|e| format!("corrupt logical replication job {what}: {e}"))
-}
-
 #[async_trait]
 impl Resumer for LdrResumer {
     async fn resume(&self, mut ctx: JobContext, record: JobRecord) -> ResumeOutcome {
         let job_id = record.id;
-        let payload: LdrPayload = match parse(&record.payload, "payload") {
+        let payload = match LdrPayload::from_record(&record) {
             Ok(p) => p,
             Err(e) => return ResumeOutcome::Failed(e),
         };
@@ -112,7 +104,7 @@ impl Resumer for LdrResumer {
         ctx: JobContext,
         record: JobRecord,
     ) -> std::result::Result<(), String> {
-        let payload: LdrPayload = parse(&record.payload, "payload")?;
+        let payload = LdrPayload::from_record(&record)?;
         // Tell the source (best effort, bounded): its history retention job then fails and
         // releases the protected timestamp and the source schema locks.
         let complete = async {
@@ -143,9 +135,7 @@ impl Resumer for LdrResumer {
 
 async fn current_replicated_time(ctx: &JobContext, job_id: JobId) -> Option<Timestamp> {
     let record = ctx.registry.get(job_id).await.ok()?;
-    parse::<LdrProgress>(&record.progress, "progress")
-        .ok()?
-        .replicated_ts()
+    LdrProgress::from_record(&record).ok()?.replicated_ts()
 }
 
 /// One ingestion attempt.
@@ -184,7 +174,7 @@ impl Attempt<'_> {
         let kv = self.ctx.kv.clone();
         let record = self.ctx.registry.get(self.job_id).await?;
         let progress: LdrProgress =
-            parse(&record.progress, "progress").map_err(IngestError::Permanent)?;
+            LdrProgress::from_record(&record).map_err(IngestError::Permanent)?;
         let mut client = self.connect(&progress).await?;
         let start = self.payload.start_ts();
         let replicated_at_start = progress.replicated_ts();

@@ -46,7 +46,9 @@ pub use self::backup::{
     show_backup_columns, show_backups_columns,
 };
 pub use self::changefeed::{ChangefeedRequest, ChangefeedStatements};
-pub use self::ldr::{LdrStreamRequest, ReplicationStatements, ResolvedTable};
+pub use self::ldr::{
+    LdrStreamRequest, LogicalReplicationJobInfo, ReplicationStatements, ResolvedTable,
+};
 pub use self::privilege::{SYSTEM_PRIVILEGES, TABLE_PRIVILEGES};
 pub use self::session::SessionVars;
 pub use self::show::{fingerprints, redact_uri};

@@ -36,6 +36,10 @@ pub struct ApplyError {
     pub message: String,
     /// The PostgreSQL error code, when the failure is a SQL-level one (e.g. 23505).
     pub pgcode: Option<String>,
+    /// Whether the failure may pass by waiting. `false` when its cause is broken data (see
+    /// [`crate::IngestError::is_retryable`]): a flow that fails because of this row pauses
+    /// the job at once instead of retrying.
+    pub retryable: bool,
 }
 
 impl ApplyError {
@@ -43,6 +47,7 @@ impl ApplyError {
         ApplyError {
             message: message.into(),
             pgcode: pgcode.map(str::to_string),
+            retryable: true,
         }
     }
 }

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::error::{IngestError, Result};
 use crate::flow::{FlowRunner, FlowUpdate};
 use crate::job::{Discard, LdrPayload, LdrProgress};
-use crate::retry::JobRetry;
+use crate::retry::{FlowFailureAction, JobRetry};
 
 /// How often the replicated time is persisted (the full checkpoint follows
 /// `logical_replication.consumer.job_checkpoint_frequency`).
@@ -47,19 +47,11 @@ pub struct LdrResumer {
     pub tables: Arc<dyn DestinationTables>,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(
-    v: &serde_json::Value,
-    what: &str,
-) -> std::result::Result<T, String> {
-    serde_json::from_value(v.clone())
-        .map_err(|e| format!("corrupt logical replication job {what}: {e}"))
-}
-
 #[async_trait]
 impl Resumer for LdrResumer {
     async fn resume(&self, mut ctx: JobContext, record: JobRecord) -> ResumeOutcome {
         let job_id = record.id;
-        let payload: LdrPayload = match parse(&record.payload, "payload") {
+        let payload = match LdrPayload::from_record(&record) {
             Ok(p) => p,
             Err(e) => return ResumeOutcome::Failed(e),
         };
@@ -74,18 +66,25 @@ impl Resumer for LdrResumer {
             };
             let error = match attempt.run().await {
                 Ok(()) => return ResumeOutcome::Succeeded,
-                Err(e) if e.is_permanent() => return ResumeOutcome::Failed(e.to_string()),
                 Err(e) => e,
             };
-            if *ctx.stop.borrow() {
-                return ResumeOutcome::Succeeded;
-            }
-            let after = current_replicated_time(&ctx, job_id).await;
-            if after > before {
-                retry.reset();
-            }
-            let Some(backoff) = retry.next_backoff() else {
-                return ResumeOutcome::PauseWithError(error.to_string());
+            // A stop request ends a retryable failure quietly; a permanent or non-retryable
+            // one is still reported.
+            let progressed = if error.is_retryable() {
+                if *ctx.stop.borrow() {
+                    return ResumeOutcome::Succeeded;
+                }
+                current_replicated_time(&ctx, job_id).await > before
+            } else {
+                false
+            };
+            let backoff = match retry.on_flow_error(&error, progressed) {
+                FlowFailureAction::Fail { error } => return ResumeOutcome::Failed(error),
+                FlowFailureAction::Pause { error } => {
+                    warn!(job_id, %error, "logical replication flow failed; pausing the job");
+                    return ResumeOutcome::PauseWithError(error);
+                }
+                FlowFailureAction::Retry { backoff } => backoff,
             };
             warn!(job_id, error = %error, ?backoff, "logical replication flow failed; retrying");
             let status = format!("retrying after error: {error}");
@@ -105,7 +104,7 @@ impl Resumer for LdrResumer {
         ctx: JobContext,
         record: JobRecord,
     ) -> std::result::Result<(), String> {
-        let payload: LdrPayload = parse(&record.payload, "payload")?;
+        let payload = LdrPayload::from_record(&record)?;
         // Tell the source (best effort, bounded): its history retention job then fails and
         // releases the protected timestamp and the source schema locks.
         let complete = async {
@@ -136,9 +135,7 @@ impl Resumer for LdrResumer {
 
 async fn current_replicated_time(ctx: &JobContext, job_id: JobId) -> Option<Timestamp> {
     let record = ctx.registry.get(job_id).await.ok()?;
-    parse::<LdrProgress>(&record.progress, "progress")
-        .ok()?
-        .replicated_ts()
+    LdrProgress::from_record(&record).ok()?.replicated_ts()
 }
 
 /// One ingestion attempt.
@@ -177,7 +174,7 @@ impl Attempt<'_> {
         let kv = self.ctx.kv.clone();
         let record = self.ctx.registry.get(self.job_id).await?;
         let progress: LdrProgress =
-            parse(&record.progress, "progress").map_err(IngestError::Permanent)?;
+            LdrProgress::from_record(&record).map_err(IngestError::Permanent)?;
         let mut client = self.connect(&progress).await?;
         let start = self.payload.start_ts();
         let replicated_at_start = progress.replicated_ts();
@@ -339,11 +336,7 @@ impl Attempt<'_> {
                         }
                     }
                     Some(FlowUpdate::Failed { processor_id, error }) => {
-                        break Err(match error {
-                            IngestError::Permanent(m) => IngestError::Permanent(m),
-                            IngestError::Protocol(m) => IngestError::Protocol(format!("processor {processor_id}: {m}")),
-                            other => IngestError::Retryable(format!("processor {processor_id}: {other}")),
-                        });
+                        break Err(error.context(format!("processor {processor_id}")));
                     }
                     None => break Err(IngestError::Retryable("every processor stopped".to_string())),
                 },

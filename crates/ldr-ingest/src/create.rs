@@ -8,15 +8,13 @@
 
 use std::sync::Arc;
 
+use ldr_catalog::catalog::{Catalog, TableDescriptor};
+use ldr_catalog::{SqlError, sqlstate};
 use ldr_jobs::{JobType, Registry};
 use ldr_kv::KvClient;
 use ldr_proto::pb;
-use ldr_sql::catalog::{Catalog, TableDescriptor};
-use ldr_sql::exec::LdrStreamRequest;
-use ldr_sql::parser::ast::ObjectName;
-use ldr_sql::{SqlError, sqlstate};
 use ldr_stream::{SourceUri, StreamClient, StreamError};
-use ldr_types::JobId;
+use ldr_types::{JobId, Timestamp};
 use tracing::info;
 
 use crate::dlq::{DlqTables, InternalSql};
@@ -28,6 +26,37 @@ pub struct CreateContext {
     pub registry: Arc<Registry>,
     pub catalog: Arc<Catalog>,
     pub sql: Arc<dyn InternalSql>,
+}
+
+/// What the statement asks of the replication layer once the SQL layer has checked it (the
+/// server builds it from `ldr-sql`'s request, so this crate needs no parser types).
+#[derive(Debug, Clone)]
+pub struct StreamRequest {
+    /// The statement's text: the job's command and the source's consumer description.
+    pub command: String,
+    /// The source tables as written, each as its name parts (`db`, `schema`, `t`); resolved on
+    /// the source.
+    pub source_tables: Vec<Vec<String>>,
+    /// The external connection's name (`source` in `external://source`).
+    pub external_connection: String,
+    /// The URI the external connection holds (the source cluster).
+    pub source_uri: String,
+    /// The destination tables, in the order of `source_tables`.
+    pub destinations: Vec<Arc<TableDescriptor>>,
+    /// The session's user: the job's owner.
+    pub user: String,
+    /// `MODE = 'validated'`.
+    pub validated: bool,
+    /// `CURSOR = '…'`: start here without an initial scan.
+    pub cursor: Option<Timestamp>,
+    /// `DEFAULT FUNCTION`: `lww` or `dlq`.
+    pub default_function: String,
+    /// `DISCARD`: `ttl-deletes` or `all-deletes`.
+    pub discard: Option<String>,
+    /// `LABEL`.
+    pub label: Option<String>,
+    /// `SKIP SCHEMA CHECK`.
+    pub skip_schema_check: bool,
 }
 
 /// Maps a source-side stream error to the user's statement error.
@@ -47,7 +76,7 @@ fn source_error(e: StreamError) -> SqlError {
 }
 
 /// `db.schema.t`, quoting parts that contain dots or quotes so the source can split it back.
-fn quoted_name(name: &ObjectName) -> String {
+fn quoted_name(name: &[String]) -> String {
     name.iter()
         .map(|p| {
             if p.contains(['.', '"']) {
@@ -61,10 +90,7 @@ fn quoted_name(name: &ObjectName) -> String {
 }
 
 /// Runs the replication half of the statement; returns the new job's id.
-pub async fn create_stream(
-    ctx: &CreateContext,
-    request: LdrStreamRequest,
-) -> Result<JobId, SqlError> {
+pub async fn create_stream(ctx: &CreateContext, request: StreamRequest) -> Result<JobId, SqlError> {
     let discard = match request.discard.as_deref() {
         None => Discard::Nothing,
         Some("ttl-deletes") => Discard::TtlDeletes,
@@ -84,16 +110,15 @@ pub async fn create_stream(
         .await
         .map_err(source_error)?;
     let source_names: Vec<String> = request
-        .statement
-        .from_tables
+        .source_tables
         .iter()
-        .map(quoted_name)
+        .map(|name| quoted_name(name))
         .collect();
     let started = client
         .start_stream(pb::StartStreamRequest {
             table_names: source_names.clone(),
             start_ts: request.cursor.map(Into::into),
-            consumer_description: request.statement.statement.clone(),
+            consumer_description: request.command.clone(),
         })
         .await
         .map_err(source_error)?;
@@ -107,19 +132,17 @@ pub async fn create_stream(
 
 async fn finish(
     ctx: &CreateContext,
-    request: &LdrStreamRequest,
+    request: &StreamRequest,
     discard: Discard,
     started: &pb::StartStreamResponse,
     source_names: &[String],
 ) -> Result<JobId, SqlError> {
-    let options = &request.statement.options;
-    let destinations: Vec<Arc<TableDescriptor>> =
-        request.into.iter().map(|t| t.descriptor.clone()).collect();
+    let destinations = &request.destinations;
     let mut pairs = Vec::with_capacity(destinations.len());
     for ((source_name, descriptor), destination) in source_names
         .iter()
         .zip(&started.table_descriptors)
-        .zip(&destinations)
+        .zip(destinations)
     {
         let source = TableDescriptor::decode(descriptor).map_err(|e| {
             SqlError::new(
@@ -127,7 +150,11 @@ async fn finish(
                 format!("invalid source descriptor for {source_name}: {e}"),
             )
         })?;
-        ldr_sql::validation::check_compatibility(&source, destination, options.skip_schema_check)?;
+        ldr_catalog::validation::check_compatibility(
+            &source,
+            destination,
+            request.skip_schema_check,
+        )?;
         pairs.push(TablePair {
             source_table_id: source.id,
             source_name: source.qualified_name(),
@@ -152,10 +179,10 @@ async fn finish(
             Mode::Immediate
         },
         discard,
-        label: options.label.clone().filter(|l| !l.is_empty()),
-        skip_schema_check: options.skip_schema_check,
+        label: request.label.clone().filter(|l| !l.is_empty()),
+        skip_schema_check: request.skip_schema_check,
         conflict_resolution_type: request.default_function.to_ascii_uppercase(),
-        command: request.statement.statement.clone(),
+        command: request.command.clone(),
     };
     let progress = LdrProgress {
         replicated_time: request.cursor.map(|c| c.to_decimal_string()),
@@ -169,7 +196,7 @@ async fn finish(
     let json = |v: serde_json::Result<serde_json::Value>| v.map_err(SqlError::internal);
     // DLQ tables first (idempotent), so a job never runs without them.
     DlqTables::new(ctx.catalog.clone(), ctx.sql.clone())
-        .ensure(&destinations)
+        .ensure(destinations)
         .await
         .map_err(SqlError::internal)?;
     let job_id = ctx
@@ -183,8 +210,8 @@ async fn finish(
         )
         .await
         .map_err(SqlError::internal)?;
-    for d in &destinations {
-        if let Err(e) = ldr_sql::validation::lock(&ctx.catalog, d.id, job_id).await {
+    for d in destinations {
+        if let Err(e) = ldr_catalog::validation::lock(&ctx.catalog, d.id, job_id).await {
             let _ = ctx.registry.cancel(job_id).await;
             return Err(e);
         }

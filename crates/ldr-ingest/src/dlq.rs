@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ldr_sql::catalog::{Catalog, TableDescriptor};
-use ldr_sql::{Datum, SqlError};
+use ldr_catalog::catalog::{Catalog, TableDescriptor};
+use ldr_catalog::{Datum, SqlError};
 
 use crate::dlq_policy::{DLQ_SCHEMA, dlq_table_name};
 use crate::error::{IngestError, Result};

@@ -189,12 +189,7 @@ impl FlowRunner {
                 }
                 Err(status) => {
                     debug!(node_id = node.node_id, %status, "remote processor failed");
-                    let message = status.message().to_string();
-                    return Err(match status.code() {
-                        tonic::Code::FailedPrecondition => IngestError::Permanent(message),
-                        tonic::Code::DataLoss => IngestError::Protocol(message),
-                        _ => IngestError::Retryable(message),
-                    });
+                    return Err(IngestError::from_remote(&status));
                 }
             }
         }

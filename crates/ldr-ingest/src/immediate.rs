@@ -22,10 +22,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ldr_catalog::catalog::{Catalog, IndexDescriptor, TableDescriptor};
+use ldr_catalog::{Datum, rowcodec, sqlstate};
 use ldr_kv::{Condition, KvClient, RowOutcome, RowWrite, ValueHeader};
 use ldr_proto::pb;
-use ldr_sql::catalog::{Catalog, IndexDescriptor, TableDescriptor};
-use ldr_sql::{Datum, rowcodec, sqlstate};
 
 use crate::applier::{Applier, ApplyError, EventOutcome, SourceEvent};
 use crate::dlq::InternalSql;
@@ -101,7 +101,9 @@ impl ImmediateApplier {
             .transpose()?;
         let pk = match &new {
             Some(row) => rowcodec::pk_bytes(&table.destination, row),
-            None => ldr_sql::encoding::encode_key_tuple(table.destination_pk(&event.key)?.iter()),
+            None => {
+                ldr_catalog::encoding::encode_key_tuple(table.destination_pk(&event.key)?.iter())
+            }
         };
         let expected = (table.has_secondary || !table.unique_indexes.is_empty()).then(|| {
             prev.as_ref()

@@ -1,8 +1,10 @@
 //! The persisted shape of a `LOGICAL REPLICATION` job: its immutable details (payload) and its
-//! progress (replicated time and the checkpointed resolved spans). `SHOW LOGICAL REPLICATION
-//! JOBS` reads the fields documented here (`tables`, `replication_start_time`,
-//! `conflict_resolution_type`, `command`; `replicated_time`).
+//! progress (replicated time and the checkpointed resolved spans). Only this crate reads them
+//! ([`LdrPayload::from_record`], [`LdrProgress::from_record`]); `SHOW LOGICAL REPLICATION
+//! JOBS` gets its columns through the SQL layer's typed hook, which the server implements
+//! with these.
 
+use ldr_jobs::JobRecord;
 use ldr_types::{ResolvedSpan, TableId, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +74,18 @@ pub struct LdrPayload {
     pub command: String,
 }
 
+/// Decodes a part of a job record (`what`: "payload" or "progress" for the message).
+fn decode<T: serde::de::DeserializeOwned>(v: &serde_json::Value, what: &str) -> Result<T, String> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| format!("corrupt logical replication job {what}: {e}"))
+}
+
 impl LdrPayload {
+    /// The payload of a `LOGICAL REPLICATION` job record.
+    pub fn from_record(record: &JobRecord) -> Result<LdrPayload, String> {
+        decode(&record.payload, "payload")
+    }
+
     pub fn start_ts(&self) -> Timestamp {
         self.replication_start_time
             .parse()
@@ -94,6 +107,11 @@ pub struct LdrProgress {
 }
 
 impl LdrProgress {
+    /// The progress of a `LOGICAL REPLICATION` job record.
+    pub fn from_record(record: &JobRecord) -> Result<LdrProgress, String> {
+        decode(&record.progress, "progress")
+    }
+
     pub fn replicated_ts(&self) -> Option<Timestamp> {
         self.replicated_time.as_deref().and_then(|s| s.parse().ok())
     }

@@ -27,7 +27,7 @@ mod validated;
 
 pub use applier::{Applier, ApplyError, EventOutcome, SourceEvent};
 pub use coordinator::{DestinationTables, LdrResumer, assign};
-pub use create::{CreateContext, create_stream};
+pub use create::{CreateContext, StreamRequest, create_stream};
 pub use dlq::{
     DlqRow, DlqTables, InternalSql, create_dlq_table_sql, insert_dlq_row, qualified_dlq_table,
 };

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ldr_catalog::catalog::{Catalog, IndexDescriptor, TableDescriptor};
+use ldr_catalog::{Datum, SqlError, rowcodec, sqlstate};
 use ldr_proto::pb;
-use ldr_sql::catalog::{Catalog, IndexDescriptor, TableDescriptor};
-use ldr_sql::{Datum, SqlError, rowcodec, sqlstate};
 use ldr_types::{TableId, keys};
 use prost::Message;
 
@@ -168,5 +168,8 @@ pub(crate) fn decode_error(e: SqlError) -> ApplyError {
 
 pub(crate) fn kv_error(e: ldr_kv::KvError) -> ApplyError {
     // No SQLSTATE: a KV failure (node down, network) must fail the flow, never go to the DLQ.
-    ApplyError::new(e.to_string(), None)
+    ApplyError {
+        retryable: !crate::error::kv_is_broken(&e),
+        ..ApplyError::new(e.to_string(), None)
+    }
 }

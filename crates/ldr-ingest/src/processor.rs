@@ -338,7 +338,11 @@ impl Processor {
                                 stats.processed_bytes += event.logical_bytes();
                             }
                             RowFailureAction::FailFlow(message) => {
-                                return Err(IngestError::Retryable(message));
+                                return Err(if error.retryable {
+                                    IngestError::Retryable(message)
+                                } else {
+                                    IngestError::NotRetryable(message)
+                                });
                             }
                         }
                     }

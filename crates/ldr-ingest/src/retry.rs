@@ -3,7 +3,9 @@
 //! whenever the job's replicated time advanced since the last failure the budget resets (and
 //! the next retry is immediate); after 30 retries without progress the job pauses with the
 //! error ("pausing after error: …"). Permanent errors (e.g. the source stream is INACTIVE)
-//! bypass this and fail the job.
+//! bypass this and fail the job; errors that cannot resolve by waiting (corrupt data, see
+//! [`IngestError::is_retryable`]) pause it at once. [`JobRetry::on_flow_error`] makes that
+//! decision; the LDR job's resumer acts on it.
 //!
 //! ```
 //! use std::time::Duration;
@@ -19,6 +21,8 @@
 use std::time::Duration;
 
 use ldr_types::Timestamp;
+
+use crate::error::IngestError;
 
 /// Backoff parameters (CockroachDB's `retry.Options` for LDR, without jitter: callers may add
 /// ±15% themselves).
@@ -61,6 +65,17 @@ pub enum RetryDecision {
     /// Out of retries: pause the job with this error (the registry shows it as
     /// "pausing after error: <error>").
     Pause { error: String },
+}
+
+/// What the job does after a failed flow attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowFailureAction {
+    /// Fail the job with this error (it is permanent).
+    Fail { error: String },
+    /// Pause the job with this error: retrying cannot help, or the retries are exhausted.
+    Pause { error: String },
+    /// Run the flow again after `backoff`.
+    Retry { backoff: Duration },
 }
 
 /// The retry state of one run of the LDR job's resumer. Create it when the first attempt
@@ -118,6 +133,31 @@ impl JobRetry {
         Some(backoff)
     }
 
+    /// A flow attempt failed with `error`; `progressed`: the job's replicated time advanced
+    /// during the attempt. A permanent error fails the job and one that cannot resolve by
+    /// waiting pauses it, without using the retry budget; anything else is retried.
+    pub fn on_flow_error(&mut self, error: &IngestError, progressed: bool) -> FlowFailureAction {
+        if error.is_permanent() {
+            return FlowFailureAction::Fail {
+                error: error.to_string(),
+            };
+        }
+        if !error.is_retryable() {
+            return FlowFailureAction::Pause {
+                error: error.to_string(),
+            };
+        }
+        if progressed {
+            self.reset();
+        }
+        match self.next_backoff() {
+            Some(backoff) => FlowFailureAction::Retry { backoff },
+            None => FlowFailureAction::Pause {
+                error: error.to_string(),
+            },
+        }
+    }
+
     /// A flow attempt failed with a retryable `error`; `replicated_time` is the job's persisted
     /// replicated time now.
     pub fn on_retryable_error(&mut self, replicated_time: Timestamp, error: &str) -> RetryDecision {
@@ -157,6 +197,76 @@ mod tests {
             assert!(r.next_backoff().is_some());
         }
         assert_eq!(r.next_backoff(), None);
+    }
+
+    #[test]
+    fn a_cause_that_cannot_resolve_is_not_retried() {
+        // A corrupt stored value, kept as the KV error it is: the job pauses on the first
+        // failure instead of retrying (30 times, or forever while other spans progress).
+        let corruption =
+            IngestError::Kv(ldr_kv::KvError::Storage(ldr_kv::StorageError::Corruption {
+                key: "/Table/104/1/7".into(),
+                detail: "checksum mismatch".into(),
+            }));
+        let mut r = JobRetry::default();
+        for progressed in [false, true] {
+            assert_eq!(
+                r.on_flow_error(&corruption, progressed),
+                FlowFailureAction::Pause {
+                    error: corruption.to_string()
+                }
+            );
+        }
+        assert_eq!(r.attempt(), 0, "the retry budget is untouched");
+        // The same through a processor on another node (the kind travels over gRPC).
+        let remote =
+            IngestError::from_remote(&tonic::Status::from(corruption)).context("processor 1");
+        assert!(matches!(
+            r.on_flow_error(&remote, false),
+            FlowFailureAction::Pause { .. }
+        ));
+        // A node that is down is retried with backoff; a permanent error fails the job.
+        let down = IngestError::Kv(ldr_kv::KvError::Rpc("connection refused".into()));
+        assert_eq!(
+            r.on_flow_error(&down, false),
+            FlowFailureAction::Retry {
+                backoff: Duration::from_millis(250)
+            }
+        );
+        assert_eq!(
+            r.on_flow_error(&down, true),
+            FlowFailureAction::Retry {
+                backoff: Duration::ZERO
+            },
+            "progress resets the budget"
+        );
+        assert_eq!(
+            r.on_flow_error(&IngestError::Permanent("stream inactive".into()), false),
+            FlowFailureAction::Fail {
+                error: "stream inactive".into()
+            }
+        );
+    }
+
+    #[test]
+    fn retryable_errors_pause_once_the_budget_is_spent() {
+        let mut r = JobRetry::default();
+        let down = IngestError::Retryable("source unreachable".into());
+        for i in 0..30 {
+            assert!(
+                matches!(
+                    r.on_flow_error(&down, false),
+                    FlowFailureAction::Retry { .. }
+                ),
+                "retry {i}"
+            );
+        }
+        assert_eq!(
+            r.on_flow_error(&down, false),
+            FlowFailureAction::Pause {
+                error: "source unreachable".into()
+            }
+        );
     }
 
     #[test]

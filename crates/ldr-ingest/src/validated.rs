@@ -1,23 +1,23 @@
 //! The validated-mode applier: every replicated row goes through the destination's SQL write
-//! path ([`SqlServer::apply_validated`]), so NOT NULL, CHECK, FOREIGN KEY (both directions)
-//! and UNIQUE constraints are enforced as for a SQL write, still under last-write-wins. A row
-//! of a table without unique indexes is checked against the current row and then written
-//! with one LWW conditional write; a row with unique index entries, or one that failed a
-//! check, is one KV transaction in which the LWW write decides first (a losing row is an LWW
-//! loss, not checked). A row that fails a constraint comes back with its SQLSTATE (23502,
-//! 23503, 23505, 23514), so the processor keeps it in the retry queue and dead-letters it once
-//! it is older than `retry_queue_duration`; a child row whose parent arrives later applies on
-//! retry. Written rows carry the source's origin id and timestamp, as in immediate mode, so
-//! they are not streamed back.
+//! path ([`ValidatedWriter`], which the server wires to `ldr-sql`'s executor), so NOT NULL,
+//! CHECK, FOREIGN KEY (both directions) and UNIQUE constraints are enforced as for a SQL write,
+//! still under last-write-wins. A row of a table without unique indexes is checked against the
+//! current row and then written with one LWW conditional write; a row with unique index
+//! entries, or one that failed a check, is one KV transaction in which the LWW write decides
+//! first (a losing row is an LWW loss, not checked). A row that fails a constraint comes back
+//! with its SQLSTATE (23502, 23503, 23505, 23514), so the processor keeps it in the retry queue
+//! and dead-letters it once it is older than `retry_queue_duration`; a child row whose parent
+//! arrives later applies on retry. Written rows carry the source's origin id and timestamp, as
+//! in immediate mode, so they are not streamed back.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use ldr_catalog::SqlError;
+use ldr_catalog::validated::{ValidatedOutcome, ValidatedWrite, ValidatedWriter};
 use ldr_kv::{KvClient, ValueHeader};
 use ldr_proto::pb;
-use ldr_sql::SqlError;
-use ldr_sql::exec::{SqlServer, ValidatedOutcome, ValidatedWrite};
 
 use crate::applier::{Applier, ApplyError, EventOutcome, SourceEvent};
 use crate::dlq::InternalSql;
@@ -33,7 +33,8 @@ const CONCURRENCY: usize = 16;
 /// Builds the applier of a processor's mode (`ProcessorSpec.mode`).
 pub struct ModeApplierFactory {
     pub immediate: ImmediateApplierFactory,
-    pub server: Arc<SqlServer>,
+    /// The SQL write path (validated mode).
+    pub writer: Arc<dyn ValidatedWriter>,
 }
 
 #[async_trait]
@@ -44,7 +45,7 @@ impl ApplierFactory for ModeApplierFactory {
         }
         Ok(Arc::new(ValidatedApplier {
             kv: self.immediate.kv.clone(),
-            server: self.server.clone(),
+            writer: self.writer.clone(),
             sql: self.immediate.sql.clone(),
             metrics: self.immediate.metrics.clone(),
             job_id: spec.job_id,
@@ -57,7 +58,7 @@ impl ApplierFactory for ModeApplierFactory {
 /// Applies replicated rows through the SQL write path.
 pub struct ValidatedApplier {
     kv: KvClient,
-    server: Arc<SqlServer>,
+    writer: Arc<dyn ValidatedWriter>,
     sql: Arc<dyn InternalSql>,
     metrics: Arc<Metrics>,
     job_id: i64,
@@ -100,7 +101,7 @@ impl ValidatedApplier {
             Ok(w) => w,
             Err(e) => return EventOutcome::Failed(e),
         };
-        match self.server.apply_validated(write).await {
+        match self.writer.apply_validated(write).await {
             Ok(ValidatedOutcome::Applied(_)) => EventOutcome::Applied,
             Ok(ValidatedOutcome::LwwLost(_)) => EventOutcome::LwwLost,
             Err(SqlError::Pg(p)) => {

@@ -10,12 +10,14 @@ use async_trait::async_trait;
 use ldr_ingest::metrics::Metrics;
 use ldr_ingest::{
     ApplierFactory, CreateContext, DestinationTables, ImmediateApplierFactory, InternalSql,
-    ModeApplierFactory,
+    LdrPayload, LdrProgress, ModeApplierFactory, StreamRequest,
 };
-use ldr_jobs::Registry;
+use ldr_jobs::{JobRecord, Registry};
 use ldr_kv::KvClient;
 use ldr_sql::catalog::Catalog;
-use ldr_sql::exec::{LdrStreamRequest, ReplicationStatements, SqlConfig, SqlServer};
+use ldr_sql::exec::{
+    LdrStreamRequest, LogicalReplicationJobInfo, ReplicationStatements, SqlConfig, SqlServer,
+};
 use ldr_sql::{Datum, SqlError};
 use ldr_stream::SourceCatalog;
 use ldr_types::JobId;
@@ -66,7 +68,50 @@ impl ReplicationStatements for Hook {
         &self,
         request: LdrStreamRequest,
     ) -> ldr_sql::Result<JobId> {
-        ldr_ingest::create_stream(&self.ctx, request).await
+        ldr_ingest::create_stream(&self.ctx, stream_request(request)).await
+    }
+
+    fn describe_job(&self, job: &JobRecord) -> Option<LogicalReplicationJobInfo> {
+        let payload = LdrPayload::from_record(job).ok()?;
+        // Progress that does not decode shows as no replicated time yet.
+        let progress = LdrProgress::from_record(job).unwrap_or_default();
+        Some(LogicalReplicationJobInfo {
+            replicated_time: progress.replicated_ts(),
+            replication_start_time: Some(payload.start_ts()),
+            tables: payload.tables,
+            conflict_resolution_type: payload.conflict_resolution_type,
+            command: payload.command,
+        })
+    }
+}
+
+/// The SQL layer's request, as the replication layer takes it (no parser types).
+fn stream_request(request: LdrStreamRequest) -> StreamRequest {
+    let LdrStreamRequest {
+        statement,
+        external_connection,
+        source_uri,
+        into,
+        user,
+        database: _,
+        validated,
+        cursor,
+        default_function,
+        discard,
+    } = request;
+    StreamRequest {
+        command: statement.statement,
+        source_tables: statement.from_tables,
+        external_connection,
+        source_uri,
+        destinations: into.into_iter().map(|t| t.descriptor).collect(),
+        user,
+        validated,
+        cursor,
+        default_function,
+        discard,
+        label: statement.options.label,
+        skip_schema_check: statement.options.skip_schema_check,
     }
 }
 
@@ -137,7 +182,7 @@ impl SqlWiring {
                 sql: self.internal.clone(),
                 metrics: self.metrics.clone(),
             },
-            server: self.server.clone(),
+            writer: self.server.clone(),
         })
     }
 

@@ -1,17 +1,13 @@
-//! ldr-sql: the SQL layer of a node — types and values, key and row encodings, the catalog,
-//! the parser, the executor, privileges and the PostgreSQL wire protocol.
+//! ldr-sql: the SQL layer of a node — the parser, the executor, privileges and the PostgreSQL
+//! wire protocol, on top of `ldr-catalog` (types and values, key and row encodings, the
+//! catalog, the LDR schema rules), whose modules it re-exports under the same paths.
 //!
-//! - [`types`], [`datum`], [`interval`]: SQL types and values, text input/output, casts.
-//! - [`encoding`]: order-preserving key encoding and the column-id row value encoding.
-//! - [`rowcodec`]: how a row maps to KV pairs (primary, non-unique and unique index
-//!   entries); used by the write path and by replication (decode a source KV, remap it to
-//!   the destination's columns by name, build LWW writes, render the DLQ's JSON).
-//! - [`catalog`]: descriptors, users and external connections in the system keyspace.
+//! - [`types`], [`datum`], [`interval`], [`encoding`], [`rowcodec`], [`catalog`],
+//!   [`validation`], [`error`]: re-exported from `ldr-catalog` (see its crate doc).
 //! - [`parser`]: sqlparser for standard SQL plus CockroachDB's own statements.
 //! - [`expr`]: binding (names, types, parameters, aggregates) and evaluation.
 //! - [`exec`]: [`exec::SqlServer`] (one per node) and [`exec::Session`] (one per
 //!   connection); the [`exec::ReplicationStatements`] hook the server implements.
-//! - [`validation`]: LDR schema compatibility, schema locks, allowed schema changes.
 //! - [`protocol`]: pgwire front end, [`protocol::serve_connection`]; [`connection_guard`]: the
 //!   per-connection panic boundary a server spawns it inside.
 //! - [`frontend_frame`]: every frontend message read whole and checked before pgwire decodes
@@ -44,27 +40,20 @@
 
 pub mod asof;
 pub mod budget;
-pub mod catalog;
 pub mod connection_guard;
 pub mod copy;
 pub mod cron;
-pub mod datum;
-pub mod encoding;
-pub mod error;
 pub mod exec;
 pub mod expr;
 pub mod frontend_frame;
-pub mod interval;
 pub mod parser;
 pub mod protocol;
-pub mod rowcodec;
 pub mod stack;
 pub mod stats;
-pub mod types;
-pub mod validation;
 pub mod wire;
 
-pub use datum::Datum;
-pub use error::{PgError, Result, SqlError, sqlstate};
-pub use interval::Interval;
-pub use types::SqlType;
+// The lower half, under the paths it had when it lived here (`crate::datum::Datum`, …).
+pub use ldr_catalog::{
+    Datum, Interval, PgError, Result, SqlError, SqlType, catalog, datum, encoding, error, interval,
+    rowcodec, sqlstate, types, validated, validation,
+};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::*;
 use ldr_jobs::JobType;
 use ldr_kv::{Condition, ValueHeader};
-use ldr_sql::exec::{LdrStreamRequest, ReplicationStatements};
+use ldr_sql::exec::{LdrStreamRequest, LogicalReplicationJobInfo, ReplicationStatements};
 use ldr_sql::{Datum, rowcodec};
 use parking_lot::Mutex;
 
@@ -71,6 +71,20 @@ impl ReplicationStatements for FakeIngest {
             .await?;
         self.seen.lock().push(r);
         Ok(id)
+    }
+
+    fn describe_job(&self, job: &ldr_jobs::JobRecord) -> Option<LogicalReplicationJobInfo> {
+        let text = |k: &str| -> Option<String> { job.payload.get(k)?.as_str().map(String::from) };
+        let ts = |v: Option<&serde_json::Value>| -> Option<ldr_types::Timestamp> {
+            v?.as_str()?.parse().ok()
+        };
+        Some(LogicalReplicationJobInfo {
+            tables: serde_json::from_value(job.payload.get("tables")?.clone()).ok()?,
+            replicated_time: ts(job.progress.get("replicated_time")),
+            replication_start_time: ts(job.payload.get("replication_start_time")),
+            conflict_resolution_type: text("conflict_resolution_type")?,
+            command: text("command")?,
+        })
     }
 }
 

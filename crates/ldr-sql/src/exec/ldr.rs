@@ -3,10 +3,13 @@
 //! tables and privileges, foreign keys vs mode), then the [`ReplicationStatements`] hook,
 //! which the server implements with the ingest crate (it contacts the source, checks schema
 //! compatibility with [`crate::validation::check_compatibility`], locks the tables and
-//! creates the job).
+//! creates the job). The same hook describes a job for `SHOW LOGICAL REPLICATION JOBS`
+//! ([`LogicalReplicationJobInfo`]): the job record's payload is the ingest crate's, and only
+//! it reads it.
 
 use std::sync::Arc;
 
+use ldr_jobs::JobRecord;
 use ldr_types::{JobId, Timestamp};
 
 use super::{ColumnInfo, QueryResult, Session, privilege, resolve};
@@ -56,10 +59,29 @@ pub struct LdrStreamRequest {
     pub discard: Option<String>,
 }
 
-/// Implemented by the server (with `ldr-ingest`): creates the LDR job, returns its id.
+/// One `LOGICAL REPLICATION` job as `SHOW LOGICAL REPLICATION JOBS` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogicalReplicationJobInfo {
+    /// The destination tables, `db.schema.t`.
+    pub tables: Vec<String>,
+    /// `None` until the first full checkpoint (the initial scan is done).
+    pub replicated_time: Option<Timestamp>,
+    pub replication_start_time: Option<Timestamp>,
+    /// `LWW` or `DLQ`.
+    pub conflict_resolution_type: String,
+    /// The statement that created the job.
+    pub command: String,
+}
+
+/// Implemented by the server (with `ldr-ingest`).
 #[async_trait::async_trait]
 pub trait ReplicationStatements: Send + Sync {
+    /// Creates the LDR job, returns its id.
     async fn create_logical_replication_stream(&self, request: LdrStreamRequest) -> Result<JobId>;
+
+    /// What a `LOGICAL REPLICATION` job's record says, for `SHOW LOGICAL REPLICATION JOBS`;
+    /// `None` if the record cannot be read (the row then shows the job's id and status only).
+    fn describe_job(&self, job: &JobRecord) -> Option<LogicalReplicationJobInfo>;
 }
 
 fn invalid(msg: impl Into<String>) -> SqlError {

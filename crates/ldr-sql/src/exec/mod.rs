@@ -47,19 +47,21 @@ pub use self::backup::{
     show_backup_columns, show_backups_columns,
 };
 pub use self::changefeed::{ChangefeedRequest, ChangefeedStatements};
-pub use self::ldr::{LdrStreamRequest, ReplicationStatements, ResolvedTable};
+pub use self::ldr::{
+    LdrStreamRequest, LogicalReplicationJobInfo, ReplicationStatements, ResolvedTable,
+};
 pub use self::privilege::{SYSTEM_PRIVILEGES, TABLE_PRIVILEGES};
 pub use self::row_stream::{RowSender, RowStream};
 pub use self::session::SessionVars;
 pub use self::show::{fingerprints, redact_uri};
 pub use self::ttl::{TtlStats, TtlTable};
-pub use self::write::{ValidatedOutcome, ValidatedWrite};
 use crate::catalog::{Catalog, TableDescriptor, UserRecord};
 use crate::datum::Datum;
 use crate::error::{Result, SqlError, sqlstate};
 use crate::expr::EvalCtx;
 use crate::parser::{self, Statement};
 use crate::types::SqlType;
+pub use crate::validated::{ValidatedOutcome, ValidatedWrite, ValidatedWriter};
 
 /// A result column.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -466,6 +468,13 @@ impl SqlServer {
     /// CHECK, FOREIGN KEY and UNIQUE are enforced, and the primary row is written with the
     /// LWW condition and the given header. See [`ValidatedWrite`].
     pub async fn apply_validated(&self, write: ValidatedWrite) -> Result<ValidatedOutcome> {
+        write::apply_validated(self, write).await
+    }
+}
+
+#[async_trait::async_trait]
+impl ValidatedWriter for SqlServer {
+    async fn apply_validated(&self, write: ValidatedWrite) -> Result<ValidatedOutcome> {
         write::apply_validated(self, write).await
     }
 }

@@ -6,7 +6,7 @@ use ldr_kv::SettingValue;
 use ldr_types::keys;
 
 use super::scan;
-use super::{ColumnInfo, QueryResult, Session, ddl, privilege, resolve};
+use super::{ColumnInfo, LogicalReplicationJobInfo, QueryResult, Session, ddl, privilege, resolve};
 use crate::catalog::{ExternalConnection, TableDescriptor};
 use crate::datum::Datum;
 use crate::error::{Result, SqlError, sqlstate};
@@ -532,10 +532,14 @@ pub(crate) async fn execute(
         }
         S::ShowLogicalReplicationJobs { with_details } => {
             let jobs = visible_jobs(sess).await?;
+            let hook = sess.server.replication();
             let rows = jobs
                 .iter()
                 .filter(|j| j.job_type == JobType::LogicalReplication)
-                .map(|j| ldr_job_row(j, *with_details))
+                .map(|j| {
+                    let info = hook.as_ref().and_then(|h| h.describe_job(j));
+                    ldr_job_row(j, info.as_ref(), *with_details)
+                })
                 .collect();
             Ok(QueryResult::rows(ldr_jobs_columns(*with_details), rows))
         }
@@ -1195,54 +1199,32 @@ fn job_row(j: &JobRecord) -> Vec<Datum> {
     ]
 }
 
-/// A decimal `wall.logical` timestamp in a job payload/progress as TIMESTAMPTZ.
-fn decimal_ts(v: Option<&serde_json::Value>) -> Datum {
-    let text = match v {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Number(n)) => n.to_string(),
-        _ => return Datum::Null,
-    };
-    match text.parse::<ldr_types::Timestamp>() {
-        Ok(ts) if !ts.is_zero() => ts_datum(ts),
-        _ => Datum::Null,
-    }
-}
-
-fn ldr_job_row(j: &JobRecord, details: bool) -> Vec<Datum> {
-    let tables: Vec<String> = j
-        .payload
-        .get("tables")
-        .and_then(|t| t.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+/// A row of `SHOW LOGICAL REPLICATION JOBS`: the job's id and status, and what the
+/// replication hook read from its record (NULLs when it could not).
+fn ldr_job_row(
+    j: &JobRecord,
+    info: Option<&LogicalReplicationJobInfo>,
+    details: bool,
+) -> Vec<Datum> {
     let status = match j.status {
         JobStatus::PauseRequested => "pause-requested",
         other => other.as_str(),
     };
+    let ts = |t: Option<ldr_types::Timestamp>| match t {
+        Some(t) if !t.is_zero() => ts_datum(t),
+        _ => Datum::Null,
+    };
+    let text = |f: fn(&LogicalReplicationJobInfo) -> String| info.map_or(Datum::Null, |i| s(f(i)));
     let mut row = vec![
         Datum::Int(j.id),
         s(status),
-        s(format!("{{{}}}", tables.join(","))),
-        decimal_ts(j.progress.get("replicated_time")),
+        text(|i| format!("{{{}}}", i.tables.join(","))),
+        ts(info.and_then(|i| i.replicated_time)),
     ];
     if details {
-        row.push(decimal_ts(j.payload.get("replication_start_time")));
-        row.push(s(j
-            .payload
-            .get("conflict_resolution_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("LWW")
-            .to_string()));
-        row.push(s(j
-            .payload
-            .get("command")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()));
+        row.push(ts(info.and_then(|i| i.replication_start_time)));
+        row.push(text(|i| i.conflict_resolution_type.clone()));
+        row.push(text(|i| i.command.clone()));
     }
     row
 }
@@ -1261,7 +1243,7 @@ mod tests {
     }
 
     #[test]
-    fn ldr_rows_read_payload_and_progress() {
+    fn ldr_rows_show_what_the_hook_describes() {
         let j = JobRecord {
             id: 7,
             job_type: JobType::LogicalReplication,
@@ -1274,13 +1256,33 @@ mod tests {
             fraction_completed: 0.0,
             error: None,
             coordinator_id: Some(1),
-            payload: serde_json::json!({"tables": ["db.public.t", "db.public.u"], "replication_start_time": "1700000000000000000.0000000000", "conflict_resolution_type": "LWW", "command": "CREATE LOGICAL REPLICATION STREAM …"}),
-            progress: serde_json::json!({"replicated_time": null}),
+            payload: serde_json::json!({"ingest": "owns this shape"}),
+            progress: serde_json::json!({}),
         };
-        let row = ldr_job_row(&j, true);
+        let info = LogicalReplicationJobInfo {
+            tables: vec!["db.public.t".into(), "db.public.u".into()],
+            replicated_time: None,
+            replication_start_time: Some(ldr_types::Timestamp::new(1_700_000_000_000_000_000, 0)),
+            conflict_resolution_type: "LWW".into(),
+            command: "CREATE LOGICAL REPLICATION STREAM …".into(),
+        };
+        let row = ldr_job_row(&j, Some(&info), true);
+        assert_eq!(row[0], Datum::Int(7));
+        assert_eq!(row[1], s("running"));
         assert_eq!(row[2], s("{db.public.t,db.public.u}"));
-        assert_eq!(row[3], Datum::Null);
+        assert_eq!(
+            row[3],
+            Datum::Null,
+            "no replicated time before the initial scan is done"
+        );
         assert_eq!(row[4].to_text(0).as_deref(), Some("2023-11-14 22:13:20+00"));
         assert_eq!(row[5], s("LWW"));
+        assert_eq!(row[6], s("CREATE LOGICAL REPLICATION STREAM …"));
+        // A record the hook cannot read still lists the job, with NULLs.
+        let row = ldr_job_row(&j, None, false);
+        assert_eq!(
+            row,
+            vec![Datum::Int(7), s("running"), Datum::Null, Datum::Null]
+        );
     }
 }

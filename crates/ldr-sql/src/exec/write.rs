@@ -35,6 +35,7 @@ use crate::error::{Result, SqlError, sqlstate};
 use crate::expr::{BinOp, Binder, EvalCtx, ScalarExpr};
 use crate::parser;
 use crate::rowcodec;
+use crate::validated::{ValidatedOutcome, ValidatedWrite};
 
 /// One row change.
 #[derive(Debug, Clone)]
@@ -932,28 +933,6 @@ pub(crate) async fn check_fk_children(
 }
 
 // ---- validated-mode replication writes ----
-
-/// One replicated row for validated mode.
-#[derive(Debug, Clone)]
-pub struct ValidatedWrite {
-    pub table: Arc<TableDescriptor>,
-    /// The primary key columns (in primary key order) of the row.
-    pub pk: Vec<Datum>,
-    /// The new row in `table`'s column order; `None` deletes.
-    pub new: Option<Vec<Datum>>,
-    /// `origin_id` / `origin_ts` of the source write.
-    pub header: ValueHeader,
-    /// This cluster's origin id for LWW tie-breaks against local rows.
-    pub local_origin_id: ldr_types::OriginId,
-}
-
-/// What a validated write did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ValidatedOutcome {
-    Applied(Timestamp),
-    /// The destination already held a newer version (logical timestamp).
-    LwwLost(Timestamp),
-}
 
 /// Attempts of one validated write (each lost to a concurrent change of the row, or aborted
 /// by a conflicting transaction).

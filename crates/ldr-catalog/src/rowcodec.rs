@@ -289,18 +289,13 @@ pub fn canonical_bytes(row: &[Datum], positions: &[usize]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests_support {
-    pub(crate) use super::tests::desc;
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::catalog::{ColumnDescriptor, IndexColumn};
     use crate::types::SqlType;
     use std::collections::BTreeMap;
 
-    pub(crate) fn desc() -> TableDescriptor {
+    fn desc() -> TableDescriptor {
         let col = |id, name: &str, ty| ColumnDescriptor {
             id,
             name: name.into(),

@@ -6,6 +6,8 @@ use std::process::Output;
 use anyhow::{Context, Result, bail, ensure};
 use ldr_sim::{Cluster, ClusterSpec, find_ldr_binary};
 
+pub mod sinks;
+
 /// Starts an `n`-node cluster named `name` and waits until it serves SQL.
 pub async fn cluster(name: &str, n: usize) -> Result<Cluster> {
     Ok(Cluster::start(ClusterSpec::new(name, n)?).await?)

@@ -16,7 +16,6 @@
 //!   stops it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,91 +28,9 @@ use ldr_sim::Cluster;
 use ldr_types::Timestamp;
 use serde_json::Value;
 
-/// Every file below `dir` (recursively), sorted by name within each daily folder.
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if !p.to_string_lossy().ends_with(".tmp-ldr") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// The sink directory of `nodelocal://<node>/<path>` on `c`.
-fn nodelocal(c: &Cluster, node: usize, path: &str) -> Result<PathBuf> {
-    Ok(c.node_info(node)?.store_dir.join("extern").join(path))
-}
-
-/// The data messages and the resolved timestamps written to a nodelocal sink.
-#[derive(Debug, Default)]
-struct SinkContents {
-    messages: Vec<Value>,
-    resolved: Vec<Timestamp>,
-    data_files: Vec<String>,
-}
-
-fn read_sink(dir: &Path) -> Result<SinkContents> {
-    let mut out = SinkContents::default();
-    for f in files_below(dir) {
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let text = std::fs::read_to_string(&f).with_context(|| format!("{}", f.display()))?;
-        if name.ends_with(".RESOLVED") {
-            let v: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
-            let ts = v["resolved"]
-                .as_str()
-                .context("resolved")?
-                .parse::<Timestamp>()
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            out.resolved.push(ts);
-        } else {
-            for line in text.lines().filter(|l| !l.is_empty()) {
-                out.messages
-                    .push(serde_json::from_str(line).with_context(|| line.to_string())?);
-            }
-            out.data_files.push(name);
-        }
-    }
-    Ok(out)
-}
-
-fn ts_of(v: &Value) -> Result<Timestamp> {
-    v.as_str()
-        .with_context(|| format!("not a timestamp: {v}"))?
-        .parse::<Timestamp>()
-        .map_err(|e| anyhow::anyhow!("{v}: {e}"))
-}
-
-/// Waits until the sink in `dir` has a resolved timestamp at or above `at`.
-async fn wait_resolved(dir: &Path, at: Timestamp, timeout: Duration) -> Result<SinkContents> {
-    poll(
-        &format!("a RESOLVED file at or above {at} in {}", dir.display()),
-        timeout,
-        Duration::from_millis(200),
-        || async {
-            let s = read_sink(dir).map_err(|e| e.to_string())?;
-            if s.resolved.iter().any(|r| *r >= at) {
-                Ok(s)
-            } else {
-                Err(format!("resolved so far: {:?}", s.resolved.last()))
-            }
-        },
-    )
-    .await
-}
+use ldr_e2e::sinks::{
+    SinkContents, files_below, latest_values, nodelocal, read_sink, ts_of, wait_resolved,
+};
 
 /// `SHOW CHANGEFEED JOBS` row of `job`.
 async fn changefeed_row(c: &Cluster, job: i64) -> Result<BTreeMap<String, Option<String>>> {
@@ -487,27 +404,6 @@ fn read_sinks(c: &Cluster, path: &str) -> Result<SinkContents> {
         all.data_files.extend(s.data_files);
     }
     Ok(all)
-}
-
-/// The keys whose latest message (by `updated`) is an upsert with `after.v`, per key.
-fn latest_values(messages: &[Value]) -> Result<BTreeMap<i64, Option<String>>> {
-    let mut latest: BTreeMap<i64, (Timestamp, Option<String>)> = BTreeMap::new();
-    for m in messages {
-        let key = m["key"][0].as_i64().with_context(|| format!("{m}"))?;
-        // Without `updated` (an initial scan only) every message is as of one time.
-        let ts = match m.get("updated") {
-            Some(u) => ts_of(u)?,
-            None => Timestamp::ZERO,
-        };
-        let v = m["after"]["v"].as_str().map(str::to_string);
-        match latest.get(&key) {
-            Some((t, _)) if *t > ts => {}
-            _ => {
-                latest.insert(key, (ts, v));
-            }
-        }
-    }
-    Ok(latest.into_iter().map(|(k, (_, v))| (k, v)).collect())
 }
 
 /// Upserts `(k, 'v<k>')` for `keys` on any running node of `c`, retrying each until it

@@ -195,6 +195,12 @@ pub async fn serve_connection_tls(
                         canceler.cancel();
                     }
                 });
+                // Let the watch register with the I/O driver before the statement runs: a
+                // task spawned here sits in this worker's LIFO slot, which other workers do
+                // not steal from, so a statement that computes without yielding would keep
+                // it from ever starting (the disconnect then went unnoticed until the
+                // statement ended). Once registered, its wake-up runs on another worker.
+                tokio::task::yield_now().await;
                 let r = work.await;
                 watch.abort();
                 r

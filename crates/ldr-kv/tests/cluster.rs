@@ -903,6 +903,17 @@ async fn replicas_follow_the_zone_config_and_the_cluster_outlives_node_1() {
         .await
         .expect("increment");
     assert_eq!(b, a + 1);
+    // New ranges go to live nodes: once node 1's liveness record has expired, a new table
+    // is placed without it. (A table created before that lists node 1 and still serves:
+    // see `replicated_ranges_keep_serving_when_a_node_stops_…`.)
+    eventually("node 1 to be seen as not live", || async {
+        let nodes = n3.nodes().await.ok()?;
+        nodes
+            .iter()
+            .any(|s| s.node.node_id == 1 && !s.is_live)
+            .then_some(())
+    })
+    .await;
     let fresh = n3
         .create_table_ranges(401, Some(2))
         .await

@@ -486,6 +486,42 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Quotes an identifier when it needs it (upper case, other characters, a reserved word), as
+/// PostgreSQL's `quote_ident` does.
+pub fn quote_ident(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !matches!(
+            name,
+            "select"
+                | "from"
+                | "where"
+                | "table"
+                | "index"
+                | "order"
+                | "group"
+                | "user"
+                | "default"
+                | "primary"
+                | "key"
+                | "check"
+                | "unique"
+                | "references"
+                | "constraint"
+        );
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
 pub fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "t" | "true" | "yes" | "y" | "on" | "1" => Some(true),

@@ -1330,10 +1330,6 @@ fn lock_copy(conn: &Conn) -> std::sync::MutexGuard<'_, Option<CopyIn>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 impl ConnHandler {
     /// Checks the COPY target and switches the client to copy-in mode.
     async fn start_copy(&self, spec: crate::Result<CopySpec>) -> PgWireResult<Response> {
@@ -1434,7 +1430,11 @@ impl ConnHandler {
         }
         let ncols = copy.columns.len();
         let rows = crate::copy::parse_rows(&copy.spec, &copy.data, ncols)?;
-        let column_list: Vec<String> = copy.columns.iter().map(|c| quote_ident(c)).collect();
+        let column_list: Vec<String> = copy
+            .columns
+            .iter()
+            .map(|c| crate::datum::quote_ident(c))
+            .collect();
         let column_list = column_list.join(", ");
         let first_line = 1 + usize::from(copy.spec.header);
         let mut inserted = 0;

@@ -9,7 +9,7 @@
 use ldr_types::Timestamp;
 
 use super::ldr::ResolvedTable;
-use super::show::col;
+use super::result::col;
 use super::{ColumnInfo, QueryResult, Session, privilege, resolve};
 use crate::asof;
 use crate::datum::Datum;

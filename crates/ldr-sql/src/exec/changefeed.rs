@@ -10,7 +10,7 @@ use ldr_jobs::{JobRecord, JobType};
 use ldr_types::JobId;
 
 use super::ldr::ResolvedTable;
-use super::show::{col, s};
+use super::result::{col, s};
 use super::{ColumnInfo, QueryResult, RowStream, Session, privilege, resolve};
 use crate::datum::Datum;
 use crate::error::{Result, SqlError, sqlstate};
@@ -141,12 +141,12 @@ pub(crate) async fn show_jobs(
 ) -> Result<QueryResult> {
     let jobs = match id {
         Some(e) => {
-            let id = super::show::job_id(sess, e, params)?;
+            let id = super::jobs::job_id(sess, e, params)?;
             let job = sess.server.jobs.get(id).await?;
-            super::show::check_job_visible(sess, &job).await?;
+            super::jobs::check_job_visible(sess, &job).await?;
             vec![job]
         }
-        None => super::show::visible_jobs(sess).await?,
+        None => super::jobs::visible_jobs(sess).await?,
     };
     let rows = jobs
         .iter()

@@ -9,7 +9,7 @@
 
 use sqlparser::ast as sql;
 
-use super::show::{col, s as text};
+use super::result::{col, s as text};
 use super::{ColumnInfo, QueryResult, Session, privilege};
 use crate::datum::Datum;
 use crate::error::{Result, SqlError, sqlstate};

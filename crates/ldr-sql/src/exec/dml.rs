@@ -11,10 +11,12 @@ use std::sync::Arc;
 use ldr_types::Timestamp;
 use sqlparser::ast as sql;
 
-use super::scan::{self, StoredRow};
+use super::rows::Change;
+use super::rows::StoredRow;
+use super::scan;
 use super::select;
 use super::upsert;
-use super::write::{self, Applied, Change, RowApplied};
+use super::write::{self, Applied, RowApplied};
 use super::{ColumnInfo, QueryResult, Session, resolve};
 use crate::catalog::TableDescriptor;
 use crate::datum::Datum;
@@ -488,7 +490,7 @@ async fn find_by_unique(
     idx: &crate::catalog::IndexDescriptor,
     values: Option<Vec<u8>>,
     ts: Timestamp,
-    txn: Option<&write::TxnBuffer>,
+    txn: Option<&super::txn_buffer::TxnBuffer>,
 ) -> Result<Option<StoredRow>> {
     let Some(values) = values else {
         return Ok(None);

@@ -21,16 +21,20 @@ mod changefeed;
 mod consistency;
 mod ddl;
 mod dml;
+mod jobs;
 mod ldr;
 mod privilege;
 mod resolve;
+mod result;
 mod row_stream;
+mod rows;
 mod scan;
 mod select;
 pub mod session;
 mod show;
 mod ttl;
 mod txn;
+mod txn_buffer;
 mod upsert;
 mod virtual_tables;
 mod write;
@@ -51,6 +55,7 @@ pub use self::ldr::{
     LdrStreamRequest, LogicalReplicationJobInfo, ReplicationStatements, ResolvedTable,
 };
 pub use self::privilege::{SYSTEM_PRIVILEGES, TABLE_PRIVILEGES};
+pub use self::result::{ColumnInfo, QueryResult, TxnEffect, TxnStatus};
 pub use self::row_stream::{RowSender, RowStream};
 pub use self::session::SessionVars;
 pub use self::show::{fingerprints, redact_uri};
@@ -62,114 +67,6 @@ use crate::expr::EvalCtx;
 use crate::parser::{self, Statement};
 use crate::types::SqlType;
 pub use crate::validated::{ValidatedOutcome, ValidatedWrite, ValidatedWriter};
-
-/// A result column.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ColumnInfo {
-    pub name: String,
-    pub ty: SqlType,
-}
-
-impl ColumnInfo {
-    pub fn new(name: &str, ty: SqlType) -> ColumnInfo {
-        ColumnInfo {
-            name: name.to_string(),
-            ty,
-        }
-    }
-}
-
-/// What a statement did to the session's transaction (for the wire protocol's status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnEffect {
-    None,
-    Began,
-    Ended,
-}
-
-/// The session's transaction state as the wire protocol reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnStatus {
-    Idle,
-    InTransaction,
-    Failed,
-}
-
-/// The result of one statement.
-#[derive(Debug)]
-pub struct QueryResult {
-    /// The command tag without the row count (`SELECT`, `INSERT`, `CREATE TABLE`, …).
-    pub tag: String,
-    /// Rows affected or returned, shown in the tag when set.
-    pub rows_affected: Option<usize>,
-    /// Result columns; empty for statements that return no rows.
-    pub columns: Vec<ColumnInfo>,
-    pub rows: Vec<Vec<Datum>>,
-    pub returns_rows: bool,
-    pub txn: TxnEffect,
-    /// Warnings for the client, sent before the command completes (PostgreSQL's
-    /// NoticeResponse with severity WARNING), e.g. `COMMIT` outside a transaction block.
-    pub notices: Vec<crate::error::PgError>,
-    /// Rows that keep coming after the statement returned (a sinkless changefeed): the wire
-    /// protocol sends them as they arrive, after `rows` (empty then). `None` for every
-    /// other statement.
-    pub stream: Option<RowStream>,
-}
-
-impl QueryResult {
-    pub fn command(tag: &str) -> QueryResult {
-        QueryResult {
-            tag: tag.to_string(),
-            rows_affected: None,
-            columns: vec![],
-            rows: vec![],
-            returns_rows: false,
-            txn: TxnEffect::None,
-            notices: vec![],
-            stream: None,
-        }
-    }
-
-    pub fn count(tag: &str, n: usize) -> QueryResult {
-        QueryResult {
-            rows_affected: Some(n),
-            ..QueryResult::command(tag)
-        }
-    }
-
-    pub fn rows(columns: Vec<ColumnInfo>, rows: Vec<Vec<Datum>>) -> QueryResult {
-        let n = rows.len();
-        QueryResult {
-            tag: "SELECT".into(),
-            rows_affected: Some(n),
-            columns,
-            rows,
-            returns_rows: true,
-            txn: TxnEffect::None,
-            notices: vec![],
-            stream: None,
-        }
-    }
-
-    /// A result whose rows arrive on `stream` while the client reads them (the row count
-    /// of its command tag is known only at the end).
-    pub fn streamed(columns: Vec<ColumnInfo>, stream: RowStream) -> QueryResult {
-        QueryResult {
-            rows_affected: None,
-            stream: Some(stream),
-            ..QueryResult::rows(columns, vec![])
-        }
-    }
-
-    /// The full command tag (`INSERT 0 3`, `SELECT 2`, `CREATE TABLE`).
-    pub fn command_tag(&self) -> String {
-        match (self.tag.as_str(), self.rows_affected) {
-            ("INSERT", Some(n)) => format!("INSERT 0 {n}"),
-            (t, Some(n)) => format!("{t} {n}"),
-            (t, None) => t.to_string(),
-        }
-    }
-}
 
 /// PostgreSQL's text for a failed password login (28P01): the same for an unknown user, a
 /// wrong password and a user without one, so a client learns nothing about which.
@@ -482,10 +379,10 @@ impl ValidatedWriter for SqlServer {
 /// The explicit transaction of a session.
 pub(crate) enum Txn {
     Idle,
-    Open(write::TxnBuffer),
+    Open(txn_buffer::TxnBuffer),
     /// An error happened inside the transaction: only ROLLBACK (or COMMIT, which rolls back)
     /// is accepted. Savepoints kept for ROLLBACK TO SAVEPOINT.
-    Failed(write::TxnBuffer),
+    Failed(txn_buffer::TxnBuffer),
     /// `RELEASE SAVEPOINT cockroach_restart` committed the transaction: only COMMIT (or
     /// ROLLBACK) is accepted, to end the block (see `txn.rs`).
     CommitWait,
@@ -560,6 +457,23 @@ impl Session {
     /// Lets `canceler` stop this session's statements (a pgwire CancelRequest).
     pub fn set_canceler(&mut self, canceler: Arc<crate::budget::Canceler>) {
         self.cancel = Some(canceler);
+    }
+
+    /// Evaluates a constant expression (with parameters) of a utility statement.
+    pub(crate) fn eval_const(
+        &self,
+        e: &parser::Expr,
+        want: Option<&SqlType>,
+        params: &[Datum],
+    ) -> Result<Datum> {
+        let scope = crate::expr::Scope::default();
+        let mut types = Vec::new();
+        let mut b = crate::expr::Binder::new(&scope, &mut types);
+        let (x, _) = match want {
+            Some(t) => b.bind_typed(e, t)?,
+            None => b.bind(e)?,
+        };
+        x.eval(&[], &self.eval_ctx(params.to_vec()))
     }
 
     pub(crate) fn eval_ctx(&self, params: Vec<Datum>) -> EvalCtx {
@@ -859,14 +773,14 @@ impl Session {
     // ---- transactions: see `txn.rs` for BEGIN, COMMIT, ROLLBACK and savepoints ----
 
     /// The open transaction's buffer, if any.
-    pub(crate) fn txn_buffer(&mut self) -> Option<&mut write::TxnBuffer> {
+    pub(crate) fn txn_buffer(&mut self) -> Option<&mut txn_buffer::TxnBuffer> {
         match &mut self.txn {
             Txn::Open(b) => Some(b),
             _ => None,
         }
     }
 
-    pub(crate) fn txn_ref(&self) -> Option<&write::TxnBuffer> {
+    pub(crate) fn txn_ref(&self) -> Option<&txn_buffer::TxnBuffer> {
         match &self.txn {
             Txn::Open(b) => Some(b),
             _ => None,

@@ -15,51 +15,21 @@ use futures::future::join_all;
 use ldr_kv::{KeyVersion, KvClient, Version};
 use ldr_types::{Span, Timestamp, keys, prefix_end};
 
-use super::write::TxnBuffer;
+use super::rows::StoredRow;
+use super::txn_buffer::TxnBuffer;
 use crate::catalog::{
     IndexDescriptor, MVCC_TIMESTAMP_COLUMN, ORIGIN_TIMESTAMP_COLUMN, TableDescriptor,
 };
 use crate::datum::Datum;
 use crate::encoding;
 use crate::error::{Result, SqlError};
-use crate::expr::{BinOp, EvalCtx, ScalarExpr, Scope, ScopeColumn, timestamp_decimal};
+use crate::expr::{BinOp, EvalCtx, ScalarExpr, Scope, ScopeColumn};
 use crate::rowcodec;
 use crate::types::{SqlType, TypeFamily};
 
 const PAGE: usize = 1000;
 /// Point lookups beyond this many keys scan instead.
 const MAX_POINT_KEYS: usize = 1000;
-
-/// A row as stored, with what the write path and the system columns need.
-#[derive(Debug, Clone)]
-pub(crate) struct StoredRow {
-    pub key: Vec<u8>,
-    pub values: Vec<Datum>,
-    /// The stored value bytes (what a conditional write expects).
-    pub raw: Vec<u8>,
-    pub ts: Timestamp,
-    pub origin_ts: Timestamp,
-    /// Written by the open transaction (not yet committed).
-    pub buffered: bool,
-}
-
-impl StoredRow {
-    /// The row with the two system columns appended (see [`table_scope`]).
-    pub fn scope_values(&self) -> Vec<Datum> {
-        let mut v = self.values.clone();
-        v.push(if self.buffered || self.ts.is_zero() {
-            Datum::Null
-        } else {
-            Datum::Decimal(timestamp_decimal(self.ts))
-        });
-        v.push(if self.origin_ts.is_zero() || self.buffered {
-            Datum::Null
-        } else {
-            Datum::Decimal(timestamp_decimal(self.origin_ts))
-        });
-        v
-    }
-}
 
 /// The scope of a table's rows: its columns (hidden ones marked), then the system columns.
 pub(crate) fn table_scope(desc: &TableDescriptor, alias: Option<&str>) -> Scope {

@@ -10,7 +10,8 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use sqlparser::ast as sql;
 
-use super::scan::{self, StoredRow};
+use super::rows::StoredRow;
+use super::scan;
 use super::{ColumnInfo, QueryResult, Session, resolve};
 use crate::catalog::TableDescriptor;
 use crate::datum::Datum;

@@ -5,39 +5,19 @@ use ldr_jobs::{JobRecord, JobStatus, JobType};
 use ldr_kv::SettingValue;
 use ldr_types::keys;
 
+use super::jobs::{check_job_visible, job_id, visible_jobs};
+use super::result::{col, s};
 use super::scan;
 use super::{ColumnInfo, LogicalReplicationJobInfo, QueryResult, Session, ddl, privilege, resolve};
 use crate::catalog::{ExternalConnection, TableDescriptor};
 use crate::datum::Datum;
 use crate::error::{Result, SqlError, sqlstate};
-use crate::expr::{Binder, Scope};
-use crate::parser::{Expr, RangesFrom, Statement};
+use crate::parser::{RangesFrom, Statement};
 use crate::rowcodec;
 use crate::types::SqlType;
 
-pub(super) fn col(name: &str, ty: SqlType) -> ColumnInfo {
-    ColumnInfo::new(name, ty)
-}
-
-pub(super) fn s(v: impl Into<String>) -> Datum {
-    Datum::String(v.into())
-}
-
 fn opt_s(v: Option<String>) -> Datum {
     v.map(Datum::String).unwrap_or(Datum::Null)
-}
-
-/// Evaluates a constant expression (with parameters) of a utility statement.
-fn eval_const(sess: &Session, e: &Expr, want: Option<&SqlType>, params: &[Datum]) -> Result<Datum> {
-    let scope = Scope::default();
-    let mut types = Vec::new();
-    let mut b = Binder::new(&scope, &mut types);
-    let (x, _) = match want {
-        Some(t) => b.bind_typed(e, t)?,
-        None => b.bind(e)?,
-    };
-    let ctx = sess.eval_ctx(params.to_vec());
-    x.eval(&[], &ctx)
 }
 
 fn text_of(d: &Datum) -> String {
@@ -67,7 +47,7 @@ pub(crate) async fn session_statement(
             };
             let mut parts = Vec::new();
             for v in values {
-                parts.push(text_of(&eval_const(sess, v, None, &params)?));
+                parts.push(text_of(&sess.eval_const(v, None, &params)?));
             }
             let text = parts.join(", ");
             if name == "database" {
@@ -657,7 +637,7 @@ pub(crate) async fn execute(
                     sess.user
                 )));
             }
-            let uri = match eval_const(sess, uri, Some(&SqlType::String), &params)? {
+            let uri = match sess.eval_const(uri, Some(&SqlType::String), &params)? {
                 Datum::String(u) => u,
                 _ => {
                     return Err(SqlError::new(
@@ -727,7 +707,7 @@ pub(crate) async fn execute(
             let r = match value {
                 None => sess.server.kv.reset_setting(name).await,
                 Some(e) => {
-                    let v = eval_const(sess, e, None, &params)?;
+                    let v = sess.eval_const(e, None, &params)?;
                     sess.server.kv.set_setting(name, &text_of(&v)).await
                 }
             };
@@ -1133,44 +1113,6 @@ async fn show_grants(
         }
     }
     Ok(QueryResult::rows(grants_columns(), rows))
-}
-
-// ---- jobs ----
-
-pub(super) fn job_id(sess: &Session, e: &Expr, params: &[Datum]) -> Result<i64> {
-    match eval_const(sess, e, Some(&SqlType::Int8), params)? {
-        Datum::Int(i) => Ok(i),
-        Datum::Decimal(d) => rust_decimal::prelude::ToPrimitive::to_i64(&d)
-            .ok_or_else(|| SqlError::new(sqlstate::INVALID_PARAMETER_VALUE, "invalid job id")),
-        _ => Err(SqlError::new(
-            sqlstate::INVALID_PARAMETER_VALUE,
-            "job id must be an integer",
-        )),
-    }
-}
-
-pub(super) async fn visible_jobs(sess: &Session) -> Result<Vec<JobRecord>> {
-    let all = sess.server.jobs.list().await?;
-    if privilege::has_system_privilege(&sess.server.catalog, &sess.user, "VIEWJOB").await? {
-        return Ok(all);
-    }
-    Ok(all
-        .into_iter()
-        .filter(|j| j.user_name == sess.user)
-        .collect())
-}
-
-pub(super) async fn check_job_visible(sess: &Session, job: &JobRecord) -> Result<()> {
-    if job.user_name == sess.user
-        || privilege::has_system_privilege(&sess.server.catalog, &sess.user, "VIEWJOB").await?
-    {
-        Ok(())
-    } else {
-        Err(SqlError::insufficient_privilege(format!(
-            "user {} does not have VIEWJOB privilege",
-            sess.user
-        )))
-    }
 }
 
 fn ts_datum(ts: ldr_types::Timestamp) -> Datum {

@@ -19,7 +19,8 @@ use ldr_kv::{Condition, RowOutcome, RowWrite, ValueHeader};
 use ldr_types::{Span, TableId, Timestamp, keys};
 
 use super::SqlServer;
-use super::scan::{self, StoredRow};
+use super::rows::StoredRow;
+use super::scan;
 use super::write;
 use crate::catalog::TableDescriptor;
 use crate::cron::Cron;

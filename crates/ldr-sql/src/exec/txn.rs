@@ -22,7 +22,7 @@
 //!   RELEASE that fails leaves the block aborted (`E`), so that the client can restart with
 //!   ROLLBACK TO SAVEPOINT cockroach_restart or give up with ROLLBACK, as in CockroachDB.
 //!
-//! An explicit transaction buffers its writes (`write::TxnBuffer`), reads one snapshot (the
+//! An explicit transaction buffers its writes (`txn_buffer::TxnBuffer`), reads one snapshot (the
 //! timestamp of its first read, `Session::stmt_ts`) and remembers, in a [`ReadSet`], the
 //! value of every key it read from the KV layer the first time it read it (`None`: absent).
 //!
@@ -47,7 +47,7 @@
 //!
 //! Limits (documented departures from CockroachDB's serializable isolation):
 //! - read-only transactions are not validated (they read one snapshot);
-//! - the read set holds at most [`READ_SET_MAX`] keys; keys read beyond are refreshed as
+//! - the read set holds at most `txn_buffer::READ_SET_MAX` keys; keys read beyond are refreshed as
 //!   spans (any newer version of them is a conflict, even one that wrote the same value).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -58,30 +58,19 @@ use ldr_kv::KvClient;
 use ldr_types::{Span, Timestamp};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::write::{self, Applied, Change, TxnBuffer};
+use super::rows::Change;
+use super::txn_buffer::{TxnBuffer, read_conflict};
+use super::write::{self, Applied};
 use super::{QueryResult, Session, SqlServer, Txn, TxnEffect};
 use crate::error::{PgError, Result, SqlError, sqlstate};
 use crate::parser::Statement;
 
-/// Keys a transaction's read set holds at most.
-pub(crate) const READ_SET_MAX: usize = 100_000;
-/// Scanned spans a transaction remembers one by one; beyond, whole tables.
-const READ_SPANS_MAX: usize = 1024;
 /// Number of lock stripes per gateway.
 const STRIPES: usize = 4096;
 /// How long a writer waits for this gateway's row locks.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// Validation reads in flight at once.
 const VALIDATION_CONCURRENCY: usize = 32;
-/// The 40001 a transaction gets when a row it read changed under it.
-pub(crate) fn read_conflict() -> SqlError {
-    SqlError::new(
-        sqlstate::SERIALIZATION_FAILURE,
-        "restart transaction: TransactionRetryWithProtoRefreshError: a row this transaction read was changed by a concurrent write",
-    )
-    .with_hint("retry the transaction")
-}
-
 /// The 40001 a transaction gets when its COMMIT finds a row written, since its snapshot,
 /// into a span it scanned (a phantom, or a scanned row changed), as CockroachDB's failed
 /// refresh reads.
@@ -96,90 +85,6 @@ pub(crate) fn refresh_conflict(key: &[u8]) -> SqlError {
         ),
     )
     .with_hint("retry the transaction")
-}
-
-/// Each key read and the value first seen (`None`: absent).
-pub(crate) type ReadRows = HashMap<Vec<u8>, Option<Vec<u8>>>;
-
-/// The first value a transaction saw for each key it read, and the spans it scanned.
-#[derive(Debug, Default)]
-pub(crate) struct ReadSet {
-    rows: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    overflowed: bool,
-    /// Spans scanned (refreshed at COMMIT, see [`refresh_spans`]); past [`READ_SPANS_MAX`]
-    /// they are condensed to the whole tables they touch (coarser, still correct).
-    spans: Vec<Span>,
-}
-
-impl ReadSet {
-    /// Records that the transaction read `value` at `key` (`None`: absent). A key read before
-    /// with another value is a conflict (40001).
-    pub fn observe(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
-        match self.rows.get(key) {
-            Some(seen) if seen.as_deref() == value => Ok(()),
-            Some(_) => Err(read_conflict()),
-            None if self.rows.len() >= READ_SET_MAX => {
-                if !self.overflowed {
-                    tracing::debug!(
-                        max = READ_SET_MAX,
-                        "transaction read set is full; further reads are refreshed as spans"
-                    );
-                    self.overflowed = true;
-                }
-                // Validated by the refresh of read spans instead (any newer version of the
-                // key, tombstones included, is a conflict).
-                let mut end = key.to_vec();
-                end.push(0);
-                self.observe_span(Span::new(key.to_vec(), end));
-                Ok(())
-            }
-            None => {
-                self.rows.insert(key.to_vec(), value.map(<[u8]>::to_vec));
-                Ok(())
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// Records that the transaction scanned `span`: a row written into it after the
-    /// transaction's snapshot fails the COMMIT.
-    pub fn observe_span(&mut self, span: Span) {
-        if self.spans.contains(&span) {
-            return;
-        }
-        self.spans.push(span);
-        if self.spans.len() > READ_SPANS_MAX {
-            self.spans = condense(std::mem::take(&mut self.spans));
-        }
-    }
-
-    pub fn overflowed(&self) -> bool {
-        self.overflowed
-    }
-
-    /// The keys read with their values, and the spans scanned.
-    pub fn into_parts(self) -> (ReadRows, Vec<Span>) {
-        (self.rows, self.spans)
-    }
-}
-
-/// Spans widened to the whole tables they touch, without duplicates (a span outside every
-/// table is kept as it is).
-fn condense(spans: Vec<Span>) -> Vec<Span> {
-    let mut out: Vec<Span> = Vec::new();
-    for s in spans {
-        let wide = match ldr_types::keys::decode_table_key(&s.start) {
-            Some(k) => ldr_types::keys::table_span(k.table_id),
-            None => s,
-        };
-        if !out.contains(&wide) {
-            out.push(wide);
-        }
-    }
-    out
 }
 
 /// Re-scans the spans a transaction scanned, at `refresh_ts` (at or above its commit
@@ -618,74 +523,9 @@ impl Session {
 mod tests {
     use ldr_kv::{Condition, RowOutcome, RowWrite, ValueHeader};
 
-    use super::super::scan::StoredRow;
+    use super::super::rows::StoredRow;
     use super::*;
     use crate::rowcodec;
-
-    #[test]
-    fn the_read_set_keeps_the_first_value_and_flags_a_different_one() {
-        let mut r = ReadSet::default();
-        r.observe(b"a", Some(b"1")).expect("first read");
-        r.observe(b"b", None).expect("absent");
-        r.observe(b"a", Some(b"1")).expect("same value again");
-        r.observe(b"b", None).expect("still absent");
-        assert_eq!(
-            r.observe(b"a", Some(b"2")).expect_err("changed").code(),
-            "40001"
-        );
-        assert_eq!(r.observe(b"a", None).expect_err("deleted").code(), "40001");
-        assert_eq!(
-            r.observe(b"b", Some(b"x")).expect_err("inserted").code(),
-            "40001"
-        );
-        assert_eq!(r.len(), 2);
-        assert!(!r.overflowed());
-    }
-
-    #[test]
-    fn a_full_read_set_records_further_reads_as_spans() {
-        let mut r = ReadSet::default();
-        for i in 0..READ_SET_MAX {
-            r.observe(&(i as u64).to_be_bytes(), None).expect("fits");
-        }
-        assert!(!r.overflowed());
-        r.observe(b"one more", Some(b"v")).expect("not an error");
-        assert!(r.overflowed());
-        assert_eq!(r.len(), READ_SET_MAX);
-        // ... but the key is refreshed as a span at COMMIT.
-        let (_, spans) = r.into_parts();
-        assert_eq!(
-            spans,
-            vec![Span::new(b"one more".to_vec(), b"one more\0".to_vec())]
-        );
-        let mut r = ReadSet::default();
-        for i in 0..READ_SET_MAX {
-            r.observe(&(i as u64).to_be_bytes(), None).expect("fits");
-        }
-        // Keys already recorded are still checked.
-        assert!(r.observe(&0u64.to_be_bytes(), Some(b"v")).is_err());
-    }
-
-    #[test]
-    fn many_scanned_spans_condense_to_their_tables() {
-        let mut r = ReadSet::default();
-        for i in 0..=READ_SPANS_MAX as u64 {
-            let table = 100 + (i % 2) as u32;
-            let mut start = ldr_types::keys::index_prefix(table, 0, 1);
-            start.extend_from_slice(&i.to_be_bytes());
-            let mut end = start.clone();
-            end.push(0);
-            r.observe_span(Span::new(start, end));
-        }
-        let (_, spans) = r.into_parts();
-        assert_eq!(
-            spans,
-            vec![
-                ldr_types::keys::table_span(100),
-                ldr_types::keys::table_span(101)
-            ]
-        );
-    }
 
     #[test]
     fn stripes_are_sorted_and_deduplicated() {

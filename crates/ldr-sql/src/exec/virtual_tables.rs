@@ -4,7 +4,7 @@
 //! (plus CockroachDB's `crdb_sql_type` and `is_hidden`). A user sees the tables they own or
 //! hold a privilege on; admins see all.
 
-use super::show::{col, s as text};
+use super::result::{col, s as text};
 use super::{ColumnInfo, QueryResult, Session, privilege};
 use crate::catalog::TableDescriptor;
 use crate::datum::Datum;

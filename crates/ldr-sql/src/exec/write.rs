@@ -19,15 +19,16 @@
 //! back and the caller gets a conflict with the actual version, to re-read and retry
 //! (autocommit) or fail the COMMIT (`txn.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ldr_kv::{Condition, KvClient, RowOutcome, RowWrite, ValueHeader, Version};
-use ldr_types::{TableId, Timestamp};
+use ldr_types::Timestamp;
 
 use super::SqlServer;
-use super::scan::{self, StoredRow};
-use super::txn::ReadSet;
+use super::rows::Change;
+use super::scan;
+use super::txn_buffer::TxnBuffer;
 use crate::catalog::{Catalog, ForeignKeyDescriptor, IndexDescriptor, TableDescriptor};
 use crate::datum::Datum;
 use crate::encoding;
@@ -37,17 +38,6 @@ use crate::parser;
 use crate::rowcodec;
 use crate::validated::{ValidatedOutcome, ValidatedWrite};
 
-/// One row change.
-#[derive(Debug, Clone)]
-pub(crate) struct Change {
-    pub table: Arc<TableDescriptor>,
-    /// The primary key of the row.
-    pub key: Vec<u8>,
-    /// The committed row being replaced (`None`: the row must not exist).
-    pub old: Option<StoredRow>,
-    pub new: Option<Vec<Datum>>,
-}
-
 /// What happened to a change.
 #[derive(Debug, Clone)]
 pub(crate) enum Applied {
@@ -55,132 +45,6 @@ pub(crate) enum Applied {
     /// The row was not `old` any more: the actual latest version (`None`: not attempted
     /// because another row of the same range conflicted; retry it).
     Conflict(Option<Version>),
-}
-
-/// Buffered changes keyed by table and primary key.
-type Changes = BTreeMap<(TableId, Vec<u8>), Change>;
-
-/// Writes buffered by an explicit transaction, keyed by table and primary key, and what it
-/// read (see `txn.rs`).
-#[derive(Debug, Default)]
-pub(crate) struct TxnBuffer {
-    changes: Changes,
-    savepoints: Vec<(String, Changes)>,
-    /// Behind a mutex because reads record into it through a shared reference. Rolling back
-    /// to a savepoint keeps it: those reads happened.
-    reads: parking_lot::Mutex<ReadSet>,
-    /// The transaction's read timestamp: every statement reads this snapshot (set by the
-    /// first statement that reads; a restart gets a new buffer and so a new snapshot).
-    read_ts: Option<Timestamp>,
-}
-
-impl TxnBuffer {
-    /// The snapshot the transaction reads, once it has read.
-    pub fn snapshot_ts(&self) -> Option<Timestamp> {
-        self.read_ts
-    }
-
-    /// The snapshot the transaction reads, fixed at the first call.
-    pub fn read_ts(&mut self, now: Timestamp) -> Timestamp {
-        *self.read_ts.get_or_insert(now)
-    }
-
-    /// Records a value read from the KV layer (`None`: absent); 40001 if the transaction saw
-    /// another value for this key before.
-    pub fn observe(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
-        self.reads.lock().observe(key, value)
-    }
-
-    /// Records a span scanned from the KV layer (refreshed at COMMIT: phantoms are conflicts).
-    pub fn observe_span(&self, span: &ldr_types::Span) {
-        self.reads.lock().observe_span(span.clone());
-    }
-
-    pub fn get(&self, table: TableId, key: &[u8]) -> Option<&Change> {
-        self.changes.get(&(table, key.to_vec()))
-    }
-
-    /// The rows of a table this transaction changed: key and new value (`None`: deleted).
-    pub fn table_changes(&self, table: TableId) -> Vec<(&Vec<u8>, Option<&Vec<Datum>>)> {
-        self.changes
-            .range((table, Vec::new())..)
-            .take_while(|((t, _), _)| *t == table)
-            .map(|((_, k), c)| (k, c.new.as_ref()))
-            .collect()
-    }
-
-    /// Adds a change, merging with an earlier change of the same row (the first `old` is what
-    /// the COMMIT expects).
-    pub fn add(&mut self, change: Change) {
-        let k = (change.table.id, change.key.clone());
-        match self.changes.get_mut(&k) {
-            Some(existing) => {
-                existing.new = change.new;
-                existing.table = change.table;
-            }
-            None => {
-                self.changes.insert(k, change);
-            }
-        }
-    }
-
-    /// Whether the transaction has done nothing yet: no write, no read, no savepoint.
-    pub fn is_untouched(&self) -> bool {
-        self.changes.is_empty() && self.savepoints.is_empty() && self.reads.lock().len() == 0
-    }
-
-    /// Whether any savepoint is established.
-    pub fn has_savepoints(&self) -> bool {
-        !self.savepoints.is_empty()
-    }
-
-    /// Whether the oldest savepoint is `name`.
-    pub fn first_savepoint_is(&self, name: &str) -> bool {
-        self.savepoints.first().is_some_and(|(n, _)| n == name)
-    }
-
-    pub fn savepoint(&mut self, name: &str) {
-        self.savepoints
-            .push((name.to_string(), self.changes.clone()));
-    }
-
-    pub fn release(&mut self, name: &str) -> Result<()> {
-        let pos = self
-            .savepoints
-            .iter()
-            .rposition(|(n, _)| n == name)
-            .ok_or_else(|| no_savepoint(name))?;
-        self.savepoints.truncate(pos);
-        Ok(())
-    }
-
-    pub fn rollback_to(&mut self, name: &str) -> Result<()> {
-        let pos = self
-            .savepoints
-            .iter()
-            .rposition(|(n, _)| n == name)
-            .ok_or_else(|| no_savepoint(name))?;
-        self.changes = self.savepoints[pos].1.clone();
-        self.savepoints.truncate(pos + 1);
-        Ok(())
-    }
-
-    /// The changes to apply (in key order), the read set and the snapshot read (`None`:
-    /// nothing read).
-    pub fn into_parts(self) -> (Vec<Change>, ReadSet, Option<Timestamp>) {
-        (
-            self.changes.into_values().collect(),
-            self.reads.into_inner(),
-            self.read_ts,
-        )
-    }
-}
-
-fn no_savepoint(name: &str) -> SqlError {
-    SqlError::new(
-        sqlstate::INVALID_SAVEPOINT_SPECIFICATION,
-        format!("savepoint \"{name}\" does not exist"),
-    )
 }
 
 /// The 23505 error for a duplicate in an index.

@@ -557,7 +557,7 @@ impl<'a> Binder<'a> {
                 let _ = ty;
                 Ok((
                     ScalarExpr::Func {
-                        name: "date_part".into(),
+                        func: Builtin::DatePart,
                         args: vec![field, x],
                         ty: SqlType::Float8,
                     },
@@ -624,17 +624,8 @@ impl<'a> Binder<'a> {
                 if id.quote_style.is_none() {
                     match name.as_str() {
                         "current_user" | "session_user" | "user" | "current_database"
-                        | "current_schema" => {
-                            return Ok((
-                                ScalarExpr::Func {
-                                    name: name.clone(),
-                                    args: vec![],
-                                    ty: SqlType::String,
-                                },
-                                SqlType::String,
-                            ));
-                        }
-                        "current_timestamp" | "localtimestamp" | "current_date" => {
+                        | "current_schema" | "current_timestamp" | "localtimestamp"
+                        | "current_date" => {
                             return self.call(&name, vec![]);
                         }
                         _ => {}
@@ -967,84 +958,44 @@ impl<'a> Binder<'a> {
         mut args: Vec<(ScalarExpr, SqlType)>,
     ) -> Result<(ScalarExpr, SqlType)> {
         let n = args.len();
-        let arity = |ok: bool| -> Result<()> {
-            if ok {
-                Ok(())
-            } else {
-                Err(SqlError::new(
-                    sqlstate::UNDEFINED_FUNCTION,
-                    format!(
-                        "unknown signature: {name}() with {n} argument{}",
-                        if n == 1 { "" } else { "s" }
-                    ),
-                ))
-            }
+        let Some(func) = Builtin::lookup(name) else {
+            return Err(SqlError::new(
+                sqlstate::UNDEFINED_FUNCTION,
+                format!("unknown function: {name}()"),
+            ));
         };
+        let def = func.def();
+        if !def.arity.admits(n) {
+            return Err(SqlError::new(
+                sqlstate::UNDEFINED_FUNCTION,
+                format!(
+                    "unknown signature: {name}() with {n} argument{}",
+                    if n == 1 { "" } else { "s" }
+                ),
+            ));
+        }
         // Untyped arguments default to STRING (or the type of the other arguments).
         let first_typed = args
             .iter()
             .map(|(_, t)| t.clone())
             .find(|t| *t != SqlType::Unknown);
-        let canonical = match name {
-            "char_length" | "character_length" => "length",
-            "ceiling" => "ceil",
-            "pow" => "power",
-            "substring" => "substr",
-            "uuid_generate_v4" => "gen_random_uuid",
-            "transaction_timestamp" | "statement_timestamp" | "current_timestamp" => "now",
-            "session_user" | "user" => "current_user",
-            "every" => "bool_and",
-            "trim" => "btrim",
-            "jsonb_typeof" => "json_typeof",
-            "to_jsonb" => "to_json",
-            "jsonb_build_object" => "json_build_object",
-            other => other,
-        };
-        let ty = match canonical {
-            "length" | "octet_length" | "strpos" => {
-                arity(n == 1 || (canonical == "strpos" && n == 2))?;
-                SqlType::Int8
-            }
-            "lower" | "upper" | "reverse" | "md5" | "sha256" | "to_hex" | "initcap"
-            | "quote_ident" | "quote_literal" => {
-                arity(n == 1)?;
-                SqlType::String
-            }
-            "btrim" | "ltrim" | "rtrim" => {
-                arity(n == 1 || n == 2)?;
-                SqlType::String
-            }
-            "substr" => {
-                arity(n == 2 || n == 3)?;
-                for (i, a) in args.iter_mut().enumerate().skip(1) {
-                    let _ = i;
+        let ty = match &def.typing {
+            Typing::Returns(t) => t.clone(),
+            Typing::Substring => {
+                for a in args.iter_mut().skip(1) {
                     let (x, t) =
                         std::mem::replace(a, (ScalarExpr::Const(Datum::Null), SqlType::Unknown));
                     *a = self.coerce_unknown_if(x, t, &SqlType::Int8)?;
                 }
                 SqlType::String
             }
-            "replace" | "split_part" => {
-                arity(n == 3)?;
-                SqlType::String
-            }
-            "left" | "right" | "repeat" | "lpad" | "rpad" => {
-                arity(n == 2 || (matches!(canonical, "lpad" | "rpad") && n == 3))?;
-                SqlType::String
-            }
-            "starts_with" => {
-                arity(n == 2)?;
-                SqlType::Bool
-            }
-            "concat" | "concat_ws" => SqlType::String,
-            "coalesce" | "ifnull" | "nullif" | "greatest" | "least" => {
-                arity(n >= 1 && (canonical != "nullif" || n == 2))?;
+            Typing::CommonType => {
                 let t = first_typed.clone().unwrap_or(SqlType::String);
                 for a in args.iter_mut() {
                     let (x, at) =
                         std::mem::replace(a, (ScalarExpr::Const(Datum::Null), SqlType::Unknown));
                     *a = self.coerce_unknown_if(x, at, &t)?;
-                    check_comparable(&t, &a.1, canonical)?;
+                    check_comparable(&t, &a.1, def.name)?;
                 }
                 // Mixed numerics widen: int with decimal → decimal.
                 if args
@@ -1061,8 +1012,7 @@ impl<'a> Binder<'a> {
                     t
                 }
             }
-            "abs" | "ceil" | "floor" | "round" | "trunc" | "sign" => {
-                arity(n == 1 || (matches!(canonical, "round" | "trunc") && n == 2))?;
+            Typing::Rounding => {
                 let (x, t) = args.remove(0);
                 let (x, t) = self.coerce_unknown_if(x, t, &SqlType::DECIMAL)?;
                 if !t.is_numeric() {
@@ -1073,15 +1023,14 @@ impl<'a> Binder<'a> {
                     let (y, yt) = args.remove(1);
                     args.push(self.coerce_unknown_if(y, yt, &SqlType::Int8)?);
                 }
-                match (canonical, t.family()) {
-                    ("abs" | "sign", _) => t,
-                    (_, TypeFamily::Int) if canonical != "round" || n == 1 => SqlType::Int8,
+                match (func, t.family()) {
+                    (Builtin::Abs | Builtin::Sign, _) => t,
+                    (_, TypeFamily::Int) if func != Builtin::Round || n == 1 => SqlType::Int8,
                     (_, TypeFamily::Float) => SqlType::Float8,
                     _ => SqlType::DECIMAL,
                 }
             }
-            "mod" | "power" | "sqrt" | "exp" | "ln" | "log" => {
-                arity(n == 1 || (matches!(canonical, "mod" | "power" | "log") && n == 2))?;
+            Typing::Math => {
                 for a in args.iter_mut() {
                     let (x, at) =
                         std::mem::replace(a, (ScalarExpr::Const(Datum::Null), SqlType::Unknown));
@@ -1090,7 +1039,7 @@ impl<'a> Binder<'a> {
                         return Err(unknown_signature(name, std::slice::from_ref(&a.1)));
                     }
                 }
-                if canonical == "mod" && args.iter().all(|(_, t)| t.family() == TypeFamily::Int) {
+                if func == Builtin::Mod && args.iter().all(|(_, t)| t.family() == TypeFamily::Int) {
                     SqlType::Int8
                 } else if args.iter().any(|(_, t)| t.family() == TypeFamily::Float) {
                     SqlType::Float8
@@ -1098,54 +1047,19 @@ impl<'a> Binder<'a> {
                     SqlType::DECIMAL
                 }
             }
-            "random" => {
-                arity(n == 0)?;
-                SqlType::Float8
-            }
-            "now" | "clock_timestamp" => {
-                arity(n == 0)?;
-                SqlType::TimestampTz
-            }
-            "localtimestamp" => {
-                arity(n == 0)?;
-                SqlType::Timestamp
-            }
-            "current_date" => {
-                arity(n == 0)?;
-                SqlType::Date
-            }
-            "gen_random_uuid" => {
-                arity(n == 0)?;
-                SqlType::Uuid
-            }
-            "unique_rowid" => {
-                arity(n == 0)?;
-                SqlType::Int8
-            }
-            "cluster_logical_timestamp" => {
-                arity(n == 0)?;
-                SqlType::DECIMAL
-            }
-            "version" | "current_database" | "current_user" | "current_schema" => {
-                arity(n == 0)?;
-                SqlType::String
-            }
-            "pg_typeof" => {
-                arity(n == 1)?;
+            Typing::TypeName => {
                 let t = args[0].1.clone();
                 return Ok((
                     ScalarExpr::Const(Datum::String(pg_type_name(&t))),
                     SqlType::String,
                 ));
             }
-            "date_part" | "extract" => {
-                arity(n == 2)?;
+            Typing::DatePart => {
                 let (x, t) = args.remove(1);
                 args.push(self.coerce_unknown_if(x, t, &SqlType::TimestampTz)?);
                 SqlType::Float8
             }
-            "date_trunc" => {
-                arity(n == 2)?;
+            Typing::DateTrunc => {
                 let (x, t) = args.remove(1);
                 let (x, t) = self.coerce_unknown_if(x, t, &SqlType::TimestampTz)?;
                 let out = if t.family() == TypeFamily::Date {
@@ -1156,25 +1070,6 @@ impl<'a> Binder<'a> {
                 args.push((x, t));
                 out
             }
-            "to_timestamp" => {
-                arity(n == 1)?;
-                SqlType::TimestampTz
-            }
-            "json_typeof" => {
-                arity(n == 1)?;
-                SqlType::String
-            }
-            "to_json" | "json_build_object" => SqlType::Jsonb,
-            "crdb_internal.node_id" | "crdb_internal.cluster_origin_id" => {
-                arity(n == 0)?;
-                SqlType::Int8
-            }
-            _ => {
-                return Err(SqlError::new(
-                    sqlstate::UNDEFINED_FUNCTION,
-                    format!("unknown function: {name}()"),
-                ));
-            }
         };
         // Remaining untyped arguments are strings.
         let mut exprs = Vec::with_capacity(args.len());
@@ -1183,7 +1078,7 @@ impl<'a> Binder<'a> {
         }
         Ok((
             ScalarExpr::Func {
-                name: canonical.to_string(),
+                func,
                 args: exprs,
                 ty: ty.clone(),
             },

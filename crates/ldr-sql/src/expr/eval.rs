@@ -203,13 +203,13 @@ impl ScalarExpr {
                     None => Ok(Datum::Null),
                 }
             }
-            ScalarExpr::Func { name, args, ty } => {
+            ScalarExpr::Func { func, args, ty } => {
                 // coalesce evaluates lazily.
-                if name == "coalesce" || name == "ifnull" {
+                if *func == Builtin::Coalesce {
                     for a in args {
                         let v = a.eval(row, ctx)?;
                         if !v.is_null() {
-                            return v.coerce_for_column(ty, name);
+                            return v.coerce_for_column(ty, func.name());
                         }
                     }
                     return Ok(Datum::Null);
@@ -218,7 +218,7 @@ impl ScalarExpr {
                     .iter()
                     .map(|a| a.eval(row, ctx))
                     .collect::<Result<_>>()?;
-                eval_function(name, vals, ty, ctx)
+                eval_function(*func, vals, ty, ctx)
             }
         }
     }

@@ -1,42 +1,428 @@
-//! The built-in scalar functions' evaluation, and date/time helpers.
+//! The built-in scalar functions: one table that binding resolves names against (canonical
+//! name, aliases, arity, typing rule, NULL handling, volatility), and their evaluation by
+//! [`Builtin`], matched exhaustively so every function that binds also evaluates.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use super::*;
 
+/// A built-in scalar function, resolved from its name when an expression is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Builtin {
+    Length,
+    OctetLength,
+    Strpos,
+    Lower,
+    Upper,
+    Initcap,
+    Reverse,
+    Md5,
+    Sha256,
+    ToHex,
+    QuoteLiteral,
+    QuoteIdent,
+    Btrim,
+    Ltrim,
+    Rtrim,
+    Substr,
+    Replace,
+    SplitPart,
+    Left,
+    Right,
+    Repeat,
+    Lpad,
+    Rpad,
+    StartsWith,
+    Concat,
+    ConcatWs,
+    Coalesce,
+    Nullif,
+    Greatest,
+    Least,
+    Abs,
+    Sign,
+    Ceil,
+    Floor,
+    Round,
+    Trunc,
+    Mod,
+    Power,
+    Sqrt,
+    Exp,
+    Ln,
+    Log,
+    Random,
+    Now,
+    ClockTimestamp,
+    LocalTimestamp,
+    CurrentDate,
+    GenRandomUuid,
+    UniqueRowid,
+    ClusterLogicalTimestamp,
+    Version,
+    CurrentDatabase,
+    CurrentUser,
+    CurrentSchema,
+    PgTypeof,
+    DatePart,
+    DateTrunc,
+    ToTimestamp,
+    JsonTypeof,
+    ToJson,
+    JsonBuildObject,
+    NodeId,
+    ClusterOriginId,
+}
+
+/// How many arguments a built-in takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arity {
+    Exactly(usize),
+    Between(usize, usize),
+    AtLeast(usize),
+}
+
+impl Arity {
+    pub fn admits(self, n: usize) -> bool {
+        match self {
+            Arity::Exactly(k) => n == k,
+            Arity::Between(lo, hi) => (lo..=hi).contains(&n),
+            Arity::AtLeast(lo) => n >= lo,
+        }
+    }
+}
+
+/// How binding types a built-in's arguments and decides its result type. Arguments a rule
+/// leaves untyped become strings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Typing {
+    /// A fixed result type.
+    Returns(SqlType),
+    /// A string result; the arguments after the first are integers (`substr`).
+    Substring,
+    /// The arguments' common type (`coalesce`, `nullif`, `greatest`, `least`).
+    CommonType,
+    /// One numeric argument, an optional integer precision (`abs`, `round`, ...).
+    Rounding,
+    /// Numeric arguments; FLOAT if any is, else DECIMAL (`mod` of integers is INT).
+    Math,
+    /// The argument's type name, folded at bind time (`pg_typeof`).
+    TypeName,
+    /// A field name and a timestamp; FLOAT (`date_part`).
+    DatePart,
+    /// A field name and a timestamp; the timestamp's type (`date_trunc`).
+    DateTrunc,
+}
+
+/// One row of the function table.
+#[derive(Debug)]
+pub struct BuiltinDef {
+    pub func: Builtin,
+    /// The canonical name, shown in errors.
+    pub name: &'static str,
+    /// Other names that resolve to it.
+    pub aliases: &'static [&'static str],
+    pub arity: Arity,
+    pub typing: Typing,
+    /// A NULL argument gives NULL without evaluating (PostgreSQL's STRICT).
+    pub strict: bool,
+    /// Two evaluations may differ within one statement (`now()` is stable and does not count).
+    pub volatile: bool,
+}
+
+const fn def(
+    func: Builtin,
+    name: &'static str,
+    aliases: &'static [&'static str],
+    arity: Arity,
+    typing: Typing,
+) -> BuiltinDef {
+    BuiltinDef {
+        func,
+        name,
+        aliases,
+        arity,
+        typing,
+        strict: true,
+        volatile: false,
+    }
+}
+
+const fn lenient(mut d: BuiltinDef) -> BuiltinDef {
+    d.strict = false;
+    d
+}
+
+const fn volatile(mut d: BuiltinDef) -> BuiltinDef {
+    d.volatile = true;
+    d
+}
+
+use Arity::{AtLeast, Between, Exactly};
+use Builtin as F;
+use Typing::Returns;
+
+const STRING: Typing = Returns(SqlType::String);
+const INT: Typing = Returns(SqlType::Int8);
+
+/// Every built-in, in the order of [`Builtin`]'s variants.
+pub static BUILTINS: &[BuiltinDef] = &[
+    def(
+        F::Length,
+        "length",
+        &["char_length", "character_length"],
+        Exactly(1),
+        INT,
+    ),
+    def(F::OctetLength, "octet_length", &[], Exactly(1), INT),
+    def(F::Strpos, "strpos", &[], Exactly(2), INT),
+    def(F::Lower, "lower", &[], Exactly(1), STRING),
+    def(F::Upper, "upper", &[], Exactly(1), STRING),
+    def(F::Initcap, "initcap", &[], Exactly(1), STRING),
+    def(F::Reverse, "reverse", &[], Exactly(1), STRING),
+    def(F::Md5, "md5", &[], Exactly(1), STRING),
+    def(F::Sha256, "sha256", &[], Exactly(1), STRING),
+    def(F::ToHex, "to_hex", &[], Exactly(1), STRING),
+    def(F::QuoteLiteral, "quote_literal", &[], Exactly(1), STRING),
+    def(F::QuoteIdent, "quote_ident", &[], Exactly(1), STRING),
+    def(F::Btrim, "btrim", &["trim"], Between(1, 2), STRING),
+    def(F::Ltrim, "ltrim", &[], Between(1, 2), STRING),
+    def(F::Rtrim, "rtrim", &[], Between(1, 2), STRING),
+    def(
+        F::Substr,
+        "substr",
+        &["substring"],
+        Between(2, 3),
+        Typing::Substring,
+    ),
+    def(F::Replace, "replace", &[], Exactly(3), STRING),
+    def(F::SplitPart, "split_part", &[], Exactly(3), STRING),
+    def(F::Left, "left", &[], Exactly(2), STRING),
+    def(F::Right, "right", &[], Exactly(2), STRING),
+    def(F::Repeat, "repeat", &[], Exactly(2), STRING),
+    def(F::Lpad, "lpad", &[], Between(2, 3), STRING),
+    def(F::Rpad, "rpad", &[], Between(2, 3), STRING),
+    def(
+        F::StartsWith,
+        "starts_with",
+        &[],
+        Exactly(2),
+        Returns(SqlType::Bool),
+    ),
+    lenient(def(F::Concat, "concat", &[], AtLeast(0), STRING)),
+    lenient(def(F::ConcatWs, "concat_ws", &[], AtLeast(1), STRING)),
+    lenient(def(
+        F::Coalesce,
+        "coalesce",
+        &["ifnull"],
+        AtLeast(1),
+        Typing::CommonType,
+    )),
+    lenient(def(
+        F::Nullif,
+        "nullif",
+        &[],
+        Exactly(2),
+        Typing::CommonType,
+    )),
+    lenient(def(
+        F::Greatest,
+        "greatest",
+        &[],
+        AtLeast(1),
+        Typing::CommonType,
+    )),
+    lenient(def(F::Least, "least", &[], AtLeast(1), Typing::CommonType)),
+    def(F::Abs, "abs", &[], Exactly(1), Typing::Rounding),
+    def(F::Sign, "sign", &[], Exactly(1), Typing::Rounding),
+    def(F::Ceil, "ceil", &["ceiling"], Exactly(1), Typing::Rounding),
+    def(F::Floor, "floor", &[], Exactly(1), Typing::Rounding),
+    def(F::Round, "round", &[], Between(1, 2), Typing::Rounding),
+    def(F::Trunc, "trunc", &[], Between(1, 2), Typing::Rounding),
+    def(F::Mod, "mod", &[], Exactly(2), Typing::Math),
+    def(F::Power, "power", &["pow"], Exactly(2), Typing::Math),
+    def(F::Sqrt, "sqrt", &[], Exactly(1), Typing::Math),
+    def(F::Exp, "exp", &[], Exactly(1), Typing::Math),
+    def(F::Ln, "ln", &[], Exactly(1), Typing::Math),
+    def(F::Log, "log", &[], Between(1, 2), Typing::Math),
+    volatile(def(
+        F::Random,
+        "random",
+        &[],
+        Exactly(0),
+        Returns(SqlType::Float8),
+    )),
+    lenient(def(
+        F::Now,
+        "now",
+        &[
+            "transaction_timestamp",
+            "statement_timestamp",
+            "current_timestamp",
+        ],
+        Exactly(0),
+        Returns(SqlType::TimestampTz),
+    )),
+    volatile(def(
+        F::ClockTimestamp,
+        "clock_timestamp",
+        &[],
+        Exactly(0),
+        Returns(SqlType::TimestampTz),
+    )),
+    def(
+        F::LocalTimestamp,
+        "localtimestamp",
+        &[],
+        Exactly(0),
+        Returns(SqlType::Timestamp),
+    ),
+    def(
+        F::CurrentDate,
+        "current_date",
+        &[],
+        Exactly(0),
+        Returns(SqlType::Date),
+    ),
+    volatile(def(
+        F::GenRandomUuid,
+        "gen_random_uuid",
+        &["uuid_generate_v4"],
+        Exactly(0),
+        Returns(SqlType::Uuid),
+    )),
+    volatile(def(F::UniqueRowid, "unique_rowid", &[], Exactly(0), INT)),
+    def(
+        F::ClusterLogicalTimestamp,
+        "cluster_logical_timestamp",
+        &[],
+        Exactly(0),
+        Returns(SqlType::DECIMAL),
+    ),
+    def(F::Version, "version", &[], Exactly(0), STRING),
+    def(
+        F::CurrentDatabase,
+        "current_database",
+        &[],
+        Exactly(0),
+        STRING,
+    ),
+    lenient(def(
+        F::CurrentUser,
+        "current_user",
+        &["session_user", "user"],
+        Exactly(0),
+        STRING,
+    )),
+    def(F::CurrentSchema, "current_schema", &[], Exactly(0), STRING),
+    def(F::PgTypeof, "pg_typeof", &[], Exactly(1), Typing::TypeName),
+    def(
+        F::DatePart,
+        "date_part",
+        &["extract"],
+        Exactly(2),
+        Typing::DatePart,
+    ),
+    def(
+        F::DateTrunc,
+        "date_trunc",
+        &[],
+        Exactly(2),
+        Typing::DateTrunc,
+    ),
+    def(
+        F::ToTimestamp,
+        "to_timestamp",
+        &[],
+        Exactly(1),
+        Returns(SqlType::TimestampTz),
+    ),
+    def(
+        F::JsonTypeof,
+        "json_typeof",
+        &["jsonb_typeof"],
+        Exactly(1),
+        STRING,
+    ),
+    lenient(def(
+        F::ToJson,
+        "to_json",
+        &["to_jsonb"],
+        Exactly(1),
+        Returns(SqlType::Jsonb),
+    )),
+    lenient(def(
+        F::JsonBuildObject,
+        "json_build_object",
+        &["jsonb_build_object"],
+        AtLeast(0),
+        Returns(SqlType::Jsonb),
+    )),
+    def(F::NodeId, "crdb_internal.node_id", &[], Exactly(0), INT),
+    def(
+        F::ClusterOriginId,
+        "crdb_internal.cluster_origin_id",
+        &[],
+        Exactly(0),
+        INT,
+    ),
+];
+
+impl Builtin {
+    /// The function a name (lower-cased, qualified as written) resolves to.
+    pub fn lookup(name: &str) -> Option<Builtin> {
+        static BY_NAME: OnceLock<HashMap<&'static str, Builtin>> = OnceLock::new();
+        BY_NAME
+            .get_or_init(|| {
+                BUILTINS
+                    .iter()
+                    .flat_map(|d| {
+                        std::iter::once(d.name)
+                            .chain(d.aliases.iter().copied())
+                            .map(|n| (n, d.func))
+                    })
+                    .collect()
+            })
+            .get(name)
+            .copied()
+    }
+
+    /// Its row of [`BUILTINS`].
+    pub fn def(self) -> &'static BuiltinDef {
+        &BUILTINS[self as usize]
+    }
+
+    /// Its canonical name.
+    pub fn name(self) -> &'static str {
+        self.def().name
+    }
+}
+
 pub(super) fn eval_function(
-    name: &str,
+    func: Builtin,
     args: Vec<Datum>,
     ty: &SqlType,
     ctx: &EvalCtx,
 ) -> Result<Datum> {
     use Datum as D;
-    let null_if_any_null = !matches!(
-        name,
-        "concat"
-            | "concat_ws"
-            | "greatest"
-            | "least"
-            | "nullif"
-            | "json_build_object"
-            | "to_json"
-            | "current_user"
-            | "now"
-    );
-    if null_if_any_null && args.iter().any(|a| a.is_null()) {
+    let name = func.name();
+    if func.def().strict && args.iter().any(|a| a.is_null()) {
         return Ok(D::Null);
     }
     let s0 = || args.first().and_then(text_arg).unwrap_or_default();
-    Ok(match name {
-        "length" => match &args[0] {
+    Ok(match func {
+        F::Length => match &args[0] {
             D::Bytes(b) => D::Int(b.len() as i64),
             d => D::Int(text_arg(d).unwrap_or_default().chars().count() as i64),
         },
-        "octet_length" => match &args[0] {
+        F::OctetLength => match &args[0] {
             D::Bytes(b) => D::Int(b.len() as i64),
             d => D::Int(text_arg(d).unwrap_or_default().len() as i64),
         },
-        "lower" => D::String(s0().to_lowercase()),
-        "upper" => D::String(s0().to_uppercase()),
-        "initcap" => D::String(
+        F::Lower => D::String(s0().to_lowercase()),
+        F::Upper => D::String(s0().to_uppercase()),
+        F::Initcap => D::String(
             s0().split(' ')
                 .map(|w| {
                     let mut c = w.chars();
@@ -50,33 +436,33 @@ pub(super) fn eval_function(
                 .collect::<Vec<_>>()
                 .join(" "),
         ),
-        "reverse" => D::String(s0().chars().rev().collect()),
-        "md5" => D::String(hex::encode(md5::compute(s0().as_bytes()).0)),
-        "sha256" => {
+        F::Reverse => D::String(s0().chars().rev().collect()),
+        F::Md5 => D::String(hex::encode(md5::compute(s0().as_bytes()).0)),
+        F::Sha256 => {
             use sha2::Digest;
             D::String(hex::encode(sha2::Sha256::digest(s0().as_bytes())))
         }
-        "to_hex" => match &args[0] {
+        F::ToHex => match &args[0] {
             D::Int(i) => D::String(format!("{:x}", i)),
             D::Bytes(b) => D::String(hex::encode(b)),
             d => D::String(hex::encode(text_arg(d).unwrap_or_default())),
         },
-        "quote_literal" => D::String(datum::quote_literal(&s0())),
-        "quote_ident" => D::String(format!("\"{}\"", s0().replace('"', "\"\""))),
-        "btrim" | "ltrim" | "rtrim" => {
+        F::QuoteLiteral => D::String(datum::quote_literal(&s0())),
+        F::QuoteIdent => D::String(datum::quote_ident(&s0())),
+        F::Btrim | F::Ltrim | F::Rtrim => {
             let s = s0();
             let set: Vec<char> = match args.get(1) {
                 Some(d) => text_arg(d).unwrap_or_default().chars().collect(),
                 None => vec![' '],
             };
-            let t = match name {
-                "ltrim" => s.trim_start_matches(|c| set.contains(&c)),
-                "rtrim" => s.trim_end_matches(|c| set.contains(&c)),
+            let t = match func {
+                F::Ltrim => s.trim_start_matches(|c| set.contains(&c)),
+                F::Rtrim => s.trim_end_matches(|c| set.contains(&c)),
                 _ => s.trim_matches(|c| set.contains(&c)),
             };
             D::String(t.to_string())
         }
-        "substr" => {
+        F::Substr => {
             let chars: Vec<char> = s0().chars().collect();
             let start = int_arg(&args[1]).unwrap_or(1);
             let len = args.get(2).and_then(int_arg);
@@ -101,7 +487,7 @@ pub(super) fn eval_function(
                 String::new()
             })
         }
-        "strpos" => {
+        F::Strpos => {
             let hay = s0();
             let needle = text_arg(&args[1]).unwrap_or_default();
             D::Int(match hay.find(&needle) {
@@ -109,11 +495,11 @@ pub(super) fn eval_function(
                 None => 0,
             })
         }
-        "replace" => D::String(s0().replace(
+        F::Replace => D::String(s0().replace(
             &text_arg(&args[1]).unwrap_or_default(),
             &text_arg(&args[2]).unwrap_or_default(),
         )),
-        "split_part" => {
+        F::SplitPart => {
             let s = s0();
             let delim = text_arg(&args[1]).unwrap_or_default();
             let n = int_arg(&args[2]).unwrap_or(0);
@@ -130,18 +516,18 @@ pub(super) fn eval_function(
                     .to_string(),
             )
         }
-        "left" | "right" => {
+        F::Left | F::Right => {
             let chars: Vec<char> = s0().chars().collect();
             let n = int_arg(&args[1]).unwrap_or(0);
             let len = chars.len() as i64;
             let take = if n >= 0 { n.min(len) } else { (len + n).max(0) } as usize;
-            D::String(if name == "left" {
+            D::String(if func == F::Left {
                 chars[..take].iter().collect()
             } else {
                 chars[chars.len() - take..].iter().collect()
             })
         }
-        "repeat" => {
+        F::Repeat => {
             let n = int_arg(&args[1]).unwrap_or(0).max(0) as usize;
             let s = s0();
             if s.len().saturating_mul(n) > 64 << 20 {
@@ -152,7 +538,7 @@ pub(super) fn eval_function(
             }
             D::String(s.repeat(n))
         }
-        "lpad" | "rpad" => {
+        F::Lpad | F::Rpad => {
             let s: Vec<char> = s0().chars().collect();
             let n = int_arg(&args[1]).unwrap_or(0).clamp(0, 1 << 20) as usize;
             let fill: Vec<char> = args
@@ -166,15 +552,15 @@ pub(super) fn eval_function(
             }
             let pad: String = fill.iter().cycle().take(n - s.len()).collect();
             let body: String = s.iter().collect();
-            D::String(if name == "lpad" {
+            D::String(if func == F::Lpad {
                 pad + &body
             } else {
                 body + &pad
             })
         }
-        "starts_with" => D::Bool(s0().starts_with(&text_arg(&args[1]).unwrap_or_default())),
-        "concat" => D::String(args.iter().filter_map(text_arg).collect()),
-        "concat_ws" => {
+        F::StartsWith => D::Bool(s0().starts_with(&text_arg(&args[1]).unwrap_or_default())),
+        F::Concat => D::String(args.iter().filter_map(text_arg).collect()),
+        F::ConcatWs => {
             let sep = args.first().and_then(text_arg);
             match sep {
                 None => D::Null,
@@ -187,22 +573,30 @@ pub(super) fn eval_function(
                 ),
             }
         }
-        "nullif" => {
+        // Evaluated lazily by `ScalarExpr::eval`; this is the same rule over evaluated arguments.
+        F::Coalesce => match args.into_iter().find(|a| !a.is_null()) {
+            Some(v) => v.coerce_for_column(ty, name)?,
+            None => D::Null,
+        },
+        F::PgTypeof => {
+            return Err(SqlError::internal("pg_typeof() is folded when it is bound"));
+        }
+        F::Nullif => {
             if !args[0].is_null() && args[0].compare(&args[1]) == Some(std::cmp::Ordering::Equal) {
                 D::Null
             } else {
                 args[0].clone().coerce_for_column(ty, name)?
             }
         }
-        "greatest" | "least" => {
+        F::Greatest | F::Least => {
             let mut best: Option<Datum> = None;
             for a in args.into_iter().filter(|a| !a.is_null()) {
                 best = Some(match best {
                     None => a,
                     Some(b) => {
                         let o = a.sort_cmp(&b);
-                        if (name == "greatest" && o == std::cmp::Ordering::Greater)
-                            || (name == "least" && o == std::cmp::Ordering::Less)
+                        if (func == F::Greatest && o == std::cmp::Ordering::Greater)
+                            || (func == F::Least && o == std::cmp::Ordering::Less)
                         {
                             a
                         } else {
@@ -216,13 +610,13 @@ pub(super) fn eval_function(
                 None => D::Null,
             }
         }
-        "abs" => match &args[0] {
+        F::Abs => match &args[0] {
             D::Int(i) => D::Int(i.checked_abs().ok_or_else(int_overflow)?),
             D::Float(f) => D::Float(f.abs()),
             D::Decimal(v) => D::Decimal(v.abs()),
             _ => D::Null,
         },
-        "sign" => match &args[0] {
+        F::Sign => match &args[0] {
             D::Int(i) => D::Int(i.signum()),
             D::Float(f) => D::Float(if *f == 0.0 { 0.0 } else { f.signum() }),
             D::Decimal(v) => D::Decimal(if v.is_zero() {
@@ -234,17 +628,17 @@ pub(super) fn eval_function(
             }),
             _ => D::Null,
         },
-        "ceil" | "floor" | "round" | "trunc" => {
+        F::Ceil | F::Floor | F::Round | F::Trunc => {
             let places = args.get(1).and_then(int_arg);
             match &args[0] {
                 D::Int(i) if places.is_none() => D::Int(*i),
                 D::Float(f) => {
                     let scale = 10f64.powi(places.unwrap_or(0) as i32);
                     let v = f * scale;
-                    let r = match name {
-                        "ceil" => v.ceil(),
-                        "floor" => v.floor(),
-                        "trunc" => v.trunc(),
+                    let r = match func {
+                        F::Ceil => v.ceil(),
+                        F::Floor => v.floor(),
+                        F::Trunc => v.trunc(),
                         _ => {
                             // Round half to even, as PostgreSQL does for floats.
                             let r = v.round();
@@ -260,10 +654,10 @@ pub(super) fn eval_function(
                 other => {
                     let v = to_decimal(other).unwrap_or_default();
                     let dp = places.unwrap_or(0).clamp(0, 28) as u32;
-                    D::Decimal(match name {
-                        "ceil" => v.ceil(),
-                        "floor" => v.floor(),
-                        "trunc" => {
+                    D::Decimal(match func {
+                        F::Ceil => v.ceil(),
+                        F::Floor => v.floor(),
+                        F::Trunc => {
                             v.round_dp_with_strategy(dp, rust_decimal::RoundingStrategy::ToZero)
                         }
                         _ => v.round_dp_with_strategy(
@@ -275,14 +669,14 @@ pub(super) fn eval_function(
                 }
             }
         }
-        "mod" => {
+        F::Mod => {
             arith(BinOp::Mod, args[0].clone(), args[1].clone())?.coerce_for_column(ty, name)?
         }
-        "power" | "sqrt" | "exp" | "ln" | "log" => {
+        F::Power | F::Sqrt | F::Exp | F::Ln | F::Log => {
             let x = to_f64(&args[0]).unwrap_or(f64::NAN);
-            let v = match name {
-                "power" => x.powf(to_f64(&args[1]).unwrap_or(f64::NAN)),
-                "sqrt" => {
+            let v = match func {
+                F::Power => x.powf(to_f64(&args[1]).unwrap_or(f64::NAN)),
+                F::Sqrt => {
                     if x < 0.0 {
                         return Err(SqlError::new(
                             sqlstate::INVALID_ARGUMENT_FOR_POWER,
@@ -291,8 +685,8 @@ pub(super) fn eval_function(
                     }
                     x.sqrt()
                 }
-                "exp" => x.exp(),
-                "ln" => x.ln(),
+                F::Exp => x.exp(),
+                F::Ln => x.ln(),
                 _ => match args.get(1) {
                     Some(b) => to_f64(b).unwrap_or(f64::NAN).log(x),
                     None => x.log10(),
@@ -300,38 +694,38 @@ pub(super) fn eval_function(
             };
             D::Float(v).coerce_for_column(ty, name)?
         }
-        "random" => D::Float(rand::random::<f64>()),
-        "now" => D::TimestampTz(ctx.now_micros),
-        "clock_timestamp" => D::TimestampTz(chrono::Utc::now().timestamp_micros()),
-        "localtimestamp" => {
+        F::Random => D::Float(rand::random::<f64>()),
+        F::Now => D::TimestampTz(ctx.now_micros),
+        F::ClockTimestamp => D::TimestampTz(chrono::Utc::now().timestamp_micros()),
+        F::LocalTimestamp => {
             D::Timestamp(ctx.now_micros + i64::from(ctx.tz_offset_secs) * MICROS_PER_SECOND)
         }
-        "current_date" => D::Date(
+        F::CurrentDate => D::Date(
             ((ctx.now_micros + i64::from(ctx.tz_offset_secs) * MICROS_PER_SECOND)
                 .div_euclid(MICROS_PER_DAY)) as i32,
         ),
-        "gen_random_uuid" => D::Uuid(*uuid::Uuid::new_v4().as_bytes()),
-        "unique_rowid" => match &ctx.clock {
+        F::GenRandomUuid => D::Uuid(*uuid::Uuid::new_v4().as_bytes()),
+        F::UniqueRowid => match &ctx.clock {
             Some(c) => D::Int(ldr_types::unique_id(c, ctx.node_id)),
             None => D::Int(ldr_types::unique_id(
                 &ldr_types::Clock::default(),
                 ctx.node_id,
             )),
         },
-        "cluster_logical_timestamp" => {
+        F::ClusterLogicalTimestamp => {
             let ts = match &ctx.clock {
                 Some(c) => c.now(),
                 None => ldr_types::Clock::default().now(),
             };
             D::Decimal(timestamp_decimal(ts))
         }
-        "version" => D::String(SERVER_VERSION.to_string()),
-        "current_database" => D::String(ctx.database.clone()),
-        "current_user" => D::String(ctx.user.clone()),
-        "current_schema" => D::String("public".into()),
-        "crdb_internal.node_id" => D::Int(i64::from(ctx.node_id)),
-        "crdb_internal.cluster_origin_id" => D::Int(i64::from(ctx.origin_id)),
-        "date_part" => {
+        F::Version => D::String(SERVER_VERSION.to_string()),
+        F::CurrentDatabase => D::String(ctx.database.clone()),
+        F::CurrentUser => D::String(ctx.user.clone()),
+        F::CurrentSchema => D::String("public".into()),
+        F::NodeId => D::Int(i64::from(ctx.node_id)),
+        F::ClusterOriginId => D::Int(i64::from(ctx.origin_id)),
+        F::DatePart => {
             let field = s0().to_lowercase();
             let micros = match &args[1] {
                 D::Timestamp(t) => *t,
@@ -358,7 +752,7 @@ pub(super) fn eval_function(
             };
             D::Float(date_part(&field, micros)?)
         }
-        "date_trunc" => {
+        F::DateTrunc => {
             let field = s0().to_lowercase();
             let (micros, tz) = match &args[1] {
                 D::Timestamp(t) => (*t, false),
@@ -373,14 +767,14 @@ pub(super) fn eval_function(
                 D::Timestamp(t)
             }
         }
-        "to_timestamp" => {
+        F::ToTimestamp => {
             let secs = to_f64(&args[0]).unwrap_or(f64::NAN);
             if !secs.is_finite() {
                 return Err(SqlError::out_of_range("timestamp out of range"));
             }
             D::TimestampTz((secs * 1e6).round() as i64)
         }
-        "json_typeof" => match &args[0] {
+        F::JsonTypeof => match &args[0] {
             D::Json(j) => D::String(
                 match j {
                     serde_json::Value::Null => "null",
@@ -394,8 +788,8 @@ pub(super) fn eval_function(
             ),
             _ => D::Null,
         },
-        "to_json" => D::Json(args[0].to_json()),
-        "json_build_object" => {
+        F::ToJson => D::Json(args[0].to_json()),
+        F::JsonBuildObject => {
             if !args.len().is_multiple_of(2) {
                 return Err(SqlError::new(
                     sqlstate::INVALID_PARAMETER_VALUE,
@@ -413,12 +807,6 @@ pub(super) fn eval_function(
                 m.insert(k, pair[1].to_json());
             }
             D::Json(serde_json::Value::Object(m))
-        }
-        _ => {
-            return Err(SqlError::new(
-                sqlstate::UNDEFINED_FUNCTION,
-                format!("unknown function: {name}()"),
-            ));
         }
     })
 }

@@ -11,7 +11,8 @@
 //! - [`bind`]: the [`Binder`], sqlparser expressions to bound trees;
 //! - [`typing`]: the type rules binding applies (comparability, arithmetic result types);
 //! - [`eval`]: evaluation over a row ([`EvalCtx`], operators, casts, LIKE);
-//! - [`functions`]: the built-in scalar functions.
+//! - [`functions`]: the built-in scalar functions: one table binding resolves names against,
+//!   and their evaluation.
 
 use std::sync::Arc;
 
@@ -176,7 +177,7 @@ pub enum ScalarExpr {
         default: Option<Box<ScalarExpr>>,
     },
     Func {
-        name: String,
+        func: Builtin,
         args: Vec<ScalarExpr>,
         ty: SqlType,
     },
@@ -199,15 +200,8 @@ impl ScalarExpr {
     pub fn is_volatile(&self) -> bool {
         let mut found = false;
         self.walk(&mut |e| {
-            if let ScalarExpr::Func { name, .. } = e
-                && matches!(
-                    name.as_str(),
-                    "gen_random_uuid"
-                        | "unique_rowid"
-                        | "random"
-                        | "clock_timestamp"
-                        | "uuid_generate_v4"
-                )
+            if let ScalarExpr::Func { func, .. } = e
+                && func.def().volatile
             {
                 found = true;
             }

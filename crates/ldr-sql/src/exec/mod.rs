@@ -32,6 +32,7 @@ mod scan;
 mod select;
 pub mod session;
 mod show;
+mod show_create;
 mod ttl;
 mod txn;
 mod txn_buffer;

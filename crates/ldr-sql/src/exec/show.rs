@@ -8,7 +8,7 @@ use ldr_types::keys;
 use super::jobs::{check_job_visible, job_id, visible_jobs};
 use super::result::{col, s};
 use super::scan;
-use super::{ColumnInfo, LogicalReplicationJobInfo, QueryResult, Session, ddl, privilege, resolve};
+use super::{ColumnInfo, LogicalReplicationJobInfo, QueryResult, Session, privilege, resolve};
 use crate::catalog::{ExternalConnection, TableDescriptor};
 use crate::datum::Datum;
 use crate::error::{Result, SqlError, sqlstate};
@@ -358,7 +358,7 @@ pub(crate) async fn execute(
         S::ShowTables { from } => show_tables(sess, from.as_deref()).await,
         S::ShowCreateTable(name) => {
             let desc = resolve::resolve_table(&sess.server.catalog, sess.database(), name).await?;
-            let text = ddl::show_create(&sess.server.catalog, &desc).await?;
+            let text = super::show_create::show_create(&sess.server.catalog, &desc).await?;
             Ok(QueryResult::rows(
                 vec![
                     col("table_name", SqlType::String),

@@ -1,5 +1,5 @@
 //! DDL, one module per statement family: [`database`] (CREATE/DROP DATABASE, CREATE
-//! SCHEMA), [`table`] (CREATE/DROP TABLE, `SHOW CREATE TABLE`), [`index`] (CREATE/DROP
+//! SCHEMA), [`table`] (CREATE/DROP TABLE), [`index`] (CREATE/DROP
 //! INDEX), [`alter`] (ALTER TABLE) and [`zone`] (zone configurations). This module
 //! dispatches and holds what several families share: column and constraint building,
 //! foreign keys, privilege checks and whole-table reads.
@@ -44,7 +44,6 @@ use self::alter::*;
 use self::database::*;
 use self::index::*;
 pub use self::table::STORAGE_PARAMS;
-pub(crate) use self::table::show_create;
 use self::table::*;
 pub(crate) use self::zone::{check_zone_option, configure_range_zone};
 

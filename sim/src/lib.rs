@@ -45,6 +45,7 @@ mod ports;
 pub mod process;
 mod proxy;
 pub mod sql;
+mod worker;
 pub mod workload;
 
 pub use cluster::{

@@ -72,10 +72,7 @@ fn tls_of(
     }
     let parsed = url::Url::parse(url)
         .map_err(|e| SimError::InvalidArgument(format!("invalid SQL URL {url}: {e}")))?;
-    let pairs: Vec<(String, String)> = parsed
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let pairs = ldr_security::uri::query_params(&parsed);
     let params = ldr_security::uri::TlsParams::from_query(
         pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         ldr_security::uri::SslMode::Disable,
@@ -87,17 +84,7 @@ fn tls_of(
     else {
         return Ok(None);
     };
-    let mut plain = parsed.clone();
-    {
-        let mut query = plain.query_pairs_mut();
-        query.clear();
-        for (k, v) in &pairs {
-            if !ldr_security::uri::TLS_PARAMS.contains(&k.as_str()) {
-                query.append_pair(k, v);
-            }
-        }
-        query.append_pair("sslmode", "require");
-    }
+    let plain = ldr_security::uri::plain_url(&parsed, &pairs, "require");
     Ok(Some((plain.to_string(), config)))
 }
 

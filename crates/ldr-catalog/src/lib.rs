@@ -44,6 +44,8 @@ pub mod encoding;
 pub mod error;
 pub mod interval;
 pub mod rowcodec;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod test_fixtures;
 pub mod types;
 pub mod validated;
 pub mod validation;

@@ -291,77 +291,11 @@ pub fn canonical_bytes(row: &[Datum], positions: &[usize]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{ColumnDescriptor, IndexColumn};
+    use crate::catalog::ColumnDescriptor;
     use crate::types::SqlType;
-    use std::collections::BTreeMap;
 
     fn desc() -> TableDescriptor {
-        let col = |id, name: &str, ty| ColumnDescriptor {
-            id,
-            name: name.into(),
-            ty,
-            nullable: true,
-            default_expr: None,
-            hidden: false,
-            absent_value: None,
-        };
-        TableDescriptor {
-            id: 104,
-            version: 1,
-            database_id: 100,
-            database: "defaultdb".into(),
-            schema: "public".into(),
-            name: "t".into(),
-            columns: vec![
-                col(1, "id", SqlType::Int8),
-                col(2, "email", SqlType::String),
-                col(3, "city", SqlType::String),
-            ],
-            next_column_id: 4,
-            primary_index: IndexDescriptor {
-                id: 1,
-                name: "t_pkey".into(),
-                unique: true,
-                columns: vec![IndexColumn {
-                    column_id: 1,
-                    descending: false,
-                }],
-                storing: vec![],
-                write_only: false,
-            },
-            indexes: vec![
-                IndexDescriptor {
-                    id: 2,
-                    name: "t_email_key".into(),
-                    unique: true,
-                    columns: vec![IndexColumn {
-                        column_id: 2,
-                        descending: false,
-                    }],
-                    storing: vec![],
-                    write_only: false,
-                },
-                IndexDescriptor {
-                    id: 3,
-                    name: "t_city_idx".into(),
-                    unique: false,
-                    columns: vec![IndexColumn {
-                        column_id: 3,
-                        descending: false,
-                    }],
-                    storing: vec![],
-                    write_only: false,
-                },
-            ],
-            next_index_id: 4,
-            foreign_keys: vec![],
-            checks: vec![],
-            storage_params: BTreeMap::new(),
-            ldr_job_ids: vec![],
-            shard_count: 3,
-            owner: "root".into(),
-            privileges: BTreeMap::new(),
-        }
+        crate::test_fixtures::users_table(3)
     }
 
     fn row(id: i64, email: &str, city: &str) -> Vec<Datum> {

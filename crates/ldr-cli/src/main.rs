@@ -6,6 +6,7 @@ mod demo;
 mod elle_cmd;
 mod lincheck_cmd;
 mod node_cmd;
+mod seeded_check;
 mod sim_cmd;
 mod sql;
 mod start;

@@ -220,8 +220,8 @@ pub async fn run(command: SimCommand) -> Result<()> {
     match command {
         SimCommand::Run(args) => run_file(&args).await,
         SimCommand::Fuzz(args) => fuzz(&args).await,
-        SimCommand::Lincheck(args) => crate::lincheck_cmd::run(&args).await,
-        SimCommand::Elle(args) => crate::elle_cmd::run(&args).await,
+        SimCommand::Lincheck(args) => crate::seeded_check::run(&args).await,
+        SimCommand::Elle(args) => crate::seeded_check::run(&args).await,
     }
 }
 
@@ -330,12 +330,7 @@ async fn fuzz(args: &FuzzArgs) -> Result<()> {
         }
     }
     if !args.dry_run {
-        println!(
-            "\nall {} run(s) passed in {:.1}s (seeds {first_seed}..={})",
-            args.runs,
-            started.elapsed().as_secs_f64(),
-            first_seed.wrapping_add(args.runs - 1)
-        );
+        crate::seeded_check::print_all_passed(args.runs, first_seed, started);
     }
     Ok(())
 }

@@ -70,10 +70,7 @@ impl Target {
                 tls: None,
             });
         }
-        let mut pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let mut pairs = ldr_security::uri::query_params(&parsed);
         let has = |pairs: &[(String, String)], key: &str| pairs.iter().any(|(k, _)| k == key);
         if let Some(dir) = &security.certs_dir {
             let login = if parsed.username().is_empty() {
@@ -107,21 +104,12 @@ impl Target {
             ldr_security::uri::SslMode::Disable,
         )?;
         let tls = params.client_config(&[])?;
-        let mut query = parsed.query_pairs_mut();
-        query.clear();
-        for (k, v) in pairs
-            .iter()
-            .filter(|(k, _)| !ldr_security::uri::TLS_PARAMS.contains(&k.as_str()))
-        {
-            query.append_pair(k, v);
-        }
         let mode = if tls.is_some() {
             "require"
         } else {
             params.mode.as_str()
         };
-        query.append_pair("sslmode", mode);
-        drop(query);
+        let parsed = ldr_security::uri::plain_url(&parsed, &pairs, mode);
         Ok(Target {
             url: parsed.to_string(),
             tls,
@@ -175,10 +163,7 @@ where
 /// URLs of CockroachDB's tutorials work against insecure nodes.
 fn without_tls(url: &mut url::Url) {
     use ldr_security::uri::TLS_PARAMS;
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let pairs = ldr_security::uri::query_params(url);
     let tls_requested = pairs.iter().any(|(k, v)| {
         (k == "sslmode" && !matches!(v.as_str(), "disable" | "allow" | "prefer"))
             || (k != "sslmode" && TLS_PARAMS.contains(&k.as_str()))
@@ -186,15 +171,7 @@ fn without_tls(url: &mut url::Url) {
     if tls_requested {
         eprintln!("# note: --insecure: connecting without TLS (sslmode=disable)");
     }
-    let mut query = url.query_pairs_mut();
-    query.clear();
-    for (k, v) in pairs
-        .iter()
-        .filter(|(k, _)| !TLS_PARAMS.contains(&k.as_str()))
-    {
-        query.append_pair(k, v);
-    }
-    query.append_pair("sslmode", "disable");
+    *url = ldr_security::uri::plain_url(url, &pairs, "disable");
 }
 
 /// The result of one statement, ready to print.

@@ -11,7 +11,8 @@
 //! - [`conn`]: incoming gRPC connections ([`GrpcConn`]) and the node-certificate check of the
 //!   cluster-internal services.
 //! - [`dial`]: outgoing gRPC channels, TLS when the process runs secure.
-//! - [`uri`]: `ldr encode-uri` and the TLS parameters of connection URIs.
+//! - [`uri`]: `ldr encode-uri`, the parser of `postgresql://` connection URIs and their TLS
+//!   parameters.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), ldr_security::SecurityError> {

@@ -1,6 +1,9 @@
 //! Connection URIs with TLS parameters: `ldr encode-uri` builds them (CockroachDB's form, the
-//! CA inline), and [`TlsParams`] reads them back (`sslmode`, `sslrootcert`, `sslcert`,
-//! `sslkey`, `sslinline`) for `ldr sql --url` and external connections.
+//! CA inline), [`ConnectionUri`] parses them (the one parser of `postgresql://` URIs: user,
+//! password, host, port and query parameters, percent-decoded), and [`TlsParams`] reads their
+//! TLS parameters back (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslinline`) for
+//! `ldr sql --url`, the testbed's SQL clients and external connections. [`plain_url`] turns
+//! such a URL into one tokio-postgres accepts.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -302,6 +305,104 @@ impl TlsParams {
     }
 }
 
+/// A `postgresql://` (or `postgres://`) connection URI, parsed: user and password
+/// percent-decoded, the host without an IPv6 address's brackets, the query parameters
+/// decoded and in order (`options=-ccluster=…` among them, for the caller to use or ignore).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionUri {
+    pub user: String,
+    pub password: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    pub params: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ConnectionUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionUri")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "redacted"))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionUri {
+    /// Parses `uri`; a user and a host are required. Errors say what is wrong (`missing
+    /// host`) without naming the URI, which may hold a password: callers add their context.
+    pub fn parse(uri: &str) -> Result<ConnectionUri> {
+        let bad = |why: String| SecurityError::InvalidArgument(why);
+        let parsed = url::Url::parse(uri).map_err(|e| bad(e.to_string()))?;
+        if !matches!(parsed.scheme(), "postgresql" | "postgres") {
+            return Err(bad(format!(
+                "scheme must be postgresql://, got {}://",
+                parsed.scheme()
+            )));
+        }
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("missing host".into()))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let user = percent_decode(parsed.username());
+        if user.is_empty() {
+            return Err(bad("missing user".into()));
+        }
+        Ok(ConnectionUri {
+            user,
+            password: parsed.password().map(percent_decode),
+            host,
+            port: parsed.port(),
+            params: query_params(&parsed),
+        })
+    }
+
+    /// The TLS parameters of the query (see [`TlsParams::from_query`]).
+    pub fn tls_params(&self, default_mode: SslMode) -> Result<TlsParams> {
+        TlsParams::from_query(
+            self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            default_mode,
+        )
+    }
+}
+
+/// A percent-encoded URI part (user, password), decoded.
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The query parameters of `url`, decoded, in order.
+pub fn query_params(url: &url::Url) -> Vec<(String, String)> {
+    url.query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// `url` with `params` as its query, less the TLS parameters (tokio-postgres does not know
+/// `sslrootcert` and the others; the TLS configuration travels beside the URL), and
+/// `sslmode=<sslmode>` last.
+pub fn plain_url(url: &url::Url, params: &[(String, String)], sslmode: &str) -> url::Url {
+    let mut plain = url.clone();
+    {
+        let mut query = plain.query_pairs_mut();
+        query.clear();
+        for (k, v) in params
+            .iter()
+            .filter(|(k, _)| !TLS_PARAMS.contains(&k.as_str()))
+        {
+            query.append_pair(k, v);
+        }
+        query.append_pair("sslmode", sslmode);
+    }
+    plain
+}
+
 /// Reads a file for `encode-uri` as (path, contents).
 pub fn read_for_uri(path: &Path) -> Result<(String, String)> {
     let text = std::fs::read_to_string(path).map_err(|e| SecurityError::io(path, e))?;
@@ -384,6 +485,48 @@ mod tests {
                 ..Default::default()
             })
             .is_err()
+        );
+    }
+
+    #[test]
+    fn connection_uris_parse_decoded() {
+        let u = ConnectionUri::parse(
+            "postgres://ldr_user:s3cr%40t@[::1]:26258/db?options=-ccluster%3Dsystem&sslmode=disable",
+        )
+        .expect("valid");
+        assert_eq!(
+            (
+                u.user.as_str(),
+                u.password.as_deref(),
+                u.host.as_str(),
+                u.port
+            ),
+            ("ldr_user", Some("s3cr@t"), "::1", Some(26258))
+        );
+        assert_eq!(u.params[0], ("options".into(), "-ccluster=system".into()));
+        assert_eq!(
+            u.tls_params(SslMode::VerifyFull).expect("tls").mode,
+            SslMode::Disable
+        );
+        assert!(!format!("{u:?}").contains("s3cr"), "{u:?}");
+        for (bad, why) in [
+            (
+                "mysql://u@h:1",
+                "scheme must be postgresql://, got mysql://",
+            ),
+            ("postgresql://h:1", "missing user"),
+            ("postgresql://u@:1", "empty host"),
+        ] {
+            let e = ConnectionUri::parse(bad).expect_err(bad);
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        let url = url::Url::parse(
+            "postgresql://u@h:1/db?application_name=x&sslrootcert=ca.crt&sslmode=verify-full",
+        )
+        .expect("url");
+        assert_eq!(
+            plain_url(&url, &query_params(&url), "require").as_str(),
+            "postgresql://u@h:1/db?application_name=x&sslmode=require"
         );
     }
 

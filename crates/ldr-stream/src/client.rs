@@ -8,7 +8,8 @@ use ldr_proto::pb::replication_stream_client::ReplicationStreamClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use ldr_security::uri::{SslMode, TlsParams};
+use ldr_security::SecurityError;
+use ldr_security::uri::{ConnectionUri, SslMode, TlsParams};
 
 use crate::error::{Result, StreamError};
 
@@ -38,45 +39,20 @@ impl std::fmt::Debug for SourceUri {
 }
 
 impl SourceUri {
+    /// Parses `uri` with [`ConnectionUri`] and checks its certificates now (a bad CA is an
+    /// error of the statement, not of a job); every error reads `invalid source URI: …`.
     pub fn parse(uri: &str) -> Result<SourceUri> {
-        let bad = |why: &str| StreamError::InvalidArgument(format!("invalid source URI: {why}"));
-        let parsed = url::Url::parse(uri).map_err(|e| bad(&e.to_string()))?;
-        if !matches!(parsed.scheme(), "postgresql" | "postgres") {
-            return Err(bad(&format!(
-                "scheme must be postgresql://, got {}://",
-                parsed.scheme()
-            )));
-        }
-        let host = parsed
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| bad("missing host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let user = percent_decode(parsed.username());
-        if user.is_empty() {
-            return Err(bad("missing user"));
-        }
-        let password = parsed.password().map(percent_decode).unwrap_or_default();
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        let tls = TlsParams::from_query(
-            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            SslMode::Disable,
-        )
-        .map_err(|e| bad(&e.to_string()))?;
-        // Check the certificates now: a bad CA is an error of the statement, not of a job.
+        let bad =
+            |e: SecurityError| StreamError::InvalidArgument(format!("invalid source URI: {e}"));
+        let parsed = ConnectionUri::parse(uri).map_err(bad)?;
+        let tls = parsed.tls_params(SslMode::Disable).map_err(bad)?;
         tls.client_config(&[ldr_security::tls::ALPN_H2])
-            .map_err(|e| bad(&e.to_string()))?;
+            .map_err(bad)?;
         Ok(SourceUri {
-            user,
-            password,
-            host,
-            port: parsed.port().unwrap_or(DEFAULT_PORT),
+            user: parsed.user,
+            password: parsed.password.unwrap_or_default(),
+            host: parsed.host,
+            port: parsed.port.unwrap_or(DEFAULT_PORT),
             tls: (tls.mode != SslMode::Disable && tls.root_cert.is_some()).then_some(tls),
         })
     }
@@ -114,13 +90,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-/// A percent-encoded URI part (user, password), decoded.
-fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 /// A connection to one source node.

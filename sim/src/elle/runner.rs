@@ -33,20 +33,20 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use tokio::task::JoinSet;
+use rand::Rng;
 use tokio_postgres::{Client, Statement};
 
 use super::checker::{CheckOptions, CheckReport, check};
 use super::history::{Element, Key, MicroOp, Txn, TxnOutcome};
 use crate::cluster::Cluster;
-use crate::error::{Result, SimError, describe_sql_error};
-use crate::lincheck::runner::{
-    CONNECT_TIMEOUT, RECONNECT_PAUSE, SETTLE_TIMEOUT, heal, nanos_since, nemesis,
-};
+use crate::error::{Result, SimError};
+use crate::lincheck::runner::{SETTLE_TIMEOUT, check_fault_nodes, heal};
 use crate::lincheck::{Episode, FaultKind, Outcome, classify_error};
 use crate::sql;
+use crate::worker::{
+    Answer, Worker, Workload, answer, connect, nanos_since, run_workload, setup_table,
+    workload_knobs,
+};
 
 /// Knobs of one run.
 #[derive(Debug, Clone)]
@@ -230,28 +230,24 @@ impl fmt::Display for ElleReport {
 }
 
 /// The SQL a client runs, prepared on its connection.
-struct Statements {
+pub(crate) struct Statements {
     read: Statement,
     append: Statement,
 }
 
-struct Connection {
-    client: Client,
-    node: usize,
-    statements: Statements,
-}
+impl Workload for ElleConfig {
+    type Statements = Statements;
+    type State = ();
+    type Record = Txn;
+    const SEED_SALT: u64 = 0x656c_6c65;
 
-async fn connect(
-    cluster: &Cluster,
-    node: usize,
-    table: &str,
-) -> std::result::Result<Connection, String> {
-    let url = cluster.url(node).map_err(|e| e.to_string())?;
-    let client = sql::connect(&url, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
-    let prepare = async {
-        Ok::<_, tokio_postgres::Error>(Statements {
+    workload_knobs!();
+
+    async fn prepare(
+        client: &Client,
+        table: &str,
+    ) -> std::result::Result<Statements, tokio_postgres::Error> {
+        Ok(Statements {
             read: client
                 .prepare(&format!("SELECT v FROM {table} WHERE k = $1"))
                 .await?,
@@ -261,17 +257,12 @@ async fn connect(
                 ))
                 .await?,
         })
-    };
-    let statements = match tokio::time::timeout(CONNECT_TIMEOUT, prepare).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(describe_sql_error(&e)),
-        Err(_) => return Err("preparing statements timed out".into()),
-    };
-    Ok(Connection {
-        client,
-        node,
-        statements,
-    })
+    }
+
+    async fn step(&self, worker: &mut Worker<Self>, origin: Instant) -> Txn {
+        let plan = worker.next_txn(self);
+        worker.run_txn(&plan, self.op_timeout, origin).await
+    }
 }
 
 /// The elements of a stored list: comma-separated integers (the empty list is `''`; an
@@ -293,66 +284,7 @@ enum Planned {
     Append(Key, Element),
 }
 
-/// How one statement went.
-enum Answer<T> {
-    Value(T),
-    /// A server error with a SQLSTATE: the connection still works.
-    Refused(Option<String>, String),
-    /// No SQLSTATE (the connection broke) or no answer in time: start over elsewhere.
-    Broken(String),
-}
-
-async fn answer<T>(
-    timeout: Duration,
-    request: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
-) -> Answer<T> {
-    match tokio::time::timeout(timeout, request).await {
-        Ok(Ok(v)) => Answer::Value(v),
-        Ok(Err(e)) => match e.code() {
-            Some(code) => Answer::Refused(Some(code.code().to_string()), describe_sql_error(&e)),
-            None => Answer::Broken(describe_sql_error(&e)),
-        },
-        Err(_) => Answer::Broken(format!("no answer within {}ms", timeout.as_millis())),
-    }
-}
-
-/// One client: its generator and its connection.
-struct Worker {
-    id: usize,
-    rng: ChaCha8Rng,
-    counter: i64,
-    connection: Option<Connection>,
-}
-
-impl Worker {
-    fn new(id: usize, seed: u64) -> Worker {
-        let stream = (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Worker {
-            id,
-            rng: ChaCha8Rng::seed_from_u64(seed ^ stream ^ 0x656c_6c65),
-            counter: 0,
-            connection: None,
-        }
-    }
-
-    /// A connection to some node: the generator picks where to start, then the nodes in
-    /// turn; `false` when none answered (the caller pauses and tries again).
-    async fn ensure_connected(&mut self, cluster: &Cluster, table: &str) -> bool {
-        if self.connection.is_some() {
-            return true;
-        }
-        let n = cluster.node_count();
-        let first = self.rng.random_range(0..n);
-        for i in 0..n {
-            let node = (first + i) % n + 1;
-            if let Ok(c) = connect(cluster, node, table).await {
-                self.connection = Some(c);
-                return true;
-            }
-        }
-        false
-    }
-
+impl Worker<ElleConfig> {
     fn next_txn(&mut self, config: &ElleConfig) -> Vec<Planned> {
         let n = self.rng.random_range(1..=config.ops_max);
         (0..n)
@@ -361,11 +293,27 @@ impl Worker {
                 if self.rng.random_range(0..100u8) < config.read_percent {
                     Planned::Read(key)
                 } else {
-                    self.counter += 1;
-                    Planned::Append(key, ((self.id as i64 + 1) << 40) | self.counter)
+                    Planned::Append(key, self.unique_value())
                 }
             })
             .collect()
+    }
+
+    /// Runs `plan` (see [`Worker::execute`]) and records it as a transaction of this client,
+    /// times in nanoseconds since `origin`.
+    async fn run_txn(&mut self, plan: &[Planned], timeout: Duration, origin: Instant) -> Txn {
+        let node = self.node();
+        let invoke_ns = nanos_since(origin);
+        let (ops, outcome, detail) = self.execute(plan, timeout).await;
+        Txn {
+            client: self.id,
+            ops,
+            outcome,
+            invoke_ns,
+            complete_ns: nanos_since(origin),
+            node,
+            detail,
+        }
     }
 
     /// Runs `plan` in one explicit transaction on the current connection; returns the
@@ -462,63 +410,16 @@ impl Worker {
     }
 }
 
-/// Runs one client until `end`; returns its transactions.
-async fn client_loop(
-    cluster: Arc<Cluster>,
-    config: Arc<ElleConfig>,
-    id: usize,
-    origin: Instant,
-    end: Instant,
-) -> Vec<Txn> {
-    let mut worker = Worker::new(id, config.seed);
-    let mut txns = Vec::new();
-    let think_ms = u64::try_from(config.think_max.as_millis()).unwrap_or(0);
-    while Instant::now() < end {
-        if !worker.ensure_connected(&cluster, &config.table).await {
-            tokio::time::sleep(RECONNECT_PAUSE).await;
-            continue;
-        }
-        let node = worker.connection.as_ref().map_or(0, |c| c.node);
-        let plan = worker.next_txn(&config);
-        let invoke_ns = nanos_since(origin);
-        let (ops, outcome, detail) = worker.execute(&plan, config.op_timeout).await;
-        txns.push(Txn {
-            client: id,
-            ops,
-            outcome,
-            invoke_ns,
-            complete_ns: nanos_since(origin),
-            node,
-            detail,
-        });
-        let think = worker.rng.random_range(0..=think_ms);
-        if think > 0 {
-            tokio::time::sleep(Duration::from_millis(think)).await;
-        }
-    }
-    txns
-}
-
 /// Creates the replicated table with every key at the empty list, retrying while the new
 /// ranges elect leaseholders.
 async fn setup(cluster: &Cluster, config: &ElleConfig) -> Result<()> {
-    let table = &config.table;
-    cluster
-        .exec(
-            1,
-            &format!(
-                "ALTER RANGE default CONFIGURE ZONE USING num_replicas = 3;
-                 CREATE TABLE {table} (k INT8 PRIMARY KEY, v STRING NOT NULL);"
-            ),
-        )
-        .await?;
-    let rows: Vec<String> = (0..config.keys).map(|k| format!("({k}, '')")).collect();
-    let upsert = format!("UPSERT INTO {table} (k, v) VALUES {}", rows.join(", "));
-    sql::wait_until(
+    setup_table(
+        cluster,
+        &config.table,
+        "STRING NOT NULL",
+        "''",
+        config.keys,
         "the empty lists to be written",
-        SETTLE_TIMEOUT,
-        Duration::from_millis(200),
-        || async { cluster.exec(1, &upsert).await.map_err(|e| e.to_string()) },
     )
     .await
 }
@@ -541,22 +442,14 @@ async fn final_reads(
             || {
                 let plan = plan.clone();
                 async move {
-                    let mut worker = Worker::new(reader, config.seed);
-                    worker.connection = Some(connect(cluster, node, &config.table).await?);
-                    let invoke_ns = nanos_since(origin);
-                    let (ops, outcome, detail) = worker.execute(&plan, config.op_timeout).await;
-                    if outcome != TxnOutcome::Ok {
-                        return Err(detail);
+                    let mut worker = Worker::<ElleConfig>::new(reader, config.seed);
+                    worker.connection =
+                        Some(connect::<ElleConfig>(cluster, node, &config.table).await?);
+                    let txn = worker.run_txn(&plan, config.op_timeout, origin).await;
+                    if txn.outcome != TxnOutcome::Ok {
+                        return Err(txn.detail);
                     }
-                    Ok(Txn {
-                        client: reader,
-                        ops,
-                        outcome,
-                        invoke_ns,
-                        complete_ns: nanos_since(origin),
-                        node,
-                        detail,
-                    })
+                    Ok(txn)
                 }
             },
         )
@@ -600,43 +493,15 @@ pub fn lost_appends(history: &[Txn], finals: &[usize]) -> Vec<LostAppend> {
 /// table that cannot be created) is an error; anomalies are in the report.
 pub async fn run(cluster: Arc<Cluster>, config: ElleConfig) -> Result<ElleReport> {
     config.validate()?;
-    for &node in &config.fault_nodes {
-        if node == 0 || node > cluster.node_count() {
-            return Err(SimError::InvalidArgument(format!(
-                "fault node {node} is not a node of a {}-node cluster",
-                cluster.node_count()
-            )));
-        }
-    }
+    check_fault_nodes(&cluster, &config.fault_nodes)?;
     setup(&cluster, &config).await?;
     let planned = config.schedule();
     let config = Arc::new(config);
-    let origin = Instant::now();
-    let end = origin + config.duration;
-    let mut clients = JoinSet::new();
-    for id in 1..=config.clients {
-        clients.spawn(client_loop(
-            cluster.clone(),
-            config.clone(),
-            id,
-            origin,
-            end,
-        ));
-    }
-    let nemesis_task = tokio::spawn(nemesis(cluster.clone(), planned.clone(), origin));
-    let mut per_client = BTreeMap::new();
-    while let Some(done) = clients.join_next().await {
-        let txns = done.map_err(|e| SimError::Process(format!("a client task failed: {e}")))?;
-        if let Some(first) = txns.first() {
-            per_client.insert(first.client, txns);
-        }
-    }
+    let workload = run_workload(&cluster, config.clone(), planned.clone()).await?;
     // Client order, then each client's order: the same plan gives the same indices.
-    let mut history: Vec<Txn> = per_client.into_values().flatten().collect();
-    let mut timeline = nemesis_task
-        .await
-        .map_err(|e| SimError::Process(format!("the nemesis task failed: {e}")))??;
-    let workload_time = origin.elapsed();
+    let mut history: Vec<Txn> = workload.histories.into_iter().flatten().collect();
+    let mut timeline = workload.timeline;
+    let origin = workload.origin;
     timeline.extend(heal(&cluster, "list-append anomaly run").await?);
     let first_final = history.len();
     history.extend(final_reads(&cluster, &config, config.clients + 1, origin).await?);
@@ -652,7 +517,7 @@ pub async fn run(cluster: Arc<Cluster>, config: ElleConfig) -> Result<ElleReport
         history,
         check: report,
         lost,
-        workload_time,
+        workload_time: workload.workload_time,
         check_time: started.elapsed(),
     })
 }
@@ -675,7 +540,7 @@ mod tests {
     fn transaction_plans_are_a_function_of_the_seed_and_elements_are_unique() {
         let config = ElleConfig::new(3);
         let plans = |id| {
-            let mut w = Worker::new(id, 3);
+            let mut w = Worker::<ElleConfig>::new(id, 3);
             (0..200).map(|_| w.next_txn(&config)).collect::<Vec<_>>()
         };
         assert_eq!(plans(1), plans(1));

@@ -38,7 +38,6 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinSet;
 use tokio_postgres::{Client, Statement};
 
 use super::checker::{CheckOptions, CheckReport, check};
@@ -46,11 +45,11 @@ use super::history::{Call, Operation, Outcome, Value};
 use crate::cluster::Cluster;
 use crate::error::{Result, SimError, describe_sql_error};
 use crate::sql;
+use crate::worker::{
+    Answer, Worker, Workload, answer, connect, nanos_since, run_workload, setup_table,
+    workload_knobs,
+};
 
-/// Deadline for one connection attempt (a paused node accepts and never answers).
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause before a client tries the nodes again when none answered.
-pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// How long a restarted node may take to serve before the schedule goes on.
 const RESTART_READY_WAIT: Duration = Duration::from_secs(30);
 /// Deadline for setup and for the final reads after healing.
@@ -315,29 +314,26 @@ impl fmt::Display for LincheckReport {
 }
 
 /// The SQL a client runs, prepared on its connection.
-struct Statements {
+pub(crate) struct Statements {
     read: Statement,
     write: Statement,
     cas: Statement,
 }
 
-struct Connection {
-    client: Client,
-    node: usize,
-    statements: Statements,
-}
+impl Workload for LincheckConfig {
+    type Statements = Statements;
+    /// The last value the client saw per key (what its next compare-and-set expects).
+    type State = BTreeMap<i64, Value>;
+    type Record = Operation;
+    const SEED_SALT: u64 = 0;
 
-async fn connect(
-    cluster: &Cluster,
-    node: usize,
-    table: &str,
-) -> std::result::Result<Connection, String> {
-    let url = cluster.url(node).map_err(|e| e.to_string())?;
-    let client = sql::connect(&url, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
-    let prepare = async {
-        Ok::<_, tokio_postgres::Error>(Statements {
+    workload_knobs!();
+
+    async fn prepare(
+        client: &Client,
+        table: &str,
+    ) -> std::result::Result<Statements, tokio_postgres::Error> {
+        Ok(Statements {
             read: client
                 .prepare(&format!("SELECT v FROM {table} WHERE k = $1"))
                 .await?,
@@ -350,70 +346,38 @@ async fn connect(
                 ))
                 .await?,
         })
-    };
-    let statements = match tokio::time::timeout(CONNECT_TIMEOUT, prepare).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(describe_sql_error(&e)),
-        Err(_) => return Err("preparing statements timed out".into()),
-    };
-    Ok(Connection {
-        client,
-        node,
-        statements,
-    })
-}
-
-/// One client: its generator, its connection, what it last saw per key.
-struct Worker {
-    id: usize,
-    rng: ChaCha8Rng,
-    counter: i64,
-    last_seen: BTreeMap<i64, Value>,
-    connection: Option<Connection>,
-}
-
-impl Worker {
-    fn new(id: usize, seed: u64) -> Worker {
-        let stream = (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Worker {
-            id,
-            rng: ChaCha8Rng::seed_from_u64(seed ^ stream),
-            counter: 0,
-            last_seen: BTreeMap::new(),
-            connection: None,
-        }
     }
 
-    /// A connection to some node: the generator picks where to start, then the nodes in
-    /// turn; `None` when none answered (the caller pauses and tries again).
-    async fn ensure_connected(&mut self, cluster: &Cluster, table: &str) -> bool {
-        if self.connection.is_some() {
-            return true;
+    async fn step(&self, worker: &mut Worker<Self>, origin: Instant) -> Operation {
+        let node = worker.node();
+        let (key, call) = worker.next_call(self);
+        let invoke_ns = nanos_since(origin);
+        let (outcome, detail) = worker.execute(key, call, self.op_timeout).await;
+        Operation {
+            client: worker.id,
+            key,
+            call,
+            outcome,
+            invoke_ns,
+            complete_ns: nanos_since(origin),
+            node,
+            detail,
         }
-        let n = cluster.node_count();
-        let first = self.rng.random_range(0..n);
-        for i in 0..n {
-            let node = (first + i) % n + 1;
-            if let Ok(c) = connect(cluster, node, table).await {
-                self.connection = Some(c);
-                return true;
-            }
-        }
-        false
     }
+}
 
+impl Worker<LincheckConfig> {
     fn next_call(&mut self, config: &LincheckConfig) -> (i64, Call) {
         let key = self.rng.random_range(0..config.keys) as i64;
         let roll = self.rng.random_range(0..100u8);
         if roll < config.read_percent {
             return (key, Call::Read);
         }
-        self.counter += 1;
-        let value = ((self.id as i64 + 1) << 40) | self.counter;
+        let value = self.unique_value();
         if roll < config.read_percent + config.write_percent {
             (key, Call::Write(value))
         } else {
-            let expected = self.last_seen.get(&key).copied().unwrap_or(0);
+            let expected = self.state.get(&key).copied().unwrap_or(0);
             (
                 key,
                 Call::Cas {
@@ -453,17 +417,13 @@ impl Worker {
                     }),
             }
         };
-        let (outcome, detail) = match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(Outcome::Unknown)) => (Outcome::Unknown, "more than one row updated".to_string()),
-            Ok(Ok(outcome)) => (outcome, String::new()),
-            Ok(Err(e)) => (
-                classify_error(e.code().map(|c| c.code())),
-                describe_sql_error(&e),
-            ),
-            Err(_) => (
-                Outcome::Unknown,
-                format!("no answer within {}ms", timeout.as_millis()),
-            ),
+        let (outcome, detail) = match answer(timeout, run).await {
+            Answer::Value(Outcome::Unknown) => {
+                (Outcome::Unknown, "more than one row updated".to_string())
+            }
+            Answer::Value(outcome) => (outcome, String::new()),
+            Answer::Refused(code, detail) => (classify_error(code.as_deref()), detail),
+            Answer::Broken(detail) => (Outcome::Unknown, detail),
         };
         // After an error without a SQLSTATE (the connection broke) or a timeout, the
         // connection's state is unknown: start over on a fresh one.
@@ -472,57 +432,15 @@ impl Worker {
         }
         match (call, outcome) {
             (_, Outcome::Read(Some(v))) | (Call::Write(v), Outcome::Written) => {
-                self.last_seen.insert(key, v);
+                self.state.insert(key, v);
             }
             (Call::Cas { new, .. }, Outcome::CasOk) => {
-                self.last_seen.insert(key, new);
+                self.state.insert(key, new);
             }
             _ => {}
         }
         (outcome, detail)
     }
-}
-
-/// Runs one client until `end`; returns its operations.
-async fn client_loop(
-    cluster: Arc<Cluster>,
-    config: Arc<LincheckConfig>,
-    id: usize,
-    origin: Instant,
-    end: Instant,
-) -> Vec<Operation> {
-    let mut worker = Worker::new(id, config.seed);
-    let mut ops = Vec::new();
-    let think_ms = u64::try_from(config.think_max.as_millis()).unwrap_or(0);
-    while Instant::now() < end {
-        if !worker.ensure_connected(&cluster, &config.table).await {
-            tokio::time::sleep(RECONNECT_PAUSE).await;
-            continue;
-        }
-        let node = worker.connection.as_ref().map_or(0, |c| c.node);
-        let (key, call) = worker.next_call(&config);
-        let invoke_ns = nanos_since(origin);
-        let (outcome, detail) = worker.execute(key, call, config.op_timeout).await;
-        ops.push(Operation {
-            client: id,
-            key,
-            call,
-            outcome,
-            invoke_ns,
-            complete_ns: nanos_since(origin),
-            node,
-            detail,
-        });
-        let think = worker.rng.random_range(0..=think_ms);
-        if think > 0 {
-            tokio::time::sleep(Duration::from_millis(think)).await;
-        }
-    }
-    ops
-}
-
-pub(crate) fn nanos_since(origin: Instant) -> u64 {
-    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Runs the schedule's episodes in order (each starts at its time, never earlier; a slow
@@ -578,6 +496,19 @@ pub(crate) async fn nemesis(
     Ok(timeline)
 }
 
+/// Refuses fault nodes that are not nodes of `cluster`.
+pub(crate) fn check_fault_nodes(cluster: &Cluster, fault_nodes: &[usize]) -> Result<()> {
+    for &node in fault_nodes {
+        if node == 0 || node > cluster.node_count() {
+            return Err(SimError::InvalidArgument(format!(
+                "fault node {node} is not a node of a {}-node cluster",
+                cluster.node_count()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Resumes paused nodes and starts stopped ones, then waits until every node serves; fails
 /// with the node logs if one exited on its own (`during` names the run in that report).
 pub(crate) async fn heal(cluster: &Cluster, during: &str) -> Result<Vec<String>> {
@@ -608,23 +539,13 @@ pub(crate) async fn heal(cluster: &Cluster, during: &str) -> Result<Vec<String>>
 /// Creates the replicated table and sets every key to 0, retrying while the new ranges
 /// elect leaseholders.
 async fn setup(cluster: &Cluster, config: &LincheckConfig) -> Result<()> {
-    let table = &config.table;
-    cluster
-        .exec(
-            1,
-            &format!(
-                "ALTER RANGE default CONFIGURE ZONE USING num_replicas = 3;
-                 CREATE TABLE {table} (k INT8 PRIMARY KEY, v INT8 NOT NULL);"
-            ),
-        )
-        .await?;
-    let rows: Vec<String> = (0..config.keys).map(|k| format!("({k}, 0)")).collect();
-    let upsert = format!("UPSERT INTO {table} (k, v) VALUES {}", rows.join(", "));
-    sql::wait_until(
+    setup_table(
+        cluster,
+        &config.table,
+        "INT8 NOT NULL",
+        "0",
+        config.keys,
         "the initial values to be written",
-        SETTLE_TIMEOUT,
-        Duration::from_millis(200),
-        || async { cluster.exec(1, &upsert).await.map_err(|e| e.to_string()) },
     )
     .await
 }
@@ -645,7 +566,7 @@ async fn final_reads(
                 SETTLE_TIMEOUT,
                 Duration::from_millis(200),
                 || async {
-                    let c = connect(cluster, node, &config.table).await?;
+                    let c = connect::<LincheckConfig>(cluster, node, &config.table).await?;
                     let invoke_ns = nanos_since(origin);
                     let row = tokio::time::timeout(
                         config.op_timeout,
@@ -678,40 +599,15 @@ async fn final_reads(
 /// table that cannot be created) is an error; a violation is in the report.
 pub async fn run(cluster: Arc<Cluster>, config: LincheckConfig) -> Result<LincheckReport> {
     config.validate()?;
-    for &node in &config.fault_nodes {
-        if node == 0 || node > cluster.node_count() {
-            return Err(SimError::InvalidArgument(format!(
-                "fault node {node} is not a node of a {}-node cluster",
-                cluster.node_count()
-            )));
-        }
-    }
+    check_fault_nodes(&cluster, &config.fault_nodes)?;
     setup(&cluster, &config).await?;
     let planned = Episode::schedule(&config);
     let config = Arc::new(config);
-    let origin = Instant::now();
-    let end = origin + config.duration;
-    let mut clients = JoinSet::new();
-    for id in 1..=config.clients {
-        clients.spawn(client_loop(
-            cluster.clone(),
-            config.clone(),
-            id,
-            origin,
-            end,
-        ));
-    }
-    let nemesis_task = tokio::spawn(nemesis(cluster.clone(), planned.clone(), origin));
-    let mut history = Vec::new();
-    while let Some(done) = clients.join_next().await {
-        history.extend(done.map_err(|e| SimError::Process(format!("a client task failed: {e}")))?);
-    }
-    let mut timeline = nemesis_task
-        .await
-        .map_err(|e| SimError::Process(format!("the nemesis task failed: {e}")))??;
-    let workload_time = origin.elapsed();
+    let workload = run_workload(&cluster, config.clone(), planned.clone()).await?;
+    let mut history: Vec<Operation> = workload.histories.into_iter().flatten().collect();
+    let mut timeline = workload.timeline;
     timeline.extend(heal(&cluster, "linearizability run").await?);
-    history.extend(final_reads(&cluster, &config, config.clients + 1, origin).await?);
+    history.extend(final_reads(&cluster, &config, config.clients + 1, workload.origin).await?);
 
     let started = Instant::now();
     let report = check(&history, &|_| Some(0), &config.check);
@@ -723,7 +619,7 @@ pub async fn run(cluster: Arc<Cluster>, config: LincheckConfig) -> Result<Linche
         history,
         check: report,
         refused_note,
-        workload_time,
+        workload_time: workload.workload_time,
         check_time: started.elapsed(),
     })
 }
@@ -830,7 +726,7 @@ mod tests {
     fn client_choices_are_a_function_of_the_seed_and_values_are_unique() {
         let config = LincheckConfig::new(3);
         let calls = |id| {
-            let mut w = Worker::new(id, 3);
+            let mut w = Worker::<LincheckConfig>::new(id, 3);
             (0..200).map(|_| w.next_call(&config)).collect::<Vec<_>>()
         };
         assert_eq!(calls(1), calls(1));

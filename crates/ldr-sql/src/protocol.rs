@@ -155,10 +155,11 @@ pub async fn serve_connection_tls(
         let frame = match frame {
             // Text that is not UTF-8 fails this message only, as in PostgreSQL (an
             // extended-protocol one until the next Sync, as after any error there). After an
-            // earlier error pgwire skips extended messages until Sync: no second error.
+            // earlier error pgwire skips extended messages until Sync: no second error. Not
+            // before authentication is done: a session-level error there would put the
+            // connection in ReadyForQuery without a login; the frame checks refuse it.
             Ok(f)
-                if kind == FrameKind::Typed
-                    && !matches!(socket.state(), PgWireConnectionState::AwaitingSync) =>
+                if !starting && !matches!(socket.state(), PgWireConnectionState::AwaitingSync) =>
             {
                 match frontend_frame::check_message(&f, false)
                     .and_then(|()| frontend_frame::check_text(&f))

@@ -278,6 +278,57 @@ pub fn check_message(frame: &[u8], authenticating: bool) -> Result<(), SqlError>
     }
 }
 
+/// Checks that the text a well-formed typed frame carries — a Query's statement, a Parse's
+/// name and statement, a Bind's portal and statement names, a Describe's, Close's or
+/// Execute's name — is UTF-8, the only client encoding we serve. pgwire decodes these
+/// strings lossily (a byte that is not UTF-8 becomes U+FFFD), so without this check a
+/// statement written in another encoding would run as different text and store it.
+/// PostgreSQL refuses such a message with `22021` and the session goes on; so does the
+/// connection loop. Call it after [`check_message`] accepted the frame.
+pub fn check_text(frame: &[u8]) -> Result<(), SqlError> {
+    let Some((&tag, rest)) = frame.split_first() else {
+        return Ok(());
+    };
+    let mut b = Body::new(rest.get(4..).unwrap_or_default());
+    let strings = match tag {
+        b'Q' | b'E' => 1,
+        b'P' | b'B' => 2,
+        b'D' | b'C' => {
+            b.skip(1);
+            1
+        }
+        _ => 0,
+    };
+    for _ in 0..strings {
+        let Some(text) = b.cstring() else {
+            return Ok(());
+        };
+        if let Err(e) = std::str::from_utf8(text) {
+            // PostgreSQL shows the bytes of the character the first bad byte begins.
+            let start = e.valid_up_to();
+            let width = match text[start] {
+                0xc0..=0xdf => 2,
+                0xe0..=0xef => 3,
+                0xf0..=0xf7 => 4,
+                _ => 1,
+            };
+            let end = (start + width).min(text.len());
+            let bytes: Vec<String> = text[start..end]
+                .iter()
+                .map(|b| format!("0x{b:02x}"))
+                .collect();
+            return Err(SqlError::new(
+                sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
+                format!(
+                    "invalid byte sequence for encoding \"UTF8\": {}",
+                    bytes.join(" ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Bind: portal, statement, format codes, parameters (each a length, -1 for NULL, and the
 /// bytes), result format codes.
 fn check_bind(b: &mut Body<'_>) -> bool {
@@ -486,5 +537,42 @@ mod tests {
         assert_eq!(check_startup(&cancel).ok(), Some(StartupFrame::Cancel));
         assert!(check_startup(&packet(CANCEL_REQUEST_CODE, &[0, 0, 0, 1])).is_err());
         assert!(check_startup(&packet(SSL_REQUEST_CODE, b"")).is_err());
+    }
+
+    /// Text fields that are not UTF-8 are refused with PostgreSQL's 22021 (pgwire would have
+    /// turned them into U+FFFD and run the statement); every other field is left alone.
+    #[test]
+    fn text_that_is_not_utf8_is_refused() {
+        let refused = [
+            typed(b'Q', b"SELECT '\xff\xfe'\0"),
+            typed(b'Q', b"INSERT INTO t VALUES ('caf\xe9')\0"),
+            typed(b'P', b"s\xc3\0SELECT 1\0\0\0"),
+            typed(b'P', b"s\0SELECT '\xed\xa0\x80'\0\0\0"),
+            typed(b'B', b"\0st\x80\0\0\0\0\0\0\0"),
+            typed(b'D', b"Sst\xff\0"),
+            typed(b'C', b"P\xfe\0"),
+            typed(b'E', b"\xff\0\0\0\0\0"),
+        ];
+        for m in refused {
+            assert_eq!(check_message(&m, false).err().map(|e| e.code()), None);
+            assert_eq!(code(check_text(&m)), Some("22021"), "{m:?}");
+        }
+        let err = check_text(&typed(b'Q', b"SELECT 'caf\xe9'\0")).expect_err("latin-1");
+        assert_eq!(
+            err.message(),
+            "invalid byte sequence for encoding \"UTF8\": 0xe9 0x27"
+        );
+        let accepted = [
+            typed(b'Q', "SELECT '日本', 'é'\0".as_bytes()),
+            typed(b'P', "s\0SELECT '日本'\0\0\0".as_bytes()),
+            // Bind parameters and COPY data are values, checked where they are parsed.
+            typed(b'B', b"\0\0\0\0\0\x01\0\0\0\x01\xff\0\0"),
+            typed(b'd', b"\xff\xfe\n"),
+            typed(b'p', b"\xff\0"),
+            typed(b'S', b""),
+        ];
+        for m in accepted {
+            assert_eq!(code(check_text(&m)), None, "{m:?}");
+        }
     }
 }

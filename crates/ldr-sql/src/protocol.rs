@@ -152,6 +152,29 @@ pub async fn serve_connection_tls(
         let Some(frame) = frame else {
             return Ok(());
         };
+        let frame = match frame {
+            // Text that is not UTF-8 fails this message only, as in PostgreSQL (an
+            // extended-protocol one until the next Sync, as after any error there). After an
+            // earlier error pgwire skips extended messages until Sync: no second error. Not
+            // before authentication is done: a session-level error there would put the
+            // connection in ReadyForQuery without a login; the frame checks refuse it.
+            Ok(f)
+                if !starting && !matches!(socket.state(), PgWireConnectionState::AwaitingSync) =>
+            {
+                match frontend_frame::check_message(&f, false)
+                    .and_then(|()| frontend_frame::check_text(&f))
+                {
+                    Err(e) if e.code() == sqlstate::CHARACTER_NOT_IN_REPERTOIRE => {
+                        debug!(error = %e.message(), "refusing a frontend message that is not UTF-8");
+                        let extended = f.first() != Some(&b'Q');
+                        process_error(&mut socket, user_error(&e), extended).await?;
+                        continue;
+                    }
+                    _ => Ok(f),
+                }
+            }
+            other => other,
+        };
         let message = match frame.and_then(|f| decode_checked(f, kind, &socket)) {
             Ok(message) => message,
             Err(e) => {

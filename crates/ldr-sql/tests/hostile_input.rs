@@ -610,6 +610,72 @@ async fn malformed_frames_of_every_type_get_08p01_without_a_panic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_is_not_utf8_gets_22021_and_the_session_goes_on() {
+    // pgwire decodes strings lossily: without the check, Latin-1 text ran with U+FFFD in
+    // place of its bytes. PostgreSQL answers 22021 (an ERROR, not FATAL) and so do we: a
+    // simple Query is answered with the error and ReadyForQuery; an extended-protocol message
+    // fails until the next Sync, as after any error there.
+    let node = TestNode::start().await;
+    let port = listen_guarded(node.server.clone()).await;
+    let mut client = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    client.write_all(&startup_message()).await.expect("write");
+    read_until(&mut client, b'Z').await;
+    let code_of = |answer: &[(u8, Vec<u8>)]| {
+        answer
+            .iter()
+            .find(|m| m.0 == b'E')
+            .map(|m| String::from_utf8_lossy(&m.1).into_owned())
+    };
+
+    client
+        .write_all(&message(b'Q', b"SELECT 'caf\xe9'\0"))
+        .await
+        .expect("write");
+    let answer = read_until(&mut client, b'Z').await;
+    let error = code_of(&answer).expect("an error for Latin-1 text");
+    assert!(
+        error.contains("SERROR\0") && error.contains("C22021\0"),
+        "{error:?}"
+    );
+    assert!(
+        error.contains("invalid byte sequence for encoding \"UTF8\": 0xe9 0x27"),
+        "{error:?}"
+    );
+    assert_eq!(answer.last().map(|m| m.1.clone()), Some(b"I".to_vec()));
+
+    // Parse with such text, then Bind and Execute of it, then Sync: one error, then ready.
+    let mut extended = message(b'P', b"\0SELECT '\xff'\0\0\0");
+    extended.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    extended.extend(message(b'E', b"\0\0\0\0\0"));
+    extended.extend(message(b'S', b""));
+    client.write_all(&extended).await.expect("write");
+    let answer = read_until(&mut client, b'Z').await;
+    assert_eq!(
+        answer.iter().filter(|m| m.0 == b'E').count(),
+        1,
+        "one error until Sync: {answer:?}"
+    );
+    assert!(code_of(&answer).is_some_and(|e| e.contains("C22021\0")));
+
+    // The session goes on: valid UTF-8, multi-byte included, runs.
+    client
+        .write_all(&message(b'Q', "SELECT '日本é'\0".as_bytes()))
+        .await
+        .expect("write");
+    let answer = read_until(&mut client, b'Z').await;
+    assert!(code_of(&answer).is_none(), "{answer:?}");
+    let row = answer.iter().find(|m| m.0 == b'D').expect("a row");
+    assert!(
+        row.1
+            .windows("日本é".len())
+            .any(|w| w == "日本é".as_bytes()),
+        "{row:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_port_never_stops_the_server() {
     // Arbitrary bytes, before and after a valid startup: every connection ends (with an error
     // or a close) once the client stops sending, and the server keeps serving.

@@ -15,12 +15,19 @@ pub(crate) const ENCODED_BYTES_MAX: u64 = 512 << 20;
 /// One version of an evaluated write, as it travels in a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireVersion {
+    /// Keys and values are encoded as byte strings: bincode writes them as one length and one
+    /// copy, the same bytes as a sequence of `u8` element by element (so entries written
+    /// before read the same), but a multi-MB value encodes and decodes in milliseconds instead
+    /// of the better part of a second in a debug build, which was longer than an append's
+    /// timeout.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub ts: Timestamp,
     pub origin_id: u32,
     pub origin_ts: Timestamp,
     pub omit_in_rangefeeds: bool,
     /// `None` for a tombstone.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
 }
 
@@ -224,6 +231,50 @@ pub(crate) fn decode<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The layout of `WireVersion` before its byte fields were marked as byte strings.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct ElementWise {
+        key: Vec<u8>,
+        ts: Timestamp,
+        origin_id: u32,
+        origin_ts: Timestamp,
+        omit_in_rangefeeds: bool,
+        value: Option<Vec<u8>>,
+    }
+
+    #[test]
+    fn byte_strings_encode_as_the_element_wise_layout_did() {
+        for value in [
+            None,
+            Some(Vec::new()),
+            Some((0..=255u8).cycle().take(70_000).collect()),
+        ] {
+            let now = WireVersion {
+                key: vec![1, 2, 3, 250],
+                ts: Timestamp::new(9, 2),
+                origin_id: 7,
+                origin_ts: Timestamp::new(8, 0),
+                omit_in_rangefeeds: false,
+                value: value.clone(),
+            };
+            let before = ElementWise {
+                key: now.key.clone(),
+                ts: now.ts,
+                origin_id: now.origin_id,
+                origin_ts: now.origin_ts,
+                omit_in_rangefeeds: now.omit_in_rangefeeds,
+                value,
+            };
+            let raw = encode("version", &before).expect("encode");
+            assert_eq!(encode("version", &now).expect("encode"), raw);
+            assert_eq!(decode::<WireVersion>("version", &raw).expect("decode"), now);
+            assert_eq!(
+                decode::<ElementWise>("version", &raw).expect("decode"),
+                before
+            );
+        }
+    }
 
     #[test]
     fn commands_round_trip_and_every_flipped_byte_is_refused() {

@@ -31,6 +31,10 @@ const QUEUE_MESSAGES_MAX: usize = 4096;
 /// heartbeats all the ranges it leads at once, and their messages reach the queue over a few
 /// task hops, not at one instant. Anything else (entries, votes) ends the wait.
 const HEARTBEAT_LINGER: Duration = Duration::from_millis(2);
+/// A message at least this large (a Raft entry carrying a big value, a snapshot) travels in
+/// a batch of its own: the messages of other ranges, heartbeats above all, must not wait
+/// while it is sent, persisted and answered.
+pub(crate) const LARGE_MESSAGE_BYTES: usize = 256 << 10;
 /// Largest batch in either direction.
 const BATCH_BYTES_MAX: usize = 512 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -127,11 +131,22 @@ async fn run_peer(
     stats: Arc<TransportStats>,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
-    while let Some(first) = rx.recv().await {
+    // A large message taken from the queue while a batch of small ones was being filled; it
+    // starts the next batch, alone.
+    let mut held: Option<(Envelope, Reply)> = None;
+    loop {
+        let first = match held.take() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let alone = first.0.payload.len() >= LARGE_MESSAGE_BYTES;
         let mut linger = first.0.heartbeat;
         let mut batch = vec![first];
         let linger_until = tokio::time::Instant::now() + HEARTBEAT_LINGER;
-        while batch.len() < BATCH_MESSAGES_MAX {
+        while !alone && batch.len() < BATCH_MESSAGES_MAX {
             let next = match rx.try_recv() {
                 Ok(m) => Some(m),
                 Err(_) if linger => tokio::time::timeout_at(linger_until, rx.recv())
@@ -141,6 +156,10 @@ async fn run_peer(
                 Err(_) => None,
             };
             let Some(m) = next else { break };
+            if m.0.payload.len() >= LARGE_MESSAGE_BYTES {
+                held = Some(m);
+                break;
+            }
             linger &= m.0.heartbeat;
             batch.push(m);
         }

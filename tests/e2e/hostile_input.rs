@@ -1361,7 +1361,6 @@ async fn oversized_cases(c: &Cluster, started: Instant) -> Result<usize> {
     // An 8 MiB string as a parameter and 256 KiB of it as a literal: stored and read back
     // whole. (Before Raft entries carried byte strings in one copy, 4 MiB values outlasted the
     // 500 ms append timeout and wedged the cluster; see docs/development.md, "Hostile input".)
-    // 500 ms timeout in a debug build; see docs/development.md, "Hostile input".)
     client
         .batch_execute("CREATE TABLE big (k INT8 PRIMARY KEY, v STRING)")
         .await?;
